@@ -1,0 +1,55 @@
+"""Shared fixtures: the seed every randomised test prints, and a proxied single-server KV."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from trioraft import KVServer, serve
+from trioraft.testing import RELIABLE, HttpProxy, Network
+
+
+@pytest.fixture
+def seed() -> int:
+    """The test's seed: from TRIORAFT_SEED if set, else fresh. Printed, so a failure shows it."""
+    env = os.environ.get("TRIORAFT_SEED")
+    value = int(env) if env else random.SystemRandom().randrange(2**32)
+    print(f"seed={value}  (replay: TRIORAFT_SEED={value} pytest ...)")
+    return value
+
+
+@pytest.fixture
+def rng(seed: int) -> random.Random:
+    return random.Random(seed)
+
+
+@pytest.fixture
+def network(seed: int) -> Network:
+    return Network(seed, RELIABLE)
+
+
+@dataclass
+class SingleKV:
+    """A running single-server KV: the service object, its direct URL and its proxy's URL."""
+
+    server: KVServer
+    direct_url: str
+    url: str
+    proxy: HttpProxy
+
+
+async def start_single_kv(nursery: trio.Nursery, network: Network, **server_args) -> SingleKV:
+    server = KVServer(**server_args)
+    direct_url = await nursery.start(serve, server.app())
+    proxy = HttpProxy(network, "kv", direct_url)
+    url = await nursery.start(proxy.run)
+    return SingleKV(server, direct_url, url, proxy)
+
+
+@pytest.fixture
+async def single_kv(nursery: trio.Nursery, network: Network) -> SingleKV:
+    return await start_single_kv(nursery, network)

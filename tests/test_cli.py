@@ -1,0 +1,57 @@
+"""The ``trioraft`` command line, run as real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from functools import partial
+
+import trio
+
+from trioraft import KVClient, Versioned
+
+TRIORAFT = [sys.executable, "-m", "trioraft"]
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    result = await trio.run_process([*TRIORAFT, *args], capture_stdout=True, check=False)
+    return result.returncode, result.stdout.decode()
+
+
+async def test_kvserver_process_and_client_commands() -> None:
+    async with trio.open_nursery() as nursery:
+        command = [*TRIORAFT, "kvserver", "--listen", "127.0.0.1:0"]
+        process = await nursery.start(
+            partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        )
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await process.stdout.receive_some(1)
+        url = line.decode().split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+
+        assert await cli("put", "k", "v1", "--version", "0", "--servers", url) == (
+            0,
+            json.dumps({"key": "k", "err": "OK", "version": 1}) + "\n",
+        )
+        code, out = await cli("put", "k", "v2", "--version", "0", "--servers", url)
+        assert (code, json.loads(out)["err"]) == (1, "Version")
+        code, out = await cli("get", "k", "--servers", url)
+        assert json.loads(out) == {"key": "k", "value": "v1", "version": 1}
+        code, out = await cli(
+            "lock", "L", "--servers", url, "--", sys.executable, "-c", "print(42)"
+        )
+        assert (code, out) == (0, "42\n")
+        async with KVClient(url) as kv:
+            assert await kv.get("L") == Versioned("", 2)  # taken, then given back
+
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+
+
+async def test_bad_usage_exits_2() -> None:
+    assert (await cli("kvserver", "--listen", "no-port"))[0] == 2
+    assert (await cli("lock", "L", "--servers", "http://127.0.0.1:1"))[0] == 2

@@ -1,0 +1,187 @@
+"""Lock scenarios over the single-server KV (catalogue §5, §9 and the C/Rust lock lists).
+
+Mutual exclusion is checked twice, as the ports do: by the ``l0`` KV probe (the holder finds
+it empty, writes its id, and clears it) and by an in-process counter of tasks inside the
+critical section.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+
+from tests.conftest import SingleKV, start_single_kv
+from tests.kvtest import ClientResult, put_at_least_once, put_outcome, run_clients
+from trioraft import KeyValue, KVClient, Lock
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, Network
+
+
+def random_name(rng: random.Random) -> str:
+    return "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=12))
+
+
+async def run_lock_clients(
+    clerks: list[KeyValue], duration: float, rng: random.Random, *, hold: float = 0.01
+) -> list[ClientResult]:
+    """Each client warms up on two named locks, then loops on the probe under one lock."""
+    lock_name, check_key = random_name(rng), f"mutex-check-{random_name(rng)}"
+    await put_at_least_once(clerks[0], check_key, "", 0)
+    in_critical_section = 0
+    names = [(random_name(rng), random_name(rng)) for _ in clerks]
+
+    async def client(me: int, done: trio.Event) -> ClientResult:
+        nonlocal in_critical_section
+        kv = clerks[me]
+        first, second = Lock(kv, names[me][0]), Lock(kv, names[me][1])
+        await first.acquire()
+        await second.acquire()
+        await first.release()
+        await second.release()
+        lock = Lock(kv, lock_name, holder=f"client-{me}")
+        result = ClientResult()
+        while not done.is_set():
+            async with lock:
+                assert in_critical_section == 0, "two clients inside the critical section"
+                in_critical_section += 1
+                value, version = await kv.get(check_key)
+                assert value == "", f"{me}: two clients acquired the lock ({value!r} held)"
+                assert await put_outcome(kv, check_key, str(me), version) in ("OK", "Maybe")
+                await trio.sleep(hold)
+                assert in_critical_section == 1
+                outcome = await put_outcome(kv, check_key, "", version + 1)
+                assert outcome in ("OK", "Maybe", "Version")
+                in_critical_section -= 1
+            result.ok += 1
+        return result
+
+    results = await run_clients(len(clerks), duration, client)
+    assert all(r.ok > 0 for r in results), f"a client did no work: {results}"
+    return results
+
+
+async def make_clerks(stack: AsyncExitStack, url: str, n: int) -> list[KeyValue]:
+    return [await stack.enter_async_context(KVClient(url, client_id=f"c{i}")) for i in range(n)]
+
+
+async def test_basic_and_reacquire(single_kv: SingleKV, rng: random.Random) -> None:
+    async with KVClient(single_kv.url) as kv:
+        lock = Lock(kv, random_name(rng))
+        for _ in range(20):
+            async with lock:
+                assert (await kv.get(lock.name)).value == lock.holder
+            assert (await kv.get(lock.name)).value == ""
+
+
+async def test_nested_locks_are_independent(single_kv: SingleKV, rng: random.Random) -> None:
+    async with KVClient(single_kv.url) as kv:
+        a, b = Lock(kv, random_name(rng)), Lock(kv, random_name(rng))
+        async with a, b:  # nested
+            pass
+        await a.acquire()  # interleaved
+        await b.acquire()
+        await a.release()
+        other = Lock(kv, a.name)
+        with trio.fail_after(5):
+            async with other:  # a is free while b is still held
+                assert b.locked
+        await b.release()
+
+
+async def test_waiter_gets_lock_after_release(single_kv: SingleKV) -> None:
+    async with KVClient(single_kv.url) as kv:
+        first, second = Lock(kv, "l", holder="first"), Lock(kv, "l", holder="second")
+        await first.acquire()
+        acquired = trio.Event()
+
+        async def take_second() -> None:
+            async with second:
+                acquired.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take_second)
+            await trio.sleep(0.05)
+            assert not acquired.is_set(), "second holder got a held lock"
+            await first.release()
+        assert acquired.is_set()
+
+
+async def test_shared_lock_object_serializes_local_tasks(single_kv: SingleKV) -> None:
+    async with KVClient(single_kv.url) as kv:
+        lock = Lock(kv, "shared")
+        inside = 0
+
+        async def worker() -> None:
+            nonlocal inside
+            for _ in range(5):
+                async with lock:
+                    inside += 1
+                    assert inside == 1
+                    await trio.sleep(0.001)
+                    inside -= 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(worker)
+
+
+async def test_cancelled_acquire_leaves_lock_free(single_kv: SingleKV) -> None:
+    async with KVClient(single_kv.url) as kv:
+        holder = Lock(kv, "c", holder="holder")
+        await holder.acquire()
+        waiter = Lock(kv, "c", holder="waiter")
+        with trio.move_on_after(0.05):
+            await waiter.acquire()
+        assert not waiter.locked
+        await holder.release()
+        assert await kv.get("c") == ("", 2)
+        with pytest.raises(RuntimeError):
+            await waiter.release()
+
+
+async def test_release_completes_when_body_is_cancelled(single_kv: SingleKV) -> None:
+    async with KVClient(single_kv.url) as kv:
+        lock = Lock(kv, "r")
+        with trio.move_on_after(0.02):
+            async with lock:
+                await trio.sleep_forever()
+        assert (await kv.get("r")).value == ""
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10])
+async def test_clients_reliable(single_kv: SingleKV, rng: random.Random, n: int) -> None:
+    async with AsyncExitStack() as stack:
+        await run_lock_clients(await make_clerks(stack, single_kv.url, n), 2.0, rng)
+
+
+async def test_32_clients_reliable(single_kv: SingleKV, rng: random.Random) -> None:
+    async with AsyncExitStack() as stack:
+        await run_lock_clients(await make_clerks(stack, single_kv.url, 32), 6.0, rng, hold=0.005)
+
+
+#: (profile, clients, seconds): MIT's 1 and 10 clients at 10% loss for 2 s; the C port's 1 and
+#: 2 clients at 50% loss, and the Rust port's 8 clients at 50% loss for 8 s.
+UNRELIABLE_LOCK_RUNS = [
+    ("mit-unreliable", 1, 2.0),
+    ("mit-unreliable", 10, 2.0),
+    ("seeds-unreliable", 1, 4.0),
+    ("seeds-unreliable", 2, 4.0),
+    ("seeds-unreliable", 8, 8.0),
+]
+
+
+@pytest.mark.parametrize(("profile", "n", "duration"), UNRELIABLE_LOCK_RUNS)
+async def test_clients_unreliable(
+    nursery: trio.Nursery, seed: int, rng: random.Random, profile: str, n: int, duration: float
+) -> None:
+    network = Network(
+        seed, {"seeds-unreliable": UNRELIABLE, "mit-unreliable": MIT_UNRELIABLE}[profile]
+    )
+    service = await start_single_kv(nursery, network)
+    async with AsyncExitStack() as stack:
+        clerks = await make_clerks(stack, service.url, n)
+        await run_lock_clients(clerks, duration, rng)
+    assert network.rpc_total > sum(network.rpc_count.values()), "nothing was dropped"
+    network.set_profile(RELIABLE)

@@ -1,0 +1,139 @@
+"""The HTTP fault proxy over real sockets: what reaches the server, what reaches the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from trioraft import Route, RpcClient, make_app, serve
+from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
+
+
+@dataclass(frozen=True)
+class Bump:
+    by: int
+
+
+@dataclass(frozen=True)
+class Count:
+    value: int
+
+
+class Counter:
+    """A tiny service: ``bump`` adds to a counter; ``park`` waits until released."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.parked = trio.Event()
+        self.release = trio.Event()
+
+    async def bump(self, args: Bump) -> Count:
+        self.value += args.by
+        return Count(self.value)
+
+    async def park(self, args: Bump) -> Count:
+        self.parked.set()
+        await self.release.wait()
+        return Count(self.value)
+
+    def app(self):
+        return make_app({"bump": Route(Bump, self.bump), "park": Route(Bump, self.park)})
+
+
+async def start(nursery: trio.Nursery, network: Network) -> tuple[Counter, HttpProxy, str]:
+    counter = Counter()
+    backend = await nursery.start(serve, counter.app())
+    proxy = HttpProxy(network, "srv", backend)
+    return counter, proxy, await nursery.start(proxy.run)
+
+
+async def test_reliable_forwarding_and_counters(nursery: trio.Nursery) -> None:
+    network = Network(1, RELIABLE)
+    counter, _, url = await start(nursery, network)
+    async with RpcClient(url, "alice") as rpc:
+        for i in range(1, 6):
+            assert await rpc.call("bump", Bump(1), Count) == Count(i)
+    assert (network.rpc_total, network.rpc_count["srv"]) == (5, 5)
+    assert network.bytes_total == 5 * (len('{"by": 1}') + len('{"value": 1}'))
+    assert counter.value == 5
+
+
+async def test_dropped_request_never_reaches_the_handler(nursery: trio.Nursery) -> None:
+    network = Network(1, Profile(request_drop=1.0, fail_delay=(0, 0)))
+    counter, _, url = await start(nursery, network)
+    async with RpcClient(url, "alice") as rpc:
+        for _ in range(5):
+            assert await rpc.call("bump", Bump(1), Count) is None
+    assert counter.value == 0 and network.rpc_count["srv"] == 0
+
+
+async def test_dropped_reply_after_the_handler_ran(nursery: trio.Nursery) -> None:
+    network = Network(1, Profile(reply_drop=1.0))
+    counter, _, url = await start(nursery, network)
+    async with RpcClient(url, "alice") as rpc:
+        for _ in range(5):
+            assert await rpc.call("bump", Bump(1), Count) is None
+    assert counter.value == 5
+
+
+async def test_unreliable_mix_is_reproducible(nursery: trio.Nursery, seed: int) -> None:
+    async def outcomes() -> tuple[list[bool], int]:
+        network = Network(seed, Profile(request_drop=0.3, reply_drop=0.3, fail_delay=(0, 0)))
+        async with trio.open_nursery() as inner:
+            counter, _, url = await start(inner, network)
+            async with RpcClient(url, "alice") as rpc:
+                seen = [await rpc.call("bump", Bump(1), Count) is not None for _ in range(40)]
+            inner.cancel_scope.cancel()
+        return seen, counter.value
+
+    first, second = await outcomes(), await outcomes()
+    assert first == second
+    delivered, applied = first
+    assert 0 < sum(delivered) < applied < 40  # some replies lost after the handler ran
+
+
+async def test_blocks_by_client_id(nursery: trio.Nursery) -> None:
+    network = Network(1, Profile(fail_delay=(0, 0)))
+    _counter, _, url = await start(nursery, network)
+    network.block("alice", "srv")
+    async with RpcClient(url, "alice") as alice, RpcClient(url, "bob") as bob:
+        assert await alice.call("bump", Bump(1), Count) is None
+        assert await bob.call("bump", Bump(1), Count) == Count(1)
+        network.heal()
+        assert await alice.call("bump", Bump(1), Count) == Count(2)
+
+
+async def test_partition_fails_a_call_in_flight(nursery: trio.Nursery) -> None:
+    network = Network(1, RELIABLE)
+    counter, _, url = await start(nursery, network)
+    result: list[object] = []
+    returned = trio.Event()
+
+    async def call() -> None:
+        async with RpcClient(url, "alice", timeout=30) as rpc:
+            result.append(await rpc.call("park", Bump(0), Count))
+        returned.set()
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(call)
+        await counter.parked.wait()
+        with trio.fail_after(1):  # far below the client's own 30 s timeout
+            network.block("alice", "srv")
+            await returned.wait()
+    assert result == [None]
+    counter.release.set()
+
+
+async def test_crash_and_restart_on_a_new_port(nursery: trio.Nursery) -> None:
+    network = Network(1, Profile(fail_delay=(0, 0)))
+    counter, proxy, url = await start(nursery, network)
+    async with RpcClient(url, "alice") as rpc:
+        assert await rpc.call("bump", Bump(1), Count) == Count(1)
+        network.crash("srv")
+        assert await rpc.call("bump", Bump(1), Count) is None
+        replacement = Counter()
+        proxy.set_backend(await nursery.start(serve, replacement.app()))
+        network.restart("srv")
+        assert await rpc.call("bump", Bump(5), Count) == Count(5)
+    assert (counter.value, replacement.value) == (1, 5)

@@ -1,0 +1,112 @@
+"""Pure logic without an event loop: the codec and the versioned KV state machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioraft import BadRequest, VersionedKV
+from trioraft._codec import decode, encode, non_negative
+from trioraft._messages import GetReply, PutArgs, PutReply
+
+
+@dataclass(frozen=True)
+class Inner:
+    n: int = non_negative()
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    items: list[Inner]
+    maybe: Inner | None = None
+    ratio: float = 0.5
+    flag: bool = False
+    tags: list[str] = field(default_factory=list)
+
+
+def test_codec_round_trip_and_defaults() -> None:
+    msg = Outer("x", [Inner(1), Inner(2)], Inner(3), 1.5, True)
+    assert decode(Outer, encode(msg)) == msg
+    assert decode(Outer, {"name": "y", "items": [], "extra": 1}) == Outer("y", [])
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ({"items": []}, "name: missing field"),
+        ({"name": "a", "items": [{"n": -1}]}, "items[0].n"),
+        ({"name": "a", "items": [{}]}, "items[0].n: missing field"),
+        ({"name": "a", "items": {}}, "items: expected a list"),
+        ({"name": "a", "items": [], "maybe": 3}, "maybe: expected a JSON object"),
+        ({"name": "a", "items": [], "ratio": "1"}, "ratio: expected a number"),
+        ({"name": "a", "items": [], "ratio": True}, "ratio: expected a number"),
+        ({"name": "a", "items": [], "flag": 1}, "flag: expected a boolean"),
+        ({"name": "a", "items": [], "tags": [1]}, "tags[0]: expected a string"),
+    ],
+)
+def test_codec_names_the_bad_field(data: object, where: str) -> None:
+    with pytest.raises(BadRequest, match=where.replace("[", r"\[").replace("]", r"\]")):
+        decode(Outer, data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_codec_rejects_anything_invalid_with_bad_request(data: object) -> None:
+    try:
+        decode(PutArgs, data)
+    except BadRequest:
+        pass
+
+
+@given(st.dictionaries(st.sampled_from(["key", "value", "version"]), json_values))
+def test_codec_put_args_fuzz(data: dict) -> None:
+    try:
+        args = decode(PutArgs, data)
+    except BadRequest:
+        return
+    assert isinstance(args.key, str) and isinstance(args.value, str)
+    assert isinstance(args.version, int) and args.version >= 0
+
+
+def test_kv_versions() -> None:
+    kv = VersionedKV()
+    assert kv.get("k") == GetReply("", 0, "NoKey")
+    assert kv.put("k", "a", 1) == PutReply("NoKey")
+    assert kv.put("k", "a", 0) == PutReply("OK")
+    assert kv.get("k") == GetReply("a", 1, "OK")
+    assert kv.put("k", "b", 0) == PutReply("Version")
+    assert kv.put("k", "b", 2) == PutReply("Version")
+    assert kv.put("k", "b", 1) == PutReply("OK")
+    assert kv.get("k") == GetReply("b", 2, "OK")
+    assert kv.put("k", "", 2) == PutReply("OK")
+    assert kv.get("k") == GetReply("", 3, "OK")  # an empty value still exists
+    assert len(kv) == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.text(max_size=3), st.integers(0, 4))))
+def test_kv_matches_a_naive_model(puts: list[tuple[str, str, int]]) -> None:
+    kv = VersionedKV()
+    model: dict[str, tuple[str, int]] = {}
+    for key, value, version in puts:
+        current = model.get(key, ("", 0))
+        reply = kv.put(key, value, version)
+        if version == current[1]:
+            assert reply.err == "OK"
+            model[key] = (value, version + 1)
+        else:
+            assert reply.err == ("NoKey" if current[1] == 0 else "Version")
+    for key in "ab":
+        value, version = model.get(key, ("", 0))
+        assert kv.get(key) == GetReply(value, version, "OK" if version else "NoKey")

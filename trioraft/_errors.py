@@ -1,0 +1,58 @@
+"""The exception tree of trioraft: each class says whose fault a failure is.
+
+TrioRaftError
+├── KVError                  a KV operation answered something other than OK
+│   ├── KeyNotFound          put named version > 0 of a key that does not exist ("NoKey")
+│   ├── VersionConflict      put named a version that is not the key's current one ("Version")
+│   └── MaybeApplied         a *retried* put answered "Version": the put may or may not
+│                            have applied ("Maybe"; never sent on the wire)
+├── BadRequest               input failed validation (the caller's fault; a 4xx on the wire)
+└── StorageCorrupt           bytes on disk fail their checksum or framing
+"""
+
+from __future__ import annotations
+
+
+class TrioRaftError(Exception):
+    """Base class of every error trioraft raises on purpose."""
+
+
+class KVError(TrioRaftError):
+    """A KV operation did not answer OK. ``wire`` is the protocol's error string."""
+
+    wire: str = ""
+
+
+class KeyNotFound(KVError):
+    """A put named a version greater than 0 for a key that does not exist."""
+
+    wire = "NoKey"
+
+
+class VersionConflict(KVError):
+    """A put named a version different from the key's current version."""
+
+    wire = "Version"
+
+
+class MaybeApplied(KVError):
+    """A retried put answered ``Version``: the earlier attempt may have applied, or not.
+
+    The client reports this instead of :class:`VersionConflict` because a lost reply to the
+    first attempt looks exactly like a conflict on the retry. Re-read the key to find out.
+    """
+
+    wire = "Maybe"
+
+
+class BadRequest(TrioRaftError):
+    """A request failed validation: malformed JSON, a missing or mistyped field, too large."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class StorageCorrupt(TrioRaftError):
+    """Bytes on disk fail their checksum or framing and cannot be trusted."""

@@ -1,0 +1,168 @@
+"""RPC over HTTP/JSON: ``POST /<method>`` with a JSON body, answered with a JSON body.
+
+Server side, :func:`make_app` builds a Quart-Trio app from a table of typed :class:`Route`\\ s
+and :func:`serve` runs it under Hypercorn in the caller's nursery, reporting its URL through
+``task_status`` (so ``port=0`` works). Client side, :class:`RpcClient` is bound to one server
+URL and one client id, sent as the ``X-Client-Id`` header on every request.
+
+Invariants:
+- A handler only ever sees a fully validated argument message: malformed JSON, a missing or
+  mistyped field, an unknown method or a body over ``max_body_bytes`` is answered with a 4xx
+  and ``{"error": message}`` before any handler runs, so no input can change server state.
+- :meth:`RpcClient.call` returns the decoded reply, or ``None`` on any network failure,
+  timeout, non-2xx status or undecodable reply; it never raises for those.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ._codec import decode, encode
+from ._errors import BadRequest
+
+T = TypeVar("T")
+CLIENT_ID_HEADER = "X-Client-Id"
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Route:
+    """One RPC method: the argument message type and the handler that answers it."""
+
+    args: type
+    handler: Callable[[Any], Awaitable[Any]]
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body, raising :class:`BadRequest` on anything that is not JSON."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, content_type="application/json")
+
+
+async def dispatch(routes: Mapping[str, Route], method: str, body: bytes) -> tuple[int, Any]:
+    """Answer one call: validate ``body`` for ``method`` and run its handler.
+
+    Returns the HTTP status and the JSON-ready payload (the reply, or ``{"error": ...}``).
+    """
+    route = routes.get(method)
+    if route is None:
+        return 404, {"error": f"unknown method {method!r}"}
+    try:
+        args = decode(route.args, parse_json(body))
+    except BadRequest as exc:
+        return exc.status, {"error": exc.message}
+    return 200, encode(await route.handler(args))
+
+
+def make_app(
+    routes: Mapping[str, Route],
+    *,
+    name: str = "trioraft",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    status: Callable[[], Any] | None = None,
+) -> QuartTrio:
+    """A Quart-Trio app answering ``POST /<method>`` for every route in ``routes``.
+
+    ``status``, if given, answers ``GET /status`` with its JSON-ready result.
+    """
+    app = QuartTrio(name)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+
+    @app.post("/<method>")
+    async def post(method: str) -> Response:
+        status, payload = await dispatch(routes, method, await request.get_data(cache=False))
+        return json_response(payload, status)
+
+    if status is not None:
+
+        @app.get("/status")
+        async def get_status() -> Response:
+            return json_response(status())
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return json_response({"error": exc.description or exc.name}, exc.code or 500)
+
+    return app
+
+
+async def serve(
+    app: QuartTrio,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with Hypercorn until cancelled; ``task_status`` gets the bound URL."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.loglevel = "WARNING"
+    config.graceful_timeout = 0
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(hypercorn_serve, app, config))
+        task_status.started(binds[0])
+
+
+class RpcClient:
+    """Calls methods on one server. Use one client per server, and close it when done.
+
+    ``timeout`` bounds each call (connect, send and wait for the reply).
+    """
+
+    def __init__(self, url: str, client_id: str, *, timeout: float = 1.0) -> None:
+        self.url = url.rstrip("/")
+        self.client_id = client_id
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=timeout,
+            headers={CLIENT_ID_HEADER: client_id, "Content-Type": "application/json"},
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        )
+
+    async def call(self, method: str, args: Any, reply_type: type[T]) -> T | None:
+        """Send ``args`` (a message or a dict) to ``POST /method``; the reply, or ``None``."""
+        body = json.dumps(args if isinstance(args, dict) else encode(args))
+        try:
+            response = await self._http.post(f"/{method}", content=body)
+        except (httpx.HTTPError, OSError, trio.BrokenResourceError):
+            return None
+        if not 200 <= response.status_code < 300:
+            return None
+        try:
+            return decode(reply_type, parse_json(response.content))
+        except BadRequest:
+            return None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> RpcClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
