@@ -22,6 +22,7 @@ import json
 import tracemalloc
 from collections.abc import Awaitable, Callable
 
+import pytest
 import trio
 
 from trioraft import KVServer
@@ -56,6 +57,7 @@ async def growth_per_client(
     return per_client
 
 
+@pytest.mark.slow
 async def test_request_path_memory_with_100k_clients() -> None:
     server = KVServer()
     routes = server.routes()
@@ -111,6 +113,7 @@ async def app_growth(clients: int, *, one_id: bool) -> float:
     return await growth_per_client(clients, put, one_id=one_id)
 
 
+@pytest.mark.slow
 async def test_app_memory_with_distinct_client_ids() -> None:
     baseline = await app_growth(3_000, one_id=True)
     distinct = await app_growth(3_000, one_id=False)

@@ -44,6 +44,8 @@ async def test_reliable_delivers_and_counts(autojump_clock: trio.testing.MockClo
     reply = await net.deliver("c", "s", handler(log), request_bytes=10, reply_bytes=len)
     assert (reply, log) == ("reply", ["ran"])
     assert (net.rpc_total, net.rpc_count["s"], net.bytes_total) == (1, 1, 10 + 5)
+    await net.deliver("c", "t", handler(log), request_bytes=1, reply_bytes=len)
+    assert (net.bytes_count["s"], net.bytes_count["t"], net.bytes_total) == (15, 6, 21)
 
 
 async def test_dropped_request_never_runs(autojump_clock: trio.testing.MockClock) -> None:

@@ -28,9 +28,10 @@ from ._kvstate import VersionedKV
 from ._messages import NO_KEY, OK, VERSION, GetArgs, GetReply, PutArgs, PutReply
 from ._rpc import Route, RpcClient, make_app
 
-#: Retry pacing after a failed RPC: start small, double, never above the cap.
+#: Retry pacing after a failed RPC: start small, double, never above the cap. The cap only
+#: keeps a refused connection from becoming a hot loop; lost calls gain nothing from waiting.
 RETRY_BACKOFF_START = 0.001
-RETRY_BACKOFF_CAP = 0.05
+RETRY_BACKOFF_CAP = 0.01
 
 
 class Versioned(NamedTuple):

@@ -14,7 +14,8 @@ draws per call), so the same seed and the same sequence of calls replay the same
 6. the pair is checked again, and the reply delivered.
 
 Counters follow the seeds: ``rpc_total`` counts every call; ``rpc_count[server]`` counts calls
-whose handler ran; ``bytes_total`` adds request bytes at send and reply bytes at delivery.
+whose handler ran; ``bytes_total`` adds request bytes at send and reply bytes at delivery,
+and ``bytes_count[server]`` does the same per server.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class Network:
         self.rpc_total = 0
         self.rpc_count: Counter[str] = Counter()
         self.bytes_total = 0
+        self.bytes_count: Counter[str] = Counter()
 
     # -- configuration -------------------------------------------------------------------
 
@@ -183,7 +185,7 @@ class Network:
         self._calls += 1
         call_number = self._calls
         self.rpc_total += 1
-        self.bytes_total += request_bytes
+        self._count_bytes(server, request_bytes)
         fate = self.draw_fate()
         if self._log is not None:
             self._log(f"call {call_number} {caller}->{server}: {fate}")
@@ -208,5 +210,9 @@ class Network:
             await trio.sleep(fate.reply_delay)
         if not self.reachable(caller, server):
             return None
-        self.bytes_total += reply_bytes(result)
+        self._count_bytes(server, reply_bytes(result))
         return result
+
+    def _count_bytes(self, server: str, n: int) -> None:
+        self.bytes_total += n
+        self.bytes_count[server] += n
