@@ -53,3 +53,15 @@ async def start_single_kv(nursery: trio.Nursery, network: Network, **server_args
 @pytest.fixture
 async def single_kv(nursery: trio.Nursery, network: Network) -> SingleKV:
     return await start_single_kv(nursery, network)
+
+
+@pytest.fixture
+def seeded_scheduler(seed: int) -> None:
+    """Seed Trio's own scheduling shuffles too, so a virtual-time run replays from its seed.
+
+    Trio keeps that generator private (``trio._core._run._r``); without it, only our
+    decisions would replay, not the interleavings.
+    """
+    import trio._core._run as trio_run
+
+    trio_run._r.seed(seed)

@@ -56,3 +56,19 @@ class BadRequest(TrioRaftError):
 
 class StorageCorrupt(TrioRaftError):
     """Bytes on disk fail their checksum or framing and cannot be trusted."""
+
+
+class RaftError(TrioRaftError):
+    """A Raft-level outcome a caller must handle."""
+
+
+class NotLeader(RaftError):
+    """This node is not the leader; ``leader`` is the id of the one it last heard from."""
+
+    def __init__(self, leader: str | None = None) -> None:
+        super().__init__(f"not the leader (leader hint: {leader})")
+        self.leader = leader
+
+
+class LeadershipLost(RaftError):
+    """Leadership changed (or the node stopped) before the proposal was known committed."""

@@ -9,6 +9,8 @@ Invariants:
 - A handler only ever sees a fully validated argument message: malformed JSON, a missing or
   mistyped field, an unknown method or a body over ``max_body_bytes`` is answered with a 4xx
   and ``{"error": message}`` before any handler runs, so no input can change server state.
+  A handler may itself raise :class:`BadRequest` (before changing anything) for checks the
+  types cannot express.
 - :meth:`RpcClient.call` returns the decoded reply, or ``None`` on any network failure,
   timeout, non-2xx status or undecodable reply; it never raises for those.
 """
@@ -71,9 +73,10 @@ async def dispatch(routes: Mapping[str, Route], method: str, body: bytes) -> tup
         return 404, {"error": f"unknown method {method!r}"}
     try:
         args = decode(route.args, parse_json(body))
+        reply = await route.handler(args)
     except BadRequest as exc:
         return exc.status, {"error": exc.message}
-    return 200, encode(await route.handler(args))
+    return 200, encode(reply)
 
 
 def make_app(

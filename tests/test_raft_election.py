@@ -1,0 +1,115 @@
+"""Raft elections (catalogue §6.3, 3A; C port; pre-vote and check-quorum), on virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tests.raft_harness import ELECTION_TIMEOUT, RaftCluster
+
+#: Virtual time (pytest-trio installs a clock only if the test takes it as an argument).
+pytestmark = pytest.mark.usefixtures("seeded_scheduler")
+Clock = trio.testing.MockClock
+
+
+async def cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> RaftCluster:
+    c = RaftCluster(nursery, n, seed, **kwargs)
+    await c.start_all()
+    return c
+
+
+async def test_initial_election(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 3, seed)
+    await c.check_one_leader()
+    await trio.sleep(0.05)
+    term1 = c.check_terms()
+    assert term1 >= 1
+    await trio.sleep(2 * ELECTION_TIMEOUT)
+    assert c.check_terms() == term1, "term changed even though there were no failures"
+    await c.check_one_leader()
+
+
+async def test_re_election(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 3, seed)
+    leader1 = await c.check_one_leader()
+    c.disconnect(leader1)
+    leader2 = await c.check_one_leader()
+    assert leader2 != leader1
+    c.connect(leader1)
+    assert await c.check_one_leader() == leader2
+    c.disconnect(leader2)
+    other = str((int(leader2) + 1) % 3)
+    c.disconnect(other)
+    await trio.sleep(2 * ELECTION_TIMEOUT)
+    c.check_no_leader()
+    c.connect(other)
+    await c.check_one_leader()
+    c.connect(leader2)
+    await c.check_one_leader()
+
+
+async def test_many_elections(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 7, seed)
+    await c.check_one_leader()
+    for _ in range(9):
+        victims = [c.rng.choice(c.ids) for _ in range(3)]
+        for v in victims:
+            c.disconnect(v)
+        await c.check_one_leader()
+        for v in victims:
+            c.connect(v)
+    await c.check_one_leader()
+
+
+async def test_election_rpc_count(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 3, seed)
+    await c.check_one_leader()
+    assert 1 <= c.network.rpc_total <= 30, f"{c.network.rpc_total} RPCs to elect"
+
+
+async def test_idle_heartbeats_are_rate_limited(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await cluster(nursery, 3, seed)
+    await c.check_one_leader()
+    before = c.network.rpc_total
+    await trio.sleep(1.0)
+    assert c.network.rpc_total - before <= 60, "too many RPCs for 1 second of idleness"
+
+
+async def test_isolated_follower_does_not_disrupt(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Pre-vote: a follower cut off for many election timeouts rejoins without deposing
+    the leader or raising the term."""
+    c = await cluster(nursery, 3, seed)
+    leader = await c.check_one_leader()
+    term = c.node(leader).term
+    follower = next(i for i in c.ids if i != leader)
+    c.disconnect(follower)
+    await trio.sleep(5 * ELECTION_TIMEOUT)
+    assert c.node(follower).term == term, "an isolated follower inflated its term"
+    c.connect(follower)
+    await trio.sleep(2 * ELECTION_TIMEOUT)
+    assert await c.check_one_leader() == leader
+    assert {c.node(i).term for i in c.ids} == {term}
+
+
+async def test_isolated_leader_steps_down(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Check-quorum: a leader that hears from no majority steps down within an election
+    timeout and stops taking proposals."""
+    c = await cluster(nursery, 3, seed)
+    leader = await c.check_one_leader()
+    node = c.node(leader)
+    c.disconnect(leader)
+    start = trio.current_time()
+    with trio.fail_after(c.config.election_timeout[1] * 2):
+        while node.is_leader:
+            await node._changed.wait()
+    assert trio.current_time() - start <= c.config.election_timeout[1] * 1.5
+    assert node.submit("x")[2] is False
+    new_leader = await c.check_one_leader()
+    assert new_leader != leader

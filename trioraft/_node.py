@@ -1,0 +1,627 @@
+"""A Raft node: the Raft rules (from the pure modules) driven by a Trio nursery tree.
+
+    RaftNode.run                    lives as long as the node
+    ├─ election timer               sleeps to a deadline that valid leader contact pushes back;
+    │                               campaigns (pre-vote, then vote) when it passes
+    ├─ applier                      hands committed entries, in order, to ``applied``
+    └─ leader term t                a new CancelScope per term, cancelled on step-down
+       ├─ syncer                    writes and fsyncs the leader's new entries, one batch a time
+       ├─ quorum check              steps down if a majority is silent for an election timeout
+       └─ replicator(peer) ...      one per follower, one RPC in flight, each under a deadline
+
+Invariants:
+- Every change of term, vote or log happens under ``_lock`` together with its persistence,
+  and is durable before any reply or message that depends on it goes out. Storage is only
+  touched under ``_lock`` (so a snapshot's log rewrite never races an append).
+- The leader appends proposals to its in-memory log at once (so replicators can ship them
+  while it syncs) but counts itself towards a quorum only up to its durable index.
+- At most one leader per term: a vote is granted once per term and persisted before the reply.
+- Entries reach ``applied`` exactly once, in index order, after they are committed; a
+  snapshot (installed from the leader, or found at start) is delivered before any entry
+  after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ._errors import BadRequest, LeadershipLost, NotLeader
+from ._log import Entry, is_up_to_date, match_append, next_index_after_reject
+from ._quorum import committed_index, won
+from ._raft_messages import (
+    AppendEntriesArgs,
+    AppendEntriesReply,
+    InstallSnapshotArgs,
+    InstallSnapshotReply,
+    RequestVoteArgs,
+    RequestVoteReply,
+)
+from ._rpc import Route
+from ._storage import HardState, Snapshot, Storage
+from ._transport import Transport
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    """Timing and batching. Times are seconds; the election timeout is drawn per wait."""
+
+    election_timeout: tuple[float, float] = (0.3, 0.6)
+    heartbeat_interval: float = 0.1
+    rpc_timeout: float = 0.5
+    max_batch_bytes: int = 512 * 1024
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A committed entry, delivered to the application exactly once, in order."""
+
+    index: int
+    term: int
+    command: str
+
+
+@dataclass(frozen=True)
+class SnapshotApplied:
+    """The application must replace its state with ``data`` (the state up to ``index``)."""
+
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RaftStatistics:
+    id: str
+    role: str
+    term: int
+    leader: str | None
+    commit_index: int
+    last_applied: int
+    last_index: int
+    log_length: int
+    snapshot_index: int
+
+
+class RaftNode:
+    """One member of a Raft cluster. Start it with ``await nursery.start(node.run)``.
+
+    ``peers`` are the other members' ids; ``transport`` reaches them and ``routes()`` are
+    the handlers they call. Read committed entries from ``applied``.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        peers: list[str],
+        storage: Storage,
+        transport: Transport,
+        *,
+        config: RaftConfig | None = None,
+        rng: random.Random | None = None,
+        apply_buffer: int = 0,
+    ) -> None:
+        self.id = node_id
+        self.peers = [p for p in peers if p != node_id]
+        self.config = config or RaftConfig()
+        self._storage = storage
+        self._transport = transport
+        self._rng = rng or random.Random(node_id)
+        loaded = storage.load()
+        self.term = loaded.hard_state.term
+        self.voted_for = loaded.hard_state.voted_for
+        self.log = loaded.log
+        self._snapshot = loaded.snapshot
+        self._snapshot_to_deliver = loaded.snapshot
+        self.role = Role.FOLLOWER
+        self.leader_id: str | None = None
+        self.commit_index = self.log.snapshot_index
+        self.last_applied = self.log.snapshot_index
+        self._written_index = self._durable_index = self.log.last_index
+        self._lock = trio.Lock()
+        self._changed = trio.Event()  # commit, term, role or applied moved: re-check
+        self._log_grew = trio.Event()  # the leader appended: replicators and syncer wake
+        self._leader_contacts = 0  # valid messages from a current leader, ever
+        self._last_leader_contact = -math.inf
+        self._election_deadline = math.inf
+        self._leader_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stopped = False
+        self.next_index: dict[str, int] = {}
+        self.match_index: dict[str, int] = {}
+        self._last_ack: dict[str, float] = {}
+        self._applied_send, self.applied = trio.open_memory_channel[Applied | SnapshotApplied](
+            apply_buffer
+        )
+
+    # -- public API ----------------------------------------------------------------------
+
+    def routes(self) -> dict[str, Route]:
+        return {
+            "request_vote": Route(RequestVoteArgs, self.handle_request_vote),
+            "append_entries": Route(AppendEntriesArgs, self.handle_append_entries),
+            "install_snapshot": Route(InstallSnapshotArgs, self.handle_install_snapshot),
+        }
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def state(self) -> tuple[int, bool]:
+        """The current term and whether this node believes it is the leader."""
+        return self.term, self.is_leader
+
+    def submit(self, command: str) -> tuple[int, int, bool]:
+        """Propose ``command``: ``(index, term, True)`` if leader, else ``(0, term, False)``.
+
+        Returns at once; the entry is sent to followers right away and commits later (or
+        never, if leadership is lost first). See :meth:`wait_committed`.
+        """
+        if self.role is not Role.LEADER or self._stopped:
+            return 0, self.term, False
+        self.log.append([Entry(self.term, command)])
+        self._wake_leader_tasks()
+        return self.log.last_index, self.term, True
+
+    def submit_many(self, commands: list[str]) -> tuple[int, int]:
+        """Propose several commands at once; returns the first index and the term."""
+        if self.role is not Role.LEADER or self._stopped:
+            raise NotLeader(self.leader_id)
+        first = self.log.last_index + 1
+        self.log.append([Entry(self.term, c) for c in commands])
+        self._wake_leader_tasks()
+        return first, self.term
+
+    async def wait_committed(self, index: int, term: int) -> None:
+        """Return once the entry proposed at (``index``, ``term``) is committed.
+
+        Raises :class:`LeadershipLost` if it was overwritten, if this node left ``term``
+        (or stopped) before seeing it committed: it may still commit under the next leader.
+        """
+        while True:
+            changed = self._changed
+            if self.commit_index >= index:
+                if self.log.term_at(index) == term:
+                    return
+                raise LeadershipLost(f"entry {index} of term {term} was not the one committed")
+            if self.term != term or self.role is not Role.LEADER or self._stopped:
+                raise LeadershipLost(f"left term {term} before entry {index} committed")
+            await changed.wait()
+
+    async def wait_applied(self, index: int) -> None:
+        """Return once the entry at ``index`` has been handed to ``applied``."""
+        while self.last_applied < index:
+            await self._changed.wait()
+
+    async def snapshot(self, index: int, data: bytes) -> None:
+        """The application's state up to ``index`` is ``data``: discard the log before it."""
+        async with self._lock:
+            if index <= self.log.snapshot_index:
+                return
+            if index > self.commit_index:
+                raise ValueError(f"cannot snapshot at {index}: only {self.commit_index} committed")
+            term = self.log.term_at(index)
+            assert term is not None
+            snapshot = Snapshot(index, term, data)
+            self.log.compact(index, term)
+            await self._storage.save_snapshot(snapshot, self.log)
+            self._snapshot = snapshot
+            self._written_index = self._durable_index = self.log.last_index
+
+    def raft_state_size(self) -> int:
+        return self._storage.raft_state_size()
+
+    def snapshot_size(self) -> int:
+        return self._storage.snapshot_size()
+
+    def statistics(self) -> RaftStatistics:
+        return RaftStatistics(
+            id=self.id,
+            role=self.role.value,
+            term=self.term,
+            leader=self.leader_id,
+            commit_index=self.commit_index,
+            last_applied=self.last_applied,
+            last_index=self.log.last_index,
+            log_length=len(self.log.entries),
+            snapshot_index=self.log.snapshot_index,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until cancelled (cancelling it is a crash: nothing is flushed)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._reset_election_deadline()
+                nursery.start_soon(self._election_timer)
+                nursery.start_soon(self._applier)
+                task_status.started()
+        finally:
+            self._stopped = True
+            self._notify()
+            self._applied_send.close()
+
+    # -- internal helpers ----------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _wake_leader_tasks(self) -> None:
+        self._log_grew.set()
+        self._log_grew = trio.Event()
+
+    def _random_timeout(self) -> float:
+        return self._rng.uniform(*self.config.election_timeout)
+
+    def _reset_election_deadline(self) -> None:
+        self._election_deadline = trio.current_time() + self._random_timeout()
+
+    async def _persist_hard_state(self) -> None:
+        await self._storage.save_hard_state(HardState(self.term, self.voted_for))
+
+    def _become_follower(self, term: int, leader: str | None) -> bool:
+        """Adopt ``term`` (a newer one clears the vote) and follow. Returns whether the hard
+        state changed and must be persisted before replying."""
+        changed = term > self.term
+        if changed:
+            self.term, self.voted_for = term, None
+        if self.role is Role.LEADER and self._leader_scope is not None:
+            self._leader_scope.cancel()
+        before = (self.role, self.leader_id)
+        self.role = Role.FOLLOWER
+        if leader is not None or changed:
+            self.leader_id = leader
+        if changed or before != (self.role, self.leader_id):
+            self._notify()
+        return changed
+
+    async def _adopt_newer_term(self, term: int) -> None:
+        async with self._lock:
+            if term > self.term:
+                self._become_follower(term, None)
+                await self._persist_hard_state()
+
+    def _leader_recently_heard(self) -> bool:
+        if self.role is Role.LEADER:
+            return True
+        elapsed = trio.current_time() - self._last_leader_contact
+        return self.leader_id is not None and elapsed < self.config.election_timeout[0]
+
+    def _heard_from_leader(self) -> None:
+        self._leader_contacts += 1
+        self._last_leader_contact = trio.current_time()
+        self._reset_election_deadline()
+
+    # -- elections -----------------------------------------------------------------------
+
+    async def _election_timer(self) -> None:
+        while True:
+            await trio.sleep_until(self._election_deadline)
+            if trio.current_time() < self._election_deadline:
+                continue  # pushed back by a leader's message meanwhile
+            if self.role is Role.LEADER:
+                self._reset_election_deadline()
+                continue
+            await self._campaign()
+
+    async def _campaign(self) -> None:
+        self._reset_election_deadline()  # if this campaign fails, try again after a while
+        contacts = self._leader_contacts
+        if self.config.pre_vote and not await self._collect_votes(self.term + 1, pre_vote=True):
+            return
+        async with self._lock:
+            if self._leader_contacts != contacts or self.role is Role.LEADER:
+                return  # a leader spoke up meanwhile
+            self.term += 1
+            self.voted_for = self.id
+            self.role = Role.CANDIDATE
+            self.leader_id = None
+            await self._persist_hard_state()
+            term = self.term
+            self._notify()
+        if await self._collect_votes(term, pre_vote=False):
+            async with self._lock:
+                if self.term == term and self.role is Role.CANDIDATE:
+                    self._become_leader()
+
+    async def _collect_votes(self, term: int, *, pre_vote: bool) -> bool:
+        """Ask every peer for a (pre-)vote at ``term``; True once a majority granted."""
+        granted = 1  # our own
+        if won(granted, len(self.peers) + 1):
+            return True
+        args = RequestVoteArgs(term, self.id, self.log.last_index, self.log.last_term, pre_vote)
+        result = False
+        with trio.move_on_after(self.config.election_timeout[1]):
+            async with trio.open_nursery() as nursery:
+
+                async def ask(peer: str) -> None:
+                    nonlocal granted, result
+                    reply = await self._call(peer, "request_vote", args, RequestVoteReply)
+                    if reply is None:
+                        return
+                    if reply.term > self.term:
+                        await self._adopt_newer_term(reply.term)
+                        nursery.cancel_scope.cancel()
+                    elif reply.granted:
+                        granted += 1
+                        if won(granted, len(self.peers) + 1):
+                            result = True
+                            nursery.cancel_scope.cancel()
+
+                for peer in self.peers:
+                    nursery.start_soon(ask, peer)
+        expected_term = term - 1 if pre_vote else term
+        return result and self.term == expected_term
+
+    async def handle_request_vote(self, args: RequestVoteArgs) -> RequestVoteReply:
+        async with self._lock:
+            up_to_date = is_up_to_date(
+                args.last_log_index, args.last_log_term, self.log.last_index, self.log.last_term
+            )
+            if args.pre_vote:
+                grant = args.term > self.term and up_to_date and not self._leader_recently_heard()
+                return RequestVoteReply(self.term, grant)
+            if args.term < self.term:
+                return RequestVoteReply(self.term, False)
+            if args.term > self.term and self.config.check_quorum and self._leader_recently_heard():
+                return RequestVoteReply(self.term, False)  # our leader is alive: no disruption
+            changed = self._become_follower(args.term, None) if args.term > self.term else False
+            grant = up_to_date and self.voted_for in (None, args.candidate)
+            if grant and self.voted_for is None:
+                self.voted_for = args.candidate
+                changed = True
+            if grant:
+                self._reset_election_deadline()
+            if changed:
+                await self._persist_hard_state()
+            return RequestVoteReply(self.term, grant)
+
+    # -- leading -------------------------------------------------------------------------
+
+    def _become_leader(self) -> None:
+        assert self._nursery is not None
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        now = trio.current_time()
+        for peer in self.peers:
+            self.next_index[peer] = self.log.last_index + 1
+            self.match_index[peer] = 0
+            self._last_ack[peer] = now
+        scope = trio.CancelScope()
+        self._leader_scope = scope
+        self._nursery.start_soon(self._lead, self.term, scope)
+        self._notify()
+
+    async def _lead(self, term: int, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._syncer, term)
+                if self.config.check_quorum:
+                    nursery.start_soon(self._check_quorum, term)
+                for peer in self.peers:
+                    nursery.start_soon(self._replicate, peer, term)
+                self._advance_commit()  # a one-node cluster commits by itself
+
+    async def _syncer(self, term: int) -> None:
+        """Group commit: write and fsync every entry appended since the last batch."""
+        while True:
+            grew = self._log_grew
+            if self._written_index < self.log.last_index:
+                async with self._lock:
+                    if self.term != term or self.role is not Role.LEADER:
+                        return
+                    first, last = self._written_index + 1, self.log.last_index
+                    self._storage.append(first, self.log.slice(first, last + 1))
+                    self._written_index = last
+                    await self._storage.sync()
+                    self._durable_index = max(self._durable_index, last)
+                self._advance_commit()
+            else:
+                await grew.wait()
+
+    async def _check_quorum(self, term: int) -> None:
+        timeout = self.config.election_timeout[1]
+        while True:
+            await trio.sleep(timeout / 2)
+            now = trio.current_time()
+            recent = 1 + sum(1 for p in self.peers if now - self._last_ack[p] < timeout)
+            if not won(recent, len(self.peers) + 1):
+                async with self._lock:
+                    if self.term == term and self.role is Role.LEADER:
+                        self._become_follower(term, None)
+                        self.leader_id = None
+                return
+
+    async def _replicate(self, peer: str, term: int) -> None:
+        """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval."""
+        interval = self.config.heartbeat_interval
+        while True:
+            grew = self._log_grew
+            ok = await self._send_to(peer, term)
+            if self.term != term or self.role is not Role.LEADER:
+                return
+            if ok and self.next_index[peer] <= self.log.last_index:
+                continue  # more to send right away
+            with trio.move_on_after(interval):
+                if ok:
+                    await grew.wait()
+                else:
+                    await trio.sleep_forever()  # a failed peer is retried once an interval
+
+    async def _send_to(self, peer: str, term: int) -> bool:
+        """One AppendEntries (or InstallSnapshot) to ``peer``; whether it answered."""
+        next_index = self.next_index[peer]
+        if next_index <= self.log.snapshot_index:
+            return await self._send_snapshot(peer, term)
+        prev_index = next_index - 1
+        prev_term = self.log.term_at(prev_index)
+        assert prev_term is not None
+        entries = self._batch(next_index)
+        args = AppendEntriesArgs(term, self.id, prev_index, prev_term, entries, self.commit_index)
+        reply = await self._call(peer, "append_entries", args, AppendEntriesReply)
+        if reply is None:
+            return False
+        if reply.term > term:
+            await self._adopt_newer_term(reply.term)
+            return False
+        if self.term != term or self.role is not Role.LEADER:
+            return False
+        self._last_ack[peer] = trio.current_time()
+        if reply.success:
+            match = min(reply.match_index, prev_index + len(entries))
+            if match > self.match_index[peer]:
+                self.match_index[peer] = match
+                self._advance_commit()
+            self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
+        else:
+            hint = next_index_after_reject(self.log, reply.conflict_term, reply.conflict_index)
+            self.next_index[peer] = max(
+                self.match_index[peer] + 1, min(hint, self.log.last_index + 1)
+            )
+        return True
+
+    def _batch(self, start: int) -> list[Entry]:
+        """Entries from ``start``, as many as fit in ``max_batch_bytes`` (at least one)."""
+        entries = self.log.entries
+        first = start - self.log.snapshot_index - 1
+        budget = self.config.max_batch_bytes
+        end = first
+        while end < len(entries):
+            budget -= len(entries[end].command) + 32
+            if end > first and budget < 0:
+                break
+            end += 1
+        return entries[first:end]
+
+    async def _send_snapshot(self, peer: str, term: int) -> bool:
+        snapshot = self._snapshot
+        assert snapshot is not None
+        data = base64.b64encode(snapshot.data).decode()
+        args = InstallSnapshotArgs(term, self.id, snapshot.index, snapshot.term, data)
+        reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply)
+        if reply is None:
+            return False
+        if reply.term > term:
+            await self._adopt_newer_term(reply.term)
+            return False
+        if self.term == term and self.role is Role.LEADER:
+            self._last_ack[peer] = trio.current_time()
+            self.match_index[peer] = max(self.match_index[peer], snapshot.index)
+            self.next_index[peer] = max(self.next_index[peer], snapshot.index + 1)
+        return True
+
+    def _advance_commit(self) -> None:
+        if self.role is not Role.LEADER:
+            return
+        matches = [self._durable_index, *(self.match_index[p] for p in self.peers)]
+        new = committed_index(matches, self.log.term_at, self.term, self.commit_index)
+        if new > self.commit_index:
+            self.commit_index = new
+            self._notify()
+
+    async def _call(self, peer: str, method: str, args: Any, reply_type: type) -> Any:
+        with trio.move_on_after(self.config.rpc_timeout):
+            return await self._transport.call(peer, method, args, reply_type)
+        return None
+
+    # -- following -----------------------------------------------------------------------
+
+    async def handle_append_entries(self, args: AppendEntriesArgs) -> AppendEntriesReply:
+        async with self._lock:
+            if args.term < self.term:
+                return AppendEntriesReply(self.term, False)
+            changed = self._become_follower(args.term, args.leader)
+            self._heard_from_leader()
+            if changed:
+                await self._persist_hard_state()
+            result = match_append(self.log, args.prev_log_index, args.prev_log_term, args.entries)
+            if not result.success:
+                return AppendEntriesReply(
+                    self.term, False, 0, result.conflict_term, result.conflict_index
+                )
+            if result.truncate_from is not None:
+                if result.truncate_from <= self.commit_index:
+                    raise BadRequest("AppendEntries would remove committed entries")
+                self.log.truncate_from(result.truncate_from)
+                self._storage.truncate_from(result.truncate_from)
+            if result.new_entries:
+                first = self.log.last_index + 1
+                self.log.append(list(result.new_entries))
+                self._storage.append(first, list(result.new_entries))
+            if result.truncate_from is not None or result.new_entries:
+                await self._storage.sync()
+                self._written_index = self._durable_index = self.log.last_index
+            new_commit = min(args.leader_commit, result.match_index)
+            if new_commit > self.commit_index:
+                self.commit_index = new_commit
+                self._notify()
+            self._heard_from_leader()  # the disk may have been slow
+            return AppendEntriesReply(self.term, True, result.match_index)
+
+    async def handle_install_snapshot(self, args: InstallSnapshotArgs) -> InstallSnapshotReply:
+        try:
+            data = base64.b64decode(args.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("data: expected base64") from None
+        async with self._lock:
+            if args.term < self.term:
+                return InstallSnapshotReply(self.term)
+            changed = self._become_follower(args.term, args.leader)
+            self._heard_from_leader()
+            if changed:
+                await self._persist_hard_state()
+            if args.last_included_index <= self.commit_index:
+                return InstallSnapshotReply(self.term)  # nothing new in it
+            snapshot = Snapshot(args.last_included_index, args.last_included_term, data)
+            self.log.compact(snapshot.index, snapshot.term)
+            await self._storage.save_snapshot(snapshot, self.log)
+            self._snapshot = self._snapshot_to_deliver = snapshot
+            self._written_index = self._durable_index = self.log.last_index
+            self.commit_index = snapshot.index
+            self._heard_from_leader()
+            self._notify()
+            return InstallSnapshotReply(self.term)
+
+    # -- applying ------------------------------------------------------------------------
+
+    async def _applier(self) -> None:
+        while True:
+            changed = self._changed
+            snapshot = self._snapshot_to_deliver
+            if snapshot is not None:
+                self._snapshot_to_deliver = None
+                if snapshot.index > self.last_applied:
+                    message = SnapshotApplied(snapshot.index, snapshot.term, snapshot.data)
+                    await self._deliver(message)
+                    self.last_applied = max(self.last_applied, snapshot.index)
+                    self._notify()
+            elif self.last_applied < self.commit_index:
+                index = self.last_applied + 1
+                entry = self.log.entry(index)
+                await self._deliver(Applied(index, entry.term, entry.command))
+                self.last_applied = index
+                self._notify()
+            else:
+                await changed.wait()
+
+    async def _deliver(self, message: Applied | SnapshotApplied) -> None:
+        try:
+            await self._applied_send.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # nobody is reading: the application does not want them

@@ -1,0 +1,60 @@
+"""Raft's peer RPCs as frozen dataclasses (validated by the codec like every message).
+
+``request_vote`` also carries pre-votes (``pre_vote=True``): a pre-vote asks "would you vote
+for me at ``term``?" without anyone changing their term. Snapshot data travels as base64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._codec import non_negative
+from ._log import Entry
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteArgs:
+    term: int = non_negative()
+    candidate: str
+    last_log_index: int = non_negative()
+    last_log_term: int = non_negative()
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteReply:
+    term: int
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesArgs:
+    term: int = non_negative()
+    leader: str
+    prev_log_index: int = non_negative()
+    prev_log_term: int = non_negative()
+    entries: list[Entry]
+    leader_commit: int = non_negative()
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesReply:
+    term: int
+    success: bool
+    match_index: int = 0
+    conflict_term: int = 0
+    conflict_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotArgs:
+    term: int = non_negative()
+    leader: str
+    last_included_index: int = non_negative()
+    last_included_term: int = non_negative()
+    data: str  # base64
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotReply:
+    term: int
