@@ -131,7 +131,7 @@ class RaftNode:
         self.role = Role.FOLLOWER
         self.leader_id: str | None = None
         self.commit_index = self.log.snapshot_index
-        self.last_applied = self.log.snapshot_index
+        self.last_applied = 0  # the snapshot found at start is delivered first
         self._written_index = self._durable_index = self.log.last_index
         self._lock = trio.Lock()
         self._changed = trio.Event()  # commit, term, role or applied moved: re-check

@@ -27,6 +27,7 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -161,11 +162,21 @@ def decode_hard_state(raw: bytes) -> HardState:
 class FileStorage:
     """Raft state in ``directory`` (created if needed). Call :meth:`close` when done."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        after_step: Callable[[str], None] | None = None,
+    ) -> None:
+        """``after_step`` is a test hook called after each step of a snapshot save."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._after_step = after_step or (lambda step: None)
         self._hard_state = Persister(self.directory / "hardstate")
-        self._snapshot = Persister(self.directory / "snapshot")
+        self._snapshot = Persister(
+            self.directory / "snapshot",
+            after_step=lambda step: self._after_step(f"snapshot-{step}"),
+        )
         self._log_path = self.directory / "log"
         self._fd = -1
         self._offsets: list[int] = []  # file offset of the record of each entry in the log
@@ -209,7 +220,9 @@ class FileStorage:
             f.write(b"".join(chunks))
             f.flush()
             os.fsync(f.fileno())
+        self._after_step("log-written")
         os.replace(tmp, self._log_path)
+        self._after_step("log-renamed")
         fsync_dir(self.directory)
         self._open_log(log.snapshot_index + 1, offsets)
         self._log_bytes = pos

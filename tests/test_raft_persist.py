@@ -1,0 +1,214 @@
+"""Raft persistence and churn (catalogue §6.3 3C), on virtual time with crashes that keep
+only synced storage."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tests.raft_harness import ELECTION_TIMEOUT, RaftCluster, with_long_delays
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE
+
+pytestmark = pytest.mark.usefixtures("seeded_scheduler")
+Clock = trio.testing.MockClock
+
+
+async def cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> RaftCluster:
+    c = RaftCluster(nursery, n, seed, **kwargs)
+    await c.start_all()
+    return c
+
+
+def rand_cmd(c: RaftCluster) -> str:
+    return str(c.rng.randrange(1 << 30))
+
+
+async def test_persist1(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 3, seed)
+    await c.one("11", 3, retry=True)
+    for i in c.ids:
+        await c.restart(i)
+    c.connect_all()
+    await c.one("12", 3, retry=True)
+    leader1 = await c.check_one_leader()
+    await c.restart(leader1)
+    await c.one("13", 3, retry=True)
+    leader2 = await c.check_one_leader()
+    c.crash(leader2)
+    await c.one("14", 2, retry=True)
+    await c.start(leader2)
+    await c.wait(4, 3, -1)
+    leader3 = await c.check_one_leader()
+    victim = str((int(leader3) + 1) % 3)
+    c.crash(victim)
+    await c.one("15", 2, retry=True)
+    await c.start(victim)
+    await c.one("16", 3, retry=True)
+
+
+async def test_persist2(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 5, seed)
+    index = 1
+    for _ in range(5):
+        await c.one(str(10 + index), 5, retry=True)
+        index += 1
+        leader1 = int(await c.check_one_leader())
+        c.crash(str((leader1 + 1) % 5))
+        c.crash(str((leader1 + 2) % 5))
+        await c.one(str(10 + index), 3, retry=True)
+        index += 1
+        for k in (0, 3, 4):
+            c.crash(str((leader1 + k) % 5))
+        await c.start(str((leader1 + 1) % 5))
+        await c.start(str((leader1 + 2) % 5))
+        await trio.sleep(ELECTION_TIMEOUT)
+        await c.start(str((leader1 + 3) % 5))
+        await c.one(str(10 + index), 3, retry=True)
+        index += 1
+        await c.start(str((leader1 + 4) % 5))
+        await c.start(str(leader1))
+    await c.one("1000", 5, retry=True)
+
+
+async def test_persist3(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 3, seed)
+    await c.one("101", 3, retry=False)
+    leader = int(await c.check_one_leader())
+    c.disconnect(str((leader + 2) % 3))
+    await c.one("102", 2, retry=False)
+    c.crash(str(leader % 3))
+    c.crash(str((leader + 1) % 3))
+    c.connect(str((leader + 2) % 3))
+    await c.start(str(leader % 3))
+    c.connect(str(leader % 3))
+    await c.one("103", 2, retry=True)
+    await c.start(str((leader + 1) % 3))
+    c.connect(str((leader + 1) % 3))
+    await c.one("104", 3, retry=True)
+
+
+async def figure8(c: RaftCluster, iterations: int, *, unreliable: bool) -> None:
+    n = len(c.ids)
+    up = n
+    for it in range(iterations):
+        if unreliable and it == 200:
+            c.network.set_profile(with_long_delays(MIT_UNRELIABLE).with_long_reordering())
+        leader = None
+        for i in c.ids:
+            node = c.nodes[i]
+            if node is not None and node.submit(rand_cmd(c))[2] and i in c.connected:
+                leader = i
+        if c.rng.randrange(1000) < 100:
+            await trio.sleep(c.rng.randrange(500) / 1000)
+        else:
+            await trio.sleep(c.rng.randrange(13) / 1000)
+        if unreliable:
+            if leader is not None and c.rng.randrange(1000) < 500:
+                c.disconnect(leader)
+                up -= 1
+            if up < 3:
+                down = [i for i in c.ids if i not in c.connected]
+                c.connect(c.rng.choice(down))
+                up += 1
+        else:
+            if leader is not None:
+                c.crash(leader)
+                up -= 1
+            if up < 3:
+                dead = [i for i in c.ids if not c.alive(i)]
+                await c.start(c.rng.choice(dead))
+                up += 1
+    for i in c.ids:
+        if not c.alive(i):
+            await c.start(i)
+    c.network.set_profile(with_long_delays(RELIABLE))
+    c.connect_all()
+    await c.one(rand_cmd(c), n, retry=True)
+
+
+async def test_figure8(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 5, seed)
+    await c.one(rand_cmd(c), 1, retry=True)
+    await figure8(c, 1000, unreliable=False)
+
+
+async def test_figure8_unreliable(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 5, seed, profile=MIT_UNRELIABLE)
+    await c.one(str(c.rng.randrange(10000)), 1, retry=True)
+    await figure8(c, 1000, unreliable=True)
+
+
+async def test_unreliable_agree(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, 5, seed, profile=MIT_UNRELIABLE)
+    for iters in range(1, 50):
+        async with trio.open_nursery() as ones:
+            for j in range(4):
+                ones.start_soon(c.one, str(100 * iters + j), 1, True)
+            await c.one(str(iters), 1, retry=True)
+    c.network.set_profile(with_long_delays(RELIABLE))
+    await c.one("100", 5, retry=True)
+
+
+async def churn(c: RaftCluster, *, unreliable: bool) -> None:
+    stop = trio.Event()
+    seen: list[list[str]] = [[], [], []]
+
+    async def client(me: int) -> None:
+        while not stop.is_set():
+            value = rand_cmd(c)
+            index = -1
+            for i in c.ids:
+                node = c.nodes[i]
+                if node is not None:
+                    idx, _, ok = node.submit(value)
+                    if ok:
+                        index = idx
+            if index > 0:
+                for pause in (0.01, 0.02, 0.05, 0.1, 0.2):
+                    count, committed = c.n_committed(index)
+                    if count > 0:
+                        if committed == value:
+                            seen[me].append(value)
+                        break
+                    await trio.sleep(pause)
+            else:
+                await trio.sleep((79 + me * 17) / 1000)
+
+    async with trio.open_nursery() as clients:
+        for me in range(3):
+            clients.start_soon(client, me)
+        for _ in range(20):
+            if c.rng.randrange(1000) < 200:
+                c.disconnect(c.rng.choice(c.ids))
+            if c.rng.randrange(1000) < 500:
+                i = c.rng.choice(c.ids)
+                if not c.alive(i):
+                    await c.start(i)
+                c.connect(i)
+            if c.rng.randrange(1000) < 200:
+                i = c.rng.choice(c.ids)
+                c.crash(i)
+            await trio.sleep(ELECTION_TIMEOUT * 7 / 10)
+        await trio.sleep(ELECTION_TIMEOUT)
+        c.network.set_profile(with_long_delays(RELIABLE))
+        for i in c.ids:
+            if not c.alive(i):
+                await c.start(i)
+        c.connect_all()
+        stop.set()
+    await trio.sleep(ELECTION_TIMEOUT)
+    last = await c.one(rand_cmd(c), 5, retry=True)
+    final = {c.n_committed(index)[1] for index in range(1, last + 1)}
+    for values in seen:
+        for value in values:
+            assert value in final, f"didn't find a value ({value}) that a client saw committed"
+    assert sum(map(len, seen)) > 0
+
+
+@pytest.mark.parametrize("unreliable", [False, True], ids=["reliable", "unreliable"])
+async def test_churn(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock, unreliable: bool
+) -> None:
+    c = await cluster(nursery, 5, seed, profile=MIT_UNRELIABLE if unreliable else RELIABLE)
+    await churn(c, unreliable=unreliable)

@@ -1,0 +1,147 @@
+"""Raft storage on disk: torn and corrupt tails, crashes during a snapshot save, restarts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from trioraft._log import Entry, Log
+from trioraft._persister import SAVE_STEPS
+from trioraft._storage import FileStorage, HardState, MemoryStorage, Snapshot, encode_record
+
+ENTRIES = [Entry(1 + i // 3, f"command-{i}" * (1 + i % 4)) for i in range(12)]
+
+
+async def written(directory: Path, entries: list[Entry] = ENTRIES) -> FileStorage:
+    storage = FileStorage(directory)
+    storage.load()
+    storage.append(1, entries)
+    await storage.sync()
+    await storage.save_hard_state(HardState(4, "n2"))
+    return storage
+
+
+async def test_round_trip(tmp_path: Path) -> None:
+    storage = await written(tmp_path)
+    storage.close()
+    loaded = FileStorage(tmp_path).load()
+    assert loaded.hard_state == HardState(4, "n2")
+    assert loaded.log.entries == ENTRIES and loaded.snapshot is None
+
+
+async def test_truncate_then_append(tmp_path: Path) -> None:
+    storage = await written(tmp_path)
+    storage.truncate_from(5)
+    storage.append(5, [Entry(9, "new")])
+    await storage.sync()
+    storage.close()
+    assert FileStorage(tmp_path).load().log.entries == [*ENTRIES[:4], Entry(9, "new")]
+
+
+async def test_every_torn_tail_recovers_a_valid_prefix(tmp_path: Path) -> None:
+    storage = await written(tmp_path)
+    storage.close()
+    raw = (tmp_path / "log").read_bytes()
+    boundaries = [
+        len(b"".join(encode_record(i + 1, e) for i, e in enumerate(ENTRIES[:k])))
+        for k in range(len(ENTRIES) + 1)
+    ]
+    last_three = boundaries[-4]
+    for cut in range(last_three, len(raw) + 1):
+        (tmp_path / "log").write_bytes(raw[:cut])
+        loaded = FileStorage(tmp_path).load()
+        whole = max(k for k, b in enumerate(boundaries) if b <= cut)
+        assert loaded.log.entries == ENTRIES[:whole], f"cut at {cut}"
+        assert (tmp_path / "log").stat().st_size == boundaries[whole]  # tail removed
+
+
+async def test_every_corrupt_byte_is_caught(tmp_path: Path) -> None:
+    storage = await written(tmp_path)
+    storage.close()
+    raw = (tmp_path / "log").read_bytes()
+    start = len(b"".join(encode_record(i + 1, e) for i, e in enumerate(ENTRIES[:-3])))
+    for pos in range(start, len(raw)):
+        damaged = bytearray(raw)
+        damaged[pos] ^= 0x5A
+        (tmp_path / "log").write_bytes(bytes(damaged))
+        entries = FileStorage(tmp_path).load().log.entries
+        assert entries == ENTRIES[: len(entries)], f"a wrong entry came back (byte {pos})"
+        assert len(entries) < len(ENTRIES)
+
+
+async def test_append_costs_one_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = await written(tmp_path)
+    sizes: list[int] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes) -> int:
+        sizes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", spy)
+    storage.append(13, [Entry(5, "x")])
+    assert sizes == [len(encode_record(13, Entry(5, "x")))]
+    storage.close()
+
+
+SNAPSHOT_STEPS = [f"snapshot-{s}" for s in SAVE_STEPS] + ["log-written", "log-renamed"]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("step", SNAPSHOT_STEPS)
+@pytest.mark.parametrize("keep_suffix", [True, False])
+async def test_crash_during_snapshot_save(tmp_path: Path, step: str, keep_suffix: bool) -> None:
+    """Install a snapshot at index 8: a crash after any step restarts into a consistent
+    state, either the old log or the snapshot with the entries after it."""
+    storage = await written(tmp_path)
+    storage.close()
+
+    def crash_at(name: str) -> None:
+        if name == step:
+            raise Crash(name)
+
+    storage = FileStorage(tmp_path, after_step=crash_at)
+    log = storage.load().log
+    snap_term = ENTRIES[7].term if keep_suffix else 99  # 99: a history that conflicts
+    log.compact(8, snap_term)
+    with pytest.raises(Crash):
+        await storage.save_snapshot(Snapshot(8, snap_term, b"state@8"), log)
+    storage.close()
+    loaded = FileStorage(tmp_path).load()
+    if loaded.snapshot is None:
+        assert loaded.log.entries == ENTRIES  # crashed before the snapshot was in place
+    else:
+        assert loaded.snapshot == Snapshot(8, snap_term, b"state@8")
+        assert loaded.log.snapshot_index == 8
+        assert loaded.log.entries == (ENTRIES[8:] if keep_suffix else [])
+    again = FileStorage(tmp_path).load()  # and a second restart agrees
+    assert (again.snapshot, again.log.entries) == (loaded.snapshot, loaded.log.entries)
+
+
+async def test_memory_storage_loses_only_unsynced(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+    storage.load()
+    storage.append(1, ENTRIES[:5])
+    await storage.sync()
+    storage.append(6, ENTRIES[5:])
+    await storage.save_hard_state(HardState(3, "a"))
+    loaded = storage.crashed().load()
+    assert loaded.log.entries == ENTRIES[:5] and loaded.hard_state == HardState(3, "a")
+
+
+async def test_sizes(tmp_path: Path) -> None:
+    storage = await written(tmp_path)
+    expected = sum(len(encode_record(i + 1, e)) for i, e in enumerate(ENTRIES))
+    assert storage.raft_state_size() == expected + len(b'{"term": 4, "voted_for": "n2"}')
+    log = Log()
+    log.append(ENTRIES)
+    log.compact(12, ENTRIES[-1].term)
+    await storage.save_snapshot(Snapshot(12, ENTRIES[-1].term, b"x" * 100), log)
+    assert storage.snapshot_size() == 116  # index and term, then the data
+    assert storage.raft_state_size() < 100
+    storage.close()
