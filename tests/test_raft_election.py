@@ -107,8 +107,7 @@ async def test_isolated_leader_steps_down(
     c.disconnect(leader)
     start = trio.current_time()
     with trio.fail_after(c.config.election_timeout[1] * 2):
-        while node.is_leader:
-            await node._changed.wait()
+        await node.wait_until(lambda n: not n.is_leader)
     assert trio.current_time() - start <= c.config.election_timeout[1] * 1.5
     assert node.submit("x")[2] is False
     new_leader = await c.check_one_leader()

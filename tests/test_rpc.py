@@ -149,3 +149,30 @@ async def test_kv_protocol_over_plain_http(single_kv: SingleKV) -> None:
         assert (await h.post("/get", json={"key": "a"})).json()["version"] == 1
     assert isinstance(PutArgs("a", "1", 0), PutArgs) and PutReply("OK").err == "OK"
     assert Versioned("", 0).exists is False
+
+
+def test_cancelled_calls_leave_nothing_to_finalize(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call cancelled mid-send (an RPC deadline) must not leave an unfinished async
+    generator behind: Trio reports those when they are collected after the run."""
+    import gc
+    import sys
+
+    reports: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reports.append(repr(u.exc_value)))
+
+    async def main() -> None:
+        async def slow(args: Echo) -> Echo:
+            await trio.sleep(1)
+            return args
+
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve, make_app({"slow": Route(Echo, slow)}))
+            async with RpcClient(url, "c") as rpc:
+                for i in range(200):
+                    with trio.move_on_after(0.0005 * (i % 7)):
+                        await rpc.call("slow", Echo("x" * 100_000), Echo)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert reports == []

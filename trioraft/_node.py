@@ -28,6 +28,7 @@ import binascii
 import enum
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,7 +206,12 @@ class RaftNode:
 
     async def wait_applied(self, index: int) -> None:
         """Return once the entry at ``index`` has been handed to ``applied``."""
-        while self.last_applied < index:
+        await self.wait_until(lambda node: node.last_applied >= index)
+
+    async def wait_until(self, predicate: Callable[[RaftNode], bool]) -> None:
+        """Return once ``predicate(node)`` holds; it is re-checked whenever the node's term,
+        role, commit or applied index changes."""
+        while not predicate(self):
             await self._changed.wait()
 
     async def snapshot(self, index: int, data: bytes) -> None:

@@ -149,9 +149,11 @@ class RpcClient:
 
     async def call(self, method: str, args: Any, reply_type: type[T]) -> T | None:
         """Send ``args`` (a message or a dict) to ``POST /method``; the reply, or ``None``."""
-        body = json.dumps(args if isinstance(args, dict) else encode(args))
+        body = json.dumps(args if isinstance(args, dict) else encode(args)).encode()
+        request = self._http.build_request("POST", f"/{method}", content=body)
+        request.stream = _Body(body)
         try:
-            response = await self._http.post(f"/{method}", content=body)
+            response = await self._http.send(request)
         except (httpx.HTTPError, OSError, trio.BrokenResourceError):
             return None
         if not 200 <= response.status_code < 300:
@@ -169,3 +171,32 @@ class RpcClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body as a plain async iterator.
+
+    httpx's own byte stream is an async generator; a call cancelled while sending (as every
+    RPC deadline may do) leaves it unfinished, and Trio reports each such generator when it
+    is collected (encode/httpx#3686). An iterator object has nothing to finalize.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> _Once:  # type: ignore[override]
+        return _Once(self._data)
+
+
+class _Once:
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
+        return data

@@ -84,13 +84,16 @@ class _Peer:
 class HttpProxy:
     """Forward HTTP calls to ``backend_url`` for the server named ``server`` in ``network``."""
 
-    def __init__(self, network: Network, server: str, backend_url: str) -> None:
+    def __init__(self, network: Network, server: str, backend_url: str | None = None) -> None:
         self.network = network
         self.server = server
         self.url = ""
-        self.set_backend(backend_url)
+        self._backend: tuple[str, int] | None = None
+        if backend_url is not None:
+            self.set_backend(backend_url)
 
     def set_backend(self, backend_url: str) -> None:
+        """Forward to ``backend_url`` from now on (until then, every call is lost)."""
         parts = urlsplit(backend_url)
         if parts.hostname is None or parts.port is None:
             raise ValueError(f"backend URL needs a host and a port: {backend_url!r}")
@@ -139,6 +142,8 @@ class HttpProxy:
             await stream.aclose()
 
     async def _connect(self) -> _Peer | None:
+        if self._backend is None:
+            return None
         try:
             return _Peer(await trio.open_tcp_stream(*self._backend), h11.CLIENT)
         except OSError:

@@ -1,0 +1,111 @@
+"""The key Raft scenarios with real nodes over real HTTP, through fault proxies, on the
+real clock: election, agreement, failures, persistence, snapshots, partitions, loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.raft_http_harness import HttpRaftCluster
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE
+
+
+async def cluster(
+    nursery: trio.Nursery, n: int, seed: int, tmp_path: Path, **kw
+) -> HttpRaftCluster:
+    c = HttpRaftCluster(nursery, n, seed, tmp_path, **kw)
+    await c.start_all()
+    return c
+
+
+async def test_election_and_agreement_over_http(
+    nursery: trio.Nursery, seed: int, tmp_path: Path
+) -> None:
+    c = await cluster(nursery, 3, seed, tmp_path)
+    leader = await c.check_one_leader()
+    for index in range(1, 4):
+        assert await c.one(str(index * 100), 3, retry=False) == index
+    c.disconnect(leader)
+    leader2 = await c.check_one_leader()
+    assert leader2 != leader
+    await c.one("after-failover", 2, retry=True)
+    c.connect(leader)
+    await c.one("all-back", 3, retry=True)
+    async with httpx.AsyncClient() as http:
+        status = (await http.get(c.proxy_urls[leader2] + "/status")).json()
+    assert status["role"] == "leader" and status["commit_index"] >= 5
+    c.check_errors()
+
+
+async def test_persistence_over_http(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
+    c = await cluster(nursery, 3, seed, tmp_path)
+    await c.one("11", 3, retry=True)
+    for i in c.ids:
+        await c.stop(i)
+    for i in c.ids:
+        await c.start(i)
+    assert await c.one("12", 3, retry=True) == 2
+    leader = await c.check_one_leader()
+    await c.restart(leader)
+    assert await c.one("13", 3, retry=True) == 3
+    follower = next(i for i in c.ids if i != leader)
+    await c.stop(follower)
+    await c.one("14", 2, retry=True)
+    await c.start(follower)
+    await c.wait(4, 3, -1)
+    assert [c.n_committed(k)[1] for k in range(1, 5)] == ["11", "12", "13", "14"]
+
+
+async def test_snapshot_install_over_http(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
+    c = await cluster(nursery, 3, seed, tmp_path, snapshot=True)
+    leader = await c.check_one_leader()
+    lagging = next(i for i in c.ids if i != leader)
+    c.disconnect(lagging)
+    for k in range(40):
+        await c.one(f"cmd-{k}", 2, retry=True)
+    assert c.node(leader).log.snapshot_index >= 30
+    c.connect(lagging)
+    last = await c.one("caught-up", 3, retry=True)
+    assert c.node(lagging).log.snapshot_index >= 30
+    assert c.raft_state_size() < 2000
+    for i in c.ids:
+        await c.stop(i)
+    for i in c.ids:
+        await c.start(i)
+    after = await c.one("after-restart", 3, retry=True)
+    assert after == last + 1
+    c.check_errors()
+
+
+async def test_partition_over_http(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
+    c = await cluster(nursery, 5, seed, tmp_path)
+    leader = await c.check_one_leader()
+    minority = [leader, str((int(leader) + 1) % 5)]
+    majority = [i for i in c.ids if i not in minority]
+    c.network.partition(minority, majority)
+    c.connected = set(majority)
+    assert c.node(leader).submit("minority-write")[2]
+    index = await c.one("majority-write", 3, retry=True)
+    await trio.sleep(0.5)  # the minority has had time to commit, were it able to
+    assert all("minority-write" not in log.values() for log in c.logs.values())
+    c.network.heal()
+    c.connected = set(c.ids)
+    await c.one("healed", 5, retry=True)
+    assert c.n_committed(index) == (5, "majority-write")
+    assert all("minority-write" not in log.values() for log in c.logs.values())
+
+
+async def test_unreliable_agreement_over_http(
+    nursery: trio.Nursery, seed: int, tmp_path: Path
+) -> None:
+    c = await cluster(nursery, 5, seed, tmp_path, profile=MIT_UNRELIABLE)
+    for round_ in range(6):
+        async with trio.open_nursery() as ones:
+            for j in range(4):
+                ones.start_soon(c.one, f"{round_}-{j}", 1, True)
+    c.network.set_profile(RELIABLE)
+    await c.one("final", 5, retry=True)
+    assert c.network.rpc_total > sum(c.network.rpc_count.values()), "nothing was lost"
+    c.check_errors()
