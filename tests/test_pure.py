@@ -110,3 +110,12 @@ def test_kv_matches_a_naive_model(puts: list[tuple[str, str, int]]) -> None:
     for key in "ab":
         value, version = model.get(key, ("", 0))
         assert kv.get(key) == GetReply(value, version, "OK" if version else "NoKey")
+
+
+def test_every_public_name_resolves() -> None:
+    import trioraft
+    import trioraft.testing
+
+    for module in (trioraft, trioraft.testing):
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert missing == [], f"{module.__name__}.__all__ names missing objects: {missing}"

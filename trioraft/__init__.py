@@ -8,16 +8,23 @@ from ._errors import (
     BadRequest,
     KeyNotFound,
     KVError,
+    LeadershipLost,
     MaybeApplied,
+    NotLeader,
+    RaftError,
     StorageCorrupt,
     TrioRaftError,
     VersionConflict,
 )
 from ._kvstate import VersionedKV
+from ._node import Applied, RaftConfig, RaftNode, RaftStatistics, Role, SnapshotApplied
 from ._persister import Persister
 from ._rpc import Route, RpcClient, make_app, serve
+from ._storage import FileStorage, MemoryStorage
+from ._transport import HttpTransport
 from .kv import KeyValue, KVClient, KVServer, Versioned
 from .lock import Lock
+from .raft import serve_node
 
 __version__ = "0.1.0"
 
