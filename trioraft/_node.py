@@ -225,7 +225,14 @@ class RaftNode:
             assert term is not None
             snapshot = Snapshot(index, term, data)
             self.log.compact(index, term)
+            await self._save_snapshot(snapshot)
+
+    async def _save_snapshot(self, snapshot: Snapshot) -> None:
+        """Persist ``snapshot`` and the compacted log (which holds every entry appended so
+        far, written or not); the save runs to the end even if the caller is cancelled."""
+        try:
             await self._storage.save_snapshot(snapshot, self.log)
+        finally:
             self._snapshot = snapshot
             self._written_index = self._durable_index = self.log.last_index
 
@@ -566,13 +573,18 @@ class RaftNode:
                     raise BadRequest("AppendEntries would remove committed entries")
                 self.log.truncate_from(result.truncate_from)
                 self._storage.truncate_from(result.truncate_from)
+                self._written_index = min(self._written_index, result.truncate_from - 1)
+                self._durable_index = min(self._durable_index, result.truncate_from - 1)
             if result.new_entries:
                 first = self.log.last_index + 1
                 self.log.append(list(result.new_entries))
                 self._storage.append(first, list(result.new_entries))
+                self._written_index = self.log.last_index
             if result.truncate_from is not None or result.new_entries:
+                # Bookkeeping above is exact at every checkpoint: a cancelled sync still
+                # finishes (threads are not abandoned), it only leaves durable_index low.
                 await self._storage.sync()
-                self._written_index = self._durable_index = self.log.last_index
+                self._durable_index = self._written_index
             new_commit = min(args.leader_commit, result.match_index)
             if new_commit > self.commit_index:
                 self.commit_index = new_commit
@@ -596,10 +608,9 @@ class RaftNode:
                 return InstallSnapshotReply(self.term)  # nothing new in it
             snapshot = Snapshot(args.last_included_index, args.last_included_term, data)
             self.log.compact(snapshot.index, snapshot.term)
-            await self._storage.save_snapshot(snapshot, self.log)
-            self._snapshot = self._snapshot_to_deliver = snapshot
-            self._written_index = self._durable_index = self.log.last_index
+            self._snapshot_to_deliver = snapshot
             self.commit_index = snapshot.index
+            await self._save_snapshot(snapshot)
             self._heard_from_leader()
             self._notify()
             return InstallSnapshotReply(self.term)

@@ -1,0 +1,102 @@
+"""RaftNode behaviours below the scenario level: cancellation safety, the public API."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from trioraft import LeadershipLost, MemoryStorage, NotLeader, RaftConfig, RaftNode
+from trioraft._log import Entry
+from trioraft._raft_messages import AppendEntriesArgs
+
+Clock = trio.testing.MockClock
+
+
+class SlowSync(MemoryStorage):
+    """A disk whose fsync takes a second (of virtual time)."""
+
+    async def sync(self) -> None:
+        await trio.sleep(1)
+        await super().sync()
+
+
+class NoPeers:
+    async def call(self, peer, method, args, reply_type):
+        raise AssertionError("a one-node cluster calls nobody")
+
+
+def single_node(storage: MemoryStorage) -> RaftNode:
+    return RaftNode("a", ["a"], storage, NoPeers(), config=RaftConfig(), rng=random.Random(1))
+
+
+async def test_cancelled_append_keeps_storage_bookkeeping_exact(autojump_clock: Clock) -> None:
+    storage = SlowSync()
+    node = single_node(storage)
+    entries = [Entry(1, "e1"), Entry(1, "e2")]
+    with trio.move_on_after(0.5):  # cancelled while the follower syncs
+        await node.handle_append_entries(AppendEntriesArgs(1, "b", 0, 0, entries, 0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        nursery.start_soon(drain, node)
+        with trio.fail_after(10):
+            await node.wait_until(lambda n: n.is_leader)
+            index, term, ok = node.submit("x")
+            assert ok and index == 3
+            await node.wait_committed(index, term)
+        nursery.cancel_scope.cancel()
+    assert [e.command for _, e in storage._durable] == ["e1", "e2", "x"]
+
+
+async def drain(node: RaftNode) -> None:
+    async for _ in node.applied:
+        pass
+
+
+async def test_single_node_commits_and_applies_in_order(autojump_clock: Clock) -> None:
+    node = single_node(MemoryStorage())
+    assert node.submit("early") == (0, 0, False)
+    with pytest.raises(NotLeader):
+        node.submit_many(["early"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        first, term = node.submit_many([f"c{i}" for i in range(5)])
+        seen = []
+        async for message in node.applied:
+            seen.append((message.index, message.command))
+            if message.index == first + 4:
+                break
+        assert seen == [(first + i, f"c{i}") for i in range(5)]
+        await node.wait_committed(first + 4, term)
+        await node.wait_applied(first + 4)  # recorded once the hand-off completes
+        stats = node.statistics()
+        assert (stats.role, stats.commit_index, stats.last_applied) == ("leader", 5, 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_waiters_learn_that_the_node_stopped(autojump_clock: Clock) -> None:
+    node = single_node(SlowSync())
+    outcome: list[str] = []
+    submitted = trio.Event()
+
+    async def waiter() -> None:
+        await submitted.wait()
+        try:
+            await node.wait_committed(index, term)
+            outcome.append("committed")
+        except LeadershipLost:
+            outcome.append("lost")
+
+    async with trio.open_nursery() as outside:
+        outside.start_soon(waiter)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await node.wait_until(lambda n: n.is_leader)
+            index, term, _ = node.submit("never")
+            submitted.set()
+            await trio.sleep(0.1)  # the leader's fsync is still running
+            nursery.cancel_scope.cancel()
+    assert outcome == ["lost"]
