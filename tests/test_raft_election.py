@@ -25,7 +25,7 @@ async def test_initial_election(nursery: trio.Nursery, seed: int, autojump_clock
     await trio.sleep(0.05)
     term1 = c.check_terms()
     assert term1 >= 1
-    await trio.sleep(2 * ELECTION_TIMEOUT)
+    await trio.sleep(5 * ELECTION_TIMEOUT)  # the C port and Janus hold it for 2 and 5 s
     assert c.check_terms() == term1, "term changed even though there were no failures"
     await c.check_one_leader()
 
@@ -112,3 +112,43 @@ async def test_isolated_leader_steps_down(
     assert node.submit("x")[2] is False
     new_leader = await c.check_one_leader()
     assert new_leader != leader
+
+
+async def test_many_elections_five(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    """The C port's variant: five times, cut the leader and one other; a new leader appears."""
+    c = await cluster(nursery, 5, seed)
+    for _ in range(5):
+        leader = await c.check_one_leader()
+        other = c.rng.choice([i for i in c.ids if i != leader])
+        c.disconnect(leader)
+        c.disconnect(other)
+        assert await c.check_one_leader() not in (leader, other)
+        c.connect(leader)
+        c.connect(other)
+    await c.check_one_leader()
+
+
+async def test_janus_rpc_bounds(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    """Janus #9 with its five servers: an election within 3 x 5 RPCs, and n commands
+    committed within (n + 1) x 5."""
+    c = await cluster(nursery, 5, seed)
+    elected = trio.Event()
+
+    async def watch(node) -> None:
+        await node.wait_until(lambda n: n.is_leader)
+        elected.set()
+
+    async with trio.open_nursery() as watchers:
+        for i in c.ids:
+            watchers.start_soon(watch, c.node(i))
+        await elected.wait()
+        assert c.network.rpc_total <= 3 * 5, f"{c.network.rpc_total} RPCs to elect"
+        watchers.cancel_scope.cancel()
+    leader = await c.check_one_leader()
+    for n in (1, 5, 10):
+        before = c.network.rpc_total
+        node = c.node(leader)
+        first, term = node.submit_many([f"{n}-{k}" for k in range(n)])
+        with trio.fail_after(5):
+            await node.wait_committed(first + n - 1, term)
+        assert c.network.rpc_total - before <= (n + 1) * 5, "too many RPCs to commit"

@@ -212,3 +212,25 @@ async def test_churn(
 ) -> None:
     c = await cluster(nursery, 5, seed, profile=MIT_UNRELIABLE if unreliable else RELIABLE)
     await churn(c, unreliable=unreliable)
+
+
+def test_a_seed_replays_the_same_run(seed: int) -> None:
+    """The same seed gives the same run: faults, timeouts and Trio's scheduling all replay."""
+    import trio._core._run as trio_run
+
+    def run_once() -> tuple[int, int, float, int]:
+        trio_run._r.seed(seed)
+
+        async def main() -> tuple[int, int, float, int]:
+            async with trio.open_nursery() as nursery:
+                c = RaftCluster(nursery, 5, seed, profile=MIT_UNRELIABLE)
+                await c.start_all()
+                await c.one("first", 1, retry=True)
+                await figure8(c, 200, unreliable=True)
+                last = max(max(log) for log in c.logs.values())
+                nursery.cancel_scope.cancel()
+            return c.network.rpc_total, c.network.bytes_total, trio.current_time(), last
+
+        return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    assert run_once() == run_once()
