@@ -152,3 +152,42 @@ async def test_janus_rpc_bounds(nursery: trio.Nursery, seed: int, autojump_clock
         with trio.fail_after(5):
             await node.wait_committed(first + n - 1, term)
         assert c.network.rpc_total - before <= (n + 1) * 5, "too many RPCs to commit"
+
+
+async def test_failover_is_well_under_a_second(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await cluster(nursery, 3, seed)
+    for _ in range(5):
+        leader = await c.check_one_leader()
+        survivors = [c.node(i) for i in c.ids if i != leader]
+        c.crash(leader)
+        start = trio.current_time()
+        elected = trio.Event()
+
+        async def watch(node, elected: trio.Event = elected) -> None:
+            await node.wait_until(lambda n: n.is_leader)
+            elected.set()
+
+        async with trio.open_nursery() as watchers:
+            for node in survivors:
+                watchers.start_soon(watch, node)
+            await elected.wait()
+            watchers.cancel_scope.cancel()
+        # An election timeout (at most 0.6 s) passes, then a pre-vote and a vote round.
+        assert trio.current_time() - start < 1.0
+        await c.start(leader)
+
+
+async def test_new_entries_are_sent_at_once(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """On a network without delay, a commit takes no time: nothing waits for a heartbeat."""
+    c = await cluster(nursery, 3, seed)
+    node = c.node(await c.check_one_leader())
+    for k in range(20):
+        start = trio.current_time()
+        index, term, ok = node.submit(f"now-{k}")
+        assert ok
+        await node.wait_committed(index, term)
+        assert trio.current_time() - start < c.config.heartbeat_interval / 10
