@@ -22,7 +22,7 @@ from ._persister import Persister
 from ._rpc import Route, RpcClient, make_app, serve
 from ._storage import FileStorage, MemoryStorage
 from ._transport import HttpTransport
-from .kv import KeyValue, KVClient, KVServer, Versioned
+from .kv import ClusterClient, KeyValue, KVClient, KVServer, Versioned
 from .lock import Lock
 from .raft import serve_node
 
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Applied",
     "BadRequest",
+    "ClusterClient",
     "FileStorage",
     "HttpTransport",
     "KVClient",

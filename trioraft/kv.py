@@ -11,7 +11,8 @@ Python API (shared by every KV client, single-server or cluster, so the lock wor
   attempt may have applied before its reply was lost.
 
 Neither call takes a timeout: the caller bounds it with ``trio.move_on_after`` or
-``trio.fail_after``.
+``trio.fail_after``. :class:`KVClient` talks to a single server; :class:`ClusterClient` to a
+replicated cluster, where it also offers ``append``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ from quart_trio import QuartTrio
 
 from ._errors import KeyNotFound, MaybeApplied, VersionConflict
 from ._kvstate import VersionedKV
-from ._messages import NO_KEY, OK, VERSION, GetArgs, GetReply, PutArgs, PutReply
+from ._messages import (
+    NO_KEY,
+    OK,
+    VERSION,
+    WRONG_LEADER,
+    AppendArgs,
+    AppendReply,
+    GetArgs,
+    GetReply,
+    PutArgs,
+    PutReply,
+)
 from ._rpc import Route, RpcClient, make_app
 
 #: Retry pacing after a failed RPC: start small, double, never above the cap. The cap only
@@ -144,6 +156,66 @@ class KVClient:
         await self._rpc.aclose()
 
     async def __aenter__(self) -> KVClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class ClusterClient:
+    """A client of a replicated KV cluster, with the same interface as :class:`KVClient`.
+
+    It keeps one RPC client per server and tries the last server that answered as leader
+    first; on ``WrongLeader`` or a lost call (``rpc_timeout`` each) it moves to the next one,
+    pausing briefly after each full round. A put retried after any such failure reports
+    :class:`MaybeApplied` if it then meets ``Version``, as the single-server client does.
+    ``append`` is applied exactly once: retries carry the same client id and sequence number.
+    """
+
+    def __init__(
+        self, urls: list[str], *, client_id: str | None = None, rpc_timeout: float = 1.0
+    ) -> None:
+        if not urls:
+            raise ValueError("a cluster client needs at least one server URL")
+        self.client_id = client_id or uuid.uuid4().hex
+        self._rpcs = [RpcClient(url, self.client_id, timeout=rpc_timeout) for url in urls]
+        self.leader = 0  # index of the server that last answered as leader
+        self._seq = 0
+
+    async def _call(self, method: str, args: object, reply_type: type) -> tuple[object, bool]:
+        """The first reply that is not WrongLeader; and whether an attempt before it failed."""
+        failed_before = False
+        backoff = Backoff()
+        while True:
+            for k in range(len(self._rpcs)):
+                server = (self.leader + k) % len(self._rpcs)
+                reply = await self._rpcs[server].call(method, args, reply_type)
+                if reply is not None and reply.err != WRONG_LEADER:
+                    self.leader = server
+                    return reply, failed_before
+                failed_before = True
+            await backoff.wait()
+
+    async def get(self, key: str) -> Versioned:
+        reply, _ = await self._call("get", GetArgs(key), GetReply)
+        assert isinstance(reply, GetReply)
+        return Versioned(reply.value, reply.version)
+
+    async def put(self, key: str, value: str, version: int) -> None:
+        reply, retried = await self._call("put", PutArgs(key, value, version), PutReply)
+        assert isinstance(reply, PutReply)
+        raise_put_error(reply.err, retried=retried)
+
+    async def append(self, key: str, value: str) -> None:
+        self._seq += 1
+        args = AppendArgs(key, value, self.client_id, self._seq)
+        await self._call("append", args, AppendReply)
+
+    async def aclose(self) -> None:
+        for rpc in self._rpcs:
+            await rpc.aclose()
+
+    async def __aenter__(self) -> ClusterClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -1,0 +1,141 @@
+"""A replicated KV cluster of real servers over HTTP on loopback, each behind a fault proxy.
+
+Servers are :class:`KVNode`\\ s named "0".."n-1" with file storage in a temporary directory;
+peers and clerks reach each other through the proxies, so partitions and loss apply to both
+(a partition blocks only server-to-server traffic, as the catalogue's harness does).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import trio
+
+from trioraft import ClusterClient, RaftConfig
+from trioraft.cluster import KVNode
+from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
+
+
+class KVCluster:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        n: int,
+        seed: int,
+        directory: Path,
+        *,
+        profile: Profile = RELIABLE,
+        max_raft_state: int = -1,
+        config: RaftConfig | None = None,
+    ) -> None:
+        self.nursery = nursery
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.network = Network(seed, profile)
+        self.directory = directory
+        self.max_raft_state = max_raft_state
+        self.config = config or RaftConfig()
+        self.ids = [str(i) for i in range(n)]
+        self.proxies = {i: HttpProxy(self.network, i) for i in self.ids}
+        self.urls: dict[str, str] = {}
+        self.nodes: dict[str, KVNode | None] = dict.fromkeys(self.ids)
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.stopped: dict[str, trio.Event] = {}
+        self.starts = 0
+        self.clerks: list[ClusterClient] = []
+
+    async def start_all(self) -> None:
+        for i in self.ids:
+            self.urls[i] = await self.nursery.start(self.proxies[i].run)
+        for i in self.ids:
+            await self.start(i)
+
+    async def start(self, i: str) -> None:
+        self.starts += 1
+        node = KVNode(
+            i,
+            {j: self.urls[j] for j in self.ids if j != i},
+            self.directory / f"server-{i}",
+            max_raft_state=self.max_raft_state,
+            config=self.config,
+            rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
+        )
+        self.nodes[i] = node
+        scope = self.scopes[i] = trio.CancelScope()
+        stopped = self.stopped[i] = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                with scope:
+                    async with trio.open_nursery() as inner:
+                        url = await inner.start(node.serve)
+                        self.proxies[i].set_backend(url)
+                        self.network.restart(i)
+                        task_status.started()
+            finally:
+                stopped.set()
+
+        await self.nursery.start(run)
+
+    async def stop(self, i: str) -> None:
+        """Crash ``i``: off the network at once, cancelled, and wait until its disk is quiet."""
+        if self.nodes[i] is None:
+            return
+        self.network.crash(i)
+        self.scopes[i].cancel()
+        self.nodes[i] = None
+        await self.stopped[i].wait()
+
+    async def restart(self, i: str) -> None:
+        await self.stop(i)
+        await self.start(i)
+
+    async def stop_all(self) -> None:
+        for i in self.ids:
+            await self.stop(i)
+
+    async def start_all_again(self) -> None:
+        for i in self.ids:
+            await self.start(i)
+
+    def alive(self, i: str) -> bool:
+        return self.nodes[i] is not None
+
+    def partition(self, *groups: list[str]) -> None:
+        self.network.partition(*groups)
+
+    def heal(self) -> None:
+        self.network.heal()
+
+    def make_partition(self, leader: str) -> tuple[list[str], list[str]]:
+        """A majority without ``leader`` and a minority ending with it (catalogue §1.2)."""
+        others = [i for i in self.ids if i != leader]
+        majority = others[: len(self.ids) // 2 + 1]
+        minority = [i for i in others if i not in majority] + [leader]
+        return majority, minority
+
+    def clerk(self, servers: list[str] | None = None, name: str | None = None) -> ClusterClient:
+        """A clerk of the given servers (all by default); closed when the cluster closes."""
+        name = name or f"clerk-{len(self.clerks)}"
+        urls = [self.urls[i] for i in (servers or self.ids)]
+        clerk = ClusterClient(urls, client_id=name)
+        self.clerks.append(clerk)
+        return clerk
+
+    async def close(self) -> None:
+        for clerk in self.clerks:
+            await clerk.aclose()
+
+    def leader(self) -> str | None:
+        for i in self.ids:
+            node = self.nodes[i]
+            if node is not None and node.raft.is_leader:
+                return i
+        return None
+
+    def log_size(self) -> int:
+        return max(node.raft.raft_state_size() for node in self.nodes.values() if node)
+
+    def snapshot_size(self) -> int:
+        return max(node.raft.snapshot_size() for node in self.nodes.values() if node)
