@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +57,12 @@ class ReplicatedStateMachine:
         self._tags = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
         self.applied_index = 0
+        self._applied = trio.Event()  # set (and replaced) after every entry or snapshot applied
+
+    async def wait_until(self, predicate: Callable[[ReplicatedStateMachine], bool]) -> None:
+        """Return once ``predicate(rsm)`` holds; re-checked after every apply."""
+        while not predicate(self):
+            await self._applied.wait()
 
     async def submit(self, op: Any) -> Any:
         """Replicate and apply ``op``; its result. Raises :class:`NotLeader` at once on a
@@ -96,6 +103,8 @@ class ReplicatedStateMachine:
                 self.applied_index = message.index
                 for index in [i for i in self._waiters if i <= message.index]:
                     self._fail(self._waiters[index])
+                self._applied.set()
+                self._applied = trio.Event()
                 continue
             entry = json.loads(message.command)
             result = self.machine.apply(entry["op"])
@@ -107,6 +116,8 @@ class ReplicatedStateMachine:
                     waiter.done.set()
                 else:
                     self._fail(waiter)
+            self._applied.set()
+            self._applied = trio.Event()
             if 0 <= self.max_raft_state < self.node.raft_state_size():
                 await self.node.snapshot(message.index, self.machine.snapshot())
 

@@ -1,0 +1,281 @@
+"""The replicated state machine (catalogue §7, 4A and the 4C snapshot test), on virtual time.
+
+The machine is a counter: ``inc`` adds one and returns the count, ``null`` does nothing, and
+applying anything else (the minority's ``dec``) is recorded as a fatal error.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from trioraft import LeadershipLost, MemoryStorage, NotLeader, RaftConfig, RaftNode
+from trioraft._rsm import ReplicatedStateMachine
+from trioraft._transport import MemoryNetwork
+from trioraft.testing import RELIABLE, Network
+
+pytestmark = pytest.mark.usefixtures("seeded_scheduler")
+Clock = trio.testing.MockClock
+NSEC = 10
+
+
+class Counter:
+    def __init__(self, errors: list[str]) -> None:
+        self.n = 0
+        self.errors = errors
+
+    def apply(self, op: str) -> int | None:
+        if op == "inc":
+            self.n += 1
+            return self.n
+        if op == "null":
+            return None
+        self.errors.append(f"applied {op!r}: only inc and null may ever execute")
+        return None
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self.n).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.n = json.loads(data)
+
+
+class RSMCluster:
+    def __init__(self, nursery: trio.Nursery, seed: int, n: int = 3, max_raft_state: int = -1):
+        self.nursery = nursery
+        self.seed = seed
+        self.network = Network(seed, RELIABLE)
+        self.memory = MemoryNetwork(self.network)
+        self.ids = [str(i) for i in range(n)]
+        self.storages = {i: MemoryStorage() for i in self.ids}
+        self.rsms: dict[str, ReplicatedStateMachine | None] = dict.fromkeys(self.ids)
+        self.counters: dict[str, Counter] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.errors: list[str] = []
+        self.max_raft_state = max_raft_state
+        self.leader = "0"
+        self.starts = 0
+
+    async def start(self, i: str) -> None:
+        self.starts += 1
+        node = RaftNode(
+            i,
+            self.ids,
+            self.storages[i],
+            self.memory.transport(i),
+            config=RaftConfig(),
+            rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
+        )
+        counter = self.counters[i] = Counter(self.errors)
+        rsm = self.rsms[i] = ReplicatedStateMachine(
+            node, counter, max_raft_state=self.max_raft_state
+        )
+        self.memory.register(i, node.routes())
+        self.network.restart(i)
+        scope = self.scopes[i] = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                async with trio.open_nursery() as inner:
+                    await inner.start(node.run)
+                    await inner.start(rsm.run)
+                    task_status.started()
+
+        await self.nursery.start(run)
+
+    async def start_all(self) -> None:
+        for i in self.ids:
+            await self.start(i)
+
+    def shutdown(self, i: str) -> None:
+        self.network.crash(i)
+        self.scopes[i].cancel()
+        self.memory.unregister(i)
+        self.storages[i] = self.storages[i].crashed()
+        self.rsms[i] = None
+
+    def shutdown_all(self) -> None:
+        for i in self.ids:
+            self.shutdown(i)
+
+    async def one_partition(self, servers: list[str], op: str):
+        """Submit ``op`` to the partition's servers, starting at the last leader, until one
+        answers; its result (or None after NSEC seconds)."""
+        with trio.move_on_after(NSEC):
+            while True:
+                order = sorted(servers, key=lambda s: s != self.leader)
+                for i in order:
+                    rsm = self.rsms[i]
+                    if rsm is None:
+                        continue
+                    try:
+                        result = await rsm.submit(op)
+                    except (NotLeader, LeadershipLost):
+                        continue
+                    self.leader = i
+                    return result
+                await trio.sleep(0.05)
+        return None
+
+    async def one_inc(self) -> int:
+        result = await self.one_partition(self.ids, "inc")
+        assert result is not None, "no server accepted the inc"
+        return result
+
+    async def check_counter(self, value: int, n: int) -> None:
+        """Wait until at least ``n`` servers' counters equal ``value``."""
+        reached = 0
+        enough = trio.Event()
+
+        async def watch(rsm: ReplicatedStateMachine) -> None:
+            nonlocal reached
+            await rsm.wait_until(lambda r: r.machine.n == value)
+            reached += 1
+            if reached >= n:
+                enough.set()
+
+        with trio.fail_after(NSEC):
+            async with trio.open_nursery() as watchers:
+                for rsm in self.rsms.values():
+                    if rsm is not None:
+                        watchers.start_soon(watch, rsm)
+                await enough.wait()
+                watchers.cancel_scope.cancel()
+        assert not self.errors, self.errors
+
+    def log_size(self) -> int:
+        return max(self.storages[i].raft_state_size() for i in self.ids)
+
+
+async def cluster(nursery: trio.Nursery, seed: int, **kwargs) -> RSMCluster:
+    c = RSMCluster(nursery, seed, **kwargs)
+    await c.start_all()
+    return c
+
+
+async def test_basic(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
+    for i in range(10):
+        assert await c.one_inc() == i + 1
+        await c.check_counter(i + 1, 3)
+
+
+async def test_concurrent(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
+    async with trio.open_nursery() as incs:
+        for _ in range(50):
+            incs.start_soon(c.one_inc)
+    await c.check_counter(50, 3)
+
+
+async def test_leader_failure(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
+    n = await c.one_inc()
+    await c.check_counter(n, 3)
+    old = c.leader
+    c.network.disconnect(old, c.ids)
+    n = await c.one_partition([i for i in c.ids if i != old], "inc")
+    await c.check_counter(n, 2)
+    c.network.connect(old, c.ids)
+    await c.check_counter(n, 3)
+
+
+async def test_leader_partition(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
+    await c.one_inc()
+    old = c.leader
+    majority = [i for i in c.ids if i != old]
+    c.network.partition(majority, [old])
+    returned: list[str] = []
+    all_returned = trio.Event()
+
+    async def dec(k: int) -> None:
+        rsm = c.rsms[old]
+        assert rsm is not None
+        try:
+            await rsm.submit("dec")
+            returned.append("OK")
+        except (NotLeader, LeadershipLost):
+            returned.append("WrongLeader")
+        if len(returned) == 100:
+            all_returned.set()
+
+    async with trio.open_nursery() as decs:
+        for k in range(100):
+            decs.start_soon(dec, k)
+        await trio.sleep(0.01)
+        n = await c.one_partition(majority, "inc")
+        assert n is not None
+        await trio.sleep(1.0)
+        assert returned == [], "Decs in the minority completed"
+        c.network.heal()
+        with trio.fail_after(1.0):
+            await all_returned.wait()
+    assert "OK" not in returned, "a Dec in the minority completed"
+    await c.check_counter(n, 3)
+
+
+async def test_restart_replay(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
+    for i in range(100):
+        assert await c.one_inc() == i + 1
+    c.shutdown_all()
+    await trio.sleep(1)
+    await c.start_all()
+    assert await c.one_inc() == 101
+    await trio.sleep(1)
+    await c.check_counter(101, 3)
+
+
+async def submit_nulls_then_shutdown(c: RSMCluster) -> None:
+    """100 concurrent nulls; shut everything down after 20 ms; all must return by 11 s."""
+    done = 0
+
+    async def null() -> None:
+        nonlocal done
+        await c.one_partition(c.ids, "null")
+        done += 1
+
+    with trio.fail_after(NSEC + 1):
+        async with trio.open_nursery() as nulls:
+            for _ in range(100):
+                nulls.start_soon(null)
+            await trio.sleep(0.02)
+            c.shutdown_all()
+    assert done == 100, "Submit didn't stop after shutdown"
+
+
+async def test_shutdown(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
+    await submit_nulls_then_shutdown(c)
+
+
+async def test_restart_submit(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
+    for i in range(100):
+        assert await c.one_inc() == i + 1
+    c.shutdown_all()
+    await trio.sleep(1)
+    await c.start_all()
+    assert await c.one_inc() == 101
+    await trio.sleep(1)
+    await submit_nulls_then_shutdown(c)
+    await c.start_all()
+    n = await c.one_inc()
+    await c.check_counter(n, 3)
+
+
+async def test_snapshot(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed, max_raft_state=1000)
+    for i in range(100):
+        assert await c.one_inc() == i + 1
+    await c.check_counter(100, 3)
+    assert c.log_size() <= 2 * 1000, f"logs were not trimmed ({c.log_size()} > 2 * 1000)"
+    c.shutdown_all()
+    await c.start_all()
+    assert await c.one_inc() == 101
+    await c.check_counter(101, 3)
