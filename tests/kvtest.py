@@ -7,6 +7,7 @@ checks, clients running for a while until told to stop, and the concurrent-put c
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -89,15 +90,19 @@ async def run_clients(
 
 
 def one_client_put(
-    clerks: list[KeyValue], key: str
+    clerks: list[KeyValue], keys: str | list[str], rng: random.Random | None = None
 ) -> Callable[[int, trio.Event], Awaitable[ClientResult]]:
-    """Client ``me`` keeps doing :func:`one_put` on ``key`` with its own clerk."""
+    """Client ``me`` keeps doing :func:`one_put` with its own clerk, on ``keys`` (one key, or
+    a random one of several each time, remembering the version it last saw of each)."""
+    choices = [keys] if isinstance(keys, str) else keys
+    pick = rng or random.Random(0)
 
     async def client(me: int, done: trio.Event) -> ClientResult:
         result = ClientResult()
-        version = 0
+        versions = dict.fromkeys(choices, 0)
         while not done.is_set():
-            version, outcome = await one_put(me, clerks[me], key, version)
+            key = choices[0] if len(choices) == 1 else pick.choice(choices)
+            versions[key], outcome = await one_put(me, clerks[me], key, versions[key])
             if outcome == "OK":
                 result.ok += 1
             else:

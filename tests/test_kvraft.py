@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.kv_cluster import KVCluster
+from tests.kvtest import ClientResult, check_put_concurrent, one_client_put, run_clients
 from trioraft import VersionConflict, Versioned
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE, History
 
 
 async def test_basic_put_get_append_and_failover(
@@ -33,3 +36,118 @@ async def test_basic_put_get_append_and_failover(
     assert await ck.get("a") == Versioned("3", 3)
     await c.start(leader)
     await c.close()
+
+
+# -- GenericTest (catalogue §8.1) ----------------------------------------------------------
+
+NITER = 3
+NKEYS = 100
+
+
+async def partitioner(c: KVCluster, stop: trio.Event) -> None:
+    """Until stopped: put every server on a random side; hold it 1.0-1.2 s."""
+    while not stop.is_set():
+        sides: tuple[list[str], list[str]] = ([], [])
+        for i in c.ids:
+            sides[c.rng.randrange(2)].append(i)
+        c.partition(*sides)
+        with trio.move_on_after(1.0 + c.rng.randrange(200) / 1000):
+            await stop.wait()
+
+
+async def generic_test(
+    nursery: trio.Nursery,
+    seed: int,
+    directory: Path,
+    *,
+    clients: int,
+    servers: int,
+    unreliable: bool = False,
+    crash: bool = False,
+    partitions: bool = False,
+    max_raft_state: int = -1,
+    random_keys: bool = False,
+) -> None:
+    profile = MIT_UNRELIABLE if unreliable else RELIABLE
+    c = KVCluster(nursery, servers, seed, directory, profile=profile, max_raft_state=max_raft_state)
+    await c.start_all()
+    history = History()
+    keys = [f"k{i}" for i in range(NKEYS)] if random_keys else "k"
+    reliable = not unreliable and not crash and not partitions
+    totals: list[ClientResult] = []
+    for iteration in range(NITER):
+        names = [f"i{iteration}-c{j}" for j in range(clients)]
+        clerks = [history.recording(c.clerk(name=n), n) for n in names]
+        stop = trio.Event()
+        async with trio.open_nursery() as chaos:
+            if partitions:
+                chaos.start_soon(partitioner, c, stop)
+            totals += await run_clients(clients, 1.0, one_client_put(clerks, keys, c.rng))
+            stop.set()
+        if partitions:
+            c.heal()
+        if not random_keys:
+            checker = history.recording(c.clerk(name=f"i{iteration}-check"), "check")
+            await check_put_concurrent(checker, "k", totals, reliable=reliable)
+        result = history.check(timeout=120)
+        assert result.ok is True, result.account
+        if partitions:
+            await trio.sleep(1.0)  # an election timeout, to settle
+        if crash:
+            await c.stop_all()
+            await c.start_all_again()
+        if max_raft_state > 0:
+            assert c.log_size() <= 8 * max_raft_state, (
+                f"logs were not trimmed ({c.log_size()} > 8*{max_raft_state})"
+            )
+        if max_raft_state < 0:
+            assert c.snapshot_size() == 0, "snapshots were taken with max_raft_state -1"
+    assert sum(r.ok for r in totals) > 0
+    await c.close()
+
+
+GENERIC = {
+    # name: (clients, servers, unreliable, crash, partitions, max_raft_state, random keys)
+    "basic": (1, 5, False, False, False, -1, False),
+    "concurrent": (5, 5, False, False, False, -1, False),
+    "unreliable": (5, 5, True, False, False, -1, False),
+    "many-partitions-one-client": (1, 5, False, False, True, -1, False),
+    "many-partitions-many-clients": (5, 5, False, False, True, -1, False),
+    "persist-one-client": (1, 5, False, True, False, -1, False),
+    "persist-concurrent": (5, 5, False, True, False, -1, False),
+    "persist-concurrent-unreliable": (5, 5, True, True, False, -1, False),
+    "persist-partition": (5, 5, False, True, True, -1, False),
+    "persist-partition-unreliable": (5, 5, True, True, True, -1, False),
+    "persist-partition-unreliable-linearizable": (15, 7, True, True, True, -1, True),
+    "snapshot-recover": (1, 5, False, True, False, 1000, False),
+    "snapshot-recover-many-clients": (20, 5, False, True, False, 1000, False),
+    "snapshot-unreliable": (5, 5, True, False, False, 1000, False),
+    "snapshot-unreliable-recover": (5, 5, True, True, False, 1000, False),
+    "snapshot-unreliable-recover-concurrent-partition": (5, 5, True, True, True, 1000, False),
+    "snapshot-unreliable-recover-concurrent-partition-linearizable": (
+        15,
+        7,
+        True,
+        True,
+        True,
+        1000,
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", GENERIC)
+async def test_generic(nursery: trio.Nursery, seed: int, tmp_path: Path, name: str) -> None:
+    clients, servers, unreliable, crash, partitions, max_raft_state, random_keys = GENERIC[name]
+    await generic_test(
+        nursery,
+        seed,
+        tmp_path,
+        clients=clients,
+        servers=servers,
+        unreliable=unreliable,
+        crash=crash,
+        partitions=partitions,
+        max_raft_state=max_raft_state,
+        random_keys=random_keys,
+    )

@@ -100,3 +100,49 @@ async def test_waiters_learn_that_the_node_stopped(autojump_clock: Clock) -> Non
             await trio.sleep(0.1)  # the leader's fsync is still running
             nursery.cancel_scope.cancel()
     assert outcome == ["lost"]
+
+
+class SlowSnapshotDisk(MemoryStorage):
+    """Like the file storage's worker thread: reads the log when the save starts, and
+    finishes a second later, while the leader goes on appending."""
+
+    async def save_snapshot(self, snapshot, log) -> None:
+        seen = log.copy()
+        await trio.sleep(1)
+        await super().save_snapshot(snapshot, seen)
+
+
+async def test_proposals_during_a_snapshot_save_stay_durable(autojump_clock: Clock) -> None:
+    storage = SlowSnapshotDisk()
+    node = single_node(storage)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        nursery.start_soon(drain, node)
+        await node.wait_until(lambda n: n.is_leader)
+        first, term = node.submit_many([f"before-{k}" for k in range(30)])
+        await node.wait_committed(first + 29, term)
+        await node.wait_applied(first + 29)
+        async with trio.open_nursery() as saving:
+            saving.start_soon(node.snapshot, 20, b"state@20")
+            await trio.sleep(0.5)  # the save is under way
+            more, term = node.submit_many([f"during-{k}" for k in range(10)])
+        with trio.fail_after(5):
+            await node.wait_committed(more + 9, term)
+        nursery.cancel_scope.cancel()
+    durable = [e.command for _, e in storage.crashed()._durable]
+    assert durable == [f"before-{k}" for k in range(20, 30)] + [f"during-{k}" for k in range(10)]
+
+
+async def test_snapshot_beyond_what_was_handed_out_is_refused(autojump_clock: Clock) -> None:
+    node = single_node(MemoryStorage())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        first, term = node.submit_many(["a", "b", "c"])
+        await node.wait_committed(first + 2, term)
+        message = await node.applied.receive()
+        assert message.index == first
+        with pytest.raises(ValueError, match="handed to the application"):
+            await node.snapshot(first + 2, b"state I cannot have")
+        await node.snapshot(first, b"state@1")  # what it did receive is fine
+        nursery.cancel_scope.cancel()

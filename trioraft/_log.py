@@ -57,6 +57,12 @@ class Log:
         """Entries ``start .. end - 1`` (``start`` must be past the snapshot)."""
         return self.entries[start - self.snapshot_index - 1 : end - self.snapshot_index - 1]
 
+    def copy(self) -> Log:
+        """An independent copy (entries are immutable, so the list copy is enough)."""
+        clone = Log(self.snapshot_index, self.snapshot_term)
+        clone.entries = list(self.entries)
+        return clone
+
     def append(self, entries: list[Entry]) -> None:
         self.entries.extend(entries)
 

@@ -133,6 +133,7 @@ class RaftNode:
         self.leader_id: str | None = None
         self.commit_index = self.log.snapshot_index
         self.last_applied = 0  # the snapshot found at start is delivered first
+        self._handing_out = 0  # the index being handed to ``applied`` right now
         self._written_index = self._durable_index = self.log.last_index
         self._lock = trio.Lock()
         self._changed = trio.Event()  # commit, term, role or applied moved: re-check
@@ -219,8 +220,11 @@ class RaftNode:
         async with self._lock:
             if index <= self.log.snapshot_index:
                 return
-            if index > self.commit_index:
-                raise ValueError(f"cannot snapshot at {index}: only {self.commit_index} committed")
+            if index > max(self.last_applied, self._handing_out):
+                raise ValueError(
+                    f"cannot snapshot at {index}: only entries up to "
+                    f"{max(self.last_applied, self._handing_out)} were handed to the application"
+                )
             term = self.log.term_at(index)
             assert term is not None
             snapshot = Snapshot(index, term, data)
@@ -228,13 +232,18 @@ class RaftNode:
             await self._save_snapshot(snapshot)
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
-        """Persist ``snapshot`` and the compacted log (which holds every entry appended so
-        far, written or not); the save runs to the end even if the caller is cancelled."""
+        """Persist ``snapshot`` and the compacted log; the save runs to the end even if the
+        caller is cancelled.
+
+        The storage writes a frozen copy: a leader keeps appending proposals to ``self.log``
+        while the save runs in a worker thread, and those must be left to the syncer.
+        """
+        frozen = self.log.copy()
         try:
-            await self._storage.save_snapshot(snapshot, self.log)
+            await self._storage.save_snapshot(snapshot, frozen)
         finally:
             self._snapshot = snapshot
-            self._written_index = self._durable_index = self.log.last_index
+            self._written_index = self._durable_index = frozen.last_index
 
     def raft_state_size(self) -> int:
         return self._storage.raft_state_size()
@@ -631,6 +640,8 @@ class RaftNode:
             elif self.last_applied < self.commit_index:
                 index = self.last_applied + 1
                 entry = self.log.entry(index)
+                # The consumer may snapshot at ``index`` as soon as it has received it.
+                self._handing_out = index
                 await self._deliver(Applied(index, entry.term, entry.command))
                 self.last_applied = index
                 self._notify()
