@@ -130,3 +130,26 @@ async def test_follower_far_behind_gets_the_snapshot(
     assert c.logs[lagging].get(last) == c.logs[leader][last]
     assert c.node(lagging).log.snapshot_index >= SNAPSHOT_INTERVAL
     assert c.network.rpc_count[lagging] - before < 20, "catching up took too many RPCs"
+
+
+async def test_follower_catches_up_while_the_leader_saves_a_snapshot(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """The leader compacts its log before its (slow) snapshot save finishes: a follower that
+    needs the snapshot meanwhile must get it, not find the leader without one."""
+    from tests.test_raft_node import SlowSnapshotDisk
+
+    c = RaftCluster(nursery, 3, seed, snapshot=True)
+    c.storages = {i: SlowSnapshotDisk() for i in c.ids}
+    await c.start_all()
+    leader = await c.check_one_leader()
+    lagging = next(i for i in c.ids if i != leader)
+    c.disconnect(lagging)
+    for k in range(SNAPSHOT_INTERVAL):
+        await c.one(f"cmd-{k}", 2, retry=True)
+    with trio.fail_after(1):  # the leader's first snapshot save has started and lasts 1 s
+        await c.node(leader).wait_until(lambda n: n.log.snapshot_index > 0)
+    c.connect(lagging)
+    last = await c.one("after", 3, retry=True)
+    assert c.logs[lagging][last] == "after"
+    c.check_errors()

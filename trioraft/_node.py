@@ -239,10 +239,13 @@ class RaftNode:
         while the save runs in a worker thread, and those must be left to the syncer.
         """
         frozen = self.log.copy()
+        # Replicators see the compacted log at once, so they must see the snapshot that
+        # replaces its prefix at once too; it holds committed state only, so sending it
+        # before our own copy is on disk is safe.
+        self._snapshot = snapshot
         try:
             await self._storage.save_snapshot(snapshot, frozen)
         finally:
-            self._snapshot = snapshot
             self._written_index = self._durable_index = frozen.last_index
 
     def raft_state_size(self) -> int:
