@@ -12,6 +12,7 @@ answers ``WrongLeader`` and the client tries another.
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,46 @@ class KVNode:
                     await self.transport.aclose()
             if isinstance(self.storage, FileStorage):
                 self.storage.close()
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` ports free right now (the OS picks them; another process could take one before
+    it is bound again, so use this for local clusters only)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def run_local_cluster(
+    n: int,
+    data_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    base_port: int = 0,
+    max_raft_state: int = -1,
+    config: RaftConfig | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``n`` KV servers in this process (ids "1".."n"), each restarting from its folder
+    under ``data_dir``, until cancelled. ``task_status`` gets their URLs."""
+    ports = list(range(base_port, base_port + n)) if base_port else free_ports(n, host)
+    ids = [str(k + 1) for k in range(n)]
+    urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports, strict=True)}
+    async with trio.open_nursery() as nursery:
+        for i, port in zip(ids, ports, strict=True):
+            node = KVNode(
+                i,
+                {j: url for j, url in urls.items() if j != i},
+                Path(data_dir) / f"node-{i}",
+                max_raft_state=max_raft_state,
+                config=config,
+            )
+            await nursery.start(node.serve, host, port)
+        task_status.started(list(urls.values()))
