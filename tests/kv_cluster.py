@@ -116,10 +116,13 @@ class KVCluster:
         return majority, minority
 
     def clerk(self, servers: list[str] | None = None, name: str | None = None) -> ClusterClient:
-        """A clerk of the given servers (all by default); closed when the cluster closes."""
+        """A clerk that knows every server but reaches only ``servers`` (all by default),
+        until :meth:`heal` connects it to all, as the catalogue's harness does."""
         name = name or f"clerk-{len(self.clerks)}"
-        urls = [self.urls[i] for i in (servers or self.ids)]
-        clerk = ClusterClient(urls, client_id=name)
+        for i in self.ids:
+            if servers is not None and i not in servers:
+                self.network.block(name, i)
+        clerk = ClusterClient([self.urls[i] for i in self.ids], client_id=name)
         self.clerks.append(clerk)
         return clerk
 
@@ -139,3 +142,40 @@ class KVCluster:
 
     def snapshot_size(self) -> int:
         return max(node.raft.snapshot_size() for node in self.nodes.values() if node)
+
+
+def isolate(c: KVCluster, servers: list[str]) -> None:
+    """Cut each of ``servers`` from every other server (clients still reach them)."""
+    for i in servers:
+        c.network.disconnect(i, c.ids)
+
+
+def rejoin(c: KVCluster, servers: list[str]) -> None:
+    for i in servers:
+        c.network.connect(i, c.ids)
+
+
+async def check_get(kv, key: str, value: str, version: int) -> None:
+    got = await kv.get(key)
+    assert (got.value, got.version) == (value, version), f"get({key!r}) = {got}"
+
+
+async def wait_leader(c: KVCluster, *, exclude: tuple[str, ...] = ()) -> str:
+    """Wait (on the nodes' own change events) until a server not in ``exclude`` leads."""
+    found: list[str] = []
+    elected = trio.Event()
+
+    async def watch(i: str, node: KVNode) -> None:
+        await node.raft.wait_until(lambda n: n.is_leader)
+        found.append(i)
+        elected.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as watchers:
+            for i in c.ids:
+                node = c.nodes[i]
+                if node is not None and i not in exclude:
+                    watchers.start_soon(watch, i, node)
+            await elected.wait()
+            watchers.cancel_scope.cancel()
+    return found[0]

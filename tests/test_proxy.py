@@ -137,3 +137,16 @@ async def test_crash_and_restart_on_a_new_port(nursery: trio.Nursery) -> None:
         network.restart("srv")
         assert await rpc.call("bump", Bump(5), Count) == Count(5)
     assert (counter.value, replacement.value) == (1, 5)
+
+
+async def test_server_closing_keep_alive_is_not_a_lost_call(nursery: trio.Nursery) -> None:
+    """Hypercorn closes a connection after its keep-alive request limit; the proxy must open
+    a new one for the caller's next request instead of losing it."""
+    from hypercorn.config import Config
+
+    network = Network(1, RELIABLE)
+    _, _, url = await start(nursery, network)
+    limit = Config().keep_alive_max_requests
+    async with RpcClient(url, "alice") as rpc:
+        for i in range(1, limit + 20):
+            assert await rpc.call("bump", Bump(1), Count) == Count(i), f"call {i} was lost"

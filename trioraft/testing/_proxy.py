@@ -7,7 +7,8 @@ HTTP client sees exactly as a lost packet: an error, never a reply.
 
 Invariants:
 - Each caller connection is paired with its own backend connection, so requests on it stay
-  in order and a lost call tears down just that pair.
+  in order and a lost call tears down just that pair. A backend connection the server closes
+  after a reply (``Connection: close``) is replaced for the caller's next request.
 - A request the plan drops is never forwarded; a reply the plan drops was produced by the
   server (its handler ran) and is discarded.
 - :meth:`HttpProxy.set_backend` retargets the proxy (a restarted server may bind a new port).
@@ -132,6 +133,11 @@ class HttpProxy:
                 )
                 if reply is None:
                     return  # lost: the caller sees its connection drop
+                if backend is not None and backend.conn.their_state is not h11.DONE:
+                    # The server is closing this connection (e.g. after its keep-alive
+                    # request limit): the next request from this caller gets a new one.
+                    await backend.stream.aclose()
+                    backend = None
                 await caller_side.send(reply)
                 caller_side.next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
@@ -156,7 +162,8 @@ class HttpProxy:
         try:
             await backend.send(request)
             reply = await backend.receive()
-            backend.next_cycle()
+            if backend.conn.their_state is h11.DONE:
+                backend.next_cycle()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return None
         return reply
