@@ -65,3 +65,21 @@ def seeded_scheduler(seed: int) -> None:
     import trio._core._run as trio_run
 
     trio_run._r.seed(seed)
+
+
+@pytest.fixture
+async def make_kv_cluster(nursery: trio.Nursery, seed: int, tmp_path):
+    """Start replicated KV clusters; their clerks are closed at teardown, pass or fail."""
+    from tests.kv_cluster import KVCluster
+
+    made: list[KVCluster] = []
+
+    async def make(n: int, **kwargs) -> KVCluster:
+        cluster = KVCluster(nursery, n, seed, tmp_path / f"cluster-{len(made)}", **kwargs)
+        made.append(cluster)
+        await cluster.start_all()
+        return cluster
+
+    yield make
+    for cluster in made:
+        await cluster.close()

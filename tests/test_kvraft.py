@@ -3,8 +3,6 @@ servers over real HTTP through fault proxies; every recorded history is checked.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import trio
 
@@ -14,11 +12,8 @@ from trioraft import VersionConflict, Versioned
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, History
 
 
-async def test_basic_put_get_append_and_failover(
-    nursery: trio.Nursery, seed: int, tmp_path: Path
-) -> None:
-    c = KVCluster(nursery, 3, seed, tmp_path)
-    await c.start_all()
+async def test_basic_put_get_append_and_failover(make_kv_cluster) -> None:
+    c = await make_kv_cluster(3)
     ck = c.clerk()
     assert await ck.get("a") == Versioned("", 0)
     await ck.put("a", "1", 0)
@@ -35,7 +30,6 @@ async def test_basic_put_get_append_and_failover(
     await ck.put("a", "3", 2)
     assert await ck.get("a") == Versioned("3", 3)
     await c.start(leader)
-    await c.close()
 
 
 # -- GenericTest (catalogue §8.1) ----------------------------------------------------------
@@ -56,9 +50,7 @@ async def partitioner(c: KVCluster, stop: trio.Event) -> None:
 
 
 async def generic_test(
-    nursery: trio.Nursery,
-    seed: int,
-    directory: Path,
+    make_kv_cluster,
     *,
     clients: int,
     servers: int,
@@ -69,8 +61,7 @@ async def generic_test(
     random_keys: bool = False,
 ) -> None:
     profile = MIT_UNRELIABLE if unreliable else RELIABLE
-    c = KVCluster(nursery, servers, seed, directory, profile=profile, max_raft_state=max_raft_state)
-    await c.start_all()
+    c = await make_kv_cluster(servers, profile=profile, max_raft_state=max_raft_state)
     history = History()
     keys = [f"k{i}" for i in range(NKEYS)] if random_keys else "k"
     reliable = not unreliable and not crash and not partitions
@@ -103,7 +94,6 @@ async def generic_test(
         if max_raft_state < 0:
             assert c.snapshot_size() == 0, "snapshots were taken with max_raft_state -1"
     assert sum(r.ok for r in totals) > 0
-    await c.close()
 
 
 GENERIC = {
@@ -137,12 +127,10 @@ GENERIC = {
 
 
 @pytest.mark.parametrize("name", GENERIC)
-async def test_generic(nursery: trio.Nursery, seed: int, tmp_path: Path, name: str) -> None:
+async def test_generic(make_kv_cluster, name: str) -> None:
     clients, servers, unreliable, crash, partitions, max_raft_state, random_keys = GENERIC[name]
     await generic_test(
-        nursery,
-        seed,
-        tmp_path,
+        make_kv_cluster,
         clients=clients,
         servers=servers,
         unreliable=unreliable,

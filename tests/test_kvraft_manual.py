@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 import pytest
 import trio
@@ -18,14 +17,8 @@ from trioraft.testing import MIT_UNRELIABLE
 ELECTION_TIMEOUT = 1.0
 
 
-async def cluster(nursery: trio.Nursery, n: int, seed: int, tmp_path: Path, **kw) -> KVCluster:
-    c = KVCluster(nursery, n, seed, tmp_path, **kw)
-    await c.start_all()
-    return c
-
-
-async def test_one_partition(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
-    c = await cluster(nursery, 5, seed, tmp_path)
+async def test_one_partition(make_kv_cluster) -> None:
+    c = await make_kv_cluster(5)
     ck = c.clerk()
     ver1 = await put_at_least_once(ck, "1", "13", 0)
     leader = await wait_leader(c)
@@ -60,12 +53,11 @@ async def test_one_partition(nursery: trio.Nursery, seed: int, tmp_path: Path) -
         with trio.fail_after(3.0):
             await put_done.wait()
     await check_get(ck, "1", "15", ver15)
-    await c.close()
 
 
-async def test_snapshot_rpc(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
+async def test_snapshot_rpc(make_kv_cluster) -> None:
     max_raft_state = 1000
-    c = await cluster(nursery, 3, seed, tmp_path, max_raft_state=max_raft_state)
+    c = await make_kv_cluster(3, max_raft_state=max_raft_state)
     ck = c.clerk()
     vera = await put_at_least_once(ck, "a", "A", 0)
     await check_get(ck, "a", "A", vera)
@@ -90,12 +82,11 @@ async def test_snapshot_rpc(nursery: trio.Nursery, seed: int, tmp_path: Path) ->
     await check_get(ck, "e", "E", vere)
     await check_get(ck, "1", "1", 1)
     assert c.nodes["2"] is not None and c.nodes["2"].raft.log.snapshot_index > 0
-    await c.close()
 
 
-async def test_snapshot_size(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
+async def test_snapshot_size(make_kv_cluster) -> None:
     max_raft_state, max_snapshot = 1000, 500
-    c = await cluster(nursery, 3, seed, tmp_path, max_raft_state=max_raft_state)
+    c = await make_kv_cluster(3, max_raft_state=max_raft_state)
     ck = c.clerk()
     version = 0
     for _ in range(200):
@@ -105,15 +96,14 @@ async def test_snapshot_size(nursery: trio.Nursery, seed: int, tmp_path: Path) -
             await check_get(ck, "x", value, version)
     assert c.log_size() <= 8 * max_raft_state, f"logs were not trimmed ({c.log_size()})"
     assert c.snapshot_size() <= max_snapshot, f"snapshot too large ({c.snapshot_size()})"
-    await c.close()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("max_raft_state", [-1, 1000], ids=["4B", "4C"])
-async def test_speed(nursery: trio.Nursery, seed: int, tmp_path: Path, max_raft_state: int) -> None:
+async def test_speed(make_kv_cluster, max_raft_state: int) -> None:
     """1000 sequential puts, each OK, in far less than 1000 x 33.3 ms: commits do not wait
     for the next heartbeat."""
-    c = await cluster(nursery, 3, seed, tmp_path, max_raft_state=max_raft_state)
+    c = await make_kv_cluster(3, max_raft_state=max_raft_state)
     ck = c.clerk()
     await ck.get("x")
     start = time.monotonic()
@@ -123,7 +113,6 @@ async def test_speed(nursery: trio.Nursery, seed: int, tmp_path: Path, max_raft_
     assert await ck.get("k") == (str(999), 1000)
     print(f"1000 puts in {elapsed:.2f} s ({elapsed:.1f} ms/op)")
     assert elapsed < 1000 * 0.1 / 3, f"Operations completed too slowly: {elapsed:.1f} s"
-    await c.close()
 
 
 # -- Janus KV tests (§13.2) ------------------------------------------------------------------
@@ -134,7 +123,7 @@ async def generic_kv(c: KVCluster, clients: int, *, within: float, start_at: str
     rng = random.Random(c.seed)
 
     async def client(i: int) -> None:
-        ck = c.clerk(name=f"janus-{i}-{rng.random()}")
+        ck = c.clerk()  # a new client id: appends of an old one would be deduplicated
         if start_at is not None:
             ck.leader = c.ids.index(start_at)
         key, v1, v2 = str(i), str(rng.randrange(10000)), str(rng.randrange(10000))
@@ -150,32 +139,28 @@ async def generic_kv(c: KVCluster, clients: int, *, within: float, start_at: str
 
 
 @pytest.mark.parametrize("clients", [1, 5], ids=["basic", "concurrent"])
-async def test_janus_basic_and_concurrent(
-    nursery: trio.Nursery, seed: int, tmp_path: Path, clients: int
-) -> None:
-    c = await cluster(nursery, 5, seed, tmp_path)
+async def test_janus_basic_and_concurrent(make_kv_cluster, clients: int) -> None:
+    c = await make_kv_cluster(5)
     await wait_leader(c)
     await generic_kv(c, clients, within=3.0)
-    await c.close()
 
 
 async def test_janus_progress_with_a_majority(
-    nursery: trio.Nursery, seed: int, tmp_path: Path
+    make_kv_cluster,
 ) -> None:
-    c = await cluster(nursery, 5, seed, tmp_path)
+    c = await make_kv_cluster(5)
     leader = int(await wait_leader(c))
     cut = [str((leader + k) % 5) for k in (1, 2)]
     isolate(c, cut)
     await generic_kv(c, 1, within=3.0, start_at="0")  # the client must find the leader
     await generic_kv(c, 5, within=3.0, start_at=str(leader))
     rejoin(c, cut)
-    await c.close()
 
 
 async def test_janus_no_progress_with_a_minority(
-    nursery: trio.Nursery, seed: int, tmp_path: Path
+    make_kv_cluster,
 ) -> None:
-    c = await cluster(nursery, 5, seed, tmp_path)
+    c = await make_kv_cluster(5)
     leader = int(await wait_leader(c))
     cut = [str((leader + k) % 5) for k in (1, 2, 3)]
     isolate(c, cut)
@@ -188,11 +173,10 @@ async def test_janus_no_progress_with_a_minority(
     assert get_scope.cancelled_caught, "a get completed without a majority"
     rejoin(c, cut)
     await generic_kv(c, 1, within=10.0)
-    await c.close()
 
 
-async def test_janus_through_re_election(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
-    c = await cluster(nursery, 5, seed, tmp_path)
+async def test_janus_through_re_election(make_kv_cluster) -> None:
+    c = await make_kv_cluster(5)
     old = await wait_leader(c)
     ck = c.clerk()
     await ck.put("k5", "v1", 0)
@@ -207,15 +191,14 @@ async def test_janus_through_re_election(nursery: trio.Nursery, seed: int, tmp_p
     assert len(leaders) == 1
     await ck.append("k5", "v4")
     assert (await ck.get("k5")).value == "v1v2v4"
-    await c.close()
 
 
 async def test_janus_same_key_and_sequential_clients(
-    nursery: trio.Nursery, seed: int, tmp_path: Path
+    make_kv_cluster,
 ) -> None:
     """Exactly-once appends with two followers cut off: five concurrent appenders give
     "11111"; five fresh clients in sequence give "01234"."""
-    c = await cluster(nursery, 5, seed, tmp_path)
+    c = await make_kv_cluster(5)
     leader = int(await wait_leader(c))
     isolate(c, [str((leader + k) % 5) for k in (1, 2)])
     with trio.fail_after(10):
@@ -226,14 +209,13 @@ async def test_janus_same_key_and_sequential_clients(
     for i in range(5):
         await c.clerk(name=f"sequential-{i}").append("test_key_8", str(i))
     assert (await c.clerk().get("test_key_8")).value == "01234"
-    await c.close()
 
 
-async def test_janus_unreliable(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:
+async def test_janus_unreliable(make_kv_cluster) -> None:
     """Every 0.1 s each server is cut off with probability 1/10, else reconnected; calls are
     slowed by up to 26 ms. One client must still finish (Janus allows 300 s)."""
-    c = await cluster(nursery, 5, seed, tmp_path, profile=MIT_UNRELIABLE)
-    rng = random.Random(seed)
+    c = await make_kv_cluster(5, profile=MIT_UNRELIABLE)
+    rng = random.Random(c.seed)
     stop = trio.Event()
 
     async def netctl() -> None:
@@ -255,4 +237,3 @@ async def test_janus_unreliable(nursery: trio.Nursery, seed: int, tmp_path: Path
         stop.set()
     rejoin(c, c.ids)
     assert (await c.clerk().get("journal")).value == "01234"
-    await c.close()
