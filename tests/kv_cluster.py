@@ -25,14 +25,14 @@ class KVCluster:
         seed: int,
         directory: Path,
         *,
-        profile: Profile = RELIABLE,
+        profile: Profile | None = None,
         max_raft_state: int = -1,
         config: RaftConfig | None = None,
     ) -> None:
         self.nursery = nursery
         self.seed = seed
         self.rng = random.Random(seed)
-        self.network = Network(seed, profile)
+        self.network = Network(seed, profile or RELIABLE)
         self.directory = directory
         self.max_raft_state = max_raft_state
         self.config = config or RaftConfig()
