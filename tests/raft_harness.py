@@ -257,3 +257,14 @@ class RaftCluster:
 
     def raft_state_size(self) -> int:
         return max(self.storages[i].raft_state_size() for i in self.ids)
+
+
+async def start_cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> RaftCluster:
+    """A started :class:`RaftCluster`."""
+    cluster = RaftCluster(nursery, n, seed, **kwargs)
+    await cluster.start_all()
+    return cluster
+
+
+def rand_cmd(c: RaftCluster) -> str:
+    return str(c.rng.randrange(1 << 30))

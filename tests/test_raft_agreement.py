@@ -10,31 +10,21 @@ import pytest
 import trio
 import trio.testing
 
-from tests.raft_harness import ELECTION_TIMEOUT, RaftCluster
+from tests.raft_harness import ELECTION_TIMEOUT, rand_cmd, start_cluster
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
 Clock = trio.testing.MockClock
 
 
-async def cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> RaftCluster:
-    c = RaftCluster(nursery, n, seed, **kwargs)
-    await c.start_all()
-    return c
-
-
-def rand_cmd(c: RaftCluster) -> str:
-    return str(c.rng.randrange(1 << 30))
-
-
 async def test_basic_agree(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     for index in range(1, 4):
         assert c.n_committed(index)[0] == 0, "some have committed before Start()"
         assert await c.one(str(index * 100), 3, retry=False) == index
 
 
 async def test_rpc_bytes(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.one("99", 3, retry=False)
     before = c.network.bytes_total
     sent = 0
@@ -47,7 +37,7 @@ async def test_rpc_bytes(nursery: trio.Nursery, seed: int, autojump_clock: Clock
 
 
 async def test_follower_failure(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.one("101", 3, retry=False)
     leader1 = await c.check_one_leader()
     c.disconnect(str((int(leader1) + 1) % 3))
@@ -65,7 +55,7 @@ async def test_follower_failure(nursery: trio.Nursery, seed: int, autojump_clock
 
 
 async def test_leader_failure(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.one("101", 3, retry=False)
     leader1 = await c.check_one_leader()
     c.disconnect(leader1)
@@ -81,7 +71,7 @@ async def test_leader_failure(nursery: trio.Nursery, seed: int, autojump_clock: 
 
 
 async def test_fail_agree(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.one("101", 3, retry=False)
     leader = await c.check_one_leader()
     c.disconnect(str((int(leader) + 1) % 3))
@@ -98,7 +88,7 @@ async def test_fail_agree(nursery: trio.Nursery, seed: int, autojump_clock: Cloc
 
 async def test_fail_no_agree(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
     """No agreement if too many followers disconnect (Janus #5)."""
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     await c.one("10", 5, retry=False)
     leader = await c.check_one_leader()
     for k in (1, 2, 3):
@@ -117,7 +107,7 @@ async def test_fail_no_agree(nursery: trio.Nursery, seed: int, autojump_clock: C
 
 async def test_concurrent_starts(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
     """Concurrently started agreements all commit (Janus #7)."""
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     for attempt in range(5):
         if attempt:
             await trio.sleep(3)
@@ -153,7 +143,7 @@ async def test_concurrent_starts(nursery: trio.Nursery, seed: int, autojump_cloc
 
 async def test_rejoin(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
     """Rejoin of a partitioned leader (Janus #6): its uncommitted entries are discarded."""
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.one("101", 3, retry=True)
     leader1 = await c.check_one_leader()
     c.disconnect(leader1)
@@ -170,7 +160,7 @@ async def test_rejoin(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -
 
 async def test_backup(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
     """Leader backs up quickly over incorrect follower logs (Janus #8)."""
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     await c.one(rand_cmd(c), 5, retry=True)
     leader1 = int(await c.check_one_leader())
     for k in (2, 3, 4):
@@ -205,7 +195,7 @@ async def test_backup(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -
 
 async def test_rpc_counts(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
     """RPC counts aren't too high (Janus #9, MIT TestCount3B)."""
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     leader = await c.check_one_leader()
     total1 = c.network.rpc_total
     assert 1 <= total1 <= 30, f"too many or few RPCs ({total1}) to elect initial leader"
@@ -255,7 +245,7 @@ async def test_rpc_counts(nursery: trio.Nursery, seed: int, autojump_clock: Cloc
 async def test_partition_majority_commits(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock
 ) -> None:
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     await c.check_one_leader()
     c.network.partition(["0", "1", "2"], ["3", "4"])
     c.connected = {"0", "1", "2"}
@@ -272,7 +262,7 @@ async def test_partition_majority_commits(
 async def test_partition_leader_alone(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock
 ) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     leader = await c.check_one_leader()
     c.disconnect(leader)
     assert c.node(leader).submit("will-be-lost")[2]
@@ -288,7 +278,7 @@ async def test_partition_repeated_and_conflicting(
 ) -> None:
     """Four rounds of (leader + partner) in the minority: the minority's entries are lost,
     the majority's committed entries survive every heal."""
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     kept = []
     for round_ in range(4):
         leader = await c.check_one_leader()

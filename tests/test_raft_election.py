@@ -6,21 +6,15 @@ import pytest
 import trio
 import trio.testing
 
-from tests.raft_harness import ELECTION_TIMEOUT, RaftCluster
+from tests.raft_harness import ELECTION_TIMEOUT, start_cluster
 
 #: Virtual time (pytest-trio installs a clock only if the test takes it as an argument).
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
 Clock = trio.testing.MockClock
 
 
-async def cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> RaftCluster:
-    c = RaftCluster(nursery, n, seed, **kwargs)
-    await c.start_all()
-    return c
-
-
 async def test_initial_election(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.check_one_leader()
     await trio.sleep(0.05)
     term1 = c.check_terms()
@@ -31,7 +25,7 @@ async def test_initial_election(nursery: trio.Nursery, seed: int, autojump_clock
 
 
 async def test_re_election(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     leader1 = await c.check_one_leader()
     c.disconnect(leader1)
     leader2 = await c.check_one_leader()
@@ -50,7 +44,7 @@ async def test_re_election(nursery: trio.Nursery, seed: int, autojump_clock: Clo
 
 
 async def test_many_elections(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 7, seed)
+    c = await start_cluster(nursery, 7, seed)
     await c.check_one_leader()
     for _ in range(9):
         victims = [c.rng.choice(c.ids) for _ in range(3)]
@@ -63,7 +57,7 @@ async def test_many_elections(nursery: trio.Nursery, seed: int, autojump_clock: 
 
 
 async def test_election_rpc_count(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.check_one_leader()
     assert 1 <= c.network.rpc_total <= 30, f"{c.network.rpc_total} RPCs to elect"
 
@@ -71,7 +65,7 @@ async def test_election_rpc_count(nursery: trio.Nursery, seed: int, autojump_clo
 async def test_idle_heartbeats_are_rate_limited(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock
 ) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.check_one_leader()
     before = c.network.rpc_total
     await trio.sleep(1.0)
@@ -83,7 +77,7 @@ async def test_isolated_follower_does_not_disrupt(
 ) -> None:
     """Pre-vote: a follower cut off for many election timeouts rejoins without deposing
     the leader or raising the term."""
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     leader = await c.check_one_leader()
     term = c.node(leader).term
     follower = next(i for i in c.ids if i != leader)
@@ -101,7 +95,7 @@ async def test_isolated_leader_steps_down(
 ) -> None:
     """Check-quorum: a leader that hears from no majority steps down within an election
     timeout and stops taking proposals."""
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     leader = await c.check_one_leader()
     node = c.node(leader)
     c.disconnect(leader)
@@ -116,7 +110,7 @@ async def test_isolated_leader_steps_down(
 
 async def test_many_elections_five(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
     """The C port's variant: five times, cut the leader and one other; a new leader appears."""
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     for _ in range(5):
         leader = await c.check_one_leader()
         other = c.rng.choice([i for i in c.ids if i != leader])
@@ -131,7 +125,7 @@ async def test_many_elections_five(nursery: trio.Nursery, seed: int, autojump_cl
 async def test_janus_rpc_bounds(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
     """Janus #9 with its five servers: an election within 3 x 5 RPCs, and n commands
     committed within (n + 1) x 5."""
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     elected = trio.Event()
 
     async def watch(node) -> None:
@@ -157,7 +151,7 @@ async def test_janus_rpc_bounds(nursery: trio.Nursery, seed: int, autojump_clock
 async def test_failover_is_well_under_a_second(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock
 ) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     for _ in range(5):
         leader = await c.check_one_leader()
         survivors = [c.node(i) for i in c.ids if i != leader]
@@ -183,7 +177,7 @@ async def test_new_entries_are_sent_at_once(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock
 ) -> None:
     """On a network without delay, a commit takes no time: nothing waits for a heartbeat."""
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     node = c.node(await c.check_one_leader())
     for k in range(20):
         start = trio.current_time()

@@ -7,25 +7,21 @@ import pytest
 import trio
 import trio.testing
 
-from tests.raft_harness import ELECTION_TIMEOUT, RaftCluster, with_long_delays
+from tests.raft_harness import (
+    ELECTION_TIMEOUT,
+    RaftCluster,
+    rand_cmd,
+    start_cluster,
+    with_long_delays,
+)
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
 Clock = trio.testing.MockClock
 
 
-async def cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> RaftCluster:
-    c = RaftCluster(nursery, n, seed, **kwargs)
-    await c.start_all()
-    return c
-
-
-def rand_cmd(c: RaftCluster) -> str:
-    return str(c.rng.randrange(1 << 30))
-
-
 async def test_persist1(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.one("11", 3, retry=True)
     for i in c.ids:
         await c.restart(i)
@@ -48,7 +44,7 @@ async def test_persist1(nursery: trio.Nursery, seed: int, autojump_clock: Clock)
 
 
 async def test_persist2(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     index = 1
     for _ in range(5):
         await c.one(str(10 + index), 5, retry=True)
@@ -72,7 +68,7 @@ async def test_persist2(nursery: trio.Nursery, seed: int, autojump_clock: Clock)
 
 
 async def test_persist3(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 3, seed)
+    c = await start_cluster(nursery, 3, seed)
     await c.one("101", 3, retry=False)
     leader = int(await c.check_one_leader())
     c.disconnect(str((leader + 2) % 3))
@@ -128,19 +124,19 @@ async def figure8(c: RaftCluster, iterations: int, *, unreliable: bool) -> None:
 
 
 async def test_figure8(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 5, seed)
+    c = await start_cluster(nursery, 5, seed)
     await c.one(rand_cmd(c), 1, retry=True)
     await figure8(c, 1000, unreliable=False)
 
 
 async def test_figure8_unreliable(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 5, seed, profile=MIT_UNRELIABLE)
+    c = await start_cluster(nursery, 5, seed, profile=MIT_UNRELIABLE)
     await c.one(str(c.rng.randrange(10000)), 1, retry=True)
     await figure8(c, 1000, unreliable=True)
 
 
 async def test_unreliable_agree(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, 5, seed, profile=MIT_UNRELIABLE)
+    c = await start_cluster(nursery, 5, seed, profile=MIT_UNRELIABLE)
     for iters in range(1, 50):
         async with trio.open_nursery() as ones:
             for j in range(4):
@@ -210,7 +206,7 @@ async def churn(c: RaftCluster, *, unreliable: bool) -> None:
 async def test_churn(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock, unreliable: bool
 ) -> None:
-    c = await cluster(nursery, 5, seed, profile=MIT_UNRELIABLE if unreliable else RELIABLE)
+    c = await start_cluster(nursery, 5, seed, profile=MIT_UNRELIABLE if unreliable else RELIABLE)
     await churn(c, unreliable=unreliable)
 
 

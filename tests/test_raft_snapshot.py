@@ -7,16 +7,12 @@ import pytest
 import trio
 import trio.testing
 
-from tests.raft_harness import SNAPSHOT_INTERVAL, RaftCluster
+from tests.raft_harness import SNAPSHOT_INTERVAL, RaftCluster, rand_cmd
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
 Clock = trio.testing.MockClock
 MAX_LOG_SIZE = 2000
-
-
-def rand_cmd(c: RaftCluster) -> str:
-    return str(c.rng.randrange(1 << 30))
 
 
 async def snapcommon(

@@ -500,12 +500,7 @@ class RaftNode:
         entries = self._batch(next_index)
         args = AppendEntriesArgs(term, self.id, prev_index, prev_term, entries, self.commit_index)
         reply = await self._call(peer, "append_entries", args, AppendEntriesReply)
-        if reply is None:
-            return False
-        if reply.term > term:
-            await self._adopt_newer_term(reply.term)
-            return False
-        if self.term != term or self.role is not Role.LEADER:
+        if reply is None or not await self._still_leading_after(reply.term, term):
             return False
         self._last_ack[peer] = trio.current_time()
         if reply.success:
@@ -540,16 +535,19 @@ class RaftNode:
         data = base64.b64encode(snapshot.data).decode()
         args = InstallSnapshotArgs(term, self.id, snapshot.index, snapshot.term, data)
         reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply)
-        if reply is None:
+        if reply is None or not await self._still_leading_after(reply.term, term):
             return False
-        if reply.term > term:
-            await self._adopt_newer_term(reply.term)
-            return False
-        if self.term == term and self.role is Role.LEADER:
-            self._last_ack[peer] = trio.current_time()
-            self.match_index[peer] = max(self.match_index[peer], snapshot.index)
-            self.next_index[peer] = max(self.next_index[peer], snapshot.index + 1)
+        self._last_ack[peer] = trio.current_time()
+        self.match_index[peer] = max(self.match_index[peer], snapshot.index)
+        self.next_index[peer] = max(self.next_index[peer], snapshot.index + 1)
         return True
+
+    async def _still_leading_after(self, reply_term: int, term: int) -> bool:
+        """Adopt a newer term seen in a follower's reply; whether we still lead ``term``."""
+        if reply_term > term:
+            await self._adopt_newer_term(reply_term)
+            return False
+        return self.term == term and self.role is Role.LEADER
 
     def _advance_commit(self) -> None:
         if self.role is not Role.LEADER:
