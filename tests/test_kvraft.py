@@ -93,7 +93,13 @@ async def generic_test(
             )
         if max_raft_state < 0:
             assert c.snapshot_size() == 0, "snapshots were taken with max_raft_state -1"
-    assert sum(r.ok for r in totals) > 0
+    ok, maybe = sum(r.ok for r in totals), sum(r.maybe for r in totals)
+    print(f"puts: {ok} OK, {maybe} Maybe")
+    # Under loss and partitions nearly every put is retried, and a retried put that meets
+    # Version is (rightly) a Maybe: progress is operations completed either way.
+    assert ok + maybe > 0, "no client completed an operation"
+    if reliable:
+        assert ok > 0
 
 
 GENERIC = {
