@@ -11,6 +11,10 @@ from tests.kvtest import ClientResult, check_put_concurrent, one_client_put, run
 from trioraft import VersionConflict, Versioned
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, History
 
+#: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)
+#: rather than run against each other on a 2-core machine.
+pytestmark = pytest.mark.xdist_group("http-cluster")
+
 
 async def test_basic_put_get_append_and_failover(make_kv_cluster) -> None:
     c = await make_kv_cluster(3)

@@ -13,6 +13,10 @@ from tests.test_lock import random_name, run_lock_clients
 from trioraft import Lock
 from trioraft.testing import MIT_UNRELIABLE
 
+#: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)
+#: rather than run against each other on a 2-core machine.
+pytestmark = pytest.mark.xdist_group("http-cluster")
+
 
 async def test_lock_basic_and_reacquire(make_kv_cluster, rng: random.Random) -> None:
     c = await make_kv_cluster(3)

@@ -14,6 +14,10 @@ from tests.kvtest import put_at_least_once
 from trioraft import ClusterClient
 from trioraft.testing import MIT_UNRELIABLE
 
+#: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)
+#: rather than run against each other on a 2-core machine.
+pytestmark = pytest.mark.xdist_group("http-cluster")
+
 ELECTION_TIMEOUT = 1.0
 
 

@@ -12,12 +12,17 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.kvtest import ClientResult, one_client_put, run_clients
 from trioraft import ClusterClient
 from trioraft.cluster import free_ports
 from trioraft.testing import History
+
+#: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)
+#: rather than run against each other on a 2-core machine.
+pytestmark = pytest.mark.xdist_group("http-cluster")
 
 
 class NodeProcess:

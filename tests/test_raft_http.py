@@ -6,10 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.raft_http_harness import HttpRaftCluster
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE
+
+#: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)
+#: rather than run against each other on a 2-core machine.
+pytestmark = pytest.mark.xdist_group("http-cluster")
 
 
 async def cluster(
