@@ -284,7 +284,6 @@ class MemoryStorage:
         self._snapshot = snapshot
         self._durable: list[tuple[int, Entry]] = list(records or [])
         self._volatile: list[tuple[int, Entry]] = list(self._durable)
-        self.syncs = 0
 
     def load(self) -> Loaded:
         log, _ = normalize(self._snapshot, self._durable)
@@ -305,7 +304,6 @@ class MemoryStorage:
 
     async def sync(self) -> None:
         self._durable = list(self._volatile)
-        self.syncs += 1
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
         self._snapshot = snapshot
