@@ -162,7 +162,7 @@ class RaftNode:
 
     @property
     def is_leader(self) -> bool:
-        return self.role is Role.LEADER
+        return self.role is Role.LEADER and not self._stopped
 
     def state(self) -> tuple[int, bool]:
         """The current term and whether this node believes it is the leader."""

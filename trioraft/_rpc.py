@@ -68,15 +68,34 @@ async def dispatch(routes: Mapping[str, Route], method: str, body: bytes) -> tup
 
     Returns the HTTP status and the JSON-ready payload (the reply, or ``{"error": ...}``).
     """
+    try:
+        data = parse_json(body)
+    except BadRequest as exc:
+        if method not in routes:
+            return 404, {"error": f"unknown method {method!r}"}
+        return exc.status, {"error": exc.message}
+    return await dispatch_parsed(routes, method, data)
+
+
+async def dispatch_parsed(routes: Mapping[str, Route], method: str, data: Any) -> tuple[int, Any]:
+    """:func:`dispatch` for an already parsed JSON body."""
     route = routes.get(method)
     if route is None:
         return 404, {"error": f"unknown method {method!r}"}
     try:
-        args = decode(route.args, parse_json(body))
+        args = decode(route.args, data)
         reply = await route.handler(args)
     except BadRequest as exc:
         return exc.status, {"error": exc.message}
     return 200, encode(reply)
+
+
+def decode_reply(data: Any, reply_type: type[T]) -> T | None:
+    """A parsed reply as ``reply_type``, or ``None`` if it does not fit."""
+    try:
+        return decode(reply_type, data)
+    except BadRequest:
+        return None
 
 
 def make_app(
@@ -159,9 +178,10 @@ class RpcClient:
         if not 200 <= response.status_code < 300:
             return None
         try:
-            return decode(reply_type, parse_json(response.content))
+            data = parse_json(response.content)
         except BadRequest:
             return None
+        return decode_reply(data, reply_type)
 
     async def aclose(self) -> None:
         await self._http.aclose()

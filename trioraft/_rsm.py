@@ -1,13 +1,16 @@
 """A replicated state machine: operations go through the Raft log and are applied in order.
 
-``submit(op)`` proposes ``op`` (tagged with this server's id and a unique number), waits on a
-``trio.Event`` that the applier sets when the entry at its index is applied, and returns the
-state machine's result. Every replica applies every committed entry, in order.
+``submit(op)`` and ``submit_many(ops)`` queue operations; a proposer task packs everything
+queued since its last proposal into one log entry (tagged with this server's id and a unique
+number), so concurrent callers share one entry, one fsync and one apply. Each caller waits on
+the entry's ``trio.Event``, which the applier sets when that entry is applied, and gets its
+own ops' results. Every replica applies every committed entry's ops, in order.
 
 Invariants:
-- A waiter learns its result only from the entry at its own index carrying its own tag; if
+- A caller learns its results only from the entry at its own index carrying its own tag; if
   another entry lands there, or this node's term moves on first, it gets
-  :class:`LeadershipLost` (the op may still commit under the new leader, or not).
+  :class:`LeadershipLost` (its ops may still commit under the new leader, or not).
+- The ops of one ``submit_many`` call are applied together, in the order given, in one entry.
 - A leader that merely stops leading (check-quorum) keeps its waiters until its term changes:
   nothing can commit at their indexes in the meantime.
 - When the persisted Raft state exceeds ``max_raft_state`` bytes, the applier snapshots the
@@ -24,8 +27,11 @@ from typing import Any, Protocol
 
 import trio
 
-from ._errors import LeadershipLost, NotLeader
+from ._errors import LeadershipLost, NotLeader, RaftError
 from ._node import Applied, RaftNode
+
+#: Most ops packed into one log entry (a bound on entry size, not on throughput).
+MAX_OPS_PER_ENTRY = 4096
 
 
 class StateMachine(Protocol):
@@ -39,12 +45,15 @@ class StateMachine(Protocol):
 
 
 @dataclass(eq=False)
-class _Waiter:
+class _Proposal:
+    """The ops of one log entry, from every caller that queued them before it was proposed."""
+
     tag: int
-    term: int
+    ops: list[Any] = field(default_factory=list)
+    term: int = 0
     done: trio.Event = field(default_factory=trio.Event)
-    result: Any = None
-    lost: bool = False
+    results: list[Any] = field(default_factory=list)
+    error: RaftError | None = None
 
 
 class ReplicatedStateMachine:
@@ -55,7 +64,9 @@ class ReplicatedStateMachine:
         self.machine = machine
         self.max_raft_state = max_raft_state
         self._tags = itertools.count(1)
-        self._waiters: dict[int, _Waiter] = {}
+        self._queued: list[_Proposal] = []  # not proposed yet; only the last one grows
+        self._queue_grew = trio.Event()
+        self._waiters: dict[int, _Proposal] = {}  # by log index
         self.applied_index = 0
         self._applied = trio.Event()  # set (and replaced) after every entry or snapshot applied
 
@@ -65,36 +76,56 @@ class ReplicatedStateMachine:
             await self._applied.wait()
 
     async def submit(self, op: Any) -> Any:
-        """Replicate and apply ``op``; its result. Raises :class:`NotLeader` at once on a
-        follower, and :class:`LeadershipLost` if the op's fate could not be seen here."""
-        tag = next(self._tags)
-        index, term, ok = self.node.submit(json.dumps({"o": self.node.id, "t": tag, "op": op}))
-        if not ok:
+        """Replicate and apply ``op``; its result. Raises :class:`NotLeader` on a follower,
+        and :class:`LeadershipLost` if the op's fate could not be seen here."""
+        (result,) = await self.submit_many([op])
+        return result
+
+    async def submit_many(self, ops: list[Any]) -> list[Any]:
+        """Replicate and apply ``ops``, in order, in one log entry; their results."""
+        if not self.node.is_leader:
             raise NotLeader(self.node.leader_id)
-        superseded = self._waiters.get(index)
-        if superseded is not None:  # an op of an older term was given this index
-            self._fail(superseded)
-        waiter = self._waiters[index] = _Waiter(tag, term)
-        try:
-            await waiter.done.wait()
-        finally:
-            if self._waiters.get(index) is waiter:
-                del self._waiters[index]
-        if waiter.lost:
-            raise LeadershipLost(f"op at index {index} of term {term} did not commit here")
-        return waiter.result
+        if not ops:
+            return []
+        if not self._queued or len(self._queued[-1].ops) + len(ops) > MAX_OPS_PER_ENTRY:
+            self._queued.append(_Proposal(next(self._tags)))
+        proposal = self._queued[-1]
+        start = len(proposal.ops)
+        proposal.ops.extend(ops)
+        self._queue_grew.set()
+        await proposal.done.wait()
+        if proposal.error is not None:
+            raise proposal.error
+        return proposal.results[start : start + len(ops)]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Apply committed entries and fail waiters that can no longer succeed."""
+        """Propose queued ops, apply committed entries, fail waiters that cannot succeed."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_terms)
+            nursery.start_soon(self._propose_queued)
             task_status.started()
             try:
                 await self._apply_all()
             finally:
-                for waiter in list(self._waiters.values()):
-                    self._fail(waiter)  # the node stopped
+                for proposal in [*self._waiters.values(), *self._queued]:
+                    self._fail(proposal, LeadershipLost("the node stopped"))
                 nursery.cancel_scope.cancel()
+
+    async def _propose_queued(self) -> None:
+        while True:
+            await self._queue_grew.wait()
+            self._queue_grew = trio.Event()
+            queued, self._queued = self._queued, []
+            for proposal in queued:
+                command = json.dumps({"o": self.node.id, "t": proposal.tag, "ops": proposal.ops})
+                index, proposal.term, ok = self.node.submit(command)
+                if not ok:
+                    self._fail(proposal, NotLeader(self.node.leader_id))
+                    continue
+                superseded = self._waiters.get(index)
+                if superseded is not None:  # an entry of an older term was given this index
+                    self._fail(superseded, LeadershipLost(f"entry {index} was overwritten"))
+                self._waiters[index] = proposal
 
     async def _apply_all(self) -> None:
         async for message in self.node.applied:
@@ -102,33 +133,41 @@ class ReplicatedStateMachine:
                 self.machine.restore(message.data)
                 self.applied_index = message.index
                 for index in [i for i in self._waiters if i <= message.index]:
-                    self._fail(self._waiters[index])
-                self._applied.set()
-                self._applied = trio.Event()
+                    lost = LeadershipLost(f"entry {index} was replaced by a snapshot")
+                    self._fail(self._waiters.pop(index), lost)
+                self._announce_applied()
                 continue
             entry = json.loads(message.command)
-            result = self.machine.apply(entry["op"])
+            results = [self.machine.apply(op) for op in entry["ops"]]
             self.applied_index = message.index
-            waiter = self._waiters.get(message.index)
-            if waiter is not None:
-                if entry["o"] == self.node.id and entry["t"] == waiter.tag:
-                    waiter.result = result
-                    waiter.done.set()
+            proposal = self._waiters.pop(message.index, None)
+            if proposal is not None:
+                if entry["o"] == self.node.id and entry["t"] == proposal.tag:
+                    proposal.results = results
+                    proposal.done.set()
                 else:
-                    self._fail(waiter)
-            self._applied.set()
-            self._applied = trio.Event()
+                    lost = LeadershipLost(f"another entry committed at {message.index}")
+                    self._fail(proposal, lost)
+            self._announce_applied()
             if 0 <= self.max_raft_state < self.node.raft_state_size():
                 await self.node.snapshot(message.index, self.machine.snapshot())
+
+    def _announce_applied(self) -> None:
+        self._applied.set()
+        self._applied = trio.Event()
 
     async def _watch_terms(self) -> None:
         while True:
             term = self.node.term
             await self.node.wait_until(lambda n, term=term: n.term != term)
-            for waiter in list(self._waiters.values()):
-                if waiter.term != self.node.term:
-                    self._fail(waiter)
+            for index, proposal in list(self._waiters.items()):
+                if proposal.term != self.node.term:
+                    del self._waiters[index]
+                    lost = LeadershipLost(f"term {proposal.term} ended before entry {index}")
+                    self._fail(proposal, lost)
 
-    def _fail(self, waiter: _Waiter) -> None:
-        waiter.lost = True
-        waiter.done.set()
+    @staticmethod
+    def _fail(proposal: _Proposal, error: RaftError) -> None:
+        if not proposal.done.is_set():
+            proposal.error = error
+            proposal.done.set()

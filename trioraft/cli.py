@@ -2,6 +2,8 @@
 
     trioraft node --id I --listen HOST:PORT --peer J=URL [--peer ...] --data-dir DIR
                   [--max-raft-state N]         one server of a replicated KV cluster
+                  [--peer-port P --client-url J=URL ...]
+                                               peers over framed TCP (peer URLs tcp://H:P)
     trioraft cluster --nodes N [--data-dir DIR] [--base-port P]
                                                a local N-server cluster in one process
     trioraft kvserver --listen HOST:PORT       the single-server KV
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
@@ -43,7 +46,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 def parse_peer(text: str) -> tuple[str, str]:
     peer_id, sep, url = text.partition("=")
-    if not sep or not peer_id or not url.startswith(("http://", "https://")):
+    if not sep or not peer_id or not url.startswith(("http://", "https://", "tcp://")):
         raise argparse.ArgumentTypeError(f"expected ID=URL, got {text!r}")
     return peer_id, url
 
@@ -58,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--peer", type=parse_peer, action="append", default=[])
     node.add_argument("--data-dir", required=True)
     node.add_argument("--max-raft-state", type=int, default=-1)
+    node.add_argument("--peer-port", type=int, default=None, help="serve peers over TCP here")
+    node.add_argument("--client-url", type=parse_peer, action="append", default=[])
 
     cluster = commands.add_parser("cluster", help="run a local cluster in one process")
     cluster.add_argument("--nodes", type=int, default=3)
@@ -106,10 +111,16 @@ async def run_kvserver(host: str, port: int, max_body_bytes: int) -> None:
 
 async def run_node(args: argparse.Namespace) -> None:
     host, port = args.listen
-    node = KVNode(args.id, dict(args.peer), args.data_dir, max_raft_state=args.max_raft_state)
+    node = KVNode(
+        args.id,
+        dict(args.peer),
+        args.data_dir,
+        max_raft_state=args.max_raft_state,
+        client_urls=dict(args.client_url) or None,
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-        url = await nursery.start(node.serve, host, port)
+        url = await nursery.start(partial(node.serve, host, port, peer_port=args.peer_port))
         print(f"trioraft node {args.id} listening on {url}", flush=True)
 
 

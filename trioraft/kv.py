@@ -24,7 +24,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import trio
 from quart_trio import QuartTrio
 
-from ._errors import KeyNotFound, MaybeApplied, VersionConflict
+from ._errors import BadRequest, KeyNotFound, MaybeApplied, VersionConflict
 from ._kvstate import VersionedKV
 from ._messages import (
     NO_KEY,
@@ -33,10 +33,13 @@ from ._messages import (
     WRONG_LEADER,
     AppendArgs,
     AppendReply,
+    BatchArgs,
+    BatchReply,
     GetArgs,
     GetReply,
     PutArgs,
     PutReply,
+    as_result,
 )
 from ._rpc import Route, RpcClient, make_app
 
@@ -79,8 +82,25 @@ class KVServer:
     async def handle_put(self, args: PutArgs) -> PutReply:
         return self.state.put(args.key, args.value, args.version)
 
+    async def handle_batch(self, args: BatchArgs) -> BatchReply:
+        args.validate()
+        for i, op in enumerate(args.ops):
+            if op.op == "append":
+                raise BadRequest(f"ops[{i}].op: the single-server KV has no append")
+        results = [
+            as_result(self.state.get(op.key))
+            if op.op == "get"
+            else as_result(self.state.put(op.key, op.value, op.version))
+            for op in args.ops
+        ]
+        return BatchReply(results)
+
     def routes(self) -> dict[str, Route]:
-        return {"get": Route(GetArgs, self.handle_get), "put": Route(PutArgs, self.handle_put)}
+        return {
+            "get": Route(GetArgs, self.handle_get),
+            "put": Route(PutArgs, self.handle_put),
+            "batch": Route(BatchArgs, self.handle_batch),
+        }
 
     def app(self) -> QuartTrio:
         return make_app(

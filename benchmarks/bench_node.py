@@ -1,0 +1,86 @@
+"""One trioraft KV server for the benchmark suite: ``trioraft node`` plus one extra route.
+
+    python benchmarks/bench_node.py --id 1 --listen 127.0.0.1:9001 --peer 2=URL ... --data-dir D
+        [--peer-port 9101 --client-url 2=HTTP_URL ...]   (peers over framed TCP)
+
+``POST /bench_embedded {"concurrency", "rate", "seconds", "value_bytes", "prefix", "op"}``
+runs an embedded load in this process (the application's own tasks writing through
+``KVNode.open_client``, no HTTP hop while this node leads) and answers its summary. With
+``rate > 0`` the load is an open loop at that rate, otherwise a closed loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from _load import closed_loop, open_loop
+
+from trioraft._rpc import Route
+from trioraft.cli import parse_host_port, parse_peer, stop_on_signal
+from trioraft.cluster import KVNode
+
+
+@dataclass(frozen=True)
+class EmbeddedLoad:
+    concurrency: int
+    seconds: float
+    value_bytes: int
+    prefix: str
+    rate: float = 0.0
+    op: str = "put"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    summary: str  # JSON
+
+
+class BenchNode(KVNode):
+    async def handle_bench_embedded(self, args: EmbeddedLoad) -> LoadReport:
+        value = "x" * args.value_bytes
+        async with self.open_client(client_id=f"bench-{args.prefix}") as kv:
+            if args.op == "put":
+
+                async def op(k: int) -> None:
+                    await kv.put(f"{args.prefix}-{k}", value, 0)
+            else:
+
+                async def op(k: int) -> None:
+                    await kv.get(f"{args.prefix}-{k % 1000}")
+
+            if args.rate > 0:
+                summary = await open_loop(op, args.rate, args.seconds)
+            else:
+                summary = await closed_loop(op, args.concurrency, args.seconds)
+        summary["leader_at_end"] = self.raft.is_leader
+        return LoadReport(json.dumps(summary))
+
+    def routes(self) -> dict[str, Route]:
+        bench = Route(EmbeddedLoad, self.handle_bench_embedded)
+        return {**super().routes(), "bench_embedded": bench}
+
+
+async def main(args: argparse.Namespace) -> None:
+    host, port = args.listen
+    node = BenchNode(
+        args.id, dict(args.peer), args.data_dir, client_urls=dict(args.client_url) or None
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+        url = await nursery.start(partial(node.serve, host, port, peer_port=args.peer_port))
+        print(f"bench node {args.id} listening on {url}", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--listen", type=parse_host_port, required=True)
+    parser.add_argument("--peer", type=parse_peer, action="append", default=[])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--peer-port", type=int, default=None)
+    parser.add_argument("--client-url", type=parse_peer, action="append", default=[])
+    trio.run(main, parser.parse_args())

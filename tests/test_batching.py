@@ -1,0 +1,186 @@
+"""Batching end to end: ``POST /batch``, the coalescing client, the embedded client and the
+RSM packing concurrent ops into one log entry; faults included, every history checked."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import SingleKV
+from tests.kv_cluster import KVCluster, wait_leader
+from tests.kvtest import check_put_concurrent, one_client_put, run_clients
+from trioraft import VersionConflict, Versioned
+from trioraft.batching import open_coalescing_client
+from trioraft.testing import MIT_UNRELIABLE, History
+
+
+async def test_batch_answers_each_op_in_order(single_kv: SingleKV) -> None:
+    ops = [
+        {"op": "put", "key": "a", "value": "1", "version": 0},
+        {"op": "get", "key": "a"},
+        {"op": "put", "key": "a", "value": "2", "version": 0},
+        {"op": "put", "key": "b", "value": "x", "version": 3},
+        {"op": "get", "key": "b"},
+    ]
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(f"{single_kv.url}/batch", json={"ops": ops})
+    assert reply.status_code == 200
+    assert reply.json()["results"] == [
+        {"err": "OK", "value": "", "version": 0},
+        {"err": "OK", "value": "1", "version": 1},
+        {"err": "Version", "value": "", "version": 0},
+        {"err": "NoKey", "value": "", "version": 0},
+        {"err": "NoKey", "value": "", "version": 0},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"ops": [{"op": "delete", "key": "a"}]}, 400, "ops[1].op"),
+        ({"ops": [{"op": "get"}]}, 400, "ops[1].key: missing"),
+        ({"ops": [{"op": "put", "key": "a", "version": -1}]}, 400, "ops[1].version"),
+        ({"ops": [{"op": "append", "key": "a", "value": "x"}]}, 400, "ops[1].client_id"),
+        ({"ops": [{"op": "append", "key": "a", "value": "x", "client_id": "c"}]}, 400, "append"),
+        ({"ops": "get"}, 400, "ops: expected a list"),
+        ({"ops": [{"op": "get", "key": "k"}] * 10_001}, 400, "at most 10000"),
+    ],
+)
+async def test_bad_batches_get_4xx_and_change_nothing(
+    single_kv: SingleKV, body: dict, status: int, fragment: str
+) -> None:
+    prefix = [{"op": "put", "key": "a", "value": "new", "version": 0}]
+    if isinstance(body["ops"], list) and len(body["ops"]) < 10:
+        body = {"ops": prefix + body["ops"]}  # a valid op first: it must not apply either
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(f"{single_kv.direct_url}/batch", json=body)
+    assert reply.status_code == status
+    assert fragment in reply.json()["error"]
+    assert single_kv.server.state.get("a").version == 0
+
+
+async def test_coalescing_client_shares_requests_and_stays_linearizable(
+    single_kv: SingleKV, seed: int
+) -> None:
+    history = History()
+    rng = random.Random(seed)
+    async with open_coalescing_client([single_kv.url]) as kv:
+        clients = [history.recording(kv, f"task-{i}") for i in range(32)]
+        results = await run_clients(32, 0.5, one_client_put(clients, "k", rng))
+        await check_put_concurrent(kv, "k", results, reliable=True)
+        ops = len(history.operations)
+        assert kv.requests < ops / 2, f"{kv.requests} requests for {ops} ops: few coalesced"
+    result = history.check(timeout=60)
+    assert result.ok is True, result.account
+
+
+async def test_coalescing_client_reports_conflicts_and_closes_cleanly(
+    single_kv: SingleKV,
+) -> None:
+    async with open_coalescing_client([single_kv.url]) as kv:
+        await kv.put("k", "1", 0)
+        with pytest.raises(VersionConflict):
+            await kv.put("k", "2", 0)
+        assert await kv.get("k") == Versioned("1", 1)
+    with pytest.raises(trio.ClosedResourceError):
+        await kv.get("k")
+
+
+pytestmark_cluster = pytest.mark.xdist_group("http-cluster")
+
+
+@pytestmark_cluster
+async def test_coalesced_appends_apply_exactly_once_under_loss_and_crashes(
+    make_kv_cluster,
+) -> None:
+    c: KVCluster = await make_kv_cluster(3, profile=MIT_UNRELIABLE)
+    acknowledged: list[str] = []
+    urls = [c.urls[i] for i in c.ids]
+
+    async def appender(kv, me: int, done: trio.Event) -> None:
+        n = 0
+        while not done.is_set():
+            token = f"<{me}.{n}>"
+            await kv.append("log", token)
+            acknowledged.append(token)
+            n += 1
+
+    async with open_coalescing_client(urls, client_id="appenders") as kv:
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for me in range(16):
+                nursery.start_soon(appender, kv, me, done)
+            await trio.sleep(1.0)
+            leader = await wait_leader(c)
+            await c.restart(leader)
+            await trio.sleep(1.0)
+            done.set()
+        value = (await kv.get("log")).value
+    tokens = Counter(value.replace("><", ">\n<").split("\n")) if value else Counter()
+    doubled = [t for t, n in tokens.items() if n > 1]
+    lost = [t for t in acknowledged if t not in tokens]
+    assert not doubled, f"appends applied twice: {doubled[:5]}"
+    assert not lost, f"acknowledged appends lost: {lost[:5]}"
+    assert len(acknowledged) > 16
+    for me in range(16):  # each task's appends land in the order it made them
+        mine = [int(t[1:-1].split(".")[1]) for t in tokens if t.startswith(f"<{me}.")]
+        in_value = sorted(mine, key=lambda n: value.index(f"<{me}.{n}>"))
+        assert in_value == sorted(mine)
+
+
+@pytestmark_cluster
+async def test_embedded_clients_survive_leader_crash_and_stay_linearizable(
+    make_kv_cluster, seed: int
+) -> None:
+    c: KVCluster = await make_kv_cluster(3)
+    history = History()
+    rng = random.Random(seed)
+    await wait_leader(c)
+    async with trio.open_nursery() as apps:
+        clients: dict[str, list] = {}
+        for i in c.ids:
+            node = c.nodes[i]
+            assert node is not None
+            kv = await apps.start(_embedded_client, node)
+            clients[i] = [history.recording(kv, f"app-{i}-{k}") for k in range(4)]
+        everyone = [kv for i in c.ids for kv in clients[i]]
+        first = await run_clients(len(everyone), 0.5, one_client_put(everyone, "k", rng))
+        leader = await wait_leader(c)
+        await c.stop(leader)
+        survivors = [kv for i in c.ids if i != leader for kv in clients[i]]
+        second = await run_clients(len(survivors), 0.5, one_client_put(survivors, "k", rng))
+        assert sum(r.ok for r in second) > 0, "no put completed after the leader crashed"
+        apps.cancel_scope.cancel()
+    assert sum(r.ok for r in first) > 0
+    result = history.check(timeout=60)
+    assert result.ok is True, result.account
+
+
+async def _embedded_client(node, task_status: trio.TaskStatus) -> None:
+    async with node.open_client() as kv:
+        task_status.started(kv)
+        await trio.sleep_forever()
+
+
+@pytestmark_cluster
+async def test_embedded_client_writes_in_process_on_the_leader(make_kv_cluster) -> None:
+    c: KVCluster = await make_kv_cluster(3)
+    leader_id = await wait_leader(c)
+    leader = c.nodes[leader_id]
+    assert leader is not None
+    rpcs_before = c.network.rpc_total
+    async with trio.open_nursery() as apps:
+        kv = await apps.start(_embedded_client, leader)
+        async with trio.open_nursery() as tasks:
+            for k in range(50):
+                tasks.start_soon(kv.put, f"key-{k}", "v", 0)
+        assert await kv.get("key-7") == Versioned("v", 1)
+        apps.cancel_scope.cancel()
+    # 51 ops, concurrent: a few log entries, each replicated with a few AppendEntries.
+    entries = leader.raft.log.last_index
+    assert entries < 20, f"{entries} log entries for 51 concurrent ops: none were packed"
+    assert c.network.rpc_total - rpcs_before < 100
