@@ -1,17 +1,16 @@
-"""Raft commit throughput and latency, and the cost of persisting an entry as the log grows.
+"""Raft commit throughput and latency, with the whole cluster in one process.
 
-    python benchmarks/raft_commit.py [--seconds 3] [--concurrency 1 16 64 256]
-                                     [--log-sizes 1000 10000 100000 1000000] [--out FILE]
+    python benchmarks/raft_commit.py [--seconds 3] [--concurrency 1 16 64 256] [--out FILE]
 
-1. A 3-node cluster in this process, over real HTTP on loopback, with file storage (fsync
+A 3-node cluster in this process, over real HTTP on loopback, with file storage (fsync
    on). For each concurrency, that many tasks submit 16-byte commands to the leader and wait
    for each to commit; it reports commits per second, p50/p99 commit latency, and the
    AppendEntries round trips the leader made (how well entries were batched). The three
    nodes and the submitters share one Python process, so this is the cost of the whole
    cluster on one core.
-2. For each log size, a file log is filled to that many entries, then one entry at a time
-   is appended and fsynced: the mean and p99 cost of persisting an entry should stay flat as
-   the log grows. The time to reopen (restart) the log is reported beside it.
+
+(The cost of persisting an entry as the log grows is in ``state_scaling.py``; separate
+processes and the references are in ``suite.py``.)
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from pathlib import Path
 import trio
 
 from trioraft import FileStorage, HttpTransport, RaftNode, serve_node
-from trioraft._log import Entry
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -116,57 +114,16 @@ async def _drain(node: RaftNode) -> None:
         pass
 
 
-async def persist_benchmark(sizes: list[int], directory: Path, samples: int = 300) -> list[dict]:
-    results = []
-    command = "x" * 100
-    for size in sizes:
-        path = directory / f"log-{size}"
-        storage = FileStorage(path)
-        storage.load()
-        batch = 10_000
-        for first in range(1, size + 1, batch):
-            count = min(batch, size + 1 - first)
-            storage.append(first, [Entry(1, command)] * count)
-        await storage.sync()
-        costs = []
-        for k in range(samples):
-            start = time.perf_counter()
-            storage.append(size + 1 + k, [Entry(1, command)])
-            await storage.sync()
-            costs.append(time.perf_counter() - start)
-        storage.close()
-        start = time.perf_counter()
-        reopened = FileStorage(path)
-        loaded = reopened.load()
-        reopen = time.perf_counter() - start
-        reopened.close()
-        assert loaded.log.last_index == size + samples
-        result = {
-            "log_entries": size,
-            "persist_mean_us": round(1e6 * statistics.mean(costs), 1),
-            "persist_p99_us": round(1e6 * percentile(costs, 0.99), 1),
-            "reopen_s": round(reopen, 3),
-        }
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    return results
-
-
 async def run(options: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(dir=options.tmp) as tmp:
         commits = await commit_benchmark(options.concurrency, options.seconds, Path(tmp))
-    with tempfile.TemporaryDirectory(dir=options.tmp) as tmp:
-        persist = await persist_benchmark(options.log_sizes, Path(tmp))
-    return {"benchmark": "raft_commit", "commit": commits, "persist": persist}
+    return {"benchmark": "raft_commit", "commit": commits}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
-    parser.add_argument(
-        "--log-sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000]
-    )
     parser.add_argument("--tmp", default=None, help="where to put the data (a real disk)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raft_commit.json"))
     opts = parser.parse_args()

@@ -5,8 +5,9 @@ Run it with ``python examples/embedded.py`` (``--events N`` to scale it).
 The application is a page-view counter with three replicas. Each replica is one Trio task
 tree: its KV node (Raft, the replicated store, the HTTP app for peers and clients) runs in
 the replica's nursery beside its own work, here recording page views as appends and reading
-the totals, through a client of the whole cluster. Cancel a replica and its node stops with
-it; start it again on the same directory and it catches up.
+the totals through ``node.open_client()``: on the leader those ops enter the log
+in-process, with no HTTP hop; on the others they go to the leader. Cancel a replica and its
+node stops with it; start it again on the same directory and it catches up.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ async def replica(
     node = KVNode(me, peers, directory / f"replica-{me}")
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve, "127.0.0.1", int(urls[me].rsplit(":", 1)[1]))
-        async with ClusterClient(list(urls.values()), client_id=f"app-{me}") as kv:
+        async with node.open_client(client_id=f"app-{me}") as kv:
             for _ in range(events):
                 await kv.append(f"views/{me}", ".")
             views = {i: len((await kv.get(f"views/{i}")).value) for i in urls}

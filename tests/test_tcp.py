@@ -1,0 +1,142 @@
+"""The framed-TCP peer transport: its wire checks, and a KV cluster replicating over it under
+message loss and a leader crash, with the history checked."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.kvtest import one_client_put, run_clients
+from trioraft import ClusterClient
+from trioraft._messages import GetArgs, GetReply
+from trioraft._rpc import Route
+from trioraft._tcp import TcpTransport, serve_tcp
+from trioraft.cluster import KVNode, free_ports
+from trioraft.testing import MIT_UNRELIABLE, History, Network
+
+
+async def echo_get(args: GetArgs) -> GetReply:
+    return GetReply(args.key.upper(), len(args.key), "OK")
+
+
+ROUTES = {"get": Route(GetArgs, echo_get)}
+
+
+async def raw_call(url: str, frame: bytes) -> dict | None:
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(frame)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return None
+            data += chunk
+        return json.loads(data[4:])
+
+
+def framed(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+async def test_calls_round_trip_and_reuse_connections(nursery: trio.Nursery) -> None:
+    url = await nursery.start(serve_tcp, ROUTES)
+    transport = TcpTransport("me", {"peer": url})
+    for key in ["a", "bb", "ccc"]:
+        reply = await transport.call("peer", "get", GetArgs(key), GetReply)
+        assert reply == GetReply(key.upper(), len(key), "OK")
+    assert len(transport._idle["peer"]) == 1  # one connection served all three calls
+    await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("frame", "status", "fragment"),
+    [
+        (framed(b"{not json"), 400, "malformed JSON"),
+        (framed(b'["get"]'), 400, "expected"),
+        (framed(b'{"m": "nope", "a": {}}'), 404, "unknown method"),
+        (framed(b'{"m": "get", "a": {"key": 7}}'), 400, "key: expected a string"),
+        (struct.pack(">I", 1 << 30), 413, "limit"),
+    ],
+)
+async def test_bad_frames_get_4xx(
+    nursery: trio.Nursery, frame: bytes, status: int, fragment: str
+) -> None:
+    url = await nursery.start(serve_tcp, ROUTES)
+    reply = await raw_call(url, frame)
+    assert reply is not None
+    assert reply["s"] == status
+    assert fragment in reply["p"]["error"]
+
+
+async def test_failures_return_none(nursery: trio.Nursery) -> None:
+    (port,) = free_ports(1)
+    transport = TcpTransport("me", {"gone": f"tcp://127.0.0.1:{port}"})
+    assert await transport.call("gone", "get", GetArgs("a"), GetReply) is None
+
+    async def hang(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, hang, listeners)
+    silent = f"tcp://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    transport = TcpTransport("me", {"silent": silent})
+    with trio.move_on_after(0.2) as scope:
+        await transport.call("silent", "get", GetArgs("a"), GetReply)
+    assert scope.cancelled_caught
+    assert transport._idle["silent"] == []  # a cancelled call's connection is not reused
+
+
+@pytest.mark.xdist_group("http-cluster")
+async def test_kv_cluster_over_tcp_under_loss_and_leader_crash(
+    nursery: trio.Nursery, seed: int, tmp_path: Path
+) -> None:
+    network = Network(seed, MIT_UNRELIABLE)
+    ids = ["0", "1", "2"]
+    ports = free_ports(6)
+    http = {i: f"http://127.0.0.1:{ports[k]}" for k, i in enumerate(ids)}
+    tcp_ports = {i: ports[3 + k] for k, i in enumerate(ids)}
+    scopes: dict[str, trio.CancelScope] = {}
+    nodes: dict[str, KVNode] = {}
+
+    async def start(i: str) -> None:
+        peers = {j: f"tcp://127.0.0.1:{tcp_ports[j]}" for j in ids if j != i}
+        transport = TcpTransport(i, peers, network=network)
+        node = nodes[i] = KVNode(
+            i, peers, tmp_path / i, transport=transport, rng=random.Random(f"{seed}-{i}")
+        )
+        scope = scopes[i] = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                host, port = http[i].removeprefix("http://").split(":")
+                await node.serve(host, int(port), peer_port=tcp_ports[i], task_status=task_status)
+
+        await nursery.start(run)
+        network.restart(i)
+
+    for i in ids:
+        await start(i)
+    history = History()
+    rng = random.Random(seed)
+    clerks = [
+        history.recording(ClusterClient(list(http.values()), client_id=f"c{k}"), f"c{k}")
+        for k in range(3)
+    ]
+    first = await run_clients(3, 1.0, one_client_put(clerks, "k", rng))
+    leader = next(i for i in ids if nodes[i].raft.is_leader)
+    network.crash(leader)
+    scopes[leader].cancel()
+    second = await run_clients(3, 1.0, one_client_put(clerks, "k", rng))
+    await start(leader)
+    assert sum(r.ok + r.maybe for r in first + second) > 0
+    result = history.check(timeout=60)
+    assert result.ok is True, result.account
+    for clerk in clerks:
+        await clerk.kv.aclose()
