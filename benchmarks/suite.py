@@ -3,7 +3,8 @@ stack's own limit (a bare quart-trio echo endpoint) and PySyncObj, in one run.
 
     pip install -e '.[benchmark]' && apt-get install wrk
     python benchmarks/suite.py [--seconds 4] [--nodes 3 5] [--clients 1 16 64 256]
-                               [--values 16 1024] [--out benchmarks/results]
+                               [--values 16 1024] [--peer-transport http tcp] [--out DIR]
+    python benchmarks/suite.py --plot REPORT.json      # redraw the PNG of a saved run
 
 Scenarios, for each cluster size, value size and number of concurrent clients (fsync on):
 - ``embedded``: the leader's own application tasks write through ``KVNode.open_client``.
@@ -592,9 +593,10 @@ def plot(report: dict, path: Path) -> None:
             xs = [c for c, _ in points]
             label = scenario if scenario == "echo" else f"{scenario} {nodes}n {transport}".strip()
             style = "--" if scenario in ("echo", "pysyncobj") else "-"
+            color = plt.cm.tab20.colors[series.index((scenario, nodes, transport)) % 20]
             for row, metric in enumerate(["ops_per_s", "p50_ms", "p99_ms"]):
                 ys = [r[metric] for _, r in points]
-                axes[row][col].plot(xs, ys, style, marker="o", label=label)
+                axes[row][col].plot(xs, ys, style, marker="o", color=color, label=label)
         for row, title in enumerate(["throughput (ops/s)", "p50 latency (ms)", "p99 latency (ms)"]):
             ax = axes[row][col]
             ax.set_xscale("log", base=2)
@@ -609,4 +611,8 @@ def plot(report: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--plot":  # re-plot a saved report
+        saved = Path(sys.argv[2])
+        plot(json.loads(saved.read_text()), saved.with_suffix(".png"))
+    else:
+        main()
