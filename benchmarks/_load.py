@@ -20,6 +20,20 @@ import trio
 Op = Callable[[int], Awaitable[object]]
 
 
+def kv_op(kv: object, kind: str, prefix: str, value_bytes: int) -> Op:
+    """The benchmark op on any KV client: ``put`` writes the fresh key ``PREFIX-K`` at
+    version 0; ``get`` reads ``PREFIX-(K mod 1000)``."""
+    value = "x" * value_bytes
+
+    async def put(k: int) -> None:
+        await kv.put(f"{prefix}-{k}", value, 0)  # type: ignore[attr-defined]
+
+    async def get(k: int) -> None:
+        await kv.get(f"{prefix}-{k % 1000}")  # type: ignore[attr-defined]
+
+    return put if kind == "put" else get
+
+
 def percentile(ordered: list[float], q: float) -> float:
     if not ordered:
         return math.nan

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import trio
-from _load import closed_loop, open_loop
+from _load import closed_loop, kv_op, open_loop
 
 from trioraft._rpc import Route
 from trioraft.cli import parse_host_port, parse_peer, stop_on_signal
@@ -41,17 +41,8 @@ class LoadReport:
 
 class BenchNode(KVNode):
     async def handle_bench_embedded(self, args: EmbeddedLoad) -> LoadReport:
-        value = "x" * args.value_bytes
         async with self.open_client(client_id=f"bench-{args.prefix}") as kv:
-            if args.op == "put":
-
-                async def op(k: int) -> None:
-                    await kv.put(f"{args.prefix}-{k}", value, 0)
-            else:
-
-                async def op(k: int) -> None:
-                    await kv.get(f"{args.prefix}-{k % 1000}")
-
+            op = kv_op(kv, args.op, args.prefix, args.value_bytes)
             if args.rate > 0:
                 summary = await open_loop(op, args.rate, args.seconds)
             else:

@@ -13,23 +13,14 @@ import argparse
 import json
 
 import trio
-from _load import closed_loop
+from _load import closed_loop, kv_op
 
 from trioraft.batching import open_coalescing_client
 
 
 async def main(args: argparse.Namespace) -> None:
-    value = "x" * args.value_bytes
     async with open_coalescing_client(args.urls.split(","), rpc_timeout=5.0) as kv:
-        if args.op == "put":
-
-            async def op(k: int) -> None:
-                await kv.put(f"{args.prefix}-{k}", value, 0)
-        else:
-
-            async def op(k: int) -> None:
-                await kv.get(f"{args.prefix}-{k % 1000}")
-
+        op = kv_op(kv, args.op, args.prefix, args.value_bytes)
         summary = await closed_loop(op, args.concurrency, args.seconds)
         summary["requests"] = kv.requests
     print(json.dumps(summary), flush=True)

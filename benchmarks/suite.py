@@ -42,20 +42,10 @@ import httpx
 from _load import pid_cpu
 from tqdm import tqdm
 
+from trioraft.cluster import free_ports
+
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def children_cpu() -> float:
