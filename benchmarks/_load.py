@@ -8,6 +8,7 @@ throughput, latency percentiles and the CPU this process used meanwhile.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import os
@@ -92,40 +93,48 @@ async def closed_loop(op: Op, concurrency: int, seconds: float, warmup: float = 
     return summarize(latencies, elapsed, cpu)
 
 
-async def open_loop(op: Op, rate: float, seconds: float, max_outstanding: int = 20_000) -> dict:
+async def open_loop(
+    op: Op, rate: float, seconds: float, workers: int = 2_000, tick: float = 0.0005
+) -> dict:
     """Start ops at ``rate`` per second for ``seconds``; each one's latency counts from its
-    scheduled start, so a falling-behind server shows up as latency, not as a lower rate."""
+    scheduled start, so a falling-behind server shows up as latency, not as a lower rate.
+
+    ``workers`` tasks take the ops as they fall due (a task per op would cost the process
+    more than the ops); an op due while all of them are busy waits, and that wait counts in
+    its latency. Due ops are released once a ``tick``, so an op starts up to a tick late,
+    and that counts too.
+    """
     counter = itertools.count()
     latencies: list[float] = []
-    outstanding = 0
-    dropped = 0
+    due: collections.deque[float] = collections.deque()
+    released = trio.Semaphore(0)
+    finished = False
     cpu_before = process_cpu()
 
-    async def one(scheduled: float) -> None:
-        nonlocal outstanding
-        try:
+    async def worker() -> None:
+        while True:
+            await released.acquire()
+            if finished and not due:
+                return
+            scheduled = due.popleft()
             await op(next(counter))
             latencies.append(time.perf_counter() - scheduled)
-        finally:
-            outstanding -= 1
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
+        for _ in range(workers):
+            nursery.start_soon(worker)
         sent = 0
         while (now := time.perf_counter()) < start + seconds:
-            due = int((now - start) * rate) + 1
-            while sent < due:
-                scheduled = start + sent / rate
+            while sent < int((now - start) * rate) + 1:
+                due.append(start + sent / rate)
+                released.release()
                 sent += 1
-                if outstanding >= max_outstanding:
-                    dropped += 1
-                    continue
-                outstanding += 1
-                nursery.start_soon(one, scheduled)
-            # Wake at most once a millisecond and start every op that fell due meanwhile:
-            # a timer per op would make the generator cost more than the ops.
-            await trio.sleep(max(0.0002, start + sent / rate - time.perf_counter()))
+            await trio.sleep(max(tick, start + sent / rate - time.perf_counter()))
+        finished = True
+        for _ in range(workers):
+            released.release()
     elapsed = time.perf_counter() - start
-    result = summarize(latencies, elapsed, process_cpu() - cpu_before, errors=dropped)
+    result = summarize(latencies, elapsed, process_cpu() - cpu_before)
     result["offered_per_s"] = rate
     return result

@@ -95,7 +95,7 @@ async def main(opts: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keys", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--keys", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000])
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/state_scaling.json"))
     trio.run(main, parser.parse_args())

@@ -28,8 +28,16 @@ class NoPeers:
         raise AssertionError("a one-node cluster calls nobody")
 
 
-def single_node(storage: MemoryStorage) -> RaftNode:
-    return RaftNode("a", ["a"], storage, NoPeers(), config=RaftConfig(), rng=random.Random(1))
+def single_node(storage: MemoryStorage, apply_buffer: int = 0) -> RaftNode:
+    return RaftNode(
+        "a",
+        ["a"],
+        storage,
+        NoPeers(),
+        config=RaftConfig(),
+        rng=random.Random(1),
+        apply_buffer=apply_buffer,
+    )
 
 
 async def test_cancelled_append_keeps_storage_bookkeeping_exact(autojump_clock: Clock) -> None:
@@ -74,6 +82,54 @@ async def test_single_node_commits_and_applies_in_order(autojump_clock: Clock) -
         await node.wait_applied(first + 4)  # recorded once the hand-off completes
         stats = node.statistics()
         assert (stats.role, stats.commit_index, stats.last_applied) == ("leader", 5, 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_buffered_hand_out_is_in_order_and_counts_only_what_was_handed_out(
+    autojump_clock: Clock,
+) -> None:
+    node = single_node(MemoryStorage(), apply_buffer=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        first, term = node.submit_many([f"c{i}" for i in range(10)])
+        await node.wait_committed(first + 9, term)
+        await trio.testing.wait_all_tasks_blocked()
+        # Nobody has read yet: the buffer holds four entries and the applier waits with the
+        # fifth, so nothing beyond the fourth counts as handed out.
+        assert node.last_applied == first + 3
+        with pytest.raises(ValueError):
+            await node.snapshot(first + 6, b"state")
+        fifth_out = trio.Event()
+
+        async def wait_for_fifth() -> None:
+            await node.wait_applied(first + 4)
+            fifth_out.set()
+
+        nursery.start_soon(wait_for_fifth)
+        await trio.testing.wait_all_tasks_blocked()
+        seen = [(await node.applied.receive()).command]
+        await trio.testing.wait_all_tasks_blocked()
+        # The fifth went into the buffer and the applier blocked again on the sixth: waiters
+        # must hear of the fifth before that.
+        assert fifth_out.is_set()
+        seen += [(await node.applied.receive()).command for _ in range(9)]
+        assert seen == [f"c{i}" for i in range(10)]
+        await node.wait_applied(first + 9)
+        nursery.cancel_scope.cancel()
+
+
+async def test_wait_term_change_returns_once_the_term_moves(autojump_clock: Clock) -> None:
+    node = single_node(MemoryStorage())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        nursery.start_soon(drain, node)
+        with trio.move_on_after(0.1):
+            await node.wait_term_change(0)
+            pytest.fail("the term moved before the election timeout")
+        with trio.fail_after(5):  # the single node campaigns once its timeout passes
+            await node.wait_term_change(0)
+        assert node.term == 1
         nursery.cancel_scope.cancel()
 
 

@@ -45,7 +45,14 @@ class Counter:
 
 
 class RSMCluster:
-    def __init__(self, nursery: trio.Nursery, seed: int, n: int = 3, max_raft_state: int = -1):
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        seed: int,
+        n: int = 3,
+        max_raft_state: int = -1,
+        apply_buffer: int = 0,
+    ) -> None:
         self.nursery = nursery
         self.seed = seed
         self.network = Network(seed, RELIABLE)
@@ -57,6 +64,7 @@ class RSMCluster:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.errors: list[str] = []
         self.max_raft_state = max_raft_state
+        self.apply_buffer = apply_buffer
         self.leader = "0"
         self.starts = 0
 
@@ -69,6 +77,7 @@ class RSMCluster:
             self.memory.transport(i),
             config=RaftConfig(),
             rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
+            apply_buffer=self.apply_buffer,
         )
         counter = self.counters[i] = Counter(self.errors)
         rsm = self.rsms[i] = ReplicatedStateMachine(
@@ -164,8 +173,13 @@ async def test_basic(nursery: trio.Nursery, seed: int, autojump_clock: Clock) ->
         await c.check_counter(i + 1, 3)
 
 
-async def test_concurrent(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, seed)
+# A buffered channel lets the applier hand out a whole run of entries and the RSM apply it
+# in one wake-up (as KVNode does); a rendezvous channel hands them out one by one.
+@pytest.mark.parametrize("apply_buffer", [0, 16])
+async def test_concurrent(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock, apply_buffer: int
+) -> None:
+    c = await cluster(nursery, seed, apply_buffer=apply_buffer)
     async with trio.open_nursery() as incs:
         for _ in range(50):
             incs.start_soon(c.one_inc)
@@ -268,8 +282,11 @@ async def test_restart_submit(nursery: trio.Nursery, seed: int, autojump_clock: 
     await c.check_counter(n, 3)
 
 
-async def test_snapshot(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
-    c = await cluster(nursery, seed, max_raft_state=1000)
+@pytest.mark.parametrize("apply_buffer", [0, 16])
+async def test_snapshot(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock, apply_buffer: int
+) -> None:
+    c = await cluster(nursery, seed, max_raft_state=1000, apply_buffer=apply_buffer)
     for i in range(100):
         assert await c.one_inc() == i + 1
     await c.check_counter(100, 3)

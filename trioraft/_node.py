@@ -137,6 +137,7 @@ class RaftNode:
         self._written_index = self._durable_index = self.log.last_index
         self._lock = trio.Lock()
         self._changed = trio.Event()  # commit, term, role or applied moved: re-check
+        self._term_moved = trio.Event()  # set (and replaced) when the term changes
         self._log_grew = trio.Event()  # the leader appended: replicators and syncer wake
         self._leader_contacts = 0  # valid messages from a current leader, ever
         self._last_leader_contact = -math.inf
@@ -208,6 +209,11 @@ class RaftNode:
     async def wait_applied(self, index: int) -> None:
         """Return once the entry at ``index`` has been handed to ``applied``."""
         await self.wait_until(lambda node: node.last_applied >= index)
+
+    async def wait_term_change(self, term: int) -> None:
+        """Return once the node's term is no longer ``term``."""
+        while self.term == term:
+            await self._term_moved.wait()
 
     async def wait_until(self, predicate: Callable[[RaftNode], bool]) -> None:
         """Return once ``predicate(node)`` holds; it is re-checked whenever the node's term,
@@ -287,6 +293,11 @@ class RaftNode:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _enter_term(self, term: int, voted_for: str | None) -> None:
+        self.term, self.voted_for = term, voted_for
+        self._term_moved.set()
+        self._term_moved = trio.Event()
+
     def _wake_leader_tasks(self) -> None:
         self._log_grew.set()
         self._log_grew = trio.Event()
@@ -305,7 +316,7 @@ class RaftNode:
         state changed and must be persisted before replying."""
         changed = term > self.term
         if changed:
-            self.term, self.voted_for = term, None
+            self._enter_term(term, None)
         if self.role is Role.LEADER and self._leader_scope is not None:
             self._leader_scope.cancel()
         before = (self.role, self.leader_id)
@@ -353,8 +364,7 @@ class RaftNode:
         async with self._lock:
             if self._leader_contacts != contacts or self.role is Role.LEADER:
                 return  # a leader spoke up meanwhile
-            self.term += 1
-            self.voted_for = self.id
+            self._enter_term(self.term + 1, self.id)
             self.role = Role.CANDIDATE
             self.leader_id = None
             await self._persist_hard_state()
@@ -639,15 +649,29 @@ class RaftNode:
                     self.last_applied = max(self.last_applied, snapshot.index)
                     self._notify()
             elif self.last_applied < self.commit_index:
-                index = self.last_applied + 1
-                entry = self.log.entry(index)
-                # The consumer may snapshot at ``index`` as soon as it has received it.
-                self._handing_out = index
-                await self._deliver(Applied(index, entry.term, entry.command))
-                self.last_applied = index
+                await self._deliver_committed()
                 self._notify()
             else:
                 await changed.wait()
+
+    async def _deliver_committed(self) -> None:
+        """Hand out the committed entries not yet handed out, in order: straight into the
+        channel's buffer while it has room (the reader wakes once for the whole run), else
+        waiting for the reader. The caller notifies once the run is out."""
+        while self.last_applied < self.commit_index and self._snapshot_to_deliver is None:
+            index = self.last_applied + 1
+            entry = self.log.entry(index)
+            message = Applied(index, entry.term, entry.command)
+            # The consumer may snapshot at ``index`` as soon as it has received it.
+            self._handing_out = index
+            try:
+                self._applied_send.send_nowait(message)
+            except trio.WouldBlock:
+                self._notify()  # what was handed out so far, before waiting for the reader
+                await self._deliver(message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # nobody is reading: the application does not want them
+            self.last_applied = index
 
     async def _deliver(self, message: Applied | SnapshotApplied) -> None:
         try:

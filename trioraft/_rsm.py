@@ -28,10 +28,12 @@ from typing import Any, Protocol
 import trio
 
 from ._errors import LeadershipLost, NotLeader, RaftError
-from ._node import Applied, RaftNode
+from ._node import Applied, RaftNode, SnapshotApplied
 
 #: Most ops packed into one log entry (a bound on entry size, not on throughput).
 MAX_OPS_PER_ENTRY = 4096
+#: Most committed entries applied between two announcements (and two checkpoints).
+MAX_ENTRIES_PER_APPLY = 1024
 
 
 class StateMachine(Protocol):
@@ -68,7 +70,7 @@ class ReplicatedStateMachine:
         self._queue_grew = trio.Event()
         self._waiters: dict[int, _Proposal] = {}  # by log index
         self.applied_index = 0
-        self._applied = trio.Event()  # set (and replaced) after every entry or snapshot applied
+        self._applied = trio.Event()  # set (and replaced) after each run of entries applied
 
     async def wait_until(self, predicate: Callable[[ReplicatedStateMachine], bool]) -> None:
         """Return once ``predicate(rsm)`` holds; re-checked after every apply."""
@@ -128,29 +130,47 @@ class ReplicatedStateMachine:
                 self._waiters[index] = proposal
 
     async def _apply_all(self) -> None:
-        async for message in self.node.applied:
-            if not isinstance(message, Applied):
-                self.machine.restore(message.data)
-                self.applied_index = message.index
-                for index in [i for i in self._waiters if i <= message.index]:
-                    lost = LeadershipLost(f"entry {index} was replaced by a snapshot")
-                    self._fail(self._waiters.pop(index), lost)
-                self._announce_applied()
-                continue
-            entry = json.loads(message.command)
-            results = [self.machine.apply(op) for op in entry["ops"]]
-            self.applied_index = message.index
-            proposal = self._waiters.pop(message.index, None)
-            if proposal is not None:
-                if entry["o"] == self.node.id and entry["t"] == proposal.tag:
-                    proposal.results = results
-                    proposal.done.set()
+        receive = self.node.applied
+        while True:
+            try:
+                batch = [await receive.receive()]
+            except trio.EndOfChannel:
+                return
+            # Take every entry already handed out too: one wake-up and one announcement for
+            # the run, rather than one each.
+            while len(batch) < MAX_ENTRIES_PER_APPLY:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            for message in batch:
+                if isinstance(message, Applied):
+                    self._apply_entry(message)
                 else:
-                    lost = LeadershipLost(f"another entry committed at {message.index}")
-                    self._fail(proposal, lost)
+                    self._restore(message)
+                if 0 <= self.max_raft_state < self.node.raft_state_size():
+                    await self.node.snapshot(message.index, self.machine.snapshot())
             self._announce_applied()
-            if 0 <= self.max_raft_state < self.node.raft_state_size():
-                await self.node.snapshot(message.index, self.machine.snapshot())
+
+    def _restore(self, message: SnapshotApplied) -> None:
+        self.machine.restore(message.data)
+        self.applied_index = message.index
+        for index in [i for i in self._waiters if i <= message.index]:
+            lost = LeadershipLost(f"entry {index} was replaced by a snapshot")
+            self._fail(self._waiters.pop(index), lost)
+
+    def _apply_entry(self, message: Applied) -> None:
+        entry = json.loads(message.command)
+        results = [self.machine.apply(op) for op in entry["ops"]]
+        self.applied_index = message.index
+        proposal = self._waiters.pop(message.index, None)
+        if proposal is not None:
+            if entry["o"] == self.node.id and entry["t"] == proposal.tag:
+                proposal.results = results
+                proposal.done.set()
+            else:
+                lost = LeadershipLost(f"another entry committed at {message.index}")
+                self._fail(proposal, lost)
 
     def _announce_applied(self) -> None:
         self._applied.set()
@@ -158,8 +178,7 @@ class ReplicatedStateMachine:
 
     async def _watch_terms(self) -> None:
         while True:
-            term = self.node.term
-            await self.node.wait_until(lambda n, term=term: n.term != term)
+            await self.node.wait_term_change(self.node.term)
             for index, proposal in list(self._waiters.items()):
                 if proposal.term != self.node.term:
                     del self._waiters[index]

@@ -42,7 +42,7 @@ from ._messages import (
 )
 from ._node import RaftConfig, RaftNode
 from ._rpc import Route
-from ._rsm import ReplicatedStateMachine
+from ._rsm import MAX_ENTRIES_PER_APPLY, ReplicatedStateMachine
 from ._storage import FileStorage, Storage
 from ._tcp import TcpTransport
 from ._transport import HttpTransport, Transport
@@ -80,7 +80,13 @@ class KVNode:
             )
         self.transport = transport
         self.raft = RaftNode(
-            node_id, [node_id, *peers], storage, self.transport, config=self.config, rng=rng
+            node_id,
+            [node_id, *peers],
+            storage,
+            self.transport,
+            config=self.config,
+            rng=rng,
+            apply_buffer=MAX_ENTRIES_PER_APPLY,
         )
         self.machine = KVMachine()
         self.rsm = ReplicatedStateMachine(self.raft, self.machine, max_raft_state=max_raft_state)
