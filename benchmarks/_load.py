@@ -100,22 +100,24 @@ async def open_loop(
     scheduled start, so a falling-behind server shows up as latency, not as a lower rate.
 
     ``workers`` tasks take the ops as they fall due (a task per op would cost the process
-    more than the ops); an op due while all of them are busy waits, and that wait counts in
-    its latency. Due ops are released once a ``tick``, so an op starts up to a tick late,
-    and that counts too.
+    more than the ops): an idle one is woken per due op, and one that finishes an op takes
+    the next due op without sleeping. An op due while all of them are busy waits, and that
+    wait counts in its latency. Due ops are released once a ``tick``, so an op starts up to
+    a tick late, and that counts too.
     """
     counter = itertools.count()
     latencies: list[float] = []
     due: collections.deque[float] = collections.deque()
-    released = trio.Semaphore(0)
+    idle = trio.lowlevel.ParkingLot()
     finished = False
     cpu_before = process_cpu()
 
     async def worker() -> None:
         while True:
-            await released.acquire()
-            if finished and not due:
-                return
+            while not due:  # a worker that finished an op takes the next due one at once
+                if finished:
+                    return
+                await idle.park()
             scheduled = due.popleft()
             await op(next(counter))
             latencies.append(time.perf_counter() - scheduled)
@@ -126,14 +128,13 @@ async def open_loop(
             nursery.start_soon(worker)
         sent = 0
         while (now := time.perf_counter()) < start + seconds:
-            while sent < int((now - start) * rate) + 1:
-                due.append(start + sent / rate)
-                released.release()
-                sent += 1
+            fell_due = int((now - start) * rate) + 1 - sent
+            due.extend(start + (sent + i) / rate for i in range(fell_due))
+            sent += fell_due
+            idle.unpark(count=fell_due)
             await trio.sleep(max(tick, start + sent / rate - time.perf_counter()))
         finished = True
-        for _ in range(workers):
-            released.release()
+        idle.unpark_all()
     elapsed = time.perf_counter() - start
     result = summarize(latencies, elapsed, process_cpu() - cpu_before)
     result["offered_per_s"] = rate
