@@ -7,13 +7,22 @@ applying anything else (the minority's ``dec``) is recorded as a fatal error.
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
 import trio
 import trio.testing
 
-from trioraft import LeadershipLost, MemoryStorage, NotLeader, RaftConfig, RaftNode
+from trioraft import (
+    LeadershipLost,
+    MemoryStorage,
+    NotLeader,
+    ProposalTimedOut,
+    RaftConfig,
+    RaftError,
+    RaftNode,
+)
 from trioraft._rsm import ReplicatedStateMachine
 from trioraft._transport import MemoryNetwork
 from trioraft.testing import RELIABLE, Network
@@ -52,6 +61,7 @@ class RSMCluster:
         n: int = 3,
         max_raft_state: int = -1,
         apply_buffer: int = 0,
+        op_timeout: float = math.inf,
     ) -> None:
         self.nursery = nursery
         self.seed = seed
@@ -65,6 +75,7 @@ class RSMCluster:
         self.errors: list[str] = []
         self.max_raft_state = max_raft_state
         self.apply_buffer = apply_buffer
+        self.op_timeout = op_timeout
         self.leader = "0"
         self.starts = 0
 
@@ -81,7 +92,7 @@ class RSMCluster:
         )
         counter = self.counters[i] = Counter(self.errors)
         rsm = self.rsms[i] = ReplicatedStateMachine(
-            node, counter, max_raft_state=self.max_raft_state
+            node, counter, max_raft_state=self.max_raft_state, op_timeout=self.op_timeout
         )
         self.memory.register(i, node.routes())
         self.network.restart(i)
@@ -231,6 +242,37 @@ async def test_leader_partition(nursery: trio.Nursery, seed: int, autojump_clock
             await all_returned.wait()
     assert "OK" not in returned, "a Dec in the minority completed"
     await c.check_counter(n, 3)
+
+
+async def test_op_timeout_answers_a_minority_leader_s_callers(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await cluster(nursery, seed, op_timeout=1.0)
+    await c.one_inc()
+    old = c.leader
+    rsm = c.rsms[old]
+    assert rsm is not None
+    c.network.partition([i for i in c.ids if i != old], [old])
+    started = trio.current_time()
+    outcomes: list[type[Exception]] = []
+
+    async def dec() -> None:
+        with pytest.raises(RaftError) as raised:
+            await rsm.submit("dec")
+        outcomes.append(type(raised.value))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as decs:
+            for _ in range(20):
+                decs.start_soon(dec)
+    # Check-quorum deposes the isolated leader only after an election timeout, and its term
+    # stays put: the timeout is what answers its callers, after op_timeout and not before.
+    assert set(outcomes) == {ProposalTimedOut}
+    assert 1.0 - 1e-9 <= trio.current_time() - started < 1.5  # virtual time: float sums
+    assert not rsm._waiters and not rsm._unanswered
+    c.network.heal()
+    assert await c.one_inc() == 2  # and no dec ever applies (the counter records it if so)
+    await c.check_counter(2, 3)
 
 
 async def incs_then_replay(c: RSMCluster) -> None:

@@ -6,6 +6,10 @@ TrioRaftError
 │   ├── VersionConflict      put named a version that is not the key's current one ("Version")
 │   └── MaybeApplied         a *retried* put answered "Version": the put may or may not
 │                            have applied ("Maybe"; never sent on the wire)
+├── RaftError                a proposal's fate could not be seen on this node
+│   ├── NotLeader            this node does not lead
+│   ├── LeadershipLost       leadership changed (or the node stopped) first
+│   └── ProposalTimedOut     no result within the operation timeout
 ├── BadRequest               input failed validation (the caller's fault; a 4xx on the wire)
 └── StorageCorrupt           bytes on disk fail their checksum or framing
 """
@@ -72,3 +76,7 @@ class NotLeader(RaftError):
 
 class LeadershipLost(RaftError):
     """Leadership changed (or the node stopped) before the proposal was known committed."""
+
+
+class ProposalTimedOut(RaftError):
+    """No result within the operation timeout: the proposal may still commit, or not."""

@@ -13,21 +13,26 @@ Invariants:
 - The ops of one ``submit_many`` call are applied together, in the order given, in one entry.
 - A leader that merely stops leading (check-quorum) keeps its waiters until its term changes:
   nothing can commit at their indexes in the meantime.
+- A caller waits at most ``op_timeout`` from when its entry was opened, then gets
+  :class:`ProposalTimedOut` (one timer task serves every waiter: entries open in order, so
+  the oldest one unanswered is always the next to expire).
 - When the persisted Raft state exceeds ``max_raft_state`` bytes, the applier snapshots the
   machine and Raft compacts its log; ``-1`` disables snapshots.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from ._errors import LeadershipLost, NotLeader, RaftError
+from ._errors import LeadershipLost, NotLeader, ProposalTimedOut, RaftError
 from ._node import Applied, RaftNode, SnapshotApplied
 
 #: Most ops packed into one log entry (a bound on entry size, not on throughput).
@@ -56,15 +61,27 @@ class _Proposal:
     done: trio.Event = field(default_factory=trio.Event)
     results: list[Any] = field(default_factory=list)
     error: RaftError | None = None
+    deadline: float = math.inf
+    index: int = 0
 
 
 class ReplicatedStateMachine:
     """Runs ``machine`` on every member of ``node``'s cluster. Start :meth:`run` in a nursery."""
 
-    def __init__(self, node: RaftNode, machine: StateMachine, *, max_raft_state: int = -1):
+    def __init__(
+        self,
+        node: RaftNode,
+        machine: StateMachine,
+        *,
+        max_raft_state: int = -1,
+        op_timeout: float = math.inf,
+    ) -> None:
         self.node = node
         self.machine = machine
         self.max_raft_state = max_raft_state
+        self.op_timeout = op_timeout
+        self._unanswered: collections.deque[_Proposal] = collections.deque()  # oldest first
+        self._first_unanswered = trio.Event()  # set when _unanswered stops being empty
         self._tags = itertools.count(1)
         self._queued: list[_Proposal] = []  # not proposed yet; only the last one grows
         self._queue_grew = trio.Event()
@@ -90,7 +107,7 @@ class ReplicatedStateMachine:
         if not ops:
             return []
         if not self._queued or len(self._queued[-1].ops) + len(ops) > MAX_OPS_PER_ENTRY:
-            self._queued.append(_Proposal(next(self._tags)))
+            self._open_proposal()
         proposal = self._queued[-1]
         start = len(proposal.ops)
         proposal.ops.extend(ops)
@@ -100,11 +117,36 @@ class ReplicatedStateMachine:
             raise proposal.error
         return proposal.results[start : start + len(ops)]
 
+    def _open_proposal(self) -> None:
+        proposal = _Proposal(next(self._tags), deadline=trio.current_time() + self.op_timeout)
+        self._queued.append(proposal)
+        if self.op_timeout < math.inf:
+            self._unanswered.append(proposal)
+            if len(self._unanswered) == 1:
+                self._first_unanswered.set()
+
+    async def _expire_overdue(self) -> None:
+        while True:
+            while self._unanswered and self._unanswered[0].done.is_set():
+                self._unanswered.popleft()
+            if not self._unanswered:
+                self._first_unanswered = trio.Event()
+                await self._first_unanswered.wait()
+                continue
+            oldest = self._unanswered[0]
+            await trio.sleep_until(oldest.deadline)
+            if not oldest.done.is_set():
+                if self._waiters.get(oldest.index) is oldest:
+                    del self._waiters[oldest.index]
+                timeout = ProposalTimedOut(f"no result within {self.op_timeout} s")
+                self._fail(oldest, timeout)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Propose queued ops, apply committed entries, fail waiters that cannot succeed."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_terms)
             nursery.start_soon(self._propose_queued)
+            nursery.start_soon(self._expire_overdue)
             task_status.started()
             try:
                 await self._apply_all()
@@ -127,6 +169,7 @@ class ReplicatedStateMachine:
                 superseded = self._waiters.get(index)
                 if superseded is not None:  # an entry of an older term was given this index
                     self._fail(superseded, LeadershipLost(f"entry {index} was overwritten"))
+                proposal.index = index
                 self._waiters[index] = proposal
 
     async def _apply_all(self) -> None:

@@ -89,8 +89,10 @@ class KVNode:
             apply_buffer=MAX_ENTRIES_PER_APPLY,
         )
         self.machine = KVMachine()
-        self.rsm = ReplicatedStateMachine(self.raft, self.machine, max_raft_state=max_raft_state)
         self.op_timeout = op_timeout
+        self.rsm = ReplicatedStateMachine(
+            self.raft, self.machine, max_raft_state=max_raft_state, op_timeout=op_timeout
+        )
         self.client_urls = dict(client_urls if client_urls is not None else peers)
         self.url: str | None = None  # known once serving
 
@@ -106,12 +108,10 @@ class KVNode:
     async def execute_many(self, ops: list[dict[str, Any]]) -> list[Any] | None:
         """Run ``ops`` through the log here, in one entry; their replies, or ``None`` if this
         server is not the leader or can't tell within ``op_timeout`` whether they applied."""
-        with trio.move_on_after(self.op_timeout):
-            try:
-                return await self.rsm.submit_many(ops)
-            except RaftError:
-                return None
-        return None
+        try:
+            return await self.rsm.submit_many(ops)
+        except RaftError:
+            return None
 
     async def handle_get(self, args: GetArgs) -> GetReply:
         reply = await self.execute(log_op(BatchOp("get", args.key)))
