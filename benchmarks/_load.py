@@ -14,6 +14,7 @@ import math
 import os
 import resource
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -41,11 +42,16 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summarize(latencies: list[float], elapsed: float, cpu: float, errors: int = 0) -> dict:
+def summarize(
+    latencies: list[float], elapsed: float, cpu: float, errors: Counter[str], acked: list[int]
+) -> dict:
+    """``errors`` counts failed ops by exception type; ``acked`` holds the sequence numbers
+    of ops that succeeded (one of them is reported, for a durability check)."""
     ordered = sorted(latencies)
     return {
         "ops": len(ordered),
-        "errors": errors,
+        "errors": dict(errors),
+        "acknowledged_op": acked[len(acked) // 2] if acked else None,
         "seconds": round(elapsed, 3),
         "ops_per_s": round(len(ordered) / elapsed, 1),
         "p50_ms": round(1000 * percentile(ordered, 0.50), 3),
@@ -77,20 +83,29 @@ async def closed_loop(op: Op, concurrency: int, seconds: float, warmup: float = 
     end = measure_from + seconds
     cpu_at_measure: list[float] = []
 
+    errors: Counter[str] = Counter()
+    acked: list[int] = []
+
     async def worker() -> None:
         while (now := time.perf_counter()) < end:
             if now >= measure_from and not cpu_at_measure:
                 cpu_at_measure.append(process_cpu())
-            await op(next(counter))
+            k = next(counter)
+            try:
+                await op(k)
+            except Exception as exc:  # a failed op is counted, not timed
+                errors[type(exc).__name__] += 1
+                continue
             if now >= measure_from:
                 latencies.append(time.perf_counter() - now)
+                acked.append(k)
 
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
     elapsed = time.perf_counter() - measure_from
     cpu = process_cpu() - (cpu_at_measure[0] if cpu_at_measure else process_cpu())
-    return summarize(latencies, elapsed, cpu)
+    return summarize(latencies, elapsed, cpu, errors, acked)
 
 
 async def open_loop(
@@ -110,6 +125,8 @@ async def open_loop(
     due: collections.deque[float] = collections.deque()
     idle = trio.lowlevel.ParkingLot()
     finished = False
+    errors: Counter[str] = Counter()
+    acked: list[int] = []
     cpu_before = process_cpu()
 
     async def worker() -> None:
@@ -119,8 +136,14 @@ async def open_loop(
                     return
                 await idle.park()
             scheduled = due.popleft()
-            await op(next(counter))
+            k = next(counter)
+            try:
+                await op(k)
+            except Exception as exc:  # a failed op is counted, not timed
+                errors[type(exc).__name__] += 1
+                continue
             latencies.append(time.perf_counter() - scheduled)
+            acked.append(k)
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -136,6 +159,6 @@ async def open_loop(
         finished = True
         idle.unpark_all()
     elapsed = time.perf_counter() - start
-    result = summarize(latencies, elapsed, process_cpu() - cpu_before)
+    result = summarize(latencies, elapsed, process_cpu() - cpu_before, errors, acked)
     result["offered_per_s"] = rate
     return result

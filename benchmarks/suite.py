@@ -5,6 +5,7 @@ stack's own limit (a bare quart-trio echo endpoint) and PySyncObj, in one run.
     python benchmarks/suite.py [--seconds 4] [--nodes 3 5] [--clients 1 16 64 256]
                                [--values 16 1024] [--peer-transport http tcp] [--out DIR]
     python benchmarks/suite.py --plot REPORT.json      # redraw the PNG of a saved run
+    python benchmarks/suite.py --table REPORT.json     # the README's tables of a saved run
 
 Scenarios, for each cluster size, value size and number of concurrent clients (fsync on):
 - ``embedded``: the leader's own application tasks write through ``KVNode.open_client``.
@@ -376,10 +377,11 @@ def main() -> None:
                             summary = run_coalesced(
                                 urls, "get", f"coalesced-{n}-{v}-1", c, seconds, v
                             )
+                    sample = summary.get("acknowledged_op")  # embedded and coalesced loads
                     if scenario == "remote":
                         acknowledged.append((f"{prefix}-0-{summary['requests'] // 2}", "x" * v))
-                    elif scenario in ("embedded", "coalesced"):
-                        acknowledged.append((f"{prefix}-{summary['ops'] // 2}", "x" * v))
+                    elif scenario in ("embedded", "coalesced") and sample is not None:
+                        acknowledged.append((f"{prefix}-{sample}", "x" * v))
                     record(
                         {
                             "scenario": scenario,
@@ -557,6 +559,49 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
     }
 
 
+def table(report: dict) -> str:
+    """Markdown: ops/s (p50 ms) per scenario and client count for 3 nodes and the smallest
+    value, then the issue's ratios per peer transport."""
+    rows = [r for r in report["rows"] if r["nodes"] in (1, 3)]
+    v = min(r["value_bytes"] for r in rows)
+    clients = sorted({r["clients"] for r in rows})
+    lines = [
+        f"| 3 nodes, {v} B; clients: | peers | " + " | ".join(map(str, clients)) + " |",
+        "|---|---|" + "---:|" * len(clients),
+    ]
+    names = {
+        "echo": "echo endpoint (reference)",
+        "pysyncobj": "PySyncObj (reference)",
+        "embedded": "embedded writes",
+        "remote": "remote, one op per request",
+        "coalesced": "remote, coalescing client",
+        "reads": "reads, coalescing client",
+    }
+    for scenario, name in names.items():
+        for transport in ("-", "http", "tcp"):
+            cells = []
+            for c in clients:
+                match = [
+                    r
+                    for r in rows
+                    if r["scenario"] == scenario
+                    and r["value_bytes"] == v
+                    and r["clients"] == c
+                    and r.get("peer_transport", "-") == transport
+                ]
+                if match:
+                    cells.append(f"{match[0]['ops_per_s']:,.0f} ({match[0]['p50_ms']:.3g})")
+            if cells:
+                lines.append(f"| {name} | {transport} | " + " | ".join(cells) + " |")
+    lines += ["", "| ratio | " + " | ".join(report["ratios"]) + " |"]
+    lines.append("|---|" + "---:|" * len(report["ratios"]))
+    keys = next(iter(report["ratios"].values())).keys()
+    for key in keys:
+        values = [str(report["ratios"][t].get(key)) for t in report["ratios"]]
+        lines.append(f"| {key} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -604,5 +649,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--plot":  # re-plot a saved report
         saved = Path(sys.argv[2])
         plot(json.loads(saved.read_text()), saved.with_suffix(".png"))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(json.loads(Path(sys.argv[2]).read_text())))
     else:
         main()

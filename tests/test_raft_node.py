@@ -8,7 +8,15 @@ import pytest
 import trio
 import trio.testing
 
-from trioraft import LeadershipLost, MemoryStorage, NotLeader, RaftConfig, RaftNode
+from trioraft import (
+    Applied,
+    LeadershipLost,
+    MemoryStorage,
+    NotLeader,
+    RaftConfig,
+    RaftNode,
+    SnapshotApplied,
+)
 from trioraft._log import Entry
 from trioraft._raft_messages import AppendEntriesArgs
 
@@ -116,6 +124,30 @@ async def test_buffered_hand_out_is_in_order_and_counts_only_what_was_handed_out
         seen += [(await node.applied.receive()).command for _ in range(9)]
         assert seen == [f"c{i}" for i in range(10)]
         await node.wait_applied(first + 9)
+        nursery.cancel_scope.cancel()
+
+
+async def test_apply_callback_sees_every_entry_in_order_and_can_compact(
+    autojump_clock: Clock,
+) -> None:
+    node = single_node(MemoryStorage())
+    seen: list[tuple[int, str]] = []
+
+    def apply(message: Applied | SnapshotApplied) -> bytes | None:
+        assert isinstance(message, Applied)
+        seen.append((message.index, message.command))
+        return b"state" if message.index == 3 else None  # compact once, at entry 3
+
+    node.apply_with(apply)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        first, _ = node.submit_many([f"c{i}" for i in range(5)])
+        await node.wait_applied(first + 4)
+        assert seen == [(first + i, f"c{i}") for i in range(5)]
+        assert node.statistics().snapshot_index == 3
+        with pytest.raises(trio.WouldBlock):  # the channel stays unused
+            node.applied.receive_nowait()
         nursery.cancel_scope.cancel()
 
 

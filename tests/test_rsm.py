@@ -60,7 +60,6 @@ class RSMCluster:
         seed: int,
         n: int = 3,
         max_raft_state: int = -1,
-        apply_buffer: int = 0,
         op_timeout: float = math.inf,
     ) -> None:
         self.nursery = nursery
@@ -74,7 +73,6 @@ class RSMCluster:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.errors: list[str] = []
         self.max_raft_state = max_raft_state
-        self.apply_buffer = apply_buffer
         self.op_timeout = op_timeout
         self.leader = "0"
         self.starts = 0
@@ -88,7 +86,6 @@ class RSMCluster:
             self.memory.transport(i),
             config=RaftConfig(),
             rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
-            apply_buffer=self.apply_buffer,
         )
         counter = self.counters[i] = Counter(self.errors)
         rsm = self.rsms[i] = ReplicatedStateMachine(
@@ -184,13 +181,8 @@ async def test_basic(nursery: trio.Nursery, seed: int, autojump_clock: Clock) ->
         await c.check_counter(i + 1, 3)
 
 
-# A buffered channel lets the applier hand out a whole run of entries and the RSM apply it
-# in one wake-up (as KVNode does); a rendezvous channel hands them out one by one.
-@pytest.mark.parametrize("apply_buffer", [0, 16])
-async def test_concurrent(
-    nursery: trio.Nursery, seed: int, autojump_clock: Clock, apply_buffer: int
-) -> None:
-    c = await cluster(nursery, seed, apply_buffer=apply_buffer)
+async def test_concurrent(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed)
     async with trio.open_nursery() as incs:
         for _ in range(50):
             incs.start_soon(c.one_inc)
@@ -324,11 +316,8 @@ async def test_restart_submit(nursery: trio.Nursery, seed: int, autojump_clock: 
     await c.check_counter(n, 3)
 
 
-@pytest.mark.parametrize("apply_buffer", [0, 16])
-async def test_snapshot(
-    nursery: trio.Nursery, seed: int, autojump_clock: Clock, apply_buffer: int
-) -> None:
-    c = await cluster(nursery, seed, max_raft_state=1000, apply_buffer=apply_buffer)
+async def test_snapshot(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:
+    c = await cluster(nursery, seed, max_raft_state=1000)
     for i in range(100):
         assert await c.one_inc() == i + 1
     await c.check_counter(100, 3)

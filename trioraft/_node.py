@@ -86,6 +86,11 @@ class SnapshotApplied:
     data: bytes
 
 
+#: Takes each committed entry (or snapshot to install), in order; returns snapshot data to
+#: compact the log at that entry's index, or ``None``. See :meth:`RaftNode.apply_with`.
+ApplyCallback = Callable[[Applied | SnapshotApplied], bytes | None]
+
+
 @dataclass(frozen=True)
 class RaftStatistics:
     id: str
@@ -151,6 +156,7 @@ class RaftNode:
         self._applied_send, self.applied = trio.open_memory_channel[Applied | SnapshotApplied](
             apply_buffer
         )
+        self._apply: ApplyCallback | None = None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -164,6 +170,18 @@ class RaftNode:
     @property
     def is_leader(self) -> bool:
         return self.role is Role.LEADER and not self._stopped
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`run` has ended (``wait_until`` sees this change)."""
+        return self._stopped
+
+    def apply_with(self, apply: ApplyCallback) -> None:
+        """Hand committed entries and snapshots to ``apply``, called in the applier task,
+        instead of through ``applied``: no task switch per run of entries. ``apply`` must
+        not block; if it returns snapshot data, the log is compacted at that entry's index
+        before the next entry is applied. Call it before :meth:`run`."""
+        self._apply = apply
 
     def state(self) -> tuple[int, bool]:
         """The current term and whether this node believes it is the leader."""
@@ -645,7 +663,10 @@ class RaftNode:
                 self._snapshot_to_deliver = None
                 if snapshot.index > self.last_applied:
                     message = SnapshotApplied(snapshot.index, snapshot.term, snapshot.data)
-                    await self._deliver(message)
+                    if self._apply is None:
+                        await self._deliver(message)
+                    else:
+                        self._apply(message)
                     self.last_applied = max(self.last_applied, snapshot.index)
                     self._notify()
             elif self.last_applied < self.commit_index:
@@ -655,15 +676,22 @@ class RaftNode:
                 await changed.wait()
 
     async def _deliver_committed(self) -> None:
-        """Hand out the committed entries not yet handed out, in order: straight into the
-        channel's buffer while it has room (the reader wakes once for the whole run), else
-        waiting for the reader. The caller notifies once the run is out."""
+        """Hand out the committed entries not yet handed out, in order: to ``apply_with``'s
+        callback, or straight into the channel's buffer while it has room (the reader wakes
+        once for the whole run), else waiting for the reader. The caller notifies once the
+        run is out."""
         while self.last_applied < self.commit_index and self._snapshot_to_deliver is None:
             index = self.last_applied + 1
             entry = self.log.entry(index)
             message = Applied(index, entry.term, entry.command)
             # The consumer may snapshot at ``index`` as soon as it has received it.
             self._handing_out = index
+            if self._apply is not None:
+                snapshot = self._apply(message)
+                self.last_applied = index
+                if snapshot is not None:
+                    await self.snapshot(index, snapshot)
+                continue
             try:
                 self._applied_send.send_nowait(message)
             except trio.WouldBlock:

@@ -2,9 +2,10 @@
 
 ``submit(op)`` and ``submit_many(ops)`` queue operations; a proposer task packs everything
 queued since its last proposal into one log entry (tagged with this server's id and a unique
-number), so concurrent callers share one entry, one fsync and one apply. Each caller waits on
-the entry's ``trio.Event``, which the applier sets when that entry is applied, and gets its
-own ops' results. Every replica applies every committed entry's ops, in order.
+number), so concurrent callers share one entry, one fsync and one apply. The node's applier
+task applies each committed entry's ops by calling this machine directly (see
+``RaftNode.apply_with``), then sets the entry's ``trio.Event``, on which its callers wait for
+their own ops' results. Every replica applies every committed entry's ops, in order.
 
 Invariants:
 - A caller learns its results only from the entry at its own index carrying its own tag; if
@@ -37,8 +38,6 @@ from ._node import Applied, RaftNode, SnapshotApplied
 
 #: Most ops packed into one log entry (a bound on entry size, not on throughput).
 MAX_OPS_PER_ENTRY = 4096
-#: Most committed entries applied between two announcements (and two checkpoints).
-MAX_ENTRIES_PER_APPLY = 1024
 
 
 class StateMachine(Protocol):
@@ -87,7 +86,8 @@ class ReplicatedStateMachine:
         self._queue_grew = trio.Event()
         self._waiters: dict[int, _Proposal] = {}  # by log index
         self.applied_index = 0
-        self._applied = trio.Event()  # set (and replaced) after each run of entries applied
+        self._applied = trio.Event()  # set (and replaced) after every entry or snapshot applied
+        node.apply_with(self._apply)
 
     async def wait_until(self, predicate: Callable[[ReplicatedStateMachine], bool]) -> None:
         """Return once ``predicate(rsm)`` holds; re-checked after every apply."""
@@ -149,7 +149,7 @@ class ReplicatedStateMachine:
             nursery.start_soon(self._expire_overdue)
             task_status.started()
             try:
-                await self._apply_all()
+                await self.node.wait_until(lambda node: node.stopped)
             finally:
                 for proposal in [*self._waiters.values(), *self._queued]:
                     self._fail(proposal, LeadershipLost("the node stopped"))
@@ -172,28 +172,16 @@ class ReplicatedStateMachine:
                 proposal.index = index
                 self._waiters[index] = proposal
 
-    async def _apply_all(self) -> None:
-        receive = self.node.applied
-        while True:
-            try:
-                batch = [await receive.receive()]
-            except trio.EndOfChannel:
-                return
-            # Take every entry already handed out too: one wake-up and one announcement for
-            # the run, rather than one each.
-            while len(batch) < MAX_ENTRIES_PER_APPLY:
-                try:
-                    batch.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            for message in batch:
-                if isinstance(message, Applied):
-                    self._apply_entry(message)
-                else:
-                    self._restore(message)
-                if 0 <= self.max_raft_state < self.node.raft_state_size():
-                    await self.node.snapshot(message.index, self.machine.snapshot())
-            self._announce_applied()
+    def _apply(self, message: Applied | SnapshotApplied) -> bytes | None:
+        """Called by the node's applier for each committed entry or snapshot, in order."""
+        if isinstance(message, Applied):
+            self._apply_entry(message)
+        else:
+            self._restore(message)
+        self._announce_applied()
+        if 0 <= self.max_raft_state < self.node.raft_state_size():
+            return self.machine.snapshot()
+        return None
 
     def _restore(self, message: SnapshotApplied) -> None:
         self.machine.restore(message.data)

@@ -42,7 +42,7 @@ from ._messages import (
 )
 from ._node import RaftConfig, RaftNode
 from ._rpc import Route
-from ._rsm import MAX_ENTRIES_PER_APPLY, ReplicatedStateMachine
+from ._rsm import ReplicatedStateMachine
 from ._storage import FileStorage, Storage
 from ._tcp import TcpTransport
 from ._transport import HttpTransport, Transport
@@ -86,7 +86,6 @@ class KVNode:
             self.transport,
             config=self.config,
             rng=rng,
-            apply_buffer=MAX_ENTRIES_PER_APPLY,
         )
         self.machine = KVMachine()
         self.op_timeout = op_timeout
