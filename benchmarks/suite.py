@@ -258,6 +258,16 @@ class PySyncObjCluster:
             proc.wait()
 
 
+def echo_now(clients: int, seconds: float, value: int) -> float:
+    """The echo endpoint's rate under the same wrk load, measured now."""
+    echo, url = start_echo()
+    try:
+        return run_wrk(url, "echo", "e", clients, seconds, value)["ops_per_s"]
+    finally:
+        echo.kill()
+        echo.wait()
+
+
 def start_echo() -> tuple[subprocess.Popen, str]:
     (port,) = free_ports(1)
     proc = subprocess.Popen(
@@ -377,6 +387,10 @@ def main() -> None:
                             summary = run_coalesced(
                                 urls, "get", f"coalesced-{n}-{v}-1", c, seconds, v
                             )
+                    if scenario == "remote" and not opts.no_references:
+                        # The machine's speed drifts over a run: the echo reference is
+                        # measured again right after each remote row, for its ratio.
+                        summary["echo_adjacent_per_s"] = echo_now(c, seconds, v)
                     sample = summary.get("acknowledged_op")  # embedded and coalesced loads
                     if scenario == "remote":
                         acknowledged.append((f"{prefix}-0-{summary['requests'] // 2}", "x" * v))
@@ -545,6 +559,17 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
     def ratio(a, b):
         return round(a / b, 2) if a and b else None
 
+    remote_rows = [
+        r
+        for r in rows
+        if r["scenario"] == "remote"
+        and r["nodes"] == 3
+        and r["value_bytes"] == v
+        and r.get("peer_transport") == transport
+        and r.get("echo_adjacent_per_s")
+    ]
+    adjacent_echo = max((r["echo_adjacent_per_s"] for r in remote_rows), default=None)
+
     return {
         "peer_transport": transport,
         "value_bytes": v,
@@ -555,6 +580,8 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
         "embedded_p50_ms_at_half_peak": half and half["p50_ms"],
         "pysyncobj_p50_ms_at_same_rate": pso_half and pso_half["p50_ms"],
         "remote_one_op_per_request_vs_echo": ratio(remote, echo),
+        "echo_peak_beside_remote_per_s": adjacent_echo,
+        "remote_one_op_per_request_vs_echo_beside_it": ratio(remote, adjacent_echo),
         "coalesced_256_vs_echo": ratio(coalesced, echo),
     }
 
