@@ -42,23 +42,39 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summarize(
-    latencies: list[float], elapsed: float, cpu: float, errors: Counter[str], acked: list[int]
-) -> dict:
-    """``errors`` counts failed ops by exception type; ``acked`` holds the sequence numbers
-    of ops that succeeded (one of them is reported, for a durability check)."""
-    ordered = sorted(latencies)
-    return {
-        "ops": len(ordered),
-        "errors": dict(errors),
-        "acknowledged_op": acked[len(acked) // 2] if acked else None,
-        "seconds": round(elapsed, 3),
-        "ops_per_s": round(len(ordered) / elapsed, 1),
-        "p50_ms": round(1000 * percentile(ordered, 0.50), 3),
-        "p90_ms": round(1000 * percentile(ordered, 0.90), 3),
-        "p99_ms": round(1000 * percentile(ordered, 0.99), 3),
-        "cpu_s": round(cpu, 3),
-    }
+class Outcomes:
+    """What a load's ops came to: the latency of each one that succeeded, the failures by
+    exception type (a failed op is counted, not timed), and the sequence numbers acknowledged
+    (one of them is reported, for a durability check)."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.acked: list[int] = []
+
+    async def run(self, op: Op, k: int, started: float, *, timed: bool = True) -> None:
+        try:
+            await op(k)
+        except Exception as exc:
+            self.errors[type(exc).__name__] += 1
+            return
+        if timed:
+            self.latencies.append(time.perf_counter() - started)
+            self.acked.append(k)
+
+    def summary(self, elapsed: float, cpu: float) -> dict:
+        ordered = sorted(self.latencies)
+        return {
+            "ops": len(ordered),
+            "errors": dict(self.errors),
+            "acknowledged_op": self.acked[len(self.acked) // 2] if self.acked else None,
+            "seconds": round(elapsed, 3),
+            "ops_per_s": round(len(ordered) / elapsed, 1),
+            "p50_ms": round(1000 * percentile(ordered, 0.50), 3),
+            "p90_ms": round(1000 * percentile(ordered, 0.90), 3),
+            "p99_ms": round(1000 * percentile(ordered, 0.99), 3),
+            "cpu_s": round(cpu, 3),
+        }
 
 
 def process_cpu() -> float:
@@ -77,35 +93,25 @@ async def closed_loop(op: Op, concurrency: int, seconds: float, warmup: float = 
     """``concurrency`` tasks calling ``op`` back to back; ops started in the first ``warmup``
     seconds are not counted."""
     counter = itertools.count()
-    latencies: list[float] = []
     start = time.perf_counter()
     measure_from = start + warmup
     end = measure_from + seconds
     cpu_at_measure: list[float] = []
 
-    errors: Counter[str] = Counter()
-    acked: list[int] = []
+    outcomes = Outcomes()
 
     async def worker() -> None:
         while (now := time.perf_counter()) < end:
             if now >= measure_from and not cpu_at_measure:
                 cpu_at_measure.append(process_cpu())
-            k = next(counter)
-            try:
-                await op(k)
-            except Exception as exc:  # a failed op is counted, not timed
-                errors[type(exc).__name__] += 1
-                continue
-            if now >= measure_from:
-                latencies.append(time.perf_counter() - now)
-                acked.append(k)
+            await outcomes.run(op, next(counter), now, timed=now >= measure_from)
 
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
     elapsed = time.perf_counter() - measure_from
     cpu = process_cpu() - (cpu_at_measure[0] if cpu_at_measure else process_cpu())
-    return summarize(latencies, elapsed, cpu, errors, acked)
+    return outcomes.summary(elapsed, cpu)
 
 
 async def open_loop(
@@ -121,12 +127,10 @@ async def open_loop(
     a tick late, and that counts too.
     """
     counter = itertools.count()
-    latencies: list[float] = []
+    outcomes = Outcomes()
     due: collections.deque[float] = collections.deque()
     idle = trio.lowlevel.ParkingLot()
     finished = False
-    errors: Counter[str] = Counter()
-    acked: list[int] = []
     cpu_before = process_cpu()
 
     async def worker() -> None:
@@ -135,15 +139,7 @@ async def open_loop(
                 if finished:
                     return
                 await idle.park()
-            scheduled = due.popleft()
-            k = next(counter)
-            try:
-                await op(k)
-            except Exception as exc:  # a failed op is counted, not timed
-                errors[type(exc).__name__] += 1
-                continue
-            latencies.append(time.perf_counter() - scheduled)
-            acked.append(k)
+            await outcomes.run(op, next(counter), due.popleft())
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -159,6 +155,6 @@ async def open_loop(
         finished = True
         idle.unpark_all()
     elapsed = time.perf_counter() - start
-    result = summarize(latencies, elapsed, process_cpu() - cpu_before, errors, acked)
+    result = outcomes.summary(elapsed, process_cpu() - cpu_before)
     result["offered_per_s"] = rate
     return result

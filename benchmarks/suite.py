@@ -15,8 +15,9 @@ Scenarios, for each cluster size, value size and number of concurrent clients (f
 - ``reads``: gets through the coalescing client.
 - references: ``echo`` (wrk against the echo endpoint) and ``pysyncobj`` (a 3-node
   ``ReplDict``; the leader's process drives it, as the embedded load does).
-Then the open-loop latency at half the embedded peak, for trioraft and for PySyncObj at the
-same offered rate. Finally every node is killed (SIGKILL) and restarted, and a sample of the
+Then the open-loop latency at 1/8, 1/4 and 1/2 of the embedded peak, and PySyncObj's at
+half of it. The echo reference is measured again beside each remote row (the machine's speed
+drifts over a run). Finally every node is killed (SIGKILL) and restarted, and a sample of the
 acknowledged keys of every write scenario must read back: the runs were durable.
 
 Every row reports the CPU seconds of each server process and of the load generator, so a
@@ -420,18 +421,22 @@ def main() -> None:
                     default=None,
                 )
                 if peak is not None:
-                    rate = round(peak["ops_per_s"] / 2)
-                    with measured(cluster) as cpu:
-                        half = run_embedded(url, f"half-{n}", 0, seconds, opts.values[0], rate)
-                    latency_at_half.append(
-                        {
-                            "system": "trioraft embedded",
-                            "nodes": n,
-                            "peer_transport": transport,
-                            **half,
-                            **cpu,
-                        }
-                    )
+                    # Open loop at fractions of the peak: the target is p50 at half of it.
+                    for fraction in (0.125, 0.25, 0.5):
+                        rate = round(peak["ops_per_s"] * fraction)
+                        prefix = f"open-{n}-{fraction}"
+                        with measured(cluster) as cpu:
+                            load = run_embedded(url, prefix, 0, seconds, opts.values[0], rate)
+                        latency_at_half.append(
+                            {
+                                "system": "trioraft embedded",
+                                "nodes": n,
+                                "peer_transport": transport,
+                                "fraction_of_peak": fraction,
+                                **load,
+                                **cpu,
+                            }
+                        )
                     if n == 3 and not opts.no_references and transport == configs[0][0]:
                         pso = PySyncObjCluster()
                         pso.start()
@@ -439,7 +444,7 @@ def main() -> None:
                             command = {
                                 "concurrency": 0,
                                 "seconds": seconds,
-                                "rate": rate,
+                                "rate": round(peak["ops_per_s"] / 2),
                                 "value_bytes": opts.values[0],
                                 "prefix": "half",
                             }
@@ -551,6 +556,7 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
             if r["system"] == "trioraft embedded"
             and r["nodes"] == 3
             and r["peer_transport"] == transport
+            and r.get("fraction_of_peak", 0.5) == 0.5
         ),
         None,
     )
@@ -578,6 +584,13 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
         "embedded_peak_per_s": embedded,
         "embedded_vs_pysyncobj": ratio(embedded, pso),
         "embedded_p50_ms_at_half_peak": half and half["p50_ms"],
+        "embedded_open_loop_p50_ms_by_rate": {
+            r["offered_per_s"]: r["p50_ms"]
+            for r in latency_at_half
+            if r["system"] == "trioraft embedded"
+            and r["nodes"] == 3
+            and r["peer_transport"] == transport
+        },
         "pysyncobj_p50_ms_at_same_rate": pso_half and pso_half["p50_ms"],
         "remote_one_op_per_request_vs_echo": ratio(remote, echo),
         "echo_peak_beside_remote_per_s": adjacent_echo,

@@ -149,7 +149,7 @@ class ReplicatedStateMachine:
             nursery.start_soon(self._expire_overdue)
             task_status.started()
             try:
-                await self.node.wait_until(lambda node: node.stopped)
+                await self.node.wait_stopped()
             finally:
                 for proposal in [*self._waiters.values(), *self._queued]:
                     self._fail(proposal, LeadershipLost("the node stopped"))
