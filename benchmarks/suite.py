@@ -377,6 +377,7 @@ def main() -> None:
                 runs = [p for p in plan if p[1:2] + p[4:] == (n, transport)]
                 for scenario, _, v, c, _ in runs:
                     prefix = f"{scenario}-{n}-{v}-{c}"
+                    url = cluster.urls[cluster.leader()]  # leadership may move under load
                     with measured(cluster) as cpu:
                         if scenario == "embedded":
                             summary = run_embedded(url, prefix, c, seconds, v)
@@ -393,7 +394,7 @@ def main() -> None:
                         # measured again right after each remote row, for its ratio.
                         summary["echo_adjacent_per_s"] = echo_now(c, seconds, v)
                     sample = summary.get("acknowledged_op")  # embedded and coalesced loads
-                    if scenario == "remote":
+                    if scenario == "remote" and summary["not_ok"] == 0:  # else: which were OK?
                         acknowledged.append((f"{prefix}-0-{summary['requests'] // 2}", "x" * v))
                     elif scenario in ("embedded", "coalesced") and sample is not None:
                         acknowledged.append((f"{prefix}-{sample}", "x" * v))
@@ -422,6 +423,7 @@ def main() -> None:
                 )
                 if peak is not None:
                     # Open loop at fractions of the peak: the target is p50 at half of it.
+                    url = cluster.urls[cluster.leader()]
                     for fraction in (0.125, 0.25, 0.5):
                         rate = round(peak["ops_per_s"] * fraction)
                         prefix = f"open-{n}-{fraction}"
@@ -533,6 +535,7 @@ def best(
         and r["value_bytes"] == value
         and (clients is None or r["clients"] == clients)
         and r.get("peer_transport") in (None, transport)
+        and not r.get("not_ok")  # wrk counts refused requests too
     ]
     return max((r["ops_per_s"] for r in candidates), default=None)
 
@@ -630,9 +633,12 @@ def table(report: dict) -> str:
                     and r.get("peer_transport", "-") == transport
                 ]
                 if match:
-                    cells.append(f"{match[0]['ops_per_s']:,.0f} ({match[0]['p50_ms']:.3g})")
+                    row = match[0]
+                    failed = "*" if row.get("not_ok") or row.get("errors") else ""
+                    cells.append(f"{row['ops_per_s']:,.0f} ({row['p50_ms']:.3g}){failed}")
             if cells:
                 lines.append(f"| {name} | {transport} | " + " | ".join(cells) + " |")
+    lines += ["", "\\* some ops failed: see the row's `not_ok` or `errors` in the JSON"]
     lines += ["", "| ratio | " + " | ".join(report["ratios"]) + " |"]
     lines.append("|---|" + "---:|" * len(report["ratios"]))
     keys = next(iter(report["ratios"].values())).keys()
