@@ -142,7 +142,8 @@ class ReplicatedStateMachine:
                 self._fail(oldest, timeout)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Propose queued ops, apply committed entries, fail waiters that cannot succeed."""
+        """Propose queued ops, expire overdue ones, and fail the waiters of a stopped node.
+        (The node's applier task applies committed entries, through ``apply_with``.)"""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_terms)
             nursery.start_soon(self._propose_queued)
