@@ -151,6 +151,26 @@ async def test_apply_callback_sees_every_entry_in_order_and_can_compact(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_long_run_of_applies_lets_other_tasks_in(autojump_clock: Clock) -> None:
+    node = single_node(MemoryStorage())
+    node.apply_with(lambda message: None)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(node.last_applied)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        first, _ = node.submit_many([f"c{i}" for i in range(2000)])
+        nursery.start_soon(watch)
+        await node.wait_applied(first + 1999)
+        assert any(first < s < first + 1999 for s in seen), "the applier never yielded"
+        nursery.cancel_scope.cancel()
+
+
 async def test_wait_term_change_returns_once_the_term_moves(autojump_clock: Clock) -> None:
     node = single_node(MemoryStorage())
     async with trio.open_nursery() as nursery:

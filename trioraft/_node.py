@@ -62,6 +62,10 @@ class RaftConfig:
     check_quorum: bool = True
 
 
+#: Entries applied through ``apply_with`` between two checkpoints of the applier.
+_APPLY_RUN = 256
+
+
 class _Lock:
     """``trio.Lock`` whose uncontended acquire does not yield. The node takes its lock for
     every append and sync; a yield there would cost a pass of the scheduler each time."""
@@ -709,6 +713,8 @@ class RaftNode:
                 self.last_applied = index
                 if snapshot is not None:
                     await self.snapshot(index, snapshot)
+                elif index % _APPLY_RUN == 0:
+                    await trio.lowlevel.checkpoint()  # a long replay must not starve the loop
                 continue
             try:
                 self._applied_send.send_nowait(message)

@@ -80,12 +80,7 @@ class KVNode:
             )
         self.transport = transport
         self.raft = RaftNode(
-            node_id,
-            [node_id, *peers],
-            storage,
-            self.transport,
-            config=self.config,
-            rng=rng,
+            node_id, [node_id, *peers], storage, self.transport, config=self.config, rng=rng
         )
         self.machine = KVMachine()
         self.op_timeout = op_timeout
