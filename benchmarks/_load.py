@@ -3,7 +3,8 @@
 A load calls ``op(k)`` with a fresh sequence number ``k`` for every operation, either in a
 closed loop (``concurrency`` tasks, each waiting for its op before sending the next) or in an
 open loop (ops started at a fixed ``rate``, whatever is still outstanding). The summary holds
-throughput, latency percentiles and the CPU this process used meanwhile.
+throughput, latency percentiles, failed ops by exception type and the CPU this process used
+meanwhile.
 """
 
 from __future__ import annotations
