@@ -371,8 +371,6 @@ def main() -> None:
             cluster.start()
             acknowledged: list[tuple[str, str]] = []  # (key, value) that must survive
             try:
-                leader = cluster.leader()
-                url = cluster.urls[leader]
                 urls = list(cluster.urls.values())
                 runs = [p for p in plan if p[1:2] + p[4:] == (n, transport)]
                 for scenario, _, v, c, _ in runs:

@@ -96,7 +96,8 @@ class ReplicatedStateMachine:
 
     async def submit(self, op: Any) -> Any:
         """Replicate and apply ``op``; its result. Raises :class:`NotLeader` on a follower,
-        and :class:`LeadershipLost` if the op's fate could not be seen here."""
+        :class:`LeadershipLost` if the op's fate could not be seen here, and
+        :class:`ProposalTimedOut` if it had no result within ``op_timeout``."""
         (result,) = await self.submit_many([op])
         return result
 
@@ -174,11 +175,13 @@ class ReplicatedStateMachine:
                 self._waiters[index] = proposal
 
     def _apply(self, message: Applied | SnapshotApplied) -> bytes | None:
-        """Called by the node's applier for each committed entry or snapshot, in order."""
-        if isinstance(message, Applied):
-            self._apply_entry(message)
-        else:
+        """Called by the node's applier for each committed entry or snapshot, in order;
+        snapshot data when the log has grown past ``max_raft_state``."""
+        if not isinstance(message, Applied):
             self._restore(message)
+            self._announce_applied()
+            return None  # the log is already compacted at an installed snapshot
+        self._apply_entry(message)
         self._announce_applied()
         if 0 <= self.max_raft_state < self.node.raft_state_size():
             return self.machine.snapshot()
