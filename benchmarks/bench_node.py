@@ -6,7 +6,8 @@
 ``POST /bench_embedded {"concurrency", "rate", "seconds", "value_bytes", "prefix", "op"}``
 runs an embedded load in this process (the application's own tasks writing through
 ``KVNode.open_client``, no HTTP hop while this node leads) and answers its summary. With
-``rate > 0`` the load is an open loop at that rate, otherwise a closed loop.
+``rate > 0`` the load is an open loop at that rate, otherwise a closed loop. The process
+adopts ``trioraft.tune_gc`` as ``trioraft node`` does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from functools import partial
 import trio
 from _load import closed_loop, kv_op, open_loop
 
+from trioraft import tune_gc
 from trioraft._rpc import Route
 from trioraft.cli import parse_host_port, parse_peer, stop_on_signal
 from trioraft.cluster import KVNode
@@ -74,4 +76,6 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--peer-port", type=int, default=None)
     parser.add_argument("--client-url", type=parse_peer, action="append", default=[])
-    trio.run(main, parser.parse_args())
+    options = parser.parse_args()
+    tune_gc()
+    trio.run(main, options)

@@ -6,7 +6,8 @@ Reads load commands from stdin, one JSON object a line (``{"concurrency", "secon
 "value_bytes", "prefix", "rate"}``). The member that leads runs the load in its own process,
 as trioraft's embedded load does (``set`` with a callback, ``concurrency`` ops outstanding,
 or ``rate`` ops per second when it is positive) and prints a JSON summary; the others print
-``{"leader": false}``.
+``{"leader": false}``. For a like-for-like comparison its process gets the garbage-collector
+settings that trioraft's benchmark nodes get (``trioraft.tune_gc``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from _load import percentile
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.batteries import ReplDict
+
+from trioraft import tune_gc
 
 
 def run_load(store: ReplDict, command: dict) -> dict:
@@ -94,6 +97,7 @@ def main() -> None:
     store = ReplDict()
     conf = SyncObjConf(dynamicMembershipChange=False)
     node = SyncObj(args.me, args.partner, consumers=[store], conf=conf)
+    tune_gc()
     print(json.dumps({"ready": args.me}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)

@@ -36,13 +36,15 @@ class NoPeers:
         raise AssertionError("a one-node cluster calls nobody")
 
 
-def single_node(storage: MemoryStorage, apply_buffer: int = 0) -> RaftNode:
+def single_node(
+    storage: MemoryStorage, apply_buffer: int = 0, config: RaftConfig | None = None
+) -> RaftNode:
     return RaftNode(
         "a",
         ["a"],
         storage,
         NoPeers(),
-        config=RaftConfig(),
+        config=config or RaftConfig(),
         rng=random.Random(1),
         apply_buffer=apply_buffer,
     )
@@ -50,7 +52,7 @@ def single_node(storage: MemoryStorage, apply_buffer: int = 0) -> RaftNode:
 
 async def test_cancelled_append_keeps_storage_bookkeeping_exact(autojump_clock: Clock) -> None:
     storage = SlowSync()
-    node = single_node(storage)
+    node = single_node(storage, config=RaftConfig(follower_sync_inline=False))
     entries = [Entry(1, "e1"), Entry(1, "e2")]
     with trio.move_on_after(0.5):  # cancelled while the follower syncs
         await node.handle_append_entries(AppendEntriesArgs(1, "b", 0, 0, entries, 0))
@@ -64,6 +66,26 @@ async def test_cancelled_append_keeps_storage_bookkeeping_exact(autojump_clock: 
             await node.wait_committed(index, term)
         nursery.cancel_scope.cancel()
     assert [e.command for _, e in storage._durable] == ["e1", "e2", "x"]
+
+
+class NoAsyncSync(MemoryStorage):
+    """A disk whose worker-thread fsync never returns: only ``sync_blocking`` works."""
+
+    async def sync(self) -> None:
+        await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_follower_replies_only_once_its_entries_are_durable(
+    autojump_clock: Clock, inline: bool
+) -> None:
+    storage = NoAsyncSync() if inline else SlowSync()
+    node = single_node(storage, config=RaftConfig(follower_sync_inline=inline))
+    entries = [Entry(1, "e1"), Entry(1, "e2")]
+    with trio.fail_after(5):
+        reply = await node.handle_append_entries(AppendEntriesArgs(1, "b", 0, 0, entries, 0))
+    assert reply.success and reply.match_index == 2
+    assert [e.command for e in storage.crashed().load().log.entries] == ["e1", "e2"]
 
 
 async def drain(node: RaftNode) -> None:

@@ -17,6 +17,7 @@ from ._errors import (
     TrioRaftError,
     VersionConflict,
 )
+from ._gc import tune_gc
 from ._kvstate import VersionedKV
 from ._node import Applied, RaftConfig, RaftNode, RaftStatistics, Role, SnapshotApplied
 from ._persister import Persister
@@ -63,4 +64,5 @@ __all__ = [
     "make_app",
     "serve",
     "serve_node",
+    "tune_gc",
 ]

@@ -6,14 +6,15 @@ Two implementations of one interface:
   ``hardstate`` and ``snapshot`` are replaced atomically through :class:`Persister`;
   ``log`` is append-only, one record per entry: ``u32 length, u32 crc32, payload`` with
   payload ``u64 index, u64 term, command (UTF-8)``. Appending costs O(entry), and ``sync``
-  (one fsync, in a worker thread) makes everything appended so far durable: callers batch
-  appends and sync once (group commit). On open, a torn or corrupt tail (short record, bad
+  (one fsync, in a worker thread) or ``sync_blocking`` (the same fsync on the calling
+  thread) makes everything appended so far durable: callers batch appends and sync once
+  (group commit). On open, a torn or corrupt tail (short record, bad
   checksum, non-consecutive index) is cut off and the valid prefix kept.
 - :class:`MemoryStorage`, for tests on virtual time: the same rules with nothing on disk;
   :meth:`MemoryStorage.crashed` gives what a restart would find (only synced data survives).
 
 Invariants:
-- Nothing appended is durable until ``sync`` returns; ``save_hard_state`` and
+- Nothing appended is durable until ``sync`` or ``sync_blocking`` returns; ``save_hard_state`` and
   ``save_snapshot`` are durable when they return.
 - ``save_snapshot`` writes the snapshot first, then replaces the log with the compacted one;
   :func:`normalize` makes any crash in between load a consistent state (log entries that
@@ -75,6 +76,8 @@ class Storage(Protocol):
     def truncate_from(self, index: int) -> None: ...
 
     async def sync(self) -> None: ...
+
+    def sync_blocking(self) -> None: ...
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None: ...
 
@@ -252,6 +255,9 @@ class FileStorage:
     async def sync(self) -> None:
         await trio.to_thread.run_sync(os.fsync, self._fd)
 
+    def sync_blocking(self) -> None:
+        os.fsync(self._fd)
+
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
         def save() -> None:
             self._snapshot.save(encode_snapshot(snapshot))
@@ -303,6 +309,9 @@ class MemoryStorage:
         self._volatile = [(i, e) for i, e in self._volatile if i < index]
 
     async def sync(self) -> None:
+        self.sync_blocking()
+
+    def sync_blocking(self) -> None:
         self._durable = list(self._volatile)
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:

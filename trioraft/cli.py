@@ -31,6 +31,7 @@ from functools import partial
 import trio
 
 from ._errors import KVError
+from ._gc import tune_gc
 from ._rpc import serve
 from .cluster import KVNode, run_local_cluster
 from .kv import ClusterClient, KVServer
@@ -168,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words[: len(words) - len(cmd) - (1 if "--" in words else 0)])
     if args.command == "lock" and not cmd:
         parser.error("trioraft lock: give the command to run after --")
+    if args.command in ("kvserver", "node", "cluster"):
+        tune_gc()  # this process serves: see trioraft/_gc.py
     try:
         if args.command == "kvserver":
             trio.run(run_kvserver, *args.listen, args.max_body_bytes)
