@@ -9,6 +9,10 @@
        ├─ quorum check              steps down if a majority is silent for an election timeout
        └─ replicator(peer) ...      one per follower, one RPC in flight, each under a deadline
 
+The syncer and the replicators call the proposer registered with :meth:`RaftNode.propose_with`
+(if any) right before they read the log, so what an application queued since their last look
+joins the log then, with no task of its own in between.
+
 Invariants:
 - Every change of term, vote or log happens under ``_lock`` together with its persistence,
   and is durable before any reply or message that depends on it goes out. Storage is only
@@ -118,6 +122,9 @@ class SnapshotApplied:
 #: compact the log at that entry's index, or ``None``. See :meth:`RaftNode.apply_with`.
 ApplyCallback = Callable[[Applied | SnapshotApplied], bytes | None]
 
+#: Submits what the application has queued. See :meth:`RaftNode.propose_with`.
+ProposeCallback = Callable[[], None]
+
 
 @dataclass(frozen=True)
 class RaftStatistics:
@@ -186,6 +193,7 @@ class RaftNode:
             apply_buffer
         )
         self._apply: ApplyCallback | None = None
+        self._propose: ProposeCallback = _nothing_queued
 
     # -- public API ----------------------------------------------------------------------
 
@@ -210,6 +218,17 @@ class RaftNode:
         not block; if it returns snapshot data, the log is compacted at that entry's index
         before the next entry is applied. Call it before :meth:`run`."""
         self._apply = apply
+
+    def propose_with(self, propose: ProposeCallback) -> None:
+        """Have the leader's tasks call ``propose`` right before each time they read the log
+        (to send it or to write it), and once more when leadership ends; ``propose`` submits
+        whatever the application queued (with :meth:`submit`, which fails once this node no
+        longer leads). Call :meth:`wake_leader` after queueing. Call it before :meth:`run`."""
+        self._propose = propose
+
+    def wake_leader(self) -> None:
+        """Tell the leader's tasks that something was queued for the ``propose_with`` callback."""
+        self._wake_leader_tasks()
 
     def state(self) -> tuple[int, bool]:
         """The current term and whether this node believes it is the leader."""
@@ -491,18 +510,22 @@ class RaftNode:
         self._notify()
 
     async def _lead(self, term: int, scope: trio.CancelScope) -> None:
-        with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._syncer, term)
-                if self.config.check_quorum:
-                    nursery.start_soon(self._check_quorum, term)
-                for peer in self.peers:
-                    nursery.start_soon(self._replicate, peer, term)
-                self._advance_commit()  # a one-node cluster commits by itself
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._syncer, term)
+                    if self.config.check_quorum:
+                        nursery.start_soon(self._check_quorum, term)
+                    for peer in self.peers:
+                        nursery.start_soon(self._replicate, peer, term)
+                    self._advance_commit()  # a one-node cluster commits by itself
+        finally:
+            self._propose()  # what is still queued is refused (or joins a newer term's log)
 
     async def _syncer(self, term: int) -> None:
         """Group commit: write and fsync every entry appended since the last batch."""
         while True:
+            self._propose()
             grew = self._log_grew
             if self._written_index < self.log.last_index:
                 async with self._lock:
@@ -534,6 +557,7 @@ class RaftNode:
         """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval."""
         interval = self.config.heartbeat_interval
         while True:
+            self._propose()
             grew = self._log_grew
             ok = await self._send_to(peer, term)
             if self.term != term or self.role is not Role.LEADER:
@@ -740,3 +764,7 @@ class RaftNode:
             await self._applied_send.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # nobody is reading: the application does not want them
+
+
+def _nothing_queued() -> None:
+    pass

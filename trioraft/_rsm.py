@@ -1,8 +1,9 @@
 """A replicated state machine: operations go through the Raft log and are applied in order.
 
-``submit(op)`` and ``submit_many(ops)`` queue operations; a proposer task packs everything
-queued since its last proposal into one log entry (tagged with this server's id and a unique
-number), so concurrent callers share one entry, one fsync and one apply. The node's applier
+``submit(op)`` and ``submit_many(ops)`` queue operations; right before the leader's tasks
+next read the log (see ``RaftNode.propose_with``), everything queued since the last look
+becomes one log entry (tagged with this server's id and a unique number), so concurrent
+callers share one entry, one fsync and one apply, and no task hop of its own. The node's applier
 task applies each committed entry's ops by calling this machine directly (see
 ``RaftNode.apply_with``), then sets the entry's ``trio.Event``, on which its callers wait for
 their own ops' results. Every replica applies every committed entry's ops, in order.
@@ -83,11 +84,11 @@ class ReplicatedStateMachine:
         self._first_unanswered = trio.Event()  # set when _unanswered stops being empty
         self._tags = itertools.count(1)
         self._queued: list[_Proposal] = []  # not proposed yet; only the last one grows
-        self._queue_grew = trio.Event()
         self._waiters: dict[int, _Proposal] = {}  # by log index
         self.applied_index = 0
         self._applied = trio.Event()  # set (and replaced) after every entry or snapshot applied
         node.apply_with(self._apply)
+        node.propose_with(self._propose_queued)
 
     async def wait_until(self, predicate: Callable[[ReplicatedStateMachine], bool]) -> None:
         """Return once ``predicate(rsm)`` holds; re-checked after every apply."""
@@ -112,7 +113,7 @@ class ReplicatedStateMachine:
         proposal = self._queued[-1]
         start = len(proposal.ops)
         proposal.ops.extend(ops)
-        self._queue_grew.set()
+        self.node.wake_leader()
         await proposal.done.wait()
         if proposal.error is not None:
             raise proposal.error
@@ -143,11 +144,11 @@ class ReplicatedStateMachine:
                 self._fail(oldest, timeout)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Propose queued ops, expire overdue ones, and fail the waiters of a stopped node.
-        (The node's applier task applies committed entries, through ``apply_with``.)"""
+        """Expire overdue ops and fail the waiters of a term that ended or a stopped node.
+        (The node's tasks propose queued ops and apply committed entries, through
+        ``propose_with`` and ``apply_with``.)"""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_terms)
-            nursery.start_soon(self._propose_queued)
             nursery.start_soon(self._expire_overdue)
             task_status.started()
             try:
@@ -157,22 +158,23 @@ class ReplicatedStateMachine:
                     self._fail(proposal, LeadershipLost("the node stopped"))
                 nursery.cancel_scope.cancel()
 
-    async def _propose_queued(self) -> None:
-        while True:
-            await self._queue_grew.wait()
-            self._queue_grew = trio.Event()
-            queued, self._queued = self._queued, []
-            for proposal in queued:
-                command = json.dumps({"o": self.node.id, "t": proposal.tag, "ops": proposal.ops})
-                index, proposal.term, ok = self.node.submit(command)
-                if not ok:
-                    self._fail(proposal, NotLeader(self.node.leader_id))
-                    continue
-                superseded = self._waiters.get(index)
-                if superseded is not None:  # an entry of an older term was given this index
-                    self._fail(superseded, LeadershipLost(f"entry {index} was overwritten"))
-                proposal.index = index
-                self._waiters[index] = proposal
+    def _propose_queued(self) -> None:
+        """Called by the node's leader tasks: each queued proposal becomes a log entry, or
+        fails with :class:`NotLeader` once the node no longer leads."""
+        queued, self._queued = self._queued, []
+        for proposal in queued:
+            if proposal.done.is_set():
+                continue  # expired while queued
+            command = json.dumps({"o": self.node.id, "t": proposal.tag, "ops": proposal.ops})
+            index, proposal.term, ok = self.node.submit(command)
+            if not ok:
+                self._fail(proposal, NotLeader(self.node.leader_id))
+                continue
+            superseded = self._waiters.get(index)
+            if superseded is not None:  # an entry of an older term was given this index
+                self._fail(superseded, LeadershipLost(f"entry {index} was overwritten"))
+            proposal.index = index
+            self._waiters[index] = proposal
 
     def _apply(self, message: Applied | SnapshotApplied) -> bytes | None:
         """Called by the node's applier for each committed entry or snapshot, in order;
