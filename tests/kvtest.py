@@ -6,6 +6,7 @@ checks, clients running for a while until told to stop, and the concurrent-put c
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -26,13 +27,18 @@ def entry(client: int, version: int) -> str:
     return json.dumps({"id": client, "v": version})
 
 
+#: Why the last few puts answered Maybe (the client's retry reasons), for failure messages.
+recent_maybes: collections.deque[str] = collections.deque(maxlen=5)
+
+
 async def put_outcome(kv: KeyValue, key: str, value: str, version: int) -> str:
     """Run a put and name its outcome: OK, Version or Maybe (NoKey is a test failure)."""
     try:
         await kv.put(key, value, version)
     except VersionConflict:
         return "Version"
-    except MaybeApplied:
+    except MaybeApplied as exc:
+        recent_maybes.append(f"put({key!r}, version={version}): {exc}")
         return "Maybe"
     except KeyNotFound as exc:
         raise AssertionError(f"put({key!r}, version={version}) answered NoKey") from exc
@@ -119,6 +125,9 @@ async def check_put_concurrent(
     ok = sum(r.ok for r in results)
     maybe = sum(r.maybe for r in results)
     if reliable:
-        assert version == ok, f"reliable: wrong number of puts ({version} != {ok} OKs)"
+        assert version == ok, (
+            f"reliable: wrong number of puts ({version} != {ok} OKs); "
+            f"recent Maybe answers: {list(recent_maybes)}"
+        )
     else:
         assert version <= ok + maybe, f"version {version} > {ok} OKs + {maybe} Maybes"

@@ -13,7 +13,13 @@ import pytest
 import trio
 
 from tests.conftest import SingleKV
-from tests.kvtest import check_put_concurrent, one_client_put, put_outcome, run_clients
+from tests.kvtest import (
+    check_put_concurrent,
+    one_client_put,
+    put_outcome,
+    recent_maybes,
+    run_clients,
+)
 from trioraft import KeyNotFound, KVClient, VersionConflict, Versioned
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, History, Network
 
@@ -143,6 +149,7 @@ async def test_unreliable_net(single_kv: SingleKV, network: Network, profile: st
             value, version = await ck.get("k")
             assert (json.loads(value), version) == (0, attempt + 1)
     assert saw_maybe, "Clerk.put never reported Maybe"
+    assert "lost call" in recent_maybes[-1], "a Maybe names what made the client retry"
     assert network.rpc_total > network.rpc_count["kv"], "the network dropped nothing"
     assert_linearizable(history)
 

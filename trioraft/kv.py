@@ -111,12 +111,15 @@ class KVServer:
         )
 
 
-def raise_put_error(err: str, *, retried: bool) -> None:
-    """Turn a put's wire error into the client's outcome (the ``Maybe`` rule lives here)."""
+def raise_put_error(err: str, *, retried: bool, why: str = "") -> None:
+    """Turn a put's wire error into the client's outcome (the ``Maybe`` rule lives here);
+    ``why`` says what made the client retry, for the ``MaybeApplied`` message."""
     if err == OK:
         return
     if err == VERSION:
-        raise MaybeApplied() if retried else VersionConflict()
+        if retried:
+            raise MaybeApplied(f"retried after: {why}" if why else "retried")
+        raise VersionConflict()
     if err == NO_KEY:
         raise KeyNotFound()
     raise ValueError(f"unexpected put error {err!r}")
@@ -163,13 +166,13 @@ class KVClient:
     async def put(self, key: str, value: str, version: int) -> None:
         args = PutArgs(key, value, version)
         backoff = Backoff()
-        retried = False
+        lost = 0
         while True:
             reply = await self._rpc.call("put", args, PutReply)
             if reply is not None:
-                raise_put_error(reply.err, retried=retried)
+                raise_put_error(reply.err, retried=lost > 0, why=f"{lost} lost call(s)")
                 return
-            retried = True
+            lost += 1
             await backoff.wait()
 
     async def aclose(self) -> None:
@@ -202,18 +205,19 @@ class ClusterClient:
         self.leader = 0  # index of the server that last answered as leader
         self._seq = 0
 
-    async def _call(self, method: str, args: object, reply_type: type) -> tuple[object, bool]:
-        """The first reply that is not WrongLeader; and whether an attempt before it failed."""
-        failed_before = False
+    async def _call(self, method: str, args: object, reply_type: type) -> tuple[object, list[str]]:
+        """The first reply that is not WrongLeader; and how the attempts before it failed."""
+        failures: list[str] = []
         backoff = Backoff()
         while True:
             for k in range(len(self._rpcs)):
                 server = (self.leader + k) % len(self._rpcs)
-                reply = await self._rpcs[server].call(method, args, reply_type)
+                rpc = self._rpcs[server]
+                reply = await rpc.call(method, args, reply_type)
                 if reply is not None and reply.err != WRONG_LEADER:
                     self.leader = server
-                    return reply, failed_before
-                failed_before = True
+                    return reply, failures
+                failures.append(f"{rpc.url} {'no reply' if reply is None else WRONG_LEADER}")
             await backoff.wait()
 
     async def get(self, key: str) -> Versioned:
@@ -222,9 +226,9 @@ class ClusterClient:
         return Versioned(reply.value, reply.version)
 
     async def put(self, key: str, value: str, version: int) -> None:
-        reply, retried = await self._call("put", PutArgs(key, value, version), PutReply)
+        reply, failures = await self._call("put", PutArgs(key, value, version), PutReply)
         assert isinstance(reply, PutReply)
-        raise_put_error(reply.err, retried=retried)
+        raise_put_error(reply.err, retried=bool(failures), why=", ".join(failures))
 
     async def append(self, key: str, value: str) -> None:
         self._seq += 1
