@@ -115,6 +115,38 @@ async def test_single_node_commits_and_applies_in_order(autojump_clock: Clock) -
         nursery.cancel_scope.cancel()
 
 
+async def test_propose_with_is_called_by_the_leader_tasks_and_when_leadership_ends(
+    autojump_clock: Clock,
+) -> None:
+    node = single_node(MemoryStorage())
+    queue: list[str] = []
+    refused: list[str] = []
+
+    def propose() -> None:
+        while queue:
+            command = queue.pop(0)
+            if not node.submit(command)[2]:
+                refused.append(command)
+
+    node.propose_with(propose)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        nursery.start_soon(drain, node)
+        await node.wait_until(lambda n: n.is_leader)
+        term = node.term
+        queue.append("a")
+        node.wake_leader()  # no task of ours submits it: the leader's own tasks do
+        with trio.fail_after(1):
+            await node.wait_until(lambda n: n.commit_index == 1 and n.log.entry(1).command == "a")
+        queue.append("b")  # queued, then leadership ends before a leader task looks
+        await node.handle_append_entries(AppendEntriesArgs(term + 1, "z", 1, term, [], 0))
+        assert node.role.value == "follower"
+        with trio.fail_after(1):
+            await node.wait_until(lambda n: refused == ["b"])
+        assert node.log.last_index == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_buffered_hand_out_is_in_order_and_counts_only_what_was_handed_out(
     autojump_clock: Clock,
 ) -> None:
