@@ -108,12 +108,15 @@ class ReplicatedStateMachine:
             raise NotLeader(self.node.leader_id)
         if not ops:
             return []
+        if not self._queued:
+            # A leader task takes the whole queue each time it looks, so a queue that is not
+            # empty has had its wake-up since that last look: only the first caller wakes.
+            self.node.wake_leader()
         if not self._queued or len(self._queued[-1].ops) + len(ops) > MAX_OPS_PER_ENTRY:
             self._open_proposal()
         proposal = self._queued[-1]
         start = len(proposal.ops)
         proposal.ops.extend(ops)
-        self.node.wake_leader()
         await proposal.done.wait()
         if proposal.error is not None:
             raise proposal.error
