@@ -11,8 +11,8 @@ every future pass, and raises the young threshold so that per-request objects ar
 reference counting before a pass sees them. Only cyclic garbage waits longer.
 
 Invariant: the library never calls it on import (it changes process-wide settings); a
-process's main calls it once, after startup, as ``trioraft node`` and ``trioraft cluster``
-and the benchmark nodes do.
+process's main calls it once, after startup, as the ``trioraft`` server commands (``node``,
+``cluster``, ``kvserver``) and the benchmark nodes do.
 """
 
 from __future__ import annotations

@@ -8,14 +8,14 @@ Two implementations of one interface:
   payload ``u64 index, u64 term, command (UTF-8)``. Appending costs O(entry), and ``sync``
   (one fsync, in a worker thread) or ``sync_blocking`` (the same fsync on the calling
   thread) makes everything appended so far durable: callers batch appends and sync once
-  (group commit). On open, a torn or corrupt tail (short record, bad
-  checksum, non-consecutive index) is cut off and the valid prefix kept.
+  (group commit). On open, a torn or corrupt tail (short record, bad checksum,
+  non-consecutive index) is cut off and the valid prefix kept.
 - :class:`MemoryStorage`, for tests on virtual time: the same rules with nothing on disk;
   :meth:`MemoryStorage.crashed` gives what a restart would find (only synced data survives).
 
 Invariants:
-- Nothing appended is durable until ``sync`` or ``sync_blocking`` returns; ``save_hard_state`` and
-  ``save_snapshot`` are durable when they return.
+- Nothing appended is durable until ``sync`` or ``sync_blocking`` returns;
+  ``save_hard_state`` and ``save_snapshot`` are durable when they return.
 - ``save_snapshot`` writes the snapshot first, then replaces the log with the compacted one;
   :func:`normalize` makes any crash in between load a consistent state (log entries that
   conflict with or overlap the snapshot are dropped).
