@@ -147,6 +147,25 @@ async def test_propose_with_is_called_by_the_leader_tasks_and_when_leadership_en
         nursery.cancel_scope.cancel()
 
 
+async def test_a_deposed_leader_writes_and_syncs_what_it_had_only_in_memory(
+    autojump_clock: Clock,
+) -> None:
+    storage = MemoryStorage()
+    node = single_node(storage)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        term = node.term
+        assert node.submit("x")[2]  # in the log at once, written to storage by the syncer later
+        # Before the syncer runs, a new leader that has "x" adds "y" after it.
+        args = AppendEntriesArgs(term + 1, "b", 1, term, [Entry(term + 1, "y")], 0)
+        reply = await node.handle_append_entries(args)
+        assert reply.success and reply.match_index == 2
+        # A success reply claims entries up to match_index are durable: they must be.
+        assert [e.command for e in storage.crashed().load().log.entries] == ["x", "y"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_buffered_hand_out_is_in_order_and_counts_only_what_was_handed_out(
     autojump_clock: Clock,
 ) -> None:

@@ -20,6 +20,8 @@ Invariants:
 - The leader appends proposals to its in-memory log at once (so replicators can ship them
   while it syncs) but counts itself towards a quorum only up to its durable index.
 - At most one leader per term: a vote is granted once per term and persisted before the reply.
+- A successful AppendEntries reply vouches that the log is durable up to its ``match_index``
+  (a deposed leader first writes the proposals its syncer had not written yet).
 - Entries reach ``applied`` exactly once, in index order, after they are committed; a
   snapshot (installed from the leader, or found at start) is delivered before any entry
   after it.
@@ -532,14 +534,21 @@ class RaftNode:
                 async with self._lock:
                     if self.term != term or self.role is not Role.LEADER:
                         return
-                    first, last = self._written_index + 1, self.log.last_index
-                    self._storage.append(first, self.log.slice(first, last + 1))
-                    self._written_index = last
+                    last = self._write_unwritten()
                     await self._storage.sync()
                     self._durable_index = max(self._durable_index, last)
                 self._advance_commit()
             else:
                 await grew.wait()
+
+    def _write_unwritten(self) -> int:
+        """Write to storage the entries appended to the log but not written yet (a leader's
+        proposals); the last index written. Caller holds ``_lock``."""
+        first, last = self._written_index + 1, self.log.last_index
+        if first <= last:
+            self._storage.append(first, self.log.slice(first, last + 1))
+            self._written_index = last
+        return last
 
     async def _check_quorum(self, term: int) -> None:
         timeout = self.config.election_timeout[1]
@@ -655,6 +664,9 @@ class RaftNode:
             self._heard_from_leader()
             if changed:
                 await self._persist_hard_state()
+            # A deposed leader may hold proposals its syncer never wrote: storage must mirror
+            # the log before it is matched, truncated or extended.
+            self._write_unwritten()
             result = match_append(self.log, args.prev_log_index, args.prev_log_term, args.entries)
             if not result.success:
                 return AppendEntriesReply(
@@ -672,7 +684,8 @@ class RaftNode:
                 self.log.append(list(result.new_entries))
                 self._storage.append(first, list(result.new_entries))
                 self._written_index = self.log.last_index
-            if result.truncate_from is not None or result.new_entries:
+            if result.truncate_from is not None or result.match_index > self._durable_index:
+                # A success reply vouches that the log is durable up to match_index.
                 # Bookkeeping above is exact at every checkpoint: a cancelled sync still
                 # finishes (threads are not abandoned), it only leaves durable_index low.
                 if self.config.follower_sync_inline:
