@@ -176,3 +176,15 @@ def test_cancelled_calls_leave_nothing_to_finalize(monkeypatch: pytest.MonkeyPat
     trio.run(main)
     gc.collect()
     assert reports == []
+
+
+def test_clients_share_one_verifying_tls_context() -> None:
+    """Building a TLS context reads the CA bundle (~70 ms on the loop): one per process,
+    and still a verifying one."""
+    import ssl
+
+    from trioraft._rpc import _tls_context
+
+    context = _tls_context()
+    assert context is _tls_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname

@@ -18,9 +18,10 @@ Invariants:
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar
 
 import httpx
@@ -150,6 +151,13 @@ async def serve(
         task_status.started(binds[0])
 
 
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default (verifying) TLS context, built once per process: building it reads
+    the CA bundle, ~70 ms that would otherwise block the event loop for every client made."""
+    return httpx.create_ssl_context()
+
+
 class RpcClient:
     """Calls methods on one server. Use one client per server, and close it when done.
 
@@ -164,6 +172,7 @@ class RpcClient:
             timeout=timeout,
             headers={CLIENT_ID_HEADER: client_id, "Content-Type": "application/json"},
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            verify=_tls_context(),
         )
 
     async def call(self, method: str, args: Any, reply_type: type[T]) -> T | None:
