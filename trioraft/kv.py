@@ -17,6 +17,7 @@ replicated cluster, where it also offers ``append``.
 
 from __future__ import annotations
 
+import collections
 import random
 import uuid
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -185,6 +186,10 @@ class KVClient:
         await self.aclose()
 
 
+#: Failed attempts a ClusterClient call remembers, for the MaybeApplied message.
+_FAILURES_KEPT = 6
+
+
 class ClusterClient:
     """A client of a replicated KV cluster, with the same interface as :class:`KVClient`.
 
@@ -206,8 +211,9 @@ class ClusterClient:
         self._seq = 0
 
     async def _call(self, method: str, args: object, reply_type: type) -> tuple[object, list[str]]:
-        """The first reply that is not WrongLeader; and how the attempts before it failed."""
-        failures: list[str] = []
+        """The first reply that is not WrongLeader; and how the last attempts before it
+        failed (a few: a call may retry for as long as the cluster is down)."""
+        failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
         backoff = Backoff()
         while True:
             for k in range(len(self._rpcs)):
