@@ -680,10 +680,8 @@ class RaftNode:
                 self._written_index = min(self._written_index, result.truncate_from - 1)
                 self._durable_index = min(self._durable_index, result.truncate_from - 1)
             if result.new_entries:
-                first = self.log.last_index + 1
                 self.log.append(list(result.new_entries))
-                self._storage.append(first, list(result.new_entries))
-                self._written_index = self.log.last_index
+                self._write_unwritten()
             if result.truncate_from is not None or result.match_index > self._durable_index:
                 # A success reply vouches that the log is durable up to match_index.
                 # Bookkeeping above is exact at every checkpoint: a cancelled sync still
