@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.raft_harness import start_cluster
 from trioraft import (
     Applied,
     LeadershipLost,
@@ -326,4 +327,68 @@ async def test_snapshot_beyond_what_was_handed_out_is_refused(autojump_clock: Cl
         with pytest.raises(ValueError, match="handed to the application"):
             await node.snapshot(first + 2, b"state I cannot have")
         await node.snapshot(first, b"state@1")  # what it did receive is fine
+        nursery.cancel_scope.cancel()
+
+
+def durable_last_index(storage: MemoryStorage) -> int:
+    """The last log index that a crash of this storage would keep."""
+    return storage.crashed().load().log.last_index
+
+
+@pytest.mark.parametrize("grace", [0.005, 0.0])
+async def test_the_leader_fsyncs_only_what_its_followers_do_not_commit_first(
+    autojump_clock: Clock, grace: float
+) -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = await start_cluster(nursery, 3, 1, config=RaftConfig(leader_sync_grace=grace))
+        leader = await cluster.check_one_leader()
+        indexes = [await cluster.one(f"c{k}", 3, retry=False) for k in range(5)]
+        if grace:  # two followers that fsync and answer at once commit each entry alone
+            assert durable_last_index(cluster.storages[leader]) < indexes[0]
+        else:
+            assert durable_last_index(cluster.storages[leader]) >= indexes[-1]
+        # The leader's crash loses what it never synced from its own disk, not from the
+        # cluster: the followers hold every committed entry durably.
+        cluster.crash(leader)
+        await cluster.start(leader)
+        await cluster.one("after", 3, retry=True)
+        assert [cluster.n_committed(i) for i in indexes] == [(3, f"c{k}") for k in range(5)]
+        cluster.check_errors()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_leader_fsyncs_at_once_when_its_followers_cannot_commit_alone(
+    autojump_clock: Clock,
+) -> None:
+    config = RaftConfig(leader_sync_grace=60.0)  # a wait would show
+    async with trio.open_nursery() as nursery:
+        cluster = await start_cluster(nursery, 3, 2, config=config)
+        leader = await cluster.check_one_leader()
+        await cluster.one("warm", 3, retry=False)
+        follower = next(i for i in cluster.ids if i != leader)
+        cluster.disconnect(follower)
+        await trio.sleep(3 * config.heartbeat_interval)  # it is no longer counted as answering
+        with trio.fail_after(1):
+            index = await cluster.one("x", 2, retry=False)
+        assert durable_last_index(cluster.storages[leader]) >= index
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_leader_fsyncs_after_the_grace_when_a_follower_goes_quiet(
+    autojump_clock: Clock,
+) -> None:
+    config = RaftConfig(leader_sync_grace=0.05)
+    async with trio.open_nursery() as nursery:
+        cluster = await start_cluster(nursery, 3, 3, config=config)
+        leader = await cluster.check_one_leader()
+        await cluster.one("warm", 3, retry=False)
+        follower = next(i for i in cluster.ids if i != leader)
+        cluster.disconnect(follower)  # still counted as answering: it answered just now
+        node = cluster.node(leader)
+        index, term, ok = node.submit("x")
+        assert ok
+        start = trio.current_time()
+        await node.wait_committed(index, term)
+        assert config.leader_sync_grace <= trio.current_time() - start < 0.1
+        assert durable_last_index(cluster.storages[leader]) >= index
         nursery.cancel_scope.cancel()

@@ -5,7 +5,8 @@
     │                               campaigns (pre-vote, then vote) when it passes
     ├─ applier                      hands committed entries, in order, to ``applied``
     └─ leader term t                a new CancelScope per term, cancelled on step-down
-       ├─ syncer                    writes and fsyncs the leader's new entries, one batch a time
+       ├─ syncer                    writes the leader's new entries, a batch at a time, and
+       │                            fsyncs each unless the followers commit it first
        ├─ quorum check              steps down if a majority is silent for an election timeout
        └─ replicator(peer) ...      one per follower, one RPC in flight, each under a deadline
 
@@ -18,7 +19,8 @@ Invariants:
   and is durable before any reply or message that depends on it goes out. Storage is only
   touched under ``_lock`` (so a snapshot's log rewrite never races an append).
 - The leader appends proposals to its in-memory log at once (so replicators can ship them
-  while it syncs) but counts itself towards a quorum only up to its durable index.
+  while it syncs) but counts itself towards a quorum only up to its durable index. So an
+  entry that the followers commit without it is durable on a majority without its fsync.
 - At most one leader per term: a vote is granted once per term and persisted before the reply.
 - A successful AppendEntries reply vouches that the log is durable up to its ``match_index``
   (a deposed leader first writes the proposals its syncer had not written yet).
@@ -74,6 +76,12 @@ class RaftConfig:
     #: runs latency-sensitive work of its own beside a follower whose disk is slow. (A
     #: leader's fsync always runs in a thread: it overlaps with the followers' own.)
     follower_sync_inline: bool = True
+    #: How long the leader's syncer waits, after writing a batch, for a majority of followers
+    #: (whose replies vouch for their own fsync) to commit it before fsyncing it itself. A
+    #: batch they commit needs no fsync here: it is durable on a majority without us, and we
+    #: count ourselves towards a quorum only up to what we fsynced. The syncer does not wait
+    #: when too few followers are answering and caught up. 0 fsyncs every batch at once.
+    leader_sync_grace: float = 0.005
 
 
 #: Entries applied through ``apply_with`` between two checkpoints of the applier.
@@ -526,20 +534,43 @@ class RaftNode:
             self._propose()  # what is still queued is refused (or joins a newer term's log)
 
     async def _syncer(self, term: int) -> None:
-        """Group commit: write and fsync every entry appended since the last batch."""
+        """Group commit: write every entry appended since the last batch, then fsync it
+        unless the followers commit it first (see ``RaftConfig.leader_sync_grace``)."""
         while True:
             self._propose()
             grew = self._log_grew
-            if self._written_index < self.log.last_index:
-                async with self._lock:
-                    if self.term != term or self.role is not Role.LEADER:
-                        return
-                    last = self._write_unwritten()
-                    await self._storage.sync()
-                    self._durable_index = max(self._durable_index, last)
-                self._advance_commit()
-            else:
+            if self._written_index >= self.log.last_index:
                 await grew.wait()
+                continue
+            async with self._lock:
+                if not self._leads(term):
+                    return
+                last = self._write_unwritten()
+            if self._followers_form_quorum():
+                with trio.move_on_after(self.config.leader_sync_grace):
+                    while self.commit_index < last and self._leads(term):
+                        await self._changed.wait()
+                if self.commit_index >= last:
+                    continue  # committed by the followers alone: no fsync needed for it
+            async with self._lock:
+                if not self._leads(term):
+                    return
+                await self._storage.sync()
+                self._durable_index = max(self._durable_index, last)
+            self._advance_commit()
+
+    def _leads(self, term: int) -> bool:
+        return self.term == term and self.role is Role.LEADER
+
+    def _followers_form_quorum(self) -> bool:
+        """Whether enough followers are answering and caught up to commit without us."""
+        recent = trio.current_time() - 2 * self.config.heartbeat_interval
+        caught_up = sum(
+            1
+            for p in self.peers
+            if self._last_ack[p] > recent and self.match_index[p] >= self.commit_index
+        )
+        return won(caught_up, len(self.peers) + 1)
 
     def _write_unwritten(self) -> int:
         """Write to storage the entries appended to the log but not written yet (a leader's
@@ -558,7 +589,7 @@ class RaftNode:
             recent = 1 + sum(1 for p in self.peers if now - self._last_ack[p] < timeout)
             if not won(recent, len(self.peers) + 1):
                 async with self._lock:
-                    if self.term == term and self.role is Role.LEADER:
+                    if self._leads(term):
                         self._become_follower(term, None)
                         self.leader_id = None
                 return
@@ -570,7 +601,7 @@ class RaftNode:
             self._propose()
             grew = self._log_grew
             ok = await self._send_to(peer, term)
-            if self.term != term or self.role is not Role.LEADER:
+            if not self._leads(term):
                 return
             if ok and self.next_index[peer] <= self.log.last_index:
                 continue  # more to send right away
@@ -638,7 +669,7 @@ class RaftNode:
         if reply_term > term:
             await self._adopt_newer_term(reply_term)
             return False
-        return self.term == term and self.role is Role.LEADER
+        return self._leads(term)
 
     def _advance_commit(self) -> None:
         if self.role is not Role.LEADER:
