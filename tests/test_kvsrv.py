@@ -24,6 +24,9 @@ from trioraft import KeyNotFound, KVClient, VersionConflict, Versioned
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, History, Network
 
 PROFILES = {"seeds-unreliable": UNRELIABLE, "mit-unreliable": MIT_UNRELIABLE}
+#: How long the race scenario runs, and how much longer it waits for every client's progress.
+RACE_SECONDS = 4.0
+PROGRESS_LIMIT = 60.0
 #: Tries of the unreliable-net scenario (MIT's and the C port's count).
 UNRELIABLE_NET_TRIES = 100
 
@@ -99,14 +102,20 @@ async def test_put_concurrent_reliable(single_kv: SingleKV) -> None:
 async def test_race_put(single_kv: SingleKV, network: Network, profile: str, n: int) -> None:
     """C port's race test: get, then put at the version read, for 4 s. Reliable: only OK or
     Version, and the final version equals the OKs. Unreliable: Maybe too, and every client
-    makes progress."""
+    makes progress (at least one OK each)."""
     reliable = profile == "reliable"
     network.set_profile(RELIABLE if reliable else PROFILES[profile])
     oks = [0] * n
     maybes = [0] * n
+    # On a lossy network a round ends in OK only about one time in four, and a slow machine
+    # fits fewer rounds into the 4 s: so after them, everyone races on until every client
+    # has had an OK, or PROGRESS_LIMIT has passed.
+    give_up = trio.current_time() + RACE_SECONDS + PROGRESS_LIMIT
 
     async def client(me: int, done: trio.Event):
-        while not done.is_set():
+        while not done.is_set() or (
+            not reliable and not all(oks) and trio.current_time() < give_up
+        ):
             _, version = await cks[me].get("race")
             outcome = await put_outcome(cks[me], "race", str(me), version)
             assert outcome in (("OK", "Version") if reliable else ("OK", "Version", "Maybe"))
@@ -116,14 +125,14 @@ async def test_race_put(single_kv: SingleKV, network: Network, profile: str, n: 
     history = History()
     async with AsyncExitStack() as stack:
         cks = await clerks(stack, single_kv.url, n, history)
-        await run_clients(n, 4.0, client)
+        await run_clients(n, RACE_SECONDS, client)
         network.set_profile(RELIABLE)
         _, version = await cks[0].get("race")
     if reliable:
         assert version == sum(oks) > 0
     else:
         assert sum(oks) <= version <= sum(oks) + sum(maybes)
-        assert all(ok > 0 for ok in oks), f"a client made no progress: {oks}"
+        assert all(oks), f"a client made no progress in {PROGRESS_LIMIT} s more: {oks}"
     assert_linearizable(history)
 
 
