@@ -25,22 +25,75 @@ from ._errors import BadRequest
 T = TypeVar("T")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-_Decoder = Callable[[Any, str], Any]
+_Decoder = Callable[[Any], Any]
 #: Per message class: (field name, decoder, factory of its default or None if required).
 _plans: dict[type, list[tuple[str, _Decoder, Callable[[], Any] | None]]] = {}
 
 
 def decode(cls: type[T], data: object) -> T:
     """Validate ``data`` (parsed JSON) against message class ``cls`` and build it."""
-    return _decode_message(cls, data, "")
+    try:
+        return _decode_message(cls, data)
+    except _Invalid as exc:
+        raise BadRequest(exc.describe()) from None
+
+
+class _Invalid(Exception):
+    """What is wrong with a value; the path to it is added on the way out, so that valid
+    input, the common case, never pays for formatting one."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.path: list[str | int] = []  # innermost first
+
+    def within(self, key: str | int) -> None:
+        self.path.append(key)
+
+    def describe(self) -> str:
+        where = ""
+        for key in reversed(self.path):
+            where += f"[{key}]" if isinstance(key, int) else f".{key}" if where else key
+        return f"{where or 'body'}: {self.problem}"
 
 
 def encode(message: object) -> dict[str, Any]:
     """The JSON-ready dict of a message dataclass (nested messages and lists included)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(message):  # type: ignore[arg-type]
-        out[f.name] = _encode_value(getattr(message, f.name))
-    return out
+    plan = _encode_plans.get(type(message))
+    if plan is None:
+        plan = _encode_plan(type(message))
+    return {
+        name: getattr(message, name) if encoder is None else encoder(getattr(message, name))
+        for name, encoder in plan
+    }
+
+
+_Encoder = Callable[[Any], Any]
+#: Per message class: (field name, encoder of its value, or None if JSON takes it as it is).
+_encode_plans: dict[type, list[tuple[str, _Encoder | None]]] = {}
+
+
+def _encode_plan(cls: type) -> list[tuple[str, _Encoder | None]]:
+    hints = typing.get_type_hints(cls)
+    plan = [(f.name, _encoder_for(hints[f.name])) for f in dataclasses.fields(cls)]
+    _encode_plans[cls] = plan
+    return plan
+
+
+def _encoder_for(tp: Any) -> _Encoder | None:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _encoder_for(args[0]) if len(args) == 1 else _encode_value
+        return None if inner is None else (lambda v: None if v is None else inner(v))
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        item = _encoder_for(item_tp)
+        return list if item is None else (lambda v: [item(x) for x in v])
+    if dataclasses.is_dataclass(tp):
+        return encode
+    if tp in (str, int, bool, float):
+        return None
+    return _encode_value  # anything else: looked at value by value
 
 
 def _encode_value(value: Any) -> Any:
@@ -51,16 +104,21 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
-def _decode_message(cls: type[T], data: object, path: str) -> T:
+def _decode_message(cls: type[T], data: object) -> T:
     if not isinstance(data, dict):
-        raise BadRequest(f"{path or 'body'}: expected a JSON object")
+        raise _Invalid("expected a JSON object")
     kwargs = {}
     for name, decoder, default in _plan(cls):
-        where = f"{path}.{name}" if path else name
         if name in data:
-            kwargs[name] = decoder(data[name], where)
+            try:
+                kwargs[name] = decoder(data[name])
+            except _Invalid as exc:
+                exc.within(name)
+                raise
         elif default is None:
-            raise BadRequest(f"{where}: missing field")
+            invalid = _Invalid("missing field")
+            invalid.within(name)
+            raise invalid
         else:
             kwargs[name] = default()
     return cls(**kwargs)
@@ -94,49 +152,61 @@ def _decoder_for(tp: Any, metadata: typing.Mapping[str, Any]) -> _Decoder:
         if len(args) != 1:
             raise TypeError(f"unsupported union {tp!r}")
         inner = _decoder_for(args[0], metadata)
-        return lambda v, where: None if v is None else inner(v, where)
+        return lambda v: None if v is None else inner(v)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         item = _decoder_for(item_tp, {})
 
-        def decode_list(v: Any, where: str) -> list[Any]:
+        def decode_list(v: Any) -> list[Any]:
             if not isinstance(v, list):
-                raise BadRequest(f"{where}: expected a list")
-            return [item(x, f"{where}[{i}]") for i, x in enumerate(v)]
+                raise _Invalid("expected a list")
+            try:
+                return [item(x) for x in v]
+            except _Invalid as exc:
+                exc.within(next(i for i, x in enumerate(v) if not _valid(item, x)))
+                raise
 
         return decode_list
     if dataclasses.is_dataclass(tp):
-        return lambda v, where: _decode_message(tp, v, where)
+        return lambda v: _decode_message(tp, v)
     if tp is str:
         return _expect(str, "a string")
     if tp is bool:
         return _expect(bool, "a boolean")
     if tp is float:
 
-        def decode_float(v: Any, where: str) -> float:
+        def decode_float(v: Any) -> float:
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise BadRequest(f"{where}: expected a number")
+                raise _Invalid("expected a number")
             return float(v)
 
         return decode_float
     if tp is int:
         low = max(INT64_MIN, metadata.get("min", INT64_MIN))
 
-        def decode_int(v: Any, where: str) -> int:
+        def decode_int(v: Any) -> int:
             if isinstance(v, bool) or not isinstance(v, int):
-                raise BadRequest(f"{where}: expected an integer")
+                raise _Invalid("expected an integer")
             if not low <= v <= INT64_MAX:
-                raise BadRequest(f"{where}: {v} is out of range [{low}, {INT64_MAX}]")
+                raise _Invalid(f"{v} is out of range [{low}, {INT64_MAX}]")
             return v
 
         return decode_int
     raise TypeError(f"unsupported field type {tp!r}")
 
 
+def _valid(decoder: _Decoder, value: Any) -> bool:
+    try:
+        decoder(value)
+    except _Invalid:
+        return False
+    return True
+
+
 def _expect(kind: type, description: str) -> _Decoder:
-    def check(v: Any, where: str) -> Any:
+    def check(v: Any) -> Any:
         if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
-            raise BadRequest(f"{where}: expected {description}")
+            raise _Invalid(f"expected {description}")
         return v
 
     return check
