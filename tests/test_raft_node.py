@@ -20,6 +20,7 @@ from trioraft import (
 )
 from trioraft._log import Entry
 from trioraft._raft_messages import AppendEntriesArgs
+from trioraft.testing import Profile
 
 Clock = trio.testing.MockClock
 
@@ -390,5 +391,21 @@ async def test_the_leader_fsyncs_after_the_grace_when_a_follower_goes_quiet(
         start = trio.current_time()
         await node.wait_committed(index, term)
         assert config.leader_sync_grace <= trio.current_time() - start < 0.1
+        assert durable_last_index(cluster.storages[leader]) >= index
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_leader_stops_waiting_for_followers_slower_than_the_grace(
+    autojump_clock: Clock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = await start_cluster(nursery, 3, 4, config=RaftConfig(leader_sync_grace=0.005))
+        cluster.network.set_profile(Profile(delay=(0.02, 0.02)))  # each call takes 20 ms
+        leader = await cluster.check_one_leader()
+        for k in range(10):  # the leader learns how slow its followers are
+            await cluster.one(f"c{k}", 3, retry=False)
+        index, _, ok = cluster.node(leader).submit("x")
+        assert ok
+        await trio.sleep(0.001)  # well within the grace, long before any follower answers
         assert durable_last_index(cluster.storages[leader]) >= index
         nursery.cancel_scope.cancel()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import enum
 import math
 import random
@@ -44,7 +45,7 @@ import trio
 
 from ._errors import BadRequest, LeadershipLost, NotLeader
 from ._log import Entry, is_up_to_date, match_append, next_index_after_reject
-from ._quorum import committed_index, won
+from ._quorum import committed_index, followers_quorum_index, won
 from ._raft_messages import (
     AppendEntriesArgs,
     AppendEntriesReply,
@@ -79,10 +80,17 @@ class RaftConfig:
     #: How long the leader's syncer waits, after writing a batch, for a majority of followers
     #: (whose replies vouch for their own fsync) to commit it before fsyncing it itself. A
     #: batch they commit needs no fsync here: it is durable on a majority without us, and we
-    #: count ourselves towards a quorum only up to what we fsynced. The syncer does not wait
-    #: when too few followers are answering and caught up. 0 fsyncs every batch at once.
+    #: count ourselves towards a quorum only up to what we fsynced. The syncer waits only
+    #: while enough followers are answering and caught up, and have lately been holding
+    #: batches within the grace (slower peers, e.g. over HTTP, would make every batch wait
+    #: in vain). 0 fsyncs every batch at once.
     leader_sync_grace: float = 0.005
 
+
+#: Weight of each new sample in the leader's estimate of its followers' delay, and how many
+#: batches it times at once (a batch the followers never come to hold is forgotten).
+_DELAY_WEIGHT = 0.125
+_UNVOUCHED_KEPT = 64
 
 #: Entries applied through ``apply_with`` between two checkpoints of the applier.
 _APPLY_RUN = 256
@@ -200,6 +208,11 @@ class RaftNode:
         self.next_index: dict[str, int] = {}
         self.match_index: dict[str, int] = {}
         self._last_ack: dict[str, float] = {}
+        #: Batches the leader wrote, (last index, when), until followers hold them on a majority.
+        self._unvouched: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=_UNVOUCHED_KEPT
+        )
+        self._follower_delay = 0.0  # see _time_followers
         self._applied_send, self.applied = trio.open_memory_channel[Applied | SnapshotApplied](
             apply_buffer
         )
@@ -511,6 +524,7 @@ class RaftNode:
         self.role = Role.LEADER
         self.leader_id = self.id
         now = trio.current_time()
+        self._unvouched.clear()
         for peer in self.peers:
             self.next_index[peer] = self.log.last_index + 1
             self.match_index[peer] = 0
@@ -546,7 +560,10 @@ class RaftNode:
                 if not self._leads(term):
                     return
                 last = self._write_unwritten()
-            if self._followers_form_quorum():
+            followers_can_commit = self._followers_form_quorum()
+            if followers_can_commit:
+                self._unvouched.append((last, trio.current_time()))
+            if followers_can_commit and self._follower_delay < self.config.leader_sync_grace:
                 with trio.move_on_after(self.config.leader_sync_grace):
                     while self.commit_index < last and self._leads(term):
                         await self._changed.wait()
@@ -571,6 +588,15 @@ class RaftNode:
             if self._last_ack[p] > recent and self.match_index[p] >= self.commit_index
         )
         return won(caught_up, len(self.peers) + 1)
+
+    def _time_followers(self) -> None:
+        """Update the estimate of how long the followers alone take to hold a written batch
+        on a majority (a moving average over the batches they came to hold)."""
+        held = followers_quorum_index(self.match_index.values(), len(self.peers) + 1)
+        now = trio.current_time()
+        while self._unvouched and self._unvouched[0][0] <= held:
+            _, written = self._unvouched.popleft()
+            self._follower_delay += (now - written - self._follower_delay) * _DELAY_WEIGHT
 
     def _write_unwritten(self) -> int:
         """Write to storage the entries appended to the log but not written yet (a leader's
@@ -630,6 +656,7 @@ class RaftNode:
             if match > self.match_index[peer]:
                 self.match_index[peer] = match
                 self._advance_commit()
+                self._time_followers()
             self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
         else:
             hint = next_index_after_reject(self.log, reply.conflict_term, reply.conflict_index)
