@@ -39,6 +39,8 @@ from ._node import Applied, RaftNode, SnapshotApplied
 
 #: Most ops packed into one log entry (a bound on entry size, not on throughput).
 MAX_OPS_PER_ENTRY = 4096
+#: JSON without the spaces: an entry is written, sent to every follower and parsed by each.
+_COMPACT = (",", ":")
 
 
 class StateMachine(Protocol):
@@ -168,7 +170,8 @@ class ReplicatedStateMachine:
         for proposal in queued:
             if proposal.done.is_set():
                 continue  # expired while queued
-            command = json.dumps({"o": self.node.id, "t": proposal.tag, "ops": proposal.ops})
+            entry = {"o": self.node.id, "t": proposal.tag, "ops": proposal.ops}
+            command = json.dumps(entry, separators=_COMPACT)
             index, proposal.term, ok = self.node.submit(command)
             if not ok:
                 self._fail(proposal, NotLeader(self.node.leader_id))
