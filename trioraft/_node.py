@@ -45,7 +45,7 @@ import trio
 
 from ._errors import BadRequest, LeadershipLost, NotLeader
 from ._log import Entry, is_up_to_date, match_append, next_index_after_reject
-from ._quorum import committed_index, followers_quorum_index, won
+from ._quorum import committed_index, quorum_index, won
 from ._raft_messages import (
     AppendEntriesArgs,
     AppendEntriesReply,
@@ -592,7 +592,7 @@ class RaftNode:
     def _time_followers(self) -> None:
         """Update the estimate of how long the followers alone take to hold a written batch
         on a majority (a moving average over the batches they came to hold)."""
-        held = followers_quorum_index(self.match_index.values(), len(self.peers) + 1)
+        held = quorum_index([0, *self.match_index.values()])  # counting ourselves as empty
         now = trio.current_time()
         while self._unvouched and self._unvouched[0][0] <= held:
             _, written = self._unvouched.popleft()

@@ -21,14 +21,6 @@ def quorum_index(match_indexes: Iterable[int]) -> int:
     return ordered[majority(len(ordered)) - 1]
 
 
-def followers_quorum_index(follower_matches: Iterable[int], voters: int) -> int:
-    """The highest index that enough followers hold to commit it without the leader's copy
-    (``voters`` counts the leader too); 0 if there are too few followers."""
-    ordered = sorted(follower_matches, reverse=True)
-    needed = majority(voters)
-    return ordered[needed - 1] if len(ordered) >= needed else 0
-
-
 def committed_index(
     match_indexes: Iterable[int],
     term_at: Callable[[int], int | None],
