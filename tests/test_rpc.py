@@ -108,6 +108,13 @@ async def test_client_id_header_and_port_zero(nursery: trio.Nursery) -> None:
     assert seen == ["client-7", "client-7"]
 
 
+def test_client_rejects_what_it_cannot_send() -> None:
+    with pytest.raises(ValueError, match="http"):
+        RpcClient("tcp://127.0.0.1:9000", "c")
+    with pytest.raises(ValueError):
+        RpcClient("http://127.0.0.1:9000", "clïent")  # a header value must be ASCII
+
+
 async def test_client_returns_none_on_every_failure(nursery: trio.Nursery) -> None:
     release = trio.Event()
 

@@ -166,32 +166,57 @@ class RpcClient:
     """Calls methods on one server. Use one client per server, and close it when done.
 
     ``timeout`` bounds each call (connect, send and wait for the reply).
+
+    Requests go straight to an httpx transport (its connection pool), not through an
+    ``httpx.AsyncClient``: a client's layers (URL and header merging, cookies, auth,
+    redirects, proxies from the environment) do nothing for these calls and cost about a
+    third of httpx's CPU per call (a leader replicating over HTTP spent ~10 % of its CPU in
+    them).
     """
 
     def __init__(self, url: str, client_id: str, *, timeout: float = 1.0) -> None:
         self.url = url.rstrip("/")
         self.client_id = client_id
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=timeout,
-            headers={CLIENT_ID_HEADER: client_id, "Content-Type": "application/json"},
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        self._base = httpx.URL(self.url)
+        if self._base.scheme not in ("http", "https") or not self._base.host:
+            raise ValueError(f"expected an http(s)://HOST[:PORT] URL, got {url!r}")
+        self._urls: dict[str, httpx.URL] = {}
+        self._headers = [
+            (b"Host", self._base.netloc),
+            (CLIENT_ID_HEADER.encode(), client_id.encode("ascii")),
+            (b"Content-Type", b"application/json"),
+        ]
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._http = httpx.AsyncHTTPTransport(
             verify=_tls_context(),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
 
     async def call(self, method: str, args: Any, reply_type: type[T]) -> T | None:
         """Send ``args`` (a message or a dict) to ``POST /method``; the reply, or ``None``."""
         body = json.dumps(args if isinstance(args, dict) else encode(args)).encode()
-        request = self._http.build_request("POST", f"/{method}", content=body)
-        request.stream = _Body(body)
+        url = self._urls.get(method)
+        if url is None:
+            url = self._urls[method] = self._base.join(f"{self._base.path.rstrip('/')}/{method}")
+        request = httpx.Request(
+            "POST",
+            url,
+            headers=[*self._headers, (b"Content-Length", str(len(body)).encode())],
+            stream=_Body(body),
+            extensions=self._extensions,
+        )
         try:
-            response = await self._http.send(request)
+            response = await self._http.handle_async_request(request)
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
         except (httpx.HTTPError, OSError, trio.BrokenResourceError):
             return None
         if not 200 <= response.status_code < 300:
             return None
         try:
-            data = parse_json(response.content)
+            data = parse_json(content)
         except BadRequest:
             return None
         return decode_reply(data, reply_type)
