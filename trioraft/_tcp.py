@@ -51,7 +51,8 @@ class FramedStream:
     through ``SocketStream``, whose every send and receive ends with a pass of the
     scheduler even when the socket was ready: on a busy leader each such pass delays the
     reply it just read by a whole batch of other tasks. Here a call waits (and is
-    cancellable) only when the socket is not ready.
+    cancellable) only when the socket is not ready. (``os.read`` and ``os.write`` on the
+    socket's descriptor: POSIX only, as is the rest of trioraft's disk and socket code.)
     """
 
     def __init__(self, stream: trio.SocketStream, max_frame_bytes: int) -> None:
@@ -87,8 +88,8 @@ class FramedStream:
 
     async def _fill(self, size: int) -> bool:
         while len(self._buffer) < size:
+            want = min(max(65536, size - len(self._buffer)), 1 << 20)
             try:
-                want = min(max(65536, size - len(self._buffer)), 1 << 20)
                 data = os.read(self._socket.fileno(), want)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._socket)
