@@ -52,7 +52,7 @@ class FramedStream:
     scheduler even when the socket was ready: on a busy leader each such pass delays the
     reply it just read by a whole batch of other tasks. Here a call waits (and is
     cancellable) only when the socket is not ready. (``os.read`` and ``os.write`` on the
-    socket's descriptor: POSIX only, as is the rest of trioraft's disk and socket code.)
+    socket's descriptor: POSIX only, as is trioraft's storage, which fsyncs directories.)
     """
 
     def __init__(self, stream: trio.SocketStream, max_frame_bytes: int) -> None:
