@@ -177,12 +177,12 @@ class RpcClient:
     def __init__(self, url: str, client_id: str, *, timeout: float = 1.0) -> None:
         self.url = url.rstrip("/")
         self.client_id = client_id
-        self._base = httpx.URL(self.url)
-        if self._base.scheme not in ("http", "https") or not self._base.host:
+        base = httpx.URL(self.url)
+        if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"expected an http(s)://HOST[:PORT] URL, got {url!r}")
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[str, httpx.URL] = {}  # by method: parsing a URL costs every call
         self._headers = [
-            (b"Host", self._base.netloc),
+            (b"Host", base.netloc),
             (CLIENT_ID_HEADER.encode(), client_id.encode("ascii")),
             (b"Content-Type", b"application/json"),
         ]
@@ -197,7 +197,7 @@ class RpcClient:
         body = json.dumps(args if isinstance(args, dict) else encode(args)).encode()
         url = self._urls.get(method)
         if url is None:
-            url = self._urls[method] = self._base.join(f"{self._base.path.rstrip('/')}/{method}")
+            url = self._urls[method] = httpx.URL(f"{self.url}/{method}")
         request = httpx.Request(
             "POST",
             url,
