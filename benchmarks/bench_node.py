@@ -21,9 +21,9 @@ import trio
 from _load import closed_loop, kv_op, open_loop
 
 from trioraft import tune_gc
-from trioraft._rpc import Route
 from trioraft.cli import parse_host_port, parse_peer, stop_on_signal
-from trioraft.cluster import KVNode
+from trioraft.kv.node import KVNode
+from trioraft.rpc.http import Route
 
 
 @dataclass(frozen=True)

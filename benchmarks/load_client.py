@@ -15,7 +15,7 @@ import json
 import trio
 from _load import closed_loop, kv_op
 
-from trioraft.batching import open_coalescing_client
+from trioraft.kv.coalescing import open_coalescing_client
 
 
 async def main(args: argparse.Namespace) -> None:

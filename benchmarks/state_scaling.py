@@ -26,8 +26,8 @@ from pathlib import Path
 import trio
 
 from trioraft import FileStorage
-from trioraft._kvstate import KVMachine
-from trioraft._log import Entry
+from trioraft.kv.machine import KVMachine
+from trioraft.raft.log import Entry
 
 
 def put(k: int) -> dict:

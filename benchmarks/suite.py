@@ -47,7 +47,7 @@ import httpx
 from _load import pid_cpu
 from tqdm import tqdm
 
-from trioraft.cluster import free_ports
+from trioraft.kv.node import free_ports
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable

@@ -20,7 +20,7 @@ import httpx
 import trio
 
 from trioraft import ClusterClient
-from trioraft.cluster import KVNode, free_ports
+from trioraft.kv.node import KVNode, free_ports
 
 
 class LocalCluster:

@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from trioraft import ClusterClient
-from trioraft.cluster import KVNode, free_ports
+from trioraft.kv.node import KVNode, free_ports
 
 
 async def replica(

@@ -17,7 +17,7 @@ import time
 import trio
 
 from trioraft import ClusterClient, Lock
-from trioraft.cluster import run_local_cluster
+from trioraft.kv.node import run_local_cluster
 
 
 async def main(workers: int, rounds: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 from trioraft import ClusterClient, RaftConfig
-from trioraft.cluster import KVNode
+from trioraft.kv.node import KVNode
 from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
 
 

@@ -15,9 +15,9 @@ from collections import defaultdict
 
 import trio
 
-from trioraft._node import Applied, RaftConfig, RaftNode, SnapshotApplied
-from trioraft._storage import MemoryStorage
-from trioraft._transport import MemoryNetwork
+from trioraft.raft.node import Applied, RaftConfig, RaftNode, SnapshotApplied
+from trioraft.raft.storage import MemoryStorage
+from trioraft.rpc.transport import MemoryNetwork
 from trioraft.testing import RELIABLE, Network, Profile
 
 #: The catalogue's election allowance and snapshot interval.

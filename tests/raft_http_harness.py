@@ -14,10 +14,10 @@ from pathlib import Path
 import trio
 
 from tests.raft_harness import RaftCluster
-from trioraft._node import RaftConfig, RaftNode
-from trioraft._storage import FileStorage
-from trioraft._transport import HttpTransport
-from trioraft.raft import serve_node
+from trioraft.raft.node import RaftConfig, RaftNode
+from trioraft.raft.serve import serve_node
+from trioraft.raft.storage import FileStorage
+from trioraft.rpc.transport import HttpTransport
 from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
 
 

@@ -14,7 +14,7 @@ from tests.conftest import SingleKV
 from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import check_put_concurrent, one_client_put, run_clients
 from trioraft import VersionConflict, Versioned
-from trioraft.batching import open_coalescing_client
+from trioraft.kv.coalescing import open_coalescing_client
 from trioraft.testing import MIT_UNRELIABLE, History
 
 

@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from trioraft import KVServer
-from trioraft._rpc import dispatch
+from trioraft.rpc.http import dispatch
 
 VALUE = "x" * 1000
 

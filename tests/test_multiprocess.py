@@ -17,7 +17,7 @@ import trio
 
 from tests.kvtest import ClientResult, one_client_put, run_clients
 from trioraft import ClusterClient
-from trioraft.cluster import free_ports
+from trioraft.kv.node import free_ports
 from trioraft.testing import History
 
 #: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trioraft import Persister, StorageCorrupt
-from trioraft._persister import SAVE_STEPS
+from trioraft.raft.persister import SAVE_STEPS
 
 
 class Crash(Exception):

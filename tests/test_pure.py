@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trioraft import BadRequest, VersionedKV
-from trioraft._codec import decode, encode, non_negative
-from trioraft._messages import GetReply, PutArgs, PutReply
+from trioraft.kv.messages import GetReply, PutArgs, PutReply
+from trioraft.rpc.codec import decode, encode, non_negative
 
 
 @dataclass(frozen=True)

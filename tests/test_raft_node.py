@@ -18,8 +18,8 @@ from trioraft import (
     RaftNode,
     SnapshotApplied,
 )
-from trioraft._log import Entry
-from trioraft._raft_messages import AppendEntriesArgs
+from trioraft.raft.log import Entry
+from trioraft.raft.messages import AppendEntriesArgs
 from trioraft.testing import Profile
 
 Clock = trio.testing.MockClock

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioraft._log import Entry, Log, is_up_to_date, match_append, next_index_after_reject
-from trioraft._quorum import committed_index, majority, quorum_index, won
+from trioraft.raft.log import Entry, Log, is_up_to_date, match_append, next_index_after_reject
+from trioraft.raft.quorum import committed_index, majority, quorum_index, won
 
 
 def log_of(*terms: int, snapshot: tuple[int, int] = (0, 0)) -> Log:

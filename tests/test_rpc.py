@@ -11,7 +11,7 @@ import trio
 
 from tests.conftest import SingleKV
 from trioraft import KVServer, Route, RpcClient, Versioned, make_app, serve
-from trioraft._messages import GetArgs, GetReply, PutArgs, PutReply
+from trioraft.kv.messages import GetArgs, GetReply, PutArgs, PutReply
 
 #: Bodies every endpoint must reject: (body, status, part of the error message).
 MALFORMED_ANY = [
@@ -190,7 +190,7 @@ def test_clients_share_one_verifying_tls_context() -> None:
     and still a verifying one."""
     import ssl
 
-    from trioraft._rpc import _tls_context
+    from trioraft.rpc.http import _tls_context
 
     context = _tls_context()
     assert context is _tls_context()

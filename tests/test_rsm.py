@@ -23,8 +23,8 @@ from trioraft import (
     RaftError,
     RaftNode,
 )
-from trioraft._rsm import ReplicatedStateMachine
-from trioraft._transport import MemoryNetwork
+from trioraft.kv.rsm import ReplicatedStateMachine
+from trioraft.rpc.transport import MemoryNetwork
 from trioraft.testing import RELIABLE, Network
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")

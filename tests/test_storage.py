@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trioraft._log import Entry, Log
-from trioraft._persister import SAVE_STEPS
-from trioraft._storage import FileStorage, HardState, MemoryStorage, Snapshot, encode_record
+from trioraft.raft.log import Entry, Log
+from trioraft.raft.persister import SAVE_STEPS
+from trioraft.raft.storage import FileStorage, HardState, MemoryStorage, Snapshot, encode_record
 
 ENTRIES = [Entry(1 + i // 3, f"command-{i}" * (1 + i % 4)) for i in range(12)]
 

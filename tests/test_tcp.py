@@ -13,10 +13,10 @@ import trio
 
 from tests.kvtest import one_client_put, run_clients
 from trioraft import ClusterClient
-from trioraft._messages import GetArgs, GetReply
-from trioraft._rpc import Route
-from trioraft._tcp import TcpTransport, serve_tcp
-from trioraft.cluster import KVNode, free_ports
+from trioraft.kv.messages import GetArgs, GetReply
+from trioraft.kv.node import KVNode, free_ports
+from trioraft.rpc.http import Route
+from trioraft.rpc.tcp import TcpTransport, serve_tcp
 from trioraft.testing import MIT_UNRELIABLE, History, Network
 
 

@@ -18,15 +18,16 @@ from ._errors import (
     VersionConflict,
 )
 from ._gc import tune_gc
-from ._kvstate import VersionedKV
-from ._node import Applied, RaftConfig, RaftNode, RaftStatistics, Role, SnapshotApplied
-from ._persister import Persister
-from ._rpc import Route, RpcClient, make_app, serve
-from ._storage import FileStorage, MemoryStorage
-from ._transport import HttpTransport
-from .kv import ClusterClient, KeyValue, KVClient, KVServer, Versioned
-from .lock import Lock
-from .raft import serve_node
+from .kv.clients import ClusterClient, KeyValue, KVClient, Versioned
+from .kv.lock import Lock
+from .kv.machine import VersionedKV
+from .kv.server import KVServer
+from .raft.node import Applied, RaftConfig, RaftNode, RaftStatistics, Role, SnapshotApplied
+from .raft.persister import Persister
+from .raft.serve import serve_node
+from .raft.storage import FileStorage, MemoryStorage
+from .rpc.http import Route, RpcClient, make_app, serve
+from .rpc.transport import HttpTransport
 
 __version__ = "0.1.0"
 

@@ -32,10 +32,11 @@ import trio
 
 from ._errors import KVError
 from ._gc import tune_gc
-from ._rpc import serve
-from .cluster import KVNode, run_local_cluster
-from .kv import ClusterClient, KVServer
-from .lock import Lock
+from .kv.clients import ClusterClient
+from .kv.lock import Lock
+from .kv.node import KVNode, run_local_cluster
+from .kv.server import KVServer
+from .rpc.http import serve
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

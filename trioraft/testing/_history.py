@@ -14,7 +14,7 @@ from collections.abc import Callable
 import trio
 
 from .._errors import KVError
-from ..kv import KeyValue, Versioned
+from ..kv.clients import KeyValue, Versioned
 from ._linearizability import OK, Operation, Result, check
 
 

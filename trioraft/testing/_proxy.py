@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from .._rpc import CLIENT_ID_HEADER
+from ..rpc.http import CLIENT_ID_HEADER
 from ._network import Network
 
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length"}

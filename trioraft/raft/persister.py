@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from ._errors import StorageCorrupt
+from .._errors import StorageCorrupt
 
 MAGIC = b"TRP1"
 _HEADER = struct.Struct("<4sII")  # magic, length, crc32

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._messages import NO_KEY, OK, VERSION, AppendReply, GetReply, PutReply
+from .messages import NO_KEY, OK, VERSION, AppendReply, GetReply, PutReply
 
 
 class VersionedKV:

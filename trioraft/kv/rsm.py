@@ -34,8 +34,8 @@ from typing import Any, Protocol
 
 import trio
 
-from ._errors import LeadershipLost, NotLeader, ProposalTimedOut, RaftError
-from ._node import Applied, RaftNode, SnapshotApplied
+from .._errors import LeadershipLost, NotLeader, ProposalTimedOut, RaftError
+from ..raft.node import Applied, RaftNode, SnapshotApplied
 
 #: Most ops packed into one log entry (a bound on entry size, not on throughput).
 MAX_OPS_PER_ENTRY = 4096

@@ -30,9 +30,9 @@ from urllib.parse import urlsplit
 
 import trio
 
-from ._codec import encode
-from ._errors import BadRequest
-from ._rpc import Route, decode_reply, dispatch_parsed, parse_json
+from .._errors import BadRequest
+from .codec import encode
+from .http import Route, decode_reply, dispatch_parsed, parse_json
 
 T = TypeVar("T")
 _LENGTH = struct.Struct(">I")

@@ -32,8 +32,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ._codec import decode, encode
-from ._errors import BadRequest
+from .._errors import BadRequest
+from .codec import decode, encode
 
 T = TypeVar("T")
 CLIENT_ID_HEADER = "X-Client-Id"

@@ -35,9 +35,9 @@ from typing import Protocol
 
 import trio
 
-from ._errors import StorageCorrupt
-from ._log import Entry, Log
-from ._persister import Persister, fsync_dir
+from .._errors import StorageCorrupt
+from .log import Entry, Log
+from .persister import Persister, fsync_dir
 
 _RECORD_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
 _ENTRY_HEAD = struct.Struct("<QQ")  # index, term

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._messages import WRONG_LEADER, BatchArgs, BatchOp, BatchReply, OpResult
-from ._rpc import RpcClient
-from .kv import Backoff, Versioned, raise_put_error
+from ..rpc.http import RpcClient
+from .clients import Backoff, Versioned, raise_put_error
+from .messages import WRONG_LEADER, BatchArgs, BatchOp, BatchReply, OpResult
 
 
 class OpsClient:

@@ -23,26 +23,21 @@ import uuid
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import trio
-from quart_trio import QuartTrio
 
-from ._errors import BadRequest, KeyNotFound, MaybeApplied, VersionConflict
-from ._kvstate import VersionedKV
-from ._messages import (
+from .._errors import KeyNotFound, MaybeApplied, VersionConflict
+from ..rpc.http import RpcClient
+from .messages import (
     NO_KEY,
     OK,
     VERSION,
     WRONG_LEADER,
     AppendArgs,
     AppendReply,
-    BatchArgs,
-    BatchReply,
     GetArgs,
     GetReply,
     PutArgs,
     PutReply,
-    as_result,
 )
-from ._rpc import Route, RpcClient, make_app
 
 #: Retry pacing after a failed RPC: start small, double, never above the cap. The cap only
 #: keeps a refused connection from becoming a hot loop; lost calls gain nothing from waiting.
@@ -68,48 +63,6 @@ class KeyValue(Protocol):
     async def get(self, key: str) -> Versioned: ...
 
     async def put(self, key: str, value: str, version: int) -> None: ...
-
-
-class KVServer:
-    """The single-server KV service: a :class:`VersionedKV` behind ``/get`` and ``/put``."""
-
-    def __init__(self, *, max_body_bytes: int = 1 << 20) -> None:
-        self.state = VersionedKV()
-        self.max_body_bytes = max_body_bytes
-
-    async def handle_get(self, args: GetArgs) -> GetReply:
-        return self.state.get(args.key)
-
-    async def handle_put(self, args: PutArgs) -> PutReply:
-        return self.state.put(args.key, args.value, args.version)
-
-    async def handle_batch(self, args: BatchArgs) -> BatchReply:
-        args.validate()
-        for i, op in enumerate(args.ops):
-            if op.op == "append":
-                raise BadRequest(f"ops[{i}].op: the single-server KV has no append")
-        results = [
-            as_result(self.state.get(op.key))
-            if op.op == "get"
-            else as_result(self.state.put(op.key, op.value, op.version))
-            for op in args.ops
-        ]
-        return BatchReply(results)
-
-    def routes(self) -> dict[str, Route]:
-        return {
-            "get": Route(GetArgs, self.handle_get),
-            "put": Route(PutArgs, self.handle_put),
-            "batch": Route(BatchArgs, self.handle_batch),
-        }
-
-    def app(self) -> QuartTrio:
-        return make_app(
-            self.routes(),
-            name="trioraft-kvserver",
-            max_body_bytes=self.max_body_bytes,
-            status=lambda: {"role": "kvserver", "keys": len(self.state)},
-        )
 
 
 def raise_put_error(err: str, *, retried: bool, why: str = "") -> None:

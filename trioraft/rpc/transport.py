@@ -17,9 +17,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
-from ._codec import decode, encode
-from ._errors import BadRequest
-from ._rpc import Route, RpcClient
+from .._errors import BadRequest
+from .codec import decode, encode
+from .http import Route, RpcClient
 
 T = TypeVar("T")
 

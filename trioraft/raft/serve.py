@@ -5,7 +5,7 @@
     url = await nursery.start(serve_node, node, "127.0.0.1", 9001)
 
 With ``peer_port``, the peer RPCs are also answered over framed TCP on that port (see
-:mod:`trioraft._tcp`; peers then reach this node at ``tcp://HOST:PORT``).
+:mod:`trioraft.rpc.tcp`; peers then reach this node at ``tcp://HOST:PORT``).
 ``serve_node`` runs the node and its HTTP app in one nursery; cancel it to stop (a crash: the
 node flushes nothing more, and restarts from its storage). Extra routes (a KV service, say)
 share the app, so one port serves peers and clients. ``GET /status`` reports the node.
@@ -19,9 +19,9 @@ from functools import partial
 
 import trio
 
-from ._node import RaftNode
-from ._rpc import Route, make_app, serve
-from ._tcp import serve_tcp
+from ..rpc.http import Route, make_app, serve
+from ..rpc.tcp import serve_tcp
+from .node import RaftNode
 
 #: Large enough for the biggest AppendEntries batch or snapshot the node sends.
 DEFAULT_MAX_BODY_BYTES = 64 << 20

@@ -23,8 +23,8 @@ import uuid
 
 import trio
 
-from ._errors import KeyNotFound, MaybeApplied, VersionConflict
-from .kv import Backoff, KeyValue
+from .._errors import KeyNotFound, MaybeApplied, VersionConflict
+from .clients import Backoff, KeyValue
 
 FREE = ""
 

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._errors import BadRequest
+from .._errors import BadRequest
 
 T = TypeVar("T")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

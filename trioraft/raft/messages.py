@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._codec import non_negative
-from ._log import Entry
+from ..rpc.codec import non_negative
+from .log import Entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,17 @@ from typing import Any
 
 import trio
 
-from ._errors import RaftError
-from ._kvstate import KVMachine
-from ._messages import (
+from .._errors import RaftError
+from ..raft.node import RaftConfig, RaftNode
+from ..raft.serve import serve_node
+from ..raft.storage import FileStorage, Storage
+from ..rpc.http import Route
+from ..rpc.tcp import TcpTransport
+from ..rpc.transport import HttpTransport, Transport
+from .clients import Backoff
+from .coalescing import OpsClient, open_coalescing_client
+from .machine import KVMachine
+from .messages import (
     WRONG_LEADER,
     AppendArgs,
     AppendReply,
@@ -40,15 +48,7 @@ from ._messages import (
     as_result,
     log_op,
 )
-from ._node import RaftConfig, RaftNode
-from ._rpc import Route
-from ._rsm import ReplicatedStateMachine
-from ._storage import FileStorage, Storage
-from ._tcp import TcpTransport
-from ._transport import HttpTransport, Transport
-from .batching import OpsClient, open_coalescing_client
-from .kv import Backoff
-from .raft import serve_node
+from .rsm import ReplicatedStateMachine
 
 
 class KVNode:

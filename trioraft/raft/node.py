@@ -43,10 +43,11 @@ from typing import Any
 
 import trio
 
-from ._errors import BadRequest, LeadershipLost, NotLeader
-from ._log import Entry, is_up_to_date, match_append, next_index_after_reject
-from ._quorum import committed_index, quorum_index, won
-from ._raft_messages import (
+from .._errors import BadRequest, LeadershipLost, NotLeader
+from ..rpc.http import Route
+from ..rpc.transport import Transport
+from .log import Entry, is_up_to_date, match_append, next_index_after_reject
+from .messages import (
     AppendEntriesArgs,
     AppendEntriesReply,
     InstallSnapshotArgs,
@@ -54,9 +55,8 @@ from ._raft_messages import (
     RequestVoteArgs,
     RequestVoteReply,
 )
-from ._rpc import Route
-from ._storage import HardState, Snapshot, Storage
-from ._transport import Transport
+from .quorum import committed_index, quorum_index, won
+from .storage import HardState, Snapshot, Storage
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from ._codec import non_negative
-from ._errors import BadRequest
+from .._errors import BadRequest
+from ..rpc.codec import non_negative
 
 OK: Final = "OK"
 NO_KEY: Final = "NoKey"
