@@ -1,7 +1,9 @@
 """One trioraft KV server for the benchmark suite: ``trioraft node`` plus one extra route.
 
-    python benchmarks/bench_node.py --id 1 --listen 127.0.0.1:9001 --peer 2=URL ... --data-dir D
-        [--peer-port 9101 --client-url 2=HTTP_URL ...]   (peers over framed TCP)
+    python benchmarks/bench_node.py --id 1 --listen 127.0.0.1:9001 --peer-port 9101
+        --peer 2=PEER_URL ... --client-url 2=CLIENT_URL ... --data-dir D --secret-hex HEX
+
+Peer URLs ``tcp://HOST:PORT`` put the peers on framed TCP, ``http://`` on HTTP.
 
 ``POST /bench_embedded {"concurrency", "rate", "seconds", "value_bytes", "prefix", "op"}``
 runs an embedded load in this process (the application's own tasks writing through
@@ -60,7 +62,11 @@ class BenchNode(KVNode):
 async def main(args: argparse.Namespace) -> None:
     host, port = args.listen
     node = BenchNode(
-        args.id, dict(args.peer), args.data_dir, client_urls=dict(args.client_url) or None
+        args.id,
+        dict(args.peer),
+        args.data_dir,
+        client_urls=dict(args.client_url) or None,
+        cluster_secret=bytes.fromhex(args.secret_hex),
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
@@ -74,7 +80,8 @@ if __name__ == "__main__":
     parser.add_argument("--listen", type=parse_host_port, required=True)
     parser.add_argument("--peer", type=parse_peer, action="append", default=[])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--peer-port", type=int, default=None)
+    parser.add_argument("--peer-port", type=int, required=True)
+    parser.add_argument("--secret-hex", required=True, help="the cluster secret, in hex")
     parser.add_argument("--client-url", type=parse_peer, action="append", default=[])
     options = parser.parse_args()
     tune_gc()

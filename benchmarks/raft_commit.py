@@ -21,11 +21,15 @@ import random
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from trioraft import FileStorage, HttpTransport, RaftNode, serve_node
+from trioraft.rpc.auth import PeerAuth
+
+AUTH = PeerAuth(b"benchmark cluster secret, 32 B.")  # the peers prove they know it
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -44,10 +48,11 @@ async def commit_benchmark(levels: list[int], seconds: float, directory: Path) -
         for i in ids:
             storage = FileStorage(directory / i)
             nodes[i] = RaftNode(i, ids, storage, transports[i], rng=random.Random(i))
-            urls[i] = await nursery.start(serve_node, nodes[i])
+            urls[i] = await nursery.start(partial(serve_node, nodes[i], peer_auth=AUTH))
             nursery.start_soon(_drain, nodes[i])
         for i in ids:
-            transports[i].inner = HttpTransport(i, {j: urls[j] for j in ids if j != i})
+            peers = {j: urls[j] for j in ids if j != i}
+            transports[i].inner = HttpTransport(i, peers, peer_auth=AUTH)
         leader_found = trio.Event()
 
         async def watch(node: RaftNode) -> None:

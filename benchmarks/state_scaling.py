@@ -28,6 +28,7 @@ import trio
 from trioraft import FileStorage
 from trioraft.kv.machine import KVMachine
 from trioraft.raft.log import Entry
+from trioraft.raft.storage import HardState
 
 
 def put(k: int) -> dict:
@@ -51,6 +52,7 @@ async def measure(n: int, directory: Path, samples: int = 200) -> dict:
 
     storage = FileStorage(directory / f"log-{n}")
     storage.load()
+    await storage.save_hard_state(HardState(1, None))  # a log needs its hard state beside it
     command = json.dumps({"o": "1", "t": 1, "ops": [put(0)]})
     for first in range(1, n + 1, 10_000):
         storage.append(first, [Entry(1, command)] * min(10_000, n + 1 - first))

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import statistics
@@ -77,6 +78,7 @@ class Cluster:
         ports = free_ports(2 * n)
         self.urls = {i: f"http://127.0.0.1:{p}" for i, p in zip(self.ids, ports, strict=False)}
         self.peer_ports = dict(zip(self.ids, ports[n:], strict=True))
+        self.secret_hex = secrets.token_hex(32)
         self.transport = transport
         self.directory = directory
         self.procs: dict[str, subprocess.Popen] = {}
@@ -84,12 +86,10 @@ class Cluster:
     def start(self) -> None:
         for i in self.ids:
             others = [j for j in self.ids if j != i]
-            if self.transport == "tcp":
-                peers = [f"--peer={j}=tcp://127.0.0.1:{self.peer_ports[j]}" for j in others]
-                peers += [f"--client-url={j}={self.urls[j]}" for j in others]
-                peers += [f"--peer-port={self.peer_ports[i]}"]
-            else:
-                peers = [f"--peer={j}={self.urls[j]}" for j in others]
+            scheme = "tcp" if self.transport == "tcp" else "http"
+            peers = [f"--peer={j}={scheme}://127.0.0.1:{self.peer_ports[j]}" for j in others]
+            peers += [f"--client-url={j}={self.urls[j]}" for j in others]
+            peers += [f"--peer-port={self.peer_ports[i]}", f"--secret-hex={self.secret_hex}"]
             self.procs[i] = subprocess.Popen(
                 [
                     PYTHON,

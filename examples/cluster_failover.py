@@ -12,8 +12,10 @@ catches up. At the end every server's state is checked against what the client d
 from __future__ import annotations
 
 import argparse
+import secrets
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -28,15 +30,23 @@ class LocalCluster:
         self.nursery = nursery
         self.directory = directory
         self.ids = [str(k + 1) for k in range(n)]
-        self.urls = {
-            i: f"http://127.0.0.1:{p}" for i, p in zip(self.ids, free_ports(n), strict=True)
+        ports = free_ports(2 * n)
+        self.urls = {  # for clients
+            i: f"http://127.0.0.1:{p}" for i, p in zip(self.ids, ports[:n], strict=True)
         }
+        self.peer_ports = dict(zip(self.ids, ports[n:], strict=True))
+        self.secret = secrets.token_bytes(32)  # peers prove they know it
         self.scopes: dict[str, trio.CancelScope] = {}
         self.stopped: dict[str, trio.Event] = {}
 
     async def start(self, i: str) -> None:
-        peers = {j: url for j, url in self.urls.items() if j != i}
-        node = KVNode(i, peers, self.directory / f"node-{i}")
+        node = KVNode(
+            i,
+            {j: f"http://127.0.0.1:{p}" for j, p in self.peer_ports.items() if j != i},
+            self.directory / f"node-{i}",
+            client_urls={j: url for j, url in self.urls.items() if j != i},
+            cluster_secret=self.secret,
+        )
         scope, stopped = trio.CancelScope(), trio.Event()
         self.scopes[i], self.stopped[i] = scope, stopped
 
@@ -44,8 +54,9 @@ class LocalCluster:
             try:
                 with scope:
                     async with trio.open_nursery() as inner:
+                        port = int(self.urls[i].rsplit(":", 1)[1])
                         await inner.start(
-                            node.serve, "127.0.0.1", int(self.urls[i].rsplit(":", 1)[1])
+                            partial(node.serve, "127.0.0.1", port, peer_port=self.peer_ports[i])
                         )
                         task_status.started()
             finally:

@@ -13,7 +13,9 @@ node stops with it; start it again on the same directory and it catches up.
 from __future__ import annotations
 
 import argparse
+import secrets
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -23,13 +25,26 @@ from trioraft.kv.node import KVNode, free_ports
 
 
 async def replica(
-    me: str, urls: dict[str, str], directory: Path, events: int, done: trio.Event
+    me: str,
+    urls: dict[str, str],
+    peer_urls: dict[str, str],
+    secret: bytes,
+    directory: Path,
+    events: int,
+    done: trio.Event,
 ) -> None:
     """One replica of the application: its node plus its own work, in one nursery."""
-    peers = {i: url for i, url in urls.items() if i != me}
-    node = KVNode(me, peers, directory / f"replica-{me}")
+    node = KVNode(
+        me,
+        {i: url for i, url in peer_urls.items() if i != me},
+        directory / f"replica-{me}",
+        client_urls={i: url for i, url in urls.items() if i != me},
+        cluster_secret=secret,
+    )
     async with trio.open_nursery() as nursery:
-        await nursery.start(node.serve, "127.0.0.1", int(urls[me].rsplit(":", 1)[1]))
+        await nursery.start(
+            partial(node.serve, "127.0.0.1", port_of(urls[me]), peer_port=port_of(peer_urls[me]))
+        )
         async with node.open_client(client_id=f"app-{me}") as kv:
             for _ in range(events):
                 await kv.append(f"views/{me}", ".")
@@ -39,14 +54,21 @@ async def replica(
         await trio.sleep_forever()  # keep serving until the application stops
 
 
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
 async def main(events: int) -> None:
     ids = ["a", "b", "c"]
-    urls = {i: f"http://127.0.0.1:{port}" for i, port in zip(ids, free_ports(3), strict=True)}
+    ports = free_ports(6)
+    urls = {i: f"http://127.0.0.1:{port}" for i, port in zip(ids, ports[:3], strict=True)}
+    peer_urls = {i: f"http://127.0.0.1:{port}" for i, port in zip(ids, ports[3:], strict=True)}
+    secret = secrets.token_bytes(32)  # the peers prove they know it
     with tempfile.TemporaryDirectory(prefix="trioraft-embedded-") as tmp:
         async with trio.open_nursery() as app:
             finished = [trio.Event() for _ in ids]
             for i, done in zip(ids, finished, strict=True):
-                app.start_soon(replica, i, urls, Path(tmp), events, done)
+                app.start_soon(replica, i, urls, peer_urls, secret, Path(tmp), events, done)
             for done in finished:
                 await done.wait()
             async with ClusterClient(list(urls.values())) as kv:

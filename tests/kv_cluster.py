@@ -1,8 +1,10 @@
 """A replicated KV cluster of real servers over HTTP on loopback, each behind a fault proxy.
 
 Servers are :class:`KVNode`\\ s named "0".."n-1" with file storage in a temporary directory;
-peers and clerks reach each other through the proxies, so partitions and loss apply to both
-(a partition blocks only server-to-server traffic, as the catalogue's harness does).
+each has a proxy in front of its peer listener and one in front of its client listener, both
+on the same network plan, so partitions and loss apply to peers and clerks alike (a partition
+blocks only server-to-server traffic, as the catalogue's harness does). Peers share a
+cluster secret drawn from the seed.
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ class KVCluster:
         self.max_raft_state = max_raft_state
         self.config = config or RaftConfig()
         self.ids = [str(i) for i in range(n)]
-        self.proxies = {i: HttpProxy(self.network, i) for i in self.ids}
-        self.urls: dict[str, str] = {}
+        self.proxies = {i: HttpProxy(self.network, i) for i in self.ids}  # clients
+        self.peer_proxies = {i: HttpProxy(self.network, i) for i in self.ids}
+        self.urls: dict[str, str] = {}  # clients reach server i here
+        self.peer_urls: dict[str, str] = {}  # peers reach server i here
+        self.secret = random.Random(seed).randbytes(32)
         self.nodes: dict[str, KVNode | None] = dict.fromkeys(self.ids)
         self.scopes: dict[str, trio.CancelScope] = {}
         self.stopped: dict[str, trio.Event] = {}
@@ -48,6 +53,7 @@ class KVCluster:
     async def start_all(self) -> None:
         for i in self.ids:
             self.urls[i] = await self.nursery.start(self.proxies[i].run)
+            self.peer_urls[i] = await self.nursery.start(self.peer_proxies[i].run)
         for i in self.ids:
             await self.start(i)
 
@@ -55,8 +61,10 @@ class KVCluster:
         self.starts += 1
         node = KVNode(
             i,
-            {j: self.urls[j] for j in self.ids if j != i},
+            {j: self.peer_urls[j] for j in self.ids if j != i},
             self.directory / f"server-{i}",
+            client_urls={j: self.urls[j] for j in self.ids if j != i},
+            cluster_secret=self.secret,
             max_raft_state=self.max_raft_state,
             config=self.config,
             rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
@@ -71,6 +79,8 @@ class KVCluster:
                     async with trio.open_nursery() as inner:
                         url = await inner.start(node.serve)
                         self.proxies[i].set_backend(url)
+                        assert node.peer_url is not None
+                        self.peer_proxies[i].set_backend(node.peer_url)
                         self.network.restart(i)
                         task_status.started()
             finally:

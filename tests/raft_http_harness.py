@@ -9,6 +9,7 @@ from the same directory on a new port, which its proxy then forwards to.
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -17,6 +18,7 @@ from tests.raft_harness import RaftCluster
 from trioraft.raft.node import RaftConfig, RaftNode
 from trioraft.raft.serve import serve_node
 from trioraft.raft.storage import FileStorage
+from trioraft.rpc.auth import PeerAuth
 from trioraft.rpc.transport import HttpTransport
 from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
 
@@ -39,6 +41,7 @@ class HttpRaftCluster(RaftCluster):
         self.proxies = {i: HttpProxy(self.network, i) for i in self.ids}
         self.proxy_urls: dict[str, str] = {}
         self.stopped: dict[str, trio.Event] = {}
+        self.peer_auth = PeerAuth(random.Random(seed).randbytes(32))
 
     async def start_all(self) -> None:
         for i in self.ids:
@@ -51,7 +54,9 @@ class HttpRaftCluster(RaftCluster):
         storage = FileStorage(self.directory / f"node-{i}")
         self.storages[i] = storage  # type: ignore[assignment]
         peers = {j: self.proxy_urls[j] for j in self.ids if j != i}
-        transport = HttpTransport(i, peers, timeout=self.config.rpc_timeout)
+        transport = HttpTransport(
+            i, peers, timeout=self.config.rpc_timeout, peer_auth=self.peer_auth
+        )
         node = RaftNode(
             i,
             self.ids,
@@ -70,7 +75,7 @@ class HttpRaftCluster(RaftCluster):
             try:
                 with scope:
                     async with trio.open_nursery() as inner:
-                        url = await inner.start(serve_node, node)
+                        url = await inner.start(partial(serve_node, node, peer_auth=self.peer_auth))
                         self.proxies[i].set_backend(url)
                         self.network.restart(i)
                         inner.start_soon(self._consume, i, node)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -52,6 +53,13 @@ async def test_kvserver_process_and_client_commands() -> None:
             assert await process.wait() == 0
 
 
-async def test_bad_usage_exits_2() -> None:
+async def test_bad_usage_exits_2(tmp_path: Path) -> None:
     assert (await cli("kvserver", "--listen", "no-port"))[0] == 2
     assert (await cli("lock", "L", "--servers", "http://127.0.0.1:1"))[0] == 2
+    node = ["node", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+            "--data-dir", str(tmp_path / "d")]  # fmt: skip
+    assert (await cli(*node))[0] == 2  # neither a cluster secret nor --insecure
+    short = tmp_path / "short-secret"
+    short.write_text("too short")
+    code, _ = await cli(*node, "--cluster-token-file", str(short))
+    assert code == 1 and not (tmp_path / "d").exists()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from trioraft import Persister, StorageCorrupt
-from trioraft.raft.persister import SAVE_STEPS
+from trioraft.raft.persister import REMEDY, SAVE_STEPS
 
 
 class Crash(Exception):
@@ -78,8 +79,47 @@ def test_corruption_is_detected(tmp_path: Path) -> None:
             Persister(path).read()
     for cut in range(len(raw)):
         path.write_bytes(raw[:cut])
-        with pytest.raises(StorageCorrupt):
+        with pytest.raises(StorageCorrupt) as refused:
             Persister(path).read()
+        if cut < 12:
+            what = f"offset 0: {cut} bytes, shorter than the 12-byte header"
+        else:
+            what = f"offset 4: the header says 18 bytes of content, found {cut - 12}"
+        assert str(refused.value) == f"{path}: {what}; {REMEDY}"
+
+
+@pytest.mark.parametrize(
+    ("offset", "what"),
+    [
+        (0, "offset 0: bad magic"),
+        (5, "offset 4: the header says"),
+        (8, "offset 12: the content fails its checksum"),
+        (20, "offset 12: the content fails its checksum"),
+    ],
+)
+def test_corruption_message_names_file_offset_and_remedy(
+    tmp_path: Path, offset: int, what: str
+) -> None:
+    path = tmp_path / "state"
+    Persister(path).save(b"some durable bytes")
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StorageCorrupt) as refused:
+        Persister(path).read()
+    message = str(refused.value)
+    assert message.startswith(f"{path}: {what}") and message.endswith(f"; {REMEDY}")
+    assert "\n" not in message
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    persister = Persister(path, after_step=crash_after("close"))
+    with pytest.raises(Crash):
+        persister.save(b"secret")
+    assert stat.S_IMODE(persister.tmp_path.stat().st_mode) == 0o600
+    Persister(path).save(b"secret")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_save_fsyncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 import pytest
 import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import SingleKV
-from trioraft import KVServer, Route, RpcClient, Versioned, make_app, serve
+from trioraft import BadRequest, KVServer, Route, RpcClient, Versioned, make_app, serve
 from trioraft.kv.messages import GetArgs, GetReply, PutArgs, PutReply
+from trioraft.rpc.http import dispatch
 
 #: Bodies every endpoint must reject: (body, status, part of the error message).
 MALFORMED_ANY = [
@@ -66,6 +72,7 @@ async def test_oversized_body_is_413(nursery: trio.Nursery) -> None:
         big = json.dumps({"key": "k", "value": "x" * 2000, "version": 0})
         response = await http.post("/put", content=big)
         assert response.status_code == 413 and response.json()["error"]
+        assert response.headers["connection"] == "close"  # the next request: a new connection
 
         async def chunks():  # streamed: no Content-Length for the server to check up front
             for _ in range(3):
@@ -115,7 +122,12 @@ def test_client_rejects_what_it_cannot_send() -> None:
         RpcClient("http://127.0.0.1:9000", "clïent")  # a header value must be ASCII
 
 
-async def test_client_returns_none_on_every_failure(nursery: trio.Nursery) -> None:
+async def test_client_returns_none_on_every_failure_and_raises_on_refusals(
+    nursery: trio.Nursery,
+) -> None:
+    """A lost call is ``None`` (the caller may retry); a request refused for what it is
+    raises ``BadRequest`` with the server's status and message (a retry would be refused
+    again)."""
     release = trio.Event()
 
     async def slow(args: Echo) -> Echo:
@@ -129,9 +141,13 @@ async def test_client_returns_none_on_every_failure(nursery: trio.Nursery) -> No
     url = await nursery.start(serve, make_app(routes))
     async with RpcClient(url, "c", timeout=0.2) as rpc:
         assert await rpc.call("slow", Echo("x"), Echo) is None  # timeout
-        assert await rpc.call("missing", Echo("x"), Echo) is None  # 404
-        assert await rpc.call("slow", {"nope": 1}, Echo) is None  # 400
         assert await rpc.call("wrong", Echo("x"), Echo) is None  # undecodable reply
+        with pytest.raises(BadRequest, match="unknown method") as refused:
+            await rpc.call("missing", Echo("x"), Echo)
+        assert refused.value.status == 404
+        with pytest.raises(BadRequest, match="text") as refused:
+            await rpc.call("slow", {"nope": 1}, Echo)
+        assert refused.value.status == 400
     release.set()
     with trio.socket.socket() as sock:  # a port nobody listens on
         await sock.bind(("127.0.0.1", 0))
@@ -190,8 +206,132 @@ def test_clients_share_one_verifying_tls_context() -> None:
     and still a verifying one."""
     import ssl
 
-    from trioraft.rpc.http import _tls_context
+    from trioraft.rpc.tls import ClientTls, client_context
 
-    context = _tls_context()
-    assert context is _tls_context()
+    context = client_context()
+    assert context is client_context() is client_context(ClientTls())
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+async def connect(url: str) -> trio.SocketStream:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+def post_head(path: str, length: int) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+async def read_head(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        assert chunk, data
+        data += chunk
+    return data.lower()
+
+
+async def closed_by_server(stream: trio.SocketStream) -> bool:
+    try:
+        while chunk := await stream.receive_some(65536):
+            assert b"HTTP/1.1" not in chunk  # no second response
+    except trio.BrokenResourceError:
+        pass  # reset: the server closed with our unread bytes
+    return True
+
+
+async def test_413_and_408_close_their_connection(nursery: trio.Nursery) -> None:
+    """Both are answered before the body is all in; the connection then cannot carry
+    another request, and must be closed rather than left hanging."""
+    app = make_app({"echo": Route(Echo, echo_route)}, max_body_bytes=1000, body_timeout=0.3)
+    url = await nursery.start(serve, app)
+    with trio.fail_after(5):
+        async with await connect(url) as stream:
+            await stream.send_all(post_head("/echo", 5000))  # too large, said up front
+            head = await read_head(stream)
+            assert head.startswith(b"http/1.1 413") and b"connection: close" in head
+            await stream.send_all(b"x" * 100 + post_head("/echo", 2) + b"{}")
+            assert await closed_by_server(stream)
+        async with await connect(url) as stream:
+            await stream.send_all(post_head("/echo", 100) + b'{"text": ')  # then nothing
+            head = await read_head(stream)
+            assert head.startswith(b"http/1.1 408") and b"connection: close" in head
+            assert await closed_by_server(stream)
+        async with RpcClient(url, "c") as rpc:
+            assert await rpc.call("echo", Echo("fine"), Echo) == Echo("fine")
+
+
+async def echo_route(args: Echo) -> Echo:
+    return args
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_connection_cap_bounds_descriptors(nursery: trio.Nursery) -> None:
+    app = make_app({"echo": Route(Echo, echo_route)})
+    url = await nursery.start(partial(serve, app, max_connections=4, keep_alive_timeout=0.5))
+    with trio.fail_after(10):
+        before = open_descriptors()
+        idle = [await connect(url) for _ in range(12)]  # a slowloris: connect, send nothing
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        assert open_descriptors() - before - len(idle) == 4  # the server took 4 of them
+        async with RpcClient(url, "c", timeout=8) as rpc:  # behind them in the backlog
+            assert await rpc.call("echo", Echo("x"), Echo) == Echo("x")
+            assert open_descriptors() <= before + len(idle) + 4 + 1
+        for stream in idle:
+            await stream.aclose()
+
+
+async def test_handler_exceptions_are_500_logged_and_survived(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def boom(args: Echo) -> Echo:
+        raise RuntimeError(f"kaboom {args.text}")
+
+    def broken_status() -> dict:
+        raise RuntimeError("status kaboom")
+
+    routes = {"boom": Route(Echo, boom), "echo": Route(Echo, echo_route)}
+    url = await nursery.start(serve, make_app(routes, name="boom"))
+    status_url = await nursery.start(serve, make_app({}, name="boom", status=broken_status))
+    with trio.fail_after(5):
+        async with httpx.AsyncClient() as http:
+            for response in [
+                await http.post(f"{url}/boom", json={"text": "1"}),
+                await http.get(f"{status_url}/status"),
+            ]:
+                assert response.status_code == 500
+                assert response.json() == {"error": "internal error"}
+            assert (await http.post(f"{url}/echo", json={"text": "2"})).json() == {"text": "2"}
+    assert "Traceback" in caplog.text and "RuntimeError: kaboom 1" in caplog.text
+    assert "RuntimeError: status kaboom" in caplog.text
+    assert {r.name for r in caplog.records} == {"trioraft"}  # not Quart's app logger
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+#: Objects shaped like the KV messages, with any values in their fields.
+KV_SHAPED = st.dictionaries(
+    st.sampled_from(["key", "value", "version", "ops", "op", "client_id", "seq"]),
+    JSON_VALUES,
+    max_size=5,
+)
+
+
+@given(
+    method=st.sampled_from(["get", "put", "batch", "nope"]),
+    body=st.binary(max_size=64) | (JSON_VALUES | KV_SHAPED).map(lambda v: json.dumps(v).encode()),
+)
+@settings(max_examples=300, deadline=None)
+def test_dispatch_answers_any_bytes(method: str, body: bytes) -> None:
+    status, payload = trio.run(dispatch, KVServer().routes(), method, body)
+    assert status in (200, 400, 404), payload
+    assert status == 200 or isinstance(payload["error"], str)
+    json.dumps(payload)

@@ -1,4 +1,6 @@
-"""Raft storage on disk: torn and corrupt tails, crashes during a snapshot save, restarts."""
+"""Raft storage on disk: torn tails, damaged bytes, crashes during a snapshot save, restarts.
+
+More refusals of damaged data, faults and permissions: test_storage_faults.py."""
 
 from __future__ import annotations
 
@@ -7,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from trioraft import StorageCorrupt
 from trioraft.raft.log import Entry, Log
 from trioraft.raft.persister import SAVE_STEPS
-from trioraft.raft.storage import FileStorage, HardState, MemoryStorage, Snapshot, encode_record
+from trioraft.raft.storage import (
+    LOG_HEADER_SIZE,
+    FileStorage,
+    HardState,
+    MemoryStorage,
+    Snapshot,
+    encode_record,
+)
 
 ENTRIES = [Entry(1 + i // 3, f"command-{i}" * (1 + i % 4)) for i in range(12)]
 
@@ -40,35 +50,50 @@ async def test_truncate_then_append(tmp_path: Path) -> None:
     assert FileStorage(tmp_path).load().log.entries == [*ENTRIES[:4], Entry(9, "new")]
 
 
-async def test_every_torn_tail_recovers_a_valid_prefix(tmp_path: Path) -> None:
+def record_ends(entries: list[Entry] = ENTRIES) -> list[int]:
+    """The file offset where the k-th record ends, for k = 0 .. len(entries)."""
+    ends = [LOG_HEADER_SIZE]
+    for i, entry in enumerate(entries):
+        ends.append(ends[-1] + len(encode_record(i + 1, entry)))
+    return ends
+
+
+async def test_every_torn_tail_recovers_a_valid_prefix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     storage = await written(tmp_path)
     storage.close()
     raw = (tmp_path / "log").read_bytes()
-    boundaries = [
-        len(b"".join(encode_record(i + 1, e) for i, e in enumerate(ENTRIES[:k])))
-        for k in range(len(ENTRIES) + 1)
-    ]
-    last_three = boundaries[-4]
-    for cut in range(last_three, len(raw) + 1):
+    ends = record_ends()
+    for cut in range(ends[-4], len(raw) + 1):
         (tmp_path / "log").write_bytes(raw[:cut])
+        caplog.clear()
         loaded = FileStorage(tmp_path).load()
-        whole = max(k for k, b in enumerate(boundaries) if b <= cut)
+        whole = max(k for k, end in enumerate(ends) if end <= cut)
         assert loaded.log.entries == ENTRIES[:whole], f"cut at {cut}"
-        assert (tmp_path / "log").stat().st_size == boundaries[whole]  # tail removed
+        assert (tmp_path / "log").stat().st_size == ends[whole]  # tail removed
+        torn = f"offset {ends[whole]}: cut {cut - ends[whole]} bytes of torn tail"
+        assert (torn in caplog.text) == (cut > ends[whole])
 
 
 async def test_every_corrupt_byte_is_caught(tmp_path: Path) -> None:
+    """A damaged byte anywhere is refused, except in the last record, where it looks exactly
+    like a torn append: that record alone is cut."""
     storage = await written(tmp_path)
     storage.close()
     raw = (tmp_path / "log").read_bytes()
-    start = len(b"".join(encode_record(i + 1, e) for i, e in enumerate(ENTRIES[:-3])))
-    for pos in range(start, len(raw)):
+    ends = record_ends()
+    for pos in range(len(raw)):
         damaged = bytearray(raw)
         damaged[pos] ^= 0x5A
         (tmp_path / "log").write_bytes(bytes(damaged))
-        entries = FileStorage(tmp_path).load().log.entries
-        assert entries == ENTRIES[: len(entries)], f"a wrong entry came back (byte {pos})"
-        assert len(entries) < len(ENTRIES)
+        if pos >= ends[-2]:
+            assert FileStorage(tmp_path).load().log.entries == ENTRIES[:-1], f"byte {pos}"
+            continue
+        with pytest.raises(StorageCorrupt) as refused:
+            FileStorage(tmp_path).load()
+        offset = max(end for end in [0, *ends] if end <= pos)  # the header, or a record
+        assert str(refused.value).startswith(f"{tmp_path / 'log'}: offset {offset}: "), pos
 
 
 async def test_append_costs_one_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,19 +4,25 @@ message loss and a leader crash, with the history checked."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.kvtest import one_client_put, run_clients
 from trioraft import ClusterClient
 from trioraft.kv.messages import GetArgs, GetReply
 from trioraft.kv.node import KVNode, free_ports
+from trioraft.rpc.auth import PeerAuth
 from trioraft.rpc.http import Route
-from trioraft.rpc.tcp import TcpTransport, serve_tcp
+from trioraft.rpc.tcp import TcpTransport, _answer, serve_tcp
 from trioraft.testing import MIT_UNRELIABLE, History, Network
 
 
@@ -132,6 +138,9 @@ async def test_frames_sent_together_or_in_pieces_are_answered_in_order(
     assert len(set(seen[:50])) >= 10
 
 
+SECRET = b"tcp test cluster secret, 32 B..."
+
+
 @pytest.mark.xdist_group("http-cluster")
 async def test_kv_cluster_over_tcp_under_loss_and_leader_crash(
     nursery: trio.Nursery, seed: int, tmp_path: Path
@@ -146,9 +155,15 @@ async def test_kv_cluster_over_tcp_under_loss_and_leader_crash(
 
     async def start(i: str) -> None:
         peers = {j: f"tcp://127.0.0.1:{tcp_ports[j]}" for j in ids if j != i}
-        transport = TcpTransport(i, peers, network=network)
+        transport = TcpTransport(i, peers, network=network, peer_auth=PeerAuth(SECRET))
         node = nodes[i] = KVNode(
-            i, peers, tmp_path / i, transport=transport, rng=random.Random(f"{seed}-{i}")
+            i,
+            peers,
+            tmp_path / i,
+            client_urls={j: http[j] for j in ids if j != i},
+            cluster_secret=SECRET,
+            transport=transport,
+            rng=random.Random(f"{seed}-{i}"),
         )
         scope = scopes[i] = trio.CancelScope()
 
@@ -179,3 +194,98 @@ async def test_kv_cluster_over_tcp_under_loss_and_leader_crash(
     assert result.ok is True, result.account
     for clerk in clerks:
         await clerk.kv.aclose()
+
+
+async def read_frames(stream: trio.SocketStream, count: int) -> list[dict]:
+    data, replies = b"", []
+    while len(replies) < count:
+        chunk = await stream.receive_some(65536)
+        assert chunk, "closed"
+        data += chunk
+        while len(data) >= 4 and len(data) >= 4 + (n := struct.unpack(">I", data[:4])[0]):
+            replies.append(json.loads(data[4 : 4 + n]))
+            data = data[4 + n :]
+    return replies
+
+
+async def connect(url: str) -> trio.SocketStream:
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def test_idle_and_stalled_connections_are_closed(nursery: trio.Nursery) -> None:
+    url = await nursery.start(partial(serve_tcp, ROUTES, idle_timeout=0.3, frame_timeout=0.3))
+    get = framed(b'{"m": "get", "a": {"key": "k"}}')
+    silent, half_length, half_frame = b"", get[:2], get[:10]
+    with trio.fail_after(5):
+        for opening in [silent, half_length, half_frame, get + half_frame]:
+            started = trio.current_time()
+            async with await connect(url) as stream:
+                await stream.send_all(opening)
+                if opening.startswith(get):
+                    assert (await read_frames(stream, 1))[0]["s"] == 200
+                assert await stream.receive_some(100) == b""  # closed by the server
+                assert trio.current_time() - started >= 0.3
+
+
+async def test_handler_exceptions_are_500_logged_and_survived(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def boom(args: GetArgs) -> GetReply:
+        raise RuntimeError(f"kaboom {args.key}")
+
+    url = await nursery.start(serve_tcp, {**ROUTES, "boom": Route(GetArgs, boom)})
+    with trio.fail_after(5):
+        async with await connect(url) as stream:
+            for method in ["boom", "get"]:  # one connection: it stays up
+                await stream.send_all(framed(json.dumps({"m": method, "a": {"key": "k"}}).encode()))
+            replies = await read_frames(stream, 2)
+    assert replies[0] == {"s": 500, "p": {"error": "internal error"}}
+    assert replies[1]["s"] == 200
+    assert "Traceback" in caplog.text and "RuntimeError: kaboom k" in caplog.text
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_connection_cap_bounds_descriptors(nursery: trio.Nursery) -> None:
+    url = await nursery.start(partial(serve_tcp, ROUTES, max_connections=3, idle_timeout=0.5))
+    with trio.fail_after(10):
+        before = open_descriptors()
+        idle = [await connect(url) for _ in range(10)]  # connect, send nothing
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        assert open_descriptors() - before - len(idle) == 3  # the server took 3 of them
+        transport = TcpTransport("me", {"peer": url})  # behind them in the backlog
+        assert await transport.call("peer", "get", GetArgs("a"), GetReply) is not None
+        assert open_descriptors() <= before + len(idle) + 3 + 1
+        await transport.aclose()
+        for stream in idle:
+            await stream.aclose()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+REQUESTS = st.fixed_dictionaries(
+    {"m": st.sampled_from(["get", "boom", "nope"]) | JSON_VALUES},
+    optional={"a": st.fixed_dictionaries({"key": st.text()}) | JSON_VALUES},
+)
+
+
+@given(
+    frame=st.binary(max_size=64) | (JSON_VALUES | REQUESTS).map(lambda v: json.dumps(v).encode())
+)
+@settings(max_examples=300, deadline=None)
+def test_answer_handles_any_frame(frame: bytes) -> None:
+    async def boom(args: GetArgs) -> GetReply:
+        raise RuntimeError("kaboom")
+
+    routes = {**ROUTES, "boom": Route(GetArgs, boom)}
+    status, payload = trio.run(_answer, routes, frame, lambda *args: None)
+    assert status in (200, 400, 404, 500), payload
+    json.dumps(payload)

@@ -10,10 +10,13 @@ from ._errors import (
     KVError,
     LeadershipLost,
     MaybeApplied,
+    NoSpace,
     NotLeader,
     ProposalTimedOut,
     RaftError,
+    SessionExpired,
     StorageCorrupt,
+    StorageFailed,
     TrioRaftError,
     VersionConflict,
 )
@@ -26,7 +29,9 @@ from .raft.node import Applied, RaftConfig, RaftNode, RaftStatistics, Role, Snap
 from .raft.persister import Persister
 from .raft.serve import serve_node
 from .raft.storage import FileStorage, MemoryStorage
+from .rpc.auth import PeerAuth
 from .rpc.http import Route, RpcClient, make_app, serve
+from .rpc.tls import ClientTls, ServerTls
 from .rpc.transport import HttpTransport
 
 __version__ = "0.1.0"
@@ -34,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Applied",
     "BadRequest",
+    "ClientTls",
     "ClusterClient",
     "FileStorage",
     "HttpTransport",
@@ -46,7 +52,9 @@ __all__ = [
     "Lock",
     "MaybeApplied",
     "MemoryStorage",
+    "NoSpace",
     "NotLeader",
+    "PeerAuth",
     "Persister",
     "ProposalTimedOut",
     "RaftConfig",
@@ -56,8 +64,11 @@ __all__ = [
     "Role",
     "Route",
     "RpcClient",
+    "ServerTls",
+    "SessionExpired",
     "SnapshotApplied",
     "StorageCorrupt",
+    "StorageFailed",
     "TrioRaftError",
     "VersionConflict",
     "Versioned",

@@ -4,14 +4,19 @@ TrioRaftError
 ├── KVError                  a KV operation answered something other than OK
 │   ├── KeyNotFound          put named version > 0 of a key that does not exist ("NoKey")
 │   ├── VersionConflict      put named a version that is not the key's current one ("Version")
-│   └── MaybeApplied         a *retried* put answered "Version": the put may or may not
-│                            have applied ("Maybe"; never sent on the wire)
+│   ├── MaybeApplied         a *retried* put answered "Version": the put may or may not
+│   │                        have applied ("Maybe"; never sent on the wire)
+│   ├── SessionExpired       an append's client session was evicted: a retry could apply
+│   │                        twice, so it is refused ("SessionExpired")
+│   └── NoSpace              the storage quota is used up: writes are refused ("NoSpace")
 ├── RaftError                a proposal's fate could not be seen on this node
 │   ├── NotLeader            this node does not lead
 │   ├── LeadershipLost       leadership changed (or the node stopped) first
 │   └── ProposalTimedOut     no result within the operation timeout
 ├── BadRequest               input failed validation (the caller's fault; a 4xx on the wire)
-└── StorageCorrupt           bytes on disk fail their checksum or framing
+├── StorageCorrupt           bytes on disk fail their checksum or framing, or the data files
+│                            contradict each other: the node refuses to start
+└── StorageFailed            a write or fsync failed: the node stops (fail-stop)
 """
 
 from __future__ import annotations
@@ -59,7 +64,28 @@ class BadRequest(TrioRaftError):
 
 
 class StorageCorrupt(TrioRaftError):
-    """Bytes on disk fail their checksum or framing and cannot be trusted."""
+    """Bytes on disk fail their checksum or framing, or the data files contradict each other
+    (a hard state missing beside a log, say): they cannot be trusted. The message names the
+    file, the offset and what to do."""
+
+
+class StorageFailed(TrioRaftError):
+    """A write or fsync failed. The node stops at once (fail-stop): it cannot know what
+    reached the disk, so it must never acknowledge anything more."""
+
+
+class SessionExpired(KVError):
+    """An append's client session is no longer remembered (evicted to bound the table), so
+    a retry could not be told from a new append: it is refused rather than applied twice."""
+
+    wire = "SessionExpired"
+
+
+class NoSpace(KVError):
+    """The server's storage quota is used up: writes that grow the state are refused until
+    space is freed (reads keep working)."""
+
+    wire = "NoSpace"
 
 
 class RaftError(TrioRaftError):

@@ -24,17 +24,22 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import trio
 
-from .._errors import KeyNotFound, MaybeApplied, VersionConflict
+from .._errors import KeyNotFound, MaybeApplied, NoSpace, SessionExpired, VersionConflict
 from ..rpc.http import RpcClient
+from ..rpc.tls import ClientTls
 from .messages import (
     NO_KEY,
+    NO_SPACE,
     OK,
+    SESSION_EXPIRED,
     VERSION,
     WRONG_LEADER,
     AppendArgs,
     AppendReply,
     GetArgs,
     GetReply,
+    OpenSessionArgs,
+    OpenSessionReply,
     PutArgs,
     PutReply,
 )
@@ -76,7 +81,20 @@ def raise_put_error(err: str, *, retried: bool, why: str = "") -> None:
         raise VersionConflict()
     if err == NO_KEY:
         raise KeyNotFound()
+    if err == NO_SPACE:
+        raise NoSpace()
     raise ValueError(f"unexpected put error {err!r}")
+
+
+def raise_append_error(err: str) -> None:
+    """Turn an append's wire error into the client's outcome."""
+    if err == OK:
+        return
+    if err == SESSION_EXPIRED:
+        raise SessionExpired("a retried append's session was forgotten: it may have applied")
+    if err == NO_SPACE:
+        raise NoSpace()
+    raise ValueError(f"unexpected append error {err!r}")
 
 
 class Backoff:
@@ -105,9 +123,17 @@ class Backoff:
 class KVClient:
     """A client of one single-server KV (see the module docstring for the contract)."""
 
-    def __init__(self, url: str, *, client_id: str | None = None, rpc_timeout: float = 1.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        rpc_timeout: float = 1.0,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+    ):
         self.client_id = client_id or uuid.uuid4().hex
-        self._rpc = RpcClient(url, self.client_id, timeout=rpc_timeout)
+        self._rpc = RpcClient(url, self.client_id, timeout=rpc_timeout, token=token, tls=tls)
 
     async def get(self, key: str) -> Versioned:
         backoff = Backoff()
@@ -150,17 +176,31 @@ class ClusterClient:
     first; on ``WrongLeader`` or a lost call (``rpc_timeout`` each) it moves to the next one,
     pausing briefly after each full round. A put retried after any such failure reports
     :class:`MaybeApplied` if it then meets ``Version``, as the single-server client does.
-    ``append`` is applied exactly once: retries carry the same client id and sequence number.
+    ``append`` is applied exactly once: the client opens a session first, and retries carry
+    the same session and sequence number (a server that has forgotten the session answers
+    ``SessionExpired``, raised as :class:`~trioraft.SessionExpired`, instead of applying
+    twice; the next append opens a new session). ``token`` and ``tls`` go to every server.
     """
 
     def __init__(
-        self, urls: list[str], *, client_id: str | None = None, rpc_timeout: float = 1.0
+        self,
+        urls: list[str],
+        *,
+        client_id: str | None = None,
+        rpc_timeout: float = 1.0,
+        token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         if not urls:
             raise ValueError("a cluster client needs at least one server URL")
         self.client_id = client_id or uuid.uuid4().hex
-        self._rpcs = [RpcClient(url, self.client_id, timeout=rpc_timeout) for url in urls]
+        self._rpcs = [
+            RpcClient(url, self.client_id, timeout=rpc_timeout, token=token, tls=tls)
+            for url in urls
+        ]
         self.leader = 0  # index of the server that last answered as leader
+        self._session: str | None = None  # opened before the first append
+        self._opening = trio.Lock()
         self._seq = 0
 
     async def _call(self, method: str, args: object, reply_type: type) -> tuple[object, list[str]]:
@@ -190,9 +230,23 @@ class ClusterClient:
         raise_put_error(reply.err, retried=bool(failures), why=", ".join(failures))
 
     async def append(self, key: str, value: str) -> None:
+        session = await self._open_session()
         self._seq += 1
-        args = AppendArgs(key, value, self.client_id, self._seq)
-        await self._call("append", args, AppendReply)
+        args = AppendArgs(key, value, session, self._seq)
+        reply, _ = await self._call("append", args, AppendReply)
+        assert isinstance(reply, AppendReply)
+        if reply.err == SESSION_EXPIRED and self._session == session:
+            self._session = None  # the next append opens a new one
+        raise_append_error(reply.err)
+
+    async def _open_session(self) -> str:
+        async with self._opening:
+            if self._session is None:
+                reply, _ = await self._call("open_session", OpenSessionArgs(), OpenSessionReply)
+                assert isinstance(reply, OpenSessionReply)
+                raise_append_error(reply.err)
+                self._session, self._seq = reply.session, 0
+            return self._session
 
     async def aclose(self) -> None:
         for rpc in self._rpcs:

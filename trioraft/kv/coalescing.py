@@ -29,8 +29,16 @@ from dataclasses import dataclass, field
 import trio
 
 from ..rpc.http import RpcClient
-from .clients import Backoff, Versioned, raise_put_error
-from .messages import WRONG_LEADER, BatchArgs, BatchOp, BatchReply, OpResult
+from ..rpc.tls import ClientTls
+from .clients import Backoff, Versioned, raise_append_error, raise_put_error
+from .messages import (
+    SESSION_EXPIRED,
+    WRONG_LEADER,
+    BatchArgs,
+    BatchOp,
+    BatchReply,
+    OpResult,
+)
 
 
 class OpsClient:
@@ -39,6 +47,8 @@ class OpsClient:
 
     def __init__(self, client_id: str | None = None) -> None:
         self.client_id = client_id or uuid.uuid4().hex
+        self._session: str | None = None  # opened before the first append
+        self._opening = trio.Lock()
         self._seq = 0
 
     async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
@@ -53,8 +63,20 @@ class OpsClient:
         raise_put_error(result.err, retried=retried)
 
     async def append(self, key: str, value: str) -> None:
+        session = await self._open_session()
         self._seq += 1
-        await self.run(BatchOp("append", key, value, client_id=self.client_id, seq=self._seq))
+        result, _ = await self.run(BatchOp("append", key, value, session=session, seq=self._seq))
+        if result.err == SESSION_EXPIRED and self._session == session:
+            self._session = None  # the next append opens a new one
+        raise_append_error(result.err)
+
+    async def _open_session(self) -> str:
+        async with self._opening:
+            if self._session is None:
+                result, _ = await self.run(BatchOp("open", ""))
+                raise_append_error(result.err)
+                self._session, self._seq = result.value, 0
+            return self._session
 
 
 @dataclass(eq=False)
@@ -77,11 +99,16 @@ class CoalescingClient(OpsClient):
         client_id: str | None = None,
         rpc_timeout: float = 1.0,
         max_ops_per_request: int = 2000,
+        token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         if not urls:
             raise ValueError("a client needs at least one server URL")
         super().__init__(client_id)
-        self._rpcs = [RpcClient(url, self.client_id, timeout=rpc_timeout) for url in urls]
+        self._rpcs = [
+            RpcClient(url, self.client_id, timeout=rpc_timeout, token=token, tls=tls)
+            for url in urls
+        ]
         self.leader = 0  # index of the server that last answered as leader
         self.max_ops_per_request = max_ops_per_request
         self._queue: list[_Queued] = []
@@ -165,6 +192,8 @@ async def open_coalescing_client(
     client_id: str | None = None,
     rpc_timeout: float = 1.0,
     max_ops_per_request: int = 2000,
+    token: str | None = None,
+    tls: ClientTls | None = None,
 ) -> AsyncIterator[CoalescingClient]:
     """A :class:`CoalescingClient` of the servers at ``urls``, its sender running until the
     block exits (calls still waiting then are cancelled with it)."""
@@ -173,6 +202,8 @@ async def open_coalescing_client(
         client_id=client_id,
         rpc_timeout=rpc_timeout,
         max_ops_per_request=max_ops_per_request,
+        token=token,
+        tls=tls,
     )
     try:
         async with trio.open_nursery() as nursery:

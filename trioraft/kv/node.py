@@ -1,23 +1,35 @@
-"""A server of the replicated KV: a Raft node, a replicated :class:`KVMachine`, one HTTP app.
+"""A server of the replicated KV: a Raft node, a replicated :class:`KVMachine`, two listeners.
 
-    node = KVNode("a", {"b": url_b, "c": url_c}, "data/a", max_raft_state=1 << 20)
-    url = await nursery.start(node.serve, "127.0.0.1", 9001)
+    node = KVNode("a", {"b": peer_url_b, "c": peer_url_c}, "data/a", cluster_secret=secret,
+                  client_urls={"b": client_url_b, "c": client_url_c})
+    url = await nursery.start(node.serve, "127.0.0.1", 9001)   # node.peer_url once started
 
-Clients call ``/get``, ``/put``, ``/append`` and ``/batch`` on any server; peers call the Raft
-routes on the same app, or over framed TCP when the peers' addresses are ``tcp://HOST:PORT``
-(then give ``client_urls`` for the embedded client, and serve with ``peer_port``). An
-application in the same process uses :meth:`KVNode.open_client`, which skips HTTP entirely
-while this node leads. Every operation, reads included, goes through the Raft log. A server that is
-not the leader, or cannot tell whether the operation committed within ``op_timeout``,
-answers ``WrongLeader`` and the client tries another.
+Clients call ``/get``, ``/put``, ``/append`` and ``/batch`` (and ``GET /status``) on the
+client listener; peers call the Raft routes on the peer listener (HTTP, or framed TCP when
+the peers' URLs are ``tcp://HOST:PORT``), which serves nothing else. Every peer message
+carries an HMAC of the cluster secret (``insecure=True`` runs without one); TLS (``tls``)
+covers both listeners, and with a CA the peer listener requires client certificates.
+
+An application in the same process uses :meth:`KVNode.open_client`, which skips HTTP
+entirely while this node leads. Every operation, reads included, goes through the Raft log.
+A server that is not the leader, or cannot tell whether the operation committed within
+``op_timeout``, answers ``WrongLeader`` and the client tries another.
+
+Limits: client requests over ``max_request_bytes`` answer 413, keys over
+:data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never fit one log entry 413;
+once the data directory holds more than ``quota_bytes``, puts and appends answer
+``NoSpace`` (gets keep working).
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +39,16 @@ from .._errors import RaftError
 from ..raft.node import RaftConfig, RaftNode
 from ..raft.serve import serve_node
 from ..raft.storage import FileStorage, Storage
-from ..rpc.http import Route
+from ..rpc.auth import PeerAuth
+from ..rpc.http import Route, make_app, serve
 from ..rpc.tcp import TcpTransport
+from ..rpc.tls import ClientTls, ServerTls
 from ..rpc.transport import HttpTransport, Transport
 from .clients import Backoff
 from .coalescing import OpsClient, open_coalescing_client
-from .machine import KVMachine
+from .machine import DEFAULT_MAX_SESSIONS, KVMachine
 from .messages import (
+    NO_SPACE,
     WRONG_LEADER,
     AppendArgs,
     AppendReply,
@@ -42,17 +57,34 @@ from .messages import (
     BatchReply,
     GetArgs,
     GetReply,
+    OpenSessionArgs,
+    OpenSessionReply,
     OpResult,
     PutArgs,
     PutReply,
     as_result,
+    check_key,
     log_op,
 )
 from .rsm import ReplicatedStateMachine
 
+#: Client request bodies, by default (``--max-request-bytes``).
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+#: Bytes of Raft state (log, hard state, snapshot) past which writes answer ``NoSpace``.
+DEFAULT_QUOTA_BYTES = 2 << 30
+
 
 class KVNode:
-    """One server of a replicated KV cluster. ``peers`` maps the other servers' ids to URLs."""
+    """One server of a replicated KV cluster. ``peers`` maps the other servers' ids to their
+    peer URLs; ``client_urls`` maps them to their client URLs (for the embedded client).
+
+    ``cluster_secret`` (at least 16 bytes, the same on every member) authenticates peer
+    messages; without it the node refuses to be built unless ``insecure=True`` or a
+    ``transport`` is given (in-memory tests). ``tls`` serves both listeners over TLS (with
+    its CA, peers must present certificates); ``peer_tls`` is how this node verifies its
+    peers and presents its own certificate. ``client_token`` requires
+    ``Authorization: Bearer <token>`` on client routes.
+    """
 
     def __init__(
         self,
@@ -60,35 +92,78 @@ class KVNode:
         peers: Mapping[str, str],
         storage: Storage | str | Path,
         *,
+        client_urls: Mapping[str, str] | None = None,
+        cluster_secret: bytes | None = None,
+        insecure: bool = False,
+        tls: ServerTls | None = None,
+        peer_tls: ClientTls | None = None,
+        client_token: str | None = None,
         max_raft_state: int = -1,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         config: RaftConfig | None = None,
         rng: random.Random | None = None,
         op_timeout: float = 2.0,
         transport: Transport | None = None,
-        client_urls: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config or RaftConfig()
+        if cluster_secret is None and not insecure and transport is None:
+            raise ValueError(
+                "a node needs the cluster secret to authenticate its peers "
+                "(or insecure=True to run without authentication)"
+            )
+        self.peer_auth = PeerAuth(cluster_secret) if cluster_secret is not None else None
+        self.tls = tls
+        self.peer_tls = peer_tls
+        self.client_token = client_token
+        self.max_request_bytes = max_request_bytes
+        self.quota_bytes = quota_bytes
         if isinstance(storage, str | Path):
             storage = FileStorage(storage)
         self.storage = storage
+        self.peers_over_tcp = any(url.startswith("tcp://") for url in peers.values())
         if transport is None:
-            tcp = any(url.startswith("tcp://") for url in peers.values())
             transport = (
-                TcpTransport(node_id, peers)
-                if tcp
-                else HttpTransport(node_id, peers, timeout=self.config.rpc_timeout)
+                TcpTransport(node_id, peers, peer_auth=self.peer_auth, tls=peer_tls)
+                if self.peers_over_tcp
+                else HttpTransport(
+                    node_id,
+                    peers,
+                    timeout=self.config.rpc_timeout,
+                    peer_auth=self.peer_auth,
+                    tls=peer_tls,
+                )
             )
         self.transport = transport
         self.raft = RaftNode(
             node_id, [node_id, *peers], storage, self.transport, config=self.config, rng=rng
         )
-        self.machine = KVMachine()
+        self.machine = KVMachine(max_sessions=max_sessions)
         self.op_timeout = op_timeout
         self.rsm = ReplicatedStateMachine(
             self.raft, self.machine, max_raft_state=max_raft_state, op_timeout=op_timeout
         )
         self.client_urls = dict(client_urls if client_urls is not None else peers)
-        self.url: str | None = None  # known once serving
+        self.url: str | None = None  # the client listener's, known once serving
+        self.peer_url: str | None = None  # the peer listener's, known once serving
+
+    def storage_bytes(self) -> int:
+        """Bytes of Raft state on disk: the log, the hard state and the snapshot."""
+        return self.raft.raft_state_size() + self.raft.snapshot_size()
+
+    def over_quota(self) -> bool:
+        return self.storage_bytes() > self.quota_bytes
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` answers."""
+        return {
+            **asdict(self.raft.statistics()),
+            "storage_bytes": self.storage_bytes(),
+            "quota_bytes": self.quota_bytes,
+            "client_sessions": len(self.machine.sessions),
+            "refused_peer_messages": self.peer_auth.refused if self.peer_auth else 0,
+        }
 
     @property
     def id(self) -> str:
@@ -108,30 +183,54 @@ class KVNode:
             return None
 
     async def handle_get(self, args: GetArgs) -> GetReply:
+        check_key(args.key)
         reply = await self.execute(log_op(BatchOp("get", args.key)))
         return reply if reply is not None else GetReply("", 0, WRONG_LEADER)
 
     async def handle_put(self, args: PutArgs) -> PutReply:
+        check_key(args.key)
+        if self.over_quota():
+            return PutReply(NO_SPACE)
         reply = await self.execute(log_op(BatchOp("put", args.key, args.value, args.version)))
         return reply if reply is not None else PutReply(WRONG_LEADER)
 
     async def handle_append(self, args: AppendArgs) -> AppendReply:
-        op = BatchOp("append", args.key, args.value, client_id=args.client_id, seq=args.seq)
+        check_key(args.key)
+        if self.over_quota():
+            return AppendReply(NO_SPACE)
+        op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
         reply = await self.execute(log_op(op))
         return reply if reply is not None else AppendReply(WRONG_LEADER)
 
+    async def handle_open_session(self, args: OpenSessionArgs) -> OpenSessionReply:
+        if self.over_quota():
+            return OpenSessionReply(NO_SPACE)
+        reply = await self.execute(log_op(BatchOp("open", "")))
+        return reply if reply is not None else OpenSessionReply(WRONG_LEADER)
+
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
-        replies = await self.execute_many([log_op(op) for op in args.ops])
+        return BatchReply(await self.run_batch(args.ops))
+
+    async def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
+        """Run validated ``ops`` in one entry: gets always, writes unless over the quota."""
+        no_space = self.over_quota()
+        logged = [log_op(op) for op in ops if not (no_space and op.op != "get")]
+        replies = await self.execute_many(logged) if logged else []
         if replies is None:
-            return BatchReply([OpResult(WRONG_LEADER)] * len(args.ops))
-        return BatchReply([as_result(reply) for reply in replies])
+            return [OpResult(WRONG_LEADER)] * len(ops)
+        results = iter(replies)
+        return [
+            OpResult(NO_SPACE) if no_space and op.op != "get" else as_result(next(results))
+            for op in ops
+        ]
 
     def routes(self) -> dict[str, Route]:
         return {
             "get": Route(GetArgs, self.handle_get),
             "put": Route(PutArgs, self.handle_put),
             "append": Route(AppendArgs, self.handle_append),
+            "open_session": Route(OpenSessionArgs, self.handle_open_session),
             "batch": Route(BatchArgs, self.handle_batch),
         }
 
@@ -141,7 +240,9 @@ class KVNode:
         urls = [*self.client_urls.values(), *([self.url] if self.url else [])]
         if any(not url.startswith(("http://", "https://")) for url in urls):
             raise ValueError("the embedded client needs the other servers' HTTP client_urls")
-        async with open_coalescing_client(urls, client_id=client_id) as remote:
+        async with open_coalescing_client(
+            urls, client_id=client_id, token=self.client_token, tls=self.peer_tls
+        ) as remote:
             yield EmbeddedClient(self, remote)
 
     async def serve(
@@ -149,26 +250,39 @@ class KVNode:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        peer_port: int | None = None,
+        peer_host: str | None = None,
+        peer_port: int = 0,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the node and serve clients and peers until cancelled (a crash); with
-        ``peer_port``, peers are also served over framed TCP on that port."""
+        """Run the node and serve clients on ``host:port`` and peers on
+        ``peer_host:peer_port`` (default: ``host``, any free port) until cancelled (a crash).
+        ``task_status`` gets the client URL; :attr:`peer_url` is set too.
+
+        Raises :class:`~trioraft.StorageFailed` if a write or fsync failed (fail-stop)."""
+        app = make_app(
+            self.routes(),
+            name=f"trioraft-node-{self.id}",
+            max_body_bytes=self.max_request_bytes,
+            status=self.status,
+            client_token=self.client_token,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.rsm.run)
-                url = await nursery.start(
-                    lambda task_status: serve_node(
+                self.peer_url = await nursery.start(
+                    partial(
+                        serve_node,
                         self.raft,
-                        host,
-                        port,
-                        extra_routes=self.routes(),
-                        peer_port=peer_port,
-                        task_status=task_status,
+                        host if peer_host is None else peer_host,
+                        peer_port,
+                        transport="tcp" if self.peers_over_tcp else "http",
+                        peer_auth=self.peer_auth,
+                        tls=self.tls,
+                        max_body_bytes=self.config.max_message_bytes,
                     )
                 )
-                self.url = url
-                task_status.started(url)
+                self.url = await nursery.start(partial(serve, app, host, port, tls=self.tls))
+                task_status.started(self.url)
         finally:
             with trio.CancelScope(shield=True):
                 if isinstance(self.transport, HttpTransport | TcpTransport):
@@ -193,9 +307,9 @@ class EmbeddedClient(OpsClient):
         retried = False
         backoff = Backoff()
         while self.node.raft.is_leader:
-            results = await self.node.execute_many([log_op(op)])
-            if results is not None:
-                return as_result(results[0]), retried
+            (result,) = await self.node.run_batch([op])
+            if result.err != WRONG_LEADER:
+                return result, retried
             retried = True
             await backoff.wait()
         result, remote_retried = await self.remote.run(op)
@@ -225,21 +339,28 @@ async def run_local_cluster(
     base_port: int = 0,
     max_raft_state: int = -1,
     config: RaftConfig | None = None,
+    cluster_secret: bytes | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``n`` KV servers in this process (ids "1".."n"), each restarting from its folder
-    under ``data_dir``, until cancelled. ``task_status`` gets their URLs."""
-    ports = list(range(base_port, base_port + n)) if base_port else free_ports(n, host)
+    under ``data_dir``, until cancelled. Clients use ports ``base_port .. base_port+n-1``,
+    peers the ``n`` ports after them (free ports when ``base_port`` is 0). The peers share
+    ``cluster_secret`` (a new random one by default). ``task_status`` gets the client URLs."""
+    ports = list(range(base_port, base_port + 2 * n)) if base_port else free_ports(2 * n, host)
+    secret = cluster_secret if cluster_secret is not None else secrets.token_bytes(32)
     ids = [str(k + 1) for k in range(n)]
-    urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports, strict=True)}
+    urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports[:n], strict=True)}
+    peer_urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports[n:], strict=True)}
     async with trio.open_nursery() as nursery:
-        for i, port in zip(ids, ports, strict=True):
+        for k, i in enumerate(ids):
             node = KVNode(
                 i,
-                {j: url for j, url in urls.items() if j != i},
+                {j: url for j, url in peer_urls.items() if j != i},
                 Path(data_dir) / f"node-{i}",
+                client_urls={j: url for j, url in urls.items() if j != i},
+                cluster_secret=secret,
                 max_raft_state=max_raft_state,
                 config=config,
             )
-            await nursery.start(node.serve, host, port)
+            await nursery.start(partial(node.serve, host, ports[k], peer_port=ports[n + k]))
         task_status.started(list(urls.values()))

@@ -20,6 +20,14 @@ Invariants:
   the oldest one unanswered is always the next to expire).
 - When the persisted Raft state exceeds ``max_raft_state`` bytes, the applier snapshots the
   machine and Raft compacts its log; ``-1`` disables snapshots.
+- Every entry fits a message to the peers: ops are encoded when submitted, an entry takes
+  ops only while its command stays within ``max_entry_bytes`` (4 MiB, and at most half the
+  node's message limit: escaping can double JSON text), and ops that alone exceed it are
+  refused at once with a 413 (:class:`EntryTooLarge`), never proposed.
+- Applying never raises: an entry that is not one of ours (undecodable, or an op the
+  machine raises on) is logged and applied as nothing, every op answered ``None``, the same
+  on every replica. Snapshot data from the leader is checked (``machine.check_snapshot``)
+  before Raft saves it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,11 +43,23 @@ from typing import Any, Protocol
 
 import trio
 
-from .._errors import LeadershipLost, NotLeader, ProposalTimedOut, RaftError
+from .._errors import (
+    BadRequest,
+    LeadershipLost,
+    NotLeader,
+    ProposalTimedOut,
+    RaftError,
+    StorageCorrupt,
+)
+from .._logging import Throttled, logger
 from ..raft.node import Applied, RaftNode, SnapshotApplied
 
 #: Most ops packed into one log entry (a bound on entry size, not on throughput).
 MAX_OPS_PER_ENTRY = 4096
+#: Most bytes of ops (as JSON) in one log entry. An entry must reach a follower, be parsed,
+#: written and fsynced well within one RPC timeout (0.5 s): a much larger one would hold
+#: back the heartbeats that travel in the same stream and bring elections.
+DEFAULT_MAX_ENTRY_BYTES = 4 << 20
 #: JSON without the spaces: an entry is written, sent to every follower and parsed by each.
 _COMPACT = (",", ":")
 
@@ -52,13 +73,29 @@ class StateMachine(Protocol):
 
     def restore(self, data: bytes) -> None: ...
 
+    # Optional: ``check_snapshot(data: bytes) -> None`` raises ``ValueError`` unless
+    # ``data`` would restore; without it, snapshots from the leader are not vetted.
+
+
+class EntryTooLarge(BadRequest):
+    """Ops too large to ever fit one log entry (413)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes of ops cannot fit one log entry (limit {limit})", 413)
+
+
+#: Logged at most once per interval: a faulty peer's entries could otherwise flood the log.
+_log_bad_entry = Throttled(logger, logging.ERROR)
+
 
 @dataclass(eq=False)
 class _Proposal:
     """The ops of one log entry, from every caller that queued them before it was proposed."""
 
     tag: int
-    ops: list[Any] = field(default_factory=list)
+    encoded: list[str] = field(default_factory=list)  # each submit's ops as JSON, no brackets
+    count: int = 0  # ops
+    size: int = 0  # bytes of ``encoded`` with their separators
     term: int = 0
     done: trio.Event = field(default_factory=trio.Event)
     results: list[Any] = field(default_factory=list)
@@ -77,11 +114,16 @@ class ReplicatedStateMachine:
         *,
         max_raft_state: int = -1,
         op_timeout: float = math.inf,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     ) -> None:
         self.node = node
         self.machine = machine
         self.max_raft_state = max_raft_state
         self.op_timeout = op_timeout
+        #: Room for the ops of one entry (what the JSON around them needs is kept apart):
+        #: within half the peers' message limit (escaping can double JSON text), and within
+        #: what a follower takes in well inside one RPC timeout.
+        self.max_entry_bytes = min(max_entry_bytes, node.config.max_command_bytes // 2 - 1024)
         self._unanswered: collections.deque[_Proposal] = collections.deque()  # oldest first
         self._first_unanswered = trio.Event()  # set when _unanswered stops being empty
         self._tags = itertools.count(1)
@@ -91,6 +133,9 @@ class ReplicatedStateMachine:
         self._applied = trio.Event()  # set (and replaced) after every entry or snapshot applied
         node.apply_with(self._apply)
         node.propose_with(self._propose_queued)
+        check = getattr(machine, "check_snapshot", None)  # optional for a machine
+        if check is not None:
+            node.check_snapshot_with(check)
 
     async def wait_until(self, predicate: Callable[[ReplicatedStateMachine], bool]) -> None:
         """Return once ``predicate(rsm)`` holds; re-checked after every apply."""
@@ -110,15 +155,26 @@ class ReplicatedStateMachine:
             raise NotLeader(self.node.leader_id)
         if not ops:
             return []
+        encoded = json.dumps(ops, separators=_COMPACT)[1:-1]
+        size = len(encoded) + 1
+        if size > self.max_entry_bytes:
+            raise EntryTooLarge(size, self.max_entry_bytes)
         if not self._queued:
             # A leader task takes the whole queue each time it looks, so a queue that is not
             # empty has had its wake-up since that last look: only the first caller wakes.
             self.node.wake_leader()
-        if not self._queued or len(self._queued[-1].ops) + len(ops) > MAX_OPS_PER_ENTRY:
+        last = self._queued[-1] if self._queued else None
+        if (
+            last is None
+            or last.count + len(ops) > MAX_OPS_PER_ENTRY
+            or last.size + size > self.max_entry_bytes
+        ):
             self._open_proposal()
         proposal = self._queued[-1]
-        start = len(proposal.ops)
-        proposal.ops.extend(ops)
+        start = proposal.count
+        proposal.encoded.append(encoded)
+        proposal.count += len(ops)
+        proposal.size += size
         await proposal.done.wait()
         if proposal.error is not None:
             raise proposal.error
@@ -170,8 +226,10 @@ class ReplicatedStateMachine:
         for proposal in queued:
             if proposal.done.is_set():
                 continue  # expired while queued
-            entry = {"o": self.node.id, "t": proposal.tag, "ops": proposal.ops}
-            command = json.dumps(entry, separators=_COMPACT)
+            # The same text as json.dumps({"o", "t", "ops"}) with compact separators.
+            origin = json.dumps(self.node.id)
+            ops = ",".join(proposal.encoded)
+            command = f'{{"o":{origin},"t":{proposal.tag},"ops":[{ops}]}}'
             index, proposal.term, ok = self.node.submit(command)
             if not ok:
                 self._fail(proposal, NotLeader(self.node.leader_id))
@@ -196,24 +254,53 @@ class ReplicatedStateMachine:
         return None
 
     def _restore(self, message: SnapshotApplied) -> None:
-        self.machine.restore(message.data)
+        try:
+            self.machine.restore(message.data)
+        except ValueError as exc:
+            # Checked before it was saved, so only a snapshot damaged on disk gets here.
+            raise StorageCorrupt(
+                f"node {self.node.id}: the snapshot at index {message.index} cannot be "
+                f"restored ({exc}); restore this node from a backup, or wipe its data "
+                "directory and let it rejoin"
+            ) from None
         self.applied_index = message.index
         for index in [i for i in self._waiters if i <= message.index]:
             lost = LeadershipLost(f"entry {index} was replaced by a snapshot")
             self._fail(self._waiters.pop(index), lost)
 
     def _apply_entry(self, message: Applied) -> None:
-        entry = json.loads(message.command)
-        results = [self.machine.apply(op) for op in entry["ops"]]
+        origin, tag, results = self._apply_ops(message)
         self.applied_index = message.index
         proposal = self._waiters.pop(message.index, None)
         if proposal is not None:
-            if entry["o"] == self.node.id and entry["t"] == proposal.tag:
+            if origin == self.node.id and tag == proposal.tag:
                 proposal.results = results
                 proposal.done.set()
             else:
                 lost = LeadershipLost(f"another entry committed at {message.index}")
                 self._fail(proposal, lost)
+
+    def _apply_ops(self, message: Applied) -> tuple[object, object, list[Any]]:
+        """Apply one entry's ops; its origin, tag and results. Never raises: an entry that is
+        not ours, or an op the machine raises on, is answered ``None`` on every replica."""
+        try:
+            entry = json.loads(message.command)
+            origin, tag, ops = entry["o"], entry["t"], entry["ops"]
+            if not isinstance(ops, list):
+                raise TypeError(f"ops is a {type(ops).__name__}")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            _log_bad_entry(
+                "entry %d is not a state machine entry (%r): applied as nothing", message.index, exc
+            )
+            return None, None, []
+        results: list[Any] = []
+        for op in ops:
+            try:
+                results.append(self.machine.apply(op))
+            except Exception as exc:  # a bug or a faulty peer's op: the same on every replica
+                _log_bad_entry("entry %d: an op failed (%r): answered None", message.index, exc)
+                results.append(None)
+        return origin, tag, results
 
     def _announce_applied(self) -> None:
         self._applied.set()

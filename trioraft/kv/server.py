@@ -7,7 +7,16 @@ from quart_trio import QuartTrio
 from .._errors import BadRequest
 from ..rpc.http import Route, make_app
 from .machine import VersionedKV
-from .messages import BatchArgs, BatchReply, GetArgs, GetReply, PutArgs, PutReply, as_result
+from .messages import (
+    BatchArgs,
+    BatchReply,
+    GetArgs,
+    GetReply,
+    PutArgs,
+    PutReply,
+    as_result,
+    check_key,
+)
 
 
 class KVServer:
@@ -18,16 +27,18 @@ class KVServer:
         self.max_body_bytes = max_body_bytes
 
     async def handle_get(self, args: GetArgs) -> GetReply:
+        check_key(args.key)
         return self.state.get(args.key)
 
     async def handle_put(self, args: PutArgs) -> PutReply:
+        check_key(args.key)
         return self.state.put(args.key, args.value, args.version)
 
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
         for i, op in enumerate(args.ops):
-            if op.op == "append":
-                raise BadRequest(f"ops[{i}].op: the single-server KV has no append")
+            if op.op not in ("get", "put"):
+                raise BadRequest(f"ops[{i}].op: the single-server KV has no {op.op}")
         results = [
             as_result(self.state.get(op.key))
             if op.op == "get"

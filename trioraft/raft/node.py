@@ -27,6 +27,15 @@ Invariants:
 - Entries reach ``applied`` exactly once, in index order, after they are committed; a
   snapshot (installed from the leader, or found at start) is delivered before any entry
   after it.
+- Every message fits the peers' limit (``RaftConfig.max_message_bytes``): AppendEntries
+  carries as many entries as fit in ``max_batch_bytes`` (at least one), and ``submit``
+  refuses a command that could never fit. So a follower never refuses a message for its
+  size, which it would otherwise do forever while elections follow.
+- A failed write or fsync is fail-stop: the node records :class:`StorageFailed`, stops
+  answering, cancels its tasks and ``run`` raises it. Nothing that was not persisted is
+  ever acknowledged.
+- An installed snapshot is checked (its CRC-32, then the application's check) and made
+  durable before anything else changes: a bad one is refused with a 400 and changes nothing.
 """
 
 from __future__ import annotations
@@ -37,13 +46,16 @@ import collections
 import enum
 import math
 import random
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from .._errors import BadRequest, LeadershipLost, NotLeader
+from .._errors import BadRequest, LeadershipLost, NotLeader, StorageFailed
+from .._logging import logger
 from ..rpc.http import Route
 from ..rpc.transport import Transport
 from .log import Entry, is_up_to_date, match_append, next_index_after_reject
@@ -54,6 +66,7 @@ from .messages import (
     InstallSnapshotReply,
     RequestVoteArgs,
     RequestVoteReply,
+    command_wire_bytes,
 )
 from .quorum import committed_index, quorum_index, won
 from .storage import HardState, Snapshot, Storage
@@ -85,6 +98,14 @@ class RaftConfig:
     #: batches within the grace (slower peers, e.g. over HTTP, would make every batch wait
     #: in vain). 0 fsyncs every batch at once.
     leader_sync_grace: float = 0.005
+    #: The largest message a peer accepts (its peer listener's body limit): every member of
+    #: a cluster must use the same value. ``submit`` refuses a command that would not fit.
+    max_message_bytes: int = 64 << 20
+
+    @property
+    def max_command_bytes(self) -> int:
+        """The largest command (in JSON wire bytes) that fits one AppendEntries."""
+        return self.max_message_bytes - _ENVELOPE_BYTES
 
 
 #: Weight of each new sample in the leader's estimate of its followers' delay, and how many
@@ -94,6 +115,11 @@ _UNVOUCHED_KEPT = 64
 
 #: Entries applied through ``apply_with`` between two checkpoints of the applier.
 _APPLY_RUN = 256
+
+#: Room left in a message for everything but the commands: ids, indexes and JSON syntax.
+_ENVELOPE_BYTES = 64 * 1024
+#: Per entry in an AppendEntries beside its command: ``{"term":N,"command":}`` and a comma.
+_ENTRY_OVERHEAD_BYTES = 40
 
 
 class _Lock:
@@ -143,6 +169,16 @@ ApplyCallback = Callable[[Applied | SnapshotApplied], bytes | None]
 
 #: Submits what the application has queued. See :meth:`RaftNode.propose_with`.
 ProposeCallback = Callable[[], None]
+
+#: Raises ``ValueError`` if snapshot data from the leader cannot be restored.
+SnapshotCheck = Callable[[bytes], None]
+
+
+class CommandTooLarge(BadRequest):
+    """A command that could never fit a message to the peers (413)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"an entry of {size} bytes cannot be replicated (limit {limit})", 413)
 
 
 @dataclass(frozen=True)
@@ -218,6 +254,8 @@ class RaftNode:
         )
         self._apply: ApplyCallback | None = None
         self._propose: ProposeCallback = _nothing_queued
+        self._check_snapshot: SnapshotCheck | None = None
+        self.failure: StorageFailed | None = None  # set once a write or fsync failed
 
     # -- public API ----------------------------------------------------------------------
 
@@ -250,6 +288,12 @@ class RaftNode:
         longer leads). Call :meth:`wake_leader` after queueing. Call it before :meth:`run`."""
         self._propose = propose
 
+    def check_snapshot_with(self, check: SnapshotCheck) -> None:
+        """Have ``check`` vet snapshot data from the leader before it is saved or anything
+        changes; it raises ``ValueError`` for data that cannot be restored (the
+        InstallSnapshot is then refused). Call it before :meth:`run`."""
+        self._check_snapshot = check
+
     def wake_leader(self) -> None:
         """Tell the leader's tasks that something was queued for the ``propose_with`` callback."""
         self._wake_leader_tasks()
@@ -266,6 +310,7 @@ class RaftNode:
         """
         if self.role is not Role.LEADER or self._stopped:
             return 0, self.term, False
+        self._check_fits(command)
         self.log.append([Entry(self.term, command)])
         self._wake_leader_tasks()
         return self.log.last_index, self.term, True
@@ -274,10 +319,17 @@ class RaftNode:
         """Propose several commands at once; returns the first index and the term."""
         if self.role is not Role.LEADER or self._stopped:
             raise NotLeader(self.leader_id)
+        for command in commands:
+            self._check_fits(command)
         first = self.log.last_index + 1
         self.log.append([Entry(self.term, c) for c in commands])
         self._wake_leader_tasks()
         return first, self.term
+
+    def _check_fits(self, command: str) -> None:
+        size = command_wire_bytes(command)
+        if size > self.config.max_command_bytes:
+            raise CommandTooLarge(size, self.config.max_command_bytes)
 
     async def wait_committed(self, index: int, term: int) -> None:
         """Return once the entry proposed at (``index``, ``term``) is committed.
@@ -339,7 +391,8 @@ class RaftNode:
         # before our own copy is on disk is safe.
         self._snapshot = snapshot
         try:
-            await self._storage.save_snapshot(snapshot, frozen)
+            with self._writing("saving a snapshot"):
+                await self._storage.save_snapshot(snapshot, frozen)
         finally:
             self._written_index = self._durable_index = frozen.last_index
 
@@ -363,7 +416,9 @@ class RaftNode:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the node until cancelled (cancelling it is a crash: nothing is flushed)."""
+        """Run the node until cancelled (cancelling it is a crash: nothing is flushed).
+
+        Raises :class:`StorageFailed` if a write or fsync failed (fail-stop)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -371,11 +426,34 @@ class RaftNode:
                 nursery.start_soon(self._election_timer)
                 nursery.start_soon(self._applier)
                 task_status.started()
+        except* StorageFailed:
+            pass  # recorded in self.failure, raised below
         finally:
             self._stopped = True
             self._stopped_event.set()
             self._notify()
             self._applied_send.close()
+        if self.failure is not None:
+            raise self.failure
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write or fsync into a fail-stop: the node cannot know what reached
+        the disk, so it stops before acknowledging anything more."""
+        try:
+            yield
+        except OSError as exc:
+            if self.failure is None:
+                self.failure = StorageFailed(f"node {self.id}: {what} failed: {exc}")
+                logger.critical("%s; the node stops (fail-stop)", self.failure)
+            self._stopped = True
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            raise self.failure from exc
+
+    def _refuse_if_failed(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
     # -- internal helpers ----------------------------------------------------------------
 
@@ -399,7 +477,8 @@ class RaftNode:
         self._election_deadline = trio.current_time() + self._random_timeout()
 
     async def _persist_hard_state(self) -> None:
-        await self._storage.save_hard_state(HardState(self.term, self.voted_for))
+        with self._writing("saving the hard state"):
+            await self._storage.save_hard_state(HardState(self.term, self.voted_for))
 
     def _become_follower(self, term: int, leader: str | None) -> bool:
         """Adopt ``term`` (a newer one clears the vote) and follow. Returns whether the hard
@@ -407,8 +486,10 @@ class RaftNode:
         changed = term > self.term
         if changed:
             self._enter_term(term, None)
-        if self.role is Role.LEADER and self._leader_scope is not None:
-            self._leader_scope.cancel()
+        if self.role is Role.LEADER:
+            logger.info("node %s: steps down in term %d", self.id, self.term)
+            if self._leader_scope is not None:
+                self._leader_scope.cancel()
         before = (self.role, self.leader_id)
         self.role = Role.FOLLOWER
         if leader is not None or changed:
@@ -455,6 +536,7 @@ class RaftNode:
             if self._leader_contacts != contacts or self.role is Role.LEADER:
                 return  # a leader spoke up meanwhile
             self._enter_term(self.term + 1, self.id)
+            logger.info("node %s: campaigns in term %d", self.id, self.term)
             self.role = Role.CANDIDATE
             self.leader_id = None
             await self._persist_hard_state()
@@ -495,6 +577,7 @@ class RaftNode:
         return result and self.term == expected_term
 
     async def handle_request_vote(self, args: RequestVoteArgs) -> RequestVoteReply:
+        self._refuse_if_failed()
         async with self._lock:
             up_to_date = is_up_to_date(
                 args.last_log_index, args.last_log_term, self.log.last_index, self.log.last_term
@@ -523,6 +606,7 @@ class RaftNode:
         assert self._nursery is not None
         self.role = Role.LEADER
         self.leader_id = self.id
+        logger.info("node %s: leads in term %d", self.id, self.term)
         now = trio.current_time()
         self._unvouched.clear()
         for peer in self.peers:
@@ -572,7 +656,8 @@ class RaftNode:
             async with self._lock:
                 if not self._leads(term):
                     return
-                await self._storage.sync()
+                with self._writing("fsync of the log"):
+                    await self._storage.sync()
                 self._durable_index = max(self._durable_index, last)
             self._advance_commit()
 
@@ -603,7 +688,8 @@ class RaftNode:
         proposals); the last index written. Caller holds ``_lock``."""
         first, last = self._written_index + 1, self.log.last_index
         if first <= last:
-            self._storage.append(first, self.log.slice(first, last + 1))
+            with self._writing("appending to the log"):
+                self._storage.append(first, self.log.slice(first, last + 1))
             self._written_index = last
         return last
 
@@ -666,13 +752,14 @@ class RaftNode:
         return True
 
     def _batch(self, start: int) -> list[Entry]:
-        """Entries from ``start``, as many as fit in ``max_batch_bytes`` (at least one)."""
+        """Entries from ``start``, as many as fit in ``max_batch_bytes`` as sent (at least
+        one, which fits a message: ``submit`` saw to that)."""
         entries = self.log.entries
         first = start - self.log.snapshot_index - 1
-        budget = self.config.max_batch_bytes
+        budget = min(self.config.max_batch_bytes, self.config.max_command_bytes)
         end = first
         while end < len(entries):
-            budget -= len(entries[end].command) + 32
+            budget -= command_wire_bytes(entries[end].command) + _ENTRY_OVERHEAD_BYTES
             if end > first and budget < 0:
                 break
             end += 1
@@ -682,7 +769,9 @@ class RaftNode:
         snapshot = self._snapshot
         assert snapshot is not None
         data = base64.b64encode(snapshot.data).decode()
-        args = InstallSnapshotArgs(term, self.id, snapshot.index, snapshot.term, data)
+        args = InstallSnapshotArgs(
+            term, self.id, snapshot.index, snapshot.term, data, zlib.crc32(snapshot.data)
+        )
         reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply)
         if reply is None or not await self._still_leading_after(reply.term, term):
             return False
@@ -715,6 +804,10 @@ class RaftNode:
     # -- following -----------------------------------------------------------------------
 
     async def handle_append_entries(self, args: AppendEntriesArgs) -> AppendEntriesReply:
+        self._refuse_if_failed()
+        _check_entry_terms(args)
+        if args.leader == self.id:
+            raise BadRequest("leader: a peer cannot speak for this node")
         async with self._lock:
             if args.term < self.term:
                 return AppendEntriesReply(self.term, False)
@@ -733,8 +826,16 @@ class RaftNode:
             if result.truncate_from is not None:
                 if result.truncate_from <= self.commit_index:
                     raise BadRequest("AppendEntries would remove committed entries")
+                logger.info(
+                    "node %s: drops uncommitted entries from %d to %d (term %d's leader differs)",
+                    self.id,
+                    result.truncate_from,
+                    self.log.last_index,
+                    self.term,
+                )
                 self.log.truncate_from(result.truncate_from)
-                self._storage.truncate_from(result.truncate_from)
+                with self._writing("truncating the log"):
+                    self._storage.truncate_from(result.truncate_from)
                 self._written_index = min(self._written_index, result.truncate_from - 1)
                 self._durable_index = min(self._durable_index, result.truncate_from - 1)
             if result.new_entries:
@@ -744,10 +845,11 @@ class RaftNode:
                 # A success reply vouches that the log is durable up to match_index.
                 # Bookkeeping above is exact at every checkpoint: a cancelled sync still
                 # finishes (threads are not abandoned), it only leaves durable_index low.
-                if self.config.follower_sync_inline:
-                    self._storage.sync_blocking()
-                else:
-                    await self._storage.sync()
+                with self._writing("fsync of the log"):
+                    if self.config.follower_sync_inline:
+                        self._storage.sync_blocking()
+                    else:
+                        await self._storage.sync()
                 self._durable_index = self._written_index
             new_commit = min(args.leader_commit, result.match_index)
             if new_commit > self.commit_index:
@@ -757,10 +859,20 @@ class RaftNode:
             return AppendEntriesReply(self.term, True, result.match_index)
 
     async def handle_install_snapshot(self, args: InstallSnapshotArgs) -> InstallSnapshotReply:
+        self._refuse_if_failed()
+        if args.leader == self.id:
+            raise BadRequest("leader: a peer cannot speak for this node")
         try:
             data = base64.b64decode(args.data, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("data: expected base64") from None
+        if zlib.crc32(data) != args.crc32:
+            raise BadRequest("data: the snapshot fails its CRC-32")
+        if self._check_snapshot is not None:
+            try:
+                self._check_snapshot(data)
+            except ValueError as exc:
+                raise BadRequest(f"data: the snapshot cannot be restored: {exc}") from None
         async with self._lock:
             if args.term < self.term:
                 return InstallSnapshotReply(self.term)
@@ -771,10 +883,26 @@ class RaftNode:
             if args.last_included_index <= self.commit_index:
                 return InstallSnapshotReply(self.term)  # nothing new in it
             snapshot = Snapshot(args.last_included_index, args.last_included_term, data)
-            self.log.compact(snapshot.index, snapshot.term)
-            self._snapshot_to_deliver = snapshot
-            self.commit_index = snapshot.index
-            await self._save_snapshot(snapshot)
+            # Durable first: until it is saved, nothing (log, commit index) may move, or a
+            # retry after a failed save would be answered as if it had been installed. And
+            # once saved, memory must follow the disk even if the caller went away.
+            compacted = self.log.copy()
+            compacted.compact(snapshot.index, snapshot.term)
+            with trio.CancelScope(shield=True):
+                with self._writing("saving an installed snapshot"):
+                    await self._storage.save_snapshot(snapshot, compacted)
+                self.log.compact(snapshot.index, snapshot.term)
+                self._snapshot = snapshot
+                self._written_index = self._durable_index = self.log.last_index
+                self._snapshot_to_deliver = snapshot
+                self.commit_index = snapshot.index
+            logger.info(
+                "node %s: installed a snapshot up to %d (%d bytes) from %s",
+                self.id,
+                snapshot.index,
+                len(data),
+                args.leader,
+            )
             self._heard_from_leader()
             self._notify()
             return InstallSnapshotReply(self.term)
@@ -838,3 +966,15 @@ class RaftNode:
 
 def _nothing_queued() -> None:
     pass
+
+
+def _check_entry_terms(args: AppendEntriesArgs) -> None:
+    """Entries a leader sends have terms from ``prev_log_term`` up to its own, in order."""
+    previous = args.prev_log_term
+    for i, entry in enumerate(args.entries):
+        if not previous <= entry.term <= args.term:
+            raise BadRequest(
+                f"entries[{i}].term: {entry.term} breaks the order "
+                f"(after term {previous}, in a term-{args.term} message)"
+            )
+        previous = entry.term

@@ -7,8 +7,10 @@ Invariants:
 - After a crash at any point of ``save``, ``read`` returns either the old or the new content,
   never a mix: ``<path>`` is only ever replaced by a rename of a file already fsynced.
 - Every file carries a header (magic, length, CRC-32); a file that fails it raises
-  :class:`~trioraft.StorageCorrupt` instead of returning wrong bytes.
+  :class:`~trioraft.StorageCorrupt` with one line, ``<path>: offset <n>: <what is wrong>;
+  <what to do>`` (see :func:`corrupt`), instead of returning wrong bytes.
 - A stale ``<path>.tmp`` left by a crash is never read, and the next ``save`` overwrites it.
+- Files are created with mode 0600 (owner only).
 
 The methods block on disk I/O; from Trio, call them with ``trio.to_thread.run_sync``
 (which also makes a save non-cancellable once started).
@@ -27,8 +29,23 @@ from .._errors import StorageCorrupt
 MAGIC = b"TRP1"
 _HEADER = struct.Struct("<4sII")  # magic, length, crc32
 
+#: What an operator can do about a data file that fails its checks.
+REMEDY = (
+    "restore this node from a backup, or wipe its data directory and let it rejoin as a new member"
+)
+
+#: The mode of every file written (the data directory itself is 0700, see FileStorage).
+FILE_MODE = 0o600
+
 #: The steps of a save, in order; a crash hook is called after each one.
 SAVE_STEPS = ("open", "write", "fsync", "close", "rename", "fsync-dir")
+
+
+def corrupt(path: str | os.PathLike[str], what: str, offset: int | None = None) -> StorageCorrupt:
+    """The error for a damaged data file, as one line:
+    ``<path>: offset <n>: <what is wrong>; <what to do>`` (no offset part if ``None``)."""
+    where = f"{os.fspath(path)}: offset {offset}" if offset is not None else os.fspath(path)
+    return StorageCorrupt(f"{where}: {what}; {REMEDY}")
 
 
 def encode_blob(data: bytes) -> bytes:
@@ -37,11 +54,15 @@ def encode_blob(data: bytes) -> bytes:
 
 def decode_blob(raw: bytes, where: str) -> bytes:
     if len(raw) < _HEADER.size:
-        raise StorageCorrupt(f"{where}: {len(raw)} bytes is shorter than the header")
+        raise corrupt(where, f"{len(raw)} bytes, shorter than the {_HEADER.size}-byte header", 0)
     magic, length, crc = _HEADER.unpack_from(raw)
     data = raw[_HEADER.size :]
-    if magic != MAGIC or length != len(data) or zlib.crc32(data) != crc:
-        raise StorageCorrupt(f"{where}: header or checksum mismatch")
+    if magic != MAGIC:
+        raise corrupt(where, f"bad magic {magic!r} (overwritten, or not a trioraft file)", 0)
+    if length != len(data):
+        raise corrupt(where, f"the header says {length} bytes of content, found {len(data)}", 4)
+    if zlib.crc32(data) != crc:
+        raise corrupt(where, "the content fails its checksum", _HEADER.size)
     return data
 
 
@@ -65,7 +86,7 @@ class Persister:
 
     def save(self, data: bytes) -> None:
         step = self._after_step
-        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         step("open")
         try:
             view = memoryview(encode_blob(data))

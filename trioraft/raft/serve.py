@@ -1,30 +1,42 @@
-"""Raft over HTTP: serve a :class:`RaftNode`'s peer RPCs from a Quart-Trio app.
+"""Serve a :class:`RaftNode`'s peer RPCs, and nothing else, on a listener of their own.
 
     node = RaftNode("a", ["a", "b", "c"], FileStorage("data/a"),
-                    HttpTransport("a", {"b": url_b, "c": url_c}))
-    url = await nursery.start(serve_node, node, "127.0.0.1", 9001)
+                    HttpTransport("a", {"b": url_b, "c": url_c}, peer_auth=auth))
+    url = await nursery.start(partial(serve_node, node, "127.0.0.1", 9101, peer_auth=auth))
 
-With ``peer_port``, the peer RPCs are also answered over framed TCP on that port (see
-:mod:`trioraft.rpc.tcp`; peers then reach this node at ``tcp://HOST:PORT``).
-``serve_node`` runs the node and its HTTP app in one nursery; cancel it to stop (a crash: the
-node flushes nothing more, and restarts from its storage). Extra routes (a KV service, say)
-share the app, so one port serves peers and clients. ``GET /status`` reports the node.
+``serve_node`` runs the node and its peer listener in one nursery; cancel it to stop (a
+crash: the node flushes nothing more, and restarts from its storage). The listener speaks
+HTTP (``POST /<method>``), or framed TCP with ``transport="tcp"`` (peers then reach it at
+``tcp://HOST:PORT``; see :mod:`trioraft.rpc.tcp`).
+
+Invariants:
+- Only the Raft routes are served here, never client routes; clients have their own
+  listener (see :class:`~trioraft.kv.node.KVNode`).
+- With ``peer_auth``, a message without a valid tag of the cluster secret is refused before
+  it is decoded: it cannot touch term, vote, log or state.
+- Bodies (frames) over ``max_body_bytes`` are refused: it must be at least the peers'
+  ``RaftConfig.max_message_bytes``, which bounds every message they send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict
 from functools import partial
+from typing import Literal
 
 import trio
 
-from ..rpc.http import Route, make_app, serve
+from ..rpc.auth import PeerAuth
+from ..rpc.http import make_app, serve
 from ..rpc.tcp import serve_tcp
-from .node import RaftNode
+from ..rpc.tls import ServerTls
+from .node import RaftConfig, RaftNode
 
-#: Large enough for the biggest AppendEntries batch or snapshot the node sends.
-DEFAULT_MAX_BODY_BYTES = 64 << 20
+#: The peer listener's body limit: the largest message a peer sends, by default.
+DEFAULT_MAX_BODY_BYTES = RaftConfig.max_message_bytes
+#: Connections the HTTP peer listener holds at once. Peers need a few each; the bound also
+#: bounds what strangers can make it buffer before their messages fail authentication
+#: (one body each, up to ``max_body_bytes``).
+MAX_PEER_CONNECTIONS = 128
 
 
 async def serve_node(
@@ -32,23 +44,35 @@ async def serve_node(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
-    extra_routes: Mapping[str, Route] | None = None,
+    transport: Literal["http", "tcp"] = "http",
+    peer_auth: PeerAuth | None = None,
+    tls: ServerTls | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    peer_port: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``node`` and serve its RPCs until cancelled; ``task_status`` gets the HTTP URL."""
-    app = make_app(
-        {**node.routes(), **(extra_routes or {})},
-        name=f"trioraft-node-{node.id}",
-        max_body_bytes=max_body_bytes,
-        status=lambda: asdict(node.statistics()),
-    )
+    """Run ``node`` and serve its peer RPCs until cancelled; ``task_status`` gets the URL."""
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
-        url = await nursery.start(serve, app, host, port)
-        if peer_port is not None:
-            await nursery.start(
-                partial(serve_tcp, node.routes(), host, peer_port, max_frame_bytes=max_body_bytes)
+        if transport == "tcp":
+            url = await nursery.start(
+                partial(
+                    serve_tcp,
+                    node.routes(),
+                    host,
+                    port,
+                    max_frame_bytes=max_body_bytes,
+                    peer_auth=peer_auth,
+                    tls=tls,
+                )
+            )
+        else:
+            app = make_app(
+                node.routes(),
+                name=f"trioraft-peer-{node.id}",
+                max_body_bytes=max_body_bytes,
+                peer_auth=peer_auth,
+            )
+            url = await nursery.start(
+                partial(serve, app, host, port, tls=tls, max_connections=MAX_PEER_CONNECTIONS)
             )
         task_status.started(url)

@@ -4,28 +4,56 @@ Two implementations of one interface:
 
 - :class:`FileStorage`, on disk in a directory:
   ``hardstate`` and ``snapshot`` are replaced atomically through :class:`Persister`;
-  ``log`` is append-only, one record per entry: ``u32 length, u32 crc32, payload`` with
-  payload ``u64 index, u64 term, command (UTF-8)``. Appending costs O(entry), and ``sync``
-  (one fsync, in a worker thread) or ``sync_blocking`` (the same fsync on the calling
+  ``log`` is append-only: a 28-byte header (magic, the index and term of the snapshot the log
+  continues from — its *base* — and a CRC-32 of the header) written when the file is created,
+  then one record per entry: ``u32 length, u32 crc32, payload`` with payload
+  ``u64 index, u64 term, command (UTF-8)``. The log file is only ever created or replaced
+  whole by an atomic rename, so its header is never torn. Appending costs O(entry), and
+  ``sync`` (one fsync, in a worker thread) or ``sync_blocking`` (the same fsync on the calling
   thread) makes everything appended so far durable: callers batch appends and sync once
-  (group commit). On open, a torn or corrupt tail (short record, bad checksum,
-  non-consecutive index) is cut off and the valid prefix kept.
+  (group commit).
 - :class:`MemoryStorage`, for tests on virtual time: the same rules with nothing on disk;
   :meth:`MemoryStorage.crashed` gives what a restart would find (only synced data survives).
 
+What ``FileStorage.load`` accepts, and what it refuses:
+- A torn tail — a damaged last record with no valid record anywhere after it, the normal
+  result of a crash during an append — is cut, with a warning naming the file, the offset and
+  the bytes cut.
+- Anything else raises :class:`~trioraft.StorageCorrupt` with one line,
+  ``<path>: offset <n>: <what is wrong>; <what to do>`` (no offset part where none applies):
+  a damaged record followed by a valid one (found by scanning forward for a record with a
+  plausible length and index and a matching CRC), a log whose header is missing or damaged,
+  records not consecutive from the base, a log missing beside a hard state or snapshot, a
+  hard state missing beside a non-empty log or a snapshot, a snapshot missing or older than
+  the log's base (a gap), and any blob failing its checksum. In doubt it refuses: if a crash
+  wrote back a later page of an unsynced batch but not an earlier one, load refuses rather
+  than guess that the damage is unsynced data (an operator can cut the tail by hand).
+- Log records that overlap or conflict with a snapshot newer than the log's base are the
+  result of a crash between the snapshot save and the log rewrite: :func:`normalize` drops
+  them and the log is rewritten (not corruption).
+
 Invariants:
 - Nothing appended is durable until ``sync`` or ``sync_blocking`` returns;
-  ``save_hard_state`` and ``save_snapshot`` are durable when they return.
-- ``save_snapshot`` writes the snapshot first, then replaces the log with the compacted one;
-  :func:`normalize` makes any crash in between load a consistent state (log entries that
-  conflict with or overlap the snapshot are dropped).
+  ``save_hard_state`` and ``save_snapshot`` are durable when they return; what ``load``
+  returns is durable (it fsyncs the log and the directory once).
+- ``save_snapshot`` makes the snapshot durable first, then replaces the log with the
+  compacted one.
+- A failed write or fsync raises its OSError, and no bookkeeping moves before a write
+  succeeds; after one failure every later write raises too (after a failed fsync the page
+  cache can no longer be trusted): reopen the storage (restart the node) to go on.
 - Disk writes run to completion even if the caller is cancelled (threads are not abandoned).
+- Permissions: the data directory is created 0700 and every file 0600; files found with
+  looser modes are tightened when the storage is opened. An existing directory's mode is left
+  as it is (it may be a mount point or shared on purpose), with a warning if other users can
+  reach into it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable
@@ -35,13 +63,23 @@ from typing import Protocol
 
 import trio
 
-from .._errors import StorageCorrupt
+from .._logging import logger
 from .log import Entry, Log
-from .persister import Persister, fsync_dir
+from .persister import FILE_MODE, Persister, corrupt, fsync_dir
 
 _RECORD_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
 _ENTRY_HEAD = struct.Struct("<QQ")  # index, term
+_MIN_RECORD = _RECORD_HEADER.size + _ENTRY_HEAD.size
 _SNAPSHOT_HEAD = struct.Struct("<QQ")  # last included index, term
+_LOG_MAGIC = b"TRLOG001"
+_LOG_HEAD = struct.Struct("<8sQQ")  # magic, base index, base term
+_LOG_CRC = struct.Struct("<I")  # crc32 of the head
+LOG_HEADER_SIZE = _LOG_HEAD.size + _LOG_CRC.size
+DIRECTORY_MODE = 0o700
+_FILE_NAMES = ("log", "log.tmp", "hardstate", "hardstate.tmp", "snapshot", "snapshot.tmp")
+
+#: The operations a ``fault`` hook sees, each before its write.
+FAULT_OPERATIONS = ("append", "truncate", "sync", "hardstate", "snapshot", "rewrite")
 
 
 @dataclass(frozen=True)
@@ -86,37 +124,117 @@ class Storage(Protocol):
     def snapshot_size(self) -> int: ...
 
 
+#: ``fault(operation, nbytes)`` is called before each write and may raise OSError (a test
+#: seam); ``operation`` is one of :data:`FAULT_OPERATIONS`.
+Fault = Callable[[str, int], None]
+
+
 def encode_record(index: int, entry: Entry) -> bytes:
     payload = _ENTRY_HEAD.pack(index, entry.term) + entry.command.encode()
     return _RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def parse_records(raw: bytes) -> tuple[list[tuple[int, Entry]], list[int], int]:
-    """Parse log records up to the first damaged one.
+def encode_log_header(base_index: int, base_term: int) -> bytes:
+    head = _LOG_HEAD.pack(_LOG_MAGIC, base_index, base_term)
+    return head + _LOG_CRC.pack(zlib.crc32(head))
 
-    Returns the (index, entry) pairs, each record's file offset, and the length of the valid
-    prefix (where a torn or corrupt tail begins).
-    """
-    records: list[tuple[int, Entry]] = []
-    offsets: list[int] = []
-    pos = 0
-    while pos + _RECORD_HEADER.size <= len(raw):
+
+@dataclass
+class ParsedLog:
+    """A log file as :func:`parse_log` read it: records ``base_index + 1 ..``, consecutive."""
+
+    base_index: int
+    base_term: int
+    records: list[tuple[int, Entry]]
+    offsets: list[int]  # the file offset of each record
+    end: int  # where the valid records end: a torn tail, if any, runs from here
+    damage: str = ""  # what is wrong at ``end`` if the tail is torn
+
+
+def parse_log(raw: bytes, path: str) -> ParsedLog:
+    """Parse a log file without changing it; raise StorageCorrupt for anything but a torn
+    tail (see the module docstring)."""
+    base_index, base_term = _parse_log_header(raw, path)
+    parsed = ParsedLog(base_index, base_term, [], [], LOG_HEADER_SIZE)
+    expected = base_index + 1
+    pos = LOG_HEADER_SIZE
+    while pos < len(raw):
+        damage = _record_damage(raw, pos)
+        if damage:
+            later = _find_valid_record(raw, pos, expected - 1)
+            if later is not None:
+                raise corrupt(path, f"{damage}, but a valid record follows at offset {later}", pos)
+            parsed.damage = damage
+            break
+        length = _RECORD_HEADER.unpack_from(raw, pos)[0]
+        index, term = _ENTRY_HEAD.unpack_from(raw, pos + _RECORD_HEADER.size)
+        if index != expected:
+            raise corrupt(path, f"a record of index {index} where {expected} was expected", pos)
+        end = pos + _RECORD_HEADER.size + length
+        try:
+            command = raw[pos + _MIN_RECORD : end].decode()
+        except UnicodeDecodeError:
+            raise corrupt(path, f"the command of index {index} is not UTF-8", pos) from None
+        parsed.records.append((index, Entry(term, command)))
+        parsed.offsets.append(pos)
+        expected += 1
+        pos = parsed.end = end
+    return parsed
+
+
+def _parse_log_header(raw: bytes, path: str) -> tuple[int, int]:
+    if raw[: len(_LOG_MAGIC)] != _LOG_MAGIC:
+        if not raw:
+            what = "an empty file, without the log header"
+        elif not _record_damage(raw, 0):
+            what = "a log without a header, written by an older trioraft"
+        else:
+            what = "the log header is missing (overwritten, or not a trioraft log)"
+        raise corrupt(path, what, 0)
+    if len(raw) < LOG_HEADER_SIZE:
+        raise corrupt(
+            path, f"the log header is cut short ({len(raw)} of {LOG_HEADER_SIZE} bytes)", 0
+        )
+    (crc,) = _LOG_CRC.unpack_from(raw, _LOG_HEAD.size)
+    if zlib.crc32(raw[: _LOG_HEAD.size]) != crc:
+        raise corrupt(path, "the log header fails its checksum", 0)
+    _, base_index, base_term = _LOG_HEAD.unpack_from(raw)
+    return base_index, base_term
+
+
+def _record_damage(raw: bytes, pos: int) -> str:
+    """What is wrong with the framing or checksum of the record at ``pos`` ("" if nothing):
+    the damage a torn append can leave."""
+    if pos + _RECORD_HEADER.size > len(raw):
+        return f"{len(raw) - pos} bytes, shorter than a record header"
+    length, crc = _RECORD_HEADER.unpack_from(raw, pos)
+    if length < _ENTRY_HEAD.size:
+        return f"a record length of {length}, shorter than an index and a term"
+    start = pos + _RECORD_HEADER.size
+    if start + length > len(raw):
+        return f"a record of {length} bytes running past the end of the file"
+    if zlib.crc32(memoryview(raw)[start : start + length]) != crc:
+        return "a record failing its checksum"
+    return ""
+
+
+def _find_valid_record(raw: bytes, damaged: int, last_index: int) -> int | None:
+    """The first offset after ``damaged`` where a record that could follow ``last_index``
+    begins: a plausible length, an index after ``last_index`` (at most one per
+    ``_MIN_RECORD`` bytes since the damage) and a matching checksum. The index test makes
+    random bytes fail before any checksum is computed."""
+    view = memoryview(raw)
+    for pos in range(damaged + 1, len(raw) - _MIN_RECORD + 1):
         length, crc = _RECORD_HEADER.unpack_from(raw, pos)
         start = pos + _RECORD_HEADER.size
-        payload = raw[start : start + length]
-        if length < _ENTRY_HEAD.size or len(payload) != length or zlib.crc32(payload) != crc:
-            break
-        index, term = _ENTRY_HEAD.unpack_from(payload)
-        if records and index != records[-1][0] + 1:
-            break
-        try:
-            command = payload[_ENTRY_HEAD.size :].decode()
-        except UnicodeDecodeError:
-            break
-        records.append((index, Entry(term, command)))
-        offsets.append(pos)
-        pos = start + length
-    return records, offsets, pos
+        if not _ENTRY_HEAD.size <= length <= len(raw) - start:
+            continue
+        index = _ENTRY_HEAD.unpack_from(raw, start)[0]
+        if not last_index < index <= last_index + 1 + (pos - damaged) // _MIN_RECORD:
+            continue
+        if zlib.crc32(view[start : start + length]) == crc:
+            return pos
+    return None
 
 
 def normalize(snapshot: Snapshot | None, records: list[tuple[int, Entry]]) -> tuple[Log, bool]:
@@ -142,11 +260,13 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     return _SNAPSHOT_HEAD.pack(snapshot.index, snapshot.term) + snapshot.data
 
 
-def decode_snapshot(raw: bytes) -> Snapshot | None:
+def decode_snapshot(raw: bytes, where: str = "snapshot") -> Snapshot | None:
     if not raw:
         return None
     if len(raw) < _SNAPSHOT_HEAD.size:
-        raise StorageCorrupt("snapshot shorter than its header")
+        raise corrupt(
+            where, f"{len(raw)} bytes of content, shorter than the snapshot's index and term"
+        )
     index, term = _SNAPSHOT_HEAD.unpack_from(raw)
     return Snapshot(index, term, raw[_SNAPSHOT_HEAD.size :])
 
@@ -155,26 +275,39 @@ def encode_hard_state(state: HardState) -> bytes:
     return json.dumps({"term": state.term, "voted_for": state.voted_for}).encode()
 
 
-def decode_hard_state(raw: bytes) -> HardState:
+def decode_hard_state(raw: bytes, where: str = "hardstate") -> HardState:
     if not raw:
         return HardState()
-    data = json.loads(raw)
-    return HardState(data["term"], data["voted_for"])
+    try:
+        data = json.loads(raw)
+        term, voted_for = data["term"], data["voted_for"]
+    except (ValueError, TypeError, KeyError):
+        raise corrupt(where, "the content is not a hard state") from None
+    if type(term) is not int or term < 0 or not (voted_for is None or type(voted_for) is str):
+        raise corrupt(where, "the content is not a hard state")
+    return HardState(term, voted_for)
 
 
 class FileStorage:
-    """Raft state in ``directory`` (created if needed). Call :meth:`close` when done."""
+    """Raft state in ``directory`` (created 0700 if needed). Call :meth:`close` when done.
+
+    ``after_step(step)`` is a test hook called after each step of a snapshot save;
+    ``fault(operation, nbytes)`` is a test seam called before each write (see :data:`Fault`):
+    ``nbytes`` is the bytes the operation writes (for ``truncate`` the bytes it cuts, for
+    ``sync`` the size of the log it flushes). It may run in a worker thread.
+    """
 
     def __init__(
         self,
         directory: str | os.PathLike[str],
         *,
         after_step: Callable[[str], None] | None = None,
+        fault: Fault | None = None,
     ) -> None:
-        """``after_step`` is a test hook called after each step of a snapshot save."""
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _prepare_directory(self.directory)
         self._after_step = after_step or (lambda step: None)
+        self._fault = fault
         self._hard_state = Persister(self.directory / "hardstate")
         self._snapshot = Persister(
             self.directory / "snapshot",
@@ -184,89 +317,213 @@ class FileStorage:
         self._fd = -1
         self._offsets: list[int] = []  # file offset of the record of each entry in the log
         self._first_index = 1  # index of the first record in the file
-        self._log_bytes = 0
+        self._log_end = LOG_HEADER_SIZE  # the log file's size as far as writes succeeded
+        self._failure: OSError | None = None  # the first write that failed
 
     def load(self) -> Loaded:
-        hard_state = decode_hard_state(self._hard_state.read())
-        snapshot = decode_snapshot(self._snapshot.read())
-        raw = self._log_path.read_bytes() if self._log_path.exists() else b""
-        records, offsets, valid = parse_records(raw)
-        log, dropped = normalize(snapshot, records)
-        if dropped:
+        """The durable state; raises StorageCorrupt (one line) if it cannot be trusted."""
+        hard_raw = self._hard_state.read()
+        hard_state = decode_hard_state(hard_raw, str(self._hard_state.path))
+        snapshot = decode_snapshot(self._snapshot.read(), str(self._snapshot.path))
+        try:
+            raw = self._log_path.read_bytes()
+        except FileNotFoundError:
+            raw = None
+        if raw is None:
+            if hard_raw or snapshot is not None:
+                found = "a hard state" if hard_raw else "a snapshot"
+                raise corrupt(self._log_path, f"missing beside {found}")
+            log = Log()
             self._rewrite(log)
+            return Loaded(hard_state, None, log)
+        parsed = parse_log(raw, str(self._log_path))
+        self._check_consistent(hard_raw, snapshot, parsed)
+        log, dropped = normalize(snapshot, parsed.records)
+        torn = parsed.end < len(raw)
+        if torn:
+            logger.warning(
+                "%s: offset %d: cut %d bytes of torn tail (%s), left by a crash during an append",
+                self._log_path,
+                parsed.end,
+                len(raw) - parsed.end,
+                parsed.damage,
+            )
+        if dropped or (snapshot is not None and snapshot.index != parsed.base_index):
+            self._rewrite(log)  # a crash came between the snapshot save and the log rewrite
         else:
-            if valid < len(raw):
-                with open(self._log_path, "r+b") as f:
-                    f.truncate(valid)
-                    os.fsync(f.fileno())
-            self._open_log(log.snapshot_index + 1, offsets[len(records) - len(log.entries) :])
-            self._log_bytes = valid
+            if torn:
+                self._cut(parsed.end, len(raw))
+            self._open_log(log.snapshot_index + 1, parsed.offsets)
+            self._log_end = parsed.end
+            os.fsync(self._fd)  # what a killed process appended but never synced is durable now
+        fsync_dir(self.directory)  # and so is a rename whose directory fsync a crash skipped
         return Loaded(hard_state, snapshot, log)
+
+    def _check_consistent(
+        self, hard_raw: bytes, snapshot: Snapshot | None, parsed: ParsedLog
+    ) -> None:
+        base = parsed.base_index
+        if not hard_raw and (parsed.records or snapshot is not None or base > 0):
+            if parsed.records:
+                found = f"{len(parsed.records)} log entries"
+            else:
+                found = "a snapshot" if snapshot else f"a log continuing from index {base}"
+            raise corrupt(
+                self._hard_state.path,
+                f"missing beside {found} (without it this node could vote twice in a term)",
+            )
+        if snapshot is None and base > 0:
+            raise corrupt(
+                self._snapshot.path, f"missing, but {self._log_path} continues from index {base}"
+            )
+        if snapshot is not None and (
+            snapshot.index < base or (snapshot.index == base and snapshot.term != parsed.base_term)
+        ):
+            raise corrupt(
+                self._snapshot.path,
+                f"the snapshot at index {snapshot.index} (term {snapshot.term}) is not the one "
+                f"{self._log_path} continues from (index {base}, term {parsed.base_term})",
+            )
+
+    def _cut(self, end: int, size: int) -> None:
+        if self._fault is not None:
+            self._fault("truncate", size - end)
+        fd = os.open(self._log_path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _open_log(self, first_index: int, offsets: list[int]) -> None:
         if self._fd >= 0:
             os.close(self._fd)
-        self._fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = -1
+        self._fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND)
         self._first_index = first_index
         self._offsets = offsets
 
     def _rewrite(self, log: Log) -> None:
         """Replace the log file by one holding exactly ``log``'s entries (atomically)."""
         tmp = self._log_path.with_name("log.tmp")
-        offsets, pos, chunks = [], 0, []
+        offsets, pos = [], LOG_HEADER_SIZE
+        chunks = [encode_log_header(log.snapshot_index, log.snapshot_term)]
         for i, entry in enumerate(log.entries):
             record = encode_record(log.snapshot_index + 1 + i, entry)
             offsets.append(pos)
             pos += len(record)
             chunks.append(record)
-        with open(tmp, "wb") as f:
-            f.write(b"".join(chunks))
-            f.flush()
-            os.fsync(f.fileno())
+        if self._fault is not None:
+            self._fault("rewrite", pos)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            _write_all(fd, b"".join(chunks))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self._after_step("log-written")
         os.replace(tmp, self._log_path)
         self._after_step("log-renamed")
         fsync_dir(self.directory)
         self._open_log(log.snapshot_index + 1, offsets)
-        self._log_bytes = pos
+        self._log_end = pos
 
     async def save_hard_state(self, state: HardState) -> None:
-        await trio.to_thread.run_sync(self._hard_state.save, encode_hard_state(state))
+        self._refuse_if_failed()
+        data = encode_hard_state(state)
 
-    def append(self, first_index: int, entries: list[Entry]) -> None:
-        assert first_index == self._first_index + len(self._offsets), "appends must be contiguous"
-        chunks = []
-        for i, entry in enumerate(entries):
-            record = encode_record(first_index + i, entry)
-            self._offsets.append(self._log_bytes)
-            self._log_bytes += len(record)
-            chunks.append(record)
-        data = memoryview(b"".join(chunks))
-        while data:
-            data = data[os.write(self._fd, data) :]
-
-    def truncate_from(self, index: int) -> None:
-        keep = index - self._first_index
-        if keep < len(self._offsets):
-            self._log_bytes = self._offsets[keep]
-            del self._offsets[keep:]
-            os.ftruncate(self._fd, self._log_bytes)
-
-    async def sync(self) -> None:
-        await trio.to_thread.run_sync(os.fsync, self._fd)
-
-    def sync_blocking(self) -> None:
-        os.fsync(self._fd)
-
-    async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
         def save() -> None:
-            self._snapshot.save(encode_snapshot(snapshot))
-            self._rewrite(log)
+            try:
+                if self._fault is not None:
+                    self._fault("hardstate", len(data))
+                self._hard_state.save(data)
+            except OSError as exc:
+                self._failure = exc
+                raise
 
         await trio.to_thread.run_sync(save)
 
+    def append(self, first_index: int, entries: list[Entry]) -> None:
+        assert first_index == self._first_index + len(self._offsets), "appends must be contiguous"
+        self._refuse_if_failed()
+        offsets, pos, chunks = [], self._log_end, []
+        for i, entry in enumerate(entries):
+            record = encode_record(first_index + i, entry)
+            offsets.append(pos)
+            pos += len(record)
+            chunks.append(record)
+        data = b"".join(chunks)
+        try:
+            if self._fault is not None:
+                self._fault("append", len(data))
+            _write_all(self._fd, data)
+        except OSError as exc:
+            self._failure = exc
+            raise
+        self._offsets += offsets
+        self._log_end = pos
+
+    def truncate_from(self, index: int) -> None:
+        self._refuse_if_failed()
+        keep = index - self._first_index
+        if keep < len(self._offsets):
+            end = self._offsets[keep]
+            try:
+                if self._fault is not None:
+                    self._fault("truncate", self._log_end - end)
+                os.ftruncate(self._fd, end)
+            except OSError as exc:
+                self._failure = exc
+                raise
+            self._log_end = end
+            del self._offsets[keep:]
+
+    async def sync(self) -> None:
+        self._refuse_if_failed()
+        try:
+            if self._fault is not None:
+                self._fault("sync", self._log_end)
+            await trio.to_thread.run_sync(os.fsync, self._fd)
+        except OSError as exc:
+            self._failure = exc
+            raise
+
+    def sync_blocking(self) -> None:
+        self._refuse_if_failed()
+        try:
+            if self._fault is not None:
+                self._fault("sync", self._log_end)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._failure = exc
+            raise
+
+    async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
+        self._refuse_if_failed()
+        data = encode_snapshot(snapshot)
+
+        def save() -> None:
+            try:
+                if self._fault is not None:
+                    self._fault("snapshot", len(data))
+                self._snapshot.save(data)  # durable before the log changes
+                self._rewrite(log)
+            except OSError as exc:
+                self._failure = exc
+                raise
+
+        await trio.to_thread.run_sync(save)
+
+    def _refuse_if_failed(self) -> None:
+        if self._failure is not None:
+            raise OSError(
+                errno.EIO,
+                f"{self.directory}: an earlier write failed ({self._failure}); what reached "
+                "the disk is unknown, so nothing more is written until the storage is reopened",
+            ) from self._failure
+
     def raft_state_size(self) -> int:
-        return self._hard_state.size() + self._log_bytes
+        return self._hard_state.size() + self._log_end - LOG_HEADER_SIZE
 
     def snapshot_size(self) -> int:
         return self._snapshot.size()
@@ -275,6 +532,36 @@ class FileStorage:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _prepare_directory(directory: Path) -> None:
+    """Create ``directory`` 0700, or warn if an existing one lets other users in; tighten the
+    data files in it to 0600."""
+    try:
+        directory.mkdir(mode=DIRECTORY_MODE, parents=True)
+        os.chmod(directory, DIRECTORY_MODE)  # exactly 0700, whatever the umask
+    except FileExistsError:
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if mode & 0o077:
+            logger.warning(
+                "%s: the data directory has mode %s, open to other users; its files are 0600, "
+                "but chmod 700 it so that they cannot see or replace them",
+                directory,
+                oct(mode),
+            )
+    for name in _FILE_NAMES:
+        path = directory / name
+        try:
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                os.chmod(path, FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 class MemoryStorage:

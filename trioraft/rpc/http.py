@@ -10,34 +10,69 @@ Invariants:
   mistyped field, an unknown method or a body over ``max_body_bytes`` is answered with a 4xx
   and ``{"error": message}`` before any handler runs, so no input can change server state.
   A handler may itself raise :class:`BadRequest` (before changing anything) for checks the
-  types cannot express.
+  types cannot express; any other exception it raises is answered 500
+  ``{"error": "internal error"}`` and logged (rate-limited), and the server carries on.
+- With ``peer_auth`` (see :mod:`trioraft.rpc.auth`), a request without a valid tag is
+  answered 401 before its body is parsed; with ``client_token``, one without
+  ``Authorization: Bearer <token>`` is answered 401 before its body is read. ``GET`` routes
+  are open.
+- Every listener is bounded: at most ``max_connections`` connections at once (beyond that,
+  new ones wait in the kernel's backlog, holding no descriptor of ours); request headers
+  must arrive within ``keep_alive_timeout`` of the connection opening or of the previous
+  reply, and the body within ``body_timeout`` (else 408). A reply that leaves a request
+  body unread (401, 408, 413, any other error found before the body) carries
+  ``Connection: close`` and the connection is then closed, so the client never waits on it.
 - :meth:`RpcClient.call` returns the decoded reply, or ``None`` on any network failure,
-  timeout, non-2xx status or undecodable reply; it never raises for those.
+  timeout, 408 or 5xx status, undecodable reply or (with ``peer_auth``) a reply whose tag
+  is not the answer to this very request; it never raises for those. A refusal of the
+  request itself (400, 401, 403, 404, 405, 413, 422) raises :class:`BadRequest`, so a
+  client never retries what can only be refused again (``HttpTransport`` maps it to
+  ``None``: to Raft, a refused message is a lost one).
 """
 
 from __future__ import annotations
 
+import errno
+import hmac
 import json
+import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+import traceback
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
 from typing import Any, TypeVar
 
 import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
 from quart import Response, request
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from .._errors import BadRequest
+from .._logging import Throttled, logger
+from .auth import AUTH_HEADER, CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
 from .codec import decode, encode
+from .tls import ClientTls, ServerTls, client_context
 
 T = TypeVar("T")
 CLIENT_ID_HEADER = "X-Client-Id"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
+INTERNAL_ERROR = {"error": "internal error"}
+UNAUTHENTICATED_PEER = {"error": "unauthenticated peer message"}
+UNAUTHENTICATED_CLIENT = {"error": "missing or wrong client token"}
+
+#: Logs a handler's unexpected exception with its traceback (rate-limited per server).
+ErrorLog = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -48,10 +83,10 @@ class Route:
     handler: Callable[[Any], Awaitable[Any]]
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | bytearray | memoryview) -> Any:
     """Parse a UTF-8 request body, raising :class:`BadRequest` on anything that is not JSON."""
     try:
-        return _JSON.decode(body.decode())
+        return _JSON.decode(str(body, "utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest(f"malformed JSON: {exc}") from None
 
@@ -63,15 +98,25 @@ def _reject_constant(name: str) -> float:
 #: One decoder for every body (``json.loads`` with an option builds a new one per call).
 _JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
+#: Where unexpected handler exceptions go when the caller names no log of its own.
+default_error_log: ErrorLog = Throttled(logger, logging.ERROR)
+
 
 def json_response(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, content_type="application/json")
 
 
-async def dispatch(routes: Mapping[str, Route], method: str, body: bytes) -> tuple[int, Any]:
+async def dispatch(
+    routes: Mapping[str, Route],
+    method: str,
+    body: bytes,
+    *,
+    log_error: ErrorLog = default_error_log,
+) -> tuple[int, Any]:
     """Answer one call: validate ``body`` for ``method`` and run its handler.
 
     Returns the HTTP status and the JSON-ready payload (the reply, or ``{"error": ...}``).
+    Never raises for any input, nor for a handler's exception (500, logged to ``log_error``).
     """
     try:
         data = parse_json(body)
@@ -79,10 +124,16 @@ async def dispatch(routes: Mapping[str, Route], method: str, body: bytes) -> tup
         if method not in routes:
             return 404, {"error": f"unknown method {method!r}"}
         return exc.status, {"error": exc.message}
-    return await dispatch_parsed(routes, method, data)
+    return await dispatch_parsed(routes, method, data, log_error=log_error)
 
 
-async def dispatch_parsed(routes: Mapping[str, Route], method: str, data: Any) -> tuple[int, Any]:
+async def dispatch_parsed(
+    routes: Mapping[str, Route],
+    method: str,
+    data: Any,
+    *,
+    log_error: ErrorLog = default_error_log,
+) -> tuple[int, Any]:
     """:func:`dispatch` for an already parsed JSON body."""
     route = routes.get(method)
     if route is None:
@@ -90,9 +141,21 @@ async def dispatch_parsed(routes: Mapping[str, Route], method: str, data: Any) -
     try:
         args = decode(route.args, data)
         reply = await route.handler(args)
+        return 200, encode(reply)
     except BadRequest as exc:
         return exc.status, {"error": exc.message}
-    return 200, encode(reply)
+    except Exception:
+        log_error("the handler of %r failed:\n%s", method, traceback.format_exc())
+        return 500, INTERNAL_ERROR
+
+
+def render(status: int, payload: Any, log_error: ErrorLog = default_error_log) -> tuple[int, bytes]:
+    """``payload`` as a JSON body; a 500 if it cannot be one (a handler's bad reply)."""
+    try:
+        return status, json.dumps(payload).encode()
+    except (TypeError, ValueError):
+        log_error("a reply is not JSON:\n%s", traceback.format_exc())
+        return 500, json.dumps(INTERNAL_ERROR).encode()
 
 
 def decode_reply(data: Any, reply_type: type[T]) -> T | None:
@@ -103,24 +166,93 @@ def decode_reply(data: Any, reply_type: type[T]) -> T | None:
         return None
 
 
+def unhex(value: str | None) -> bytes | None:
+    """The bytes of a hex header value, or ``None`` if it is missing or not hex."""
+    if value is None:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
+
+
+class _HTTPConnection(TrioASGIHTTPConnection):
+    """quart-trio's connection, with each response sent out of reach of the disconnect.
+
+    When the last byte of a response goes out before the request's body has all arrived (a
+    413, a 408, a refusal), Hypercorn, from inside that very send, reports the request
+    disconnected and then closes the connection. quart-trio answers the disconnect by
+    cancelling the send, so the close was cancelled too: the connection stayed open,
+    answering nothing more, until the client gave up on it.
+    """
+
+    async def _send_response(self, send: Any, response: Any) -> None:
+        with trio.CancelScope(shield=True):
+            await super()._send_response(send, response)
+
+
+class _App(QuartTrio):
+    asgi_http_class = _HTTPConnection
+
+
 def make_app(
     routes: Mapping[str, Route],
     *,
     name: str = "trioraft",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     status: Callable[[], Any] | None = None,
+    peer_auth: PeerAuth | None = None,
+    client_token: str | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    peer_methods: Collection[str] | None = None,
 ) -> QuartTrio:
     """A Quart-Trio app answering ``POST /<method>`` for every route in ``routes``.
 
-    ``status``, if given, answers ``GET /status`` with its JSON-ready result.
+    ``status``, if given, answers ``GET /status`` with its JSON-ready result. ``peer_auth``
+    requires a peer tag on every ``POST``, ``client_token`` a bearer token; with
+    ``peer_methods`` (for an app serving peers and clients at once), the tag is required on
+    those methods only and the token on the others only.
     """
-    app = QuartTrio(name)
+    if client_token is not None and not _header_safe(client_token):
+        raise ValueError("the client token must be non-empty printable ASCII without spaces")
+    app = _App(name)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.config["BODY_TIMEOUT"] = body_timeout
+    log_error = Throttled(logger, logging.ERROR)
+    log_refused_client = Throttled(logger)
+    bearer = None if client_token is None else f"Bearer {client_token}".encode()
+    peers_only = None if peer_methods is None else frozenset(peer_methods)
+
+    async def answer(method: str, body: bytes) -> tuple[int, bytes]:
+        status, payload = await dispatch(routes, method, body, log_error=log_error)
+        return render(status, payload, log_error)
+
+    async def answer_peer(auth: PeerAuth, method: str) -> Response:
+        credential = unhex(request.headers.get(AUTH_HEADER))
+        if credential is None or len(credential) != CREDENTIAL_BYTES:
+            auth.refuse(request.remote_addr, f"no valid {AUTH_HEADER} header on {method!r}")
+            return _refusal(UNAUTHENTICATED_PEER)
+        body = await request.get_data(cache=False)
+        request_tag = auth.check_request(credential, method, body)
+        if request_tag is None:
+            auth.refuse(request.remote_addr, f"a wrong tag on {method!r}")
+            return _refusal(UNAUTHENTICATED_PEER)
+        status, content = await answer(method, body)
+        tag = auth.sign_reply(request_tag, status, content)
+        return Response(content, status, {AUTH_HEADER: tag.hex()}, content_type="application/json")
 
     @app.post("/<method>")
     async def post(method: str) -> Response:
-        status, payload = await dispatch(routes, method, await request.get_data(cache=False))
-        return json_response(payload, status)
+        is_peer_method = peers_only is None or method in peers_only
+        if bearer is not None and (peers_only is None or not is_peer_method):
+            given = request.headers.get("Authorization", "").encode("latin-1")
+            if not hmac.compare_digest(given, bearer):
+                log_refused_client("refused a client request from %s", request.remote_addr)
+                return _refusal(UNAUTHENTICATED_CLIENT, {"WWW-Authenticate": "Bearer"})
+        if peer_auth is not None and is_peer_method:
+            return await answer_peer(peer_auth, method)
+        status, content = await answer(method, await request.get_data(cache=False))
+        return Response(content, status, content_type="application/json")
 
     if status is not None:
 
@@ -130,9 +262,35 @@ def make_app(
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        return json_response({"error": exc.description or exc.name}, exc.code or 500)
+        error = json_response({"error": exc.description or exc.name}, exc.code or 500)
+        return _closing(error)
+
+    @app.errorhandler(Exception)  # found before Quart's own handling, which logs elsewhere
+    async def internal_error(exc: Exception) -> Response:
+        trace = "".join(traceback.format_exception(exc))
+        log_error("%s %s failed:\n%s", request.method, request.path, trace)
+        return _closing(json_response(INTERNAL_ERROR, 500))
 
     return app
+
+
+def _refusal(payload: dict[str, str], headers: Mapping[str, str] | None = None) -> Response:
+    response = json_response(payload, 401)
+    response.headers.update(headers or {})
+    return _closing(response)
+
+
+def _closing(response: Response) -> Response:
+    """``response`` marked as the connection's last: the request body may be left unread,
+    so the connection cannot carry another request. (HTTP/2 has no such header and needs
+    none: its streams end on their own.)"""
+    if request.http_version.startswith("1"):
+        response.headers["Connection"] = "close"
+    return response
+
+
+def _header_safe(token: str) -> bool:
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
 
 
 async def serve(
@@ -140,32 +298,131 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
+    tls: ServerTls | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` with Hypercorn until cancelled; ``task_status`` gets the bound URL."""
+    """Serve ``app`` with Hypercorn until cancelled; ``task_status`` gets the bound URL.
+
+    At most ``max_connections`` connections are served at once; an idle one (no request
+    headers) is closed after ``keep_alive_timeout``, as is a TLS handshake not done by then.
+    With ``tls``, the URL is ``https://`` (and with ``tls.ca_file``, clients need a
+    certificate signed by it).
+
+    Hypercorn's own loop (``hypercorn.trio.serve``) accepts without limit, so its parts are
+    assembled here around a listener that stops accepting while all slots are taken.
+    """
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
     config.loglevel = "WARNING"
     config.graceful_timeout = 0
+    config.keep_alive_timeout = keep_alive_timeout
+    config.ssl_handshake_timeout = keep_alive_timeout
+    config.alpn_protocols = ["http/1.1"]  # error replies close connections the HTTP/1 way
+    if tls is not None:
+        config.certfile, config.keyfile = tls.cert_file, tls.key_file
+        if tls.ca_file is not None:
+            config.ca_certs = tls.ca_file
+            config.verify_mode = ssl.CERT_REQUIRED
+    ssl_context = config.create_ssl_context()
+    sockets = await trio.open_tcp_listeners(port, host=host)
+    url = _url("https" if tls else "http", sockets[0].socket)
+    listeners: list[trio.abc.Listener[Any]] = list(sockets)
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(asgi, config, lifespan_state)
+
+    async def connection(stream: trio.abc.Stream) -> None:
+        state = ConnectionState(lifespan_state.copy())
+        await TCPServer(asgi, config, context, state, stream)  # type: ignore[arg-type]
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            await nursery.start(serve_bounded, connection, listeners, max_connections)
+            task_status.started(url)
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+def _url(scheme: str, sock: trio.socket.SocketType) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_log_accept_error = Throttled(logger, logging.ERROR)
+_log_connection_error = Throttled(logger, logging.ERROR)
+
+
+async def serve_bounded(
+    handler: Callable[[Any], Awaitable[object]],
+    listeners: Sequence[trio.abc.Listener[Any]],
+    max_connections: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``handler(stream)`` on each connection accepted from ``listeners``, at most
+    ``max_connections`` at once, until cancelled.
+
+    At the limit nothing more is accepted: new connections wait in the kernel's backlog
+    (and beyond it, their SYNs are dropped and retried by the client), using no descriptor
+    here. A handler's unexpected exception is logged and ends its connection only. Each
+    stream is closed when its handler returns.
+    """
+    if max_connections < 1:
+        raise ValueError("max_connections must be at least 1")
+    slots = trio.Semaphore(max_connections)
+
+    async def run(stream: trio.abc.AsyncResource) -> None:
+        try:
+            await handler(stream)
+        except Exception:
+            _log_connection_error("a connection's handler failed:\n%s", traceback.format_exc())
+        finally:
+            slots.release()
+            await trio.aclose_forcefully(stream)
+
+    async def accept(listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+        async with listener:
+            await accept_from(listener, nursery)
+
+    async def accept_from(listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+        while True:
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                _log_accept_error("cannot accept a connection: %s; retrying", exc)
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            nursery.start_soon(run, stream)
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(hypercorn_serve, app, config))
-        task_status.started(binds[0])
-
-
-@cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default (verifying) TLS context, built once per process: building it reads
-    the CA bundle, ~70 ms that would otherwise block the event loop for every client made."""
-    return httpx.create_ssl_context()
+        for listener in listeners:
+            nursery.start_soon(accept, listener, nursery)
+        task_status.started()
 
 
 class RpcClient:
     """Calls methods on one server. Use one client per server, and close it when done.
 
-    ``timeout`` bounds each call (connect, send and wait for the reply).
+    ``timeout`` bounds each call (connect, send and wait for the reply). ``peer_auth``
+    signs each request and checks each reply; ``token`` is sent as a bearer token; ``tls``
+    sets how an ``https://`` server is verified and the certificate shown to it.
 
     Requests go straight to an httpx transport (its connection pool), not through an
     ``httpx.AsyncClient``: a client's layers (URL and header merging, cookies, auth,
@@ -174,36 +431,55 @@ class RpcClient:
     them).
     """
 
-    def __init__(self, url: str, client_id: str, *, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        timeout: float = 1.0,
+        peer_auth: PeerAuth | None = None,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.client_id = client_id
         base = httpx.URL(self.url)
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"expected an http(s)://HOST[:PORT] URL, got {url!r}")
+        if tls is not None and base.scheme != "https":
+            raise ValueError(f"TLS settings given for a plain http URL, {url!r}")
+        if token is not None and not _header_safe(token):
+            raise ValueError("the token must be non-empty printable ASCII without spaces")
         self._urls: dict[str, httpx.URL] = {}  # by method: parsing a URL costs every call
         self._headers = [
             (b"Host", base.netloc),
             (CLIENT_ID_HEADER.encode(), client_id.encode("ascii")),
             (b"Content-Type", b"application/json"),
         ]
+        if token is not None:
+            self._headers.append((b"Authorization", f"Bearer {token}".encode()))
+        self._peer_auth = peer_auth
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._http = httpx.AsyncHTTPTransport(
-            verify=_tls_context(),
+            verify=client_context(tls),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
 
     async def call(self, method: str, args: Any, reply_type: type[T]) -> T | None:
-        """Send ``args`` (a message or a dict) to ``POST /method``; the reply, or ``None``."""
+        """Send ``args`` (a message or a dict) to ``POST /method``; the reply, or ``None``
+        if the call was lost. Raises :class:`BadRequest` (with the server's message and
+        status) when the server refused the request for what it is (400, 401, 403, 404,
+        413): sending it again would be refused again."""
         body = json.dumps(args if isinstance(args, dict) else encode(args)).encode()
         url = self._urls.get(method)
         if url is None:
             url = self._urls[method] = httpx.URL(f"{self.url}/{method}")
+        headers = [*self._headers, (b"Content-Length", str(len(body)).encode())]
+        if self._peer_auth is not None:
+            credential, request_tag = self._peer_auth.sign_request(method, body)
+            headers.append((_AUTH_HEADER_BYTES, credential.hex().encode()))
         request = httpx.Request(
-            "POST",
-            url,
-            headers=[*self._headers, (b"Content-Length", str(len(body)).encode())],
-            stream=_Body(body),
-            extensions=self._extensions,
+            "POST", url, headers=headers, stream=_Body(body), extensions=self._extensions
         )
         try:
             response = await self._http.handle_async_request(request)
@@ -213,8 +489,16 @@ class RpcClient:
                 await response.aclose()
         except (httpx.HTTPError, OSError, trio.BrokenResourceError):
             return None
+        if response.status_code in _REFUSALS:
+            raise BadRequest(_error_message(content, response.status_code), response.status_code)
         if not 200 <= response.status_code < 300:
             return None
+        if self._peer_auth is not None:
+            tag = unhex(response.headers.get(AUTH_HEADER))
+            if tag is None or len(tag) != TAG_BYTES:
+                return None
+            if not self._peer_auth.check_reply(request_tag, response.status_code, content, tag):
+                return None
         try:
             data = parse_json(content)
         except BadRequest:
@@ -229,6 +513,23 @@ class RpcClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+_AUTH_HEADER_BYTES = AUTH_HEADER.encode()
+
+
+#: Statuses that refuse a request for what it is, not for the moment (408, 5xx are not).
+_REFUSALS = frozenset({400, 401, 403, 404, 405, 413, 422})
+
+
+def _error_message(content: bytes, status: int) -> str:
+    try:
+        data = parse_json(content)
+    except BadRequest:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return data["error"]
+    return f"refused with HTTP {status}"
 
 
 class _Body(httpx.AsyncByteStream):

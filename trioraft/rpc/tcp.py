@@ -4,40 +4,85 @@ HTTP stays the default peer transport. This one exists because replication is ma
 messages, and on this stack an HTTP request costs 15-20 times a raw TCP message (Hypercorn
 on the server, httpx on the client); ``benchmarks/suite.py --peer-transport`` measures both.
 
-Wire format: each message is a 4-byte big-endian length, then that many bytes of UTF-8
-JSON. A request is ``{"m": method, "a": args}``; its reply is ``{"s": status, "p": payload}``
-with the status and payload the HTTP app would answer (``dispatch`` produces both).
+Wire format: each frame is a 4-byte big-endian length, then that many bytes of payload. A
+request's payload is the UTF-8 JSON ``{"m": method, "a": args}``; its reply's is
+``{"s": status, "p": payload}`` with the status and payload the HTTP app would answer
+(``dispatch`` produces both). With peer authentication (:mod:`trioraft.rpc.auth`; the
+server and all its callers must agree on it), raw bytes come ahead of the JSON:
+
+    request payload:  nonce (16 bytes) | tag (32 bytes) | JSON
+                      tag = request tag over (method "", JSON): the method is in the JSON
+    reply payload:    tag (32 bytes) | JSON
+                      tag = reply tag over (the request's tag, status 0, JSON): the status
+                      is in the JSON; 32 zero bytes on a reply to an unauthenticated request
+
+With TLS, the same frames travel inside the TLS stream.
 
 Invariants:
 - A connection carries one call at a time: the server answers each request before reading
-  the next. The client keeps a few idle connections per peer and closes any connection
-  whose call failed or was cancelled, since its state is then unknown.
+  the next. The client keeps a few idle connections per peer, reuses one only if it has
+  been idle for less than ``max_idle`` (well below the servers' ``idle_timeout``, so the
+  server does not close it under a call), and closes any connection whose call failed or
+  was cancelled, since its state is then unknown.
 - The server checks every request as the HTTP app does (same routes, same ``dispatch``); a
   malformed request gets a 4xx reply; a frame over ``max_frame_bytes`` gets a 413 and the
-  connection is closed (its tail cannot be trusted). No input reaches a handler unchecked.
-- :meth:`TcpTransport.call` never raises for network trouble: it returns ``None``.
+  connection is closed (its tail cannot be trusted). With peer authentication, a frame
+  without a valid tag gets a 401 and the connection is closed, before any JSON is parsed.
+  No input reaches a handler unchecked; a handler's unexpected exception is answered 500,
+  logged, and the connection and the server carry on.
+- The server is bounded: at most ``max_connections`` connections at once (others wait in the
+  kernel's backlog); a connection is closed when no frame starts within ``idle_timeout`` of
+  the last reply (or of connecting, TLS handshake included), or when a frame, or the reply
+  to it, takes over ``frame_timeout`` to cross.
+- :meth:`TcpTransport.call` never raises for network trouble: it returns ``None``, as it
+  does for a reply whose tag does not answer this very request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import struct
+import traceback
 from collections.abc import Mapping
-from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import trio
 
 from .._errors import BadRequest
+from .._logging import Throttled, logger
+from .auth import CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
 from .codec import encode
-from .http import Route, decode_reply, dispatch_parsed, parse_json
+from .http import (
+    INTERNAL_ERROR,
+    UNAUTHENTICATED_PEER,
+    ErrorLog,
+    Route,
+    decode_reply,
+    default_error_log,
+    dispatch_parsed,
+    parse_json,
+    serve_bounded,
+)
+from .tls import ClientTls, ServerTls, client_context
 
 T = TypeVar("T")
 _LENGTH = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES = 64 << 20
+#: Peers are few: each keeps a couple of idle connections here, plus one per call in flight.
+DEFAULT_MAX_CONNECTIONS = 128
+#: A live peer's pooled connection carries a heartbeat at least every 0.1 s, so only
+#: connections no peer is using reach this; callers stop reusing theirs well before.
+DEFAULT_IDLE_TIMEOUT = 30.0
+#: Time for one frame to cross, once started: the largest (64 MiB) needs ~2.2 MB/s.
+DEFAULT_FRAME_TIMEOUT = 30.0
+DEFAULT_MAX_IDLE = 10.0
 _IDLE_CONNECTIONS_PER_PEER = 2
+_NO_TAG = bytes(TAG_BYTES)
+_NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class FrameError(Exception):
@@ -45,24 +90,30 @@ class FrameError(Exception):
 
 
 class FramedStream:
-    """Length-prefixed frames over a connected Trio socket stream.
+    """Length-prefixed frames over a connected Trio stream.
 
-    It reads and writes the socket itself (one reader and one writer at a time) instead of
-    through ``SocketStream``, whose every send and receive ends with a pass of the
-    scheduler even when the socket was ready: on a busy leader each such pass delays the
-    reply it just read by a whole batch of other tasks. Here a call waits (and is
-    cancellable) only when the socket is not ready. (``os.read`` and ``os.write`` on the
+    Over a plain socket it reads and writes the socket itself (one reader and one writer at
+    a time) instead of through ``SocketStream``, whose every send and receive ends with a
+    pass of the scheduler even when the socket was ready: on a busy leader each such pass
+    delays the reply it just read by a whole batch of other tasks. There a call waits (and
+    is cancellable) only when the socket is not ready. (``os.read`` and ``os.write`` on the
     socket's descriptor: POSIX only, as is trioraft's storage, which fsyncs directories.)
+    Over any other stream (TLS), it goes through the stream's own methods.
     """
 
-    def __init__(self, stream: trio.SocketStream, max_frame_bytes: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, max_frame_bytes: int) -> None:
         self.stream = stream
         self.max_frame_bytes = max_frame_bytes
-        self._socket = stream.socket
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._buffer = bytearray()
 
-    async def send(self, payload: bytes) -> None:
-        data = memoryview(_LENGTH.pack(len(payload)) + payload)
+    async def send(self, *parts: bytes) -> None:
+        """Send one frame whose payload is ``parts`` joined."""
+        payload = b"".join((_LENGTH.pack(sum(map(len, parts))), *parts))
+        if self._socket is None:
+            await self.stream.send_all(payload)
+            return
+        data = memoryview(payload)
         while data:
             try:
                 data = data[os.write(self._socket.fileno(), data) :]
@@ -71,17 +122,24 @@ class FramedStream:
 
     async def receive(self) -> bytes | None:
         """The next frame, or ``None`` if the peer closed cleanly between frames."""
+        if not await self.wait_frame():
+            return None
+        return await self.read_frame()
+
+    async def wait_frame(self) -> bool:
+        """Wait for the next frame to start; ``False`` if the peer closed cleanly first."""
         if self._buffer:
             # Bytes that came with the last frame (a peer sending without waiting): let the
             # other tasks run between its frames, as a wait for the socket would.
             await trio.lowlevel.checkpoint()
-        if not await self._fill(_LENGTH.size):
-            return None
+        return await self._fill(_LENGTH.size)
+
+    async def read_frame(self) -> bytes:
+        """The rest of the frame :meth:`wait_frame` saw start."""
         (length,) = _LENGTH.unpack_from(self._buffer)
         if length > self.max_frame_bytes:
             raise FrameError(f"a frame of {length} bytes; the limit is {self.max_frame_bytes}")
-        if not await self._fill(_LENGTH.size + length):
-            raise FrameError("the connection closed in the middle of a frame")
+        await self._fill(_LENGTH.size + length)
         frame = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
         del self._buffer[: _LENGTH.size + length]
         return frame
@@ -89,17 +147,20 @@ class FramedStream:
     async def _fill(self, size: int) -> bool:
         while len(self._buffer) < size:
             want = min(max(65536, size - len(self._buffer)), 1 << 20)
-            try:
-                data = os.read(self._socket.fileno(), want)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._socket)
-                continue
+            if self._socket is None:
+                data = await self.stream.receive_some(want)
+            else:
+                try:
+                    data = os.read(self._socket.fileno(), want)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self._socket)
+                    continue
             if not data:
                 if self._buffer:
                     raise FrameError("the connection closed in the middle of a frame")
                 return False
             self._buffer += data
-            if len(self._buffer) < size:
+            if len(self._buffer) < size and self._socket is not None:
                 await trio.lowlevel.checkpoint()  # a long frame must not hold the loop
         return True
 
@@ -110,44 +171,163 @@ async def serve_tcp(
     port: int = 0,
     *,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    peer_auth: PeerAuth | None = None,
+    tls: ServerTls | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer framed calls to ``routes`` until cancelled; ``task_status`` gets ``tcp://...``."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound_host, bound_port = listeners[0].socket.getsockname()[:2]
-    handler = partial(_serve_connection, routes, max_frame_bytes)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.serve_listeners, handler, listeners))
-        task_status.started(f"tcp://{bound_host}:{bound_port}")
+    """Answer framed calls to ``routes`` until cancelled; ``task_status`` gets ``tcp://...``
+    (``tcp://`` with TLS too: the caller's settings say whether to speak it)."""
+    ssl_context = None if tls is None else tls.context()
+    sockets = await trio.open_tcp_listeners(port, host=host)
+    bound_host, bound_port = sockets[0].socket.getsockname()[:2]
+    listeners: list[trio.abc.Listener[Any]] = list(sockets)
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
+    server = _Server(routes, max_frame_bytes, peer_auth, idle_timeout, frame_timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_bounded, server.serve_connection, listeners, max_connections)
+            task_status.started(f"tcp://{bound_host}:{bound_port}")
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
 
 
-async def _serve_connection(
-    routes: Mapping[str, Route], max_frame_bytes: int, stream: trio.SocketStream
-) -> None:
-    framed = FramedStream(stream, max_frame_bytes)
-    async with stream:
-        try:
-            while (frame := await framed.receive()) is not None:
-                status, payload = await _answer(routes, frame)
-                await framed.send(json.dumps({"s": status, "p": payload}).encode())
-        except FrameError as exc:
-            reply = {"s": 413, "p": {"error": str(exc)}}
+class _Server:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        max_frame_bytes: int,
+        peer_auth: PeerAuth | None,
+        idle_timeout: float,
+        frame_timeout: float,
+    ) -> None:
+        self.routes = routes
+        self.max_frame_bytes = max_frame_bytes
+        self.peer_auth = peer_auth
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        self.log_error = Throttled(logger, logging.ERROR)
+
+    async def serve_connection(self, stream: trio.abc.Stream) -> None:
+        """Answer the frames of one connection until it closes, breaks, stalls or misbehaves.
+        The caller closes ``stream``."""
+        framed = FramedStream(stream, self.max_frame_bytes)
+        clock = _StallClock(self.idle_timeout)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(clock.watch, nursery.cancel_scope)
             try:
-                await framed.send(json.dumps(reply).encode())
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the caller went away
+                if isinstance(stream, trio.SSLStream):
+                    await stream.do_handshake()
+                while await framed.wait_frame():
+                    clock.restart(self.frame_timeout)
+                    frame = await framed.read_frame()
+                    clock.restart(math.inf)  # a handler is bounded by its own logic
+                    reply, keep_open = await self.answer(frame, stream)
+                    clock.restart(self.frame_timeout)
+                    await framed.send(*reply)
+                    if not keep_open:
+                        break
+                    clock.restart(self.idle_timeout)
+            except FrameError as exc:
+                reply_json = json.dumps({"s": 413, "p": {"error": str(exc)}}).encode()
+                try:
+                    await framed.send(*self._unsigned(reply_json))
+                except _NETWORK_ERRORS:
+                    pass
+            except _NETWORK_ERRORS:
+                pass  # the caller went away
+            nursery.cancel_scope.cancel()
+
+    async def answer(self, frame: bytes, stream: trio.abc.Stream) -> tuple[tuple[bytes, ...], bool]:
+        """The reply's payload parts for ``frame``, and whether the connection stays open."""
+        auth = self.peer_auth
+        if auth is None:
+            return (await _answer_bytes(self.routes, frame, self.log_error),), True
+        body = memoryview(frame)[CREDENTIAL_BYTES:]
+        request_tag = auth.check_request(frame[:CREDENTIAL_BYTES], "", body)
+        if request_tag is None:
+            auth.refuse(_remote(stream), "a frame without a valid tag")
+            refusal = json.dumps({"s": 401, "p": UNAUTHENTICATED_PEER}).encode()
+            return (_NO_TAG, refusal), False
+        reply = await _answer_bytes(self.routes, body, self.log_error)
+        return (auth.sign_reply(request_tag, 0, reply), reply), True
+
+    def _unsigned(self, reply: bytes) -> tuple[bytes, ...]:
+        return (reply,) if self.peer_auth is None else (_NO_TAG, reply)
 
 
-async def _answer(routes: Mapping[str, Route], frame: bytes) -> tuple[int, Any]:
+class _StallClock:
+    """Cancels a connection whose current step (waiting for a frame, receiving one, sending
+    a reply) outlasts its limit.
+
+    A step only records when it began and its limit, so a message costs a few attribute
+    stores, not the rescheduling of a Trio deadline (~5 us, several times a message). The
+    watcher sleeps until the expiry it last computed, then looks again; it is woken sooner
+    only by a step that would expire before that (rare: steps start later and later).
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.since = trio.current_time()
+        self._planned = math.inf
+        self._replan = trio.Event()
+
+    def restart(self, limit: float) -> None:
+        self.limit = limit
+        self.since = now = trio.current_time()
+        if now + limit < self._planned:
+            self._replan.set()
+
+    async def watch(self, scope: trio.CancelScope) -> None:
+        while True:
+            expiry = self.since + self.limit
+            if trio.current_time() >= expiry:
+                scope.cancel()
+                return
+            self._planned = expiry
+            self._replan = trio.Event()
+            with trio.move_on_at(expiry):
+                await self._replan.wait()
+
+
+def _remote(stream: trio.abc.Stream) -> str:
+    try:
+        while not isinstance(stream, trio.SocketStream):
+            stream = stream.transport_stream  # type: ignore[attr-defined]
+        host, port = stream.socket.getpeername()[:2]
+    except (AttributeError, OSError):
+        return "?"
+    return f"{host}:{port}"
+
+
+async def _answer(
+    routes: Mapping[str, Route],
+    frame: bytes | memoryview,
+    log_error: ErrorLog = default_error_log,
+) -> tuple[int, Any]:
+    """The status and payload answering ``frame``; never raises for any input."""
     try:
         request = parse_json(frame)
         if not isinstance(request, dict) or not isinstance(request.get("m"), str):
             raise BadRequest('expected {"m": method, "a": args}')
     except BadRequest as exc:
         return exc.status, {"error": exc.message}
-    return await dispatch_parsed(routes, request["m"], request.get("a"))
+    return await dispatch_parsed(routes, request["m"], request.get("a"), log_error=log_error)
+
+
+async def _answer_bytes(
+    routes: Mapping[str, Route], frame: bytes | memoryview, log_error: ErrorLog
+) -> bytes:
+    status, payload = await _answer(routes, frame, log_error)
+    try:
+        return json.dumps({"s": status, "p": payload}).encode()
+    except (TypeError, ValueError):
+        log_error("a reply is not JSON:\n%s", traceback.format_exc())
+        return json.dumps({"s": 500, "p": INTERNAL_ERROR}).encode()
 
 
 def parse_tcp_url(url: str) -> tuple[str, int]:
@@ -161,7 +341,8 @@ class TcpTransport:
     """Peers reached over framed TCP at ``tcp://HOST:PORT`` addresses.
 
     With ``network`` (a :class:`~trioraft.testing.Network`), every call goes through its
-    fault plan, as calls through a fault proxy do over HTTP.
+    fault plan, as calls through a fault proxy do over HTTP. ``peer_auth`` signs requests
+    and checks replies; ``tls`` makes every connection a TLS one, checked as it says.
     """
 
     def __init__(
@@ -171,12 +352,19 @@ class TcpTransport:
         *,
         network: Any = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        peer_auth: PeerAuth | None = None,
+        tls: ClientTls | None = None,
+        max_idle: float = DEFAULT_MAX_IDLE,
     ) -> None:
         self.id = node_id
         self._addresses = {peer: parse_tcp_url(url) for peer, url in peer_urls.items()}
-        self._idle: dict[str, list[FramedStream]] = {peer: [] for peer in peer_urls}
+        #: Per peer: idle connections, each with the time it went idle.
+        self._idle: dict[str, list[tuple[FramedStream, float]]] = {peer: [] for peer in peer_urls}
         self._network = network
         self._max_frame_bytes = max_frame_bytes
+        self._peer_auth = peer_auth
+        self._ssl_context = None if tls is None else client_context(tls)
+        self._max_idle = max_idle
         self._closed = False
 
     async def call(self, peer: str, method: str, args: Any, reply_type: type[T]) -> T | None:
@@ -193,17 +381,26 @@ class TcpTransport:
             )
         return None if raw is None else _decode_reply(raw, reply_type)
 
-    async def _round_trip(self, peer: str, request: bytes) -> bytes | None:
+    async def _round_trip(self, peer: str, request: bytes) -> bytes | memoryview | None:
+        """The reply's JSON (checked against its tag, with peer auth), or ``None``."""
         idle = self._idle[peer]
-        connection = idle.pop() if idle else None
+        connection = None
+        while idle:
+            candidate, since = idle.pop()
+            if trio.current_time() - since < self._max_idle:
+                connection = candidate
+                break
+            await trio.aclose_forcefully(candidate.stream)  # the server may be closing it
         try:
             if connection is None:
-                host, port = self._addresses[peer]
-                stream = await trio.open_tcp_stream(host, port)
-                connection = FramedStream(stream, self._max_frame_bytes)
-            await connection.send(request)
+                connection = FramedStream(await self._connect(peer), self._max_frame_bytes)
+            if self._peer_auth is None:
+                await connection.send(request)
+            else:
+                credential, request_tag = self._peer_auth.sign_request("", request)
+                await connection.send(credential, request)
             reply = await connection.receive()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, FrameError):
+        except (*_NETWORK_ERRORS, FrameError):
             if connection is not None:
                 await trio.aclose_forcefully(connection.stream)
             return None
@@ -211,20 +408,34 @@ class TcpTransport:
             if connection is not None:
                 await trio.aclose_forcefully(connection.stream)
             raise
-        if reply is None or self._closed or len(idle) >= _IDLE_CONNECTIONS_PER_PEER:
+        body: bytes | memoryview | None = reply
+        if reply is not None and self._peer_auth is not None:
+            body = memoryview(reply)[TAG_BYTES:]
+            if not self._peer_auth.check_reply(request_tag, 0, body, reply[:TAG_BYTES]):
+                body = None
+        if body is None or self._closed or len(idle) >= _IDLE_CONNECTIONS_PER_PEER:
             await trio.aclose_forcefully(connection.stream)
         else:
-            idle.append(connection)
-        return reply
+            idle.append((connection, trio.current_time()))
+        return body
+
+    async def _connect(self, peer: str) -> trio.abc.Stream:
+        host, port = self._addresses[peer]
+        stream = await trio.open_tcp_stream(host, port)
+        if self._ssl_context is None:
+            return stream
+        return trio.SSLStream(
+            stream, self._ssl_context, server_hostname=host, https_compatible=True
+        )
 
     async def aclose(self) -> None:
         self._closed = True
         for idle in self._idle.values():
             while idle:
-                await trio.aclose_forcefully(idle.pop().stream)
+                await trio.aclose_forcefully(idle.pop()[0].stream)
 
 
-def _decode_reply(raw: bytes, reply_type: type[T]) -> T | None:
+def _decode_reply(raw: bytes | memoryview, reply_type: type[T]) -> T | None:
     try:
         message = parse_json(raw)
     except BadRequest:

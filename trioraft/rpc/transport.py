@@ -5,7 +5,8 @@ A transport's ``call(peer, method, args, reply_type)`` returns the peer's decode
 with a deadline.
 
 - :class:`HttpTransport`: one :class:`RpcClient` per peer (the node's id as client id), so a
-  fault proxy in front of a peer can tell callers apart.
+  fault proxy in front of a peer can tell callers apart; optionally signed (peer auth) and
+  over TLS.
 - :class:`MemoryNetwork` / :class:`MemoryTransport`: for tests on virtual time. Every call is
   encoded to JSON and decoded on the other side (deep copies, validated like HTTP input, bytes
   counted) and delivered through a :class:`~trioraft.testing.Network` plan.
@@ -18,8 +19,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from .._errors import BadRequest
+from .auth import PeerAuth
 from .codec import decode, encode
 from .http import Route, RpcClient
+from .tls import ClientTls
 
 T = TypeVar("T")
 
@@ -29,15 +32,31 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """Peers reached over HTTP at the given URLs (which may be fault proxies)."""
+    """Peers reached over HTTP at the given URLs (which may be fault proxies).
 
-    def __init__(self, node_id: str, peer_urls: Mapping[str, str], *, timeout: float = 1.0):
+    ``peer_auth`` signs every request and checks every reply; ``tls`` sets how ``https://``
+    peers are verified and the certificate shown to them.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        peer_urls: Mapping[str, str],
+        *,
+        timeout: float = 1.0,
+        peer_auth: PeerAuth | None = None,
+        tls: ClientTls | None = None,
+    ) -> None:
         self._clients = {
-            peer: RpcClient(url, node_id, timeout=timeout) for peer, url in peer_urls.items()
+            peer: RpcClient(url, node_id, timeout=timeout, peer_auth=peer_auth, tls=tls)
+            for peer, url in peer_urls.items()
         }
 
     async def call(self, peer: str, method: str, args: Any, reply_type: type[T]) -> T | None:
-        return await self._clients[peer].call(method, args, reply_type)
+        try:
+            return await self._clients[peer].call(method, args, reply_type)
+        except BadRequest:
+            return None  # refused: to Raft, as good as lost (it never stops a node)
 
     async def aclose(self) -> None:
         for client in self._clients.values():

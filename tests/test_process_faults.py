@@ -1,0 +1,234 @@
+"""Real ``trioraft node`` processes whose storage is damaged, or fills, between and during
+runs; and hostile clients of a real node's listeners.
+
+A damaged data file makes the node refuse to start: exit status 1, one line on stderr
+naming the file, the offset and what to do, no traceback. A torn tail is cut and the node
+rejoins. A disk that fills stops the node (fail-stop) and loses nothing acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.processes import ProcessCluster
+from trioraft import BadRequest, ClusterClient
+
+#: Real clusters are timing-sensitive: they share one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("http-cluster")
+
+
+async def write_and_stop(cluster: ProcessCluster, nursery: trio.Nursery, n: int) -> dict:
+    """Start the cluster, put ``n`` keys, stop every node cleanly; the keys written."""
+    await cluster.start_all(nursery)
+    written = {f"k{k}": f"value-{k}" for k in range(n)}
+    async with ClusterClient(list(cluster.urls.values())) as kv:
+        with trio.fail_after(20):
+            for key, value in written.items():
+                await kv.put(key, value, 0)
+    await cluster.stop_all()
+    return written
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x55
+    path.write_bytes(bytes(raw))
+
+
+def damage_middle_of_log(data_dir: Path) -> str:
+    log = data_dir / "log"
+    flip_byte(log, log.stat().st_size // 2)
+    return "log"
+
+
+def overwrite_log(data_dir: Path) -> str:
+    log = data_dir / "log"
+    log.write_bytes(os.urandom(log.stat().st_size))
+    return "log"
+
+
+def delete_hard_state(data_dir: Path) -> str:
+    (data_dir / "hardstate").unlink()
+    return "hardstate"
+
+
+def flip_hard_state(data_dir: Path) -> str:
+    flip_byte(data_dir / "hardstate", 14)
+    return "hardstate"
+
+
+@pytest.mark.parametrize(
+    "damage", [damage_middle_of_log, overwrite_log, delete_hard_state, flip_hard_state]
+)
+async def test_a_node_with_damaged_storage_refuses_to_start(tmp_path: Path, damage) -> None:
+    cluster = ProcessCluster(3, tmp_path)
+    async with trio.open_nursery() as nursery:
+        await write_and_stop(cluster, nursery, 30)
+        named = damage(cluster.data_dirs["1"])
+        node = cluster.nodes["1"]
+        with trio.fail_after(20):
+            assert not await node.start(nursery), "a node with damaged storage served"
+        stderr = node.stderr.decode()
+        assert node.exit == 1, stderr
+        assert "Traceback" not in stderr, stderr
+        lines = [line for line in stderr.splitlines() if "storage corrupt" in line]
+        assert len(lines) == 1, stderr
+        assert str(cluster.data_dirs["1"] / named) in lines[0]
+        assert "wipe its data directory" in lines[0] or "backup" in lines[0]
+
+
+async def test_a_torn_tail_is_cut_and_the_node_rejoins(tmp_path: Path) -> None:
+    cluster = ProcessCluster(3, tmp_path)
+    async with trio.open_nursery() as nursery:
+        written = await write_and_stop(cluster, nursery, 30)
+        log = cluster.data_dirs["1"] / "log"
+        os.truncate(log, log.stat().st_size - 5)  # a crash in the middle of the last append
+        await cluster.start_all(nursery)
+        async with ClusterClient(list(cluster.urls.values())) as kv:
+            with trio.fail_after(20):
+                for key, value in written.items():
+                    assert (await kv.get(key)).value == value
+                await kv.put("after", "x", 0)
+        with trio.fail_after(20):
+            await caught_up(cluster, "1")
+        await cluster.stop_all()
+        assert "torn tail" in cluster.nodes["1"].stderr.decode()
+
+
+async def caught_up(cluster: ProcessCluster, i: str) -> None:
+    """Return once node ``i`` has applied all it knows committed (and knows something)."""
+    while True:
+        status = await cluster.status(i)
+        if status is not None and status["last_applied"] >= status["commit_index"] > 0:
+            return
+        # Its /status is the only signal another process gives.
+        await trio.sleep(0.05)
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+async def test_a_disk_that_fills_stops_the_node_and_loses_nothing(tmp_path: Path) -> None:
+    """Node 1's data directory is a 2 MiB tmpfs: once it is full, its next write fails and
+    the node stops at once, with one line; the others go on, and every acknowledged write
+    is there. (Without permission to mount, tests/test_hardening.py injects ENOSPC.)"""
+    small = tmp_path / "small-disk"
+    if not mount_tmpfs(small, "2m"):
+        pytest.skip("cannot mount a tmpfs here (test_hardening injects ENOSPC instead)")
+    try:
+        cluster = ProcessCluster(3, tmp_path)
+        cluster.data_dirs["1"] = small / "node-1"
+        cluster.nodes["1"].command = cluster.command("1", [])
+        acknowledged: dict[str, str] = {}
+        async with trio.open_nursery() as nursery:
+            await cluster.start_all(nursery)
+            async with ClusterClient(list(cluster.urls.values())) as kv:
+                with trio.fail_after(60):
+                    k = 0
+                    while cluster.nodes["1"].process.returncode is None:
+                        key, value = f"k{k}", f"{k}-" + "v" * 50_000
+                        await kv.put(key, value, 0)
+                        acknowledged[key] = value
+                        k += 1
+                    assert await cluster.nodes["1"].wait() == 1
+                    for key, value in acknowledged.items():
+                        assert (await kv.get(key)).value == value
+            stderr = cluster.nodes["1"].stderr.decode()
+            assert "No space left on device" in stderr and "fail-stop" in stderr, stderr
+            assert "Traceback" not in stderr, stderr
+            await cluster.stop_all()
+    finally:
+        await trio.run_process(["umount", "-l", str(small)], check=False)
+
+
+async def terms(cluster: ProcessCluster) -> dict[str, int]:
+    statuses = {i: await cluster.status(i) for i in cluster.ids}
+    return {i: s["term"] for i, s in statuses.items() if s is not None}
+
+
+async def test_large_values_are_replicated_or_refused_without_an_election(
+    tmp_path: Path,
+) -> None:
+    """Backslashes double at each JSON encoding. A value the client listener accepts is
+    either replicated (in messages within the peers' limit) or refused at submit with a
+    413 that the client raises; never retried into elections."""
+    cluster = ProcessCluster(3, tmp_path, extra=["--max-request-bytes", str(16 << 20)])
+    async with trio.open_nursery() as nursery:
+        await cluster.start_all(nursery)
+        with trio.fail_after(10):
+            await cluster.wait_leader()
+        before = await terms(cluster)
+        async with ClusterClient(list(cluster.urls.values()), rpc_timeout=10) as kv:
+            with trio.fail_after(30):
+                with pytest.raises(BadRequest) as refused:
+                    await kv.put("big", "\\" * 3_000_000, 0)  # 6 MB of JSON: over 4 MiB
+                assert refused.value.status == 413
+                await kv.put("large", "\\" * 1_500_000, 0)  # 3 MB of JSON, 6 MB as sent
+                await kv.put("small", "after", 0)
+                assert len((await kv.get("large")).value) == 1_500_000
+        assert await terms(cluster) == before
+        await cluster.stop_all()
+
+
+async def raw_request(stream: trio.SocketStream, body: bytes, *, sent: int) -> bytes:
+    """Send a put's head announcing ``body`` and the first ``sent`` bytes of it; the head of
+    the reply."""
+    head = (
+        f"POST /put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    await stream.send_all(head + body[:sent])
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+async def until_closed(stream: trio.SocketStream) -> None:
+    """Return once the server has closed ``stream`` (reading what it still sends)."""
+    while await stream.receive_some(65536):
+        pass
+
+
+async def test_client_listener_limits_hold_on_a_real_node(tmp_path: Path) -> None:
+    """413 closes its connection (the next request goes on a new one and is answered at
+    once); a body that does not arrive in time is answered 408 and closed; an unknown route
+    and a Raft route on the client listener are 404."""
+    cluster = ProcessCluster(3, tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start_all(nursery)
+        host, port = cluster.urls["1"].removeprefix("http://").split(":")
+        with trio.fail_after(10):
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                too_large = b'{"key": "k", "value": "' + b"x" * (2 << 20) + b'", "version": 0}'
+                reply = await raw_request(stream, too_large, sent=0)
+                assert b" 413 " in reply.split(b"\r\n")[0]
+                await until_closed(stream)
+            async with httpx.AsyncClient() as http:
+                reply = await http.post(f"{cluster.urls['1']}/append_entries", json={})
+                assert reply.status_code == 404
+                reply = await http.post(f"{cluster.urls['1']}/get", json={"key": "k"})
+                assert reply.status_code == 200
+        with trio.fail_after(20):
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                body = b'{"key": "k", "value": "v", "version": 0}'
+                reply = await raw_request(stream, body, sent=9)  # and the rest never comes
+                assert b" 408 " in reply.split(b"\r\n")[0]
+                await until_closed(stream)
+        await cluster.stop_all()

@@ -1,0 +1,296 @@
+"""Authenticated peers (HMAC tags on requests and replies), client tokens and TLS, over HTTP
+and framed TCP, on real loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trustme
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from trioraft import BadRequest
+from trioraft.rpc.auth import AUTH_HEADER, TAG_BYTES, PeerAuth
+from trioraft.rpc.http import Route, RpcClient, make_app, serve
+from trioraft.rpc.tcp import TcpTransport, serve_tcp
+from trioraft.rpc.tls import ClientTls, ServerTls, client_context
+from trioraft.rpc.transport import HttpTransport
+
+SECRET = b"cluster secret, 32 bytes long..."
+OTHER = b"another cluster's secret, 32 b.."
+
+
+async def refusal(call: Awaitable[object]) -> int:
+    """The status of the refusal that ``call`` raises (``RpcClient`` raises for a 401)."""
+    with pytest.raises(BadRequest) as refused:
+        await call
+    return refused.value.status
+
+
+@dataclass(frozen=True)
+class Echo:
+    text: str
+
+
+class Counted:
+    """Routes whose handler counts the calls that reach it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.routes = {"echo": Route(Echo, self.echo)}
+
+    async def echo(self, args: Echo) -> Echo:
+        self.calls += 1
+        return args
+
+
+def test_tags_bind_secret_method_body_and_request() -> None:
+    for bad in (b"too short", "a str, not bytes, 32 characters!"):
+        with pytest.raises(ValueError, match="16 bytes"):
+            PeerAuth(bad)  # type: ignore[arg-type]
+    signer, checker = PeerAuth(SECRET), PeerAuth(SECRET)  # two processes, one secret
+    credential, tag = signer.sign_request("echo", b"body")
+    assert checker.check_request(credential, "echo", b"body") == tag
+    assert checker.check_request(credential, "echo", b"bodY") is None
+    assert checker.check_request(credential, "echoo", b"body") is None
+    assert checker.check_request(credential[:-1], "echo", b"body") is None
+    assert PeerAuth(OTHER).check_request(credential, "echo", b"body") is None
+    again, other_tag = signer.sign_request("echo", b"body")
+    assert again != credential  # a fresh nonce: every request has its own tag
+
+    reply_tag = checker.sign_reply(tag, 200, b"reply")
+    assert signer.check_reply(tag, 200, b"reply", reply_tag)
+    assert not signer.check_reply(other_tag, 200, b"reply", reply_tag)  # replayed elsewhere
+    assert not signer.check_reply(tag, 500, b"reply", reply_tag)
+    assert not signer.check_reply(tag, 200, b"replY", reply_tag)
+
+
+async def test_http_peers_need_the_tag_checked_before_the_body_is_parsed(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "trioraft")
+    auth, server = PeerAuth(SECRET), Counted()
+    app = make_app(server.routes, peer_auth=auth, status=lambda: {"up": True})
+    url = await nursery.start(serve, app)
+    with trio.fail_after(10):
+        async with RpcClient(url, "a", peer_auth=PeerAuth(SECRET)) as peer:
+            assert await peer.call("echo", Echo("hi"), Echo) == Echo("hi")
+        for stranger in (RpcClient(url, "x"), RpcClient(url, "x", peer_auth=PeerAuth(OTHER))):
+            async with stranger:
+                assert await refusal(stranger.call("echo", Echo("hi"), Echo)) == 401
+        async with httpx.AsyncClient(base_url=url) as http:
+            forged = {AUTH_HEADER: "00" * 48}
+            response = await http.post("/echo", content=b"{not json", headers=forged)
+            assert response.status_code == 401  # not 400: the JSON was never looked at
+            assert response.json() == {"error": "unauthenticated peer message"}
+            assert response.headers["connection"] == "close"
+            assert (await http.get("/status")).json() == {"up": True}  # GET stays open
+    assert server.calls == 1 and auth.refused == 3
+    assert caplog.text.count("refused a peer request from 127.0.0.1") == 1  # rate-limited
+
+
+async def test_forged_or_replayed_replies_count_as_lost(nursery: trio.Nursery) -> None:
+    url = await nursery.start(serve, make_app(Counted().routes, peer_auth=PeerAuth(SECRET)))
+    signer = PeerAuth(SECRET)
+    body = b'{"text": "hi"}'
+    credential, request_tag = signer.sign_request("echo", body)
+    async with httpx.AsyncClient(base_url=url) as http:
+        genuine = await http.post("/echo", content=body, headers={AUTH_HEADER: credential.hex()})
+    genuine_tag = bytes.fromhex(genuine.headers[AUTH_HEADER])
+    assert signer.check_reply(request_tag, 200, genuine.content, genuine_tag)
+
+    forged_tag = PeerAuth(OTHER).sign_reply(request_tag, 200, genuine.content)
+    replies = {"replayed": genuine_tag.hex(), "forged": forged_tag.hex(), "untagged": None}
+    fake = QuartTrio("fake")
+
+    @fake.post("/echo")
+    async def answer() -> Response:  # a machine in the middle, or a stale reply
+        tag = replies[request.headers["X-Client-Id"]]
+        return Response(genuine.content, 200, {AUTH_HEADER: tag} if tag else {})
+
+    fake_url = await nursery.start(serve, fake)
+    with trio.fail_after(10):
+        for kind in replies:  # the very request recorded, but for its nonce
+            async with RpcClient(fake_url, kind, peer_auth=signer) as peer:
+                assert await peer.call("echo", Echo("hi"), Echo) is None
+        async with RpcClient(fake_url, "replayed") as unsigned:  # unchecked, it is taken
+            assert await unsigned.call("echo", Echo("hi"), Echo) == Echo("hi")
+
+
+async def test_client_token_guards_posts_and_peer_methods_split_an_app(
+    nursery: trio.Nursery,
+) -> None:
+    server = Counted()
+    routes = {**server.routes, "peer_echo": Route(Echo, server.echo)}
+    app = make_app(
+        routes,
+        client_token="t0ken",
+        peer_auth=PeerAuth(SECRET),
+        peer_methods={"peer_echo"},
+        status=lambda: {},
+    )
+    url = await nursery.start(serve, app)
+    with trio.fail_after(10):
+        async with httpx.AsyncClient(base_url=url) as http:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "t0ken"}):
+                response = await http.post("/echo", json={"text": "x"}, headers=headers)
+                assert response.status_code == 401, headers
+                assert response.headers["www-authenticate"] == "Bearer"
+            assert (await http.get("/status")).status_code == 200
+        async with RpcClient(url, "c", token="t0ken") as client:
+            assert await client.call("echo", Echo("x"), Echo) == Echo("x")
+            assert await refusal(client.call("peer_echo", Echo("x"), Echo)) == 401  # no tag
+        async with RpcClient(url, "p", peer_auth=PeerAuth(SECRET)) as peer:
+            assert await peer.call("peer_echo", Echo("y"), Echo) == Echo("y")
+            assert await refusal(peer.call("echo", Echo("y"), Echo)) == 401
+    assert server.calls == 2
+    with pytest.raises(ValueError):
+        make_app(routes, client_token="two words")
+    with pytest.raises(ValueError):
+        RpcClient(url, "c", token="")
+
+
+async def read_frame(stream: trio.SocketStream) -> bytes | None:
+    data = b""
+    while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+        chunk = await stream.receive_some(1 << 16)
+        if not chunk:
+            return None
+        data += chunk
+    return data[4:]
+
+
+async def exchange(url: str, payload: bytes, *, then: bool = False) -> tuple[bytes | None, bool]:
+    """Send one frame; the reply frame and, if ``then``, whether the server closed after."""
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(struct.pack(">I", len(payload)) + payload)
+        reply = await read_frame(stream)
+        return reply, then and await read_frame(stream) is None
+
+
+async def test_tcp_peers_need_the_tag_and_check_every_reply(nursery: trio.Nursery) -> None:
+    auth, server = PeerAuth(SECRET), Counted()
+    url = await nursery.start(partial(serve_tcp, server.routes, peer_auth=auth))
+    signer = PeerAuth(SECRET)
+    with trio.fail_after(10):
+        peer = TcpTransport("a", {"p": url}, peer_auth=signer)
+        for _ in range(2):
+            assert await peer.call("p", "echo", Echo("hi"), Echo) == Echo("hi")
+        assert len(peer._idle["p"]) == 1
+        unsigned = TcpTransport("x", {"p": url})
+        assert await unsigned.call("p", "echo", Echo("hi"), Echo) is None
+        wrong = TcpTransport("x", {"p": url}, peer_auth=PeerAuth(OTHER))
+        assert await wrong.call("p", "echo", Echo("hi"), Echo) is None
+        assert wrong._idle["p"] == []  # a reply that fails its check ends the connection
+        await peer.aclose()
+        await unsigned.aclose()
+
+        request = b'{"m": "echo", "a": {"text": "hi"}}'
+        reply, closed = await exchange(url, request, then=True)  # no tag at all
+        assert reply is not None and closed
+        assert reply[:TAG_BYTES] == bytes(TAG_BYTES)
+        assert json.loads(reply[TAG_BYTES:]) == {
+            "s": 401,
+            "p": {"error": "unauthenticated peer message"},
+        }
+        credential, request_tag = signer.sign_request("", request)
+        genuine, _ = await exchange(url, credential + request)
+        assert genuine is not None
+        assert signer.check_reply(request_tag, 0, genuine[TAG_BYTES:], genuine[:TAG_BYTES])
+    assert server.calls == 3 and auth.refused == 3
+
+    async def replay(stream: trio.SocketStream) -> None:
+        async with stream:
+            while await read_frame(stream) is not None:
+                await stream.send_all(struct.pack(">I", len(genuine)) + genuine)
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, replay, 0, host="127.0.0.1"))
+    fake_url = f"tcp://127.0.0.1:{listener.socket.getsockname()[1]}"
+    with trio.fail_after(10):
+        for transport in (
+            TcpTransport("a", {"p": fake_url}, peer_auth=signer),
+            TcpTransport("a", {"p": fake_url}),  # unchecked, its tag makes it not JSON
+        ):
+            assert await transport.call("p", "echo", Echo("hi"), Echo) is None
+            await transport.aclose()
+
+
+@dataclass
+class Certs:
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    where: Path = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("peer-a.trioraft.test")
+    files = {
+        "ca": ca.cert_pem,
+        "server_cert": server.cert_chain_pems[0],
+        "server_key": server.private_key_pem,
+        "client_cert": client.cert_chain_pems[0],
+        "client_key": client.private_key_pem,
+    }
+    for name, blob in files.items():
+        blob.write_to_path(str(where / name))
+    return Certs(**{name: str(where / name) for name in files})
+
+
+async def test_https_and_mutual_tls(nursery: trio.Nursery, certs: Certs) -> None:
+    routes = Counted().routes
+    server_tls = ServerTls(certs.server_cert, certs.server_key)
+    url = await nursery.start(partial(serve, make_app(routes), tls=server_tls))
+    mutual = ServerTls(certs.server_cert, certs.server_key, ca_file=certs.ca)
+    mutual_url = await nursery.start(partial(serve, make_app(routes), tls=mutual))
+    assert url.startswith("https://127.0.0.1:")
+    trusting = ClientTls(ca_file=certs.ca)
+    with_cert = ClientTls(certs.ca, certs.client_cert, certs.client_key)
+    assert client_context(with_cert) is client_context(ClientTls(*with_cert.__dict__.values()))
+    with trio.fail_after(10):
+        for target, tls, works in [
+            (url, trusting, True),
+            (url, None, False),  # the default bundle does not know this CA
+            (mutual_url, trusting, False),  # no client certificate
+            (mutual_url, with_cert, True),
+        ]:
+            async with RpcClient(target, "c", tls=tls) as rpc:
+                reply = await rpc.call("echo", Echo("s"), Echo)
+                assert (reply == Echo("s")) is works, (target, tls)
+        transport = HttpTransport("a", {"p": mutual_url}, tls=with_cert)
+        assert await transport.call("p", "echo", Echo("t"), Echo) == Echo("t")
+        await transport.aclose()
+    with pytest.raises(ValueError, match="plain http"):
+        RpcClient(url.replace("https", "http"), "c", tls=trusting)
+
+
+async def test_framed_tcp_over_mutual_tls(nursery: trio.Nursery, certs: Certs) -> None:
+    mutual = ServerTls(certs.server_cert, certs.server_key, ca_file=certs.ca)
+    url = await nursery.start(
+        partial(serve_tcp, Counted().routes, tls=mutual, peer_auth=PeerAuth(SECRET))
+    )
+    with_cert = ClientTls(certs.ca, certs.client_cert, certs.client_key)
+    with trio.fail_after(10):
+        peer = TcpTransport("a", {"p": url}, tls=with_cert, peer_auth=PeerAuth(SECRET))
+        for text in ["one", "x" * 300_000]:  # the second reuses the connection
+            assert await peer.call("p", "echo", Echo(text), Echo) == Echo(text)
+        assert len(peer._idle["p"]) == 1
+        await peer.aclose()
+        for tls in [None, ClientTls(ca_file=certs.ca)]:  # plain TCP; TLS without a cert
+            stranger = TcpTransport("x", {"p": url}, tls=tls, peer_auth=PeerAuth(SECRET))
+            assert await stranger.call("p", "echo", Echo("s"), Echo) is None
