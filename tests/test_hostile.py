@@ -18,6 +18,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import bodies, objects_with
 from trioraft import ClusterClient, MemoryStorage, PeerAuth, RaftConfig
 from trioraft.kv.node import KVNode, free_ports
 from trioraft.rpc.auth import AUTH_HEADER
@@ -161,19 +162,11 @@ class NoPeers:
         return None
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-field_names = st.sampled_from(
+messages = objects_with(
     ["key", "value", "version", "session", "seq", "ops", "op", "term", "leader", "candidate",
      "entries", "command", "prev_log_index", "prev_log_term", "leader_commit", "data",
      "crc32", "last_included_index", "last_included_term", "last_log_index", "pre_vote"]
 )  # fmt: skip
-messages = st.dictionaries(field_names, json_values, max_size=8)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -181,8 +174,7 @@ messages = st.dictionaries(field_names, json_values, max_size=8)
 def test_every_route_answers_any_input_with_a_status_and_stays_up(data: st.DataObject) -> None:
     """Every route a node serves, client and peer, fed arbitrary bytes and arbitrary
     JSON objects: always a status (never an exception), and a node that still works."""
-    as_json = messages.map(lambda m: json.dumps(m).encode())
-    body = data.draw(st.one_of(st.binary(max_size=200), as_json))
+    body = data.draw(bodies(messages))
     method = data.draw(st.sampled_from([*ROUTES, "nope"]))
 
     async def main() -> None:

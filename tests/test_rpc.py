@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SingleKV
+from tests.strategies import bodies, objects_with
 from trioraft import BadRequest, KVServer, Route, RpcClient, Versioned, make_app, serve
 from trioraft.kv.messages import GetArgs, GetReply, PutArgs, PutReply
 from trioraft.rpc.http import dispatch
@@ -310,24 +311,13 @@ async def test_handler_exceptions_are_500_logged_and_survived(
     assert {r.name for r in caplog.records} == {"trioraft"}  # not Quart's app logger
 
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 #: Objects shaped like the KV messages, with any values in their fields.
-KV_SHAPED = st.dictionaries(
-    st.sampled_from(["key", "value", "version", "ops", "op", "client_id", "seq"]),
-    JSON_VALUES,
-    max_size=5,
-)
+KV_SHAPED = objects_with(["key", "value", "version", "ops", "op", "session", "seq"], 5)
 
 
 @given(
     method=st.sampled_from(["get", "put", "batch", "nope"]),
-    body=st.binary(max_size=64) | (JSON_VALUES | KV_SHAPED).map(lambda v: json.dumps(v).encode()),
+    body=bodies(KV_SHAPED),
 )
 @settings(max_examples=300, deadline=None)
 def test_dispatch_answers_any_bytes(method: str, body: bytes) -> None:

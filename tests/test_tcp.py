@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.kvtest import one_client_put, run_clients
+from tests.strategies import JSON_VALUES, bodies
 from trioraft import ClusterClient
 from trioraft.kv.messages import GetArgs, GetReply
 from trioraft.kv.node import KVNode, free_ports
@@ -264,22 +265,13 @@ async def test_connection_cap_bounds_descriptors(nursery: trio.Nursery) -> None:
             await stream.aclose()
 
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 REQUESTS = st.fixed_dictionaries(
     {"m": st.sampled_from(["get", "boom", "nope"]) | JSON_VALUES},
     optional={"a": st.fixed_dictionaries({"key": st.text()}) | JSON_VALUES},
 )
 
 
-@given(
-    frame=st.binary(max_size=64) | (JSON_VALUES | REQUESTS).map(lambda v: json.dumps(v).encode())
-)
+@given(frame=bodies(REQUESTS))
 @settings(max_examples=300, deadline=None)
 def test_answer_handles_any_frame(frame: bytes) -> None:
     async def boom(args: GetArgs) -> GetReply:
