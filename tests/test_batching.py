@@ -3,6 +3,7 @@ RSM packing concurrent ops into one log entry; faults included, every history ch
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -48,6 +49,7 @@ async def test_batch_answers_each_op_in_order(single_kv: SingleKV) -> None:
         ({"ops": [{"op": "append", "key": "a", "value": "x", "session": "s"}]}, 400, "append"),
         ({"ops": [{"op": "open", "key": ""}]}, 400, "open"),
         ({"ops": [{"op": "get", "key": "k" * 4097}]}, 400, "ops[1].key: 4097 bytes"),
+        ({"ops": [{"op": "get", "key": "\ud800" * 1366}]}, 400, "ops[1].key: 4098 bytes"),
         ({"ops": "get"}, 400, "ops: expected a list"),
         ({"ops": [{"op": "get", "key": "k"}] * 10_001}, 400, "at most 10000"),
     ],
@@ -59,7 +61,7 @@ async def test_bad_batches_get_4xx_and_change_nothing(
     if isinstance(body["ops"], list) and len(body["ops"]) < 10:
         body = {"ops": prefix + body["ops"]}  # a valid op first: it must not apply either
     async with httpx.AsyncClient() as http:
-        reply = await http.post(f"{single_kv.direct_url}/batch", json=body)
+        reply = await http.post(f"{single_kv.direct_url}/batch", content=json.dumps(body))
     assert reply.status_code == status
     assert fragment in reply.json()["error"]
     assert single_kv.server.state.get("a").version == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from tests.processes import ProcessCluster
 from trioraft import KVClient, Versioned
 
 TRIORAFT = [sys.executable, "-m", "trioraft"]
@@ -63,3 +64,27 @@ async def test_bad_usage_exits_2(tmp_path: Path) -> None:
     short.write_text("too short")
     code, _ = await cli(*node, "--cluster-token-file", str(short))
     assert code == 1 and not (tmp_path / "d").exists()
+
+
+async def test_json_logs_carry_the_node_its_term_and_role(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    cluster = ProcessCluster(1, tmp_path, extra=["--log-format", "json"])
+    node = cluster.nodes["1"]
+    with trio.fail_after(30):
+        await cluster.start_all(nursery)
+        # Another process's output: polling it is the only signal there is.
+        while b"leads in term" not in node.stderr:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        await cluster.stop_all()
+    lines = [json.loads(line) for line in node.stderr.decode().splitlines()]
+    (leads,) = [line for line in lines if "leads in term" in line["event"]]
+    assert {k: leads[k] for k in ("level", "logger", "node", "term", "role")} == {
+        "level": "INFO",
+        "logger": "trioraft",
+        "node": "1",
+        "term": 1,
+        "role": "leader",
+    }
+    assert leads["time"].endswith("+00:00") and leads["event"] == "node 1: leads in term 1"
+    assert (await cli("kvserver", "--log-format", "xml"))[0] == 2

@@ -36,3 +36,8 @@ async def test_embedded_example() -> None:
 async def test_lock_demo_example() -> None:
     out = await run_example("lock_demo.py", "--workers", "3", "--rounds", "3")
     assert "counter = 9" in out and "OK: mutual exclusion held" in out
+
+
+async def test_monitoring_example() -> None:
+    out = await run_example("monitoring/live_metrics.py", "--seconds", "2", "--tasks", "8")
+    assert "OK: the metrics moved with the load" in out

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 
 from trioraft import BadRequest, LeadershipLost, MemoryStorage, RaftConfig, StorageFailed
+from trioraft.kv.coalescing import OpsClient
 from trioraft.kv.machine import KVMachine
 from trioraft.kv.messages import (
     AppendArgs,
@@ -26,9 +27,10 @@ from trioraft.kv.messages import (
     BatchOp,
     GetArgs,
     OpenSessionArgs,
+    OpResult,
     PutArgs,
 )
-from trioraft.kv.node import KVNode
+from trioraft.kv.node import EmbeddedClient, KVNode
 from trioraft.raft.log import Entry
 from trioraft.raft.messages import AppendEntriesArgs, InstallSnapshotArgs
 from trioraft.raft.node import RaftNode
@@ -369,3 +371,28 @@ async def test_an_evicted_session_answers_session_expired_through_the_node(
     for node in kv.nodes.values():
         assert node.machine.kv.get("k").value == "ab"
         assert list(node.machine.sessions) == [second]
+
+
+async def test_an_append_whose_session_was_forgotten_before_it_goes_on_in_a_new_one(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Another client's sessions evict ours while we are idle: our next append meets
+    SessionExpired on its first attempt, which proves it did not apply, so the client opens
+    a new session and applies it once, without troubling its caller."""
+    kv = MemoryKV(nursery, seed)
+    await kv.start_all()
+    leader = await kv.leader()
+    for node in kv.nodes.values():
+        node.machine.max_sessions = 1
+    client = EmbeddedClient(leader, NoRemote())
+    await client.append("k", "a")
+    await leader.handle_open_session(OpenSessionArgs())  # evicts the client's session
+    await client.append("k", "b")
+    assert (await client.get("k")).value == "ab"
+
+
+class NoRemote(OpsClient):
+    """The embedded client's way to other servers, never taken while the node leads."""
+
+    async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
+        raise AssertionError("the node was expected to lead")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trio
 
-from tests.processes import ProcessCluster
+from tests.processes import NodeProcess, ProcessCluster
 from trioraft import BadRequest, ClusterClient
 
 #: Real clusters are timing-sensitive: they share one xdist worker (--dist loadgroup).
@@ -231,4 +231,24 @@ async def test_client_listener_limits_hold_on_a_real_node(tmp_path: Path) -> Non
                 reply = await raw_request(stream, body, sent=9)  # and the rest never comes
                 assert b" 408 " in reply.split(b"\r\n")[0]
                 await until_closed(stream)
+        await cluster.stop_all()
+
+
+async def test_a_data_directory_serves_one_node_only(tmp_path: Path) -> None:
+    """Two processes on one data directory would count one disk as two replicas: the second
+    refuses while the first runs, and another node's id refuses it after."""
+    cluster = ProcessCluster(3, tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start_all(nursery)
+        cluster.data_dirs["3"] = cluster.data_dirs["1"]
+        intruder = NodeProcess(cluster.command("3", []))
+        with trio.fail_after(20):
+            assert not await intruder.start(nursery)
+        assert intruder.exit == 1
+        assert "in use by another process" in intruder.stderr.decode()
+        await cluster.nodes["1"].stop()
+        with trio.fail_after(20):
+            assert not await intruder.start(nursery)
+        assert intruder.exit == 1
+        assert "the data directory of node '1'" in intruder.stderr.decode()
         await cluster.stop_all()

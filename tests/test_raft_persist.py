@@ -14,6 +14,7 @@ from tests.raft_harness import (
     start_cluster,
     with_long_delays,
 )
+from trioraft import MemoryStorage
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
@@ -230,3 +231,31 @@ def test_a_seed_replays_the_same_run(seed: int) -> None:
         return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
     assert run_once() == run_once()
+
+
+# Without the fix the leader re-sends rejected AppendEntries in a tight loop: virtual time
+# stands still, so the wall-clock limit is what fails it.
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("keep", [0, 3], ids=["wiped", "cut-short"])
+async def test_a_follower_that_lost_acknowledged_entries_catches_up(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock, keep: int
+) -> None:
+    """An operator wipes a follower's data directory, or cuts its log short, and restarts it
+    under the same leader. The leader counted it as holding those entries: it must notice
+    the follower's rejection below what it acknowledged, and send them again."""
+    c = RaftCluster(nursery, 3, seed)
+    await c.start_all()
+    leader = await c.check_one_leader()
+    for k in range(1, 11):
+        await c.one(f"before-{k}", 3, retry=True)
+    follower = next(i for i in c.ids if i != leader)
+    c.crash(follower)
+    kept = c.storages[follower]._durable[:keep]
+    c.storages[follower] = MemoryStorage(c.storages[follower]._hard_state, None, kept)
+    await c.start(follower)
+    with trio.fail_after(30):  # virtual seconds: 60 election timeouts
+        last = await c.one("after", 3, retry=True)
+        await c.node(follower).wait_until(lambda n: n.commit_index >= last)
+    assert await c.check_one_leader() == leader
+    assert c.logs[follower].get(last) == "after"
+    c.check_errors()

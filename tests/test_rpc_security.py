@@ -74,6 +74,21 @@ def test_tags_bind_secret_method_body_and_request() -> None:
     assert not signer.check_reply(tag, 200, b"replY", reply_tag)
 
 
+def test_a_replayed_request_is_refused_and_reordered_ones_are_not() -> None:
+    signer, checker = PeerAuth(SECRET), PeerAuth(SECRET)
+    signed = [signer.sign_request("append_entries", b"heartbeat") for _ in range(5)]
+    for credential, tag in [signed[1], signed[0], signed[4], signed[2]]:  # out of order
+        assert checker.check_request(credential, "append_entries", b"heartbeat") == tag
+    for credential, _ in [signed[0], signed[4], signed[1]]:  # the same ones again
+        assert checker.check_request(credential, "append_entries", b"heartbeat") is None
+    assert checker.check_request(signed[3][0], "append_entries", b"heartbeat") == signed[3][1]
+    later = [signer.sign_request("append_entries", b"x") for _ in range(5000)]
+    assert checker.check_request(later[-1][0], "append_entries", b"x") == later[-1][1]
+    # Never seen, but older than the window (4,096 counters): it cannot be told from a replay.
+    assert checker.check_request(later[0][0], "append_entries", b"x") is None
+    assert checker.check_request(later[-2][0], "append_entries", b"x") == later[-2][1]
+
+
 async def test_http_peers_need_the_tag_checked_before_the_body_is_parsed(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,6 +6,7 @@ private. The test kit lives in :mod:`trioraft.testing`.
 
 from ._errors import (
     BadRequest,
+    DataDirectoryConflict,
     KeyNotFound,
     KVError,
     LeadershipLost,
@@ -41,6 +42,7 @@ __all__ = [
     "BadRequest",
     "ClientTls",
     "ClusterClient",
+    "DataDirectoryConflict",
     "FileStorage",
     "HttpTransport",
     "KVClient",

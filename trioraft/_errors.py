@@ -16,7 +16,9 @@ TrioRaftError
 ├── BadRequest               input failed validation (the caller's fault; a 4xx on the wire)
 ├── StorageCorrupt           bytes on disk fail their checksum or framing, or the data files
 │                            contradict each other: the node refuses to start
-└── StorageFailed            a write or fsync failed: the node stops (fail-stop)
+├── StorageFailed            a write or fsync failed: the node stops (fail-stop)
+└── DataDirectoryConflict    the data directory is in use by another process, or belongs
+                             to another node: the node refuses to start
 """
 
 from __future__ import annotations
@@ -106,3 +108,8 @@ class LeadershipLost(RaftError):
 
 class ProposalTimedOut(RaftError):
     """No result within the operation timeout: the proposal may still commit, or not."""
+
+
+class DataDirectoryConflict(TrioRaftError):
+    """A data directory locked by another process, or recorded as another node's: two
+    replicas on one disk would count as two copies of what is stored once."""

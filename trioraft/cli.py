@@ -5,7 +5,8 @@
                   --cluster-token-file FILE | --insecure
                   [--tls-cert F --tls-key F [--tls-ca F]] [--client-token-file F]
                   [--max-request-bytes N] [--quota-bytes N] [--max-raft-state N]
-                  [--log-level LEVEL]              one server of a replicated KV cluster
+                  [--log-level LEVEL] [--log-format text|json]
+                                               one server of a replicated KV cluster
     trioraft cluster --nodes N [--data-dir DIR] [--base-port P]
                                                a local N-server cluster in one process
     trioraft kvserver --listen HOST:PORT       the single-server KV
@@ -13,13 +14,25 @@
     trioraft put KEY VALUE --version N --servers URL[,URL...]
     trioraft append KEY VALUE --servers URL[,URL...]
     trioraft lock NAME --servers URL[,URL...] -- CMD...   run CMD holding the lock NAME
+    trioraft status --servers URL[,URL...] [--watch [--interval S]] [--json]
+                                               one table of the cluster
+    trioraft backup FILE --servers URL[,URL...] [--patience S]
+                                               a consistent backup, from the leader
+    trioraft restore FILE --data-dir DIR --id I
+                                               seed a new cluster's node from a backup
+    trioraft inspect DATA_DIR [--dump] [--json]
+                                               check a data directory, read-only
 
-Client commands also take ``--token-file F`` (the client token), ``--cacert F`` (the CA
-bundle that verifies the servers) and ``--cert F --key F`` (a client certificate).
+Client commands (and ``status``, ``backup``) also take ``--token-file F`` (the client
+token), ``--cacert F`` (the CA bundle that verifies the servers) and ``--cert F --key F`` (a
+client certificate).
 
 Servers stop cleanly on SIGTERM or SIGINT; a node restarts from its data directory. Exit
-status: 0 on success, 1 when a put is rejected, the system refuses, or a node's storage is
-corrupt or fails (one line on stderr says which file and what to do), 2 on bad usage.
+status: 0 on success, 1 when a put is rejected, the system refuses, a backup cannot be
+taken or restored, a server does not answer ``status``, or a node's storage is corrupt or
+fails (one line on stderr says which file and what to do), 2 on bad usage; ``inspect``
+exits 0 when everything verifies, 1 on corruption, 3 on a torn log tail (which a starting
+node cuts).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
 import signal
 import subprocess
@@ -37,10 +51,19 @@ from functools import partial
 
 import trio
 
-from ._errors import BadRequest, KVError, StorageCorrupt, StorageFailed
+from ._errors import (
+    BadRequest,
+    DataDirectoryConflict,
+    KVError,
+    StorageCorrupt,
+    StorageFailed,
+)
 from ._gc import tune_gc
+from ._logging import JsonFormatter, log_context
+from .kv.backup import BackupInfo, BadBackup, RestoreRefused, download_backup, restore
 from .kv.clients import ClusterClient
 from .kv.lock import Lock
+from .kv.machine import KVMachine
 from .kv.node import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -48,6 +71,8 @@ from .kv.node import (
     run_local_cluster,
 )
 from .kv.server import KVServer
+from .kv.status import fetch_statuses, render_table
+from .raft.inspect import Inspection, inspect_data_dir
 from .rpc.http import serve
 from .rpc.tls import ClientTls, ServerTls
 
@@ -84,13 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--tls-key", help="its private key (PEM)")
     node.add_argument("--tls-ca", help="CA bundle: verify peers, and require their certs")
     node.add_argument("--client-token-file", help="require this bearer token of clients")
-    node.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
-    node.add_argument("--quota-bytes", type=int, default=DEFAULT_QUOTA_BYTES)
+    node.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES)
+    node.add_argument("--quota-bytes", type=positive_int, default=DEFAULT_QUOTA_BYTES)
     node.add_argument("--max-raft-state", type=int, default=-1)
     add_log_level(node)
 
     cluster = commands.add_parser("cluster", help="run a local cluster in one process")
-    cluster.add_argument("--nodes", type=int, default=3)
+    cluster.add_argument("--nodes", type=positive_int, default=3)
     cluster.add_argument("--data-dir", default=None, help="default: a temporary directory")
     cluster.add_argument("--base-port", type=int, default=0, help="default: free ports")
     cluster.add_argument("--max-raft-state", type=int, default=-1)
@@ -98,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     kvserver = commands.add_parser("kvserver", help="run the single-server KV")
     kvserver.add_argument("--listen", type=parse_host_port, default=("127.0.0.1", 8000))
-    kvserver.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    kvserver.add_argument(
+        "--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES
+    )
     add_log_level(kvserver)
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -108,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--cacert", dest="ca_file", help="CA bundle that verifies the servers")
         sub.add_argument("--cert", dest="cert_file", help="client certificate (PEM)")
         sub.add_argument("--key", dest="key_file", help="its private key (PEM)")
+        sub.add_argument(
+            "--timeout",
+            type=positive_float,
+            default=DEFAULT_CLIENT_TIMEOUT,
+            help=f"give up after this many seconds (default {DEFAULT_CLIENT_TIMEOUT:g}; "
+            "not for lock, which waits its turn)",
+        )
         return sub
 
     get = client_command("get", "read a key")
@@ -121,7 +155,45 @@ def build_parser() -> argparse.ArgumentParser:
     append.add_argument("value")
     lock = client_command("lock", "run a command while holding a lock")
     lock.add_argument("name")
+
+    status = client_command("status", "one table of the cluster, from every server")
+    status.add_argument("--watch", action="store_true", help="refresh it in place")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds (default 1)")
+    status.add_argument("--json", action="store_true", help="JSON, for scripts")
+    backup = client_command("backup", "save a consistent backup, from the leader")
+    backup.add_argument("file")
+    backup.add_argument(
+        "--patience", type=float, default=30.0, help="seconds to find a leader (default 30)"
+    )
+    restore_ = commands.add_parser("restore", help="seed a new cluster's node from a backup")
+    restore_.add_argument("file")
+    restore_.add_argument("--data-dir", required=True, help="absent or empty")
+    restore_.add_argument("--id", required=True, help="the id the node will run with")
+    inspect = commands.add_parser("inspect", help="check a data directory (read-only)")
+    inspect.add_argument("data_dir")
+    inspect.add_argument("--dump", action="store_true", help="print every log entry")
+    inspect.add_argument("--json", action="store_true", help="JSON, for scripts")
     return parser
+
+
+#: Client commands (but lock) give up after this many seconds without an answer.
+DEFAULT_CLIENT_TIMEOUT = 10.0
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def add_log_level(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +203,21 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
         choices=["debug", "info", "warning", "error", "critical"],
         help="of the trioraft logger, on stderr (default: info)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object a line with node id, term and role (default: text)",
+    )
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def read_secret(path: str, what: str) -> bytes:
@@ -170,6 +257,18 @@ async def run_kvserver(host: str, port: int, max_body_bytes: int) -> None:
 def build_node(args: argparse.Namespace) -> KVNode:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("trioraft node: --tls-cert and --tls-key go together")
+    for flag, pairs in (("--peer", args.peer), ("--client-url", args.client_url)):
+        ids = [peer_id for peer_id, _ in pairs]
+        if args.id in ids:
+            raise SystemExit(f"trioraft node: {flag} {args.id}=... names this node itself")
+        if len(set(ids)) != len(ids):
+            raise SystemExit(f"trioraft node: {flag} names a node twice")
+    if len({url.split("://")[0] for _, url in args.peer}) > 1:
+        raise SystemExit("trioraft node: the --peer URLs mix transports (all http(s) or all tcp)")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+                       ("--tls-ca", args.tls_ca)):  # fmt: skip
+        if path is not None and not os.access(path, os.R_OK):
+            raise SystemExit(f"trioraft node: {flag} {path}: cannot read the file")
     tls = peer_tls = None
     if args.tls_cert is not None:
         tls = ServerTls(args.tls_cert, args.tls_key, args.tls_ca)
@@ -199,6 +298,7 @@ def build_node(args: argparse.Namespace) -> KVNode:
 async def run_node(args: argparse.Namespace) -> None:
     host, port = args.listen
     peer_host, peer_port = args.peer_listen
+    log_context.set(lambda: {"node": args.id})  # until the node runs, and then its own
     node = build_node(args)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
@@ -224,31 +324,204 @@ async def run_cluster(args: argparse.Namespace, data_dir: str) -> None:
         print(f"trioraft cluster of {args.nodes} in {data_dir}: {','.join(urls)}", flush=True)
 
 
+async def run_status(args: argparse.Namespace) -> int:
+    urls = args.servers.split(",")
+    while True:
+        rows = await fetch_statuses(urls, tls=client_tls(args))
+        if args.json:
+            print(json.dumps(rows, indent=None if args.watch else 2), flush=True)
+        elif args.watch:
+            print(f"\x1b[H\x1b[J{render_table(rows)}", flush=True)  # home, clear, redraw
+        else:
+            print(render_table(rows))
+        if not args.watch:
+            return 1 if any("error" in row for row in rows) else 0
+        await trio.sleep(args.interval)
+
+
+async def run_backup(args: argparse.Namespace) -> int:
+    token = None if args.token_file is None else read_secret(args.token_file, "token").decode()
+    bar = ProgressBar() if sys.stderr.isatty() else None
+    info = await download_backup(
+        args.servers.split(","),
+        args.file,
+        token=token,
+        tls=client_tls(args),
+        patience=args.patience,
+        progress=bar,
+    )
+    if bar is not None:
+        bar.done()
+    print(json.dumps({"file": args.file, **backup_summary(info)}))
+    return 0
+
+
+def backup_summary(info: BackupInfo) -> dict[str, object]:
+    return {
+        "index": info.index,
+        "term": info.term,
+        "node": info.node,
+        "data_bytes": info.data_bytes,
+        "sha256": info.sha256,
+    }
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (a terminal's), redrawn as bytes arrive."""
+
+    WIDTH = 30
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total:
+            filled = self.WIDTH * done // total
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            line = f"[{bar}] {100 * done // total:3d}% {done:,}/{total:,} bytes"
+        else:
+            line = f"{done:,} bytes"
+        sys.stderr.write(f"\r{line}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+
+
+async def run_restore(args: argparse.Namespace) -> int:
+    info = await restore(args.file, args.data_dir)
+    summary = {"data_dir": args.data_dir, "id": args.id, **backup_summary(info)}
+    print(json.dumps(summary))
+    print(
+        f"restored: start node {args.id} with --data-dir {args.data_dir} and the new "
+        "cluster's --peer and --client-url flags (every member restored from the same file)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    report = inspect_data_dir(args.data_dir, check_snapshot=KVMachine.check_snapshot)
+    if args.json:
+        print(json.dumps(inspection_json(report, args.dump), indent=2))
+    else:
+        print(inspection_text(report))
+        if args.dump:
+            for index, entry in report.entries:
+                print(json.dumps({"index": index, "term": entry.term, "command": entry.command}))
+    for problem in report.problems:
+        print(f"trioraft inspect: storage corrupt: {problem}", file=sys.stderr)
+    return report.exit_status
+
+
+def inspection_json(report: Inspection, dump: bool) -> dict[str, object]:
+    hard, snap, log = report.hard_state, report.snapshot, report.log
+    out: dict[str, object] = {
+        "data_dir": report.directory,
+        "verdict": report.verdict,
+        "problems": report.problems,
+        "hard_state": None if hard is None else {"term": hard.term, "voted_for": hard.voted_for},
+        "snapshot": None
+        if snap is None
+        else {"index": snap.index, "term": snap.term, "bytes": len(snap.data)},
+        "log": None if log is None else vars(log),
+        "temporary_files": report.temporary_files,
+    }
+    if dump:
+        out["entries"] = [
+            {"index": index, "term": entry.term, "command": entry.command}
+            for index, entry in report.entries
+        ]
+    return out
+
+
+def inspection_text(report: Inspection) -> str:
+    hard, snap, log = report.hard_state, report.snapshot, report.log
+    lines = [("data directory", report.directory)]
+    if hard is not None:
+        lines.append(("hard state", f"term {hard.term}, voted for {hard.voted_for or '-'}"))
+    if snap is not None:
+        checked = ", restores" if report.snapshot_checked else ""
+        lines.append(
+            (
+                "snapshot",
+                f"index {snap.index}, term {snap.term}, {len(snap.data):,} bytes "
+                f"(checksum ok{checked})",
+            )
+        )
+    elif not report.problems or hard is not None:
+        lines.append(("snapshot", "none"))
+    if log is not None:
+        if log.records:
+            what = (
+                f"entries {log.first_index}..{log.last_index} ({log.records:,}), "
+                f"terms {log.first_term}..{log.last_term}"
+            )
+        else:
+            what = "no entries"
+        lines.append(
+            (
+                "log",
+                f"{what}, continues from index {log.base_index} (term {log.base_term}), "
+                f"{log.file_bytes:,} bytes (every record's checksum ok)",
+            )
+        )
+        if log.torn:
+            lines.append(
+                (
+                    "torn tail",
+                    f"offset {log.valid_bytes}: {log.file_bytes - log.valid_bytes} bytes "
+                    f"({log.torn}); a starting node cuts them",
+                )
+            )
+        if log.dropped_at_start:
+            lines.append(("note", "records up to the snapshot are dropped when the node starts"))
+    lines += [("problem", problem) for problem in report.problems]
+    if report.temporary_files:
+        lines.append(("leftovers", ", ".join(report.temporary_files) + " (never read; harmless)"))
+    verdicts = {
+        "ok": "ok: everything verifies",
+        "torn": "torn tail: a node starts after cutting it (exit status 3)",
+        "corrupt": "CORRUPT: a node refuses to start (exit status 1); see stderr",
+    }
+    lines.append(("verdict", verdicts[report.verdict]))
+    width = max(len(label) for label, _ in lines)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in lines)
+
+
 async def run_client(args: argparse.Namespace, cmd: list[str]) -> int:
     token = None if args.token_file is None else read_secret(args.token_file, "token").decode()
-    async with ClusterClient(args.servers.split(","), token=token, tls=client_tls(args)) as kv:
-        if args.command == "get":
-            value, version = await kv.get(args.key)
-            print(json.dumps({"key": args.key, "value": value, "version": version}))
-            return 0
+    try:
+        client = ClusterClient(args.servers.split(","), token=token, tls=client_tls(args))
+    except (ValueError, OSError) as exc:  # a server URL that is none; a TLS file unreadable
+        print(f"trioraft {args.command}: {exc}", file=sys.stderr)
+        return 2
+    async with client as kv:
+        if args.command == "lock":
+            async with Lock(kv, args.name):
+                return await trio.to_thread.run_sync(lambda: subprocess.call(cmd))
+        with trio.move_on_after(args.timeout):
+            return await run_op(kv, args)
+        servers = args.servers
+        print(f"trioraft {args.command}: no answer from {servers} in {args.timeout:g} s",
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
+async def run_op(kv: ClusterClient, args: argparse.Namespace) -> int:
+    """One get, put or append; its exit status."""
+    if args.command == "get":
+        value, version = await kv.get(args.key)
+        print(json.dumps({"key": args.key, "value": value, "version": version}))
+        return 0
+    try:
         if args.command == "put":
-            try:
-                await kv.put(args.key, args.value, args.version)
-            except KVError as exc:
-                print(json.dumps({"key": args.key, "err": exc.wire}))
-                return 1
+            await kv.put(args.key, args.value, args.version)
             print(json.dumps({"key": args.key, "err": "OK", "version": args.version + 1}))
-            return 0
-        if args.command == "append":
-            try:
-                await kv.append(args.key, args.value)
-            except KVError as exc:
-                print(json.dumps({"key": args.key, "err": exc.wire}))
-                return 1
+        else:
+            await kv.append(args.key, args.value)
             print(json.dumps({"key": args.key, "err": "OK"}))
-            return 0
-        async with Lock(kv, args.name):
-            return await trio.to_thread.run_sync(lambda: subprocess.call(cmd))
+    except KVError as exc:
+        print(json.dumps({"key": args.key, "err": exc.wire}))
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,10 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("kvserver", "node", "cluster"):
         tune_gc()  # this process serves: see trioraft/_gc.py
     if hasattr(args, "log_level"):
-        logging.basicConfig(
-            level=args.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "kvserver":
             trio.run(run_kvserver, *args.listen, args.max_request_bytes)
@@ -276,10 +546,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     trio.run(run_cluster, args, data_dir)
             else:
                 trio.run(run_cluster, args, args.data_dir)
+        elif args.command == "status":
+            return trio.run(run_status, args)
+        elif args.command == "backup":
+            return trio.run(run_backup, args)
+        elif args.command == "restore":
+            return trio.run(run_restore, args)
+        elif args.command == "inspect":
+            return run_inspect(args)
         else:
             return trio.run(run_client, args, cmd)
         return 0
-    except (OSError, StorageCorrupt, StorageFailed, BadRequest, ExceptionGroup) as exc:
+    except KeyboardInterrupt:
+        if args.command != "status":
+            raise
+        return 0  # the way out of --watch
+    except (BadBackup, RestoreRefused) as exc:
+        print(f"trioraft {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (*_FATAL, ExceptionGroup) as exc:
         error = find_fatal_error(exc)
         if error is None:
             raise
@@ -291,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Errors that end a command with one line on stderr and exit status 1, no traceback.
-_FATAL = (StorageCorrupt, StorageFailed, BadRequest, OSError)
+_FATAL = (StorageCorrupt, StorageFailed, DataDirectoryConflict, BadRequest, OSError)
 
 
 def find_fatal_error(exc: BaseException) -> BaseException | None:

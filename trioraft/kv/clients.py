@@ -86,12 +86,18 @@ def raise_put_error(err: str, *, retried: bool, why: str = "") -> None:
     raise ValueError(f"unexpected put error {err!r}")
 
 
+#: Sessions an append tries, when each is found forgotten before the append could apply.
+SESSION_ATTEMPTS = 3
+
+
 def raise_append_error(err: str) -> None:
     """Turn an append's wire error into the client's outcome."""
     if err == OK:
         return
     if err == SESSION_EXPIRED:
-        raise SessionExpired("a retried append's session was forgotten: it may have applied")
+        raise SessionExpired(
+            "the append was retried and its session has been forgotten: it may have applied"
+        )
     if err == NO_SPACE:
         raise NoSpace()
     raise ValueError(f"unexpected append error {err!r}")
@@ -230,13 +236,19 @@ class ClusterClient:
         raise_put_error(reply.err, retried=bool(failures), why=", ".join(failures))
 
     async def append(self, key: str, value: str) -> None:
-        session = await self._open_session()
-        self._seq += 1
-        args = AppendArgs(key, value, session, self._seq)
-        reply, _ = await self._call("append", args, AppendReply)
-        assert isinstance(reply, AppendReply)
-        if reply.err == SESSION_EXPIRED and self._session == session:
-            self._session = None  # the next append opens a new one
+        for _ in range(SESSION_ATTEMPTS):
+            session = await self._open_session()
+            self._seq += 1
+            args = AppendArgs(key, value, session, self._seq)
+            reply, failures = await self._call("append", args, AppendReply)
+            assert isinstance(reply, AppendReply)
+            if reply.err != SESSION_EXPIRED:
+                break
+            if self._session == session:
+                self._session = None  # the next attempt opens a new one
+            if failures:
+                break  # an earlier attempt may have applied: only the caller can tell
+            # The first attempt met a forgotten session: it did not apply. Go on in a new one.
         raise_append_error(reply.err)
 
     async def _open_session(self) -> str:

@@ -30,7 +30,13 @@ import trio
 
 from ..rpc.http import RpcClient
 from ..rpc.tls import ClientTls
-from .clients import Backoff, Versioned, raise_append_error, raise_put_error
+from .clients import (
+    SESSION_ATTEMPTS,
+    Backoff,
+    Versioned,
+    raise_append_error,
+    raise_put_error,
+)
 from .messages import (
     SESSION_EXPIRED,
     WRONG_LEADER,
@@ -63,11 +69,18 @@ class OpsClient:
         raise_put_error(result.err, retried=retried)
 
     async def append(self, key: str, value: str) -> None:
-        session = await self._open_session()
-        self._seq += 1
-        result, _ = await self.run(BatchOp("append", key, value, session=session, seq=self._seq))
-        if result.err == SESSION_EXPIRED and self._session == session:
-            self._session = None  # the next append opens a new one
+        for _ in range(SESSION_ATTEMPTS):
+            session = await self._open_session()
+            self._seq += 1
+            op = BatchOp("append", key, value, session=session, seq=self._seq)
+            result, retried = await self.run(op)
+            if result.err != SESSION_EXPIRED:
+                break
+            if self._session == session:
+                self._session = None  # the next attempt opens a new one
+            if retried:
+                break  # an earlier attempt may have applied: only the caller can tell
+            # The first attempt met a forgotten session: it did not apply. Go on in a new one.
         raise_append_error(result.err)
 
     async def _open_session(self) -> str:

@@ -42,8 +42,11 @@ MAX_KEY_BYTES = 4096
 
 def check_key(key: str, where: str = "key") -> None:
     """Refuse (400) a key longer than :data:`MAX_KEY_BYTES`."""
-    if len(key) > MAX_KEY_BYTES // 4 and len(key.encode()) > MAX_KEY_BYTES:
-        raise BadRequest(f"{where}: {len(key.encode())} bytes, at most {MAX_KEY_BYTES}")
+    if len(key) > MAX_KEY_BYTES // 4:
+        # JSON may carry lone surrogates ("\ud800"): count them as UTF-8 would, 3 bytes.
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if size > MAX_KEY_BYTES:
+            raise BadRequest(f"{where}: {size} bytes, at most {MAX_KEY_BYTES}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,13 @@
                   client_urls={"b": client_url_b, "c": client_url_c})
     url = await nursery.start(node.serve, "127.0.0.1", 9001)   # node.peer_url once started
 
-Clients call ``/get``, ``/put``, ``/append`` and ``/batch`` (and ``GET /status``) on the
-client listener; peers call the Raft routes on the peer listener (HTTP, or framed TCP when
-the peers' URLs are ``tcp://HOST:PORT``), which serves nothing else. Every peer message
-carries an HMAC of the cluster secret (``insecure=True`` runs without one); TLS (``tls``)
-covers both listeners, and with a CA the peer listener requires client certificates.
+Clients call ``/get``, ``/put``, ``/append`` and ``/batch`` (and ``GET /status``, and the
+operator's pages of :mod:`trioraft.kv.operate`: ``/metrics``, ``/healthz``, ``/readyz``,
+``/backup``) on the client listener; peers call the Raft routes on the peer listener (HTTP,
+or framed TCP when the peers' URLs are ``tcp://HOST:PORT``), which serves nothing else.
+Every peer message carries an HMAC of the cluster secret (``insecure=True`` runs without
+one); TLS (``tls``) covers both listeners, and with a CA the peer listener requires client
+certificates.
 
 An application in the same process uses :meth:`KVNode.open_client`, which skips HTTP
 entirely while this node leads. Every operation, reads included, goes through the Raft log.
@@ -35,7 +37,10 @@ from typing import Any
 
 import trio
 
-from .._errors import RaftError
+from .._errors import LeadershipLost, NotLeader, ProposalTimedOut, RaftError
+from .._logging import log_context
+from ..metrics import new_registry
+from ..raft.metrics import RaftCollector
 from ..raft.node import RaftConfig, RaftNode
 from ..raft.serve import serve_node
 from ..raft.storage import FileStorage, Storage
@@ -66,7 +71,9 @@ from .messages import (
     check_key,
     log_op,
 )
-from .rsm import ReplicatedStateMachine
+from .metrics import KVCollector, KVMetrics, count_refusals
+from .operate import DEFAULT_READY_MAX_LAG, operator_pages, readiness
+from .rsm import EntryTooLarge, ReplicatedStateMachine
 
 #: Client request bodies, by default (``--max-request-bytes``).
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -83,7 +90,9 @@ class KVNode:
     ``transport`` is given (in-memory tests). ``tls`` serves both listeners over TLS (with
     its CA, peers must present certificates); ``peer_tls`` is how this node verifies its
     peers and presents its own certificate. ``client_token`` requires
-    ``Authorization: Bearer <token>`` on client routes.
+    ``Authorization: Bearer <token>`` on client routes (and on ``GET /backup``).
+    ``ready_max_lag`` is how many committed entries may wait to be applied on a node that
+    ``GET /readyz`` calls ready. ``registry`` holds the node's metrics (``GET /metrics``).
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class KVNode:
         rng: random.Random | None = None,
         op_timeout: float = 2.0,
         transport: Transport | None = None,
+        ready_max_lag: int = DEFAULT_READY_MAX_LAG,
     ) -> None:
         self.config = config or RaftConfig()
         if cluster_secret is None and not insecure and transport is None:
@@ -120,7 +130,7 @@ class KVNode:
         self.max_request_bytes = max_request_bytes
         self.quota_bytes = quota_bytes
         if isinstance(storage, str | Path):
-            storage = FileStorage(storage)
+            storage = FileStorage(storage, owner=node_id)
         self.storage = storage
         self.peers_over_tcp = any(url.startswith("tcp://") for url in peers.values())
         if transport is None:
@@ -147,6 +157,12 @@ class KVNode:
         self.client_urls = dict(client_urls if client_urls is not None else peers)
         self.url: str | None = None  # the client listener's, known once serving
         self.peer_url: str | None = None  # the peer listener's, known once serving
+        self.ready_max_lag = ready_max_lag
+        self.metrics = KVMetrics()
+        self.registry = new_registry(
+            RaftCollector(self.raft),
+            KVCollector(self.metrics, self._gauges, self._peer_refusals),
+        )
 
     def storage_bytes(self) -> int:
         """Bytes of Raft state on disk: the log, the hard state and the snapshot."""
@@ -157,13 +173,28 @@ class KVNode:
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` answers."""
+        contact = self.raft.leader_contact_age()
         return {
             **asdict(self.raft.statistics()),
             "storage_bytes": self.storage_bytes(),
             "quota_bytes": self.quota_bytes,
             "client_sessions": len(self.machine.sessions),
             "refused_peer_messages": self.peer_auth.refused if self.peer_auth else 0,
+            "leader_contact_s": round(contact, 4) if contact != float("inf") else None,
+            "reads": {"log": self.metrics.reads()},  # by read mode: all go through the log
+            "ready": readiness(self)[0],
         }
+
+    def _gauges(self) -> dict[str, tuple[str, float]]:
+        return {
+            "kv_keys": ("Keys in the store.", len(self.machine.kv)),
+            "kv_client_sessions": ("Client sessions remembered.", len(self.machine.sessions)),
+            "storage_bytes": ("Bytes of Raft state on disk.", self.storage_bytes()),
+            "storage_quota_bytes": ("Past this, writes answer NoSpace.", self.quota_bytes),
+        }
+
+    def _peer_refusals(self) -> dict[str, int]:
+        return {"unauthenticated_peer": self.peer_auth.refused if self.peer_auth else 0}
 
     @property
     def id(self) -> str:
@@ -178,35 +209,55 @@ class KVNode:
         """Run ``ops`` through the log here, in one entry; their replies, or ``None`` if this
         server is not the leader or can't tell within ``op_timeout`` whether they applied."""
         try:
-            return await self.rsm.submit_many(ops)
-        except RaftError:
+            results = await self.rsm.submit_many(ops)
+        except RaftError as exc:
+            self.metrics.proposals_failed[_FAILURE.get(type(exc), "leadership_lost")] += 1
             return None
+        except EntryTooLarge:
+            self.metrics.proposals_failed["too_large"] += 1
+            raise
+        self.metrics.proposals_applied += 1
+        return results
 
     async def handle_get(self, args: GetArgs) -> GetReply:
         check_key(args.key)
         reply = await self.execute(log_op(BatchOp("get", args.key)))
-        return reply if reply is not None else GetReply("", 0, WRONG_LEADER)
+        reply = reply if reply is not None else GetReply("", 0, WRONG_LEADER)
+        self.metrics.count_op("get", reply.err)
+        return reply
 
     async def handle_put(self, args: PutArgs) -> PutReply:
         check_key(args.key)
         if self.over_quota():
-            return PutReply(NO_SPACE)
-        reply = await self.execute(log_op(BatchOp("put", args.key, args.value, args.version)))
-        return reply if reply is not None else PutReply(WRONG_LEADER)
+            reply = PutReply(NO_SPACE)
+            self.metrics.refused["quota"] += 1
+        else:
+            op = log_op(BatchOp("put", args.key, args.value, args.version))
+            reply = await self.execute(op) or PutReply(WRONG_LEADER)
+        self.metrics.count_op("put", reply.err)
+        return reply
 
     async def handle_append(self, args: AppendArgs) -> AppendReply:
         check_key(args.key)
         if self.over_quota():
-            return AppendReply(NO_SPACE)
-        op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
-        reply = await self.execute(log_op(op))
-        return reply if reply is not None else AppendReply(WRONG_LEADER)
+            reply = AppendReply(NO_SPACE)
+            self.metrics.refused["quota"] += 1
+        else:
+            op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
+            reply = await self.execute(log_op(op)) or AppendReply(WRONG_LEADER)
+        self.metrics.count_op("append", reply.err)
+        return reply
 
     async def handle_open_session(self, args: OpenSessionArgs) -> OpenSessionReply:
         if self.over_quota():
-            return OpenSessionReply(NO_SPACE)
-        reply = await self.execute(log_op(BatchOp("open", "")))
-        return reply if reply is not None else OpenSessionReply(WRONG_LEADER)
+            reply = OpenSessionReply(NO_SPACE)
+            self.metrics.refused["quota"] += 1
+        else:
+            reply = await self.execute(log_op(BatchOp("open", ""))) or OpenSessionReply(
+                WRONG_LEADER
+            )
+        self.metrics.count_op("open", reply.err)
+        return reply
 
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
@@ -218,12 +269,23 @@ class KVNode:
         logged = [log_op(op) for op in ops if not (no_space and op.op != "get")]
         replies = await self.execute_many(logged) if logged else []
         if replies is None:
-            return [OpResult(WRONG_LEADER)] * len(ops)
-        results = iter(replies)
-        return [
-            OpResult(NO_SPACE) if no_space and op.op != "get" else as_result(next(results))
-            for op in ops
-        ]
+            results = [OpResult(WRONG_LEADER)] * len(ops)
+        else:
+            answers = iter(replies)
+            results = [
+                OpResult(NO_SPACE) if no_space and op.op != "get" else as_result(next(answers))
+                for op in ops
+            ]
+        counts = self.metrics.ops
+        if len(ops) == 1:  # an embedded op: the hot path, kept to one dict update
+            key = (ops[0].op, results[0].err)
+            counts[key] = counts.get(key, 0) + 1
+        else:
+            for op, result in zip(ops, results, strict=True):
+                self.metrics.count_op(op.op, result.err)
+        if no_space:
+            self.metrics.refused["quota"] += len(ops) - len(logged)
+        return results
 
     def routes(self) -> dict[str, Route]:
         return {
@@ -265,7 +327,10 @@ class KVNode:
             max_body_bytes=self.max_request_bytes,
             status=self.status,
             client_token=self.client_token,
+            get_routes=operator_pages(self),
         )
+        count_refusals(app, self.metrics)
+        log_context.set(self.log_fields)  # for the tasks below: see trioraft._logging
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.rsm.run)
@@ -289,6 +354,18 @@ class KVNode:
                     await self.transport.aclose()
             if isinstance(self.storage, FileStorage):
                 self.storage.close()
+
+    def log_fields(self) -> dict[str, object]:
+        """Who logs, for structured logs: this node's id, term and role."""
+        return {"node": self.id, "term": self.raft.term, "role": self.raft.role.value}
+
+
+#: The proposal outcome each RaftError stands for (see KVMetrics).
+_FAILURE = {
+    NotLeader: "not_leader",
+    LeadershipLost: "leadership_lost",
+    ProposalTimedOut: "timed_out",
+}
 
 
 class EmbeddedClient(OpsClient):

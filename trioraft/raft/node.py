@@ -36,6 +36,8 @@ Invariants:
   ever acknowledged.
 - An installed snapshot is checked (its CRC-32, then the application's check) and made
   durable before anything else changes: a bad one is refused with a 400 and changes nothing.
+- ``metrics`` (:class:`~trioraft.raft.metrics.RaftMetrics`) only records: once per batch,
+  message or event, and one ``int`` per proposed entry. Nothing the node does depends on it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import collections
 import enum
 import math
 import random
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +58,7 @@ from typing import Any
 import trio
 
 from .._errors import BadRequest, LeadershipLost, NotLeader, StorageFailed
-from .._logging import logger
+from .._logging import Throttled, logger
 from ..rpc.http import Route
 from ..rpc.transport import Transport
 from .log import Entry, is_up_to_date, match_append, next_index_after_reject
@@ -68,6 +71,7 @@ from .messages import (
     RequestVoteReply,
     command_wire_bytes,
 )
+from .metrics import RaftMetrics
 from .quorum import committed_index, quorum_index, won
 from .storage import HardState, Snapshot, Storage
 
@@ -115,6 +119,8 @@ _UNVOUCHED_KEPT = 64
 
 #: Entries applied through ``apply_with`` between two checkpoints of the applier.
 _APPLY_RUN = 256
+
+_log_lost_entries = Throttled(logger)
 
 #: Room left in a message for everything but the commands: ids, indexes and JSON syntax.
 _ENVELOPE_BYTES = 64 * 1024
@@ -256,6 +262,12 @@ class RaftNode:
         self._propose: ProposeCallback = _nothing_queued
         self._check_snapshot: SnapshotCheck | None = None
         self.failure: StorageFailed | None = None  # set once a write or fsync failed
+        self.metrics = RaftMetrics(self.peers)
+        self._leader_seen_in_term = -1  # the last term in which a leader was counted
+        #: Batches the leader wrote, (last index, perf_counter), until they commit: timing only.
+        self._written_at: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=_UNVOUCHED_KEPT
+        )
 
     # -- public API ----------------------------------------------------------------------
 
@@ -312,6 +324,7 @@ class RaftNode:
             return 0, self.term, False
         self._check_fits(command)
         self.log.append([Entry(self.term, command)])
+        self.metrics.entries_proposed += 1
         self._wake_leader_tasks()
         return self.log.last_index, self.term, True
 
@@ -323,6 +336,7 @@ class RaftNode:
             self._check_fits(command)
         first = self.log.last_index + 1
         self.log.append([Entry(self.term, c) for c in commands])
+        self.metrics.entries_proposed += len(commands)
         self._wake_leader_tasks()
         return first, self.term
 
@@ -376,7 +390,10 @@ class RaftNode:
             assert term is not None
             snapshot = Snapshot(index, term, data)
             self.log.compact(index, term)
+            started = time.perf_counter()
             await self._save_snapshot(snapshot)
+            self.metrics.snapshot_seconds["taken"].observe(time.perf_counter() - started)
+            self.metrics.snapshot_bytes["taken"].observe(len(data))
 
     async def _save_snapshot(self, snapshot: Snapshot) -> None:
         """Persist ``snapshot`` and the compacted log; the save runs to the end even if the
@@ -401,6 +418,21 @@ class RaftNode:
 
     def snapshot_size(self) -> int:
         return self._storage.snapshot_size()
+
+    def leader_contact_age(self) -> float:
+        """Seconds since this node last had word of a live leader: on a follower, since the
+        last valid message from its term's leader (``inf`` if it knows none); on a leader,
+        since a majority of the cluster, itself included, last answered it."""
+        now = trio.current_time()
+        if self.role is Role.LEADER:
+            needed = (len(self.peers) + 1) // 2  # followers that make a majority with us
+            if needed == 0:
+                return 0.0
+            acks = sorted((self._last_ack.get(p, -math.inf) for p in self.peers), reverse=True)
+            return now - acks[needed - 1]
+        if self.leader_id is None:
+            return math.inf
+        return now - self._last_leader_contact
 
     def statistics(self) -> RaftStatistics:
         return RaftStatistics(
@@ -494,6 +526,9 @@ class RaftNode:
         self.role = Role.FOLLOWER
         if leader is not None or changed:
             self.leader_id = leader
+        if leader is not None and self._leader_seen_in_term != self.term:
+            self._leader_seen_in_term = self.term
+            self.metrics.leaders_seen += 1
         if changed or before != (self.role, self.leader_id):
             self._notify()
         return changed
@@ -536,6 +571,7 @@ class RaftNode:
             if self._leader_contacts != contacts or self.role is Role.LEADER:
                 return  # a leader spoke up meanwhile
             self._enter_term(self.term + 1, self.id)
+            self.metrics.elections += 1
             logger.info("node %s: campaigns in term %d", self.id, self.term)
             self.role = Role.CANDIDATE
             self.leader_id = None
@@ -607,8 +643,12 @@ class RaftNode:
         self.role = Role.LEADER
         self.leader_id = self.id
         logger.info("node %s: leads in term %d", self.id, self.term)
+        self.metrics.elections_won += 1
+        self._leader_seen_in_term = self.term
+        self.metrics.leaders_seen += 1
         now = trio.current_time()
         self._unvouched.clear()
+        self._written_at.clear()
         for peer in self.peers:
             self.next_index[peer] = self.log.last_index + 1
             self.match_index[peer] = 0
@@ -644,6 +684,7 @@ class RaftNode:
                 if not self._leads(term):
                     return
                 last = self._write_unwritten()
+            self._written_at.append((last, time.perf_counter()))
             followers_can_commit = self._followers_form_quorum()
             if followers_can_commit:
                 self._unvouched.append((last, trio.current_time()))
@@ -656,8 +697,10 @@ class RaftNode:
             async with self._lock:
                 if not self._leads(term):
                     return
+                started = time.perf_counter()
                 with self._writing("fsync of the log"):
                     await self._storage.sync()
+                self.metrics.fsync_seconds.observe(time.perf_counter() - started)
                 self._durable_index = max(self._durable_index, last)
             self._advance_commit()
 
@@ -733,8 +776,16 @@ class RaftNode:
         assert prev_term is not None
         entries = self._batch(next_index)
         args = AppendEntriesArgs(term, self.id, prev_index, prev_term, entries, self.commit_index)
+        metrics = self.metrics
+        if entries:
+            metrics.entries_per_append.observe(len(entries))
+        started = time.perf_counter()
         reply = await self._call(peer, "append_entries", args, AppendEntriesReply)
-        if reply is None or not await self._still_leading_after(reply.term, term):
+        if reply is None:
+            metrics.append_entries_lost[peer] += 1
+            return False
+        metrics.append_entries_seconds[peer].observe(time.perf_counter() - started)
+        if not await self._still_leading_after(reply.term, term):
             return False
         self._last_ack[peer] = trio.current_time()
         if reply.success:
@@ -746,6 +797,19 @@ class RaftNode:
             self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
         else:
             hint = next_index_after_reject(self.log, reply.conflict_term, reply.conflict_index)
+            if hint <= self.match_index[peer]:
+                # A follower never rejects below what it acknowledged unless it lost it (its
+                # data directory wiped or damaged by hand): count it as holding nothing, and
+                # bring it back up from where it is.
+                _log_lost_entries(
+                    "node %s: follower %s no longer holds entries up to %d that it "
+                    "acknowledged (its log now differs from %d): re-sending them",
+                    self.id,
+                    peer,
+                    self.match_index[peer],
+                    hint,
+                )
+                self.match_index[peer] = 0
             self.next_index[peer] = max(
                 self.match_index[peer] + 1, min(hint, self.log.last_index + 1)
             )
@@ -772,6 +836,7 @@ class RaftNode:
         args = InstallSnapshotArgs(
             term, self.id, snapshot.index, snapshot.term, data, zlib.crc32(snapshot.data)
         )
+        self.metrics.snapshots_sent += 1
         reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply)
         if reply is None or not await self._still_leading_after(reply.term, term):
             return False
@@ -795,6 +860,11 @@ class RaftNode:
         if new > self.commit_index:
             self.commit_index = new
             self._notify()
+            written_at = self._written_at
+            if written_at and written_at[0][0] <= new:
+                now = time.perf_counter()
+                while written_at and written_at[0][0] <= new:
+                    self.metrics.commit_seconds.observe(now - written_at.popleft()[1])
 
     async def _call(self, peer: str, method: str, args: Any, reply_type: type) -> Any:
         with trio.move_on_after(self.config.rpc_timeout):
@@ -845,11 +915,13 @@ class RaftNode:
                 # A success reply vouches that the log is durable up to match_index.
                 # Bookkeeping above is exact at every checkpoint: a cancelled sync still
                 # finishes (threads are not abandoned), it only leaves durable_index low.
+                started = time.perf_counter()
                 with self._writing("fsync of the log"):
                     if self.config.follower_sync_inline:
                         self._storage.sync_blocking()
                     else:
                         await self._storage.sync()
+                self.metrics.fsync_seconds.observe(time.perf_counter() - started)
                 self._durable_index = self._written_index
             new_commit = min(args.leader_commit, result.match_index)
             if new_commit > self.commit_index:
@@ -889,8 +961,11 @@ class RaftNode:
             compacted = self.log.copy()
             compacted.compact(snapshot.index, snapshot.term)
             with trio.CancelScope(shield=True):
+                started = time.perf_counter()
                 with self._writing("saving an installed snapshot"):
                     await self._storage.save_snapshot(snapshot, compacted)
+                self.metrics.snapshot_seconds["installed"].observe(time.perf_counter() - started)
+                self.metrics.snapshot_bytes["installed"].observe(len(data))
                 self.log.compact(snapshot.index, snapshot.term)
                 self._snapshot = snapshot
                 self._written_index = self._durable_index = self.log.last_index

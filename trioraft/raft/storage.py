@@ -51,6 +51,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import stat
@@ -63,6 +64,7 @@ from typing import Protocol
 
 import trio
 
+from .._errors import DataDirectoryConflict
 from .._logging import logger
 from .log import Entry, Log
 from .persister import FILE_MODE, Persister, corrupt, fsync_dir
@@ -76,7 +78,16 @@ _LOG_HEAD = struct.Struct("<8sQQ")  # magic, base index, base term
 _LOG_CRC = struct.Struct("<I")  # crc32 of the head
 LOG_HEADER_SIZE = _LOG_HEAD.size + _LOG_CRC.size
 DIRECTORY_MODE = 0o700
-_FILE_NAMES = ("log", "log.tmp", "hardstate", "hardstate.tmp", "snapshot", "snapshot.tmp")
+_FILE_NAMES = (
+    "log",
+    "log.tmp",
+    "hardstate",
+    "hardstate.tmp",
+    "snapshot",
+    "snapshot.tmp",
+    "lock",
+    "owner",
+)
 
 #: The operations a ``fault`` hook sees, each before its write.
 FAULT_OPERATIONS = ("append", "truncate", "sync", "hardstate", "snapshot", "rewrite")
@@ -303,9 +314,11 @@ class FileStorage:
         *,
         after_step: Callable[[str], None] | None = None,
         fault: Fault | None = None,
+        owner: str | None = None,
     ) -> None:
         self.directory = Path(directory)
         _prepare_directory(self.directory)
+        self._lock_fd = -1 if owner is None else _claim(self.directory, owner)
         self._after_step = after_step or (lambda step: None)
         self._fault = fault
         self._hard_state = Persister(self.directory / "hardstate")
@@ -532,6 +545,42 @@ class FileStorage:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1
+
+
+def _claim(directory: Path, owner: str) -> int:
+    """Lock ``directory`` for this process and check (or record) which node it belongs to;
+    the locked descriptor. Two processes sharing one data directory, or a node started on
+    another node's, would count one disk as two replicas: refuse both."""
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirectoryConflict(
+            f"{directory}: in use by another process; give each node a data directory of its own"
+        ) from None
+    path = directory / "owner"
+    try:
+        recorded = path.read_text().strip()
+    except FileNotFoundError:
+        owner_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            _write_all(owner_fd, owner.encode() + b"\n")
+            os.fsync(owner_fd)
+        finally:
+            os.close(owner_fd)
+        fsync_dir(directory)
+        recorded = owner
+    if recorded != owner:
+        os.close(fd)
+        raise DataDirectoryConflict(
+            f"{directory}: the data directory of node {recorded!r}, not of node {owner!r}; "
+            "start each node on its own data directory"
+        )
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:

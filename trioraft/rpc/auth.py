@@ -16,11 +16,15 @@ Invariants:
   length-prefixed or last, so no tag can be reused for a different message or role.
 - Nonces never repeat within a process (a random prefix and a counter), so every request of
   a run has its own tag, and so has every reply.
-- Not covered: a recorded request replayed verbatim is accepted again (Raft tolerates a
-  duplicated message, as a network may duplicate one); nothing is secret from a wire
-  observer (use TLS for that); and since a tag covers the whole body, a stranger can still
-  make a listener buffer one body of up to its size limit per connection before refusing
-  it (the listener's connection cap bounds the total).
+- A request whose nonce was already accepted is refused (a replay): each sender's nonce
+  prefix gets a window of its last 4,096 counters (older ones are refused too), for the
+  1,024 most recently heard prefixes. Raft would tolerate a duplicate for safety, but a
+  replayed heartbeat of a dead leader would keep its followers from electing another.
+- Not covered: a request recorded from a sender whose prefix has since been forgotten (a
+  process 1,024 restarts ago) is accepted once; nothing is secret from a wire observer
+  (use TLS for that); and since a tag covers the whole body, a stranger can still make a
+  listener buffer one body of up to its size limit per connection before refusing it (the
+  listener's connection cap bounds the total).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class PeerAuth:
         self._counter = itertools.count()
         self.refused = 0
         self._log_refusal = Throttled(logger)
+        self._seen = _ReplayWindows()
 
     def sign_request(self, method: str, body: Bytes) -> tuple[bytes, bytes]:
         """A fresh credential (nonce + tag) for a request, and its tag (for its reply)."""
@@ -72,9 +77,10 @@ class PeerAuth:
         if len(credential) != CREDENTIAL_BYTES:
             return None
         nonce, tag = credential[:NONCE_BYTES], credential[NONCE_BYTES:]
-        if hmac.compare_digest(self._request_tag(nonce, method, body), tag):
-            return tag
-        return None
+        if not hmac.compare_digest(self._request_tag(nonce, method, body), tag):
+            return None
+        prefix, counter = nonce[:-8], int.from_bytes(nonce[-8:], "big")
+        return tag if self._seen.first_time(prefix, counter) else None
 
     def sign_reply(self, request_tag: bytes, status: int, body: Bytes) -> bytes:
         """The tag of a reply (``status``, ``body``) to the request tagged ``request_tag``."""
@@ -98,3 +104,36 @@ class PeerAuth:
         mac.update(_REQUEST + nonce + _LENGTH.pack(len(name)) + name)
         mac.update(body)
         return mac.digest()
+
+
+class _ReplayWindows:
+    """Which counters each sender's nonce prefix has used, in a sliding window per prefix
+    (an anti-replay window, as IPsec keeps): bounded in prefixes and in counters."""
+
+    WINDOW = 4096
+    PREFIXES = 1024
+
+    def __init__(self) -> None:
+        self._windows: dict[bytes, tuple[int, int]] = {}  # prefix -> (highest, bitmap)
+
+    def first_time(self, prefix: bytes, counter: int) -> bool:
+        """Record ``counter`` for ``prefix``; False if it was seen or is too old to tell."""
+        window = self._windows.pop(prefix, None)
+        if window is None:
+            highest, seen = counter, 1
+        else:
+            highest, seen = window
+            if counter > highest:
+                gap = counter - highest
+                seen = ((seen << gap) | 1) & ((1 << self.WINDOW) - 1) if gap < self.WINDOW else 1
+                highest = counter
+            else:
+                bit = 1 << (highest - counter)
+                if highest - counter >= self.WINDOW or seen & bit:
+                    self._windows[prefix] = window
+                    return False
+                seen |= bit
+        self._windows[prefix] = (highest, seen)  # now the most recently heard
+        if len(self._windows) > self.PREFIXES:
+            del self._windows[next(iter(self._windows))]
+        return True

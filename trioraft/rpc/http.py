@@ -15,7 +15,7 @@ Invariants:
 - With ``peer_auth`` (see :mod:`trioraft.rpc.auth`), a request without a valid tag is
   answered 401 before its body is parsed; with ``client_token``, one without
   ``Authorization: Bearer <token>`` is answered 401 before its body is read. ``GET`` routes
-  are open.
+  are open, except a :class:`GetRoute` marked ``private``, which needs the token too.
 - Every listener is bounded: at most ``max_connections`` connections at once (beyond that,
   new ones wait in the kernel's backlog, holding no descriptor of ours); request headers
   must arrive within ``keep_alive_timeout`` of the connection opening or of the previous
@@ -55,7 +55,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
-from .._errors import BadRequest
+from .._errors import BadRequest, StorageFailed
 from .._logging import Throttled, logger
 from .auth import AUTH_HEADER, CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
 from .codec import decode, encode
@@ -68,6 +68,7 @@ DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
 INTERNAL_ERROR = {"error": "internal error"}
+STORAGE_FAILED = {"error": "this node's storage failed: it is stopping"}
 UNAUTHENTICATED_PEER = {"error": "unauthenticated peer message"}
 UNAUTHENTICATED_CLIENT = {"error": "missing or wrong client token"}
 
@@ -81,6 +82,16 @@ class Route:
 
     args: type
     handler: Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class GetRoute:
+    """A ``GET /<name>`` page: ``handler()`` builds the whole response (see
+    :func:`json_response` and :func:`bytes_response`). A ``private`` page requires the
+    client token when the app has one; the others are open, like ``/status``."""
+
+    handler: Callable[[], Awaitable[Response]]
+    private: bool = False
 
 
 def parse_json(body: bytes | bytearray | memoryview) -> Any:
@@ -104,6 +115,13 @@ default_error_log: ErrorLog = Throttled(logger, logging.ERROR)
 
 def json_response(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, content_type="application/json")
+
+
+def bytes_response(
+    body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A 200 response of ``body`` as it is (with its length)."""
+    return Response(body, 200, dict(headers or {}), content_type=content_type)
 
 
 async def dispatch(
@@ -144,6 +162,8 @@ async def dispatch_parsed(
         return 200, encode(reply)
     except BadRequest as exc:
         return exc.status, {"error": exc.message}
+    except StorageFailed:
+        return 503, STORAGE_FAILED  # the node logged it once, and is stopping
     except Exception:
         log_error("the handler of %r failed:\n%s", method, traceback.format_exc())
         return 500, INTERNAL_ERROR
@@ -205,10 +225,12 @@ def make_app(
     client_token: str | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     peer_methods: Collection[str] | None = None,
+    get_routes: Mapping[str, GetRoute] | None = None,
 ) -> QuartTrio:
     """A Quart-Trio app answering ``POST /<method>`` for every route in ``routes``.
 
-    ``status``, if given, answers ``GET /status`` with its JSON-ready result. ``peer_auth``
+    ``status``, if given, answers ``GET /status`` with its JSON-ready result, and each of
+    ``get_routes`` answers ``GET /<name>``. ``peer_auth``
     requires a peer tag on every ``POST``, ``client_token`` a bearer token; with
     ``peer_methods`` (for an app serving peers and clients at once), the tag is required on
     those methods only and the token on the others only.
@@ -222,6 +244,19 @@ def make_app(
     log_refused_client = Throttled(logger)
     bearer = None if client_token is None else f"Bearer {client_token}".encode()
     peers_only = None if peer_methods is None else frozenset(peer_methods)
+    pages = dict(get_routes or {})
+    if status is not None and "status" in pages:
+        raise ValueError("GET /status is given twice: as status and in get_routes")
+
+    def client_refused() -> Response | None:
+        """The 401 for a request without the client token, or ``None`` if it has it."""
+        if bearer is None:
+            return None
+        given = request.headers.get("Authorization", "").encode("latin-1")
+        if hmac.compare_digest(given, bearer):
+            return None
+        log_refused_client("refused a client request from %s", request.remote_addr)
+        return _refusal(UNAUTHENTICATED_CLIENT, {"WWW-Authenticate": "Bearer"})
 
     async def answer(method: str, body: bytes) -> tuple[int, bytes]:
         status, payload = await dispatch(routes, method, body, log_error=log_error)
@@ -245,10 +280,9 @@ def make_app(
     async def post(method: str) -> Response:
         is_peer_method = peers_only is None or method in peers_only
         if bearer is not None and (peers_only is None or not is_peer_method):
-            given = request.headers.get("Authorization", "").encode("latin-1")
-            if not hmac.compare_digest(given, bearer):
-                log_refused_client("refused a client request from %s", request.remote_addr)
-                return _refusal(UNAUTHENTICATED_CLIENT, {"WWW-Authenticate": "Bearer"})
+            refusal = client_refused()
+            if refusal is not None:
+                return refusal
         if peer_auth is not None and is_peer_method:
             return await answer_peer(peer_auth, method)
         status, content = await answer(method, await request.get_data(cache=False))
@@ -259,6 +293,19 @@ def make_app(
         @app.get("/status")
         async def get_status() -> Response:
             return json_response(status())
+
+    def page_view(page: GetRoute) -> Callable[[], Awaitable[Response]]:
+        async def view() -> Response:
+            if page.private:
+                refusal = client_refused()
+                if refusal is not None:
+                    return refusal
+            return await page.handler()
+
+        return view
+
+    for name, page in pages.items():
+        app.add_url_rule(f"/{name}", f"get_{name}", page_view(page), methods=["GET"])
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

@@ -1,0 +1,120 @@
+"""The operator's pages of a KV node's client listener: metrics, health, readiness, backup.
+
+    GET /metrics   Prometheus text: the node's trioraft_* metrics and the process's
+    GET /healthz   200 while the node runs; 503 once it has stopped (a failed disk)
+    GET /readyz    200 if a leader reached this node within its election timeout (a
+                   leader: if a majority answered it within one) and it has applied
+                   within ``ready_max_lag`` entries of its commit index; else 503. Both
+                   answer JSON with the reason.
+    GET /backup    the leader's backup file (see :mod:`trioraft.kv.backup`); 503 with
+                   ``{"error", "leader"}`` on any other node. It exposes every key, so it
+                   requires the client token when the node has one.
+
+Invariants:
+- A backup holds every write acknowledged before the request came: the leader first puts
+  a barrier op through the log and waits until it is applied (everything acknowledged
+  before is in an earlier entry), then copies the machine at the index applied, with no
+  checkpoint between reading the index and copying. The copy is serialized and hashed in
+  a worker thread, so a large state does not stall the node.
+- None of these pages changes the node's state (the barrier is a read).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Response
+
+from .._errors import RaftError
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import exposition
+from ..rpc.http import GetRoute, bytes_response, json_response
+from .backup import CONTENT_TYPE, encode_backup
+from .machine import KVMachine
+
+if TYPE_CHECKING:
+    from .node import KVNode
+
+#: Entries a node may have committed but not applied and still be ready.
+DEFAULT_READY_MAX_LAG = 1000
+
+#: The barrier op a backup puts through the log: a get, which changes nothing.
+_BARRIER = {"op": "get", "key": ""}
+
+
+def readiness(node: KVNode) -> tuple[bool, dict[str, Any]]:
+    """Whether ``node`` is ready for traffic, and why (see the module docstring)."""
+    raft = node.raft
+    about: dict[str, Any] = {"id": raft.id, "role": raft.role.value, "term": raft.term}
+    if raft.failure is not None:
+        return False, {**about, "reason": f"the node stopped: {raft.failure}"}
+    age = raft.leader_contact_age()
+    timeout = raft.config.election_timeout[1]
+    if age > timeout:
+        if raft.is_leader:
+            why = f"a majority last answered this leader {age:.2f} s ago"
+        elif math.isinf(age):
+            why = "no leader known"
+        else:
+            why = f"the leader ({raft.leader_id}) last reached this node {age:.2f} s ago"
+        return False, {**about, "reason": f"{why} (election timeout {timeout} s)"}
+    lag = raft.commit_index - raft.last_applied
+    if lag > node.ready_max_lag:
+        return False, {
+            **about,
+            "reason": f"applied index {raft.last_applied} lags the commit index "
+            f"{raft.commit_index} by {lag} entries (at most {node.ready_max_lag})",
+        }
+    return True, {**about, "leader": raft.leader_id}
+
+
+async def backup_file(node: KVNode) -> bytes | None:
+    """A backup of ``node``'s state with every write acknowledged so far, or ``None`` if
+    it is not the leader (or could not tell whether its barrier committed)."""
+    if not node.raft.is_leader:
+        return None
+    try:
+        await node.rsm.submit_many([_BARRIER])
+    except RaftError:
+        return None
+    index = node.rsm.applied_index
+    term = node.raft.log.term_at(index) or 0
+    copy = KVMachine(max_sessions=node.machine.max_sessions)
+    copy.kv.replace(node.machine.kv.items())
+    copy.sessions = dict(node.machine.sessions)
+    copy.opened = node.machine.opened
+    node.metrics.backups += 1
+    return await trio.to_thread.run_sync(
+        lambda: encode_backup(index, term, node.id, copy.snapshot())
+    )
+
+
+def operator_pages(node: KVNode) -> dict[str, GetRoute]:
+    """The ``GET`` pages above, for ``make_app(get_routes=...)``."""
+
+    async def metrics() -> Response:
+        return bytes_response(exposition(node.registry), METRICS_CONTENT_TYPE)
+
+    async def healthz() -> Response:
+        if node.raft.failure is not None:
+            return json_response({"healthy": False, "reason": str(node.raft.failure)}, 503)
+        return json_response({"healthy": True})
+
+    async def readyz() -> Response:
+        ready, about = readiness(node)
+        return json_response({"ready": ready, **about}, 200 if ready else 503)
+
+    async def backup() -> Response:
+        data = await backup_file(node)
+        if data is None:
+            return json_response({"error": "not the leader", "leader": node.raft.leader_id}, 503)
+        return bytes_response(data, CONTENT_TYPE)
+
+    return {
+        "metrics": GetRoute(metrics),
+        "healthz": GetRoute(healthz),
+        "readyz": GetRoute(readyz),
+        "backup": GetRoute(backup, private=True),
+    }

@@ -1,0 +1,211 @@
+"""Look inside a node's data directory without starting it, and without writing a byte.
+
+:func:`inspect_data_dir` reads ``hardstate``, ``snapshot`` and ``log`` with the storage
+layer's own parsers (:func:`~trioraft.raft.persister.decode_blob`,
+:func:`~trioraft.raft.storage.parse_log`, ...), so it verifies exactly what
+:meth:`FileStorage.load <trioraft.FileStorage.load>` verifies: every checksum, the
+framing and order of the log's records, and that the three files agree. Where ``load``
+would cut a torn tail and fsync, this only reports it.
+
+Verdicts, each with the exit status ``trioraft inspect`` gives it:
+
+- ``ok`` (0): everything verifies;
+- ``torn`` (3): a torn log tail, which a starting node cuts (and logs) before it runs;
+- ``corrupt`` (1): anything a starting node refuses (it names the file, the offset and
+  what to do, as ``load`` does); the other files are still reported where they can be read.
+
+Invariants: files are only ever opened for reading; nothing here fsyncs, renames or creates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from .._errors import StorageCorrupt
+from .log import Entry
+from .persister import corrupt, decode_blob
+from .storage import (
+    HardState,
+    Snapshot,
+    decode_hard_state,
+    decode_snapshot,
+    normalize,
+    parse_log,
+)
+
+T = TypeVar("T")
+
+#: What ``trioraft inspect`` exits with for each verdict.
+EXIT_STATUS = {"ok": 0, "corrupt": 1, "torn": 3}
+
+#: Files a crash in the middle of an atomic save may leave; never read by a node.
+_TEMPORARY = ("log.tmp", "hardstate.tmp", "snapshot.tmp")
+
+
+@dataclass
+class LogReport:
+    base_index: int
+    base_term: int
+    first_index: int  # of the records in the file (base_index + 1 if none)
+    last_index: int  # base_index if none
+    records: int
+    first_term: int | None
+    last_term: int | None
+    file_bytes: int
+    valid_bytes: int  # where the valid records end
+    torn: str = ""  # what is wrong with the tail past ``valid_bytes``, if anything
+    dropped_at_start: bool = False  # records a node drops: they overlap a newer snapshot
+
+
+@dataclass
+class Inspection:
+    """What :func:`inspect_data_dir` found; ``problems`` are one-line messages."""
+
+    directory: str
+    hard_state: HardState | None = None
+    snapshot: Snapshot | None = None
+    snapshot_checked: bool = False  # the snapshot's data passed the application's check
+    log: LogReport | None = None
+    problems: list[str] = field(default_factory=list)
+    temporary_files: list[str] = field(default_factory=list)
+    entries: list[tuple[int, Entry]] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.problems:
+            return "corrupt"
+        if self.log is not None and self.log.torn:
+            return "torn"
+        return "ok"
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.verdict]
+
+
+def inspect_data_dir(
+    directory: str | os.PathLike[str],
+    *,
+    check_snapshot: Callable[[bytes], None] | None = None,
+) -> Inspection:
+    """Inspect ``directory`` (read-only). ``check_snapshot`` raises ``ValueError`` for
+    snapshot data the application could not restore (``KVMachine.check_snapshot``)."""
+    path = Path(directory)
+    report = Inspection(str(path))
+    if not path.is_dir():
+        report.problems.append(f"{path}: not a directory")
+        return report
+    report.temporary_files = [name for name in _TEMPORARY if (path / name).exists()]
+    hard_raw = _read_blob(path / "hardstate", report)
+    if hard_raw is not None:
+        where = str(path / "hardstate")
+        report.hard_state = _guard(report, lambda: decode_hard_state(hard_raw, where))
+    snap_raw = _read_blob(path / "snapshot", report)
+    if snap_raw is not None:
+        where = str(path / "snapshot")
+        report.snapshot = _guard(report, lambda: decode_snapshot(snap_raw, where))
+        if report.snapshot is not None and check_snapshot is not None:
+            try:
+                check_snapshot(report.snapshot.data)
+                report.snapshot_checked = True
+            except ValueError as exc:
+                report.problems.append(
+                    str(corrupt(path / "snapshot", f"the snapshot cannot be restored ({exc})"))
+                )
+    readable = hard_raw is not None and snap_raw is not None
+    _inspect_log(path, report, has_hard_state=hard_raw != b"", check_files=readable)
+    return report
+
+
+def _inspect_log(
+    path: Path, report: Inspection, *, has_hard_state: bool, check_files: bool
+) -> None:
+    """Parse the log; with ``check_files`` (the other two files were readable), check that
+    the three files agree."""
+    log_path = path / "log"
+    try:
+        raw = log_path.read_bytes()
+    except FileNotFoundError:
+        if check_files and (has_hard_state or report.snapshot is not None):
+            found = "a hard state" if has_hard_state else "a snapshot"
+            report.problems.append(str(corrupt(log_path, f"missing beside {found}")))
+        return
+    try:
+        parsed = parse_log(raw, str(log_path))
+    except StorageCorrupt as exc:
+        report.problems.append(str(exc))
+        return
+    records = parsed.records
+    report.entries = records
+    report.log = LogReport(
+        base_index=parsed.base_index,
+        base_term=parsed.base_term,
+        first_index=records[0][0] if records else parsed.base_index + 1,
+        last_index=records[-1][0] if records else parsed.base_index,
+        records=len(records),
+        first_term=records[0][1].term if records else None,
+        last_term=records[-1][1].term if records else None,
+        file_bytes=len(raw),
+        valid_bytes=parsed.end,
+        torn=parsed.damage,
+    )
+    if check_files:
+        report.problems += _disagreements(
+            path, report, has_hard_state, parsed.base_index, parsed.base_term
+        )
+    if not report.problems:
+        _, report.log.dropped_at_start = normalize(report.snapshot, records)
+
+
+def _disagreements(
+    path: Path, report: Inspection, has_hard_state: bool, base: int, base_term: int
+) -> Iterator[str]:
+    """What ``FileStorage.load`` checks between the files (see its ``_check_consistent``)."""
+    snapshot, log = report.snapshot, report.log
+    assert log is not None
+    if not has_hard_state and (log.records or snapshot is not None or base > 0):
+        if log.records:
+            found = f"{log.records} log entries"
+        else:
+            found = "a snapshot" if snapshot else f"a log continuing from index {base}"
+        yield str(
+            corrupt(
+                path / "hardstate",
+                f"missing beside {found} (without it this node could vote twice in a term)",
+            )
+        )
+    if snapshot is None and base > 0:
+        yield str(
+            corrupt(path / "snapshot", f"missing, but {path / 'log'} continues from index {base}")
+        )
+    if snapshot is not None and (
+        snapshot.index < base or (snapshot.index == base and snapshot.term != base_term)
+    ):
+        yield str(
+            corrupt(
+                path / "snapshot",
+                f"the snapshot at index {snapshot.index} (term {snapshot.term}) is not the one "
+                f"{path / 'log'} continues from (index {base}, term {base_term})",
+            )
+        )
+
+
+def _read_blob(path: Path, report: Inspection) -> bytes | None:
+    """The checked content of a blob file, ``b""`` if it is absent, ``None`` if damaged."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    return _guard(report, lambda: decode_blob(raw, str(path)))
+
+
+def _guard(report: Inspection, read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except StorageCorrupt as exc:
+        report.problems.append(str(exc))
+        return None
