@@ -156,6 +156,12 @@ def as_result(reply: GetReply | PutReply | AppendReply | OpenSessionReply) -> Op
     return OpResult(reply.err)
 
 
+def json_size_bound(ops: list[BatchOp]) -> int:
+    """At least the bytes ``ops`` take as logged JSON: a character escapes to 12 bytes at
+    most (a non-BMP one, as two \\u escapes); the rest is bounded per op."""
+    return sum(12 * (len(op.key) + len(op.value) + len(op.session)) + 128 for op in ops)
+
+
 def log_op(op: BatchOp) -> dict[str, object]:
     """The op as the replicated KV logs it: only the fields its kind uses. (An ``open`` gets
     a random nonce here, on the server that proposes it, so session ids cannot be guessed.)"""

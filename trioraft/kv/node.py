@@ -69,6 +69,7 @@ from .messages import (
     PutReply,
     as_result,
     check_key,
+    json_size_bound,
     log_op,
 )
 from .metrics import KVCollector, KVMetrics, count_refusals
@@ -200,16 +201,17 @@ class KVNode:
     def id(self) -> str:
         return self.raft.id
 
-    async def execute(self, op: dict[str, Any]) -> Any | None:
+    async def execute(self, op: BatchOp) -> Any | None:
         """Run ``op`` through the log here; its reply, or ``None`` if this server can't tell."""
         results = await self.execute_many([op])
         return None if results is None else results[0]
 
-    async def execute_many(self, ops: list[dict[str, Any]]) -> list[Any] | None:
+    async def execute_many(self, ops: list[BatchOp]) -> list[Any] | None:
         """Run ``ops`` through the log here, in one entry; their replies, or ``None`` if this
         server is not the leader or can't tell within ``op_timeout`` whether they applied."""
+        logged = [log_op(op) for op in ops]
         try:
-            results = await self.rsm.submit_many(ops)
+            results = await self.rsm.submit_many(logged, size_bound=json_size_bound(ops))
         except RaftError as exc:
             self.metrics.proposals_failed[_FAILURE.get(type(exc), "leadership_lost")] += 1
             return None
@@ -221,7 +223,7 @@ class KVNode:
 
     async def handle_get(self, args: GetArgs) -> GetReply:
         check_key(args.key)
-        reply = await self.execute(log_op(BatchOp("get", args.key)))
+        reply = await self.execute(BatchOp("get", args.key))
         reply = reply if reply is not None else GetReply("", 0, WRONG_LEADER)
         self.metrics.count_op("get", reply.err)
         return reply
@@ -232,7 +234,7 @@ class KVNode:
             reply = PutReply(NO_SPACE)
             self.metrics.refused["quota"] += 1
         else:
-            op = log_op(BatchOp("put", args.key, args.value, args.version))
+            op = BatchOp("put", args.key, args.value, args.version)
             reply = await self.execute(op) or PutReply(WRONG_LEADER)
         self.metrics.count_op("put", reply.err)
         return reply
@@ -244,7 +246,7 @@ class KVNode:
             self.metrics.refused["quota"] += 1
         else:
             op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
-            reply = await self.execute(log_op(op)) or AppendReply(WRONG_LEADER)
+            reply = await self.execute(op) or AppendReply(WRONG_LEADER)
         self.metrics.count_op("append", reply.err)
         return reply
 
@@ -253,9 +255,7 @@ class KVNode:
             reply = OpenSessionReply(NO_SPACE)
             self.metrics.refused["quota"] += 1
         else:
-            reply = await self.execute(log_op(BatchOp("open", ""))) or OpenSessionReply(
-                WRONG_LEADER
-            )
+            reply = await self.execute(BatchOp("open", "")) or OpenSessionReply(WRONG_LEADER)
         self.metrics.count_op("open", reply.err)
         return reply
 
@@ -266,7 +266,7 @@ class KVNode:
     async def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
         """Run validated ``ops`` in one entry: gets always, writes unless over the quota."""
         no_space = self.over_quota()
-        logged = [log_op(op) for op in ops if not (no_space and op.op != "get")]
+        logged = [op for op in ops if op.op == "get"] if no_space else ops
         replies = await self.execute_many(logged) if logged else []
         if replies is None:
             results = [OpResult(WRONG_LEADER)] * len(ops)

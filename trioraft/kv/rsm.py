@@ -60,6 +60,9 @@ MAX_OPS_PER_ENTRY = 4096
 #: written and fsynced well within one RPC timeout (0.5 s): a much larger one would hold
 #: back the heartbeats that travel in the same stream and bring elections.
 DEFAULT_MAX_ENTRY_BYTES = 4 << 20
+#: A submission whose size bound is under this part of ``max_entry_bytes`` shares an entry
+#: and is encoded with it; a larger one is encoded (measured) at once, in an entry of its own.
+_SMALL_PART = 64
 #: JSON without the spaces: an entry is written, sent to every follower and parsed by each.
 _COMPACT = (",", ":")
 
@@ -93,9 +96,10 @@ class _Proposal:
     """The ops of one log entry, from every caller that queued them before it was proposed."""
 
     tag: int
-    encoded: list[str] = field(default_factory=list)  # each submit's ops as JSON, no brackets
+    ops: list[Any] = field(default_factory=list)  # encoded when proposed, all at once
+    encoded: str | None = None  # or: one large submission's ops, already JSON (no brackets)
     count: int = 0  # ops
-    size: int = 0  # bytes of ``encoded`` with their separators
+    size: int = 0  # bytes of the ops as JSON, or a bound on them
     term: int = 0
     done: trio.Event = field(default_factory=trio.Event)
     results: list[Any] = field(default_factory=list)
@@ -149,44 +153,55 @@ class ReplicatedStateMachine:
         (result,) = await self.submit_many([op])
         return result
 
-    async def submit_many(self, ops: list[Any]) -> list[Any]:
-        """Replicate and apply ``ops``, in order, in one log entry; their results."""
+    async def submit_many(self, ops: list[Any], *, size_bound: int | None = None) -> list[Any]:
+        """Replicate and apply ``ops``, in order, in one log entry; their results.
+
+        ``size_bound``, if given, is at least the bytes ``ops`` take as JSON: when it is
+        small, the ops are encoded with the rest of their entry, once, when it is proposed
+        (the common case: many small ops share an entry). Otherwise they are encoded now, to
+        be measured, and refused with :class:`EntryTooLarge` if they could never fit."""
         if not self.node.is_leader:
             raise NotLeader(self.node.leader_id)
         if not ops:
             return []
-        encoded = json.dumps(ops, separators=_COMPACT)[1:-1]
-        size = len(encoded) + 1
-        if size > self.max_entry_bytes:
-            raise EntryTooLarge(size, self.max_entry_bytes)
         if not self._queued:
             # A leader task takes the whole queue each time it looks, so a queue that is not
             # empty has had its wake-up since that last look: only the first caller wakes.
             self.node.wake_leader()
-        last = self._queued[-1] if self._queued else None
-        if (
-            last is None
-            or last.count + len(ops) > MAX_OPS_PER_ENTRY
-            or last.size + size > self.max_entry_bytes
-        ):
-            self._open_proposal()
-        proposal = self._queued[-1]
-        start = proposal.count
-        proposal.encoded.append(encoded)
-        proposal.count += len(ops)
-        proposal.size += size
+        if size_bound is None or size_bound > self.max_entry_bytes // _SMALL_PART:
+            encoded = json.dumps(ops, separators=_COMPACT)[1:-1]
+            if len(encoded) + 1 > self.max_entry_bytes:
+                raise EntryTooLarge(len(encoded) + 1, self.max_entry_bytes)
+            proposal = self._open_proposal()  # an entry of its own: nothing joins it
+            proposal.encoded, proposal.count, proposal.size = encoded, len(ops), len(encoded) + 1
+            start = 0
+        else:
+            last = self._queued[-1] if self._queued else None
+            if (
+                last is None
+                or last.encoded is not None
+                or last.count + len(ops) > MAX_OPS_PER_ENTRY
+                or last.size + size_bound > self.max_entry_bytes
+            ):
+                last = self._open_proposal()
+            proposal = last
+            start = proposal.count
+            proposal.ops.extend(ops)
+            proposal.count += len(ops)
+            proposal.size += size_bound
         await proposal.done.wait()
         if proposal.error is not None:
             raise proposal.error
         return proposal.results[start : start + len(ops)]
 
-    def _open_proposal(self) -> None:
+    def _open_proposal(self) -> _Proposal:
         proposal = _Proposal(next(self._tags), deadline=trio.current_time() + self.op_timeout)
         self._queued.append(proposal)
         if self.op_timeout < math.inf:
             self._unanswered.append(proposal)
             if len(self._unanswered) == 1:
                 self._first_unanswered.set()
+        return proposal
 
     async def _expire_overdue(self) -> None:
         while True:
@@ -228,7 +243,9 @@ class ReplicatedStateMachine:
                 continue  # expired while queued
             # The same text as json.dumps({"o", "t", "ops"}) with compact separators.
             origin = json.dumps(self.node.id)
-            ops = ",".join(proposal.encoded)
+            ops = proposal.encoded
+            if ops is None:
+                ops = json.dumps(proposal.ops, separators=_COMPACT)[1:-1]
             command = f'{{"o":{origin},"t":{proposal.tag},"ops":[{ops}]}}'
             index, proposal.term, ok = self.node.submit(command)
             if not ok:

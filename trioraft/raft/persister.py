@@ -83,6 +83,7 @@ class Persister:
         self.path = Path(path)
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self._after_step = after_step or (lambda step: None)
+        self._size: int | None = None  # of the content saved; None until looked up
 
     def save(self, data: bytes) -> None:
         step = self._after_step
@@ -98,7 +99,9 @@ class Persister:
         finally:
             os.close(fd)
         step("close")
+        self._size = None  # from here on the file may hold either content
         os.replace(self.tmp_path, self.path)
+        self._size = len(data)
         step("rename")
         fsync_dir(self.path.parent)
         step("fsync-dir")
@@ -111,8 +114,11 @@ class Persister:
         return decode_blob(raw, str(self.path))
 
     def size(self) -> int:
-        """Bytes of content saved (0 if none), without reading the file."""
-        try:
-            return max(0, self.path.stat().st_size - _HEADER.size)
-        except FileNotFoundError:
-            return 0
+        """Bytes of content saved (0 if none), without reading the file: looked up once,
+        then known from each save (nothing else writes the file while it is in use)."""
+        if self._size is None:
+            try:
+                self._size = max(0, self.path.stat().st_size - _HEADER.size)
+            except FileNotFoundError:
+                self._size = 0
+        return self._size
