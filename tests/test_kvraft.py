@@ -1,5 +1,5 @@
-"""The replicated KV (catalogue §8, the C port's and the seed's lists, Janus §13): real
-servers over real HTTP through fault proxies; every recorded history is checked."""
+"""The replicated KV (docs/scenarios.md: kvraft-generic, kvraft-c-port): real servers over
+real HTTP through fault proxies; every recorded history is checked."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def test_basic_put_get_append_and_failover(make_kv_cluster) -> None:
     await c.start(leader)
 
 
-# -- GenericTest (catalogue §8.1) ----------------------------------------------------------
+# -- GenericTest (docs/scenarios.md: kvraft-generic) ---------------------------------------
 
 NITER = 3
 NKEYS = 100

@@ -1,4 +1,4 @@
-"""Lock scenarios over the single-server KV (catalogue §5, §9 and the C/Rust lock lists).
+"""Lock scenarios over the single-server KV (docs/scenarios.md: lock).
 
 Mutual exclusion is checked twice, as the ports do: by the ``l0`` KV probe (the holder finds
 it empty, writes its id, and clears it) and by an in-process counter of tasks inside the
@@ -12,11 +12,54 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+import trio.testing
 
 from tests.conftest import SingleKV, start_single_kv
 from tests.kvtest import ClientResult, put_at_least_once, put_outcome, run_clients
-from trioraft import KeyValue, KVClient, Lock
+from trioraft import KeyValue, KVClient, Lock, Versioned, VersionedKV
+from trioraft.kv.clients import raise_put_error
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, Network
+
+
+class WatchedKV:
+    """Forwards to ``kv`` and keeps every value its gets returned, so a test can wait until
+    a lock's user has seen the lock in some state."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.seen: list[str] = []
+        self._got = trio.Event()
+
+    async def get(self, key: str) -> Versioned:
+        result = await self.kv.get(key)
+        self.seen.append(result.value)
+        self._got.set()
+        self._got = trio.Event()
+        return result
+
+    async def put(self, key: str, value: str, version: int) -> None:
+        await self.kv.put(key, value, version)
+
+    async def wait_seen(self, value: str, *, times: int = 1) -> None:
+        while self.seen.count(value) < times:
+            await self._got.wait()
+
+
+class InMemoryKV:
+    """The versioned KV machine behind the KeyValue interface, with no I/O: each call is one
+    checkpoint."""
+
+    def __init__(self) -> None:
+        self.machine = VersionedKV()
+
+    async def get(self, key: str) -> Versioned:
+        await trio.lowlevel.checkpoint()
+        reply = self.machine.get(key)
+        return Versioned(reply.value, reply.version)
+
+    async def put(self, key: str, value: str, version: int) -> None:
+        await trio.lowlevel.checkpoint()
+        raise_put_error(self.machine.put(key, value, version).err, retried=False)
 
 
 def random_name(rng: random.Random) -> str:
@@ -49,6 +92,8 @@ async def run_lock_clients(
                 value, version = await kv.get(check_key)
                 assert value == "", f"{me}: two clients acquired the lock ({value!r} held)"
                 assert await put_outcome(kv, check_key, str(me), version) in ("OK", "Maybe")
+                # The scenario holds the lock this long (a bounded wait, on purpose): any
+                # other client that could get in meanwhile would trip the checks.
                 await trio.sleep(hold)
                 assert in_critical_section == 1
                 outcome = await put_outcome(kv, check_key, "", version + 1)
@@ -92,7 +137,8 @@ async def test_nested_locks_are_independent(single_kv: SingleKV, rng: random.Ran
 
 async def test_waiter_gets_lock_after_release(single_kv: SingleKV) -> None:
     async with KVClient(single_kv.url) as kv:
-        first, second = Lock(kv, "l", holder="first"), Lock(kv, "l", holder="second")
+        watched = WatchedKV(kv)
+        first, second = Lock(kv, "l", holder="first"), Lock(watched, "l", holder="second")
         await first.acquire()
         acquired = trio.Event()
 
@@ -102,38 +148,45 @@ async def test_waiter_gets_lock_after_release(single_kv: SingleKV) -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(take_second)
-            await trio.sleep(0.05)
+            with trio.move_on_after(5):  # it found the lock held, waited, and found it held again
+                await watched.wait_seen("first", times=2)
             assert not acquired.is_set(), "second holder got a held lock"
+            assert watched.seen.count("first") >= 2, "second holder stopped polling"
             await first.release()
         assert acquired.is_set()
 
 
-async def test_shared_lock_object_serializes_local_tasks(single_kv: SingleKV) -> None:
-    async with KVClient(single_kv.url) as kv:
-        lock = Lock(kv, "shared")
-        inside = 0
+async def test_shared_lock_object_serializes_local_tasks() -> None:
+    """Tasks sharing one Lock (one holder id) take it one at a time. The KV is in memory, so
+    once every other task is blocked, none can still be on its way into the lock."""
+    lock = Lock(InMemoryKV(), "shared")
+    inside = 0
 
-        async def worker() -> None:
-            nonlocal inside
-            for _ in range(5):
-                async with lock:
-                    inside += 1
-                    assert inside == 1
-                    await trio.sleep(0.001)
-                    inside -= 1
+    async def worker() -> None:
+        nonlocal inside
+        for _ in range(5):
+            async with lock:
+                inside += 1
+                await trio.testing.wait_all_tasks_blocked()
+                assert inside == 1, "two tasks inside the lock"
+                inside -= 1
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(worker)
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(worker)
 
 
 async def test_cancelled_acquire_leaves_lock_free(single_kv: SingleKV) -> None:
     async with KVClient(single_kv.url) as kv:
         holder = Lock(kv, "c", holder="holder")
         await holder.acquire()
-        waiter = Lock(kv, "c", holder="waiter")
-        with trio.move_on_after(0.05):
-            await waiter.acquire()
+        watched = WatchedKV(kv)
+        waiter = Lock(watched, "c", holder="waiter")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter.acquire)
+            with trio.fail_after(5):  # cancel it while it waits for the held lock
+                await watched.wait_seen("holder")
+            nursery.cancel_scope.cancel()
         assert not waiter.locked
         await holder.release()
         assert await kv.get("c") == ("", 2)
@@ -144,9 +197,11 @@ async def test_cancelled_acquire_leaves_lock_free(single_kv: SingleKV) -> None:
 async def test_release_completes_when_body_is_cancelled(single_kv: SingleKV) -> None:
     async with KVClient(single_kv.url) as kv:
         lock = Lock(kv, "r")
-        with trio.move_on_after(0.02):
+        with trio.CancelScope() as scope:
             async with lock:
+                scope.cancel()  # the body is cancelled while the lock is held
                 await trio.sleep_forever()
+        assert scope.cancelled_caught
         assert (await kv.get("r")).value == ""
 
 

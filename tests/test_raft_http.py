@@ -92,9 +92,15 @@ async def test_partition_over_http(nursery: trio.Nursery, seed: int, tmp_path: P
     majority = [i for i in c.ids if i not in minority]
     c.network.partition(minority, majority)
     c.connected = set(majority)
-    assert c.node(leader).submit("minority-write")[2]
+    old = c.node(leader)
+    minority_index, _, accepted = old.submit("minority-write")
+    assert accepted
     index = await c.one("majority-write", 3, retry=True)
-    await trio.sleep(0.5)  # the minority has had time to commit, were it able to
+    # Without a quorum the old leader steps down (check-quorum); from then on no member of
+    # the minority can lead, so none can ever commit: wait for that, not for a while.
+    with trio.fail_after(5):
+        await old.wait_until(lambda node: not node.is_leader)
+    assert all(c.node(i).commit_index < minority_index for i in minority)
     assert all("minority-write" not in log.values() for log in c.logs.values())
     c.network.heal()
     c.connected = set(c.ids)

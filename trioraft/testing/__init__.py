@@ -2,25 +2,47 @@
 
 Usable for testing any Trio service that speaks HTTP: put an :class:`HttpProxy` in front of
 each server, drive faults through one seeded :class:`Network`, record what clients see with a
-:class:`History`, and :func:`check` it.
+:class:`History`, and check it (:meth:`History.check`). Any other object can be checked
+against a :class:`Model` of its own with :func:`check_operations`; a failing
+:class:`Result` explains itself and draws the history (:meth:`Result.write_html`).
 """
 
 from ._history import History, RecordingKV
-from ._linearizability import Operation, Result, check
+from ._linearizability import Failure, Model, Operation, Result, check_operations
+from ._models import (
+    KV_MODEL,
+    VERSIONED_KV_MODEL,
+    KVInput,
+    KVOutput,
+    RegisterInput,
+    check,
+    partition_by_key,
+    register_model,
+)
 from ._network import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, Fate, Network, Profile
 from ._proxy import HttpProxy
 
 __all__ = [
+    "KV_MODEL",
     "MIT_UNRELIABLE",
     "RELIABLE",
     "UNRELIABLE",
+    "VERSIONED_KV_MODEL",
+    "Failure",
     "Fate",
     "History",
     "HttpProxy",
+    "KVInput",
+    "KVOutput",
+    "Model",
     "Network",
     "Operation",
     "Profile",
     "RecordingKV",
+    "RegisterInput",
     "Result",
     "check",
+    "check_operations",
+    "partition_by_key",
+    "register_model",
 ]

@@ -2,8 +2,9 @@
 
 :class:`History` hands out :class:`RecordingKV` wrappers around any
 :class:`~trioraft.KeyValue` client; each wrapper times every call on one monotonic clock and
-appends an :class:`Operation`. An operation cancelled before it returned is recorded with
-``ret=None`` (it may or may not have taken effect).
+appends an :class:`~trioraft.testing.Operation` of the versioned KV model
+(:class:`KVInput` / :class:`KVOutput`). An operation cancelled before it returned is
+recorded with ``ret=None`` and ``output=None`` (it may or may not have taken effect).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import trio
 
 from .._errors import KVError
 from ..kv.clients import KeyValue, Versioned
-from ._linearizability import OK, Operation, Result, check
+from ._linearizability import Operation, Result
+from ._models import NO_KEY, OK, KVInput, KVOperation, KVOutput, VersionedState, check
 
 
 class History:
@@ -23,12 +25,12 @@ class History:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.operations: list[Operation] = []
+        self.operations: list[KVOperation] = []
 
     def recording(self, kv: KeyValue, client: str) -> RecordingKV:
         return RecordingKV(self, kv, client)
 
-    def check(self, *, timeout: float = 60.0) -> Result:
+    def check(self, *, timeout: float | None = 60.0) -> Result[VersionedState, KVInput, KVOutput]:
         return check(self.operations, timeout=timeout)
 
 
@@ -41,38 +43,32 @@ class RecordingKV:
         self.client = client
 
     async def get(self, key: str) -> Versioned:
+        call = KVInput("get", key)
         start = self.history.clock()
         try:
             result = await self.kv.get(key)
         except trio.Cancelled:
-            self._record("get", key, "", 0, "", start, None)
+            self._record(call, start, None, None)
             raise
-        err = OK if result.version > 0 else "NoKey"
-        self._record("get", key, result.value, result.version, err, start, self.history.clock())
+        err = OK if result.version > 0 else NO_KEY
+        output = KVOutput(result.value, result.version, err)
+        self._record(call, start, output, self.history.clock())
         return result
 
     async def put(self, key: str, value: str, version: int) -> None:
+        call = KVInput("put", key, value, version)
         start = self.history.clock()
         try:
             await self.kv.put(key, value, version)
         except KVError as exc:
-            self._record("put", key, value, version, exc.wire, start, self.history.clock())
+            self._record(call, start, KVOutput(err=exc.wire), self.history.clock())
             raise
         except trio.Cancelled:
-            self._record("put", key, value, version, "", start, None)
+            self._record(call, start, None, None)
             raise
-        self._record("put", key, value, version, OK, start, self.history.clock())
+        self._record(call, start, KVOutput(err=OK), self.history.clock())
 
     def _record(
-        self,
-        kind: str,
-        key: str,
-        value: str,
-        version: int,
-        err: str,
-        call: float,
-        ret: float | None,
+        self, call: KVInput, start: float, output: KVOutput | None, ret: float | None
     ) -> None:
-        self.history.operations.append(
-            Operation(self.client, kind, key, value, version, err, call, ret)
-        )
+        self.history.operations.append(Operation(self.client, call, start, output, ret))

@@ -1,211 +1,389 @@
-"""A linearizability checker for the versioned KV (Wing & Gong search with memoisation).
+"""A linearizability checker for any sequential model (Wing & Gong search, Lowe's refinement).
 
-A history is a list of :class:`Operation` records with call and return times on one monotonic
-clock. The checker splits it per key (keys are independent in the model), and for each key
-searches for a total order that respects real time (an op that returned before another was
-called comes first) and in which every op's output is what :func:`step` allows. The search
-lifts ops out of a linked list of call/return events (Lowe's refinement of Wing & Gong) and
-memoises ``(set of linearized ops, state)`` so no configuration is explored twice.
+A history is a list of :class:`Operation` records: who called, with what input, when it was
+called and returned (one monotonic clock), and what it returned. A :class:`Model` says what a
+correct sequential object does: ``step(state, input, output)`` answers whether that output is
+legal in that state, and the state that follows. :func:`check_operations` searches for a
+total order of the operations that respects real time (an op that returned before another
+was called comes first) and in which every step is legal.
 
-The model (state = ``(value, version)``, initially ``("", 0)``):
-- get: legal iff it returned exactly the state's value and version.
-- put: if its version equals the state's, legal iff it answered OK (state becomes
-  ``(value, version + 1)``); otherwise legal iff it answered ``NoKey`` when the state's
-  version is 0 and ``Version`` when it is not (state unchanged).
-- a put that answered ``Maybe``, or never returned (``ret is None``), is legal either way:
-  it applies exactly when its version matches at its linearization point.
-- a get that never returned constrains nothing and is left out.
+Rules the search keeps:
+- ``ret is None``: the op never returned. It may take effect at any time after its call, or
+  never: the history is linearizable if some order includes every op that returned and any
+  subset of those that did not.
+- ``output is None``: the op's outcome is unknown; ``step`` sees that ``None`` and decides.
+- Ops whose intervals touch (one returns at the very time another is called) are concurrent.
+- States must be hashable and compare by value (tuples, strings, numbers, frozen
+  dataclasses, frozensets): the search memoises every ``(set of ops linearized, state)`` it
+  has tried, so no configuration is explored twice. ``step`` must be a pure function.
+- ``partition(ops)``, if given, splits a history into independent parts (per key, say): the
+  history is linearizable iff every part is, and each part is searched on its own.
+- Read-only ops (see :class:`Model`) legal in a configuration are linearized there at once
+  and never moved later: a sound shortcut that keeps concurrent reads from multiplying the
+  configurations to explore. Ops that never returned are spared the same way (see
+  :func:`_search`): they are never linearized where they change nothing, nor where the same
+  state is reached with fewer of them.
+- The verdict ``ok`` is ``True``, ``False``, or ``None`` when ``timeout`` ran out first. A
+  failure names the smallest failing part, the longest linearizable prefix the search found
+  in it, and the op that cannot follow that prefix; :meth:`Result.write_html` draws it.
+
+The search (Lowe, "Testing for linearizability", 2017; as in porcupine) walks a doubly linked
+list of call and return events in time order. Linearizing an op lifts its two events out of
+the list; meeting a return event means that op should already have been linearized, so the
+search backtracks. Every step is O(1) list surgery plus one ``step`` call.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
 
-OK, NO_KEY, VERSION, MAYBE = "OK", "NoKey", "Version", "Maybe"
-State = tuple[str, int]
-INITIAL: State = ("", 0)
+S = TypeVar("S", bound=Hashable)  # a model's state
+In = TypeVar("In")  # an operation's input
+Out = TypeVar("Out")  # its output
+
+#: How many search steps run between two looks at the clock.
+_STEPS_PER_CLOCK_CHECK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Operation(Generic[In, Out]):
+    """One call as its caller saw it. ``ret`` is ``None`` if it never returned; ``output``
+    is ``None`` if its outcome is unknown."""
+
+    client: Hashable
+    input: In
+    call: float
+    output: Out | None
+    ret: float | None
 
 
 @dataclass(frozen=True)
-class Operation:
-    """One client operation as observed by its caller.
+class Model(Generic[S, In, Out]):
+    """A sequential specification.
 
-    For a get, ``value``/``version`` are what it returned; for a put, what it sent.
-    ``err`` is the outcome (``OK``, ``NoKey``, ``Version``, ``Maybe``); ``ret`` is ``None``
-    for an operation that never returned (its outcome is unknown).
+    ``init`` is the initial state (a hashable value, not a function); ``step(state, input,
+    output)`` returns ``(legal, next_state)``; ``partition(ops)`` splits a history into
+    independent lists of ops; ``describe_operation(input, output)`` and
+    ``describe_state(state)`` word the explanation of a failure (``repr`` by default).
+
+    ``read_only(input, output)``, if given, must answer ``True`` only for an op that leaves
+    the state unchanged in *every* state where it is legal (a read; a compare-and-set that
+    answered "no swap"). The search then linearizes such an op as soon as it is legal and
+    never tries it later, which is sound (if a linearization exists, one with the op moved
+    to that point exists too: it changes nothing and nothing after it) and spares the
+    search from trying every subset of concurrent reads: without it, histories with many
+    concurrent clients can take exponential time.
     """
 
-    client: str
-    kind: str  # "get" | "put"
-    key: str
-    value: str
-    version: int
-    err: str
-    call: float
-    ret: float | None
+    init: S
+    step: Callable[[S, In, Out | None], tuple[bool, S]]
+    partition: Callable[[list[Operation[In, Out]]], list[list[Operation[In, Out]]]] | None = None
+    read_only: Callable[[In, Out | None], bool] | None = None
+    describe_operation: Callable[[In, Out | None], str] | None = None
+    describe_state: Callable[[S], str] | None = None
 
-    def describe(self) -> str:
-        end = "never returned" if self.ret is None else f"{self.ret:.6f}"
-        if self.kind == "get":
-            what = f"get({self.key!r}) -> ({self.value!r}, {self.version}, {self.err})"
-        else:
-            what = f"put({self.key!r}, {self.value!r}, {self.version}) -> {self.err or '?'}"
-        return f"[{self.call:.6f} .. {end}] client {self.client}: {what}"
+    def operation_text(self, op: Operation[In, Out]) -> str:
+        """What the op did, in the model's words."""
+        if self.describe_operation is not None:
+            return self.describe_operation(op.input, op.output)
+        return f"{op.input!r} -> {op.output!r}"
+
+    def describe(self, op: Operation[In, Out]) -> str:
+        """One line: interval, client and what the op did."""
+        end = "never returned" if op.ret is None else f"{op.ret:.6f}"
+        return f"[{op.call:.6f} .. {end}] client {op.client}: {self.operation_text(op)}"
+
+    def state_text(self, state: S) -> str:
+        return self.describe_state(state) if self.describe_state is not None else repr(state)
 
 
-def step(state: State, op: Operation) -> tuple[bool, State]:
-    """Is ``op`` legal in ``state``, and what state follows it?"""
-    value, version = state
-    if op.kind == "get":
-        return (op.value == value and op.version == version), state
-    if op.ret is None or op.err == MAYBE:
-        return True, ((op.value, version + 1) if op.version == version else state)
-    if op.version == version:
-        return op.err == OK, (op.value, version + 1)
-    return op.err == (NO_KEY if version == 0 else VERSION), state
+@dataclass(frozen=True)
+class Failure(Generic[S, In, Out]):
+    """Why one part of a history is not linearizable.
+
+    ``prefix`` lists indexes into ``operations`` in the order the longest linearization the
+    search found takes them, and ``states[k]`` is the state after ``prefix[k]``;
+    ``culprit`` is the op that cannot follow that prefix: of the ops left, the first to have
+    returned, so it must come before every op called after that.
+    """
+
+    part: int
+    operations: list[Operation[In, Out]]
+    prefix: list[int]
+    states: list[S]
+    culprit: int
 
 
 @dataclass
-class Result:
-    """The verdict. ``ok`` is ``None`` when the search ran out of time (unknown)."""
+class Result(Generic[S, In, Out]):
+    """The verdict: ``ok`` is ``True``, ``False``, or ``None`` if the search timed out."""
 
     ok: bool | None
-    failing_key: str | None = None
+    model: Model[S, In, Out]
+    operations: list[Operation[In, Out]] = field(repr=False)
+    parts: int = 0
+    failure: Failure[S, In, Out] | None = None
     account: str = ""
-    keys_checked: int = 0
 
     def __bool__(self) -> bool:
         return self.ok is True
 
+    def write_html(self, path: str | Path) -> Path:
+        """Draw the history (the failing part if any) as a self-contained HTML page."""
+        from ._visualize import render_html
 
-def check(history: Iterable[Operation], *, timeout: float = 60.0) -> Result:
-    """Check a whole history; on failure, explain the smallest failing key's history."""
-    per_key: dict[str, list[Operation]] = defaultdict(list)
-    for op in history:
-        if op.kind == "get" and op.ret is None:
-            continue
-        per_key[op.key].append(op)
-    deadline = time.monotonic() + timeout
-    failures: list[tuple[int, str, list[Operation], list[int]]] = []
-    unknown = False
-    for key in sorted(per_key):
-        ops = per_key[key]
-        verdict, best = _check_key(ops, deadline)
+        target = Path(path)
+        target.write_text(render_html(self), encoding="utf-8")
+        return target
+
+
+def check_operations(
+    model: Model[S, In, Out], operations: Sequence[Operation[In, Out]], timeout: float | None = None
+) -> Result[S, In, Out]:
+    """Is the history linearizable with respect to ``model``? Stops after ``timeout`` s."""
+    ops = list(operations)
+    for op in ops:
+        if op.ret is not None and op.ret < op.call:
+            raise ValueError(f"an operation returned before it was called: {op}")
+    parts = model.partition(ops) if model.partition is not None else [ops]
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    failures: list[Failure[S, In, Out]] = []
+    timed_out = False
+    for number, part in enumerate(parts):
+        verdict, prefix = _search(model, part, deadline)
         if verdict is None:
-            unknown = True
+            timed_out = True
             break
         if not verdict:
-            failures.append((len(ops), key, ops, best))
+            failures.append(_failure(model, number, part, prefix))
     if failures:
-        _, key, ops, best = min(failures, key=lambda f: f[:2])
-        return Result(False, key, _explain(key, ops, best), len(per_key))
-    if unknown:
-        return Result(None, account="the search timed out", keys_checked=len(per_key))
-    return Result(True, keys_checked=len(per_key))
+        smallest = min(failures, key=lambda f: (len(f.operations), f.part))
+        return Result(False, model, ops, len(parts), smallest, _explain(model, smallest, parts))
+    if timed_out:
+        account = f"the search ran out of time ({timeout} s): no verdict"
+        return Result(None, model, ops, len(parts), account=account)
+    return Result(True, model, ops, len(parts))
 
 
-@dataclass(eq=False)
-class _Event:
-    op_index: int
-    is_call: bool
-    time: float
-    prev: _Event | None = None
-    next: _Event | None = None
-    match: _Event | None = field(default=None, repr=False)
+#: The passes over the candidates of a configuration, in order.
+_FORCE, _RETURNED, _WAITING = 0, 1, 2
 
 
-def _build_list(ops: list[Operation]) -> _Event:
-    events: list[_Event] = []
-    for i, op in enumerate(ops):
-        call = _Event(i, True, op.call)
-        ret = _Event(i, False, math.inf if op.ret is None else op.ret)
-        call.match = ret
-        events += [call, ret]
-    # At equal times, calls sort before returns: touching intervals count as concurrent.
-    events.sort(key=lambda e: (e.time, not e.is_call))
-    head = _Event(-1, False, -math.inf)
-    prev = head
-    for e in events:
-        prev.next, e.prev = e, prev
-        prev = e
-    return head
+def _search(
+    model: Model[S, In, Out], ops: list[Operation[In, Out]], deadline: float
+) -> tuple[bool | None, list[int]]:
+    """One part: the verdict, and on failure the longest linearization found (op indexes).
 
+    Events are numbered ``2 * i`` (op i's call) and ``2 * i + 1`` (its return); the list
+    is kept in ``after``/``before`` arrays, with ``head`` (= 2n) before the first event.
+    The candidates of a configuration (the calls before the first return left) are tried
+    in three passes: ``_FORCE`` linearizes every read-only op legal there, for good; then
+    ``_RETURNED`` tries the other ops that returned, one by one, and ``_WAITING`` those
+    that never did (so the configurations without them are explored, and failed, first).
 
-def _lift(call: _Event) -> None:
-    assert call.prev is not None and call.match is not None and call.match.prev is not None
-    call.prev.next = call.next
-    if call.next is not None:
-        call.next.prev = call.prev
-    ret = call.match
-    ret.prev.next = ret.next  # type: ignore[union-attr]
-    if ret.next is not None:
-        ret.next.prev = ret.prev
+    Pruning, each sound: a configuration already explored is not explored again; one that
+    adds ops that never returned to a failed configuration with the same state fails too
+    (those ops may as well never take effect); an op that never returned is not
+    linearized where it changes nothing, nor where another choice reaches the same state
+    with fewer such ops (see :func:`_redundant`). Only configurations that failed prune
+    others, never those still open on the current path.
+    """
+    n = len(ops)
+    inputs = [op.input for op in ops]
+    outputs = [op.output for op in ops]
+    pending = [op.ret is None for op in ops]
+    read_only = model.read_only
+    forceable = [read_only is not None and read_only(op.input, op.output) for op in ops]
+    pass_of = [_FORCE if forceable[i] else _WAITING if pending[i] else _RETURNED for i in range(n)]
+    times = [t for op in ops for t in (op.call, math.inf if op.ret is None else op.ret)]
+    # A read-only op that never returned can always be left out: it is not even listed.
+    listed = [e for e in range(2 * n) if not (pending[e >> 1] and forceable[e >> 1])]
+    # At equal times calls come before returns (touching intervals are concurrent); then
+    # events keep the order of the ops given, so the search is the same on every run.
+    order = sorted(listed, key=lambda e: (times[e], e & 1, e))
+    head, end = 2 * n, -1
+    after = [end] * (2 * n + 1)
+    before = [end] * (2 * n + 1)
+    previous = head
+    for e in order:
+        after[previous], before[e] = e, previous
+        previous = e
 
+    # The set of ops linearized, in three small numbers: ``low``, how many returned ops
+    # (in call order) are all linearized; ``high``, a bit per returned op after those; and
+    # ``waiting``, a bit per op that never returned. The search goes roughly in call
+    # order, so ``high`` spans only the ops in flight at once.
+    returned = sorted((i for i in range(n) if not pending[i]), key=lambda i: (ops[i].call, i))
+    rank = [0] * n
+    for r, i in enumerate(returned):
+        rank[i] = r
+    for r, i in enumerate(i for i in range(n) if pending[i]):
+        rank[i] = r
 
-def _unlift(call: _Event) -> None:
-    ret = call.match
-    assert ret is not None and ret.prev is not None and call.prev is not None
-    ret.prev.next = ret
-    if ret.next is not None:
-        ret.next.prev = ret
-    call.prev.next = call
-    if call.next is not None:
-        call.next.prev = call
-
-
-def _check_key(ops: list[Operation], deadline: float) -> tuple[bool | None, list[int]]:
-    """Search one key's history: the verdict, and the longest linearization found (indexes)."""
-    head = _build_list(ops)
-    seen: set[tuple[int, State]] = set()
-    stack: list[tuple[_Event, State]] = []
-    linearized = 0
-    state = INITIAL
+    step = model.step
+    state = model.init
+    low, high, waiting = 0, 0, 0
+    # When the last ops linearized all never returned: the state before the first of them.
+    chain_base: S | None = None
+    # (low, high, state) -> the ``waiting`` sets tried with it; those on the current path
+    # (``open``) have not failed yet.
+    seen: dict[tuple[int, int, Hashable], list[int]] = {}
+    open_: set[tuple[int, int, int, Hashable]] = set()
+    # (call event lifted, its pass; and before it: state, low, high, waiting, chain_base)
+    stack: list[tuple[int, int, S, int, int, int, S | None]] = []
     best: list[int] = []
-    entry = head.next
+    best_length, best_stale = 0, False
     steps = 0
-    while head.next is not None:
+    entry, current_pass = after[head], _FORCE
+    while entry != end:
         steps += 1
-        if steps % 4096 == 0 and time.monotonic() > deadline:
+        if steps % _STEPS_PER_CLOCK_CHECK == 0 and time.monotonic() > deadline:
             return None, []
-        assert entry is not None
-        if entry.is_call:
-            legal, new_state = step(state, ops[entry.op_index])
-            if legal:
-                new_linearized = linearized | (1 << entry.op_index)
-                if (new_linearized, new_state) not in seen:
-                    seen.add((new_linearized, new_state))
-                    stack.append((entry, state))
-                    if len(stack) > len(best):
-                        best = [e.op_index for e, _ in stack]
-                    state, linearized = new_state, new_linearized
-                    _lift(entry)
-                    entry = head.next
-                    continue
-            entry = entry.next
-        else:
+        op = entry >> 1
+        if not entry & 1:  # a call: try to linearize its op here
+            if pass_of[op] != current_pass:
+                entry = after[entry]
+                continue
+            legal, new_state = step(state, inputs[op], outputs[op])
+            if not legal or (
+                pending[op] and _redundant(model, state, new_state, chain_base, ops[op])
+            ):
+                entry = after[entry]
+                continue
+            new_low, new_high, new_waiting = low, high, waiting
+            if pending[op]:
+                new_waiting |= 1 << rank[op]
+            elif rank[op] == low:  # the first op not linearized: move past all that follow
+                ones = high | 1
+                run = (ones ^ (ones + 1)).bit_length() - 1
+                new_low, new_high = low + run, ones >> run
+            else:
+                new_high |= 1 << (rank[op] - low)
+            key = (new_low, new_high, new_state)
+            tried = seen.setdefault(key, [])
+            # Explored already, or failed with fewer ops that never returned?
+            if not any(old & ~new_waiting == 0 and (*key, old) not in open_ for old in tried):
+                tried.append(new_waiting)
+                open_.add((*key, new_waiting))
+                stack.append((entry, current_pass, state, low, high, waiting, chain_base))
+                if len(stack) > best_length:
+                    best_length, best_stale = len(stack), True
+                if pending[op] and chain_base is None:
+                    chain_base = state
+                elif not pending[op]:
+                    chain_base = None
+                state, low, high, waiting = new_state, new_low, new_high, new_waiting
+                _lift(entry, after, before)
+                entry, current_pass = after[head], _FORCE
+                continue
+            if current_pass != _FORCE:
+                entry = after[entry]
+                continue
+            # A read-only op legal here leads to a failed configuration: so does this one.
+        elif pending[op]:
+            # A return of an op that never returned: every op left never returned either
+            # (their returns sort last), so they may all never take effect: we are done.
+            return True, []
+        elif current_pass != _WAITING:  # this pass is over: the next one
+            entry, current_pass = after[head], current_pass + 1
+            continue
+        # Backtrack: undo forced ops down to the last real choice, and try the next one.
+        while True:
             if not stack:
                 return False, best
-            entry, state = stack.pop()
-            linearized &= ~(1 << entry.op_index)
-            _unlift(entry)
-            entry = entry.next
+            if best_stale:  # copy the longest linearization only when leaving it
+                best, best_stale = [frame[0] >> 1 for frame in stack], False
+            open_.discard((low, high, state, waiting))
+            entry, current_pass, state, low, high, waiting, chain_base = stack.pop()
+            _unlift(entry, after, before)
+            if current_pass != _FORCE:
+                break
+        entry = after[entry]
     return True, []
 
 
-def _explain(key: str, ops: list[Operation], best: list[int]) -> str:
-    lines = [f"history of key {key!r} is not linearizable ({len(ops)} operations):"]
-    lines += ["  " + op.describe() for op in sorted(ops, key=lambda o: o.call)]
-    lines.append(f"longest linearizable prefix ({len(best)} operations):")
-    state = INITIAL
-    for i in best:
-        _, state = step(state, ops[i])
-        lines.append(f"  {ops[i].describe()}   => state {state}")
-    linearized = set(best)
-    rest = [op for i, op in enumerate(ops) if i not in linearized]
-    lines.append("none of these can come next:")
-    lines += ["  " + op.describe() for op in sorted(rest, key=lambda o: o.call)]
+def _redundant(
+    model: Model[S, In, Out], state: S, new_state: S, chain_base: S | None, op: Operation[In, Out]
+) -> bool:
+    """Should an op that never returned, legal in ``state``, be left out here?
+
+    Yes if it changes nothing: it may as well take effect later, or never. Yes too if the
+    ops linearized since ``chain_base`` all never returned and the op, taken right at the
+    base, changes the base state to the same ``new_state``: that configuration has the same
+    ops that returned, the same state and fewer that never returned, so it has every
+    linearization this one has; the search explores it on its own (before or after this
+    one, as another choice at the base).
+    """
+    if new_state == state:
+        return True
+    if chain_base is None:
+        return False
+    legal_at_base, state_at_base = model.step(chain_base, op.input, op.output)
+    return legal_at_base and state_at_base != chain_base and state_at_base == new_state
+
+
+def _lift(call: int, after: list[int], before: list[int]) -> None:
+    """Unlink a call event and its return (``call + 1``); their own links are kept."""
+    for e in (call, call + 1):
+        prev, nxt = before[e], after[e]
+        after[prev] = nxt
+        if nxt != -1:
+            before[nxt] = prev
+
+
+def _unlift(call: int, after: list[int], before: list[int]) -> None:
+    """Undo :func:`_lift` (lifts are undone in the reverse order they were done)."""
+    for e in (call + 1, call):
+        prev, nxt = before[e], after[e]
+        after[prev] = e
+        if nxt != -1:
+            before[nxt] = e
+
+
+def _failure(
+    model: Model[S, In, Out], number: int, ops: list[Operation[In, Out]], prefix: list[int]
+) -> Failure[S, In, Out]:
+    states: list[S] = []
+    state = model.init
+    for i in prefix:
+        _, state = model.step(state, ops[i].input, ops[i].output)
+        states.append(state)
+    linearized = set(prefix)
+    left = [i for i in range(len(ops)) if i not in linearized and ops[i].ret is not None]
+    culprit = min(left, key=lambda i: (ops[i].ret, ops[i].call, i))
+    return Failure(number, ops, prefix, states, culprit)
+
+
+def _explain(
+    model: Model[S, In, Out], failure: Failure[S, In, Out], parts: list[list[Operation[In, Out]]]
+) -> str:
+    ops = failure.operations
+    by_call = sorted(range(len(ops)), key=lambda i: (ops[i].call, i))
+    lines = [
+        f"not linearizable: part {failure.part + 1} of {len(parts)} "
+        f"({len(ops)} operations; the smallest failing part):"
+    ]
+    lines += ["  " + model.describe(ops[i]) for i in by_call]
+    lines.append(f"longest linearizable prefix ({len(failure.prefix)} operations):")
+    lines.append(f"      initial state {model.state_text(model.init)}")
+    for k, (i, state) in enumerate(zip(failure.prefix, failure.states, strict=True), 1):
+        lines.append(f"  {k:3}. {model.describe(ops[i])}   => {model.state_text(state)}")
+    final = failure.states[-1] if failure.states else model.init
+    culprit = ops[failure.culprit]
+    lines.append("cannot follow it (the first of the rest to return, so it must come next):")
+    lines.append(f"  {model.describe(culprit)}")
+    linearized = set(failure.prefix)
+    rest = [i for i in by_call if i not in linearized]
+    # The ops that could come next in real time: called before the culprit returned.
+    candidates = [i for i in rest if ops[i].call <= (culprit.ret or math.inf)]
+    lines.append(f"none of these may come next, in state {model.state_text(final)}:")
+    for i in candidates:
+        legal, _ = model.step(final, ops[i].input, ops[i].output)
+        why = "legal, but no linearization goes on from it" if legal else "illegal"
+        lines.append(f"  {model.describe(ops[i])}   ({why})")
     return "\n".join(lines)
