@@ -87,10 +87,18 @@ def _legal(model: Model, order: tuple[Operation, ...]) -> bool:
 Apply = Callable[[random.Random, Any, str], tuple[Any, Any, Any]]
 
 
-def simulate(rng: random.Random, model: Model, apply: Apply, n_ops: int, n_keys: int):
+def simulate(
+    rng: random.Random,
+    model: Model,
+    apply: Apply,
+    n_ops: int,
+    n_keys: int,
+    cancelled: float = 0.1,
+):
     """``apply(rng, state, key) -> (input, output, next_state)`` runs one op on a correct
-    object; ops take effect at random points of their intervals; some never return, and
-    sometimes one output is corrupted (which makes most such histories illegal)."""
+    object; ops take effect at random points of their intervals; a fraction ``cancelled``
+    never return, and sometimes one output is corrupted (which makes most such histories
+    illegal)."""
     points = []
     for i in range(n_ops):
         call = rng.uniform(0, 10)
@@ -101,7 +109,7 @@ def simulate(rng: random.Random, model: Model, apply: Apply, n_ops: int, n_keys:
     for _point, i, call, ret in sorted(points):
         key = rng.choice(sorted(states))
         inp, out, after = apply(rng, states[key], key)
-        if rng.random() < 0.1:  # cancelled: it took effect, or (half the time) never did
+        if rng.random() < cancelled:  # it took effect, or (half the time) never did
             ops.append(Operation(f"c{i}", inp, call, None, None))
             if rng.random() < 0.5:
                 continue
@@ -193,6 +201,53 @@ def test_agrees_with_brute_force_on_random_histories(seed: int, name: str) -> No
         assert check_operations(without_shortcut, ops).ok is expected, description
         verdicts[expected] += 1
     assert min(verdicts.values()) > 150, verdicts  # both verdicts well exercised
+
+
+def plain_search(model: Model, ops: list[Operation]) -> bool:
+    """Wing & Gong's search with nothing but memoised configurations: slower than the
+    checker's, but plainly right, so it can judge histories too long for brute force."""
+    parts = model.partition(ops) if model.partition is not None else [ops]
+    return all(_plain_search_part(model, part) for part in parts)
+
+
+def _plain_search_part(model: Model, ops: list[Operation]) -> bool:
+    must = frozenset(i for i, op in enumerate(ops) if op.ret is not None)
+    failed: set[tuple[frozenset[int], Any]] = set()
+
+    def extend(done: frozenset[int], state: Any) -> bool:
+        if must <= done:
+            return True
+        if (done, state) in failed:
+            return False
+        first_return = min(ops[i].ret for i in must - done)
+        for i, op in enumerate(ops):
+            if i not in done and op.call <= first_return:
+                legal, after = model.step(state, op.input, op.output)
+                if legal and extend(done | {i}, after):
+                    return True
+        failed.add((done, state))
+        return False
+
+    return extend(frozenset(), model.init)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_agrees_with_a_plain_search_on_longer_histories(seed: int, name: str) -> None:
+    """Up to 13 ops, up to 60% of them never returning: the pruning of ops that never
+    returned is exercised far more than in the brute-force test."""
+    model, apply, keys = MODELS[name]
+    without_shortcut = dataclasses.replace(model, read_only=None)
+    rng = random.Random(seed)
+    verdicts = {True: 0, False: 0}
+    for _ in range(600):
+        n_ops, n_keys = rng.randrange(1, 14), rng.randrange(1, keys + 1)
+        ops = simulate(rng, model, apply, n_ops, n_keys, cancelled=rng.choice([0.1, 0.3, 0.6]))
+        expected = plain_search(model, ops)
+        description = "\n".join(model.describe(op) for op in ops)
+        assert check_operations(model, ops).ok is expected, description
+        assert check_operations(without_shortcut, ops).ok is expected, description
+        verdicts[expected] += 1
+    assert min(verdicts.values()) > 60, verdicts
 
 
 # -- the versioned KV's rules, on known anomalies ------------------------------------------
