@@ -3,7 +3,7 @@
 Servers are :class:`KVNode`\\ s named "0".."n-1" with file storage in a temporary directory;
 each has a proxy in front of its peer listener and one in front of its client listener, both
 on the same network plan, so partitions and loss apply to peers and clerks alike (a partition
-blocks only server-to-server traffic, as the catalogue's harness does). Peers share a
+blocks only server-to-server traffic, as docs/scenarios.md: harness says). Peers share a
 cluster secret drawn from the seed.
 """
 
@@ -119,7 +119,8 @@ class KVCluster:
         self.network.heal()
 
     def make_partition(self, leader: str) -> tuple[list[str], list[str]]:
-        """A majority without ``leader`` and a minority ending with it (catalogue §1.2)."""
+        """A majority without ``leader`` and a minority ending with it
+        (docs/scenarios.md: harness)."""
         others = [i for i in self.ids if i != leader]
         majority = others[: len(self.ids) // 2 + 1]
         minority = [i for i in others if i not in majority] + [leader]
@@ -127,7 +128,7 @@ class KVCluster:
 
     def clerk(self, servers: list[str] | None = None, name: str | None = None) -> ClusterClient:
         """A clerk that knows every server but reaches only ``servers`` (all by default),
-        until :meth:`heal` connects it to all, as the catalogue's harness does."""
+        until :meth:`heal` connects it to all, as docs/scenarios.md: harness says."""
         name = name or f"clerk-{len(self.clerks)}"
         for i in self.ids:
             if servers is not None and i not in servers:

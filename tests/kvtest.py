@@ -1,6 +1,6 @@
 """Scenario helpers shared by the KV and lock suites, over any KeyValue client.
 
-They follow the scenario catalogue's kv test library (§2): one-put loops with read-back
+They follow the kv test library (docs/scenarios.md: kv-library): one-put loops with read-back
 checks, clients running for a while until told to stop, and the concurrent-put checks.
 """
 

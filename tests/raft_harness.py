@@ -1,6 +1,6 @@
 """A Raft cluster on virtual time: in-memory transport, seeded faults, crash and restart.
 
-The harness follows the scenario catalogue's raft tester (§6.2): ``check_one_leader``,
+The harness follows the raft tester (docs/scenarios.md: raft): ``check_one_leader``,
 ``n_committed``, ``one``, ``wait``; each node's applied entries are checked in order and
 against every other node's, and in snapshot mode every node snapshots each 10 entries.
 A crash cancels the node and keeps only what its storage had synced; a restart builds a new
@@ -20,7 +20,7 @@ from trioraft.raft.storage import MemoryStorage
 from trioraft.rpc.transport import MemoryNetwork
 from trioraft.testing import RELIABLE, Network, Profile
 
-#: The catalogue's election allowance and snapshot interval.
+#: The scenarios' election allowance and snapshot interval.
 ELECTION_TIMEOUT = 1.0
 SNAPSHOT_INTERVAL = 10
 #: Long delays: a call to an unreachable node fails after 0-7 s (the raft suites' setting).
@@ -238,7 +238,7 @@ class RaftCluster:
         raise AssertionError(f"one({command}) failed to reach agreement")
 
     async def wait(self, index: int, n: int, start_term: int) -> str | None:
-        """The catalogue's wait(): -1-like ``None`` if a term moved past ``start_term``."""
+        """The scenarios' wait(): -1-like ``None`` if a term moved past ``start_term``."""
         pause = 0.01
         for _ in range(30):
             count, _ = self.n_committed(index)

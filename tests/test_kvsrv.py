@@ -1,4 +1,4 @@
-"""The single-server KV scenarios (catalogue §4 and the C/Rust ports' kvsrv lists).
+"""The single-server KV scenarios (docs/scenarios.md: kvsrv).
 
 Every client talks to the server through the fault proxy; every history that a concurrent or
 unreliable scenario records is checked for linearizability.

@@ -1,7 +1,7 @@
 """The many-clients memory scenario: the server keeps no per-client state.
 
 Distinct clients each make a put that answers NoKey, then one put each in sequence with a
-1000-byte value (catalogue §4, TestMemPutManyClientsReliable); memory is measured after each
+1000-byte value (docs/scenarios.md: kvsrv-memory-per-client); memory is measured after each
 phase and the growth divided by the number of clients.
 
 - 100,000 clients through the server's request path (JSON parsing, validation, handler,

@@ -1,4 +1,4 @@
-"""Raft log agreement (catalogue §6.3 3B, the C port's partition tests, Janus §13), on
+"""Raft log agreement (docs/scenarios.md: raft; raft-partition for the partition tests), on
 virtual time. Includes the four scenarios a public solution failed: no agreement when too
 many followers disconnect, concurrent starts, rejoin of a partitioned leader, and fast back-up
 over incorrect follower logs.

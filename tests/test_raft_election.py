@@ -1,4 +1,5 @@
-"""Raft elections (catalogue §6.3, 3A; C port; pre-vote and check-quorum), on virtual time."""
+"""Raft elections (docs/scenarios.md: raft-initial-election, raft-re-election,
+raft-many-elections, raft-rpc-count; and pre-vote and check-quorum), on virtual time."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Raft persistence and churn (catalogue §6.3 3C), on virtual time with crashes that keep
-only synced storage."""
+"""Raft persistence and churn (docs/scenarios.md: raft-persist, raft-figure8,
+raft-unreliable-agree, raft-churn), on virtual time with crashes that keep only synced storage."""
 
 from __future__ import annotations
 

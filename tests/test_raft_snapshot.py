@@ -1,5 +1,5 @@
-"""Raft snapshots (catalogue §6.3 3D): compaction, InstallSnapshot to a lagging follower,
-restarts from snapshot + log. Every node snapshots each 10 applied entries."""
+"""Raft snapshots (docs/scenarios.md: raft-snapshot): compaction, InstallSnapshot to a lagging
+follower, restarts from snapshot + log. Every node snapshots each 10 applied entries."""
 
 from __future__ import annotations
 
