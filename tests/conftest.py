@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
 
 import pytest
 import trio
 
-from trioraft import KVServer, serve
-from trioraft.testing import RELIABLE, HttpProxy, Network
+from tests.kvtest import SingleKV, start_single_kv
+from trioraft.testing import RELIABLE, Network
 
 
 @pytest.fixture
@@ -30,24 +29,6 @@ def rng(seed: int) -> random.Random:
 @pytest.fixture
 def network(seed: int) -> Network:
     return Network(seed, RELIABLE)
-
-
-@dataclass
-class SingleKV:
-    """A running single-server KV: the service object, its direct URL and its proxy's URL."""
-
-    server: KVServer
-    direct_url: str
-    url: str
-    proxy: HttpProxy
-
-
-async def start_single_kv(nursery: trio.Nursery, network: Network, **server_args) -> SingleKV:
-    server = KVServer(**server_args)
-    direct_url = await nursery.start(serve, server.app())
-    proxy = HttpProxy(network, "kv", direct_url)
-    url = await nursery.start(proxy.run)
-    return SingleKV(server, direct_url, url, proxy)
 
 
 @pytest.fixture

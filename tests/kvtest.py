@@ -1,7 +1,8 @@
 """Scenario helpers shared by the KV and lock suites, over any KeyValue client.
 
 They follow the kv test library (docs/scenarios.md: kv-library): one-put loops with read-back
-checks, clients running for a while until told to stop, and the concurrent-put checks.
+checks, clients running for a while until told to stop, and the concurrent-put checks; and
+:func:`start_single_kv` runs one single-server KV behind a fault proxy.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 
 import trio
 
-from trioraft import KeyNotFound, KeyValue, MaybeApplied, VersionConflict
+from trioraft import KeyNotFound, KeyValue, KVServer, MaybeApplied, VersionConflict, serve
+from trioraft.testing import HttpProxy, Network
 
 
 @dataclass
@@ -131,3 +133,21 @@ async def check_put_concurrent(
         )
     else:
         assert version <= ok + maybe, f"version {version} > {ok} OKs + {maybe} Maybes"
+
+
+@dataclass
+class SingleKV:
+    """A running single-server KV: the service object, its direct URL and its proxy's URL."""
+
+    server: KVServer
+    direct_url: str
+    url: str
+    proxy: HttpProxy
+
+
+async def start_single_kv(nursery: trio.Nursery, network: Network, **server_args) -> SingleKV:
+    server = KVServer(**server_args)
+    direct_url = await nursery.start(serve, server.app())
+    proxy = HttpProxy(network, "kv", direct_url)
+    url = await nursery.start(proxy.run)
+    return SingleKV(server, direct_url, url, proxy)

@@ -1,4 +1,5 @@
-"""A Raft cluster on virtual time: in-memory transport, seeded faults, crash and restart.
+"""The raft tester on virtual time, on the test kit's cluster (``trioraft.testing.RaftCluster``:
+in-memory transport, seeded faults, crash and restart).
 
 The harness follows the raft tester (docs/scenarios.md: raft): ``check_one_leader``,
 ``n_committed``, ``one``, ``wait``; each node's applied entries are checked in order and
@@ -15,10 +16,10 @@ from collections import defaultdict
 
 import trio
 
+from trioraft import testing
 from trioraft.raft.node import Applied, RaftConfig, RaftNode, SnapshotApplied
 from trioraft.raft.storage import MemoryStorage
-from trioraft.rpc.transport import MemoryNetwork
-from trioraft.testing import RELIABLE, Network, Profile
+from trioraft.testing import RELIABLE, Profile
 
 #: The scenarios' election allowance and snapshot interval.
 ELECTION_TIMEOUT = 1.0
@@ -38,8 +39,10 @@ def with_long_delays(profile: Profile) -> Profile:
     )
 
 
-class RaftCluster:
-    """``n`` Raft nodes named "0".."n-1" in ``nursery`` (see the module docstring)."""
+class RaftCluster(testing.RaftCluster):
+    """``n`` Raft nodes named "0".."n-1" in ``nursery``: the test kit's cluster with long
+    delays for calls to unreachable nodes, plus the raft tester's applier and checks (see
+    the module docstring)."""
 
     def __init__(
         self,
@@ -51,93 +54,21 @@ class RaftCluster:
         snapshot: bool = False,
         config: RaftConfig | None = None,
     ) -> None:
-        self.nursery = nursery
-        self.seed = seed
+        super().__init__(nursery, n, seed, profile=with_long_delays(profile), config=config)
         self.rng = random.Random(seed)
-        self.network = Network(seed, with_long_delays(profile))
-        self.memory = MemoryNetwork(self.network)
-        self.ids = [str(i) for i in range(n)]
         self.snapshot_mode = snapshot
-        self.config = config or RaftConfig()
-        self.storages = {i: MemoryStorage() for i in self.ids}
-        self.nodes: dict[str, RaftNode | None] = dict.fromkeys(self.ids)
-        self.scopes: dict[str, trio.CancelScope] = {}
         self.logs: dict[str, dict[int, str]] = {i: {} for i in self.ids}
-        self.connected = set(self.ids)
         self.errors: list[str] = []
         self.applied_event = trio.Event()
-        self.starts = 0
-
-    # -- membership ----------------------------------------------------------------------
-
-    async def start_all(self) -> None:
-        for i in self.ids:
-            await self.start(i)
-
-    async def start(self, i: str) -> None:
-        self.starts += 1
-        storage = self.storages[i]
-        node = RaftNode(
-            i,
-            self.ids,
-            storage,
-            self.memory.transport(i),
-            config=self.config,
-            rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
-        )
-        self.nodes[i] = node
-        self.logs[i] = {}
-        self.memory.register(i, node.routes())
-        self.network.restart(i)
-        scope = trio.CancelScope()
-        self.scopes[i] = scope
-
-        async def run() -> None:
-            with scope:
-                async with trio.open_nursery() as inner:
-                    await inner.start(node.run)
-                    inner.start_soon(self._consume, i, node)
-
-        self.nursery.start_soon(run)
-
-    def crash(self, i: str) -> None:
-        """Take ``i`` off the network and stop it; only its synced storage survives."""
-        if self.nodes[i] is None:
-            return
-        self.network.crash(i)
-        self.scopes[i].cancel()
-        self.memory.unregister(i)
-        self.storages[i] = self.storages[i].crashed()
-        self.nodes[i] = None
-
-    async def restart(self, i: str) -> None:
-        self.crash(i)
-        await self.start(i)
-
-    def disconnect(self, i: str) -> None:
-        self.network.disconnect(i, self.ids)
-        self.connected.discard(i)
-
-    def connect(self, i: str) -> None:
-        """Reconnect ``i`` to every connected node."""
-        self.connected.add(i)
-        self.network.connect(i, self.connected)
-
-    def connect_all(self) -> None:
-        for i in self.ids:
-            self.connect(i)
-
-    def alive(self, i: str) -> bool:
-        return self.nodes[i] is not None
-
-    def node(self, i: str) -> RaftNode:
-        node = self.nodes[i]
-        assert node is not None, f"node {i} is down"
-        return node
 
     # -- applying ------------------------------------------------------------------------
 
-    async def _consume(self, i: str, node: RaftNode) -> None:
+    async def start(self, i: str) -> None:
+        self.logs[i] = {}  # a restarted node applies its log again, from its snapshot
+        await super().start(i)
+
+    async def consume(self, i: str, node: RaftNode) -> None:
+        """Check and keep what ``i`` applies."""
         last = 0
         async for message in node.applied:
             if isinstance(message, SnapshotApplied):
@@ -264,6 +195,16 @@ async def start_cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> R
     cluster = RaftCluster(nursery, n, seed, **kwargs)
     await cluster.start_all()
     return cluster
+
+
+class SlowSnapshotDisk(MemoryStorage):
+    """Like the file storage's worker thread: reads the log when the save starts, and
+    finishes a second later, while the leader goes on appending."""
+
+    async def save_snapshot(self, snapshot, log) -> None:
+        seen = log.copy()
+        await trio.sleep(1)
+        await super().save_snapshot(snapshot, seen)
 
 
 def rand_cmd(c: RaftCluster) -> str:

@@ -78,7 +78,7 @@ class HttpRaftCluster(RaftCluster):
                         url = await inner.start(partial(serve_node, node, peer_auth=self.peer_auth))
                         self.proxies[i].set_backend(url)
                         self.network.restart(i)
-                        inner.start_soon(self._consume, i, node)
+                        inner.start_soon(self.consume, i, node)
                         task_status.started()
             finally:
                 with trio.CancelScope(shield=True):

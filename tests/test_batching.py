@@ -11,9 +11,8 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import SingleKV
 from tests.kv_cluster import KVCluster, wait_leader
-from tests.kvtest import check_put_concurrent, one_client_put, run_clients
+from tests.kvtest import SingleKV, check_put_concurrent, one_client_put, run_clients
 from trioraft import VersionConflict, Versioned
 from trioraft.kv.coalescing import open_coalescing_client
 from trioraft.testing import MIT_UNRELIABLE, History

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from tests.kv_cluster import wait_leader
-from tests.test_lock import random_name, run_lock_clients
+from tests.locktest import random_name, run_lock_clients
 from trioraft import Lock
 from trioraft.testing import MIT_UNRELIABLE
 

@@ -12,8 +12,8 @@ from contextlib import AsyncExitStack
 import pytest
 import trio
 
-from tests.conftest import SingleKV
 from tests.kvtest import (
+    SingleKV,
     check_put_concurrent,
     one_client_put,
     put_outcome,

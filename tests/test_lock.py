@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.conftest import SingleKV, start_single_kv
-from tests.kvtest import ClientResult, put_at_least_once, put_outcome, run_clients
+from tests.kvtest import SingleKV, start_single_kv
+from tests.locktest import random_name, run_lock_clients
 from trioraft import KeyValue, KVClient, Lock, Versioned, VersionedKV
 from trioraft.kv.clients import raise_put_error
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, Network
@@ -60,51 +60,6 @@ class InMemoryKV:
     async def put(self, key: str, value: str, version: int) -> None:
         await trio.lowlevel.checkpoint()
         raise_put_error(self.machine.put(key, value, version).err, retried=False)
-
-
-def random_name(rng: random.Random) -> str:
-    return "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=12))
-
-
-async def run_lock_clients(
-    clerks: list[KeyValue], duration: float, rng: random.Random, *, hold: float = 0.01
-) -> list[ClientResult]:
-    """Each client warms up on two named locks, then loops on the probe under one lock."""
-    lock_name, check_key = random_name(rng), f"mutex-check-{random_name(rng)}"
-    await put_at_least_once(clerks[0], check_key, "", 0)
-    in_critical_section = 0
-    names = [(random_name(rng), random_name(rng)) for _ in clerks]
-
-    async def client(me: int, done: trio.Event) -> ClientResult:
-        nonlocal in_critical_section
-        kv = clerks[me]
-        first, second = Lock(kv, names[me][0]), Lock(kv, names[me][1])
-        await first.acquire()
-        await second.acquire()
-        await first.release()
-        await second.release()
-        lock = Lock(kv, lock_name, holder=f"client-{me}")
-        result = ClientResult()
-        while not done.is_set():
-            async with lock:
-                assert in_critical_section == 0, "two clients inside the critical section"
-                in_critical_section += 1
-                value, version = await kv.get(check_key)
-                assert value == "", f"{me}: two clients acquired the lock ({value!r} held)"
-                assert await put_outcome(kv, check_key, str(me), version) in ("OK", "Maybe")
-                # The scenario holds the lock this long (a bounded wait, on purpose): any
-                # other client that could get in meanwhile would trip the checks.
-                await trio.sleep(hold)
-                assert in_critical_section == 1
-                outcome = await put_outcome(kv, check_key, "", version + 1)
-                assert outcome in ("OK", "Maybe", "Version")
-                in_critical_section -= 1
-            result.ok += 1
-        return result
-
-    results = await run_clients(len(clerks), duration, client)
-    assert all(r.ok > 0 for r in results), f"a client did no work: {results}"
-    return results
 
 
 async def make_clerks(stack: AsyncExitStack, url: str, n: int) -> list[KeyValue]:

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.raft_harness import start_cluster
+from tests.raft_harness import SlowSnapshotDisk, start_cluster
 from trioraft import (
     Applied,
     LeadershipLost,
@@ -283,16 +283,6 @@ async def test_waiters_learn_that_the_node_stopped(autojump_clock: Clock) -> Non
             await trio.sleep(0.1)  # the leader's fsync is still running
             nursery.cancel_scope.cancel()
     assert outcome == ["lost"]
-
-
-class SlowSnapshotDisk(MemoryStorage):
-    """Like the file storage's worker thread: reads the log when the save starts, and
-    finishes a second later, while the leader goes on appending."""
-
-    async def save_snapshot(self, snapshot, log) -> None:
-        seen = log.copy()
-        await trio.sleep(1)
-        await super().save_snapshot(snapshot, seen)
 
 
 async def test_proposals_during_a_snapshot_save_stay_durable(autojump_clock: Clock) -> None:

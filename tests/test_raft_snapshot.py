@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.raft_harness import SNAPSHOT_INTERVAL, RaftCluster, rand_cmd
+from tests.raft_harness import SNAPSHOT_INTERVAL, RaftCluster, SlowSnapshotDisk, rand_cmd
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
@@ -133,8 +133,6 @@ async def test_follower_catches_up_while_the_leader_saves_a_snapshot(
 ) -> None:
     """The leader compacts its log before its (slow) snapshot save finishes: a follower that
     needs the snapshot meanwhile must get it, not find the leader without one."""
-    from tests.test_raft_node import SlowSnapshotDisk
-
     c = RaftCluster(nursery, 3, seed, snapshot=True)
     c.storages = {i: SlowSnapshotDisk() for i in c.ids}
     await c.start_all()

@@ -14,7 +14,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SingleKV
+from tests.kvtest import SingleKV
 from tests.strategies import bodies, objects_with
 from trioraft import BadRequest, KVServer, Route, RpcClient, Versioned, make_app, serve
 from trioraft.kv.messages import GetArgs, GetReply, PutArgs, PutReply

@@ -1,12 +1,18 @@
-"""The trioraft test kit: fault injection, history recording and linearizability checking.
+"""The trioraft test kit: fault injection, clusters, history recording and linearizability.
 
 Usable for testing any Trio service that speaks HTTP: put an :class:`HttpProxy` in front of
 each server, drive faults through one seeded :class:`Network`, record what clients see with a
 :class:`History`, and check it (:meth:`History.check`). Any other object can be checked
 against a :class:`Model` of its own with :func:`check_operations`; a failing
 :class:`Result` explains itself and draws the history (:meth:`Result.write_html`).
+
+Without sockets: a :class:`MemoryNetwork` carries calls between nodes in one process (each
+node's :class:`MemoryTransport`), through a :class:`Network`'s faults; :class:`RaftCluster`
+runs ``n`` Raft nodes on it in a nursery, and crashes, restarts, partitions and heals them.
 """
 
+from ..rpc.transport import MemoryNetwork, MemoryTransport
+from ._cluster import RaftCluster
 from ._history import History, RecordingKV
 from ._linearizability import Failure, Model, Operation, Result, check_operations
 from ._models import (
@@ -34,10 +40,13 @@ __all__ = [
     "HttpProxy",
     "KVInput",
     "KVOutput",
+    "MemoryNetwork",
+    "MemoryTransport",
     "Model",
     "Network",
     "Operation",
     "Profile",
+    "RaftCluster",
     "RecordingKV",
     "RegisterInput",
     "Result",
