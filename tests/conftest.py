@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 
 import pytest
 import trio
 
 from tests.kvtest import SingleKV, start_single_kv
-from trioraft.testing import RELIABLE, Network
+from trioraft.testing import RELIABLE, Network, deterministic_scheduling
 
 
 @pytest.fixture
@@ -37,15 +38,11 @@ async def single_kv(nursery: trio.Nursery, network: Network) -> SingleKV:
 
 
 @pytest.fixture
-def seeded_scheduler(seed: int) -> None:
-    """Seed Trio's own scheduling shuffles too, so a virtual-time run replays from its seed.
-
-    Trio keeps that generator private (``trio._core._run._r``); without it, only our
-    decisions would replay, not the interleavings.
-    """
-    import trio._core._run as trio_run
-
-    trio_run._r.seed(seed)
+def seeded_scheduler(seed: int) -> Iterator[None]:
+    """Schedule Trio from the test's seed too (``trioraft.testing.deterministic_scheduling``),
+    so a virtual-time run replays from its seed: our decisions and the interleavings."""
+    with deterministic_scheduling(seed):
+        yield
 
 
 @pytest.fixture

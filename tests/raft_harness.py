@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Callable
 
 import trio
 
 from trioraft import testing
 from trioraft.raft.node import Applied, RaftConfig, RaftNode, SnapshotApplied
 from trioraft.raft.storage import MemoryStorage
-from trioraft.testing import RELIABLE, Profile
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE, Profile
 
 #: The scenarios' election allowance and snapshot interval.
 ELECTION_TIMEOUT = 1.0
@@ -53,8 +54,10 @@ class RaftCluster(testing.RaftCluster):
         profile: Profile = RELIABLE,
         snapshot: bool = False,
         config: RaftConfig | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(nursery, n, seed, profile=with_long_delays(profile), config=config)
+        profile = with_long_delays(profile)
+        super().__init__(nursery, n, seed, profile=profile, config=config, log=log)
         self.rng = random.Random(seed)
         self.snapshot_mode = snapshot
         self.logs: dict[str, dict[int, str]] = {i: {} for i in self.ids}
@@ -209,3 +212,45 @@ class SlowSnapshotDisk(MemoryStorage):
 
 def rand_cmd(c: RaftCluster) -> str:
     return str(c.rng.randrange(1 << 30))
+
+
+async def figure8(c: RaftCluster, iterations: int, *, unreliable: bool) -> None:
+    """The Figure 8 churn (docs/scenarios.md: raft-figure8): each round every live node is
+    offered a command, then the leader is crashed (or, unreliable, cut off), and nodes come
+    back so that at least 3 of 5 run; at the end all return and must agree."""
+    n = len(c.ids)
+    up = n
+    for it in range(iterations):
+        if unreliable and it == 200:
+            c.network.set_profile(with_long_delays(MIT_UNRELIABLE).with_long_reordering())
+        leader = None
+        for i in c.ids:
+            node = c.nodes[i]
+            if node is not None and node.submit(rand_cmd(c))[2] and i in c.connected:
+                leader = i
+        if c.rng.randrange(1000) < 100:
+            await trio.sleep(c.rng.randrange(500) / 1000)
+        else:
+            await trio.sleep(c.rng.randrange(13) / 1000)
+        if unreliable:
+            if leader is not None and c.rng.randrange(1000) < 500:
+                c.disconnect(leader)
+                up -= 1
+            if up < 3:
+                down = [i for i in c.ids if i not in c.connected]
+                c.connect(c.rng.choice(down))
+                up += 1
+        else:
+            if leader is not None:
+                c.crash(leader)
+                up -= 1
+            if up < 3:
+                dead = [i for i in c.ids if not c.alive(i)]
+                await c.start(c.rng.choice(dead))
+                up += 1
+    for i in c.ids:
+        if not c.alive(i):
+            await c.start(i)
+    c.network.set_profile(with_long_delays(RELIABLE))
+    c.connect_all()
+    await c.one(rand_cmd(c), n, retry=True)

@@ -10,6 +10,7 @@ import trio.testing
 from tests.raft_harness import (
     ELECTION_TIMEOUT,
     RaftCluster,
+    figure8,
     rand_cmd,
     start_cluster,
     with_long_delays,
@@ -83,45 +84,6 @@ async def test_persist3(nursery: trio.Nursery, seed: int, autojump_clock: Clock)
     await c.start(str((leader + 1) % 3))
     c.connect(str((leader + 1) % 3))
     await c.one("104", 3, retry=True)
-
-
-async def figure8(c: RaftCluster, iterations: int, *, unreliable: bool) -> None:
-    n = len(c.ids)
-    up = n
-    for it in range(iterations):
-        if unreliable and it == 200:
-            c.network.set_profile(with_long_delays(MIT_UNRELIABLE).with_long_reordering())
-        leader = None
-        for i in c.ids:
-            node = c.nodes[i]
-            if node is not None and node.submit(rand_cmd(c))[2] and i in c.connected:
-                leader = i
-        if c.rng.randrange(1000) < 100:
-            await trio.sleep(c.rng.randrange(500) / 1000)
-        else:
-            await trio.sleep(c.rng.randrange(13) / 1000)
-        if unreliable:
-            if leader is not None and c.rng.randrange(1000) < 500:
-                c.disconnect(leader)
-                up -= 1
-            if up < 3:
-                down = [i for i in c.ids if i not in c.connected]
-                c.connect(c.rng.choice(down))
-                up += 1
-        else:
-            if leader is not None:
-                c.crash(leader)
-                up -= 1
-            if up < 3:
-                dead = [i for i in c.ids if not c.alive(i)]
-                await c.start(c.rng.choice(dead))
-                up += 1
-    for i in c.ids:
-        if not c.alive(i):
-            await c.start(i)
-    c.network.set_profile(with_long_delays(RELIABLE))
-    c.connect_all()
-    await c.one(rand_cmd(c), n, retry=True)
 
 
 async def test_figure8(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:

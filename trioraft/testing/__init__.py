@@ -8,7 +8,8 @@ against a :class:`Model` of its own with :func:`check_operations`; a failing
 
 Without sockets: a :class:`MemoryNetwork` carries calls between nodes in one process (each
 node's :class:`MemoryTransport`), through a :class:`Network`'s faults; :class:`RaftCluster`
-runs ``n`` Raft nodes on it in a nursery, and crashes, restarts, partitions and heals them.
+runs ``n`` Raft nodes on it in a nursery, and crashes, restarts, partitions and heals them;
+:func:`run_simulation` runs such a test on virtual time so that its seed replays it exactly.
 """
 
 from ..rpc.transport import MemoryNetwork, MemoryTransport
@@ -27,6 +28,7 @@ from ._models import (
 )
 from ._network import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, Fate, Network, Profile
 from ._proxy import HttpProxy
+from ._replay import deterministic_scheduling, run_simulation
 
 __all__ = [
     "KV_MODEL",
@@ -52,6 +54,8 @@ __all__ = [
     "Result",
     "check",
     "check_operations",
+    "deterministic_scheduling",
     "partition_by_key",
     "register_model",
+    "run_simulation",
 ]

@@ -4,8 +4,8 @@
 each with a :class:`~trioraft.MemoryStorage` and a transport of one
 :class:`~trioraft.testing.MemoryNetwork`, whose calls go through one seeded
 :class:`~trioraft.testing.Network` (the fault plan). It crashes, restarts, partitions and
-heals them. Run it on virtual time (``trio.testing.MockClock(autojump_threshold=0)``) and
-under :func:`~trioraft.testing.deterministic_scheduling` and a seed replays the same run.
+heals them. Run it with :func:`~trioraft.testing.run_simulation` (virtual time, Trio
+scheduled from the seed) and a seed replays the same run, in any process.
 
 Invariants:
 - A node's randomness is ``random.Random(f"{seed}-{id}-{start number}")``; the network's
@@ -22,7 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -44,10 +44,12 @@ class RaftCluster:
         *,
         profile: Profile = RELIABLE,
         config: RaftConfig | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
+        """``log``, if given, receives the network's decision about every call."""
         self.nursery = nursery
         self.seed = seed
-        self.network = Network(seed, profile)
+        self.network = Network(seed, profile, log=log)
         self.memory = MemoryNetwork(self.network)
         self.ids = [str(i) for i in range(n)]
         self.config = config or RaftConfig()

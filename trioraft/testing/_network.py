@@ -13,6 +13,9 @@ draws per call), so the same seed and the same sequence of calls replay the same
 5. with probability ``long_reorder`` the reply is held ``long_delay`` (reordering);
 6. the pair is checked again, and the reply delivered.
 
+Calls in flight are kept in the order they were made (never in an order of object
+identity), so cutting them off wakes their tasks in a replayable order.
+
 Counters follow the seeds: ``rpc_total`` counts every call; ``rpc_count[server]`` counts calls
 whose handler ran; ``bytes_total`` adds request bytes at send and reply bytes at delivery,
 and ``bytes_count[server]`` does the same per server.
@@ -95,7 +98,7 @@ class Network:
         self._log = log
         self._blocked: set[tuple[str, str]] = set()
         self._down: set[str] = set()
-        self._in_flight: set[_InFlight[object]] = set()
+        self._in_flight: dict[int, _InFlight[object]] = {}  # by call number
         self._calls = 0
         self.rpc_total = 0
         self.rpc_count: Counter[str] = Counter()
@@ -153,7 +156,7 @@ class Network:
         return server not in self._down and (caller, server) not in self._blocked
 
     def _cut(self, matches: Callable[[_InFlight[object]], bool]) -> None:
-        for call in self._in_flight:
+        for call in self._in_flight.values():
             if matches(call):
                 call.scope.cancel()
 
@@ -198,12 +201,12 @@ class Network:
             return None
         self.rpc_count[server] += 1
         call: _InFlight[object] = _InFlight(caller, server)
-        self._in_flight.add(call)
+        self._in_flight[call_number] = call
         try:
             with call.scope:
                 result = await send()
         finally:
-            self._in_flight.discard(call)
+            del self._in_flight[call_number]
         if call.scope.cancelled_caught or fate.drop_reply:
             return None
         if fate.reply_delay:
