@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import trio
@@ -16,16 +15,13 @@ import trio.testing
 
 from trioraft import (
     LeadershipLost,
-    MemoryStorage,
     NotLeader,
     ProposalTimedOut,
-    RaftConfig,
     RaftError,
     RaftNode,
 )
 from trioraft.kv.rsm import ReplicatedStateMachine
-from trioraft.rpc.transport import MemoryNetwork
-from trioraft.testing import RELIABLE, Network
+from trioraft.testing import RaftCluster
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
 Clock = trio.testing.MockClock
@@ -53,7 +49,9 @@ class Counter:
         self.n = json.loads(data)
 
 
-class RSMCluster:
+class RSMCluster(RaftCluster):
+    """The test kit's cluster with a counter in a replicated state machine on every node."""
+
     def __init__(
         self,
         nursery: trio.Nursery,
@@ -62,57 +60,27 @@ class RSMCluster:
         max_raft_state: int = -1,
         op_timeout: float = math.inf,
     ) -> None:
-        self.nursery = nursery
-        self.seed = seed
-        self.network = Network(seed, RELIABLE)
-        self.memory = MemoryNetwork(self.network)
-        self.ids = [str(i) for i in range(n)]
-        self.storages = {i: MemoryStorage() for i in self.ids}
+        super().__init__(nursery, n, seed)
         self.rsms: dict[str, ReplicatedStateMachine | None] = dict.fromkeys(self.ids)
         self.counters: dict[str, Counter] = {}
-        self.scopes: dict[str, trio.CancelScope] = {}
         self.errors: list[str] = []
         self.max_raft_state = max_raft_state
         self.op_timeout = op_timeout
         self.leader = "0"
-        self.starts = 0
 
-    async def start(self, i: str) -> None:
-        self.starts += 1
-        node = RaftNode(
-            i,
-            self.ids,
-            self.storages[i],
-            self.memory.transport(i),
-            config=RaftConfig(),
-            rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
-        )
+    def prepare(self, i: str, node: RaftNode) -> None:
         counter = self.counters[i] = Counter(self.errors)
-        rsm = self.rsms[i] = ReplicatedStateMachine(
+        self.rsms[i] = ReplicatedStateMachine(
             node, counter, max_raft_state=self.max_raft_state, op_timeout=self.op_timeout
         )
-        self.memory.register(i, node.routes())
-        self.network.restart(i)
-        scope = self.scopes[i] = trio.CancelScope()
 
-        async def run(task_status: trio.TaskStatus[None]) -> None:
-            with scope:
-                async with trio.open_nursery() as inner:
-                    await inner.start(node.run)
-                    await inner.start(rsm.run)
-                    task_status.started()
-
-        await self.nursery.start(run)
-
-    async def start_all(self) -> None:
-        for i in self.ids:
-            await self.start(i)
+    async def consume(self, i: str, node: RaftNode) -> None:
+        rsm = self.rsms[i]
+        assert rsm is not None
+        await rsm.run()
 
     def shutdown(self, i: str) -> None:
-        self.network.crash(i)
-        self.scopes[i].cancel()
-        self.memory.unregister(i)
-        self.storages[i] = self.storages[i].crashed()
+        self.crash(i)
         self.rsms[i] = None
 
     def shutdown_all(self) -> None:

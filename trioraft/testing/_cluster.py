@@ -13,8 +13,9 @@ Invariants:
 - :meth:`RaftCluster.crash` takes the node off the network first (its calls in flight
   fail, none is answered), then cancels it, and keeps only what its storage had synced
   (``MemoryStorage.crashed``); :meth:`RaftCluster.start` builds a new node on that.
-- Each running node has one companion task, :meth:`RaftCluster.consume`, in the node's own
-  cancel scope: by default it drains ``node.applied``; subclasses read it there.
+- Each new node is handed to :meth:`RaftCluster.prepare` before it runs, and has one
+  companion task, :meth:`RaftCluster.consume`, in the node's own cancel scope: by default
+  it drains ``node.applied``; subclasses read it there (or run a state machine).
 - Partitions block node-to-node calls only; ``connected`` lists the nodes not cut off by
   :meth:`RaftCluster.disconnect`.
 """
@@ -78,6 +79,7 @@ class RaftCluster:
             rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
         )
         self.nodes[i] = node
+        self.prepare(i, node)
         self.memory.register(i, node.routes())
         self.network.restart(i)
         scope = self.scopes[i] = trio.CancelScope()
@@ -90,6 +92,10 @@ class RaftCluster:
                     task_status.started()
 
         await self.nursery.start(run)
+
+    def prepare(self, i: str, node: RaftNode) -> None:
+        """Called with each new node before it runs (to attach a state machine with
+        ``apply_with``, say); does nothing here."""
 
     async def consume(self, i: str, node: RaftNode) -> None:
         """Read what node ``i`` applies; this one discards it. Runs while the node runs."""
