@@ -19,19 +19,25 @@ Checks, per seed:
   ``NotLeader`` never took effect and is left out, one whose fate is unknown (lost,
   timed out, leadership lost) is recorded as never returned;
 - at most one leader per term;
-- state machine safety: every node (each incarnation, which replays its log from the
-  start) applied the same ops in the same order, each a prefix of the longest.
+- log matching (at the end, between every two running nodes): logs that hold an entry of
+  the same index and term hold the same entries up to it;
+- leader completeness: a node that becomes leader of term T holds every entry seen
+  committed in a term before T;
+- state machine safety: no two nodes see different entries committed at one index, and
+  every node (each incarnation, which replays its log from the start) applied the same
+  ops in the same order, each a prefix of the longest.
 
 Invariants: a run depends on its seed alone (:func:`run_simulation`: virtual time, Trio
 scheduled from the seed; every random choice from a ``random.Random`` seeded from it), so
 a failing seed replays with the command printed. Not covered yet: appends (client
-sessions), snapshots, membership changes and leadership transfers, log matching and leader
-completeness checked directly (the two checks above catch their effects on applied ops).
+sessions), snapshots (so every log starts at index 1), membership changes and leadership
+transfers.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -46,6 +52,7 @@ import trio
 from .._errors import NotLeader, RaftError
 from ..kv.machine import KVMachine
 from ..kv.rsm import ReplicatedStateMachine
+from ..raft.log import Entry
 from ..raft.node import RaftNode
 from ._cluster import RaftCluster
 from ._linearizability import Operation, Result, check_operations
@@ -60,6 +67,8 @@ OP_TIMEOUT = 1.0
 SETTLE_TIMEOUT = 60.0
 #: How long the linearizability check of one history may take.
 CHECK_TIMEOUT = 60.0
+#: Problems printed for a failing seed.
+SHOWN_PROBLEMS = 10
 
 
 class RecordingMachine(KVMachine):
@@ -83,6 +92,10 @@ class KVSimCluster(RaftCluster):
         self.rsms: dict[str, ReplicatedStateMachine | None] = dict.fromkeys(self.ids)
         self.machines: list[tuple[str, RecordingMachine]] = []  # every incarnation's
         self.leaders_by_term: dict[int, set[str]] = defaultdict(set)
+        #: Every entry some node saw committed, and the lowest term a node was in when it
+        #: saw that (at least the term it was committed in).
+        self.committed: dict[int, tuple[Entry, int]] = {}
+        self.problems: list[str] = []
 
     def prepare(self, i: str, node: RaftNode) -> None:
         machine = RecordingMachine()
@@ -94,11 +107,41 @@ class KVSimCluster(RaftCluster):
         assert rsm is not None
         async with trio.open_nursery() as nursery:
             await nursery.start(rsm.run)
+            nursery.start_soon(self._watch_commits, i, node)
             term = 0
             while True:
                 await node.wait_until(lambda n, t=term: n.is_leader and n.term > t)
                 term = node.term
                 self.leaders_by_term[term].add(i)
+                self._check_leader_completeness(i, node)
+
+    async def _watch_commits(self, i: str, node: RaftNode) -> None:
+        """Record what ``i`` sees committed; two different entries at one index is a
+        violation of state machine safety. (No snapshots here: the log is all there.)"""
+        seen = node.log.snapshot_index
+        while True:
+            await node.wait_until(lambda n, s=seen: n.commit_index > s)
+            for index in range(seen + 1, node.commit_index + 1):
+                entry = node.log.entry(index)
+                known, term = self.committed.get(index, (entry, node.term))
+                if known != entry:
+                    self.problems.append(
+                        f"node {i} committed {entry} at index {index}, another node {known}"
+                    )
+                self.committed[index] = (known, min(term, node.term))
+            seen = node.commit_index
+
+    def _check_leader_completeness(self, i: str, node: RaftNode) -> None:
+        """A leader of term T holds every entry committed in a term before T."""
+        for index, (entry, term) in sorted(self.committed.items()):
+            if term < node.term and (
+                node.log.term_at(index) != entry.term or node.log.entry(index) != entry
+            ):
+                self.problems.append(
+                    f"node {i} leads term {node.term} without entry {index} ({entry}), "
+                    f"committed by term {term}"
+                )
+                return  # the first one missing says enough
 
     def crash(self, i: str) -> None:
         super().crash(i)
@@ -247,11 +290,13 @@ async def simulate_run(seed: int, nodes: int, clients: int, seconds: float) -> O
 
 
 def invariant_problems(c: KVSimCluster) -> list[str]:
-    problems = [
+    problems = list(c.problems)
+    problems += [
         f"term {term} had {len(who)} leaders: {sorted(who)}"
         for term, who in sorted(c.leaders_by_term.items())
         if len(who) > 1
     ]
+    problems += log_matching_problems(c)
     longest_name, longest = max(c.machines, key=lambda m: len(m[1].applied))
     for name, machine in c.machines:
         ops = machine.applied
@@ -261,6 +306,19 @@ def invariant_problems(c: KVSimCluster) -> list[str]:
                 f"{name} applied {ops[at]} as op {at + 1}, {longest_name} applied "
                 f"{longest.applied[at]}"
             )
+    return problems
+
+
+def log_matching_problems(c: KVSimCluster) -> list[str]:
+    """Two logs with an entry of the same index and term hold the same entries up to it."""
+    problems = []
+    logs = {i: c.node(i).log for i in c.ids if c.alive(i)}
+    for a, b in itertools.combinations(sorted(logs), 2):
+        la, lb = logs[a], logs[b]
+        shared = min(la.last_index, lb.last_index)
+        same_term = [k for k in range(1, shared + 1) if la.term_at(k) == lb.term_at(k)]
+        if same_term and la.slice(1, same_term[-1] + 1) != lb.slice(1, same_term[-1] + 1):
+            problems.append(f"logs of {a} and {b} agree at {same_term[-1]} but differ before")
     return problems
 
 
@@ -299,8 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not outcome.ok:
             failed += 1
-            for problem in outcome.problems:
+            for problem in outcome.problems[:SHOWN_PROBLEMS]:
                 print(problem)
+            if len(outcome.problems) > SHOWN_PROBLEMS:
+                print(f"... and {len(outcome.problems) - SHOWN_PROBLEMS} more")
             replay = (
                 f"python -m trioraft.testing.simulate --seeds 1 --from {seed} "
                 f"--nodes {args.nodes} --clients {args.clients} --seconds {args.seconds}"
