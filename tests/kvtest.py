@@ -2,7 +2,8 @@
 
 They follow the kv test library (docs/scenarios.md: kv-library): one-put loops with read-back
 checks, clients running for a while until told to stop, and the concurrent-put checks; and
-:func:`start_single_kv` runs one single-server KV behind a fault proxy.
+:func:`start_single_kv` runs one single-server KV behind a fault proxy, and
+:class:`InMemoryKV` is the KV machine behind the KeyValue interface, with no I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from dataclasses import dataclass
 
 import trio
 
-from trioraft import KeyNotFound, KeyValue, KVServer, MaybeApplied, VersionConflict, serve
+from trioraft import (
+    KeyNotFound,
+    KeyValue,
+    KVServer,
+    MaybeApplied,
+    VersionConflict,
+    Versioned,
+    VersionedKV,
+    serve,
+)
+from trioraft.kv.clients import raise_put_error
 from trioraft.testing import HttpProxy, Network
 
 
@@ -151,3 +162,20 @@ async def start_single_kv(nursery: trio.Nursery, network: Network, **server_args
     proxy = HttpProxy(network, "kv", direct_url)
     url = await nursery.start(proxy.run)
     return SingleKV(server, direct_url, url, proxy)
+
+
+class InMemoryKV:
+    """The versioned KV machine behind the KeyValue interface, with no I/O: each call is one
+    checkpoint."""
+
+    def __init__(self) -> None:
+        self.machine = VersionedKV()
+
+    async def get(self, key: str) -> Versioned:
+        await trio.lowlevel.checkpoint()
+        reply = self.machine.get(key)
+        return Versioned(reply.value, reply.version)
+
+    async def put(self, key: str, value: str, version: int) -> None:
+        await trio.lowlevel.checkpoint()
+        raise_put_error(self.machine.put(key, value, version).err, retried=False)

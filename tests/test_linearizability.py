@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import trio
 
-from trioraft import KeyNotFound, VersionConflict, Versioned
+from tests.kvtest import InMemoryKV
+from trioraft import VersionConflict
 from trioraft.testing import (
     KV_MODEL,
     VERSIONED_KV_MODEL,
@@ -460,24 +461,17 @@ def test_a_passing_history_draws_every_op(tmp_path: Path) -> None:
 # -- recording -----------------------------------------------------------------------------
 
 
-class _Dict:
+class _Dict(InMemoryKV):
     """A correct in-memory versioned KV that can be made to hang."""
 
     def __init__(self) -> None:
-        self.data: dict[str, Versioned] = {}
+        super().__init__()
         self.hang = False
-
-    async def get(self, key: str) -> Versioned:
-        await trio.lowlevel.checkpoint()
-        return self.data.get(key, Versioned("", 0))
 
     async def put(self, key: str, value: str, version: int) -> None:
         if self.hang:
             await trio.sleep_forever()
-        current = self.data.get(key, Versioned("", 0))
-        if version != current.version:
-            raise KeyNotFound() if current.version == 0 else VersionConflict()
-        self.data[key] = Versioned(value, version + 1)
+        await super().put(key, value, version)
 
 
 async def test_history_records_outcomes_and_cancelled_calls() -> None:

@@ -14,10 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.kvtest import SingleKV, start_single_kv
+from tests.kvtest import InMemoryKV, SingleKV, start_single_kv
 from tests.locktest import random_name, run_lock_clients
-from trioraft import KeyValue, KVClient, Lock, Versioned, VersionedKV
-from trioraft.kv.clients import raise_put_error
+from trioraft import KeyValue, KVClient, Lock, Versioned
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, Network
 
 
@@ -43,23 +42,6 @@ class WatchedKV:
     async def wait_seen(self, value: str, *, times: int = 1) -> None:
         while self.seen.count(value) < times:
             await self._got.wait()
-
-
-class InMemoryKV:
-    """The versioned KV machine behind the KeyValue interface, with no I/O: each call is one
-    checkpoint."""
-
-    def __init__(self) -> None:
-        self.machine = VersionedKV()
-
-    async def get(self, key: str) -> Versioned:
-        await trio.lowlevel.checkpoint()
-        reply = self.machine.get(key)
-        return Versioned(reply.value, reply.version)
-
-    async def put(self, key: str, value: str, version: int) -> None:
-        await trio.lowlevel.checkpoint()
-        raise_put_error(self.machine.put(key, value, version).err, retried=False)
 
 
 async def make_clerks(stack: AsyncExitStack, url: str, n: int) -> list[KeyValue]:
