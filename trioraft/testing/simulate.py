@@ -183,7 +183,10 @@ async def call(c: KVSimCluster, client: str, server: str, op: dict[str, Any]) ->
     return None
 
 
-async def run_client(c: KVSimCluster, me: int, seed: int, stop: trio.Event, outcome: Outcome):
+async def run_client(
+    c: KVSimCluster, me: int, seed: int, stop: trio.Event, outcome: Outcome
+) -> None:
+    """Gets and puts (at the version last read) on random keys until ``stop``, recorded."""
     rng = random.Random(f"{seed}-client-{me}")
     name = f"client-{me}"
     versions: dict[str, int] = {}
@@ -209,6 +212,7 @@ async def run_client(c: KVSimCluster, me: int, seed: int, stop: trio.Event, outc
         if reply is None:
             outcome.operations.append(Operation(name, call_input, start, None, None))
             server = rng.choice(c.ids)
+            await trio.sleep(rng.uniform(0.01, 0.05))
             continue
         output = record_output(call_input, reply)
         outcome.operations.append(Operation(name, call_input, start, output, trio.current_time()))
