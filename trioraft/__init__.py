@@ -4,6 +4,8 @@ The public API is re-exported here; everything in a module whose name starts wit
 private. The test kit lives in :mod:`trioraft.testing`.
 """
 
+import importlib
+
 from ._errors import (
     BadRequest,
     DataDirectoryConflict,
@@ -21,19 +23,51 @@ from ._errors import (
     TrioRaftError,
     VersionConflict,
 )
-from ._gc import tune_gc
-from .kv.clients import ClusterClient, KeyValue, KVClient, Versioned
-from .kv.lock import Lock
-from .kv.machine import VersionedKV
-from .kv.server import KVServer
-from .raft.node import Applied, RaftConfig, RaftNode, RaftStatistics, Role, SnapshotApplied
-from .raft.persister import Persister
-from .raft.serve import serve_node
-from .raft.storage import FileStorage, MemoryStorage
-from .rpc.auth import PeerAuth
-from .rpc.http import Route, RpcClient, make_app, serve
-from .rpc.tls import ClientTls, ServerTls
-from .rpc.transport import HttpTransport
+
+#: The rest of the public API, by the module that defines it: imported when first used, so
+#: that importing a pure module (say :mod:`trioraft.raft.core`) loads no Trio or HTTP stack.
+_LAZY = {
+    "tune_gc": "._gc",
+    "ClusterClient": ".kv.clients",
+    "KeyValue": ".kv.clients",
+    "KVClient": ".kv.clients",
+    "Versioned": ".kv.clients",
+    "Lock": ".kv.lock",
+    "VersionedKV": ".kv.machine",
+    "KVServer": ".kv.server",
+    "Applied": ".raft.node",
+    "RaftConfig": ".raft.node",
+    "RaftNode": ".raft.node",
+    "RaftStatistics": ".raft.node",
+    "Role": ".raft.node",
+    "SnapshotApplied": ".raft.node",
+    "Persister": ".raft.persister",
+    "serve_node": ".raft.serve",
+    "FileStorage": ".raft.storage",
+    "MemoryStorage": ".raft.storage",
+    "PeerAuth": ".rpc.auth",
+    "Route": ".rpc.http",
+    "RpcClient": ".rpc.http",
+    "make_app": ".rpc.http",
+    "serve": ".rpc.http",
+    "ClientTls": ".rpc.tls",
+    "ServerTls": ".rpc.tls",
+    "HttpTransport": ".rpc.transport",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trioraft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,9 @@
 """Raft's peer RPCs as frozen dataclasses (validated by the codec like every message).
 
 ``request_vote`` also carries pre-votes (``pre_vote=True``): a pre-vote asks "would you vote
-for me at ``term``?" without anyone changing their term. Snapshot data travels as base64.
+for me at ``term``?" without anyone changing their term. A campaign a leader asked for
+(``timeout_now``, a leadership transfer) sets ``leadership_transfer``: voters grant it even
+though they heard from their leader lately. Snapshot data travels as base64.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class RequestVoteArgs:
     last_log_index: int = non_negative()
     last_log_term: int = non_negative()
     pre_vote: bool = False
+    leadership_transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,19 @@ class InstallSnapshotArgs:
 
 @dataclass(frozen=True, slots=True)
 class InstallSnapshotReply:
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNowArgs:
+    """The leader of ``term`` hands its leadership over: campaign at once, without pre-vote."""
+
+    term: int = non_negative()
+    leader: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNowReply:
     term: int
 
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: The kinds of snapshot a node records: taken (its own log compacted) or installed (sent
 #: by the leader).
 SNAPSHOT_KINDS = ("taken", "installed")
+#: How a leader confirmed a read: a heartbeat round (ReadIndex), or its lease.
+READ_MODES = ("read_index", "lease")
 
 
 class RaftMetrics:
@@ -39,6 +41,8 @@ class RaftMetrics:
         self.elections_won = 0
         self.leaders_seen = 0  # terms in which this node learned who leads
         self.snapshots_sent = 0
+        #: Reads served as leader, by mode (see ``RaftNode.read_index``).
+        self.reads = dict.fromkeys(READ_MODES, 0)
         self.commit_seconds = Histogram()
         self.fsync_seconds = Histogram()
         self.append_entries_seconds = {peer: Histogram() for peer in peers}
@@ -97,6 +101,14 @@ class RaftCollector:
             "leader_changes", "Terms in which this node learned of a leader.", m.leaders_seen
         )
         yield _counter("snapshots_sent", "Snapshots sent to followers.", m.snapshots_sent)
+        reads = CounterMetricFamily(
+            "trioraft_raft_reads",
+            "Leader: reads confirmed without the log, by mode (a heartbeat round, or the lease).",
+            labels=["mode"],
+        )
+        for mode, count in m.reads.items():
+            reads.add_metric([mode], count)
+        yield reads
         yield histogram_family(
             "trioraft_raft_commit_seconds",
             "Leader: from writing a batch of entries to their commit.",

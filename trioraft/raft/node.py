@@ -1,14 +1,19 @@
-"""A Raft node: the Raft rules (from the pure modules) driven by a Trio nursery tree.
+"""A Raft node: the pure Raft rules (:mod:`trioraft.raft.core`) driven by a Trio nursery tree.
 
     RaftNode.run                    lives as long as the node
-    ├─ election timer               sleeps to a deadline that valid leader contact pushes back;
-    │                               campaigns (pre-vote, then vote) when it passes
+    ├─ election timer               sleeps to the core's election deadline, which valid leader
+    │                               contact pushes back; ticks the core when it passes
     ├─ applier                      hands committed entries, in order, to ``applied``
+    ├─ message senders              one per vote request or TimeoutNow the core sends
     └─ leader term t                a new CancelScope per term, cancelled on step-down
        ├─ syncer                    writes the leader's new entries, a batch at a time, and
        │                            fsyncs each unless the followers commit it first
+       │                            (the timing: :mod:`trioraft.raft.group_commit`)
        ├─ quorum check              steps down if a majority is silent for an election timeout
        └─ replicator(peer) ...      one per follower, one RPC in flight, each under a deadline
+
+The core decides; this module carries out its actions (persist, send, reply, lead, step
+down, wake waiters), in the order given, and feeds it what happened and when.
 
 The syncer and the replicators call the proposer registered with :meth:`RaftNode.propose_with`
 (if any) right before they read the log, so what an application queued since their last look
@@ -16,8 +21,10 @@ joins the log then, with no task of its own in between.
 
 Invariants:
 - Every change of term, vote or log happens under ``_lock`` together with its persistence,
-  and is durable before any reply or message that depends on it goes out. Storage is only
-  touched under ``_lock`` (so a snapshot's log rewrite never races an append).
+  and is durable before any reply or message that depends on it goes out (the core lists
+  persistence first). Storage is only touched under ``_lock`` (so a snapshot's log rewrite
+  never races an append). A leader steps the core on its followers' replies without the
+  lock unless the reply carries a newer term (then under it, as that change is persisted).
 - The leader appends proposals to its in-memory log at once (so replicators can ship them
   while it syncs) but counts itself towards a quorum only up to its durable index. So an
   entry that the followers commit without it is durable on a majority without its fsync.
@@ -26,7 +33,7 @@ Invariants:
   (a deposed leader first writes the proposals its syncer had not written yet).
 - Entries reach ``applied`` exactly once, in index order, after they are committed; a
   snapshot (installed from the leader, or found at start) is delivered before any entry
-  after it.
+  after it. A leader's no-op entry is never handed out (``applied`` skips its index).
 - Every message fits the peers' limit (``RaftConfig.max_message_bytes``): AppendEntries
   carries as many entries as fit in ``max_batch_bytes`` (at least one), and ``submit``
   refuses a command that could never fit. So a follower never refuses a message for its
@@ -36,6 +43,9 @@ Invariants:
   ever acknowledged.
 - An installed snapshot is checked (its CRC-32, then the application's check) and made
   durable before anything else changes: a bad one is refused with a 400 and changes nothing.
+- :meth:`RaftNode.read_index` returns only while this node leads the term it started in,
+  after a majority answered a message sent after the read was queued (or, opted in, within
+  the lease), and only once an entry of that term committed.
 - ``metrics`` (:class:`~trioraft.raft.metrics.RaftMetrics`) only records: once per batch,
   message or event, and one ``int`` per proposed entry. Nothing the node does depends on it.
 """
@@ -45,23 +55,39 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import enum
-import math
 import random
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from .._errors import BadRequest, LeadershipLost, NotLeader, StorageFailed
+from .._errors import BadRequest, LeadershipLost, NotLeader, RaftError, StorageFailed
 from .._logging import Throttled, logger
 from ..rpc.http import Route
 from ..rpc.transport import Transport
-from .log import Entry, is_up_to_date, match_append, next_index_after_reject
+from .config import RaftConfig
+from .core import (
+    NOOP_COMMAND,
+    Action,
+    BecomeLeader,
+    LostEntries,
+    Outgoing,
+    PersistHardState,
+    PersistLog,
+    RaftCore,
+    Reply,
+    Role,
+    SaveSnapshot,
+    Send,
+    StateChanged,
+    StepDown,
+)
+from .group_commit import KEPT, GroupCommit
+from .log import Log
 from .messages import (
     AppendEntriesArgs,
     AppendEntriesReply,
@@ -69,63 +95,28 @@ from .messages import (
     InstallSnapshotReply,
     RequestVoteArgs,
     RequestVoteReply,
+    TimeoutNowArgs,
+    TimeoutNowReply,
     command_wire_bytes,
 )
 from .metrics import RaftMetrics
-from .quorum import committed_index, quorum_index, won
 from .storage import HardState, Snapshot, Storage
 
-
-@dataclass(frozen=True)
-class RaftConfig:
-    """Timing and batching. Times are seconds; the election timeout is drawn per wait."""
-
-    election_timeout: tuple[float, float] = (0.3, 0.6)
-    heartbeat_interval: float = 0.1
-    rpc_timeout: float = 0.5
-    max_batch_bytes: int = 512 * 1024
-    pre_vote: bool = True
-    check_quorum: bool = True
-    #: A follower fsyncs what it appended on the event loop, not in a worker thread. Its reply
-    #: waits for that fsync and it holds the node's lock meanwhile, so a thread would overlap
-    #: nothing of Raft's, while the handoff costs 0.2-0.3 ms of CPU a round and, in a busy
-    #: process, milliseconds of waiting (embedded writes, 3 nodes, 8,000 ops/s: p50 12.8 ms
-    #: with the thread, 6.9 ms without; issue 5's notes). Turn it off if the process
-    #: runs latency-sensitive work of its own beside a follower whose disk is slow. (A
-    #: leader's fsync always runs in a thread: it overlaps with the followers' own.)
-    follower_sync_inline: bool = True
-    #: How long the leader's syncer waits, after writing a batch, for a majority of followers
-    #: (whose replies vouch for their own fsync) to commit it before fsyncing it itself. A
-    #: batch they commit needs no fsync here: it is durable on a majority without us, and we
-    #: count ourselves towards a quorum only up to what we fsynced. The syncer waits only
-    #: while enough followers are answering and caught up, and have lately been holding
-    #: batches within the grace (slower peers, e.g. over HTTP, would make every batch wait
-    #: in vain). 0 fsyncs every batch at once.
-    leader_sync_grace: float = 0.005
-    #: The largest message a peer accepts (its peer listener's body limit): every member of
-    #: a cluster must use the same value. ``submit`` refuses a command that would not fit.
-    max_message_bytes: int = 64 << 20
-
-    @property
-    def max_command_bytes(self) -> int:
-        """The largest command (in JSON wire bytes) that fits one AppendEntries."""
-        return self.max_message_bytes - _ENVELOPE_BYTES
-
-
-#: Weight of each new sample in the leader's estimate of its followers' delay, and how many
-#: batches it times at once (a batch the followers never come to hold is forgotten).
-_DELAY_WEIGHT = 0.125
-_UNVOUCHED_KEPT = 64
+__all__ = [
+    "Applied",
+    "CommandTooLarge",
+    "RaftConfig",
+    "RaftNode",
+    "RaftStatistics",
+    "Role",
+    "SnapshotApplied",
+    "TransferAbandoned",
+]
 
 #: Entries applied through ``apply_with`` between two checkpoints of the applier.
 _APPLY_RUN = 256
 
 _log_lost_entries = Throttled(logger)
-
-#: Room left in a message for everything but the commands: ids, indexes and JSON syntax.
-_ENVELOPE_BYTES = 64 * 1024
-#: Per entry in an AppendEntries beside its command: ``{"term":N,"command":}`` and a comma.
-_ENTRY_OVERHEAD_BYTES = 40
 
 
 class _Lock:
@@ -143,12 +134,6 @@ class _Lock:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()
-
-
-class Role(enum.Enum):
-    FOLLOWER = "follower"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
 
 
 @dataclass(frozen=True)
@@ -187,6 +172,11 @@ class CommandTooLarge(BadRequest):
         super().__init__(f"an entry of {size} bytes cannot be replicated (limit {limit})", 413)
 
 
+class TransferAbandoned(RaftError):
+    """A leadership transfer did not complete within an election timeout: this node still
+    leads and takes proposals again."""
+
+
 @dataclass(frozen=True)
 class RaftStatistics:
     id: str
@@ -198,6 +188,8 @@ class RaftStatistics:
     last_index: int
     log_length: int
     snapshot_index: int
+    #: Reads served as leader, by mode: ``read_index`` (a heartbeat round) or ``lease``.
+    reads: dict[str, int] = field(default_factory=dict)
 
 
 class RaftNode:
@@ -219,42 +211,35 @@ class RaftNode:
         apply_buffer: int = 0,
     ) -> None:
         self.id = node_id
-        self.peers = [p for p in peers if p != node_id]
         self.config = config or RaftConfig()
         self._storage = storage
         self._transport = transport
-        self._rng = rng or random.Random(node_id)
         loaded = storage.load()
-        self.term = loaded.hard_state.term
-        self.voted_for = loaded.hard_state.voted_for
-        self.log = loaded.log
+        self._core = RaftCore(
+            node_id,
+            peers,
+            term=loaded.hard_state.term,
+            voted_for=loaded.hard_state.voted_for,
+            log=loaded.log,
+            config=self.config,
+            rng=rng or random.Random(node_id),
+        )
+        self.peers = self._core.peers
         self._snapshot = loaded.snapshot
         self._snapshot_to_deliver = loaded.snapshot
-        self.role = Role.FOLLOWER
-        self.leader_id: str | None = None
-        self.commit_index = self.log.snapshot_index
         self.last_applied = 0  # the snapshot found at start is delivered first
         self._handing_out = 0  # the index being handed to ``applied`` right now
-        self._written_index = self._durable_index = self.log.last_index
+        self._written_index = self.log.last_index
         self._lock = _Lock()
         self._changed = trio.Event()  # commit, term, role or applied moved: re-check
         self._term_moved = trio.Event()  # set (and replaced) when the term changes
         self._log_grew = trio.Event()  # the leader appended: replicators and syncer wake
-        self._leader_contacts = 0  # valid messages from a current leader, ever
-        self._last_leader_contact = -math.inf
-        self._election_deadline = math.inf
         self._leader_scope: trio.CancelScope | None = None
+        self._vote_requests: list[Send] = []  # what the core's campaign asks, to be sent
         self._nursery: trio.Nursery | None = None
         self._stopped = False
         self._stopped_event = trio.Event()
-        self.next_index: dict[str, int] = {}
-        self.match_index: dict[str, int] = {}
-        self._last_ack: dict[str, float] = {}
-        #: Batches the leader wrote, (last index, when), until followers hold them on a majority.
-        self._unvouched: collections.deque[tuple[int, float]] = collections.deque(
-            maxlen=_UNVOUCHED_KEPT
-        )
-        self._follower_delay = 0.0  # see _time_followers
+        self._group_commit = GroupCommit(self.config.leader_sync_grace)
         self._applied_send, self.applied = trio.open_memory_channel[Applied | SnapshotApplied](
             apply_buffer
         )
@@ -265,9 +250,39 @@ class RaftNode:
         self.metrics = RaftMetrics(self.peers)
         self._leader_seen_in_term = -1  # the last term in which a leader was counted
         #: Batches the leader wrote, (last index, perf_counter), until they commit: timing only.
-        self._written_at: collections.deque[tuple[int, float]] = collections.deque(
-            maxlen=_UNVOUCHED_KEPT
-        )
+        self._written_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=KEPT)
+
+    # -- the core's state, read-only here ------------------------------------------------
+
+    @property
+    def term(self) -> int:
+        return self._core.term
+
+    @property
+    def voted_for(self) -> str | None:
+        return self._core.voted_for
+
+    @property
+    def role(self) -> Role:
+        return self._core.role
+
+    @property
+    def leader_id(self) -> str | None:
+        return self._core.leader_id
+
+    @property
+    def commit_index(self) -> int:
+        return self._core.commit_index
+
+    @property
+    def log(self) -> Log:
+        return self._core.log
+
+    @property
+    def transferring_to(self) -> str | None:
+        """The follower this leader is handing its leadership to, if it is."""
+        transfer = self._core.transfer
+        return transfer.target if transfer is not None else None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -276,6 +291,7 @@ class RaftNode:
             "request_vote": Route(RequestVoteArgs, self.handle_request_vote),
             "append_entries": Route(AppendEntriesArgs, self.handle_append_entries),
             "install_snapshot": Route(InstallSnapshotArgs, self.handle_install_snapshot),
+            "timeout_now": Route(TimeoutNowArgs, self.handle_timeout_now),
         }
 
     @property
@@ -315,27 +331,28 @@ class RaftNode:
         return self.term, self.is_leader
 
     def submit(self, command: str) -> tuple[int, int, bool]:
-        """Propose ``command``: ``(index, term, True)`` if leader, else ``(0, term, False)``.
+        """Propose ``command``: ``(index, term, True)`` if leader, else ``(0, term, False)``
+        (also while it hands its leadership over).
 
         Returns at once; the entry is sent to followers right away and commits later (or
         never, if leadership is lost first). See :meth:`wait_committed`.
         """
-        if self.role is not Role.LEADER or self._stopped:
+        core = self._core
+        if core.role is not Role.LEADER or core.transfer is not None or self._stopped:
             return 0, self.term, False
         self._check_fits(command)
-        self.log.append([Entry(self.term, command)])
+        index = core.propose([command])
         self.metrics.entries_proposed += 1
         self._wake_leader_tasks()
-        return self.log.last_index, self.term, True
+        return index, self.term, True
 
     def submit_many(self, commands: list[str]) -> tuple[int, int]:
         """Propose several commands at once; returns the first index and the term."""
-        if self.role is not Role.LEADER or self._stopped:
+        if self._stopped:
             raise NotLeader(self.leader_id)
         for command in commands:
             self._check_fits(command)
-        first = self.log.last_index + 1
-        self.log.append([Entry(self.term, c) for c in commands])
+        first = self._core.propose(commands)
         self.metrics.entries_proposed += len(commands)
         self._wake_leader_tasks()
         return first, self.term
@@ -376,6 +393,66 @@ class RaftNode:
         while not predicate(self):
             await self._changed.wait()
 
+    async def read_index(self, *, lease: bool = False) -> int:
+        """An index such that, once this node has applied it (:meth:`wait_applied`), its
+        state reflects every write committed before this call: a linearizable read point.
+
+        The leader notes its commit index once an entry of its term has committed
+        (``RaftConfig.leader_noop`` commits one at once), then confirms it still leads with
+        one heartbeat round, shared by every read queued meanwhile. With ``lease`` (and
+        ``RaftConfig.lease_duration`` set) it skips the round while its lease holds (see
+        the clock assumption there). Raises :class:`NotLeader` (with the leader it knows)
+        if this node does not lead, or stops leading first.
+        """
+        core = self._core
+        term = self.term
+        while True:
+            changed = self._changed
+            if not self._leads(term) or self._stopped:
+                raise NotLeader(self.leader_id)
+            if core.committed_in_term():
+                break
+            await changed.wait()
+        index = core.commit_index
+        if lease and core.lease_valid(trio.current_time()):
+            self.metrics.reads["lease"] += 1
+            return index
+        read_round = core.queue_read()
+        self._wake_leader_tasks()
+        while True:
+            changed = self._changed
+            if not self._leads(term) or self._stopped:
+                raise NotLeader(self.leader_id)
+            if core.confirmed_round() >= read_round:
+                self.metrics.reads["read_index"] += 1
+                return index
+            await changed.wait()
+
+    async def transfer_leadership(self, to: str | None = None) -> str:
+        """Hand leadership to ``to`` (or the follower with the most of the log); returns it.
+
+        Proposals are refused meanwhile; the target is brought up to date and told to
+        campaign at once. Raises :class:`TransferAbandoned` (this node then leads on and
+        takes proposals again) if it does not lose leadership within an election timeout,
+        :class:`NotLeader` if it does not lead.
+        """
+        async with self._lock:
+            self._refuse_if_failed()
+            target, actions = self._core.start_transfer(to)
+            term = self.term
+            await self._execute(actions)
+        logger.info("node %s: hands leadership of term %d to %s", self.id, term, target)
+        self._wake_leader_tasks()
+        with trio.move_on_after(self.config.election_timeout[1]):
+            while self._leads(term):
+                await self._changed.wait()
+            return target
+        async with self._lock:
+            if self._leads(term):
+                await self._execute(self._core.abandon_transfer())
+        logger.info("node %s: gives up handing leadership to %s", self.id, target)
+        raise TransferAbandoned(f"{target} did not take over term {term}'s leadership in time")
+
     async def snapshot(self, index: int, data: bytes) -> None:
         """The application's state up to ``index`` is ``data``: discard the log before it."""
         async with self._lock:
@@ -386,10 +463,8 @@ class RaftNode:
                     f"cannot snapshot at {index}: only entries up to "
                     f"{max(self.last_applied, self._handing_out)} were handed to the application"
                 )
-            term = self.log.term_at(index)
-            assert term is not None
+            term = self._core.compact(index)
             snapshot = Snapshot(index, term, data)
-            self.log.compact(index, term)
             started = time.perf_counter()
             await self._save_snapshot(snapshot)
             self.metrics.snapshot_seconds["taken"].observe(time.perf_counter() - started)
@@ -411,7 +486,8 @@ class RaftNode:
             with self._writing("saving a snapshot"):
                 await self._storage.save_snapshot(snapshot, frozen)
         finally:
-            self._written_index = self._durable_index = frozen.last_index
+            self._written_index = frozen.last_index
+        await self._execute(self._core.persisted(frozen.last_index))
 
     def raft_state_size(self) -> int:
         return self._storage.raft_state_size()
@@ -423,16 +499,7 @@ class RaftNode:
         """Seconds since this node last had word of a live leader: on a follower, since the
         last valid message from its term's leader (``inf`` if it knows none); on a leader,
         since a majority of the cluster, itself included, last answered it."""
-        now = trio.current_time()
-        if self.role is Role.LEADER:
-            needed = (len(self.peers) + 1) // 2  # followers that make a majority with us
-            if needed == 0:
-                return 0.0
-            acks = sorted((self._last_ack.get(p, -math.inf) for p in self.peers), reverse=True)
-            return now - acks[needed - 1]
-        if self.leader_id is None:
-            return math.inf
-        return now - self._last_leader_contact
+        return self._core.leader_contact_age(trio.current_time())
 
     def statistics(self) -> RaftStatistics:
         return RaftStatistics(
@@ -445,6 +512,7 @@ class RaftNode:
             last_index=self.log.last_index,
             log_length=len(self.log.entries),
             snapshot_index=self.log.snapshot_index,
+            reads=dict(self.metrics.reads),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -454,7 +522,7 @@ class RaftNode:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._reset_election_deadline()
+                self._core.reset_election_deadline(trio.current_time())
                 nursery.start_soon(self._election_timer)
                 nursery.start_soon(self._applier)
                 task_status.started()
@@ -487,244 +555,93 @@ class RaftNode:
         if self.failure is not None:
             raise self.failure
 
-    # -- internal helpers ----------------------------------------------------------------
+    # -- carrying out the core's actions -------------------------------------------------
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    async def _execute(self, actions: list[Action], snapshot_data: bytes = b"") -> Any:
+        """Carry out ``actions`` in order; the message of their ``Reply``, if any. Whatever
+        persists must run under ``_lock`` (the callers see to it)."""
+        reply = None
+        for action in actions:
+            if isinstance(action, StateChanged):
+                self._state_changed(action.term_changed)
+            elif isinstance(action, PersistHardState):
+                with self._writing("saving the hard state"):
+                    await self._storage.save_hard_state(HardState(action.term, action.voted_for))
+            elif isinstance(action, PersistLog):
+                await self._persist_log(action)
+            elif isinstance(action, Reply):
+                reply = action.message
+            elif isinstance(action, Send):
+                if isinstance(action.message, RequestVoteArgs):
+                    self._vote_requests.append(action)  # sent by the campaign under way
+                else:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._send_timeout_now, action.to, action.message)
+            elif isinstance(action, StepDown):
+                logger.info("node %s: steps down in term %d", self.id, action.term)
+                if self._leader_scope is not None:
+                    self._leader_scope.cancel()
+            elif isinstance(action, BecomeLeader):
+                self._start_leading(action.term)
+            elif isinstance(action, SaveSnapshot):
+                await self._install_snapshot(action, snapshot_data)
+            elif isinstance(action, LostEntries):
+                _log_lost_entries(
+                    "node %s: follower %s no longer holds entries up to %d that it "
+                    "acknowledged (its log now differs from %d): re-sending them",
+                    self.id,
+                    action.peer,
+                    action.acknowledged,
+                    action.resent_from,
+                )
+        return reply
 
-    def _enter_term(self, term: int, voted_for: str | None) -> None:
-        self.term, self.voted_for = term, voted_for
-        self._term_moved.set()
-        self._term_moved = trio.Event()
-
-    def _wake_leader_tasks(self) -> None:
-        self._log_grew.set()
-        self._log_grew = trio.Event()
-
-    def _random_timeout(self) -> float:
-        return self._rng.uniform(*self.config.election_timeout)
-
-    def _reset_election_deadline(self) -> None:
-        self._election_deadline = trio.current_time() + self._random_timeout()
-
-    async def _persist_hard_state(self) -> None:
-        with self._writing("saving the hard state"):
-            await self._storage.save_hard_state(HardState(self.term, self.voted_for))
-
-    def _become_follower(self, term: int, leader: str | None) -> bool:
-        """Adopt ``term`` (a newer one clears the vote) and follow. Returns whether the hard
-        state changed and must be persisted before replying."""
-        changed = term > self.term
-        if changed:
-            self._enter_term(term, None)
-        if self.role is Role.LEADER:
-            logger.info("node %s: steps down in term %d", self.id, self.term)
-            if self._leader_scope is not None:
-                self._leader_scope.cancel()
-        before = (self.role, self.leader_id)
-        self.role = Role.FOLLOWER
-        if leader is not None or changed:
-            self.leader_id = leader
-        if leader is not None and self._leader_seen_in_term != self.term:
-            self._leader_seen_in_term = self.term
+    def _state_changed(self, term_changed: bool) -> None:
+        core = self._core
+        if term_changed:
+            self._term_moved.set()
+            self._term_moved = trio.Event()
+            if core.voted_for == self.id:  # the term moved because this node campaigns
+                self.metrics.elections += 1
+                logger.info("node %s: campaigns in term %d", self.id, core.term)
+        if core.leader_id is not None and self._leader_seen_in_term != core.term:
+            self._leader_seen_in_term = core.term
             self.metrics.leaders_seen += 1
-        if changed or before != (self.role, self.leader_id):
-            self._notify()
-        return changed
-
-    async def _adopt_newer_term(self, term: int) -> None:
-        async with self._lock:
-            if term > self.term:
-                self._become_follower(term, None)
-                await self._persist_hard_state()
-
-    def _leader_recently_heard(self) -> bool:
-        if self.role is Role.LEADER:
-            return True
-        elapsed = trio.current_time() - self._last_leader_contact
-        return self.leader_id is not None and elapsed < self.config.election_timeout[0]
-
-    def _heard_from_leader(self) -> None:
-        self._leader_contacts += 1
-        self._last_leader_contact = trio.current_time()
-        self._reset_election_deadline()
-
-    # -- elections -----------------------------------------------------------------------
-
-    async def _election_timer(self) -> None:
-        while True:
-            await trio.sleep_until(self._election_deadline)
-            if trio.current_time() < self._election_deadline:
-                continue  # pushed back by a leader's message meanwhile
-            if self.role is Role.LEADER:
-                self._reset_election_deadline()
-                continue
-            await self._campaign()
-
-    async def _campaign(self) -> None:
-        self._reset_election_deadline()  # if this campaign fails, try again after a while
-        contacts = self._leader_contacts
-        if self.config.pre_vote and not await self._collect_votes(self.term + 1, pre_vote=True):
-            return
-        async with self._lock:
-            if self._leader_contacts != contacts or self.role is Role.LEADER:
-                return  # a leader spoke up meanwhile
-            self._enter_term(self.term + 1, self.id)
-            self.metrics.elections += 1
-            logger.info("node %s: campaigns in term %d", self.id, self.term)
-            self.role = Role.CANDIDATE
-            self.leader_id = None
-            await self._persist_hard_state()
-            term = self.term
-            self._notify()
-        if await self._collect_votes(term, pre_vote=False):
-            async with self._lock:
-                if self.term == term and self.role is Role.CANDIDATE:
-                    self._become_leader()
-
-    async def _collect_votes(self, term: int, *, pre_vote: bool) -> bool:
-        """Ask every peer for a (pre-)vote at ``term``; True once a majority granted."""
-        granted = 1  # our own
-        if won(granted, len(self.peers) + 1):
-            return True
-        args = RequestVoteArgs(term, self.id, self.log.last_index, self.log.last_term, pre_vote)
-        result = False
-        with trio.move_on_after(self.config.election_timeout[1]):
-            async with trio.open_nursery() as nursery:
-
-                async def ask(peer: str) -> None:
-                    nonlocal granted, result
-                    reply = await self._call(peer, "request_vote", args, RequestVoteReply)
-                    if reply is None:
-                        return
-                    if reply.term > self.term:
-                        await self._adopt_newer_term(reply.term)
-                        nursery.cancel_scope.cancel()
-                    elif reply.granted:
-                        granted += 1
-                        if won(granted, len(self.peers) + 1):
-                            result = True
-                            nursery.cancel_scope.cancel()
-
-                for peer in self.peers:
-                    nursery.start_soon(ask, peer)
-        expected_term = term - 1 if pre_vote else term
-        return result and self.term == expected_term
-
-    async def handle_request_vote(self, args: RequestVoteArgs) -> RequestVoteReply:
-        self._refuse_if_failed()
-        async with self._lock:
-            up_to_date = is_up_to_date(
-                args.last_log_index, args.last_log_term, self.log.last_index, self.log.last_term
-            )
-            if args.pre_vote:
-                grant = args.term > self.term and up_to_date and not self._leader_recently_heard()
-                return RequestVoteReply(self.term, grant)
-            if args.term < self.term:
-                return RequestVoteReply(self.term, False)
-            if args.term > self.term and self.config.check_quorum and self._leader_recently_heard():
-                return RequestVoteReply(self.term, False)  # our leader is alive: no disruption
-            changed = self._become_follower(args.term, None) if args.term > self.term else False
-            grant = up_to_date and self.voted_for in (None, args.candidate)
-            if grant and self.voted_for is None:
-                self.voted_for = args.candidate
-                changed = True
-            if grant:
-                self._reset_election_deadline()
-            if changed:
-                await self._persist_hard_state()
-            return RequestVoteReply(self.term, grant)
-
-    # -- leading -------------------------------------------------------------------------
-
-    def _become_leader(self) -> None:
-        assert self._nursery is not None
-        self.role = Role.LEADER
-        self.leader_id = self.id
-        logger.info("node %s: leads in term %d", self.id, self.term)
-        self.metrics.elections_won += 1
-        self._leader_seen_in_term = self.term
-        self.metrics.leaders_seen += 1
-        now = trio.current_time()
-        self._unvouched.clear()
-        self._written_at.clear()
-        for peer in self.peers:
-            self.next_index[peer] = self.log.last_index + 1
-            self.match_index[peer] = 0
-            self._last_ack[peer] = now
-        scope = trio.CancelScope()
-        self._leader_scope = scope
-        self._nursery.start_soon(self._lead, self.term, scope)
+        written_at = self._written_at
+        if written_at and written_at[0][0] <= core.commit_index:
+            now = time.perf_counter()
+            while written_at and written_at[0][0] <= core.commit_index:
+                self.metrics.commit_seconds.observe(now - written_at.popleft()[1])
         self._notify()
 
-    async def _lead(self, term: int, scope: trio.CancelScope) -> None:
-        try:
-            with scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._syncer, term)
-                    if self.config.check_quorum:
-                        nursery.start_soon(self._check_quorum, term)
-                    for peer in self.peers:
-                        nursery.start_soon(self._replicate, peer, term)
-                    self._advance_commit()  # a one-node cluster commits by itself
-        finally:
-            self._propose()  # what is still queued is refused (or joins a newer term's log)
-
-    async def _syncer(self, term: int) -> None:
-        """Group commit: write every entry appended since the last batch, then fsync it
-        unless the followers commit it first (see ``RaftConfig.leader_sync_grace``)."""
-        while True:
-            self._propose()
-            grew = self._log_grew
-            if self._written_index >= self.log.last_index:
-                await grew.wait()
-                continue
-            async with self._lock:
-                if not self._leads(term):
-                    return
-                last = self._write_unwritten()
-            self._written_at.append((last, time.perf_counter()))
-            followers_can_commit = self._followers_form_quorum()
-            if followers_can_commit:
-                self._unvouched.append((last, trio.current_time()))
-            if followers_can_commit and self._follower_delay < self.config.leader_sync_grace:
-                with trio.move_on_after(self.config.leader_sync_grace):
-                    while self.commit_index < last and self._leads(term):
-                        await self._changed.wait()
-                if self.commit_index >= last:
-                    continue  # committed by the followers alone: no fsync needed for it
-            async with self._lock:
-                if not self._leads(term):
-                    return
-                started = time.perf_counter()
-                with self._writing("fsync of the log"):
+    async def _persist_log(self, action: PersistLog) -> None:
+        """Storage mirrors the log (a deposed leader may hold proposals its syncer never
+        wrote) and is durable up to ``action.durable_through``."""
+        truncate_from = action.truncate_from
+        if truncate_from is not None:
+            logger.info(
+                "node %s: drops uncommitted entries from %d (term %d's leader differs)",
+                self.id,
+                truncate_from,
+                self.term,
+            )
+            if truncate_from <= self._written_index:
+                with self._writing("truncating the log"):
+                    self._storage.truncate_from(truncate_from)
+                self._written_index = truncate_from - 1
+        self._write_unwritten()
+        if truncate_from is not None or action.durable_through > self._core.durable_index:
+            # A success reply vouches that the log is durable up to match_index.
+            # Bookkeeping is exact at every checkpoint: a cancelled sync still finishes
+            # (threads are not abandoned), it only leaves the durable index low.
+            started = time.perf_counter()
+            with self._writing("fsync of the log"):
+                if self.config.follower_sync_inline:
+                    self._storage.sync_blocking()
+                else:
                     await self._storage.sync()
-                self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-                self._durable_index = max(self._durable_index, last)
-            self._advance_commit()
-
-    def _leads(self, term: int) -> bool:
-        return self.term == term and self.role is Role.LEADER
-
-    def _followers_form_quorum(self) -> bool:
-        """Whether enough followers are answering and caught up to commit without us."""
-        recent = trio.current_time() - 2 * self.config.heartbeat_interval
-        caught_up = sum(
-            1
-            for p in self.peers
-            if self._last_ack[p] > recent and self.match_index[p] >= self.commit_index
-        )
-        return won(caught_up, len(self.peers) + 1)
-
-    def _time_followers(self) -> None:
-        """Update the estimate of how long the followers alone take to hold a written batch
-        on a majority (a moving average over the batches they came to hold)."""
-        held = quorum_index([0, *self.match_index.values()])  # counting ourselves as empty
-        now = trio.current_time()
-        while self._unvouched and self._unvouched[0][0] <= held:
-            _, written = self._unvouched.popleft()
-            self._follower_delay += (now - written - self._follower_delay) * _DELAY_WEIGHT
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            await self._execute(self._core.persisted(self._written_index))
 
     def _write_unwritten(self) -> int:
         """Write to storage the entries appended to the log but not written yet (a leader's
@@ -736,29 +653,170 @@ class RaftNode:
             self._written_index = last
         return last
 
+    async def _campaign(self) -> None:
+        """Ask for the votes the core's campaign wants (a pre-vote, then a vote) until it is
+        decided, or for an election timeout: one campaign at a time, each answer stepped."""
+        core = self._core
+        with trio.move_on_after(self.config.election_timeout[1]):
+            async with trio.open_nursery() as nursery:
+
+                async def ask(peer: str, args: RequestVoteArgs) -> None:
+                    reply = await self._call(peer, "request_vote", args, RequestVoteReply)
+                    if reply is None:
+                        return
+                    async with self._lock:
+                        now = trio.current_time()
+                        await self._execute(core.step_vote_reply(peer, args, reply, now))
+                    start_requests()
+                    if core.campaign is None:
+                        nursery.cancel_scope.cancel()  # won, or over
+
+                def start_requests() -> None:
+                    requests, self._vote_requests = self._vote_requests, []
+                    for send in requests:
+                        assert isinstance(send.message, RequestVoteArgs)
+                        nursery.start_soon(ask, send.to, send.message)
+
+                start_requests()
+
+    async def _send_timeout_now(self, peer: str, args: TimeoutNowArgs) -> None:
+        answer = await self._call(peer, "timeout_now", args, TimeoutNowReply)
+        if answer is not None and answer.term > self.term:
+            await self._adopt_newer_term(answer.term)
+
+    async def _adopt_newer_term(self, term: int) -> None:
+        async with self._lock:
+            await self._execute(self._core.step_newer_term(term))
+
+    async def _call(self, peer: str, method: str, args: Any, reply_type: type) -> Any:
+        with trio.move_on_after(self.config.rpc_timeout):
+            return await self._transport.call(peer, method, args, reply_type)
+        return None
+
+    # -- internal helpers ----------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _wake_leader_tasks(self) -> None:
+        self._log_grew.set()
+        self._log_grew = trio.Event()
+
+    def _leads(self, term: int) -> bool:
+        return self.term == term and self.role is Role.LEADER
+
+    # -- elections -----------------------------------------------------------------------
+
+    async def _election_timer(self) -> None:
+        core = self._core
+        while True:
+            await trio.sleep_until(core.election_deadline)
+            if trio.current_time() < core.election_deadline:
+                continue  # pushed back by a leader's message meanwhile
+            async with self._lock:
+                await self._execute(core.tick(trio.current_time()))
+            await self._campaign()
+
+    async def handle_request_vote(self, args: RequestVoteArgs) -> RequestVoteReply:
+        self._refuse_if_failed()
+        async with self._lock:
+            actions = self._core.step_request_vote(args, trio.current_time())
+            return await self._execute(actions)
+
+    async def handle_timeout_now(self, args: TimeoutNowArgs) -> TimeoutNowReply:
+        self._refuse_if_failed()
+        async with self._lock:
+            actions = self._core.step_timeout_now(args, trio.current_time())
+            reply = await self._execute(actions)
+        if self._vote_requests:
+            logger.info(
+                "node %s: campaigns at once: %s hands its leadership over", self.id, args.leader
+            )
+            assert self._nursery is not None
+            self._nursery.start_soon(self._campaign)
+        return reply
+
+    # -- leading -------------------------------------------------------------------------
+
+    def _start_leading(self, term: int) -> None:
+        assert self._nursery is not None
+        logger.info("node %s: leads in term %d", self.id, term)
+        self.metrics.elections_won += 1
+        self._group_commit.new_term()
+        self._written_at.clear()
+        scope = trio.CancelScope()
+        self._leader_scope = scope
+        self._nursery.start_soon(self._lead, term, scope)
+        if self.log.last_index > self._written_index:
+            self._wake_leader_tasks()  # the no-op entry
+
+    async def _lead(self, term: int, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._syncer, term)
+                    if self.config.check_quorum:
+                        nursery.start_soon(self._check_quorum, term)
+                    for peer in self.peers:
+                        nursery.start_soon(self._replicate, peer, term)
+        finally:
+            self._propose()  # what is still queued is refused (or joins a newer term's log)
+
+    async def _syncer(self, term: int) -> None:
+        """Group commit: write every entry appended since the last batch, then fsync it
+        unless the followers commit it first (see :mod:`trioraft.raft.group_commit`)."""
+        core = self._core
+        while True:
+            self._propose()
+            grew = self._log_grew
+            if self._written_index >= self.log.last_index:
+                await grew.wait()
+                continue
+            async with self._lock:
+                if not self._leads(term):
+                    return
+                last = self._write_unwritten()
+            self._written_at.append((last, time.perf_counter()))
+            now = trio.current_time()
+            followers_can_commit = core.followers_form_quorum(
+                now, 2 * self.config.heartbeat_interval
+            )
+            grace = self._group_commit.wait_for_followers(last, now, followers_can_commit)
+            if grace > 0:
+                with trio.move_on_after(grace):
+                    while self.commit_index < last and self._leads(term):
+                        await self._changed.wait()
+                if self.commit_index >= last:
+                    continue  # committed by the followers alone: no fsync needed for it
+            async with self._lock:
+                if not self._leads(term):
+                    return
+                started = time.perf_counter()
+                with self._writing("fsync of the log"):
+                    await self._storage.sync()
+                self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+                await self._execute(core.persisted(last))
+
     async def _check_quorum(self, term: int) -> None:
         timeout = self.config.election_timeout[1]
-        while True:
+        while self._leads(term):
             await trio.sleep(timeout / 2)
-            now = trio.current_time()
-            recent = 1 + sum(1 for p in self.peers if now - self._last_ack[p] < timeout)
-            if not won(recent, len(self.peers) + 1):
-                async with self._lock:
-                    if self._leads(term):
-                        self._become_follower(term, None)
-                        self.leader_id = None
-                return
+            async with self._lock:
+                if self._leads(term):
+                    await self._execute(self._core.check_quorum(trio.current_time()))
 
     async def _replicate(self, peer: str, term: int) -> None:
         """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval."""
         interval = self.config.heartbeat_interval
+        core = self._core
         while True:
             self._propose()
             grew = self._log_grew
             ok = await self._send_to(peer, term)
             if not self._leads(term):
                 return
-            if ok and self.next_index[peer] <= self.log.last_index:
+            if ok and core.progress[peer].next <= self.log.last_index:
                 continue  # more to send right away
             with trio.move_on_after(interval):
                 if ok:
@@ -768,167 +826,70 @@ class RaftNode:
 
     async def _send_to(self, peer: str, term: int) -> bool:
         """One AppendEntries (or InstallSnapshot) to ``peer``; whether it answered."""
-        next_index = self.next_index[peer]
-        if next_index <= self.log.snapshot_index:
-            return await self._send_snapshot(peer, term)
-        prev_index = next_index - 1
-        prev_term = self.log.term_at(prev_index)
-        assert prev_term is not None
-        entries = self._batch(next_index)
-        args = AppendEntriesArgs(term, self.id, prev_index, prev_term, entries, self.commit_index)
+        core = self._core
+        sent = core.replication_message(peer, trio.current_time())
+        args = sent.args
+        if args is None:
+            return await self._send_snapshot(peer, sent)
         metrics = self.metrics
-        if entries:
-            metrics.entries_per_append.observe(len(entries))
+        if args.entries:
+            metrics.entries_per_append.observe(len(args.entries))
         started = time.perf_counter()
         reply = await self._call(peer, "append_entries", args, AppendEntriesReply)
         if reply is None:
             metrics.append_entries_lost[peer] += 1
             return False
         metrics.append_entries_seconds[peer].observe(time.perf_counter() - started)
-        if not await self._still_leading_after(reply.term, term):
+        match_before = core.progress[peer].match if self._leads(term) else 0
+        await self._step_reply(
+            reply.term, lambda: core.step_append_reply(peer, sent, reply, trio.current_time())
+        )
+        if not self._leads(term):
             return False
-        self._last_ack[peer] = trio.current_time()
-        if reply.success:
-            match = min(reply.match_index, prev_index + len(entries))
-            if match > self.match_index[peer]:
-                self.match_index[peer] = match
-                self._advance_commit()
-                self._time_followers()
-            self.next_index[peer] = max(self.next_index[peer], self.match_index[peer] + 1)
-        else:
-            hint = next_index_after_reject(self.log, reply.conflict_term, reply.conflict_index)
-            if hint <= self.match_index[peer]:
-                # A follower never rejects below what it acknowledged unless it lost it (its
-                # data directory wiped or damaged by hand): count it as holding nothing, and
-                # bring it back up from where it is.
-                _log_lost_entries(
-                    "node %s: follower %s no longer holds entries up to %d that it "
-                    "acknowledged (its log now differs from %d): re-sending them",
-                    self.id,
-                    peer,
-                    self.match_index[peer],
-                    hint,
-                )
-                self.match_index[peer] = 0
-            self.next_index[peer] = max(
-                self.match_index[peer] + 1, min(hint, self.log.last_index + 1)
-            )
+        if core.progress[peer].match > match_before:
+            self._group_commit.followers_hold(core.followers_quorum_index(), trio.current_time())
         return True
 
-    def _batch(self, start: int) -> list[Entry]:
-        """Entries from ``start``, as many as fit in ``max_batch_bytes`` as sent (at least
-        one, which fits a message: ``submit`` saw to that)."""
-        entries = self.log.entries
-        first = start - self.log.snapshot_index - 1
-        budget = min(self.config.max_batch_bytes, self.config.max_command_bytes)
-        end = first
-        while end < len(entries):
-            budget -= command_wire_bytes(entries[end].command) + _ENTRY_OVERHEAD_BYTES
-            if end > first and budget < 0:
-                break
-            end += 1
-        return entries[first:end]
-
-    async def _send_snapshot(self, peer: str, term: int) -> bool:
+    async def _send_snapshot(self, peer: str, sent: Outgoing) -> bool:
         snapshot = self._snapshot
         assert snapshot is not None
         data = base64.b64encode(snapshot.data).decode()
         args = InstallSnapshotArgs(
-            term, self.id, snapshot.index, snapshot.term, data, zlib.crc32(snapshot.data)
+            sent.term, self.id, snapshot.index, snapshot.term, data, zlib.crc32(snapshot.data)
         )
         self.metrics.snapshots_sent += 1
         reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply)
-        if reply is None or not await self._still_leading_after(reply.term, term):
+        if reply is None:
             return False
-        self._last_ack[peer] = trio.current_time()
-        self.match_index[peer] = max(self.match_index[peer], snapshot.index)
-        self.next_index[peer] = max(self.next_index[peer], snapshot.index + 1)
-        return True
+        core = self._core
+        await self._step_reply(
+            reply.term,
+            lambda: core.step_snapshot_reply(
+                peer, sent, snapshot.index, reply, trio.current_time()
+            ),
+        )
+        return self._leads(sent.term)
 
-    async def _still_leading_after(self, reply_term: int, term: int) -> bool:
-        """Adopt a newer term seen in a follower's reply; whether we still lead ``term``."""
-        if reply_term > term:
-            await self._adopt_newer_term(reply_term)
-            return False
-        return self._leads(term)
-
-    def _advance_commit(self) -> None:
-        if self.role is not Role.LEADER:
-            return
-        matches = [self._durable_index, *(self.match_index[p] for p in self.peers)]
-        new = committed_index(matches, self.log.term_at, self.term, self.commit_index)
-        if new > self.commit_index:
-            self.commit_index = new
-            self._notify()
-            written_at = self._written_at
-            if written_at and written_at[0][0] <= new:
-                now = time.perf_counter()
-                while written_at and written_at[0][0] <= new:
-                    self.metrics.commit_seconds.observe(now - written_at.popleft()[1])
-
-    async def _call(self, peer: str, method: str, args: Any, reply_type: type) -> Any:
-        with trio.move_on_after(self.config.rpc_timeout):
-            return await self._transport.call(peer, method, args, reply_type)
-        return None
+    async def _step_reply(self, reply_term: int, step: Callable[[], list[Action]]) -> None:
+        """Step the core with a follower's reply: under the lock only if it brings a newer
+        term (persisted), so replies never wait for the leader's own fsync."""
+        if reply_term > self.term:
+            async with self._lock:
+                await self._execute(step())
+        else:
+            actions = step()
+            assert not any(isinstance(a, PersistHardState | PersistLog) for a in actions)
+            await self._execute(actions)
 
     # -- following -----------------------------------------------------------------------
 
     async def handle_append_entries(self, args: AppendEntriesArgs) -> AppendEntriesReply:
         self._refuse_if_failed()
-        _check_entry_terms(args)
-        if args.leader == self.id:
-            raise BadRequest("leader: a peer cannot speak for this node")
         async with self._lock:
-            if args.term < self.term:
-                return AppendEntriesReply(self.term, False)
-            changed = self._become_follower(args.term, args.leader)
-            self._heard_from_leader()
-            if changed:
-                await self._persist_hard_state()
-            # A deposed leader may hold proposals its syncer never wrote: storage must mirror
-            # the log before it is matched, truncated or extended.
-            self._write_unwritten()
-            result = match_append(self.log, args.prev_log_index, args.prev_log_term, args.entries)
-            if not result.success:
-                return AppendEntriesReply(
-                    self.term, False, 0, result.conflict_term, result.conflict_index
-                )
-            if result.truncate_from is not None:
-                if result.truncate_from <= self.commit_index:
-                    raise BadRequest("AppendEntries would remove committed entries")
-                logger.info(
-                    "node %s: drops uncommitted entries from %d to %d (term %d's leader differs)",
-                    self.id,
-                    result.truncate_from,
-                    self.log.last_index,
-                    self.term,
-                )
-                self.log.truncate_from(result.truncate_from)
-                with self._writing("truncating the log"):
-                    self._storage.truncate_from(result.truncate_from)
-                self._written_index = min(self._written_index, result.truncate_from - 1)
-                self._durable_index = min(self._durable_index, result.truncate_from - 1)
-            if result.new_entries:
-                self.log.append(list(result.new_entries))
-                self._write_unwritten()
-            if result.truncate_from is not None or result.match_index > self._durable_index:
-                # A success reply vouches that the log is durable up to match_index.
-                # Bookkeeping above is exact at every checkpoint: a cancelled sync still
-                # finishes (threads are not abandoned), it only leaves durable_index low.
-                started = time.perf_counter()
-                with self._writing("fsync of the log"):
-                    if self.config.follower_sync_inline:
-                        self._storage.sync_blocking()
-                    else:
-                        await self._storage.sync()
-                self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-                self._durable_index = self._written_index
-            new_commit = min(args.leader_commit, result.match_index)
-            if new_commit > self.commit_index:
-                self.commit_index = new_commit
-                self._notify()
-            self._heard_from_leader()  # the disk may have been slow
-            return AppendEntriesReply(self.term, True, result.match_index)
+            reply = await self._execute(self._core.step_append_entries(args, trio.current_time()))
+            if reply.term == args.term:
+                self._core.heard_from_leader(trio.current_time())  # the disk may have been slow
+            return reply
 
     async def handle_install_snapshot(self, args: InstallSnapshotArgs) -> InstallSnapshotReply:
         self._refuse_if_failed()
@@ -946,41 +907,43 @@ class RaftNode:
             except ValueError as exc:
                 raise BadRequest(f"data: the snapshot cannot be restored: {exc}") from None
         async with self._lock:
-            if args.term < self.term:
-                return InstallSnapshotReply(self.term)
-            changed = self._become_follower(args.term, args.leader)
-            self._heard_from_leader()
-            if changed:
-                await self._persist_hard_state()
-            if args.last_included_index <= self.commit_index:
-                return InstallSnapshotReply(self.term)  # nothing new in it
-            snapshot = Snapshot(args.last_included_index, args.last_included_term, data)
-            # Durable first: until it is saved, nothing (log, commit index) may move, or a
-            # retry after a failed save would be answered as if it had been installed. And
-            # once saved, memory must follow the disk even if the caller went away.
-            compacted = self.log.copy()
-            compacted.compact(snapshot.index, snapshot.term)
-            with trio.CancelScope(shield=True):
-                started = time.perf_counter()
-                with self._writing("saving an installed snapshot"):
-                    await self._storage.save_snapshot(snapshot, compacted)
-                self.metrics.snapshot_seconds["installed"].observe(time.perf_counter() - started)
-                self.metrics.snapshot_bytes["installed"].observe(len(data))
-                self.log.compact(snapshot.index, snapshot.term)
-                self._snapshot = snapshot
-                self._written_index = self._durable_index = self.log.last_index
-                self._snapshot_to_deliver = snapshot
-                self.commit_index = snapshot.index
-            logger.info(
-                "node %s: installed a snapshot up to %d (%d bytes) from %s",
-                self.id,
-                snapshot.index,
-                len(data),
+            actions = self._core.step_install_snapshot(
+                args.term,
                 args.leader,
+                args.last_included_index,
+                args.last_included_term,
+                trio.current_time(),
             )
-            self._heard_from_leader()
-            self._notify()
-            return InstallSnapshotReply(self.term)
+            reply = await self._execute(actions, snapshot_data=data)
+            if reply.term == args.term:
+                self._core.heard_from_leader(trio.current_time())
+            return reply
+
+    async def _install_snapshot(self, action: SaveSnapshot, data: bytes) -> None:
+        snapshot = Snapshot(action.index, action.term, data)
+        # Durable first: until it is saved, nothing (log, commit index) may move, or a
+        # retry after a failed save would be answered as if it had been installed. And
+        # once saved, memory must follow the disk even if the caller went away.
+        compacted = self.log.copy()
+        compacted.compact(snapshot.index, snapshot.term)
+        with trio.CancelScope(shield=True):
+            started = time.perf_counter()
+            with self._writing("saving an installed snapshot"):
+                await self._storage.save_snapshot(snapshot, compacted)
+            self.metrics.snapshot_seconds["installed"].observe(time.perf_counter() - started)
+            self.metrics.snapshot_bytes["installed"].observe(len(data))
+            changed = self._core.snapshot_installed(snapshot.index, snapshot.term)
+            self._snapshot = snapshot
+            self._written_index = self.log.last_index
+            self._snapshot_to_deliver = snapshot
+            await self._execute(changed)
+        logger.info(
+            "node %s: installed a snapshot up to %d (%d bytes) from %s",
+            self.id,
+            snapshot.index,
+            len(data),
+            self.leader_id,
+        )
 
     # -- applying ------------------------------------------------------------------------
 
@@ -1007,11 +970,14 @@ class RaftNode:
     async def _deliver_committed(self) -> None:
         """Hand out the committed entries not yet handed out, in order: to ``apply_with``'s
         callback, or straight into the channel's buffer while it has room (the reader wakes
-        once for the whole run), else waiting for the reader. The caller notifies once the
-        run is out."""
+        once for the whole run), else waiting for the reader. A leader's no-op is skipped.
+        The caller notifies once the run is out."""
         while self.last_applied < self.commit_index and self._snapshot_to_deliver is None:
             index = self.last_applied + 1
             entry = self.log.entry(index)
+            if entry.command == NOOP_COMMAND:
+                self.last_applied = index
+                continue
             message = Applied(index, entry.term, entry.command)
             # The consumer may snapshot at ``index`` as soon as it has received it.
             self._handing_out = index
@@ -1041,15 +1007,3 @@ class RaftNode:
 
 def _nothing_queued() -> None:
     pass
-
-
-def _check_entry_terms(args: AppendEntriesArgs) -> None:
-    """Entries a leader sends have terms from ``prev_log_term`` up to its own, in order."""
-    previous = args.prev_log_term
-    for i, entry in enumerate(args.entries):
-        if not previous <= entry.term <= args.term:
-            raise BadRequest(
-                f"entries[{i}].term: {entry.term} breaks the order "
-                f"(after term {previous}, in a term-{args.term} message)"
-            )
-        previous = entry.term

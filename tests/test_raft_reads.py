@@ -1,0 +1,134 @@
+"""The leader's no-op and reads without the log (ReadIndex, lease), on virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tests.raft_harness import RaftCluster, start_cluster
+from trioraft import NotLeader, RaftConfig, RaftNode
+
+pytestmark = pytest.mark.usefixtures("seeded_scheduler")
+Clock = trio.testing.MockClock
+
+READS = RaftConfig(leader_noop=True)
+LEASE = RaftConfig(election_timeout=(0.3, 0.6), leader_noop=True, lease_duration=0.25)
+
+
+async def leader_with_noop_committed(c: RaftCluster) -> RaftNode:
+    leader = c.node(await c.check_one_leader())
+    with trio.fail_after(5):
+        await leader.wait_until(lambda n: n.log.term_at(n.commit_index) == n.term)
+    return leader
+
+
+async def test_a_new_leader_commits_a_noop_that_is_never_applied(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await start_cluster(nursery, 3, seed, config=READS)
+    leader = await leader_with_noop_committed(c)
+    assert leader.commit_index == 1 and leader.log.entry(1).command == ""
+    index = await c.one("x", 3, retry=True)
+    assert index == 2
+    for i in c.ids:
+        assert c.logs[i] == {2: "x"}  # the no-op at 1 was never handed out
+        assert c.node(i).last_applied == 2
+    c.check_errors()
+
+
+async def test_noop_is_off_by_default(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await start_cluster(nursery, 3, seed)
+    leader = c.node(await c.check_one_leader())
+    assert leader.log.last_index == 0
+
+
+async def test_reads_queued_together_share_one_heartbeat_round(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await start_cluster(nursery, 3, seed, config=READS)
+    leader = await leader_with_noop_committed(c)
+    await c.one("x", 3, retry=True)
+    rounds_before = leader._core.read_round
+    indexes: list[int] = []
+
+    async def read() -> None:
+        indexes.append(await leader.read_index())
+
+    with trio.fail_after(1):
+        async with trio.open_nursery() as reads:
+            for _ in range(20):
+                reads.start_soon(read)
+    assert indexes == [leader.commit_index] * 20
+    assert leader._core.read_round == rounds_before + 1  # one round for all twenty
+    assert leader.statistics().reads == {"read_index": 20, "lease": 0}
+
+
+async def test_a_follower_refuses_read_index_with_the_leader_hint(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await start_cluster(nursery, 3, seed, config=READS)
+    leader = await leader_with_noop_committed(c)
+    follower = next(c.node(i) for i in c.ids if i != leader.id)
+    with trio.fail_after(2):
+        await follower.wait_until(lambda n: n.leader_id == leader.id)
+    with pytest.raises(NotLeader) as refused:
+        await follower.read_index()
+    assert refused.value.leader == leader.id
+
+
+async def test_a_deposed_leader_never_returns_a_read_index(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Partition the leader; the majority elects another and commits a write; every read
+    the old leader was asked for (before, during and after) is refused, none answered."""
+    c = await start_cluster(nursery, 5, seed, config=READS)
+    old = await leader_with_noop_committed(c)
+    await c.one("before", 5, retry=True)
+    outcomes: list[str] = []
+
+    async def read_on_old_leader() -> None:
+        try:
+            index = await old.read_index()
+        except NotLeader:
+            outcomes.append("refused")
+        else:
+            outcomes.append(f"answered {index}")
+
+    c.disconnect(old.id)
+    async with trio.open_nursery() as reads:
+        reads.start_soon(read_on_old_leader)  # queued at once: no majority will answer
+        new_leader = await c.check_one_leader()
+        assert new_leader != old.id
+        after = await c.one("after", 4, retry=True)
+        reads.start_soon(read_on_old_leader)
+        with trio.fail_after(5):
+            await old.wait_until(lambda n: not n.is_leader)
+    reads_after = len(outcomes)
+    await read_on_old_leader()  # and once it knows it lost
+    assert outcomes == ["refused"] * (reads_after + 1)
+    assert old.statistics().reads == {"read_index": 0, "lease": 0}
+    # The new leader's read covers the write.
+    leader = c.node(new_leader)
+    assert await leader.read_index() >= after
+
+
+async def test_lease_reads_skip_the_round_until_the_lease_lapses(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await start_cluster(nursery, 3, seed, config=LEASE)
+    leader = await leader_with_noop_committed(c)
+    await c.one("x", 3, retry=True)
+    rounds = leader._core.read_round
+    assert await leader.read_index(lease=True) == leader.commit_index
+    assert leader._core.read_round == rounds  # answered on the lease: no round
+    c.disconnect(leader.id)
+    # Still within the lease (a heartbeat was answered less than 0.25 s ago).
+    assert await leader.read_index(lease=True) == leader.commit_index
+    assert leader.statistics().reads["lease"] == 2
+    await trio.sleep(0.25)  # the lease lapses (virtual time: the clock is the input here)
+    with pytest.raises(NotLeader), trio.fail_after(2):
+        await leader.read_index(lease=True)  # falls back to a round nobody answers
+    assert leader.statistics().reads == {"read_index": 0, "lease": 2}

@@ -1,0 +1,70 @@
+"""A Raft node's settings, as a pure value shared by the core and its Trio driver.
+
+Invariants:
+- Nothing here imports Trio or the HTTP stack: :mod:`trioraft.raft.core` reads it.
+- ``lease_duration`` (when set) is shorter than the shortest election timeout, and lease
+  reads need ``check_quorum`` (a voter's leader stickiness is what makes the lease hold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Room left in a message for everything but the commands: ids, indexes and JSON syntax.
+ENVELOPE_BYTES = 64 * 1024
+#: Per entry in an AppendEntries beside its command: ``{"term":N,"command":}`` and a comma.
+ENTRY_OVERHEAD_BYTES = 40
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    """Timing and batching. Times are seconds; the election timeout is drawn per wait."""
+
+    election_timeout: tuple[float, float] = (0.3, 0.6)
+    heartbeat_interval: float = 0.1
+    rpc_timeout: float = 0.5
+    max_batch_bytes: int = 512 * 1024
+    pre_vote: bool = True
+    check_quorum: bool = True
+    #: A follower fsyncs what it appended on the event loop, not in a worker thread. Its reply
+    #: waits for that fsync and it holds the node's lock meanwhile, so a thread would overlap
+    #: nothing of Raft's, while the handoff costs 0.2-0.3 ms of CPU a round and, in a busy
+    #: process, milliseconds of waiting (embedded writes, 3 nodes, 8,000 ops/s: p50 12.8 ms
+    #: with the thread, 6.9 ms without; issue 5's notes). Turn it off if the process
+    #: runs latency-sensitive work of its own beside a follower whose disk is slow. (A
+    #: leader's fsync always runs in a thread: it overlaps with the followers' own.)
+    follower_sync_inline: bool = True
+    #: How long the leader's syncer waits, after writing a batch, for a majority of followers
+    #: (whose replies vouch for their own fsync) to commit it before fsyncing it itself. A
+    #: batch they commit needs no fsync here: it is durable on a majority without us, and we
+    #: count ourselves towards a quorum only up to what we fsynced. The syncer waits only
+    #: while enough followers are answering and caught up, and have lately been holding
+    #: batches within the grace (slower peers, e.g. over HTTP, would make every batch wait
+    #: in vain). 0 fsyncs every batch at once.
+    leader_sync_grace: float = 0.005
+    #: The largest message a peer accepts (its peer listener's body limit): every member of
+    #: a cluster must use the same value. ``submit`` refuses a command that would not fit.
+    max_message_bytes: int = 64 << 20
+    #: A new leader appends an empty entry of its term at once, so that an entry of its term
+    #: commits without waiting for a proposal (ReadIndex needs one). The applier never hands
+    #: a no-op to the application. Off by default: the raw Raft tests expect the indexes of
+    #: their own commands.
+    leader_noop: bool = False
+    #: Lease reads: for this many seconds after a majority acknowledged a message the leader
+    #: sent, it answers ``read_index(lease=True)`` without a heartbeat round. Safe only if
+    #: no follower's clock runs so much faster than the leader's that it times out its
+    #: leader within this span: keep it below ``election_timeout[0]`` by the drift you allow
+    #: (0.9 of it tolerates clocks 10% apart). ``None``: lease reads are refused.
+    lease_duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.lease_duration is not None:
+            if not 0 < self.lease_duration < self.election_timeout[0]:
+                raise ValueError("lease_duration must be positive and below election_timeout[0]")
+            if not self.check_quorum:
+                raise ValueError("lease reads need check_quorum (the voters' leader stickiness)")
+
+    @property
+    def max_command_bytes(self) -> int:
+        """The largest command (in JSON wire bytes) that fits one AppendEntries."""
+        return self.max_message_bytes - ENVELOPE_BYTES

@@ -1,0 +1,690 @@
+"""The Raft rules as a pure state machine: messages, proposals and time in, actions out.
+
+:class:`RaftCore` holds one member's Raft state (term, vote, role, log, commit index, each
+peer's progress) and changes it only in its step functions. Each takes what happened (a
+request or a reply from a peer, a tick of the clock, "persisted up to") and the time as a
+value (``now``, in seconds), changes the state in memory and returns the :data:`Action`\\ s
+its driver must carry out, in order: persist the hard state or the log, save a snapshot,
+send a message, reply, start or stop leading, wake whoever waits on the commit index.
+Nothing here imports Trio, reads a clock or does I/O (:mod:`trioraft.raft.node` drives it).
+
+    follower / candidate:  step_request_vote, step_append_entries, step_install_snapshot,
+                           step_timeout_now, tick (campaign: pre-vote, then vote),
+                           step_vote_reply
+    leader:                propose, replication_message, step_append_reply,
+                           step_snapshot_reply, persisted, check_quorum, read rounds,
+                           leadership transfer
+
+Invariants:
+- Actions are listed in the order they must happen: a ``Reply`` or ``Send`` comes after
+  every ``PersistHardState`` / ``PersistLog`` / ``SaveSnapshot`` it depends on. So nothing
+  that depends on a change of term, vote or log leaves the node before it is durable.
+- At most one leader per term: a vote is granted once per term (``PersistHardState`` first).
+- The leader counts itself towards a quorum only up to ``durable_index`` (what its driver
+  reported persisted); an entry commits by counting only if it is of the leader's term.
+- A reply is only counted if it answers a message of the current term from this leader:
+  a stale reply (older term, or from an earlier campaign or leadership) changes nothing.
+- The voters are data (``voters``), not wired in: a later configuration can replace them.
+- A read index is released only after a majority (the leader included) acknowledged a
+  message sent after the read was queued, in the leader's term, and only once an entry of
+  that term has committed.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import BadRequest, NotLeader
+from .config import ENTRY_OVERHEAD_BYTES, RaftConfig
+from .log import Entry, Log, is_up_to_date, match_append, next_index_after_reject
+from .messages import (
+    AppendEntriesArgs,
+    AppendEntriesReply,
+    InstallSnapshotReply,
+    RequestVoteArgs,
+    RequestVoteReply,
+    TimeoutNowArgs,
+    TimeoutNowReply,
+    command_wire_bytes,
+)
+from .quorum import committed_index, majority, quorum_index, won
+
+#: The command of a leader's no-op entry (``RaftConfig.leader_noop``): reserved, never
+#: proposed by an application and never handed to it.
+NOOP_COMMAND = ""
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+# -- actions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PersistHardState:
+    term: int
+    voted_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PersistLog:
+    """Make storage mirror the log (truncated from ``truncate_from`` if set) and durable up
+    to ``durable_through``, then report it with :meth:`RaftCore.persisted`."""
+
+    truncate_from: int | None
+    durable_through: int
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSnapshot:
+    """Save the snapshot the leader sent, up to (``index``, ``term``), durably; then report
+    it with :meth:`RaftCore.snapshot_installed`."""
+
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` to ``to``; its reply goes to the matching step function."""
+
+    to: str
+    message: RequestVoteArgs | TimeoutNowArgs
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer the request being stepped with ``message``."""
+
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BecomeLeader:
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """This node no longer leads ``term``: stop everything the leadership started."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """Term, role, leader, commit index or read rounds moved: wake whoever waits on them."""
+
+    term_changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LostEntries:
+    """``peer`` rejected entries up to ``acknowledged`` that it had acknowledged (its data
+    directory was wiped or damaged): it is brought back up from ``resent_from``."""
+
+    peer: str
+    acknowledged: int
+    resent_from: int
+
+
+Action = (
+    PersistHardState
+    | PersistLog
+    | SaveSnapshot
+    | Send
+    | Reply
+    | BecomeLeader
+    | StepDown
+    | StateChanged
+    | LostEntries
+)
+
+
+# -- leader state ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Progress:
+    """What the leader knows of one follower in its term."""
+
+    next: int
+    match: int = 0
+    #: When it last answered a message of this term.
+    last_ack: float = -math.inf
+    #: The latest read round (see :meth:`RaftCore.queue_read`) one of its answers confirmed.
+    acked_round: int = 0
+    #: When the latest message it answered was sent (lease reads count from there).
+    acked_sent_at: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for one follower, and what its reply must be stepped with."""
+
+    args: AppendEntriesArgs | None  # None: the follower needs the snapshot
+    term: int
+    read_round: int
+    sent_at: float
+
+
+@dataclass(slots=True)
+class Campaign:
+    term: int
+    pre_vote: bool
+    granted: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Transfer:
+    target: str
+    timeout_sent: bool = False
+
+
+class RaftCore:
+    """One member's Raft state and rules (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        voters: Iterable[str],
+        *,
+        term: int,
+        voted_for: str | None,
+        log: Log,
+        config: RaftConfig,
+        rng: random.Random,
+    ) -> None:
+        self.id = node_id
+        self.voters = tuple(dict.fromkeys([node_id, *voters]))
+        self.peers = [p for p in self.voters if p != node_id]
+        self.config = config
+        self._rng = rng
+        self.term = term
+        self.voted_for = voted_for
+        self.log = log
+        self.role = Role.FOLLOWER
+        self.leader_id: str | None = None
+        self.commit_index = log.snapshot_index
+        #: What this node's storage holds durably (the driver reports it).
+        self.durable_index = log.last_index
+        self.progress: dict[str, Progress] = {}
+        self.campaign: Campaign | None = None
+        self.transfer: Transfer | None = None
+        #: A TimeoutNow went out in this term: lease reads are over for it.
+        self._handed_over_term = -1
+        self.read_round = 0  # the round the next message carries; see queue_read
+        self._round_sent = True  # whether a message of ``read_round`` went out
+        self.last_leader_contact = -math.inf
+        #: When a follower or candidate campaigns (by :meth:`tick`); set by the first
+        #: :meth:`reset_election_deadline`.
+        self.election_deadline = math.inf
+
+    # -- shared rules --------------------------------------------------------------------
+
+    def reset_election_deadline(self, now: float) -> None:
+        self.election_deadline = now + self._rng.uniform(*self.config.election_timeout)
+
+    def heard_from_leader(self, now: float) -> None:
+        """A valid message from the current leader arrived (or was just dealt with)."""
+        self.last_leader_contact = now
+        self.reset_election_deadline(now)
+
+    def _leader_recently_heard(self, now: float) -> bool:
+        if self.role is Role.LEADER:
+            return True
+        elapsed = now - self.last_leader_contact
+        return self.leader_id is not None and elapsed < self.config.election_timeout[0]
+
+    def _become_follower(self, term: int, leader: str | None) -> list[Action]:
+        """Adopt ``term`` (a newer one clears the vote) and follow ``leader``."""
+        actions: list[Action] = []
+        old_term = self.term
+        term_changed = term > self.term
+        if term_changed:
+            self.term, self.voted_for = term, None
+            actions.append(PersistHardState(self.term, None))
+        if self.role is Role.LEADER:
+            actions.append(StepDown(old_term))
+            self.progress = {}
+            self.transfer = None
+        before = (self.role, self.leader_id)
+        self.role = Role.FOLLOWER
+        self.campaign = None
+        if leader is not None or term_changed:
+            self.leader_id = leader
+        if term_changed or before != (self.role, self.leader_id):
+            actions.append(StateChanged(term_changed))
+        return actions
+
+    def _leads(self, term: int) -> bool:
+        return self.role is Role.LEADER and self.term == term
+
+    # -- elections -----------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        """The election deadline may have passed: a follower or candidate campaigns."""
+        if now < self.election_deadline:
+            return []
+        if self.role is Role.LEADER:
+            self.reset_election_deadline(now)
+            return []
+        return self.campaign_now(now, leadership_transfer=False)
+
+    def campaign_now(self, now: float, *, leadership_transfer: bool) -> list[Action]:
+        """Stand for election: a pre-vote first (unless configured off or asked by the
+        leader), then a real vote."""
+        self.reset_election_deadline(now)  # if this campaign fails, try again after a while
+        if not self.config.pre_vote or leadership_transfer:
+            return self._start_election(now, leadership_transfer)
+        self.campaign = Campaign(self.term + 1, pre_vote=True, granted={self.id})
+        if won(1, len(self.voters)):
+            return self._start_election(now, False)
+        return self._ask_votes(pre_vote=True, leadership_transfer=False)
+
+    def _start_election(self, now: float, leadership_transfer: bool) -> list[Action]:
+        self.term, self.voted_for = self.term + 1, self.id
+        self.role = Role.CANDIDATE
+        self.leader_id = None
+        self.campaign = Campaign(self.term, pre_vote=False, granted={self.id})
+        actions: list[Action] = [PersistHardState(self.term, self.id), StateChanged(True)]
+        if won(1, len(self.voters)):
+            return actions + self._become_leader(now)
+        return actions + self._ask_votes(pre_vote=False, leadership_transfer=leadership_transfer)
+
+    def _ask_votes(self, *, pre_vote: bool, leadership_transfer: bool) -> list[Action]:
+        assert self.campaign is not None
+        args = RequestVoteArgs(
+            self.campaign.term,
+            self.id,
+            self.log.last_index,
+            self.log.last_term,
+            pre_vote,
+            leadership_transfer,
+        )
+        return [Send(peer, args) for peer in self.peers]
+
+    def step_newer_term(self, term: int) -> list[Action]:
+        """A reply carried ``term``: if newer, adopt it and follow (nobody, yet)."""
+        if term <= self.term:
+            return []
+        return self._become_follower(term, None)
+
+    def step_vote_reply(
+        self, peer: str, args: RequestVoteArgs, reply: RequestVoteReply, now: float
+    ) -> list[Action]:
+        """A peer answered our (pre-)vote request ``args``."""
+        if reply.term > self.term:
+            return self.step_newer_term(reply.term)
+        campaign = self.campaign
+        if (
+            campaign is None
+            or not reply.granted
+            or peer not in self.voters
+            or (campaign.term, campaign.pre_vote) != (args.term, args.pre_vote)
+        ):
+            return []  # refused, or an answer to a campaign that is over
+        campaign.granted.add(peer)
+        if not won(len(campaign.granted), len(self.voters)):
+            return []
+        if campaign.pre_vote:
+            return self._start_election(now, False)
+        return self._become_leader(now)
+
+    def step_request_vote(self, args: RequestVoteArgs, now: float) -> list[Action]:
+        """The RequestVote receiver rules (with pre-vote and leader stickiness)."""
+        up_to_date = is_up_to_date(
+            args.last_log_index, args.last_log_term, self.log.last_index, self.log.last_term
+        )
+        if args.pre_vote:
+            grant = args.term > self.term and up_to_date and not self._leader_recently_heard(now)
+            return [Reply(RequestVoteReply(self.term, grant))]
+        if args.term < self.term:
+            return [Reply(RequestVoteReply(self.term, False))]
+        if (
+            args.term > self.term
+            and self.config.check_quorum
+            and not args.leadership_transfer
+            and self._leader_recently_heard(now)
+        ):
+            return [Reply(RequestVoteReply(self.term, False))]  # our leader is alive
+        actions = self._become_follower(args.term, None) if args.term > self.term else []
+        grant = up_to_date and self.voted_for in (None, args.candidate)
+        if grant and self.voted_for is None:
+            self.voted_for = args.candidate
+            actions = [a for a in actions if not isinstance(a, PersistHardState)]
+            actions.insert(0, PersistHardState(self.term, self.voted_for))
+        if grant:
+            self.reset_election_deadline(now)
+        return [*actions, Reply(RequestVoteReply(self.term, grant))]
+
+    def step_timeout_now(self, args: TimeoutNowArgs, now: float) -> list[Action]:
+        """The leader hands its leadership to us: campaign at once, without pre-vote."""
+        if args.leader == self.id:
+            raise BadRequest("leader: a peer cannot speak for this node")
+        if args.term != self.term or self.leader_id != args.leader or self.role is Role.LEADER:
+            return [Reply(TimeoutNowReply(self.term))]  # not from our current leader
+        actions = self.campaign_now(now, leadership_transfer=True)
+        return [*actions, Reply(TimeoutNowReply(args.term))]
+
+    # -- following -----------------------------------------------------------------------
+
+    def step_append_entries(self, args: AppendEntriesArgs, now: float) -> list[Action]:
+        """The AppendEntries receiver rules (Raft §5.3) with the fast back-up hint."""
+        _check_entry_terms(args)
+        if args.leader == self.id:
+            raise BadRequest("leader: a peer cannot speak for this node")
+        if args.term < self.term:
+            return [Reply(AppendEntriesReply(self.term, False))]
+        result = match_append(self.log, args.prev_log_index, args.prev_log_term, args.entries)
+        if result.truncate_from is not None and result.truncate_from <= self.commit_index:
+            raise BadRequest("AppendEntries would remove committed entries")  # changes nothing
+        actions = self._become_follower(args.term, args.leader)
+        self.heard_from_leader(now)
+        if not result.success:
+            # Storage must still mirror the log (a deposed leader's unwritten proposals).
+            actions.append(PersistLog(None, 0))
+            reply = AppendEntriesReply(
+                self.term, False, 0, result.conflict_term, result.conflict_index
+            )
+            return [*actions, Reply(reply)]
+        if result.truncate_from is not None:
+            self.log.truncate_from(result.truncate_from)
+            self.durable_index = min(self.durable_index, result.truncate_from - 1)
+        if result.new_entries:
+            self.log.append(list(result.new_entries))
+        actions.append(PersistLog(result.truncate_from, result.match_index))
+        new_commit = min(args.leader_commit, result.match_index)
+        if new_commit > self.commit_index:
+            self.commit_index = new_commit
+            actions.append(StateChanged())
+        return [*actions, Reply(AppendEntriesReply(self.term, True, result.match_index))]
+
+    def step_install_snapshot(
+        self, term: int, leader: str, index: int, snapshot_term: int, now: float
+    ) -> list[Action]:
+        """The InstallSnapshot receiver rules (the data was checked by the driver)."""
+        if leader == self.id:
+            raise BadRequest("leader: a peer cannot speak for this node")
+        if term < self.term:
+            return [Reply(InstallSnapshotReply(self.term))]
+        actions = self._become_follower(term, leader)
+        self.heard_from_leader(now)
+        if index > self.commit_index:
+            actions.append(SaveSnapshot(index, snapshot_term))
+        return [*actions, Reply(InstallSnapshotReply(self.term))]
+
+    def snapshot_installed(self, index: int, term: int) -> list[Action]:
+        """The snapshot of a ``SaveSnapshot`` is durable: the log and commit index follow."""
+        self.log.compact(index, term)
+        self.durable_index = self.log.last_index
+        self.commit_index = max(self.commit_index, index)
+        return [StateChanged()]
+
+    def compact(self, index: int) -> int:
+        """The application's snapshot covers the log up to ``index``: drop it; its term."""
+        term = self.log.term_at(index)
+        assert term is not None
+        self.log.compact(index, term)
+        return term
+
+    def persisted(self, index: int) -> list[Action]:
+        """The log is durable up to ``index``: the leader may count itself up to there."""
+        self.durable_index = max(self.durable_index, min(index, self.log.last_index))
+        return self._advance_commit()
+
+    # -- leading -------------------------------------------------------------------------
+
+    def _become_leader(self, now: float) -> list[Action]:
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self.campaign = None
+        self.transfer = None
+        self.progress = {
+            peer: Progress(self.log.last_index + 1, last_ack=now) for peer in self.peers
+        }
+        self.read_round, self._round_sent = 0, True
+        if self.config.leader_noop:
+            self.log.append([Entry(self.term, NOOP_COMMAND)])
+        return [BecomeLeader(self.term), StateChanged(), *self._advance_commit()]
+
+    def propose(self, commands: list[str]) -> int:
+        """Append ``commands`` to the leader's log; the index of the first."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer is not None:
+            raise NotLeader(None)  # leadership is moving: retry with the next leader
+        if NOOP_COMMAND in commands:
+            raise BadRequest("an empty command is reserved for the leader's no-op")
+        first = self.log.last_index + 1
+        self.log.append([Entry(self.term, c) for c in commands])
+        return first
+
+    def replication_message(self, peer: str, now: float) -> Outgoing:
+        """What to send ``peer`` next: the entries it lacks (as many as fit a batch), a
+        heartbeat, or (``args`` None) the snapshot."""
+        progress = self.progress[peer]
+        self._round_sent = True
+        if progress.next <= self.log.snapshot_index:
+            return Outgoing(None, self.term, self.read_round, now)
+        prev_index = progress.next - 1
+        prev_term = self.log.term_at(prev_index)
+        assert prev_term is not None
+        entries = self._batch(progress.next)
+        args = AppendEntriesArgs(
+            self.term, self.id, prev_index, prev_term, entries, self.commit_index
+        )
+        return Outgoing(args, self.term, self.read_round, now)
+
+    def _batch(self, start: int) -> list[Entry]:
+        """Entries from ``start``, as many as fit in ``max_batch_bytes`` as sent (at least
+        one, which fits a message: the driver's ``submit`` saw to that)."""
+        entries = self.log.entries
+        first = start - self.log.snapshot_index - 1
+        budget = min(self.config.max_batch_bytes, self.config.max_command_bytes)
+        end = first
+        while end < len(entries):
+            budget -= command_wire_bytes(entries[end].command) + ENTRY_OVERHEAD_BYTES
+            if end > first and budget < 0:
+                break
+            end += 1
+        return entries[first:end]
+
+    def _acknowledged(self, peer: str, sent: Outgoing, now: float) -> Progress:
+        progress = self.progress[peer]
+        progress.last_ack = now
+        progress.acked_sent_at = max(progress.acked_sent_at, sent.sent_at)
+        if sent.read_round > progress.acked_round:
+            progress.acked_round = sent.read_round
+        return progress
+
+    def step_append_reply(
+        self, peer: str, sent: Outgoing, reply: AppendEntriesReply, now: float
+    ) -> list[Action]:
+        """A follower answered the AppendEntries ``sent``."""
+        args = sent.args
+        assert args is not None
+        if reply.term > self.term:
+            return self.step_newer_term(reply.term)
+        if not self._leads(sent.term) or reply.term != sent.term:
+            return []  # a stale reply: from an earlier term or leadership
+        before_round = self.confirmed_round()
+        progress = self._acknowledged(peer, sent, now)
+        actions: list[Action] = []
+        if reply.success:
+            match = min(reply.match_index, args.prev_log_index + len(args.entries))
+            if match > progress.match:
+                progress.match = match
+                actions += self._advance_commit()
+            progress.next = max(progress.next, progress.match + 1)
+        else:
+            hint = next_index_after_reject(self.log, reply.conflict_term, reply.conflict_index)
+            if hint <= progress.match:
+                # A follower never rejects below what it acknowledged unless it lost it (its
+                # data directory wiped or damaged by hand): count it as holding nothing.
+                actions.append(LostEntries(peer, progress.match, hint))
+                progress.match = 0
+            progress.next = max(progress.match + 1, min(hint, self.log.last_index + 1))
+        if self.confirmed_round() > before_round:
+            actions.append(StateChanged())
+        return actions + self._maybe_timeout_now(peer)
+
+    def step_snapshot_reply(
+        self, peer: str, sent: Outgoing, index: int, reply: InstallSnapshotReply, now: float
+    ) -> list[Action]:
+        """A follower answered an InstallSnapshot up to ``index`` sent as ``sent``."""
+        if reply.term > self.term:
+            return self.step_newer_term(reply.term)
+        if not self._leads(sent.term) or reply.term != sent.term:
+            return []  # a stale reply: from an earlier term or leadership
+        before_round = self.confirmed_round()
+        progress = self._acknowledged(peer, sent, now)
+        progress.match = max(progress.match, index)
+        progress.next = max(progress.next, index + 1)
+        actions = self._advance_commit()
+        if self.confirmed_round() > before_round:
+            actions.append(StateChanged())
+        return actions
+
+    def _advance_commit(self) -> list[Action]:
+        if self.role is not Role.LEADER:
+            return []
+        matches = [self.durable_index, *(p.match for p in self.progress.values())]
+        new = committed_index(matches, self.log.term_at, self.term, self.commit_index)
+        if new > self.commit_index:
+            self.commit_index = new
+            return [StateChanged()]
+        return []
+
+    def check_quorum(self, now: float) -> list[Action]:
+        """A leader that a majority has not answered for an election timeout steps down."""
+        if self.role is not Role.LEADER:
+            return []
+        timeout = self.config.election_timeout[1]
+        recent = 1 + sum(1 for p in self.progress.values() if now - p.last_ack < timeout)
+        if won(recent, len(self.voters)):
+            return []
+        actions = self._become_follower(self.term, None)
+        self.leader_id = None
+        return actions
+
+    def followers_quorum_index(self) -> int:
+        """The highest index that the followers alone hold on a majority of the voters."""
+        return quorum_index([0, *(p.match for p in self.progress.values())])
+
+    def followers_form_quorum(self, now: float, window: float) -> bool:
+        """Whether enough followers answered within ``window`` and are caught up to the
+        commit index to commit without the leader."""
+        recent = now - window
+        caught_up = sum(
+            1
+            for p in self.progress.values()
+            if p.last_ack > recent and p.match >= self.commit_index
+        )
+        return won(caught_up, len(self.voters))
+
+    def leader_contact_age(self, now: float) -> float:
+        """Seconds since this node last had word of a live leader: on a follower, since the
+        last valid message from its term's leader (``inf`` if it knows none); on a leader,
+        since a majority of the voters, itself included, last answered it."""
+        if self.role is Role.LEADER:
+            needed = majority(len(self.voters)) - 1  # followers that make a majority with us
+            if needed == 0:
+                return 0.0
+            acks = sorted((p.last_ack for p in self.progress.values()), reverse=True)
+            return now - acks[needed - 1]
+        if self.leader_id is None:
+            return math.inf
+        return now - self.last_leader_contact
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def committed_in_term(self) -> bool:
+        """Whether an entry of the leader's term has committed (its commit index is then at
+        least every index any earlier leader committed)."""
+        return self.role is Role.LEADER and self.log.term_at(self.commit_index) == self.term
+
+    def queue_read(self) -> int:
+        """Queue a read: the round whose confirmation releases it. Reads queued before a
+        message of the newest round went out share it; later ones start the next."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._round_sent:
+            self.read_round += 1
+            self._round_sent = False
+        return self.read_round
+
+    def confirmed_round(self) -> int:
+        """The newest read round a majority of the voters (the leader included) answered."""
+        if self.role is not Role.LEADER:
+            return 0
+        return quorum_index([self.read_round, *(p.acked_round for p in self.progress.values())])
+
+    def lease_valid(self, now: float) -> bool:
+        """Whether the leader holds a lease: a majority acknowledged a message it sent less
+        than ``lease_duration`` ago, and it handed no leadership over in this term."""
+        duration = self.config.lease_duration
+        if duration is None or not self.committed_in_term() or self.transfer is not None:
+            return False
+        if self._handed_over_term == self.term:
+            return False
+        sent = quorum_index([math.inf, *(p.acked_sent_at for p in self.progress.values())])
+        return now < sent + duration
+
+    # -- leadership transfer -------------------------------------------------------------
+
+    def start_transfer(self, to: str | None) -> tuple[str, list[Action]]:
+        """Hand leadership to ``to`` (or the most caught-up follower): proposals are
+        refused from now on; the target is told to campaign once it holds the whole log."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if not self.peers:
+            raise BadRequest("to: a one-node cluster has nobody to hand leadership to")
+        if self.transfer is not None:
+            raise NotLeader(None)  # a transfer is under way already
+        if to is None:
+            to = max(sorted(self.peers), key=lambda p: self.progress[p].match)
+        elif to not in self.peers:
+            raise BadRequest(f"to: {to!r} is not another voter of this cluster")
+        self.transfer = Transfer(to)
+        return to, [StateChanged(), *self._maybe_timeout_now(to)]
+
+    def abandon_transfer(self) -> list[Action]:
+        """The transfer did not complete in time: take proposals again."""
+        if self.transfer is None:
+            return []
+        self.transfer = None
+        return [StateChanged()]
+
+    def _maybe_timeout_now(self, peer: str) -> list[Action]:
+        transfer = self.transfer
+        if (
+            transfer is None
+            or transfer.target != peer
+            or transfer.timeout_sent
+            or self.progress[peer].match < self.log.last_index
+        ):
+            return []
+        transfer.timeout_sent = True
+        self._handed_over_term = self.term
+        return [Send(peer, TimeoutNowArgs(self.term, self.id))]
+
+
+def _check_entry_terms(args: AppendEntriesArgs) -> None:
+    """Entries a leader sends have terms from ``prev_log_term`` up to its own, in order."""
+    previous = args.prev_log_term
+    for i, entry in enumerate(args.entries):
+        if not previous <= entry.term <= args.term:
+            raise BadRequest(
+                f"entries[{i}].term: {entry.term} breaks the order "
+                f"(after term {previous}, in a term-{args.term} message)"
+            )
+        previous = entry.term
