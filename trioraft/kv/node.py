@@ -4,7 +4,8 @@
                   client_urls={"b": client_url_b, "c": client_url_c})
     url = await nursery.start(node.serve, "127.0.0.1", 9001)   # node.peer_url once started
 
-Clients call ``/get``, ``/put``, ``/append`` and ``/batch`` (and ``GET /status``, and the
+Clients call ``/get``, ``/put``, ``/delete``, ``/range``, ``/txn``, ``/open_session``,
+``/append`` and ``/batch`` (and ``GET /status``, and the
 operator's pages of :mod:`trioraft.kv.operate`: ``/metrics``, ``/healthz``, ``/readyz``,
 ``/backup``) on the client listener; peers call the Raft routes on the peer listener (HTTP,
 or framed TCP when the peers' URLs are ``tcp://HOST:PORT``), which serves nothing else.
@@ -13,14 +14,15 @@ one); TLS (``tls``) covers both listeners, and with a CA the peer listener requi
 certificates.
 
 An application in the same process uses :meth:`KVNode.open_client`, which skips HTTP
-entirely while this node leads. Every operation, reads included, goes through the Raft log.
-A server that is not the leader, or cannot tell whether the operation committed within
-``op_timeout``, answers ``WrongLeader`` and the client tries another.
+entirely while this node leads. Every operation, reads included, goes through the Raft log
+(reads through :meth:`KVNode.read`). A server that is not the leader, or cannot tell
+whether the operation committed within ``op_timeout``, answers ``WrongLeader`` (with the
+leader's client URL when it knows it) and the client tries another.
 
 Limits: client requests over ``max_request_bytes`` answer 413, keys over
 :data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never fit one log entry 413;
-once the data directory holds more than ``quota_bytes``, puts and appends answer
-``NoSpace`` (gets keep working).
+once the data directory holds more than ``quota_bytes``, writes (put, delete, txn, open,
+append) answer ``NoSpace`` (gets and ranges keep working).
 """
 
 from __future__ import annotations
@@ -54,12 +56,15 @@ from .coalescing import OpsClient, open_coalescing_client
 from .machine import DEFAULT_MAX_SESSIONS, KVMachine
 from .messages import (
     NO_SPACE,
+    READ_OPS,
     WRONG_LEADER,
     AppendArgs,
     AppendReply,
     BatchArgs,
     BatchOp,
     BatchReply,
+    DeleteArgs,
+    DeleteReply,
     GetArgs,
     GetReply,
     OpenSessionArgs,
@@ -67,10 +72,16 @@ from .messages import (
     OpResult,
     PutArgs,
     PutReply,
+    RangeArgs,
+    RangeReply,
+    TxnArgs,
+    TxnReply,
     as_result,
     check_key,
     json_size_bound,
     log_op,
+    range_reply,
+    txn_reply,
 )
 from .metrics import KVCollector, KVMetrics, count_refusals
 from .operate import DEFAULT_READY_MAX_LAG, operator_pages, readiness
@@ -221,59 +232,85 @@ class KVNode:
         self.metrics.proposals_applied += 1
         return results
 
+    async def read(self, ops: list[BatchOp]) -> list[Any] | None:
+        """Run read-only ops (gets, ranges): the one way reads are served, so that how
+        (today: through the log, like writes) changes here alone. Their replies, or ``None``
+        as :meth:`execute_many` answers."""
+        return await self.execute_many(ops)
+
+    def leader_hint(self) -> str:
+        """The leader's client URL, when this node knows another node leads."""
+        leader = self.raft.leader_id
+        if leader is None or leader == self.id:
+            return ""
+        return self.client_urls.get(leader, "")
+
+    async def run_one(self, op: BatchOp) -> tuple[OpResult, str]:
+        """Run one validated op (as :meth:`run_batch`); its result and, when that is
+        ``WrongLeader``, the leader hint."""
+        (result,) = await self.run_batch([op])
+        return result, self.leader_hint() if result.err == WRONG_LEADER else ""
+
     async def handle_get(self, args: GetArgs) -> GetReply:
         check_key(args.key)
-        reply = await self.execute(BatchOp("get", args.key))
-        reply = reply if reply is not None else GetReply("", 0, WRONG_LEADER)
-        self.metrics.count_op("get", reply.err)
-        return reply
+        r, leader = await self.run_one(BatchOp("get", args.key))
+        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index, leader)
 
     async def handle_put(self, args: PutArgs) -> PutReply:
         check_key(args.key)
-        if self.over_quota():
-            reply = PutReply(NO_SPACE)
-            self.metrics.refused["quota"] += 1
-        else:
-            op = BatchOp("put", args.key, args.value, args.version)
-            reply = await self.execute(op) or PutReply(WRONG_LEADER)
-        self.metrics.count_op("put", reply.err)
-        return reply
+        r, leader = await self.run_one(BatchOp("put", args.key, args.value, args.version))
+        return PutReply(r.err, leader)
+
+    async def handle_delete(self, args: DeleteArgs) -> DeleteReply:
+        check_key(args.key)
+        r, leader = await self.run_one(BatchOp("delete", args.key, version=args.version))
+        return DeleteReply(r.err, leader)
+
+    async def handle_range(self, args: RangeArgs) -> RangeReply:
+        args.validate()
+        r, leader = await self.run_one(BatchOp("range", "", range=args))
+        return range_reply(r, leader)
+
+    async def handle_txn(self, args: TxnArgs) -> TxnReply:
+        args.validate()
+        r, leader = await self.run_one(BatchOp("txn", "", txn=args))
+        return txn_reply(r, leader)
 
     async def handle_append(self, args: AppendArgs) -> AppendReply:
         check_key(args.key)
-        if self.over_quota():
-            reply = AppendReply(NO_SPACE)
-            self.metrics.refused["quota"] += 1
-        else:
-            op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
-            reply = await self.execute(op) or AppendReply(WRONG_LEADER)
-        self.metrics.count_op("append", reply.err)
-        return reply
+        op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
+        r, leader = await self.run_one(op)
+        return AppendReply(r.err, leader)
 
     async def handle_open_session(self, args: OpenSessionArgs) -> OpenSessionReply:
-        if self.over_quota():
-            reply = OpenSessionReply(NO_SPACE)
-            self.metrics.refused["quota"] += 1
-        else:
-            reply = await self.execute(BatchOp("open", "")) or OpenSessionReply(WRONG_LEADER)
-        self.metrics.count_op("open", reply.err)
-        return reply
+        r, leader = await self.run_one(BatchOp("open", ""))
+        return OpenSessionReply(r.err, r.value, leader)
 
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
-        return BatchReply(await self.run_batch(args.ops))
+        results = await self.run_batch(args.ops)
+        wrong_leader = bool(results) and results[0].err == WRONG_LEADER
+        return BatchReply(results, self.leader_hint() if wrong_leader else "")
 
     async def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
-        """Run validated ``ops`` in one entry: gets always, writes unless over the quota."""
+        """Run validated ``ops`` in one entry: reads always, writes unless over the quota.
+        Either every result is ``WrongLeader`` or none is."""
         no_space = self.over_quota()
-        logged = [op for op in ops if op.op == "get"] if no_space else ops
-        replies = await self.execute_many(logged) if logged else []
+        logged = [op for op in ops if op.op in READ_OPS] if no_space else ops
+        if not logged:
+            replies: list[Any] | None = []
+        elif all(op.op in READ_OPS for op in logged):
+            replies = await self.read(logged)
+        else:
+            replies = await self.execute_many(logged)
         if replies is None:
             results = [OpResult(WRONG_LEADER)] * len(ops)
         else:
             answers = iter(replies)
             results = [
-                OpResult(NO_SPACE) if no_space and op.op != "get" else as_result(next(answers))
+                OpResult(NO_SPACE)
+                if no_space and op.op not in READ_OPS
+                else as_result(next(answers))
                 for op in ops
             ]
         counts = self.metrics.ops
@@ -291,6 +328,9 @@ class KVNode:
         return {
             "get": Route(GetArgs, self.handle_get),
             "put": Route(PutArgs, self.handle_put),
+            "delete": Route(DeleteArgs, self.handle_delete),
+            "range": Route(RangeArgs, self.handle_range),
+            "txn": Route(TxnArgs, self.handle_txn),
             "append": Route(AppendArgs, self.handle_append),
             "open_session": Route(OpenSessionArgs, self.handle_open_session),
             "batch": Route(BatchArgs, self.handle_batch),
