@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trioraft.kv.leases import LeaseClock, LeaseTable
+from trioraft.kv.machine import KVMachine
 
 
 def test_grant_attach_revoke_returns_the_keys_sorted():
@@ -77,3 +78,68 @@ def test_a_new_leader_restarts_every_lease_at_its_full_ttl():
     clock.restart_all({1: 10}, now=50.0)
     assert clock.expired(59.0) == []
     assert clock.expired(60.0) == [1]
+
+
+# The replicated machine's lease ops, and the changes it records for watches.
+
+
+def test_machine_keys_under_a_lease_go_with_it_and_watchers_see_the_deletes():
+    m = KVMachine()
+    grant = m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 1)
+    assert (grant.err, grant.lease, grant.ttl) == ("OK", 1, 5)
+    assert m.apply({"op": "put", "key": "a", "value": "1", "version": 0, "lease": 1}, 2).err == "OK"
+    assert m.apply({"op": "put", "key": "b", "value": "1", "version": 0, "lease": 1}, 2).err == "OK"
+    # Written again without the lease: no longer the lease's.
+    assert m.apply({"op": "put", "key": "b", "value": "2", "version": 1}, 3).err == "OK"
+    assert m.apply({"op": "put", "key": "c", "value": "", "version": 0, "lease": 9}, 4).err == (
+        "NoLease"
+    )
+    assert m.apply({"op": "get", "key": "c"}, 4).err == "NoKey"
+    assert m.apply({"op": "lease_ttl", "key": "", "lease": 1}, 5).ttl == 5
+    assert m.apply({"op": "lease_revoke", "key": "", "lease": 1}, 6).err == "OK"
+    assert m.apply({"op": "get", "key": "a"}, 7).err == "NoKey"
+    assert m.apply({"op": "get", "key": "b"}, 7).value == "2"
+    assert m.apply({"op": "lease_revoke", "key": "", "lease": 1}, 8).err == "NoLease"
+    assert m.apply({"op": "lease_ttl", "key": "", "lease": 1}, 8).err == "NoLease"
+
+    changes, through = m.history.since("", 0)
+    assert [(c.index, c.key, c.kind) for c in changes] == [
+        (2, "a", "put"),
+        (2, "b", "put"),
+        (3, "b", "put"),
+        (6, "a", "delete"),
+    ]
+    assert through == 6
+
+
+def test_machine_snapshots_keep_the_leases_and_a_restore_starts_the_history_over():
+    m = KVMachine()
+    m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 1)
+    m.apply({"op": "put", "key": "a", "value": "1", "version": 0, "lease": 1}, 2)
+    m.apply({"op": "get", "key": "a"}, 3)
+    restored = KVMachine()
+    restored.history.record(1, [])
+    restored.restore(m.snapshot())
+    assert restored.history.compacted_through == 2  # the last change, not the last op
+    assert restored.apply({"op": "lease_revoke", "key": "", "lease": 1}, 4).err == "OK"
+    assert restored.apply({"op": "get", "key": "a"}, 5).err == "NoKey"
+    assert [c.kind for c in restored.history.since("", 2)[0]] == ["delete"]
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        {"op": "lease_grant", "key": "", "ttl": 0},
+        {"op": "lease_grant", "key": "", "ttl": "5"},
+        {"op": "lease_grant", "key": "", "ttl": 10**9},
+        {"op": "lease_revoke", "key": "", "lease": None},
+        {"op": "put", "key": "k", "value": "", "version": 0, "lease": -1},
+        {"op": "put", "key": "k", "value": "", "version": 0, "lease": True},
+    ],
+)
+def test_machine_malformed_lease_ops_answer_bad_op_and_change_nothing(op):
+    m = KVMachine()
+    m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 1)
+    before = m.snapshot()
+    assert m.apply(op, 2).err == "BadOp"
+    assert m.snapshot() == before

@@ -9,7 +9,8 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioraft.kv.watch import Change, Compacted, WatchHistory, WatchHub
+from trioraft.kv.changes import Change, Compacted, WatchHistory
+from trioraft.kv.watch import WatchHub
 
 
 def put(index: int, key: str, value: str = "v") -> Change:
@@ -72,7 +73,7 @@ def test_reset_starts_over_at_the_snapshot():
         history.since("", 5)
     assert history.since("", 10) == ([], 10)
     with pytest.raises(ValueError):
-        history.record(10)
+        history.record(9)
 
 
 @given(

@@ -29,9 +29,6 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-#: Shortest and longest TTL a lease may have, in seconds.
-MIN_TTL = 1
-MAX_TTL = 24 * 3600
 #: Most leases one replica keeps (a grant beyond it answers ``NoSpace``).
 DEFAULT_MAX_LEASES = 100_000
 

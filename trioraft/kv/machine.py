@@ -46,13 +46,18 @@ import bisect
 import json
 from typing import Any
 
+from .changes import Change, WatchHistory
+from .leases import DEFAULT_MAX_LEASES, LeaseTable
 from .messages import (
     BAD_OP,
     COMPARE_OPS,
     COMPARE_TARGETS,
+    MAX_LEASE_TTL,
     MAX_RANGE_CHARS,
     MAX_RANGE_LIMIT,
     NO_KEY,
+    NO_LEASE,
+    NO_SPACE,
     OK,
     SESSION_EXPIRED,
     TXN_OPS,
@@ -62,6 +67,7 @@ from .messages import (
     GetReply,
     KeyRecord,
     KeyResult,
+    LeaseReply,
     OpenSessionReply,
     PutReply,
     RangeReply,
@@ -82,13 +88,15 @@ class VersionedKV:
     """The KV state machine. Its methods return the wire replies; ``index`` is the index
     the change is made at (see the module docstring)."""
 
-    __slots__ = ("_data", "_sorted")
+    __slots__ = ("_data", "_sorted", "changes")
 
     def __init__(self) -> None:
         self._data: dict[str, KeyState] = {}
         # Every key in order, built by the first range and then kept up to date (a create
         # or delete costs a memmove of it): stores that are never ranged never pay for it.
         self._sorted: list[str] | None = None
+        #: When a list, every change made is appended to it (for watches and leases).
+        self.changes: list[Change] | None = None
 
     def get(self, key: str) -> GetReply:
         entry = self._data.get(key)
@@ -105,7 +113,7 @@ class VersionedKV:
             return PutReply(OK)
         if version != current[1]:
             return PutReply(VERSION)
-        self._data[key] = (value, current[1] + 1, index, current[3])
+        self._update(key, (value, current[1] + 1, index, current[3]))
         return PutReply(OK)
 
     def delete(self, key: str, version: int, index: int = 0) -> DeleteReply:
@@ -114,7 +122,7 @@ class VersionedKV:
             return DeleteReply(NO_KEY)
         if version != current[1]:
             return DeleteReply(VERSION)
-        self._remove(key)
+        self._remove(key, index)
         return DeleteReply(OK)
 
     def append(self, key: str, arg: str, index: int = 0) -> AppendReply:
@@ -122,7 +130,7 @@ class VersionedKV:
         if current is None:
             self._create(key, arg, index)
         else:
-            self._data[key] = (current[0] + arg, current[1] + 1, index, current[3])
+            self._update(key, (current[0] + arg, current[1] + 1, index, current[3]))
         return AppendReply(OK)
 
     def range(self, prefix: str, start: str, end: str, limit: int, index: int = 0) -> RangeReply:
@@ -162,11 +170,11 @@ class VersionedKV:
                     self._create(key, value, index)
                     results.append(KeyResult(OK, version=1, mod_index=index, create_index=index))
                 else:
-                    self._data[key] = (value, current[1] + 1, index, current[3])
+                    self._update(key, (value, current[1] + 1, index, current[3]))
                     results.append(KeyResult(OK, version=current[1] + 1, mod_index=index,
                                              create_index=current[3]))  # fmt: skip
             elif key in self._data:
-                self._remove(key)
+                self._remove(key, index)
                 results.append(KeyResult(OK))
             else:
                 results.append(KeyResult(NO_KEY))
@@ -192,14 +200,28 @@ class VersionedKV:
         return actual > operand  # type: ignore[operator]
 
     def _create(self, key: str, value: str, index: int) -> None:
-        self._data[key] = (value, 1, index, index)
+        self._update(key, (value, 1, index, index))
         if self._sorted is not None:
             bisect.insort(self._sorted, key)
 
-    def _remove(self, key: str) -> None:
+    def _update(self, key: str, state: KeyState) -> None:
+        self._data[key] = state
+        if self.changes is not None:
+            self.changes.append(Change(state[2], key, "put", state[0], state[1], state[3]))
+
+    def remove(self, key: str, index: int) -> bool:
+        """Delete ``key`` whatever its version (a lease's expiry); whether it was there."""
+        if key not in self._data:
+            return False
+        self._remove(key, index)
+        return True
+
+    def _remove(self, key: str, index: int) -> None:
         del self._data[key]
         if self._sorted is not None:
             del self._sorted[bisect.bisect_left(self._sorted, key)]
+        if self.changes is not None:
+            self.changes.append(Change(index, key, "delete", "", 0, 0))
 
     def _sorted_keys(self) -> list[str]:
         if self._sorted is None:
@@ -224,24 +246,52 @@ class KVMachine:
     the same on every replica.
     """
 
-    def __init__(self, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_leases: int = DEFAULT_MAX_LEASES,
+        history: WatchHistory | None = None,
+    ) -> None:
         self.kv = VersionedKV()
+        self.kv.changes = []  # drained after every op into the history and the leases
         # session -> (last seq, its reply), least recently used first
         self.sessions: dict[str, tuple[int, str]] = {}
         self.opened = 0  # sessions ever opened: numbers the next one
         self.max_sessions = max_sessions
+        self.leases = LeaseTable(max_leases=max_leases)
+        self.history = history if history is not None else WatchHistory()
+        # The index of the last change (what a restored history starts over at: nothing
+        # changed between it and the snapshot's index).
+        self.changed_at = 0
 
     def apply(self, op: Any, index: int = 0) -> Reply:
         """Apply ``op``, logged at ``index``; its reply (``BadOp`` if it is not an op)."""
+        reply = self._apply(op, index)
+        changes = self.kv.changes
+        if changes:
+            for change in changes:
+                self.leases.detach(change.key)  # a write without a lease, or a delete
+            lease = op.get("lease", 0) if op.get("op") == "put" else 0
+            if lease:
+                self.leases.attach(op["key"], lease)
+            self.history.record(index, changes)
+            self.changed_at = index
+            changes.clear()
+        return reply
+
+    def _apply(self, op: Any, index: int) -> Reply:
         if type(op) is not dict or type(op.get("key")) is not str:
             return PutReply(BAD_OP)
         kind = op.get("op")
         if kind == "get":
             return self.kv.get(op["key"])
         if kind == "put":
-            value, version = op.get("value"), op.get("version")
-            if type(value) is not str or not _is_version(version):
+            value, version, lease = op.get("value"), op.get("version"), op.get("lease", 0)
+            if type(value) is not str or not _is_version(version) or not _is_version(lease):
                 return PutReply(BAD_OP)
+            if lease and lease not in self.leases.leases:
+                return PutReply(NO_LEASE)
             return self.kv.put(op["key"], value, version, index)
         if kind == "delete":
             version = op.get("version")
@@ -269,6 +319,23 @@ class KVMachine:
             if parsed is None:
                 return TxnReply(BAD_OP)
             return self.kv.txn(*parsed, index)
+        if kind == "lease_grant":
+            ttl = op.get("ttl")
+            if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL:
+                return LeaseReply(BAD_OP)
+            lease = self.leases.grant(ttl)
+            return LeaseReply(NO_SPACE) if lease is None else LeaseReply(OK, lease, ttl)
+        if kind in ("lease_revoke", "lease_ttl"):
+            lease = op.get("lease")
+            if type(lease) is not int:
+                return LeaseReply(BAD_OP)
+            known = self.leases.leases.get(lease)
+            if known is None:
+                return LeaseReply(NO_LEASE, lease)
+            if kind == "lease_revoke":
+                for key in self.leases.revoke(lease):
+                    self.kv.remove(key, index)
+            return LeaseReply(OK, lease, known.ttl)
         if kind == "open" and type(op.get("nonce")) is str:
             self.opened += 1
             session = f"{self.opened}-{op['nonce']}"
@@ -298,14 +365,19 @@ class KVMachine:
             "kv": self.kv.items(),
             "sessions": self.sessions,
             "opened": self.opened,
+            "leases": self.leases.to_wire(),
+            "changed_at": self.changed_at,
         }
         return json.dumps(state, separators=(",", ":")).encode()
 
     def restore(self, data: bytes) -> None:
-        kv, sessions, opened = _parse_snapshot(data)
+        kv, sessions, opened, leases, changed_at = _parse_snapshot(data)
         self.kv.replace(kv)
         self.sessions = sessions
         self.opened = opened
+        self.leases = leases
+        self.changed_at = changed_at
+        self.history.reset(changed_at)
 
     @staticmethod
     def check_snapshot(data: bytes) -> None:
@@ -359,7 +431,7 @@ def _parse_txn(
 
 def _parse_snapshot(
     data: bytes,
-) -> tuple[dict[str, KeyState], dict[str, tuple[int, str]], int]:
+) -> tuple[dict[str, KeyState], dict[str, tuple[int, str]], int, LeaseTable, int]:
     try:
         state = json.loads(data)
         opened = state["opened"]
@@ -383,4 +455,12 @@ def _parse_snapshot(
         raise ValueError("not a KV snapshot: a value, version or session of the wrong type")
     if type(opened) is not int or state.get("format", SNAPSHOT_FORMAT) != SNAPSHOT_FORMAT:
         raise ValueError("not a KV snapshot: an unknown format or a session count not an integer")
-    return kv, sessions, opened
+    leases = LeaseTable()
+    if "leases" in state:
+        leases.replace_from_wire(state["leases"])
+        if any(key not in kv for key in leases.owner):
+            raise ValueError("not a KV snapshot: a lease holds a key that does not exist")
+    changed_at = state.get("changed_at", 0)
+    if type(changed_at) is not int or changed_at < 0:
+        raise ValueError("not a KV snapshot: the last change's index is not a natural number")
+    return kv, sessions, opened, leases, changed_at

@@ -67,6 +67,11 @@ COMPARE_OPS = ("=", "!=", "<", ">")
 #: The ops a transaction's branches may run (a txn's writes take no version: its compares
 #: are their condition).
 TXN_OPS = ("get", "put", "delete")
+#: Longest TTL a lease may have, in seconds.
+MAX_LEASE_TTL = 24 * 3600
+#: Changes a watch answers by default, and at most (one entry's changes may add to it).
+DEFAULT_WATCH_LIMIT = 1000
+MAX_WATCH_LIMIT = 10_000
 
 
 def check_key(key: str, where: str = "key") -> None:
@@ -368,9 +373,6 @@ class BatchReply:
     leader: str = ""  # when every result is WrongLeader: the leader's client URL, if known
 
 
-Reply = GetReply | PutReply | DeleteReply | AppendReply | OpenSessionReply | RangeReply | TxnReply
-
-
 def as_result(reply: Reply | None) -> OpResult:
     """A single call's reply as the result of the same op in a batch (``BadOp`` for
     ``None``, the RSM's answer to an op the machine raised on)."""
@@ -461,3 +463,87 @@ def _log_txn_op(op: TxnOp) -> dict[str, object]:
     if op.op == "put":
         return {"op": "put", "key": op.key, "value": op.value}
     return {"op": op.op, "key": op.key}
+
+
+# Leases and watches (issue 14 items 5 and 6).
+
+#: A put names a lease that does not exist (revoked or expired), or a keepalive's lease is gone.
+NO_LEASE: Final = "NoLease"
+#: A watch asks for changes the node no longer keeps: read the state again, then watch on.
+COMPACTED: Final = "Compacted"
+#: Longest a long-polled watch waits for a change before answering with none, in seconds.
+MAX_WATCH_WAIT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrantArgs:
+    ttl: int = field(metadata={"min": 1})
+
+    def validate(self, where: str = "body") -> None:
+        if self.ttl > MAX_LEASE_TTL:
+            raise BadRequest(f"{where}.ttl: {self.ttl}, at most {MAX_LEASE_TTL}")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseArgs:
+    """Names a lease, to keep alive or revoke."""
+
+    lease: int = field(metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    err: str
+    lease: int = 0
+    ttl: int = 0
+    leader: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchArgs:
+    """Changes under ``prefix`` after index ``after``, waiting up to ``wait`` seconds."""
+
+    prefix: str = ""
+    after: int = non_negative(0)
+    limit: int = field(default=DEFAULT_WATCH_LIMIT, metadata={"min": 1})
+    wait: float = 10.0
+
+    def validate(self, where: str = "body") -> None:
+        check_key(self.prefix, f"{where}.prefix")
+        if self.limit > MAX_WATCH_LIMIT:
+            raise BadRequest(f"{where}.limit: {self.limit}, at most {MAX_WATCH_LIMIT}")
+        if not 0 <= self.wait <= MAX_WATCH_WAIT:
+            raise BadRequest(f"{where}.wait: {self.wait}, from 0 to {MAX_WATCH_WAIT}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One change a watch answers: the key's new state, or its deletion, at ``index``."""
+
+    index: int
+    key: str
+    kind: str
+    value: str
+    version: int
+    create_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchReply:
+    err: str
+    changes: list[ChangeRecord] = field(default_factory=list)
+    through: int = 0  # ask again with "after": through
+    compacted_through: int = 0  # with Compacted: changes after this index are kept
+
+
+#: Every reply the replicated state machine gives.
+Reply = (
+    GetReply
+    | PutReply
+    | DeleteReply
+    | AppendReply
+    | OpenSessionReply
+    | RangeReply
+    | TxnReply
+    | LeaseReply
+)
