@@ -17,6 +17,25 @@ def put(index: int, key: str, value: str = "v") -> Change:
     return Change(index, key, "put", value, 1, index)
 
 
+class Applier:
+    """Stands in for the state machine (fills the history) and the RSM (announces)."""
+
+    def __init__(self, history: WatchHistory | None = None) -> None:
+        self.history = history if history is not None else WatchHistory()
+        self.hub = WatchHub(self.history, self.next_apply)
+        self._applied = trio.Event()
+
+    def record(self, index: int, changes: list[Change]) -> None:
+        self.history.record(index, changes)
+
+    def announce(self) -> None:
+        self._applied.set()
+        self._applied = trio.Event()
+
+    async def next_apply(self) -> None:
+        await self._applied.wait()
+
+
 def test_since_answers_changes_under_the_prefix_after_the_index():
     history = WatchHistory()
     history.record(1, [put(1, "a/1")])
@@ -109,7 +128,8 @@ def test_resuming_from_through_gives_each_change_once_in_order(entries, max_chan
 
 
 async def test_hub_watchers_get_each_change_under_their_prefix_once_in_order():
-    hub = WatchHub()
+    applier = Applier()
+    hub = applier.hub
     rng = random.Random(1)
     recorded = [put(index, rng.choice(["a/1", "a/2", "b/1"])) for index in range(1, 30)]
     expected = [change for change in recorded if change.key.startswith("a/")]
@@ -127,18 +147,19 @@ async def test_hub_watchers_get_each_change_under_their_prefix_once_in_order():
             nursery.start_soon(watcher)
             for change in recorded:
                 await trio.testing.wait_all_tasks_blocked()
-                hub.record(change.index, [change])
-                if rng.random() < 0.5:  # one wake-up may cover several entries
-                    hub.wake()
-            hub.wake()
+                applier.record(change.index, [change])
+                if rng.random() < 0.5:  # one announcement may cover several entries
+                    applier.announce()
+            applier.announce()
     assert received == expected
 
 
 async def test_next_changes_waits_then_answers_and_a_bounded_poll_moves_through_on(
     autojump_clock,
 ):
-    hub = WatchHub()
-    hub.record(1, [put(1, "b")])
+    applier = Applier()
+    hub = applier.hub
+    applier.record(1, [put(1, "b")])
     with trio.move_on_after(1):
         await hub.next_changes("a", 0)
         pytest.fail("nothing under 'a' yet")
@@ -146,8 +167,8 @@ async def test_next_changes_waits_then_answers_and_a_bounded_poll_moves_through_
 
     async def later() -> None:
         await trio.testing.wait_all_tasks_blocked()
-        hub.record(2, [put(2, "a")])
-        hub.wake()
+        applier.record(2, [put(2, "a")])
+        applier.announce()
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -157,9 +178,10 @@ async def test_next_changes_waits_then_answers_and_a_bounded_poll_moves_through_
 
 
 async def test_watch_from_a_compacted_index_is_refused_at_once():
-    hub = WatchHub(WatchHistory(max_changes=1))
-    hub.record(1, [put(1, "a")])
-    hub.record(2, [put(2, "a")])
+    applier = Applier(WatchHistory(max_changes=1))
+    hub = applier.hub
+    applier.record(1, [put(1, "a")])
+    applier.record(2, [put(2, "a")])
     with pytest.raises(Compacted):
         async with hub.watch("a", after=0):
             pytest.fail("entered a compacted watch")

@@ -103,6 +103,7 @@ class PutArgs:
     key: str
     value: str
     version: int = non_negative()
+    lease: int = non_negative(0)  # 0: none (a put without a lease detaches the key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +310,8 @@ class BatchOp:
     """One op of any client, the vocabulary every KV client speaks: ``get`` uses ``key``;
     ``put`` adds ``value`` and ``version``; ``delete`` adds ``version``; ``append`` adds
     ``value``, ``session`` and ``seq``; ``open`` opens a session; ``range`` carries its
-    request in ``range``, ``txn`` in ``txn``."""
+    request in ``range``, ``txn`` in ``txn``. A ``put`` may name a ``lease``;
+    ``lease_grant`` takes a ``ttl``, ``lease_keepalive`` and ``lease_revoke`` a ``lease``."""
 
     op: str
     key: str
@@ -319,6 +321,8 @@ class BatchOp:
     seq: int = non_negative(0)
     range: RangeArgs | None = None
     txn: TxnArgs | None = None
+    lease: int = non_negative(0)
+    ttl: int = non_negative(0)
 
     def validate(self, where: str) -> None:
         if self.op not in BATCH_OPS:
@@ -333,12 +337,28 @@ class BatchOp:
             if self.txn is None:
                 raise BadRequest(f"{where}.txn: a txn op carries its request here")
             self.txn.validate(f"{where}.txn")
+        if self.op == "lease_grant" and not 1 <= self.ttl <= MAX_LEASE_TTL:
+            raise BadRequest(f"{where}.ttl: {self.ttl}, from 1 to {MAX_LEASE_TTL} seconds")
+        if self.op in ("lease_keepalive", "lease_revoke") and self.lease < 1:
+            raise BadRequest(f"{where}.lease: a lease id (from 1)")
         check_key(self.key, f"{where}.key")
 
 
-BATCH_OPS = ("get", "put", "delete", "append", "open", "range", "txn")
-#: Ops that change nothing: a batch of only these is a read.
-READ_OPS = frozenset({"get", "range"})
+BATCH_OPS = (
+    "get",
+    "put",
+    "delete",
+    "append",
+    "open",
+    "range",
+    "txn",
+    "lease_grant",
+    "lease_keepalive",
+    "lease_revoke",
+)
+#: Ops that change nothing: a batch of only these is a read. (A keepalive changes only the
+#: leader's clock, after a read confirms the lease.)
+READ_OPS = frozenset({"get", "range", "lease_keepalive"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +385,8 @@ class OpResult:
     create_index: int = 0
     range: RangePage | None = None
     txn: TxnOutcome | None = None
+    lease: int = 0
+    ttl: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +410,8 @@ def as_result(reply: Reply | None) -> OpResult:
         )
     if isinstance(reply, TxnReply) and reply.err == OK:
         return OpResult(reply.err, txn=TxnOutcome(reply.succeeded, reply.results, reply.index))
+    if isinstance(reply, LeaseReply):
+        return OpResult(reply.err, lease=reply.lease, ttl=reply.ttl)
     return OpResult(reply.err)
 
 
@@ -432,7 +456,16 @@ def log_op(op: BatchOp) -> dict[str, object]:
     if op.op == "get":
         return {"op": "get", "key": op.key}
     if op.op == "put":
+        if op.lease:
+            return {"op": "put", "key": op.key, "value": op.value, "version": op.version,
+                    "lease": op.lease}  # fmt: skip
         return {"op": "put", "key": op.key, "value": op.value, "version": op.version}
+    if op.op == "lease_grant":
+        return {"op": "lease_grant", "key": "", "ttl": op.ttl}
+    if op.op == "lease_revoke":
+        return {"op": "lease_revoke", "key": "", "lease": op.lease}
+    if op.op == "lease_keepalive":  # logged (or read) as a check that the lease exists
+        return {"op": "lease_ttl", "key": "", "lease": op.lease}
     if op.op == "delete":
         return {"op": "delete", "key": op.key, "version": op.version}
     if op.op == "open":

@@ -31,7 +31,7 @@ import random
 import secrets
 import socket
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -51,11 +51,15 @@ from ..rpc.http import Route, make_app, serve
 from ..rpc.tcp import TcpTransport
 from ..rpc.tls import ClientTls, ServerTls
 from ..rpc.transport import HttpTransport, Transport
+from .changes import Change, Compacted
 from .clients import Backoff
 from .coalescing import OpsClient, open_coalescing_client
+from .lease_keeper import LeaseKeeper
 from .machine import DEFAULT_MAX_SESSIONS, KVMachine
 from .messages import (
+    COMPACTED,
     NO_SPACE,
+    OK,
     READ_OPS,
     WRONG_LEADER,
     AppendArgs,
@@ -63,10 +67,14 @@ from .messages import (
     BatchArgs,
     BatchOp,
     BatchReply,
+    ChangeRecord,
     DeleteArgs,
     DeleteReply,
     GetArgs,
     GetReply,
+    LeaseArgs,
+    LeaseGrantArgs,
+    LeaseReply,
     OpenSessionArgs,
     OpenSessionReply,
     OpResult,
@@ -76,6 +84,8 @@ from .messages import (
     RangeReply,
     TxnArgs,
     TxnReply,
+    WatchArgs,
+    WatchReply,
     as_result,
     check_key,
     json_size_bound,
@@ -86,6 +96,7 @@ from .messages import (
 from .metrics import KVCollector, KVMetrics, count_refusals
 from .operate import DEFAULT_READY_MAX_LAG, operator_pages, readiness
 from .rsm import EntryTooLarge, ReplicatedStateMachine
+from .watch import WatchHub
 
 #: Client request bodies, by default (``--max-request-bytes``).
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -166,6 +177,8 @@ class KVNode:
         self.rsm = ReplicatedStateMachine(
             self.raft, self.machine, max_raft_state=max_raft_state, op_timeout=op_timeout
         )
+        self.watches = WatchHub(self.machine.history, self.rsm.wait_next_apply)
+        self.lease_keeper = LeaseKeeper(self.raft, lambda: self.machine.leases, self._expire)
         self.client_urls = dict(client_urls if client_urls is not None else peers)
         self.url: str | None = None  # the client listener's, known once serving
         self.peer_url: str | None = None  # the peer listener's, known once serving
@@ -258,7 +271,8 @@ class KVNode:
 
     async def handle_put(self, args: PutArgs) -> PutReply:
         check_key(args.key)
-        r, leader = await self.run_one(BatchOp("put", args.key, args.value, args.version))
+        op = BatchOp("put", args.key, args.value, args.version, lease=args.lease)
+        r, leader = await self.run_one(op)
         return PutReply(r.err, leader)
 
     async def handle_delete(self, args: DeleteArgs) -> DeleteReply:
@@ -285,6 +299,48 @@ class KVNode:
     async def handle_open_session(self, args: OpenSessionArgs) -> OpenSessionReply:
         r, leader = await self.run_one(BatchOp("open", ""))
         return OpenSessionReply(r.err, r.value, leader)
+
+    async def handle_lease_grant(self, args: LeaseGrantArgs) -> LeaseReply:
+        args.validate()
+        r, leader = await self.run_one(BatchOp("lease_grant", "", ttl=args.ttl))
+        return LeaseReply(r.err, r.lease, r.ttl, leader)
+
+    async def handle_lease_keepalive(self, args: LeaseArgs) -> LeaseReply:
+        r, leader = await self.run_one(BatchOp("lease_keepalive", "", lease=args.lease))
+        return LeaseReply(r.err, r.lease, r.ttl, leader)
+
+    async def handle_lease_revoke(self, args: LeaseArgs) -> LeaseReply:
+        r, leader = await self.run_one(BatchOp("lease_revoke", "", lease=args.lease))
+        return LeaseReply(r.err, r.lease, r.ttl, leader)
+
+    async def _expire(self, lease: int) -> bool:
+        """The lease keeper's revocation of an expired lease; whether it applied."""
+        reply = await self.execute(BatchOp("lease_revoke", "", lease=lease))
+        return reply is not None
+
+    async def handle_watch(self, args: WatchArgs) -> WatchReply:
+        """A long poll: the changes after ``after``, waiting up to ``wait`` for one. Any
+        node answers (every replica records the same changes at the same indexes)."""
+        args.validate()
+        try:
+            with trio.move_on_after(args.wait):
+                changes, through = await self.watches.next_changes(
+                    args.prefix, args.after, limit=args.limit
+                )
+                return WatchReply(OK, [_change_record(c) for c in changes], through)
+            changes, through = self.machine.history.since(args.prefix, args.after, args.limit)
+        except Compacted as exc:
+            return WatchReply(COMPACTED, compacted_through=exc.compacted_through)
+        return WatchReply(OK, [_change_record(c) for c in changes], through)
+
+    def watch(
+        self, prefix: str, *, after: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[Change]]:
+        """``async with node.watch(prefix, after=i) as changes: async for change in changes``:
+        every change under ``prefix`` after index ``i``, in commit order, as this replica
+        applies them. Raises :class:`~trioraft.kv.changes.Compacted` when they are no longer
+        all kept."""
+        return self.watches.watch(prefix, after=after)
 
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
@@ -313,6 +369,10 @@ class KVNode:
                 else as_result(next(answers))
                 for op in ops
             ]
+        for op, result in zip(ops, results, strict=True):
+            if op.op == "lease_keepalive" and result.err == OK:
+                # The read just confirmed this node leads and the lease exists.
+                self.lease_keeper.renew(op.lease, result.ttl)
         counts = self.metrics.ops
         if len(ops) == 1:  # an embedded op: the hot path, kept to one dict update
             key = (ops[0].op, results[0].err)
@@ -334,6 +394,10 @@ class KVNode:
             "append": Route(AppendArgs, self.handle_append),
             "open_session": Route(OpenSessionArgs, self.handle_open_session),
             "batch": Route(BatchArgs, self.handle_batch),
+            "lease_grant": Route(LeaseGrantArgs, self.handle_lease_grant),
+            "lease_keepalive": Route(LeaseArgs, self.handle_lease_keepalive),
+            "lease_revoke": Route(LeaseArgs, self.handle_lease_revoke),
+            "watch": Route(WatchArgs, self.handle_watch),
         }
 
     @asynccontextmanager
@@ -374,6 +438,7 @@ class KVNode:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.rsm.run)
+                nursery.start_soon(self.lease_keeper.run)
                 self.peer_url = await nursery.start(
                     partial(
                         serve_node,
@@ -481,3 +546,9 @@ async def run_local_cluster(
             )
             await nursery.start(partial(node.serve, host, ports[k], peer_port=ports[n + k]))
         task_status.started(list(urls.values()))
+
+
+def _change_record(change: Change) -> ChangeRecord:
+    return ChangeRecord(
+        change.index, change.key, change.kind, change.value, change.version, change.create_index
+    )

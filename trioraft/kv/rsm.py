@@ -321,6 +321,10 @@ class ReplicatedStateMachine:
                 results.append(None)
         return origin, tag, results
 
+    async def wait_next_apply(self) -> None:
+        """Return once the applier has applied another entry or snapshot."""
+        await self._applied.wait()
+
     def _announce_applied(self) -> None:
         self._applied.set()
         self._applied = trio.Event()

@@ -1,48 +1,37 @@
 """Watch: waiting for the next changes under a prefix, in process or over a long poll.
 
-The applier records each applied entry's changes in a :class:`~trioraft.kv.changes.WatchHistory`
-(see there for what a watcher is promised) and wakes the watchers once per applied batch.
+The state machine records each applied entry's changes in a
+:class:`~trioraft.kv.changes.WatchHistory` (see there for what a watcher is promised); the
+watchers wait for the applier to apply more.
 
 Invariants:
 - A watcher never misses a wake-up: it reads the history, and only if that answered nothing
-  new waits on the current ``trio.Event``, which the next ``wake`` sets and replaces (no
-  checkpoint between the read and the wait).
+  new waits for the next apply, with no checkpoint between the read and the start of the
+  wait (the applier's event is set and replaced after each apply).
 - ``watch`` raises :class:`~trioraft.kv.changes.Compacted` on entry, not at its first change.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-
-import trio
 
 from .changes import DEFAULT_LIMIT, Change, WatchHistory
 
 
 class WatchHub:
-    """A :class:`WatchHistory` that watchers can wait on; the applier feeds it."""
+    """Watches served from a :class:`~trioraft.kv.changes.WatchHistory` that an applier
+    fills; ``next_apply`` returns once the applier has applied more (the replicated state
+    machine's ``wait_next_apply``)."""
 
-    def __init__(self, history: WatchHistory | None = None) -> None:
-        self.history = history if history is not None else WatchHistory()
-        self._advanced = trio.Event()
-
-    def record(self, index: int, changes: Iterable[Change] = ()) -> None:
-        self.history.record(index, changes)
-
-    def reset(self, index: int) -> None:
-        self.history.reset(index)
-        self.wake()
-
-    def wake(self) -> None:
-        """Wake every waiter (once per applied batch, not per entry)."""
-        self._advanced.set()
-        self._advanced = trio.Event()
+    def __init__(self, history: WatchHistory, next_apply: Callable[[], Awaitable[None]]) -> None:
+        self.history = history
+        self._next_apply = next_apply
 
     async def wait_past(self, index: int) -> None:
-        """Return once an entry after ``index`` is applied (or the history was reset)."""
+        """Return once a change after ``index`` is recorded (or the history started over)."""
         while self.history.applied <= index:
-            await self._advanced.wait()
+            await self._next_apply()
 
     async def next_changes(
         self, prefix: str, after: int, *, limit: int = DEFAULT_LIMIT
