@@ -47,7 +47,7 @@ from ..raft.node import RaftConfig, RaftNode
 from ..raft.serve import serve_node
 from ..raft.storage import FileStorage, Storage
 from ..rpc.auth import PeerAuth
-from ..rpc.http import Route, make_app, serve
+from ..rpc.http import Route, StreamRoute, make_app, serve
 from ..rpc.tcp import TcpTransport
 from ..rpc.tls import ClientTls, ServerTls
 from ..rpc.transport import HttpTransport, Transport
@@ -333,6 +333,33 @@ class KVNode:
             return WatchReply(COMPACTED, compacted_through=exc.compacted_through)
         return WatchReply(OK, [_change_record(c) for c in changes], through)
 
+    def stream_watch(self, args: WatchArgs) -> AsyncIterator[WatchReply]:
+        """``POST /watch_stream``: the long poll's answers as JSON lines, one per batch of
+        changes, for ``wait`` seconds (then the stream ends: reconnect with the last
+        ``through``); a last line with ``Compacted`` ends it early."""
+        args.validate()
+
+        async def replies() -> AsyncIterator[WatchReply]:
+            after, deadline = args.after, trio.current_time() + args.wait
+            while True:
+                # No yield inside the cancel scope: the consumer runs between yields.
+                compacted: Compacted | None = None
+                with trio.move_on_at(deadline) as scope:
+                    try:
+                        changes, after = await self.watches.next_changes(
+                            args.prefix, after, limit=args.limit
+                        )
+                    except Compacted as exc:
+                        compacted = exc
+                if compacted is not None:
+                    yield WatchReply(COMPACTED, compacted_through=compacted.compacted_through)
+                    return
+                if scope.cancelled_caught:
+                    return
+                yield WatchReply(OK, [_change_record(c) for c in changes], after)
+
+        return replies()
+
     def watch(
         self, prefix: str, *, after: int
     ) -> AbstractAsyncContextManager[AsyncIterator[Change]]:
@@ -432,6 +459,7 @@ class KVNode:
             status=self.status,
             client_token=self.client_token,
             get_routes=operator_pages(self),
+            stream_routes={"watch_stream": StreamRoute(WatchArgs, self.stream_watch)},
         )
         count_refusals(app, self.metrics)
         log_context.set(self.log_fields)  # for the tasks below: see trioraft._logging
