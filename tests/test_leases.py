@@ -15,9 +15,10 @@ def test_grant_attach_revoke_returns_the_keys_sorted():
     table.attach("b", first)
     table.attach("a", first)
     table.attach("c", second)
-    assert table.revoke(first) == ["a", "b"]
+    gone = table.revoke(first)
+    assert gone is not None and gone.keys == {"a", "b"}
     assert table.owner == {"c": second}
-    assert table.revoke(first) == []  # already gone
+    assert table.revoke(first) is None  # already gone
 
 
 def test_a_key_belongs_to_one_lease_and_moves_when_attached_elsewhere():
@@ -25,9 +26,9 @@ def test_a_key_belongs_to_one_lease_and_moves_when_attached_elsewhere():
     first, second = table.grant(5), table.grant(5)
     table.attach("k", first)
     table.attach("k", second)
-    assert table.revoke(first) == []
+    assert table.revoke(first).keys == set()
     table.detach("k")
-    assert table.revoke(second) == []
+    assert table.revoke(second).keys == set()
 
 
 def test_a_full_table_refuses_a_grant():
@@ -50,10 +51,12 @@ def test_the_wire_form_round_trips_and_bad_ones_are_refused():
         None,
         {"granted": 2},
         {"granted": "2", "leases": {}},
-        {"granted": 1, "leases": {"2": [5, []]}},
-        {"granted": 2, "leases": {"1": [5, ["k"]], "2": [5, ["k"]]}},
-        {"granted": 2, "leases": {"1": ["5", []]}},
-        {"granted": 2, "leases": {"x": [5, []]}},
+        {"granted": 1, "leases": {"2": [5, [], []]}},
+        {"granted": 2, "leases": {"1": [5, ["k"], []], "2": [5, ["k"], []]}},
+        {"granted": 2, "leases": {"1": ["5", [], []]}},
+        {"granted": 2, "leases": {"1": [5, [], [7]]}},
+        {"granted": 2, "leases": {"1": [5, []]}},
+        {"granted": 2, "leases": {"x": [5, [], []]}},
     ):
         with pytest.raises(ValueError):
             LeaseTable().replace_from_wire(bad)
@@ -143,3 +146,17 @@ def test_machine_malformed_lease_ops_answer_bad_op_and_change_nothing(op):
     before = m.snapshot()
     assert m.apply(op, 2).err == "BadOp"
     assert m.snapshot() == before
+
+
+def test_machine_sessions_opened_under_a_lease_end_with_it():
+    m = KVMachine()
+    m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 1)
+    session = m.apply({"op": "open", "key": "", "nonce": "n", "lease": 1}, 2).session
+    plain = m.apply({"op": "open", "key": "", "nonce": "m"}, 3).session
+    append = {"op": "append", "key": "k", "value": "x", "seq": 1}
+    assert m.apply({**append, "session": session}, 4).err == "OK"
+    assert m.apply({"op": "open", "key": "", "nonce": "o", "lease": 7}, 5).err == "NoLease"
+    m.apply({"op": "lease_revoke", "key": "", "lease": 1}, 6)
+    assert m.apply({**append, "session": session, "seq": 2}, 7).err == "SessionExpired"
+    assert m.apply({**append, "session": plain}, 8).err == "OK"
+    assert session not in m.sessions

@@ -37,6 +37,7 @@ DEFAULT_MAX_LEASES = 100_000
 class Lease:
     ttl: int
     keys: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)  # client sessions that end with it
 
 
 class LeaseTable:
@@ -67,20 +68,25 @@ class LeaseTable:
         if lease is not None:
             self.leases[lease].keys.discard(key)
 
-    def revoke(self, lease: int) -> list[str]:
-        """Remove ``lease``; its keys, sorted, for the caller to delete (none if unknown)."""
+    def attach_session(self, session: str, lease: int) -> None:
+        """End client ``session`` with ``lease`` (which must exist)."""
+        self.leases[lease].sessions.add(session)
+
+    def revoke(self, lease: int) -> Lease | None:
+        """Remove ``lease`` and return it, for the caller to delete its keys (in sorted
+        order) and end its sessions; ``None`` if there is no such lease."""
         gone = self.leases.pop(lease, None)
-        if gone is None:
-            return []
-        for key in gone.keys:
-            del self.owner[key]
-        return sorted(gone.keys)
+        if gone is not None:
+            for key in gone.keys:
+                del self.owner[key]
+        return gone
 
     def to_wire(self) -> dict[str, object]:
         return {
             "granted": self.granted,
             "leases": {
-                str(id_): [lease.ttl, sorted(lease.keys)] for id_, lease in self.leases.items()
+                str(id_): [lease.ttl, sorted(lease.keys), sorted(lease.sessions)]
+                for id_, lease in self.leases.items()
             },
         }
 
@@ -89,12 +95,16 @@ class LeaseTable:
         try:
             granted = state["granted"]  # type: ignore[index]
             raw = state["leases"]  # type: ignore[index]
-            leases = {int(id_): Lease(ttl, set(keys)) for id_, (ttl, keys) in raw.items()}
+            leases = {
+                int(id_): Lease(ttl, set(keys), set(sessions))
+                for id_, (ttl, keys, sessions) in raw.items()
+            }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a lease table: {exc!r}") from None
         owner: dict[str, int] = {}
         for id_, lease in leases.items():
-            if type(lease.ttl) is not int or not all(type(key) is str for key in lease.keys):
+            names = (*lease.keys, *lease.sessions)
+            if type(lease.ttl) is not int or not all(type(name) is str for name in names):
                 raise ValueError("not a lease table: a TTL or key of the wrong type")
             for key in lease.keys:
                 if key in owner:

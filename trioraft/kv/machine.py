@@ -333,15 +333,29 @@ class KVMachine:
             if known is None:
                 return LeaseReply(NO_LEASE, lease)
             if kind == "lease_revoke":
-                for key in self.leases.revoke(lease):
-                    self.kv.remove(key, index)
+                self._revoke(lease, index)
             return LeaseReply(OK, lease, known.ttl)
         if kind == "open" and type(op.get("nonce")) is str:
+            lease = op.get("lease", 0)
+            if not _is_version(lease):
+                return OpenSessionReply(BAD_OP)
+            if lease and lease not in self.leases.leases:
+                return OpenSessionReply(NO_LEASE)
             self.opened += 1
             session = f"{self.opened}-{op['nonce']}"
             self._remember(session, (0, OK))
+            if lease:
+                self.leases.attach_session(session, lease)
             return OpenSessionReply(OK, session)
         return PutReply(BAD_OP)
+
+    def _revoke(self, lease: int, index: int) -> None:
+        gone = self.leases.revoke(lease)
+        if gone is not None:
+            for key in sorted(gone.keys):
+                self.kv.remove(key, index)
+            for session in sorted(gone.sessions):
+                self.sessions.pop(session, None)
 
     def _append(self, key: str, value: str, session: str, seq: int, index: int) -> AppendReply:
         last = self.sessions.pop(session, None)

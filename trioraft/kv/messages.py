@@ -140,7 +140,7 @@ class AppendReply:
 
 @dataclass(frozen=True, slots=True)
 class OpenSessionArgs:
-    pass
+    lease: int = non_negative(0)  # 0: none; else the session ends with this lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,6 +469,8 @@ def log_op(op: BatchOp) -> dict[str, object]:
     if op.op == "delete":
         return {"op": "delete", "key": op.key, "version": op.version}
     if op.op == "open":
+        if op.lease:
+            return {"op": "open", "key": "", "nonce": secrets.token_hex(8), "lease": op.lease}
         return {"op": "open", "key": "", "nonce": secrets.token_hex(8)}
     if op.op == "range":
         assert op.range is not None  # validated

@@ -297,7 +297,7 @@ class KVNode:
         return AppendReply(r.err, leader)
 
     async def handle_open_session(self, args: OpenSessionArgs) -> OpenSessionReply:
-        r, leader = await self.run_one(BatchOp("open", ""))
+        r, leader = await self.run_one(BatchOp("open", "", lease=args.lease))
         return OpenSessionReply(r.err, r.value, leader)
 
     async def handle_lease_grant(self, args: LeaseGrantArgs) -> LeaseReply:
