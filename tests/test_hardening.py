@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from trioraft import BadRequest, LeadershipLost, MemoryStorage, RaftConfig, StorageFailed
-from trioraft.kv.coalescing import OpsClient
+from trioraft.kv.clients import OpsClient
 from trioraft.kv.machine import KVMachine
 from trioraft.kv.messages import (
     AppendArgs,
@@ -396,5 +396,5 @@ async def test_an_append_whose_session_was_forgotten_before_it_goes_on_in_a_new_
 class NoRemote(OpsClient):
     """The embedded client's way to other servers, never taken while the node leads."""
 
-    async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         raise AssertionError("the node was expected to lead")

@@ -25,6 +25,7 @@ from ._gc import tune_gc
 from .kv.clients import ClusterClient, KeyValue, KVClient, Versioned
 from .kv.lock import Lock
 from .kv.machine import VersionedKV
+from .kv.messages import Compare, KeyRecord, KeyResult, RangePage, TxnOp, TxnOutcome
 from .kv.server import KVServer
 from .raft.node import Applied, RaftConfig, RaftNode, RaftStatistics, Role, SnapshotApplied
 from .raft.persister import Persister
@@ -42,6 +43,7 @@ __all__ = [
     "BadRequest",
     "ClientTls",
     "ClusterClient",
+    "Compare",
     "DataDirectoryConflict",
     "FileStorage",
     "HttpTransport",
@@ -49,6 +51,8 @@ __all__ = [
     "KVError",
     "KVServer",
     "KeyNotFound",
+    "KeyRecord",
+    "KeyResult",
     "KeyValue",
     "LeadershipLost",
     "Lock",
@@ -63,6 +67,7 @@ __all__ = [
     "RaftError",
     "RaftNode",
     "RaftStatistics",
+    "RangePage",
     "Role",
     "Route",
     "RpcClient",
@@ -72,6 +77,8 @@ __all__ = [
     "StorageCorrupt",
     "StorageFailed",
     "TrioRaftError",
+    "TxnOp",
+    "TxnOutcome",
     "VersionConflict",
     "Versioned",
     "VersionedKV",

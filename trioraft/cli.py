@@ -10,8 +10,14 @@
     trioraft cluster --nodes N [--data-dir DIR] [--base-port P]
                                                a local N-server cluster in one process
     trioraft kvserver --listen HOST:PORT       the single-server KV
-    trioraft get KEY --servers URL[,URL...]    print {"key", "value", "version"}
+    trioraft get KEY --servers URL[,URL...]    print {"key", "value", "version", "mod_index",
+                                               "create_index"}
     trioraft put KEY VALUE --version N --servers URL[,URL...]
+    trioraft delete KEY --version N --servers URL[,URL...]
+    trioraft range [PREFIX] [--start S] [--end E] [--limit N] --servers URL[,URL...]
+                                               print one page: {"index", "items", "more", "next"}
+    trioraft txn JSON --servers URL[,URL...]   JSON: {"compare", "success", "failure"} as
+                                               POST /txn takes it; print the outcome
     trioraft append KEY VALUE --servers URL[,URL...]
     trioraft lock NAME --servers URL[,URL...] -- CMD...   run CMD holding the lock NAME
     trioraft status --servers URL[,URL...] [--watch [--interval S]] [--json]
@@ -28,7 +34,8 @@ token), ``--cacert F`` (the CA bundle that verifies the servers) and ``--cert F 
 client certificate).
 
 Servers stop cleanly on SIGTERM or SIGINT; a node restarts from its data directory. Exit
-status: 0 on success, 1 when a put is rejected, the system refuses, a backup cannot be
+status: 0 on success, 1 when a put or delete is rejected or a txn's compares fail (it then
+ran its failure branch), the system refuses, a backup cannot be
 taken or restored, a server does not answer ``status``, or a node's storage is corrupt or
 fails (one line on stderr says which file and what to do), 2 on bad usage; ``inspect``
 exits 0 when everything verifies, 1 on corruption, 3 on a torn log tail (which a starting
@@ -64,6 +71,7 @@ from .kv.backup import BackupInfo, BadBackup, RestoreRefused, download_backup, r
 from .kv.clients import ClusterClient
 from .kv.lock import Lock
 from .kv.machine import KVMachine
+from .kv.messages import DEFAULT_RANGE_LIMIT, TxnArgs
 from .kv.node import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -73,6 +81,7 @@ from .kv.node import (
 from .kv.server import KVServer
 from .kv.status import fetch_statuses, render_table
 from .raft.inspect import Inspection, inspect_data_dir
+from .rpc.codec import decode, encode
 from .rpc.http import serve
 from .rpc.tls import ClientTls, ServerTls
 
@@ -150,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("key")
     put.add_argument("value")
     put.add_argument("--version", type=int, required=True, help="the version it must be at")
+    delete = client_command("delete", "delete a key at a version")
+    delete.add_argument("key")
+    delete.add_argument("--version", type=int, required=True, help="the version it must be at")
+    range_ = client_command("range", "list keys in order, with their values (one page)")
+    range_.add_argument("prefix", nargs="?", default="", help="only keys under it")
+    range_.add_argument("--start", default="", help="from this key on (a page's next)")
+    range_.add_argument("--end", default="", help="before this key")
+    range_.add_argument(
+        "--limit", type=positive_int, default=DEFAULT_RANGE_LIMIT, help="keys in the page"
+    )
+    txn = client_command("txn", "compare keys, then run one branch of ops, atomically")
+    txn.add_argument("request", type=parse_txn, help='{"compare", "success", "failure"}')
     append = client_command("append", "append to a key's value (replicated KV)")
     append.add_argument("key")
     append.add_argument("value")
@@ -178,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Client commands (but lock) give up after this many seconds without an answer.
 DEFAULT_CLIENT_TIMEOUT = 10.0
+
+
+def parse_txn(text: str) -> TxnArgs:
+    """A ``txn`` request as ``POST /txn`` takes it, checked as a server would."""
+    try:
+        request = decode(TxnArgs, json.loads(text))
+        request.validate("txn")
+    except (ValueError, RecursionError, BadRequest) as exc:
+        message = exc.message if isinstance(exc, BadRequest) else f"not JSON: {exc}"
+        raise argparse.ArgumentTypeError(message) from None
+    return request
 
 
 def positive_int(text: str) -> int:
@@ -506,20 +538,35 @@ async def run_client(args: argparse.Namespace, cmd: list[str]) -> int:
 
 
 async def run_op(kv: ClusterClient, args: argparse.Namespace) -> int:
-    """One get, put or append; its exit status."""
+    """One get, put, delete, range, txn or append; its exit status."""
     if args.command == "get":
-        value, version = await kv.get(args.key)
-        print(json.dumps({"key": args.key, "value": value, "version": version}))
+        got = await kv.get(args.key)
+        indexes = {"mod_index": got.mod_index, "create_index": got.create_index}
+        print(json.dumps({"key": args.key, "value": got.value, "version": got.version, **indexes}))
+        return 0
+    if args.command == "range":
+        bounds = {"prefix": args.prefix, "start": args.start, "end": args.end}
+        page = await kv.range(**bounds, limit=args.limit)
+        print(json.dumps(encode(page)))
         return 0
     try:
         if args.command == "put":
             await kv.put(args.key, args.value, args.version)
             print(json.dumps({"key": args.key, "err": "OK", "version": args.version + 1}))
+        elif args.command == "delete":
+            await kv.delete(args.key, args.version)
+            print(json.dumps({"key": args.key, "err": "OK"}))
+        elif args.command == "txn":
+            request: TxnArgs = args.request
+            outcome = await kv.txn(request.compare, request.success, request.failure)
+            print(json.dumps(encode(outcome)))
+            return 0 if outcome.succeeded else 1
         else:
             await kv.append(args.key, args.value)
             print(json.dumps({"key": args.key, "err": "OK"}))
     except KVError as exc:
-        print(json.dumps({"key": args.key, "err": exc.wire}))
+        key = {"key": args.key} if hasattr(args, "key") else {}
+        print(json.dumps({**key, "err": exc.wire}))
         return 1
     return 0
 

@@ -52,8 +52,8 @@ from ..rpc.tcp import TcpTransport
 from ..rpc.tls import ClientTls, ServerTls
 from ..rpc.transport import HttpTransport, Transport
 from .changes import Change, Compacted
-from .clients import Backoff
-from .coalescing import OpsClient, open_coalescing_client
+from .clients import Backoff, OpsClient
+from .coalescing import open_coalescing_client
 from .lease_keeper import LeaseKeeper
 from .machine import DEFAULT_MAX_SESSIONS, KVMachine
 from .messages import (
@@ -513,17 +513,19 @@ class EmbeddedClient(OpsClient):
         self.node = node
         self.remote = remote
 
-    async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
-        retried = False
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
+        failures = 0
         backoff = Backoff()
         while self.node.raft.is_leader:
             (result,) = await self.node.run_batch([op])
             if result.err != WRONG_LEADER:
-                return result, retried
-            retried = True
+                return result, f"{failures} WrongLeader here" if failures else ""
+            failures += 1
             await backoff.wait()
-        result, remote_retried = await self.remote.run(op)
-        return result, retried or remote_retried
+        result, why = await self.remote.run(op)
+        if failures:
+            why = f"{failures} WrongLeader here, {why}" if why else f"{failures} WrongLeader here"
+        return result, why
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
