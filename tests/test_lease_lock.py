@@ -7,9 +7,6 @@ refuses a token lower than one it has seen, so two holders overlapping would sho
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 import trio.testing
@@ -74,13 +71,11 @@ class FakeLeaseKV:
         found = [Contender(k, c) for k, (c, _) in self.keys.items() if k.startswith(prefix)]
         return sorted(found, key=lambda c: c.create_index), self.index
 
-    @asynccontextmanager
-    async def watch_deleted(self, key: str, *, after: int) -> AsyncIterator[None]:
+    async def wait_deleted(self, key: str, *, after: int) -> None:
         while key in self.keys:
             with trio.move_on_after(0.1):  # the fake's expiry is checked as time passes
                 await self.changed.wait()
             self.expire()
-        yield
 
 
 class Resource:

@@ -10,6 +10,7 @@ from ._errors import (
     KeyNotFound,
     KVError,
     LeadershipLost,
+    LeaseNotFound,
     MaybeApplied,
     NoSpace,
     NotLeader,
@@ -22,7 +23,9 @@ from ._errors import (
     VersionConflict,
 )
 from ._gc import tune_gc
+from .kv.changes import Change, Compacted
 from .kv.clients import ClusterClient, KeyValue, KVClient, Versioned
+from .kv.lease_lock import LockLost, elect, lease_lock
 from .kv.lock import Lock
 from .kv.machine import VersionedKV
 from .kv.messages import Compare, KeyRecord, KeyResult, RangePage, TxnOp, TxnOutcome
@@ -41,8 +44,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Applied",
     "BadRequest",
+    "Change",
     "ClientTls",
     "ClusterClient",
+    "Compacted",
     "Compare",
     "DataDirectoryConflict",
     "FileStorage",
@@ -55,7 +60,9 @@ __all__ = [
     "KeyResult",
     "KeyValue",
     "LeadershipLost",
+    "LeaseNotFound",
     "Lock",
+    "LockLost",
     "MaybeApplied",
     "MemoryStorage",
     "NoSpace",
@@ -82,6 +89,8 @@ __all__ = [
     "VersionConflict",
     "Versioned",
     "VersionedKV",
+    "elect",
+    "lease_lock",
     "make_app",
     "serve",
     "serve_node",

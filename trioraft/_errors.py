@@ -90,6 +90,14 @@ class NoSpace(KVError):
     wire = "NoSpace"
 
 
+class LeaseNotFound(KVError):
+    """The lease does not exist (any more): it expired, or was revoked."""
+
+    def __init__(self, lease: int) -> None:
+        super().__init__(f"lease {lease} does not exist: it expired or was revoked")
+        self.lease = lease
+
+
 class RaftError(TrioRaftError):
     """A Raft-level outcome a caller must handle."""
 

@@ -20,6 +20,13 @@ Python API (shared by every KV client, single-server or cluster, so the lock wor
   attempt may have applied): compare the version or ``mod_index`` of every key a txn
   writes, and it can never apply twice.
 - ``await kv.append(key, value) -> None`` (replicated KV): exactly once, in a session.
+- Leases (replicated KV): ``await kv.lease_grant(ttl) -> int``, ``await
+  kv.lease_keepalive(lease) -> int`` (the TTL; :class:`~trioraft.LeaseNotFound` once it is
+  gone), ``await kv.lease_revoke(lease) -> bool`` (whether it still existed), and
+  ``kv.put(key, value, version, lease=id)``.
+- Watch (replicated KV): ``async with kv.watch(prefix, after=index) as changes: async for
+  change in changes:`` every change under ``prefix`` after ``index``, once, in commit order,
+  from any server (:class:`~trioraft.kv.changes.Compacted` when they are no longer kept).
 
 None of them takes a timeout: the caller bounds it with ``trio.move_on_after`` or
 ``trio.fail_after``. Each op is written once, in :class:`OpsClient`, over ``run(op)``; the
@@ -35,16 +42,28 @@ from __future__ import annotations
 import collections
 import random
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import trio
 
-from .._errors import KeyNotFound, MaybeApplied, NoSpace, SessionExpired, VersionConflict
+from .._errors import (
+    KeyNotFound,
+    LeaseNotFound,
+    MaybeApplied,
+    NoSpace,
+    SessionExpired,
+    VersionConflict,
+)
 from ..rpc.http import RpcClient
 from ..rpc.tls import ClientTls
+from .changes import Change, Compacted
 from .messages import (
+    COMPACTED,
     DEFAULT_RANGE_LIMIT,
     NO_KEY,
+    NO_LEASE,
     NO_SPACE,
     OK,
     SESSION_EXPIRED,
@@ -60,6 +79,8 @@ from .messages import (
     TxnArgs,
     TxnOp,
     TxnOutcome,
+    WatchArgs,
+    WatchReply,
 )
 
 #: Retry pacing after a failed RPC: start small, double, never above the cap. The cap only
@@ -112,12 +133,14 @@ class KeyValue(Protocol):
     async def put(self, key: str, value: str, version: int) -> None: ...
 
 
-def raise_put_error(err: str, why: str = "", *, delete: bool = False) -> None:
+def raise_put_error(err: str, why: str = "", *, delete: bool = False, lease: int = 0) -> None:
     """Turn a put's (or a ``delete``'s) wire error into the client's outcome (the ``Maybe``
     rule lives here); ``why`` says what made the client retry (``""``: it did not). A
     retried delete that meets ``NoKey`` may have applied too."""
     if err == OK:
         return
+    if err == NO_LEASE:
+        raise LeaseNotFound(lease)
     if why and (err == VERSION or (delete and err == NO_KEY)):
         raise MaybeApplied(f"retried after: {why}")
     if err == VERSION:
@@ -228,6 +251,22 @@ class Servers:
             if attempts % len(self.rpcs) == 0:
                 await backoff.wait()
 
+    async def watch(self, request: WatchArgs) -> WatchReply:
+        """One long poll of ``/watch``: any server answers, so it tries them in turn (from
+        the last leader) until one does, allowing it the poll's ``wait`` to answer."""
+        backoff = Backoff()
+        attempts = 0
+        server = self.leader
+        while True:
+            rpc = self.rpcs[server]
+            reply = await rpc.call("watch", request, WatchReply, lost_after=request.wait + 5)
+            if reply is not None:
+                return reply
+            server = (server + 1) % len(self.rpcs)
+            attempts += 1
+            if attempts % len(self.rpcs) == 0:
+                await backoff.wait()
+
     async def aclose(self) -> None:
         for rpc in self.rpcs:
             await rpc.aclose()
@@ -251,9 +290,9 @@ class OpsClient:
         result, _ = await self.run(BatchOp("get", key))
         return Versioned(result.value, result.version, result.mod_index, result.create_index)
 
-    async def put(self, key: str, value: str, version: int) -> None:
-        result, why = await self.run(BatchOp("put", key, value, version))
-        raise_put_error(result.err, why)
+    async def put(self, key: str, value: str, version: int, *, lease: int = 0) -> None:
+        result, why = await self.run(BatchOp("put", key, value, version, lease=lease))
+        raise_put_error(result.err, why, lease=lease)
 
     async def delete(self, key: str, version: int) -> None:
         result, why = await self.run(BatchOp("delete", key, version=version))
@@ -305,6 +344,69 @@ class OpsClient:
             # The first attempt met a forgotten session: it did not apply. Go on in a new one.
         raise_append_error(result.err)
 
+    async def lease_grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds (1 to 86,400); its id."""
+        request = BatchOp("lease_grant", "", ttl=ttl)
+        request.validate("lease_grant")
+        result, _ = await self.run(request)
+        if result.err == NO_SPACE:
+            raise NoSpace()
+        if result.err != OK:
+            raise ValueError(f"unexpected lease_grant error {result.err!r}")
+        return result.lease
+
+    async def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease`` for its TTL from now (confirmed by the leader); the TTL."""
+        result, _ = await self.run(BatchOp("lease_keepalive", "", lease=lease))
+        if result.err == NO_LEASE:
+            raise LeaseNotFound(lease)
+        if result.err != OK:
+            raise ValueError(f"unexpected lease_keepalive error {result.err!r}")
+        return result.ttl
+
+    async def lease_revoke(self, lease: int) -> bool:
+        """End ``lease`` now, deleting its keys; whether it still existed (a retry may find
+        it gone, revoked by the first attempt)."""
+        result, _ = await self.run(BatchOp("lease_revoke", "", lease=lease))
+        if result.err not in (OK, NO_LEASE):
+            raise ValueError(f"unexpected lease_revoke error {result.err!r}")
+        return result.err == OK
+
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        """One long poll of ``/watch`` (any server answers)."""
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def watch(
+        self, prefix: str = "", *, after: int = 0, wait: float = 10.0
+    ) -> AsyncIterator[AsyncIterator[Change]]:
+        """``async with kv.watch(prefix, after=i) as changes: async for change in changes``:
+        each change under ``prefix`` after index ``i``, once, in commit order, polling
+        ``wait`` seconds at a time. :class:`~trioraft.kv.changes.Compacted` when the
+        changes asked for are no longer kept."""
+        request = WatchArgs(prefix, after, wait=wait)
+        request.validate("watch")
+
+        async def changes() -> AsyncIterator[Change]:
+            position = after
+            while True:
+                reply = await self.poll_watch(WatchArgs(prefix, position, wait=wait))
+                if reply.err == COMPACTED:
+                    raise Compacted(position, reply.compacted_through)
+                for record in reply.changes:
+                    yield Change(
+                        record.index,
+                        record.key,
+                        record.kind,
+                        record.value,
+                        record.version,
+                        record.create_index,
+                    )
+                position = reply.through
+
+        async with aclosing(changes()) as iterator:
+            yield iterator
+
     async def _open_session(self) -> str:
         async with self._opening:
             if self._session is None:
@@ -348,6 +450,9 @@ class ClusterClient(OpsClient):
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         (result,), failures = await self.servers.call([op])
         return result, ", ".join(failures)
+
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        return await self.servers.watch(request)
 
     async def aclose(self) -> None:
         await self.servers.aclose()

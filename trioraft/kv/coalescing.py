@@ -33,7 +33,7 @@ import trio
 from .._errors import BadRequest
 from ..rpc.tls import ClientTls
 from .clients import OpsClient, Servers
-from .messages import BatchOp, OpResult
+from .messages import BatchOp, OpResult, WatchArgs, WatchReply
 
 
 @dataclass(eq=False)
@@ -72,6 +72,9 @@ class CoalescingClient(OpsClient):
     def requests(self) -> int:
         """``/batch`` requests sent, for statistics."""
         return self.servers.requests
+
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        return await self.servers.watch(request)
 
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         if self._closed:

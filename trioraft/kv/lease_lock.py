@@ -28,6 +28,10 @@ from typing import Protocol
 
 import trio
 
+from .._errors import LeaseNotFound, MaybeApplied, VersionConflict
+from .changes import Compacted
+from .clients import OpsClient
+
 #: Keys of the lease locks live under this prefix, one folder per lock name.
 LOCK_PREFIX = "\x00lock/"
 #: Keys of app elections live under this prefix, one folder per election name.
@@ -62,14 +66,64 @@ class LeaseKV(Protocol):
         """The keys under ``prefix`` by ``create_index``, and the index they are read at."""
         ...
 
-    def watch_deleted(self, key: str, *, after: int) -> AbstractAsyncContextManager[None]:
-        """Entered once ``key`` was deleted after index ``after`` (or was already gone)."""
+    async def wait_deleted(self, key: str, *, after: int) -> None:
+        """Return once ``key``, which existed at index ``after``, is deleted."""
         ...
+
+
+class ClientLeaseKV:
+    """:class:`LeaseKV` over any replicated KV client (cluster, coalescing or embedded)."""
+
+    def __init__(self, kv: OpsClient) -> None:
+        self.kv = kv
+
+    async def lease_grant(self, ttl: int) -> int:
+        return await self.kv.lease_grant(ttl)
+
+    async def lease_keepalive(self, lease: int) -> None:
+        await self.kv.lease_keepalive(lease)
+
+    async def lease_revoke(self, lease: int) -> None:
+        await self.kv.lease_revoke(lease)
+
+    async def create(self, key: str, value: str, *, lease: int) -> int:
+        try:
+            await self.kv.put(key, value, 0, lease=lease)
+        except (VersionConflict, MaybeApplied):
+            pass  # an earlier attempt of ours created it: the key names our lease
+        created = await self.kv.get(key)
+        if created.version == 0:
+            raise LeaseNotFound(lease)  # created, then gone with its lease already
+        return created.create_index
+
+    async def contenders(self, prefix: str) -> tuple[list[Contender], int]:
+        found: list[Contender] = []
+        page = await self.kv.range(prefix=prefix)
+        first_index = page.index  # the earliest: watching after it misses no delete
+        found += [Contender(item.key, item.create_index) for item in page.items]
+        while page.more:
+            page = await self.kv.range(prefix=prefix, start=page.next)
+            found += [Contender(item.key, item.create_index) for item in page.items]
+        return sorted(found, key=lambda c: c.create_index), first_index
+
+    async def wait_deleted(self, key: str, *, after: int) -> None:
+        while True:
+            try:
+                async with self.kv.watch(key, after=after) as changes:
+                    async for change in changes:
+                        if change.key == key and change.kind == "delete":
+                            return
+            except Compacted:
+                # The history it needed is gone (a watch that fell far behind): look again.
+                page = await self.kv.range(prefix=key, limit=1)
+                if not any(item.key == key for item in page.items):
+                    return
+                after = page.index
 
 
 @asynccontextmanager
 async def lease_lock(
-    kv: LeaseKV,
+    kv: OpsClient | LeaseKV,
     name: str,
     *,
     ttl: int = 10,
@@ -85,6 +139,8 @@ async def lease_lock(
     """
     if ttl < 1:
         raise ValueError("ttl is at least 1 second")
+    if isinstance(kv, OpsClient):
+        kv = ClientLeaseKV(kv)
     margin = ttl / 4 if margin is None else margin
     folder = f"{prefix}{name}/"
     asked = trio.current_time()
@@ -127,8 +183,7 @@ async def _wait_for_turn(kv: LeaseKV, folder: str, key: str, mine: int) -> None:
                 raise LockLost(f"{key!r} is gone: its lease expired while waiting")
             return
         predecessor = max(before, key=lambda c: c.create_index)
-        async with kv.watch_deleted(predecessor.key, after=index):
-            pass
+        await kv.wait_deleted(predecessor.key, after=index)
 
 
 async def _keep_alive(
@@ -148,7 +203,7 @@ async def _keep_alive(
 
 
 def elect(
-    kv: LeaseKV, name: str, *, ttl: int = 10, candidate: str = ""
+    kv: OpsClient | LeaseKV, name: str, *, ttl: int = 10, candidate: str = ""
 ) -> AbstractAsyncContextManager[int]:
     """``async with elect(kv, "name") as term:`` runs the body only while elected.
 

@@ -513,6 +513,9 @@ class EmbeddedClient(OpsClient):
         self.node = node
         self.remote = remote
 
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        return await self.node.handle_watch(request)  # this replica's history serves it
+
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         failures = 0
         backoff = Backoff()

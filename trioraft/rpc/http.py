@@ -551,11 +551,15 @@ class RpcClient:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
 
-    async def call(self, method: str, args: Any, reply_type: type[T]) -> T | None:
+    async def call(
+        self, method: str, args: Any, reply_type: type[T], *, lost_after: float | None = None
+    ) -> T | None:
         """Send ``args`` (a message or a dict) to ``POST /method``; the reply, or ``None``
-        if the call was lost. Raises :class:`BadRequest` (with the server's message and
-        status) when the server refused the request for what it is (400, 401, 403, 404,
-        413): sending it again would be refused again."""
+        if the call was lost (or took over ``lost_after`` seconds, by default the client's
+        timeout). Raises
+        :class:`BadRequest` (with the server's message and status) when the server refused
+        the request for what it is (400, 401, 403, 404, 413): sending it again would be
+        refused again."""
         body = json.dumps(args if isinstance(args, dict) else encode(args)).encode()
         url = self._urls.get(method)
         if url is None:
@@ -565,7 +569,15 @@ class RpcClient:
             credential, request_tag = self._peer_auth.sign_request(method, body)
             headers.append((_AUTH_HEADER_BYTES, credential.hex().encode()))
         request = httpx.Request(
-            "POST", url, headers=headers, stream=_Body(body), extensions=self._extensions
+            "POST",
+            url,
+            headers=headers,
+            stream=_Body(body),
+            extensions=(
+                self._extensions
+                if lost_after is None
+                else {"timeout": httpx.Timeout(lost_after).as_dict()}
+            ),
         )
         try:
             response = await self._http.handle_async_request(request)
