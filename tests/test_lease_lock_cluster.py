@@ -7,7 +7,12 @@ off from the majority has its body cancelled before anyone else gets the lock.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -16,6 +21,15 @@ from tests.kv_cluster import wait_leader
 from trioraft import LockLost, lease_lock
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
+
+
+async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        assert chunk, f"the stream ended after {line!r}"
+        line += chunk
+    return line
 
 
 class GuardedResource:
@@ -111,3 +125,67 @@ async def test_a_holder_cut_off_is_cancelled_before_anyone_else_acquires(make_kv
     c.heal()
     assert times["holder cancelled"] < times["other acquired"]
     assert tokens["other"] > tokens["holder"]
+
+
+async def test_a_lock_process_killed_with_sigkill_frees_the_lock_within_its_ttl(
+    make_kv_cluster, tmp_path
+):
+    """`trioraft lock NAME --ttl 2 -- CMD` is killed with SIGKILL while CMD runs: the lock
+    is free again within its TTL plus 2 s (docs/scenarios.md: lease lock, holder killed)."""
+    c = await make_kv_cluster(3)
+    await wait_leader(c)
+    servers = ",".join(c.urls[i] for i in c.ids)
+    holding = "import time; print('held', flush=True); time.sleep(120)"
+    command = [sys.executable, "-m", "trioraft", "lock", "job", "--ttl", "2",
+               "--servers", servers, "--", sys.executable, "-c", holding]  # fmt: skip
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        with trio.fail_after(60):
+            assert process.stdout is not None
+            assert await read_line(process.stdout) == b"held\n"
+            process.send_signal(signal.SIGKILL)  # the lock process, not its command
+            killed = trio.current_time()
+            await process.wait()
+            async with lease_lock(c.clerk(), "job", ttl=2):
+                acquired = trio.current_time()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the orphaned command
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await process.stdout.aclose()
+    assert acquired - killed <= 2 + 2
+
+
+async def test_a_lock_process_stops_its_command_when_the_lock_is_lost(make_kv_cluster):
+    """The lock's lease is revoked behind the holder's back: CMD is stopped and
+    `trioraft lock` exits 75."""
+    c = await make_kv_cluster(3)
+    await wait_leader(c)
+    servers = ",".join(c.urls[i] for i in c.ids)
+    holding = "import time; print('held', flush=True); time.sleep(120)"
+    command = [sys.executable, "-m", "trioraft", "lock", "job", "--ttl", "2",
+               "--servers", servers, "--", sys.executable, "-c", holding]  # fmt: skip
+    kv = c.clerk()
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        with trio.fail_after(60):
+            assert process.stdout is not None
+            assert await read_line(process.stdout) == b"held\n"
+            page = await kv.range(prefix="\x00lock/job/")
+            (holder,) = page.items
+            assert await kv.lease_revoke(int(holder.key.rsplit("/", 1)[1], 16))
+            assert await process.wait() == 75
+            # Its command was stopped with it: nothing is left in its process group.
+            with pytest.raises(ProcessLookupError):
+                os.killpg(process.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await process.stdout.aclose()
