@@ -565,7 +565,8 @@ async def run_local_cluster(
     secret = cluster_secret if cluster_secret is not None else secrets.token_bytes(32)
     ids = [str(k + 1) for k in range(n)]
     urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports[:n], strict=True)}
-    peer_urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports[n:], strict=True)}
+    # Peers over framed TCP: a fraction of HTTP's CPU per message (benchmarks/RESULTS.md).
+    peer_urls = {i: f"tcp://{host}:{port}" for i, port in zip(ids, ports[n:], strict=True)}
     async with trio.open_nursery() as nursery:
         for k, i in enumerate(ids):
             node = KVNode(
