@@ -62,7 +62,7 @@ async def main(events: int) -> None:
     ids = ["a", "b", "c"]
     ports = free_ports(6)
     urls = {i: f"http://127.0.0.1:{port}" for i, port in zip(ids, ports[:3], strict=True)}
-    peer_urls = {i: f"http://127.0.0.1:{port}" for i, port in zip(ids, ports[3:], strict=True)}
+    peer_urls = {i: f"tcp://127.0.0.1:{port}" for i, port in zip(ids, ports[3:], strict=True)}
     secret = secrets.token_bytes(32)  # the peers prove they know it
     with tempfile.TemporaryDirectory(prefix="trioraft-embedded-") as tmp:
         async with trio.open_nursery() as app:

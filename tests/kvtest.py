@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ import trio
 from trioraft import (
     KeyNotFound,
     KeyValue,
+    KVError,
     KVServer,
     MaybeApplied,
     VersionConflict,
@@ -26,8 +29,9 @@ from trioraft import (
     VersionedKV,
     serve,
 )
-from trioraft.kv.clients import raise_put_error
+from trioraft.kv.clients import OpsClient, raise_put_error
 from trioraft.testing import HttpProxy, Network
+from trioraft.testing._kv_model import INITIAL, OK, UNKNOWN, State, step
 
 
 @dataclass
@@ -178,4 +182,117 @@ class InMemoryKV:
 
     async def put(self, key: str, value: str, version: int) -> None:
         await trio.lowlevel.checkpoint()
-        raise_put_error(self.machine.put(key, value, version).err, retried=False)
+        raise_put_error(self.machine.put(key, value, version).err)
+
+
+# -- Histories with delete and append, checked against trioraft.testing._kv_model ----------
+
+
+@dataclass(frozen=True)
+class KVCall:
+    """One call as its caller saw it (plain data for the model's ``step``): for a get, the
+    value and version it returned; ``err`` is ``UNKNOWN`` and ``ret`` infinite for a call
+    that never returned."""
+
+    client: str
+    kind: str
+    key: str
+    value: str
+    version: int
+    err: str
+    call: float
+    ret: float
+
+
+class DeleteHistory:
+    """Records get, put, delete and append calls through any client with those ops."""
+
+    def __init__(self) -> None:
+        self.calls: list[KVCall] = []
+
+    def recording(self, kv: OpsClient, client: str) -> RecordingOps:
+        return RecordingOps(self, kv, client)
+
+    def check(self, *, timeout: float = 60.0) -> None:
+        """Raise AssertionError unless every key's calls are linearizable."""
+        by_key: dict[str, list[KVCall]] = collections.defaultdict(list)
+        for call in self.calls:
+            by_key[call.key].append(call)
+        deadline = time.monotonic() + timeout
+        for key in sorted(by_key):
+            verdict = linearizable(by_key[key], deadline)
+            assert verdict is not None, f"the check of key {key!r} timed out"
+            assert verdict, f"key {key!r}: not linearizable:\n" + "\n".join(
+                f"  {c}" for c in sorted(by_key[key], key=lambda c: c.call)
+            )
+
+
+class RecordingOps:
+    def __init__(self, history: DeleteHistory, kv: OpsClient, client: str) -> None:
+        self.history, self.kv, self.client = history, kv, client
+
+    async def _record(self, kind: str, key: str, value: str, version: int, run) -> str:
+        start = time.monotonic()
+        try:
+            err = await run()
+        except trio.Cancelled:
+            self._add(kind, key, value, version, UNKNOWN, start, math.inf)
+            raise
+        except KVError as exc:
+            err = exc.wire
+        self._add(kind, key, value, version, err, start, time.monotonic())
+        return err
+
+    def _add(self, *fields: object) -> None:
+        self.history.calls.append(KVCall(self.client, *fields))  # type: ignore[arg-type]
+
+    async def get(self, key: str) -> Versioned:
+        start = time.monotonic()
+        got = await self.kv.get(key)
+        self._add("get", key, got.value, got.version, OK, start, time.monotonic())
+        return got
+
+    async def put(self, key: str, value: str, version: int) -> str:
+        return await self._record("put", key, value, version,
+                                  lambda: _ok(self.kv.put(key, value, version)))  # fmt: skip
+
+    async def delete(self, key: str, version: int) -> str:
+        return await self._record("delete", key, "", version,
+                                  lambda: _ok(self.kv.delete(key, version)))  # fmt: skip
+
+    async def append(self, key: str, value: str) -> str:
+        return await self._record("append", key, value, 0, lambda: _ok(self.kv.append(key, value)))
+
+
+async def _ok(call: Awaitable[None]) -> str:
+    await call
+    return OK
+
+
+def linearizable(calls: list[KVCall], deadline: float) -> bool | None:
+    """Whether one key's ``calls`` have a legal order that respects real time (Wing & Gong
+    with memoised configurations); ``None`` if the search passed ``deadline``. Calls that
+    never returned may be left out."""
+    calls = sorted(calls, key=lambda c: c.call)
+    n = len(calls)
+    must = sum(1 << i for i, c in enumerate(calls) if c.ret != math.inf)
+    seen: set[tuple[int, State]] = set()
+    stack: list[tuple[int, State]] = [(0, INITIAL)]
+    while stack:
+        if time.monotonic() > deadline:
+            return None
+        done, state = stack.pop()
+        if done & must == must:
+            return True
+        if (done, state) in seen:
+            continue
+        seen.add((done, state))
+        pending = [i for i in range(n) if not done >> i & 1]
+        first_return = min(calls[i].ret for i in pending)
+        for i in pending:
+            c = calls[i]
+            if c.call > first_return:
+                break  # sorted by call: no later call may go before that return
+            for after in step(state, c.kind, c.value, c.version, c.err):
+                stack.append((done | 1 << i, after))
+    return False

@@ -29,19 +29,35 @@ async def test_batch_answers_each_op_in_order(single_kv: SingleKV) -> None:
     async with httpx.AsyncClient() as http:
         reply = await http.post(f"{single_kv.url}/batch", json={"ops": ops})
     assert reply.status_code == 200
+    nothing = {"value": "", "version": 0, "mod_index": 0, "create_index": 0}
+    nothing |= {"range": None, "txn": None}
     assert reply.json()["results"] == [
-        {"err": "OK", "value": "", "version": 0},
-        {"err": "OK", "value": "1", "version": 1},
-        {"err": "Version", "value": "", "version": 0},
-        {"err": "NoKey", "value": "", "version": 0},
-        {"err": "NoKey", "value": "", "version": 0},
+        {**nothing, "err": "OK"},
+        {**nothing, "err": "OK", "value": "1", "version": 1, "mod_index": 1, "create_index": 1},
+        {**nothing, "err": "Version"},
+        {**nothing, "err": "NoKey"},
+        {**nothing, "err": "NoKey"},
     ]
 
 
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
-        ({"ops": [{"op": "delete", "key": "a"}]}, 400, "ops[1].op"),
+        ({"ops": [{"op": "drop", "key": "a"}]}, 400, "ops[1].op"),
+        ({"ops": [{"op": "range", "key": ""}]}, 400, "ops[1].range"),
+        ({"ops": [{"op": "range", "key": "", "range": {"limit": 0}}]}, 400, "ops[1].range.limit"),
+        ({"ops": [{"op": "range", "key": "", "range": {}}] * 17}, 400, "17 ranges"),
+        ({"ops": [{"op": "txn", "key": ""}]}, 400, "ops[1].txn"),
+        (
+            {"ops": [{"op": "txn", "key": "", "txn": {"success": [{"op": "range", "key": ""}]}}]},
+            400,
+            "ops[1].txn.success[0].op",
+        ),
+        (
+            {"ops": [{"op": "txn", "key": "", "txn": {"compare": [{"key": "a", "op": "="}]}}]},
+            400,
+            "ops[1].txn.compare[0]: give exactly one",
+        ),
         ({"ops": [{"op": "get"}]}, 400, "ops[1].key: missing"),
         ({"ops": [{"op": "put", "key": "a", "version": -1}]}, 400, "ops[1].version"),
         ({"ops": [{"op": "append", "key": "a", "value": "x"}]}, 400, "ops[1].session"),

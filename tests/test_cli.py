@@ -41,7 +41,14 @@ async def test_kvserver_process_and_client_commands() -> None:
         code, out = await cli("put", "k", "v2", "--version", "0", "--servers", url)
         assert (code, json.loads(out)["err"]) == (1, "Version")
         code, out = await cli("get", "k", "--servers", url)
-        assert json.loads(out) == {"key": "k", "value": "v1", "version": 1}
+        assert json.loads(out) == {
+            "key": "k",
+            "value": "v1",
+            "version": 1,
+            "mod_index": 1,
+            "create_index": 1,
+        }
+        await check_delete_range_and_txn(url)
         code, out = await cli(
             "lock", "L", "--servers", url, "--", sys.executable, "-c", "print(42)"
         )
@@ -52,6 +59,44 @@ async def test_kvserver_process_and_client_commands() -> None:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await process.wait() == 0
+
+
+async def check_delete_range_and_txn(url: str) -> None:
+    """``trioraft delete``, ``range`` and ``txn`` against the server at ``url``, which holds
+    only "k" at version 1."""
+    for key in ("dir/a", "dir/b", "other"):
+        assert (await cli("put", key, key.upper(), "--version", "0", "--servers", url))[0] == 0
+    code, out = await cli("range", "dir/", "--limit", "1", "--servers", url)
+    page = json.loads(out)
+    assert (code, [item["key"] for item in page["items"]], page["more"]) == (0, ["dir/a"], True)
+    code, out = await cli("range", "dir/", "--start", page["next"], "--servers", url)
+    assert [(item["key"], item["value"]) for item in json.loads(out)["items"]] == [
+        ("dir/b", "DIR/B")
+    ]
+    assert json.loads(out)["index"] > page["index"]
+    code, out = await cli("delete", "other", "--version", "2", "--servers", url)
+    assert (code, json.loads(out)) == (1, {"key": "other", "err": "Version"})
+    assert (await cli("delete", "other", "--version", "1", "--servers", url))[0] == 0
+    code, out = await cli("get", "other", "--servers", url)
+    assert json.loads(out)["version"] == 0
+    request = {
+        "compare": [{"key": "dir/a", "op": "=", "version": 1}],
+        "success": [{"op": "put", "key": "dir/a", "value": "x"}, {"op": "delete", "key": "dir/b"}],
+        "failure": [{"op": "get", "key": "dir/a"}],
+    }
+    code, out = await cli("txn", json.dumps(request), "--servers", url)
+    outcome = json.loads(out)
+    assert (code, outcome["succeeded"], [r["err"] for r in outcome["results"]]) == (
+        0,
+        True,
+        ["OK", "OK"],
+    )
+    code, out = await cli("txn", json.dumps(request), "--servers", url)  # now at version 2
+    outcome = json.loads(out)
+    assert (code, outcome["succeeded"], outcome["results"][0]["value"]) == (1, False, "x")
+    bad = {"compare": [{"key": "dir/a", "op": "~", "version": 1}]}
+    assert (await cli("txn", json.dumps(bad), "--servers", url))[0] == 2
+    assert (await cli("txn", "{not json", "--servers", url))[0] == 2
 
 
 async def test_bad_usage_exits_2(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from trioraft import BadRequest, LeadershipLost, MemoryStorage, RaftConfig, StorageFailed
-from trioraft.kv.coalescing import OpsClient
+from trioraft.kv.clients import OpsClient
 from trioraft.kv.machine import KVMachine
 from trioraft.kv.messages import (
     AppendArgs,
@@ -115,7 +115,8 @@ async def test_an_entry_that_is_not_json_is_applied_as_nothing_everywhere(
     assert (await leader.handle_put(PutArgs("k", "v", 0))).err == "OK"
     await kv.wait_applied(malformed + 1)
     for node in kv.nodes.values():
-        assert node.machine.kv.items() == {"k": ("v", 1)}
+        put_at = malformed + 1  # value, version, mod_index, create_index
+        assert node.machine.kv.items() == {"k": ("v", 1, put_at, put_at)}
         assert not node.raft._stopped
 
 
@@ -146,7 +147,8 @@ async def test_a_garbage_snapshot_is_refused_and_changes_nothing(
         with pytest.raises(BadRequest):
             await follower.raft.handle_install_snapshot(args)
     assert (raft.commit_index, raft.log.snapshot_index, follower.storage_bytes()) == before
-    assert follower.machine.kv.items() == {"k": ("v", 1)}
+    got = follower.machine.kv.get("k")
+    assert (got.value, got.version) == ("v", 1)
     assert (await leader.handle_put(PutArgs("k", "w", 1))).err == "OK"  # still a cluster
 
 
@@ -394,5 +396,5 @@ async def test_an_append_whose_session_was_forgotten_before_it_goes_on_in_a_new_
 class NoRemote(OpsClient):
     """The embedded client's way to other servers, never taken while the node leads."""
 
-    async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         raise AssertionError("the node was expected to lead")

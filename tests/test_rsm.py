@@ -33,7 +33,7 @@ class Counter:
         self.n = 0
         self.errors = errors
 
-    def apply(self, op: str) -> int | None:
+    def apply(self, op: str, index: int) -> int | None:
         if op == "inc":
             self.n += 1
             return self.n

@@ -8,7 +8,8 @@ TrioRaftError
 │   │                        have applied ("Maybe"; never sent on the wire)
 │   ├── SessionExpired       an append's client session was evicted: a retry could apply
 │   │                        twice, so it is refused ("SessionExpired")
-│   └── NoSpace              the storage quota is used up: writes are refused ("NoSpace")
+│   ├── NoSpace              the storage quota is used up: writes are refused ("NoSpace")
+│   └── LeaseNotFound        the lease expired or was revoked ("NoLease")
 ├── RaftError                a proposal's fate could not be seen on this node
 │   ├── NotLeader            this node does not lead
 │   ├── LeadershipLost       leadership changed (or the node stopped) first
@@ -88,6 +89,16 @@ class NoSpace(KVError):
     space is freed (reads keep working)."""
 
     wire = "NoSpace"
+
+
+class LeaseNotFound(KVError):
+    """The lease does not exist (any more): it expired, or was revoked."""
+
+    wire = "NoLease"
+
+    def __init__(self, lease: int) -> None:
+        super().__init__(f"lease {lease} does not exist: it expired or was revoked")
+        self.lease = lease
 
 
 class RaftError(TrioRaftError):

@@ -10,10 +10,21 @@
     trioraft cluster --nodes N [--data-dir DIR] [--base-port P]
                                                a local N-server cluster in one process
     trioraft kvserver --listen HOST:PORT       the single-server KV
-    trioraft get KEY --servers URL[,URL...]    print {"key", "value", "version"}
+    trioraft get KEY --servers URL[,URL...]    print {"key", "value", "version", "mod_index",
+                                               "create_index"}
     trioraft put KEY VALUE --version N --servers URL[,URL...]
+    trioraft delete KEY --version N --servers URL[,URL...]
+    trioraft range [PREFIX] [--start S] [--end E] [--limit N] --servers URL[,URL...]
+                                               print one page: {"index", "items", "more", "next"}
+    trioraft txn JSON --servers URL[,URL...]   JSON: {"compare", "success", "failure"} as
+                                               POST /txn takes it; print the outcome
     trioraft append KEY VALUE --servers URL[,URL...]
-    trioraft lock NAME --servers URL[,URL...] -- CMD...   run CMD holding the lock NAME
+    trioraft watch [PREFIX] [--after I] --servers URL[,URL...]
+                                               print each change after index I, as JSON lines
+    trioraft lease grant TTL | keepalive ID | revoke ID --servers URL[,URL...]
+    trioraft lock NAME [--ttl S] --servers URL[,URL...] -- CMD...
+                                               run CMD holding the lock NAME (under a lease
+                                               of S seconds: CMD stops if the lock is lost)
     trioraft status --servers URL[,URL...] [--watch [--interval S]] [--json]
                                                one table of the cluster
     trioraft backup FILE --servers URL[,URL...] [--patience S]
@@ -28,7 +39,8 @@ token), ``--cacert F`` (the CA bundle that verifies the servers) and ``--cert F 
 client certificate).
 
 Servers stop cleanly on SIGTERM or SIGINT; a node restarts from its data directory. Exit
-status: 0 on success, 1 when a put is rejected, the system refuses, a backup cannot be
+status: 0 on success, 1 when a put or delete is rejected or a txn's compares fail (it then
+ran its failure branch), the system refuses, a backup cannot be
 taken or restored, a server does not answer ``status``, or a node's storage is corrupt or
 fails (one line on stderr says which file and what to do), 2 on bad usage; ``inspect``
 exits 0 when everything verifies, 1 on corruption, 3 on a torn log tail (which a starting
@@ -61,9 +73,12 @@ from ._errors import (
 from ._gc import tune_gc
 from ._logging import JsonFormatter, log_context
 from .kv.backup import BackupInfo, BadBackup, RestoreRefused, download_backup, restore
+from .kv.changes import Compacted
 from .kv.clients import ClusterClient
+from .kv.lease_lock import LockLost, lease_lock
 from .kv.lock import Lock
 from .kv.machine import KVMachine
+from .kv.messages import DEFAULT_RANGE_LIMIT, TxnArgs
 from .kv.node import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -73,6 +88,7 @@ from .kv.node import (
 from .kv.server import KVServer
 from .kv.status import fetch_statuses, render_table
 from .raft.inspect import Inspection, inspect_data_dir
+from .rpc.codec import decode, encode
 from .rpc.http import serve
 from .rpc.tls import ClientTls, ServerTls
 
@@ -140,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=positive_float,
             default=DEFAULT_CLIENT_TIMEOUT,
             help=f"give up after this many seconds (default {DEFAULT_CLIENT_TIMEOUT:g}; "
-            "not for lock, which waits its turn)",
+            "not for lock, which waits its turn, nor watch)",
         )
         return sub
 
@@ -150,11 +166,36 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("key")
     put.add_argument("value")
     put.add_argument("--version", type=int, required=True, help="the version it must be at")
+    put.add_argument("--lease", type=positive_int, default=0, help="under this lease (its id)")
+    delete = client_command("delete", "delete a key at a version")
+    delete.add_argument("key")
+    delete.add_argument("--version", type=int, required=True, help="the version it must be at")
+    range_ = client_command("range", "list keys in order, with their values (one page)")
+    range_.add_argument("prefix", nargs="?", default="", help="only keys under it")
+    range_.add_argument("--start", default="", help="from this key on (a page's next)")
+    range_.add_argument("--end", default="", help="before this key")
+    range_.add_argument(
+        "--limit", type=positive_int, default=DEFAULT_RANGE_LIMIT, help="keys in the page"
+    )
+    txn = client_command("txn", "compare keys, then run one branch of ops, atomically")
+    txn.add_argument("request", type=parse_txn, help='{"compare", "success", "failure"}')
     append = client_command("append", "append to a key's value (replicated KV)")
     append.add_argument("key")
     append.add_argument("value")
+    watch = client_command("watch", "print each change under a prefix, as JSON lines")
+    watch.add_argument("prefix", nargs="?", default="")
+    watch.add_argument("--after", type=int, default=0, help="changes after this index")
+    lease = client_command("lease", "grant, keep alive (once) or revoke a lease")
+    lease.add_argument("action", choices=["grant", "keepalive", "revoke"])
+    lease.add_argument("value", type=positive_int, help="grant: the TTL in seconds; else the id")
     lock = client_command("lock", "run a command while holding a lock")
     lock.add_argument("name")
+    lock.add_argument(
+        "--ttl",
+        type=positive_int,
+        help="hold it under a lease of this many seconds (replicated KV): the lock is freed "
+        "that long after this process dies, and CMD is stopped if the lock is lost",
+    )
 
     status = client_command("status", "one table of the cluster, from every server")
     status.add_argument("--watch", action="store_true", help="refresh it in place")
@@ -176,8 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Client commands (but lock) give up after this many seconds without an answer.
+#: Client commands (but lock and watch) give up after this many seconds without an answer.
 DEFAULT_CLIENT_TIMEOUT = 10.0
+
+
+def parse_txn(text: str) -> TxnArgs:
+    """A ``txn`` request as ``POST /txn`` takes it, checked as a server would."""
+    try:
+        request = decode(TxnArgs, json.loads(text))
+        request.validate("txn")
+    except (ValueError, RecursionError, BadRequest) as exc:
+        message = exc.message if isinstance(exc, BadRequest) else f"not JSON: {exc}"
+        raise argparse.ArgumentTypeError(message) from None
+    return request
 
 
 def positive_int(text: str) -> int:
@@ -495,8 +547,9 @@ async def run_client(args: argparse.Namespace, cmd: list[str]) -> int:
         return 2
     async with client as kv:
         if args.command == "lock":
-            async with Lock(kv, args.name):
-                return await trio.to_thread.run_sync(lambda: subprocess.call(cmd))
+            return await run_locked(kv, args.name, args.ttl, cmd)
+        if args.command == "watch":
+            return await run_watch(kv, args.prefix, args.after)
         with trio.move_on_after(args.timeout):
             return await run_op(kv, args)
         servers = args.servers
@@ -505,21 +558,76 @@ async def run_client(args: argparse.Namespace, cmd: list[str]) -> int:
         return 1
 
 
+async def run_locked(kv: ClusterClient, name: str, ttl: int | None, cmd: list[str]) -> int:
+    """Run ``cmd`` while holding the lock ``name``; its exit status. Under a lease
+    (``ttl``), a lost lock stops ``cmd`` (SIGTERM, then SIGKILL 5 s later) and exits 75."""
+    if ttl is None:
+        async with Lock(kv, name):
+            return await trio.to_thread.run_sync(lambda: subprocess.call(cmd))
+    try:
+        async with lease_lock(kv, name, ttl=ttl) as token:
+            env = {**os.environ, "TRIORAFT_LOCK_TOKEN": str(token)}
+            process = await trio.run_process(cmd, stdin=None, check=False, env=env)
+            return process.returncode
+    except LockLost as exc:
+        print(f"trioraft lock: {exc}; the command was stopped", file=sys.stderr)
+        return 75  # EX_TEMPFAIL
+
+
+async def run_watch(kv: ClusterClient, prefix: str, after: int) -> int:
+    """Print every change under ``prefix`` after ``after``, one JSON line each, until
+    interrupted; exit 1 with ``Compacted`` when they are no longer kept."""
+    try:
+        async with kv.watch(prefix, after=after) as changes:
+            async for change in changes:
+                print(json.dumps(change.to_wire()), flush=True)
+    except Compacted as exc:
+        print(json.dumps({"err": "Compacted", "compacted_through": exc.compacted_through}))
+        return 1
+    return 0
+
+
 async def run_op(kv: ClusterClient, args: argparse.Namespace) -> int:
-    """One get, put or append; its exit status."""
+    """One get, put, delete, range, txn or append; its exit status."""
     if args.command == "get":
-        value, version = await kv.get(args.key)
-        print(json.dumps({"key": args.key, "value": value, "version": version}))
+        got = await kv.get(args.key)
+        indexes = {"mod_index": got.mod_index, "create_index": got.create_index}
+        print(json.dumps({"key": args.key, "value": got.value, "version": got.version, **indexes}))
+        return 0
+    if args.command == "range":
+        bounds = {"prefix": args.prefix, "start": args.start, "end": args.end}
+        page = await kv.range(**bounds, limit=args.limit)
+        print(json.dumps(encode(page)))
         return 0
     try:
-        if args.command == "put":
-            await kv.put(args.key, args.value, args.version)
+        if args.command == "lease":
+            if args.action == "grant":
+                lease = await kv.lease_grant(args.value)
+                print(json.dumps({"err": "OK", "lease": lease, "ttl": args.value}))
+            elif args.action == "keepalive":
+                ttl = await kv.lease_keepalive(args.value)
+                print(json.dumps({"err": "OK", "lease": args.value, "ttl": ttl}))
+            else:
+                existed = await kv.lease_revoke(args.value)
+                print(json.dumps({"err": "OK" if existed else "NoLease", "lease": args.value}))
+                return 0 if existed else 1
+        elif args.command == "put":
+            await kv.put(args.key, args.value, args.version, lease=args.lease)
             print(json.dumps({"key": args.key, "err": "OK", "version": args.version + 1}))
+        elif args.command == "delete":
+            await kv.delete(args.key, args.version)
+            print(json.dumps({"key": args.key, "err": "OK"}))
+        elif args.command == "txn":
+            request: TxnArgs = args.request
+            outcome = await kv.txn(request.compare, request.success, request.failure)
+            print(json.dumps(encode(outcome)))
+            return 0 if outcome.succeeded else 1
         else:
             await kv.append(args.key, args.value)
             print(json.dumps({"key": args.key, "err": "OK"}))
     except KVError as exc:
-        print(json.dumps({"key": args.key, "err": exc.wire}))
+        key = {"key": args.key} if hasattr(args, "key") else {}
+        print(json.dumps({**key, "err": exc.wire}))
         return 1
     return 0
 

@@ -1,18 +1,40 @@
-"""The versioned KV: the client interface, the single-server service and its client.
+"""The versioned KV clients: one op vocabulary, one way to find the leader.
 
 Python API (shared by every KV client, single-server or cluster, so the lock works over any):
 
-- ``await kv.get(key) -> Versioned``: the value and version; an absent key reads as
-  ``Versioned("", 0)``. Retries until it gets an answer.
+- ``await kv.get(key) -> Versioned``: the value and version (and, as attributes,
+  ``mod_index`` and ``create_index``); an absent key reads as ``Versioned("", 0)``. Retries
+  until it gets an answer.
 - ``await kv.put(key, value, version) -> None``: store ``value`` if the key is at
   ``version`` (0 creates it). Raises :class:`~trioraft.VersionConflict` or
   :class:`~trioraft.KeyNotFound` when the server rejects the first attempt, and
   :class:`~trioraft.MaybeApplied` when a *retry* is rejected with ``Version``, since the first
   attempt may have applied before its reply was lost.
+- ``await kv.delete(key, version) -> None``: remove the key if it is at ``version``; the
+  same errors, and :class:`~trioraft.MaybeApplied` when a retry answers ``NoKey`` or
+  ``Version``.
+- ``await kv.range(prefix=..., start=..., end=..., limit=...) -> RangePage``: one page of
+  keys in order, as of one index (``page.index``); ``page.more`` and ``page.next`` continue.
+- ``await kv.txn(compare, success, failure) -> TxnOutcome``: see :class:`TxnArgs`. A retried
+  txn that answers ``succeeded=False`` raises :class:`~trioraft.MaybeApplied` (its first
+  attempt may have applied): compare the version or ``mod_index`` of every key a txn
+  writes, and it can never apply twice.
+- ``await kv.append(key, value) -> None`` (replicated KV): exactly once, in a session.
+- Leases (replicated KV): ``await kv.lease_grant(ttl) -> int``, ``await
+  kv.lease_keepalive(lease) -> int`` (the TTL; :class:`~trioraft.LeaseNotFound` once it is
+  gone), ``await kv.lease_revoke(lease) -> bool`` (whether it still existed), and
+  ``kv.put(key, value, version, lease=id)``.
+- Watch (replicated KV): ``async with kv.watch(prefix, after=index) as changes: async for
+  change in changes:`` every change under ``prefix`` after ``index``, once, in commit order,
+  from any server (:class:`~trioraft.kv.changes.Compacted` when they are no longer kept).
 
-Neither call takes a timeout: the caller bounds it with ``trio.move_on_after`` or
-``trio.fail_after``. :class:`KVClient` talks to a single server; :class:`ClusterClient` to a
-replicated cluster, where it also offers ``append``.
+None of them takes a timeout: the caller bounds it with ``trio.move_on_after`` or
+``trio.fail_after``. Each op is written once, in :class:`OpsClient`, over ``run(op)``; the
+clients differ only in how they run an op: :class:`ClusterClient` sends each op in a request
+of its own, the coalescing client packs the ops of many tasks into each request, and the
+embedded client enters them into its node's log. The ones that talk HTTP share
+:class:`Servers`, the one retry loop: it follows a ``WrongLeader`` reply's leader hint, or
+else tries the servers in turn.
 """
 
 from __future__ import annotations
@@ -20,28 +42,45 @@ from __future__ import annotations
 import collections
 import random
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import trio
 
-from .._errors import KeyNotFound, MaybeApplied, NoSpace, SessionExpired, VersionConflict
+from .._errors import (
+    KeyNotFound,
+    LeaseNotFound,
+    MaybeApplied,
+    NoSpace,
+    SessionExpired,
+    VersionConflict,
+)
 from ..rpc.http import RpcClient
 from ..rpc.tls import ClientTls
+from .changes import Change, Compacted
 from .messages import (
+    COMPACTED,
+    DEFAULT_RANGE_LIMIT,
     NO_KEY,
+    NO_LEASE,
     NO_SPACE,
     OK,
     SESSION_EXPIRED,
     VERSION,
     WRONG_LEADER,
-    AppendArgs,
-    AppendReply,
-    GetArgs,
-    GetReply,
-    OpenSessionArgs,
-    OpenSessionReply,
-    PutArgs,
-    PutReply,
+    BatchArgs,
+    BatchOp,
+    BatchReply,
+    Compare,
+    OpResult,
+    RangeArgs,
+    RangePage,
+    TxnArgs,
+    TxnOp,
+    TxnOutcome,
+    WatchArgs,
+    WatchReply,
 )
 
 #: Retry pacing after a failed RPC: start small, double, never above the cap. The cap only
@@ -50,11 +89,35 @@ RETRY_BACKOFF_START = 0.001
 RETRY_BACKOFF_CAP = 0.01
 
 
-class Versioned(NamedTuple):
-    """A value with its version; version 0 means the key does not exist."""
-
+class _ValueAndVersion(NamedTuple):
     value: str
     version: int
+
+
+class Versioned(_ValueAndVersion):
+    """A value with its version; version 0 means the key does not exist.
+
+    It unpacks and compares as the pair ``(value, version)``; ``mod_index`` and
+    ``create_index`` (the log indexes of the key's last change and of its creation, 0 when
+    absent) come along as attributes.
+    """
+
+    mod_index: int
+    create_index: int
+
+    def __new__(
+        cls, value: str, version: int, mod_index: int = 0, create_index: int = 0
+    ) -> Versioned:
+        self = super().__new__(cls, value, version)
+        self.mod_index = mod_index
+        self.create_index = create_index
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"Versioned(value={self.value!r}, version={self.version}, "
+            f"mod_index={self.mod_index}, create_index={self.create_index})"
+        )
 
     @property
     def exists(self) -> bool:
@@ -70,14 +133,17 @@ class KeyValue(Protocol):
     async def put(self, key: str, value: str, version: int) -> None: ...
 
 
-def raise_put_error(err: str, *, retried: bool, why: str = "") -> None:
-    """Turn a put's wire error into the client's outcome (the ``Maybe`` rule lives here);
-    ``why`` says what made the client retry, for the ``MaybeApplied`` message."""
+def raise_put_error(err: str, why: str = "", *, delete: bool = False, lease: int = 0) -> None:
+    """Turn a put's (or a ``delete``'s) wire error into the client's outcome (the ``Maybe``
+    rule lives here); ``why`` says what made the client retry (``""``: it did not). A
+    retried delete that meets ``NoKey`` may have applied too."""
     if err == OK:
         return
+    if err == NO_LEASE:
+        raise LeaseNotFound(lease)
+    if why and (err == VERSION or (delete and err == NO_KEY)):
+        raise MaybeApplied(f"retried after: {why}")
     if err == VERSION:
-        if retried:
-            raise MaybeApplied(f"retried after: {why}" if why else "retried")
         raise VersionConflict()
     if err == NO_KEY:
         raise KeyNotFound()
@@ -126,62 +192,234 @@ class Backoff:
         self._next = min(self._next * 2, self._cap)
 
 
-class KVClient:
-    """A client of one single-server KV (see the module docstring for the contract)."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        client_id: str | None = None,
-        rpc_timeout: float = 1.0,
-        token: str | None = None,
-        tls: ClientTls | None = None,
-    ):
-        self.client_id = client_id or uuid.uuid4().hex
-        self._rpc = RpcClient(url, self.client_id, timeout=rpc_timeout, token=token, tls=tls)
-
-    async def get(self, key: str) -> Versioned:
-        backoff = Backoff()
-        while True:
-            reply = await self._rpc.call("get", GetArgs(key), GetReply)
-            if reply is not None:
-                return Versioned(reply.value, reply.version)
-            await backoff.wait()
-
-    async def put(self, key: str, value: str, version: int) -> None:
-        args = PutArgs(key, value, version)
-        backoff = Backoff()
-        lost = 0
-        while True:
-            reply = await self._rpc.call("put", args, PutReply)
-            if reply is not None:
-                raise_put_error(reply.err, retried=lost > 0, why=f"{lost} lost call(s)")
-                return
-            lost += 1
-            await backoff.wait()
-
-    async def aclose(self) -> None:
-        await self._rpc.aclose()
-
-    async def __aenter__(self) -> KVClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-#: Failed attempts a ClusterClient call remembers, for the MaybeApplied message.
+#: Failed attempts a call remembers, for the MaybeApplied message.
 _FAILURES_KEPT = 6
 
 
-class ClusterClient:
-    """A client of a replicated KV cluster, with the same interface as :class:`KVClient`.
+class Servers:
+    """The one retry loop of the HTTP clients: where to send a ``/batch`` request so that
+    it reaches the leader.
 
-    It keeps one RPC client per server and tries the last server that answered as leader
-    first; on ``WrongLeader`` or a lost call (``rpc_timeout`` each) it moves to the next one,
-    pausing briefly after each full round. A put retried after any such failure reports
-    :class:`MaybeApplied` if it then meets ``Version``, as the single-server client does.
+    It tries the last server that answered as leader first. After a lost call
+    (``rpc_timeout``), a reply that does not fit the request, or ``WrongLeader``, it moves to
+    the leader that reply names (``leader``, a client URL, followed when it is one of
+    ``urls``), or else to the next server, pausing briefly after every ``len(urls)``
+    attempts in a row. ``token`` and ``tls`` go to every server.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        client_id: str,
+        *,
+        rpc_timeout: float = 1.0,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("a client needs at least one server URL")
+        self.rpcs = [
+            RpcClient(url, client_id, timeout=rpc_timeout, token=token, tls=tls) for url in urls
+        ]
+        self._by_url = {rpc.url: k for k, rpc in enumerate(self.rpcs)}
+        self.leader = 0  # index of the server that last answered as leader
+        self.requests = 0  # requests sent, for statistics
+
+    async def call(self, ops: list[BatchOp]) -> tuple[list[OpResult], list[str]]:
+        """Run ``ops`` in one ``/batch`` request: their results, the first that are not
+        ``WrongLeader``; and how the last attempts before it failed (a few: a call may retry
+        for as long as the cluster is down). Raises :class:`~trioraft.BadRequest` if a server
+        refuses the request for what it is."""
+        args = BatchArgs(ops)
+        failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
+        backoff = Backoff()
+        attempts = 0
+        while True:
+            server = self.leader
+            rpc = self.rpcs[server]
+            self.requests += 1
+            reply = await rpc.call("batch", args, BatchReply)
+            if reply is not None and len(reply.results) == len(ops):
+                if not reply.results or reply.results[0].err != WRONG_LEADER:
+                    return reply.results, list(failures)
+                failures.append(f"{rpc.url} {WRONG_LEADER}")
+            else:
+                failures.append(f"{rpc.url} {'lost call' if reply is None else 'bad reply'}")
+            hinted = self._by_url.get(reply.leader.rstrip("/")) if reply is not None else None
+            self.leader = hinted if hinted is not None else (server + 1) % len(self.rpcs)
+            attempts += 1
+            if attempts % len(self.rpcs) == 0:
+                await backoff.wait()
+
+    async def watch(self, request: WatchArgs) -> WatchReply:
+        """One long poll of ``/watch``: any server answers, so it tries them in turn (from
+        the last leader) until one does, allowing it the poll's ``wait`` to answer."""
+        backoff = Backoff()
+        attempts = 0
+        server = self.leader
+        while True:
+            rpc = self.rpcs[server]
+            reply = await rpc.call("watch", request, WatchReply, lost_after=request.wait + 5)
+            if reply is not None:
+                return reply
+            server = (server + 1) % len(self.rpcs)
+            attempts += 1
+            if attempts % len(self.rpcs) == 0:
+                await backoff.wait()
+
+    async def aclose(self) -> None:
+        for rpc in self.rpcs:
+            await rpc.aclose()
+
+
+class OpsClient:
+    """The KV client API (get, put, delete, range, txn, append) written once, over one
+    method, :meth:`run`, that executes an op and says why it was retried: ``""`` when its
+    first attempt answered, else how earlier attempts failed (for the ``Maybe`` rule)."""
+
+    def __init__(self, client_id: str | None = None) -> None:
+        self.client_id = client_id or uuid.uuid4().hex
+        self._session: str | None = None  # opened before the first append
+        self._opening = trio.Lock()
+        self._seq = 0
+
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
+        raise NotImplementedError
+
+    async def get(self, key: str) -> Versioned:
+        result, _ = await self.run(BatchOp("get", key))
+        return Versioned(result.value, result.version, result.mod_index, result.create_index)
+
+    async def put(self, key: str, value: str, version: int, *, lease: int = 0) -> None:
+        result, why = await self.run(BatchOp("put", key, value, version, lease=lease))
+        raise_put_error(result.err, why, lease=lease)
+
+    async def delete(self, key: str, version: int) -> None:
+        result, why = await self.run(BatchOp("delete", key, version=version))
+        raise_put_error(result.err, why, delete=True)
+
+    async def range(
+        self, *, prefix: str = "", start: str = "", end: str = "", limit: int = DEFAULT_RANGE_LIMIT
+    ) -> RangePage:
+        """One page of the keys ``k`` with ``start <= k < end`` (no bound for an empty
+        ``end``) under ``prefix``; for the next page, call again with ``start=page.next``
+        while ``page.more``."""
+        request = RangeArgs(prefix, start, end, limit)
+        request.validate("range")  # a BadRequest here, not a 400 from every server in turn
+        result, _ = await self.run(BatchOp("range", "", range=request))
+        if result.range is None:
+            raise ValueError(f"unexpected range error {result.err!r}")
+        return result.range
+
+    async def txn(
+        self,
+        compare: list[Compare],
+        success: list[TxnOp],
+        failure: list[TxnOp] | None = None,
+    ) -> TxnOutcome:
+        """If every compare holds, run ``success``, else ``failure``, atomically."""
+        request = TxnArgs(compare, success, failure or [])
+        request.validate("txn")
+        result, why = await self.run(BatchOp("txn", "", txn=request))
+        if result.err == NO_SPACE:
+            raise NoSpace()
+        if result.txn is None:
+            raise ValueError(f"unexpected txn error {result.err!r}")
+        if why and not result.txn.succeeded:
+            raise MaybeApplied(f"a retried txn failed its compares (retried after: {why})")
+        return result.txn
+
+    async def append(self, key: str, value: str) -> None:
+        for _ in range(SESSION_ATTEMPTS):
+            session = await self._open_session()
+            self._seq += 1
+            op = BatchOp("append", key, value, session=session, seq=self._seq)
+            result, why = await self.run(op)
+            if result.err != SESSION_EXPIRED:
+                break
+            if self._session == session:
+                self._session = None  # the next attempt opens a new one
+            if why:
+                break  # an earlier attempt may have applied: only the caller can tell
+            # The first attempt met a forgotten session: it did not apply. Go on in a new one.
+        raise_append_error(result.err)
+
+    async def lease_grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds (1 to 86,400); its id."""
+        request = BatchOp("lease_grant", "", ttl=ttl)
+        request.validate("lease_grant")
+        result, _ = await self.run(request)
+        if result.err == NO_SPACE:
+            raise NoSpace()
+        if result.err != OK:
+            raise ValueError(f"unexpected lease_grant error {result.err!r}")
+        return result.lease
+
+    async def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease`` for its TTL from now (confirmed by the leader); the TTL."""
+        result, _ = await self.run(BatchOp("lease_keepalive", "", lease=lease))
+        if result.err == NO_LEASE:
+            raise LeaseNotFound(lease)
+        if result.err != OK:
+            raise ValueError(f"unexpected lease_keepalive error {result.err!r}")
+        return result.ttl
+
+    async def lease_revoke(self, lease: int) -> bool:
+        """End ``lease`` now, deleting its keys; whether it still existed (a retry may find
+        it gone, revoked by the first attempt)."""
+        result, _ = await self.run(BatchOp("lease_revoke", "", lease=lease))
+        if result.err not in (OK, NO_LEASE):
+            raise ValueError(f"unexpected lease_revoke error {result.err!r}")
+        return result.err == OK
+
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        """One long poll of ``/watch`` (any server answers)."""
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def watch(
+        self, prefix: str = "", *, after: int = 0, wait: float = 10.0
+    ) -> AsyncIterator[AsyncIterator[Change]]:
+        """``async with kv.watch(prefix, after=i) as changes: async for change in changes``:
+        each change under ``prefix`` after index ``i``, once, in commit order, polling
+        ``wait`` seconds at a time. :class:`~trioraft.kv.changes.Compacted` when the
+        changes asked for are no longer kept."""
+        request = WatchArgs(prefix, after, wait=wait)
+        request.validate("watch")
+
+        async def changes() -> AsyncIterator[Change]:
+            position = after
+            while True:
+                reply = await self.poll_watch(WatchArgs(prefix, position, wait=wait))
+                if reply.err == COMPACTED:
+                    raise Compacted(position, reply.compacted_through)
+                for record in reply.changes:
+                    yield Change(
+                        record.index,
+                        record.key,
+                        record.kind,
+                        record.value,
+                        record.version,
+                        record.create_index,
+                    )
+                position = reply.through
+
+        async with aclosing(changes()) as iterator:
+            yield iterator
+
+    async def _open_session(self) -> str:
+        async with self._opening:
+            if self._session is None:
+                result, _ = await self.run(BatchOp("open", ""))
+                raise_append_error(result.err)
+                self._session, self._seq = result.value, 0
+            return self._session
+
+
+class ClusterClient(OpsClient):
+    """A client of a replicated KV cluster (or of a single server): each call is a
+    ``/batch`` request of its own, sent by :class:`Servers` to the leader. A put retried
+    after any failed attempt reports :class:`MaybeApplied` if it then meets ``Version``.
     ``append`` is applied exactly once: the client opens a session first, and retries carry
     the same session and sequence number (a server that has forgotten the session answers
     ``SessionExpired``, raised as :class:`~trioraft.SessionExpired`, instead of applying
@@ -197,75 +435,46 @@ class ClusterClient:
         token: str | None = None,
         tls: ClientTls | None = None,
     ) -> None:
-        if not urls:
-            raise ValueError("a cluster client needs at least one server URL")
-        self.client_id = client_id or uuid.uuid4().hex
-        self._rpcs = [
-            RpcClient(url, self.client_id, timeout=rpc_timeout, token=token, tls=tls)
-            for url in urls
-        ]
-        self.leader = 0  # index of the server that last answered as leader
-        self._session: str | None = None  # opened before the first append
-        self._opening = trio.Lock()
-        self._seq = 0
+        super().__init__(client_id)
+        self.servers = Servers(urls, self.client_id, rpc_timeout=rpc_timeout, token=token, tls=tls)
 
-    async def _call(self, method: str, args: object, reply_type: type) -> tuple[object, list[str]]:
-        """The first reply that is not WrongLeader; and how the last attempts before it
-        failed (a few: a call may retry for as long as the cluster is down)."""
-        failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
-        backoff = Backoff()
-        while True:
-            for k in range(len(self._rpcs)):
-                server = (self.leader + k) % len(self._rpcs)
-                rpc = self._rpcs[server]
-                reply = await rpc.call(method, args, reply_type)
-                if reply is not None and reply.err != WRONG_LEADER:
-                    self.leader = server
-                    return reply, failures
-                failures.append(f"{rpc.url} {'no reply' if reply is None else WRONG_LEADER}")
-            await backoff.wait()
+    @property
+    def leader(self) -> int:
+        """The index of the server tried first: the last one that answered as leader."""
+        return self.servers.leader
 
-    async def get(self, key: str) -> Versioned:
-        reply, _ = await self._call("get", GetArgs(key), GetReply)
-        assert isinstance(reply, GetReply)
-        return Versioned(reply.value, reply.version)
+    @leader.setter
+    def leader(self, server: int) -> None:
+        self.servers.leader = server
 
-    async def put(self, key: str, value: str, version: int) -> None:
-        reply, failures = await self._call("put", PutArgs(key, value, version), PutReply)
-        assert isinstance(reply, PutReply)
-        raise_put_error(reply.err, retried=bool(failures), why=", ".join(failures))
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
+        (result,), failures = await self.servers.call([op])
+        return result, ", ".join(failures)
 
-    async def append(self, key: str, value: str) -> None:
-        for _ in range(SESSION_ATTEMPTS):
-            session = await self._open_session()
-            self._seq += 1
-            args = AppendArgs(key, value, session, self._seq)
-            reply, failures = await self._call("append", args, AppendReply)
-            assert isinstance(reply, AppendReply)
-            if reply.err != SESSION_EXPIRED:
-                break
-            if self._session == session:
-                self._session = None  # the next attempt opens a new one
-            if failures:
-                break  # an earlier attempt may have applied: only the caller can tell
-            # The first attempt met a forgotten session: it did not apply. Go on in a new one.
-        raise_append_error(reply.err)
-
-    async def _open_session(self) -> str:
-        async with self._opening:
-            if self._session is None:
-                reply, _ = await self._call("open_session", OpenSessionArgs(), OpenSessionReply)
-                assert isinstance(reply, OpenSessionReply)
-                raise_append_error(reply.err)
-                self._session, self._seq = reply.session, 0
-            return self._session
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        return await self.servers.watch(request)
 
     async def aclose(self) -> None:
-        for rpc in self._rpcs:
-            await rpc.aclose()
+        await self.servers.aclose()
 
     async def __aenter__(self) -> ClusterClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class KVClient(ClusterClient):
+    """A client of one single-server KV (see the module docstring for the contract)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        rpc_timeout: float = 1.0,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+    ):
+        super().__init__([url], client_id=client_id, rpc_timeout=rpc_timeout, token=token,
+                         tls=tls)  # fmt: skip

@@ -6,7 +6,7 @@
 Every task's call joins a queue; one sender task takes everything queued into one ``/batch``
 request while no other is in flight, so N concurrent callers cost about one HTTP round trip,
 not N. It speaks to a replicated cluster (finding the leader as :class:`ClusterClient` does)
-or to a single :class:`KVServer` (get and put only).
+or to a single :class:`KVServer` (all but append). Its ops are :class:`OpsClient`'s.
 
 Invariants:
 - At most one request is in flight, and ops that must be retried go back to the head of the
@@ -14,90 +14,35 @@ Invariants:
   a retried append is recognised by the server's duplicate table (which keeps only the last
   sequence number per client): exactly once.
 - An op whose attempt failed (lost call, timeout, ``WrongLeader``) is marked retried, so a
-  put then rejected with ``Version`` reports :class:`~trioraft.MaybeApplied`.
+  put then rejected with ``Version`` reports :class:`~trioraft.MaybeApplied`. Requests go
+  through :class:`~trioraft.kv.clients.Servers`, the retry loop every HTTP client shares.
+- A request the server refuses whole (400, say a key too long) is sent again op by op, so
+  only the ops at fault raise :class:`~trioraft.BadRequest`.
 - A caller that is cancelled before its op is sent removes it; once sent, the op may apply.
 - When the client closes, every call still waiting raises ``trio.ClosedResourceError``.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
-from ..rpc.http import RpcClient
+from .._errors import BadRequest
 from ..rpc.tls import ClientTls
-from .clients import (
-    SESSION_ATTEMPTS,
-    Backoff,
-    Versioned,
-    raise_append_error,
-    raise_put_error,
-)
-from .messages import (
-    SESSION_EXPIRED,
-    WRONG_LEADER,
-    BatchArgs,
-    BatchOp,
-    BatchReply,
-    OpResult,
-)
-
-
-class OpsClient:
-    """The KV client API (get, put, append) over one method, :meth:`run`, that executes an op
-    and tells whether an earlier attempt of it failed."""
-
-    def __init__(self, client_id: str | None = None) -> None:
-        self.client_id = client_id or uuid.uuid4().hex
-        self._session: str | None = None  # opened before the first append
-        self._opening = trio.Lock()
-        self._seq = 0
-
-    async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
-        raise NotImplementedError
-
-    async def get(self, key: str) -> Versioned:
-        result, _ = await self.run(BatchOp("get", key))
-        return Versioned(result.value, result.version)
-
-    async def put(self, key: str, value: str, version: int) -> None:
-        result, retried = await self.run(BatchOp("put", key, value, version))
-        raise_put_error(result.err, retried=retried)
-
-    async def append(self, key: str, value: str) -> None:
-        for _ in range(SESSION_ATTEMPTS):
-            session = await self._open_session()
-            self._seq += 1
-            op = BatchOp("append", key, value, session=session, seq=self._seq)
-            result, retried = await self.run(op)
-            if result.err != SESSION_EXPIRED:
-                break
-            if self._session == session:
-                self._session = None  # the next attempt opens a new one
-            if retried:
-                break  # an earlier attempt may have applied: only the caller can tell
-            # The first attempt met a forgotten session: it did not apply. Go on in a new one.
-        raise_append_error(result.err)
-
-    async def _open_session(self) -> str:
-        async with self._opening:
-            if self._session is None:
-                result, _ = await self.run(BatchOp("open", ""))
-                raise_append_error(result.err)
-                self._session, self._seq = result.value, 0
-            return self._session
+from .clients import OpsClient, Servers
+from .messages import BatchOp, OpResult, WatchArgs, WatchReply
 
 
 @dataclass(eq=False)
 class _Queued:
     op: BatchOp
-    retried: bool = False
+    why: str = ""  # how the attempts before the answered one failed
     abandoned: bool = False
     result: OpResult | None = None
+    error: BadRequest | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -115,22 +60,23 @@ class CoalescingClient(OpsClient):
         token: str | None = None,
         tls: ClientTls | None = None,
     ) -> None:
-        if not urls:
-            raise ValueError("a client needs at least one server URL")
         super().__init__(client_id)
-        self._rpcs = [
-            RpcClient(url, self.client_id, timeout=rpc_timeout, token=token, tls=tls)
-            for url in urls
-        ]
-        self.leader = 0  # index of the server that last answered as leader
+        self.servers = Servers(urls, self.client_id, rpc_timeout=rpc_timeout, token=token, tls=tls)
         self.max_ops_per_request = max_ops_per_request
         self._queue: list[_Queued] = []
         self._queue_grew = trio.Event()
         self._in_flight: list[_Queued] = []
         self._closed = False
-        self.requests = 0  # /batch requests sent, for statistics
 
-    async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
+    @property
+    def requests(self) -> int:
+        """``/batch`` requests sent, for statistics."""
+        return self.servers.requests
+
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        return await self.servers.watch(request)
+
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         if self._closed:
             raise trio.ClosedResourceError("the coalescing client is closed")
         queued = _Queued(op)
@@ -141,14 +87,14 @@ class CoalescingClient(OpsClient):
         except BaseException:
             queued.abandoned = True
             raise
+        if queued.error is not None:
+            raise queued.error
         if queued.result is None:
             raise trio.ClosedResourceError("the coalescing client closed before the op's answer")
-        return queued.result, queued.retried
+        return queued.result, queued.why
 
     async def send_forever(self) -> None:
         """The sender: one ``/batch`` request at a time, while anything is queued."""
-        failures_in_a_row = 0
-        backoff = Backoff()
         while True:
             if not self._queue:
                 await self._queue_grew.wait()
@@ -159,43 +105,34 @@ class CoalescingClient(OpsClient):
             if not batch:
                 continue
             self._in_flight = batch
-            failed = await self._send(self.leader, batch)
+            try:
+                await self._send(batch)
+            except BadRequest as exc:
+                # Refused whole, before any op ran: find the culprits, one op at a time.
+                if len(batch) == 1:
+                    batch[0].error = exc
+                    batch[0].done.set()
+                for queued in batch if len(batch) > 1 else []:
+                    try:
+                        await self._send([queued])
+                    except BadRequest as alone:
+                        queued.error = alone
+                        queued.done.set()
             self._in_flight = []
-            if not failed:
-                failures_in_a_row = 0
-                backoff = Backoff()
-                continue
-            for queued in failed:
-                queued.retried = True
-            self._queue[:0] = failed
-            self.leader = (self.leader + 1) % len(self._rpcs)
-            failures_in_a_row += 1
-            if failures_in_a_row % len(self._rpcs) == 0:
-                await backoff.wait()
 
-    async def _send(self, server: int, batch: list[_Queued]) -> list[_Queued]:
-        """Send ``batch`` to ``server``; settle the ops it answered, return the others."""
-        self.requests += 1
-        args = BatchArgs([q.op for q in batch])
-        reply = await self._rpcs[server].call("batch", args, BatchReply)
-        if reply is None or len(reply.results) != len(batch):
-            return batch
-        failed = []
-        for queued, result in zip(batch, reply.results, strict=True):
-            if result.err == WRONG_LEADER:
-                failed.append(queued)
-            else:
-                queued.result = result
-                queued.done.set()
-        return failed
+    async def _send(self, batch: list[_Queued]) -> None:
+        results, failures = await self.servers.call([q.op for q in batch])
+        why = ", ".join(failures)
+        for queued, result in zip(batch, results, strict=True):
+            queued.result, queued.why = result, why
+            queued.done.set()
 
     async def aclose(self) -> None:
         self._closed = True
         for queued in [*self._in_flight, *self._queue]:
             queued.done.set()  # with no result: the caller raises ClosedResourceError
         self._in_flight, self._queue = [], []
-        for rpc in self._rpcs:
-            await rpc.aclose()
+        await self.servers.aclose()
 
 
 @asynccontextmanager

@@ -3,12 +3,27 @@
 Rules (the whole protocol):
 - Every key has a version; version 0 means the key is absent, and a get of an absent key
   answers ``NoKey`` with value ``""`` and version 0.
+- Every change is made at an index (the replicated KV's: the log index of the entry that
+  carries it; ops of one entry share it). A key remembers ``mod_index``, the index of its
+  last change, and ``create_index``, the index at which it was last created; both are 0 for
+  an absent key and for keys restored from a snapshot taken before indexes were recorded.
+  So a key's ``mod_index`` never decreases, and a key deleted then created again gets a
+  greater ``create_index`` (the same one only when both happen in one entry).
 - ``put(key, value, version)`` applies only when ``version`` equals the key's current version;
   it then stores ``value`` and increments the version (so a put at version 0 creates a key at
   version 1). Otherwise it changes nothing and answers ``NoKey`` when the key is absent
   (``version > 0``), ``Version`` when it exists.
+- ``delete(key, version)`` removes the key when ``version`` is its current version; otherwise
+  it changes nothing and answers ``NoKey`` when the key is absent, ``Version`` when it exists.
+  A key created again after a delete starts over at version 1.
 - ``append(key, arg)`` adds ``arg`` to the end of the value (an absent key acts like a put
   at version 0) and increments the version.
+- ``range`` answers keys in code point order from ``start`` (before ``end``, under
+  ``prefix``), at most ``limit`` and at most :data:`~trioraft.kv.messages.MAX_RANGE_CHARS`
+  characters of keys and values (but always one key, if any), with ``next``, the first key
+  it left out.
+- ``txn`` evaluates every compare against the state before it, then runs the ``success`` or
+  ``failure`` ops in order, at the same index; nothing else runs in between.
 - :class:`VersionedKV` holds only the keys: nothing grows with the number of clients.
   :class:`KVMachine` (the replicated one) also remembers, per client session, its last
   sequence number and reply, so a retried append is applied exactly once; clients that only
@@ -20,114 +35,336 @@ Rules (the whole protocol):
   changes nothing (it may be the retry of one already applied). So no append is ever
   applied twice. Eviction follows the log's order, the same on every replica.
 - ``apply`` never raises for a malformed op (an entry from a faulty peer, say): it answers
-  ``BadOp`` and changes nothing, identically on every replica. ``restore`` (and
-  ``check_snapshot``) raise ``ValueError`` for data that is not a snapshot of this machine.
+  ``BadOp`` and changes nothing, identically on every replica (a txn is checked whole before
+  any of it runs). ``restore`` (and ``check_snapshot``) raise ``ValueError`` for data that is
+  not a snapshot of this machine; snapshots of the format before indexes restore with 0s.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from typing import Any
 
+from .changes import Change, WatchHistory
+from .leases import DEFAULT_MAX_LEASES, LeaseTable
 from .messages import (
     BAD_OP,
+    COMPARE_OPS,
+    COMPARE_TARGETS,
+    MAX_LEASE_TTL,
+    MAX_RANGE_CHARS,
+    MAX_RANGE_LIMIT,
     NO_KEY,
+    NO_LEASE,
+    NO_SPACE,
     OK,
     SESSION_EXPIRED,
+    TXN_OPS,
     VERSION,
     AppendReply,
+    DeleteReply,
     GetReply,
+    KeyRecord,
+    KeyResult,
+    LeaseReply,
     OpenSessionReply,
     PutReply,
+    RangeReply,
+    Reply,
+    TxnReply,
 )
 
 #: Clients whose last append the replicated KV remembers (each costs ~100-300 bytes).
 DEFAULT_MAX_SESSIONS = 100_000
 
+#: One key's state: value, version, mod_index, create_index.
+KeyState = tuple[str, int, int, int]
+#: The snapshot format that records indexes (the one before it had no "format").
+SNAPSHOT_FORMAT = 2
+
 
 class VersionedKV:
-    """The KV state machine. ``get`` and ``put`` return the wire replies."""
+    """The KV state machine. Its methods return the wire replies; ``index`` is the index
+    the change is made at (see the module docstring)."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_sorted", "changes")
 
     def __init__(self) -> None:
-        self._data: dict[str, tuple[str, int]] = {}
+        self._data: dict[str, KeyState] = {}
+        # Every key in order, built by the first range and then kept up to date (a create
+        # or delete costs a memmove of it): stores that are never ranged never pay for it.
+        self._sorted: list[str] | None = None
+        #: When a list, every change made is appended to it (for watches and leases).
+        self.changes: list[Change] | None = None
 
     def get(self, key: str) -> GetReply:
         entry = self._data.get(key)
         if entry is None:
             return GetReply("", 0, NO_KEY)
-        return GetReply(entry[0], entry[1], OK)
+        return GetReply(entry[0], entry[1], OK, entry[2], entry[3])
 
-    def put(self, key: str, value: str, version: int) -> PutReply:
+    def put(self, key: str, value: str, version: int, index: int = 0) -> PutReply:
         current = self._data.get(key)
-        current_version = 0 if current is None else current[1]
-        if version != current_version:
-            return PutReply(NO_KEY if current is None else VERSION)
-        self._data[key] = (value, current_version + 1)
+        if current is None:
+            if version != 0:
+                return PutReply(NO_KEY)
+            self._create(key, value, index)
+            return PutReply(OK)
+        if version != current[1]:
+            return PutReply(VERSION)
+        self._update(key, (value, current[1] + 1, index, current[3]))
         return PutReply(OK)
 
-    def append(self, key: str, arg: str) -> AppendReply:
-        value, version = self._data.get(key, ("", 0))
-        self._data[key] = (value + arg, version + 1)
+    def delete(self, key: str, version: int, index: int = 0) -> DeleteReply:
+        current = self._data.get(key)
+        if current is None:
+            return DeleteReply(NO_KEY)
+        if version != current[1]:
+            return DeleteReply(VERSION)
+        self._remove(key, index)
+        return DeleteReply(OK)
+
+    def append(self, key: str, arg: str, index: int = 0) -> AppendReply:
+        current = self._data.get(key)
+        if current is None:
+            self._create(key, arg, index)
+        else:
+            self._update(key, (current[0] + arg, current[1] + 1, index, current[3]))
         return AppendReply(OK)
+
+    def range(self, prefix: str, start: str, end: str, limit: int, index: int = 0) -> RangeReply:
+        keys = self._sorted_keys()
+        items: list[KeyRecord] = []
+        chars = 0
+        for i in range(bisect.bisect_left(keys, max(start, prefix)), len(keys)):
+            key = keys[i]
+            if (end and key >= end) or not key.startswith(prefix):
+                break
+            value, version, mod_index, create_index = self._data[key]
+            chars += len(key) + len(value)
+            if len(items) == limit or (items and chars > MAX_RANGE_CHARS):
+                return RangeReply(OK, items, index, more=True, next=key)
+            items.append(KeyRecord(key, value, version, mod_index, create_index))
+        return RangeReply(OK, items, index)
+
+    def txn(
+        self,
+        compares: list[tuple[str, str, str, str | int]],
+        success: list[tuple[str, str, str]],
+        failure: list[tuple[str, str, str]],
+        index: int = 0,
+    ) -> TxnReply:
+        """``compares`` are (key, target, op, operand), branch ops (op, key, value), all
+        valid (see :meth:`KVMachine.apply`)."""
+        succeeded = all(self._holds(*compare) for compare in compares)
+        results = []
+        for op, key, value in success if succeeded else failure:
+            if op == "get":
+                got = self.get(key)
+                results.append(KeyResult(got.err, got.value, got.version, got.mod_index,
+                                         got.create_index))  # fmt: skip
+            elif op == "put":
+                current = self._data.get(key)
+                if current is None:
+                    self._create(key, value, index)
+                    results.append(KeyResult(OK, version=1, mod_index=index, create_index=index))
+                else:
+                    self._update(key, (value, current[1] + 1, index, current[3]))
+                    results.append(KeyResult(OK, version=current[1] + 1, mod_index=index,
+                                             create_index=current[3]))  # fmt: skip
+            elif key in self._data:
+                self._remove(key, index)
+                results.append(KeyResult(OK))
+            else:
+                results.append(KeyResult(NO_KEY))
+        return TxnReply(OK, succeeded, results, index)
+
+    def _holds(self, key: str, target: str, op: str, operand: str | int) -> bool:
+        value, version, mod_index, create_index = self._data.get(key, ("", 0, 0, 0))
+        actual: str | int
+        if target == "value":
+            actual = value
+        elif target == "version":
+            actual = version
+        elif target == "mod_index":
+            actual = mod_index
+        else:
+            actual = create_index
+        if op == "=":
+            return actual == operand
+        if op == "!=":
+            return actual != operand
+        if op == "<":
+            return actual < operand  # type: ignore[operator]  # same types: checked
+        return actual > operand  # type: ignore[operator]
+
+    def _create(self, key: str, value: str, index: int) -> None:
+        self._update(key, (value, 1, index, index))
+        if self._sorted is not None:
+            bisect.insort(self._sorted, key)
+
+    def _update(self, key: str, state: KeyState) -> None:
+        self._data[key] = state
+        if self.changes is not None:
+            self.changes.append(Change(state[2], key, "put", state[0], state[1], state[3]))
+
+    def remove(self, key: str, index: int) -> bool:
+        """Delete ``key`` whatever its version (a lease's expiry); whether it was there."""
+        if key not in self._data:
+            return False
+        self._remove(key, index)
+        return True
+
+    def _remove(self, key: str, index: int) -> None:
+        del self._data[key]
+        if self._sorted is not None:
+            del self._sorted[bisect.bisect_left(self._sorted, key)]
+        if self.changes is not None:
+            self.changes.append(Change(index, key, "delete", "", 0, 0))
+
+    def _sorted_keys(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self._data)
+        return self._sorted
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def items(self) -> dict[str, tuple[str, int]]:
+    def items(self) -> dict[str, KeyState]:
         return dict(self._data)
 
-    def replace(self, items: dict[str, tuple[str, int]]) -> None:
+    def replace(self, items: dict[str, KeyState]) -> None:
         self._data = dict(items)
+        self._sorted = None
 
 
 class KVMachine:
-    """The replicated KV's state machine: ops are dicts as the servers log them.
-
-    ``{"op": "get", "key"}``, ``{"op": "put", "key", "value", "version"}``,
-    ``{"op": "open", "key", "nonce"}``, ``{"op": "append", "key", "value", "session", "seq"}``;
-    ``apply`` returns the reply. ``max_sessions`` must be the same on every replica.
+    """The replicated KV's state machine: ops are dicts as the servers log them (see
+    :func:`~trioraft.kv.messages.log_op`): ``get``, ``put``, ``delete``, ``range``, ``txn``,
+    ``open`` and ``append``; ``apply(op, index)`` returns the reply. ``max_sessions`` must be
+    the same on every replica.
     """
 
-    def __init__(self, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_leases: int = DEFAULT_MAX_LEASES,
+        history: WatchHistory | None = None,
+    ) -> None:
         self.kv = VersionedKV()
+        self.kv.changes = []  # drained after every op into the history and the leases
         # session -> (last seq, its reply), least recently used first
         self.sessions: dict[str, tuple[int, str]] = {}
         self.opened = 0  # sessions ever opened: numbers the next one
         self.max_sessions = max_sessions
+        self.leases = LeaseTable(max_leases=max_leases)
+        self.history = history if history is not None else WatchHistory()
+        # The index of the last change (what a restored history starts over at: nothing
+        # changed between it and the snapshot's index).
+        self.changed_at = 0
 
-    def apply(self, op: Any) -> GetReply | PutReply | AppendReply | OpenSessionReply:
+    def apply(self, op: Any, index: int = 0) -> Reply:
+        """Apply ``op``, logged at ``index``; its reply (``BadOp`` if it is not an op)."""
+        reply = self._apply(op, index)
+        changes = self.kv.changes
+        if changes:
+            for change in changes:
+                self.leases.detach(change.key)  # a write without a lease, or a delete
+            lease = op.get("lease", 0) if op.get("op") == "put" else 0
+            if lease:
+                self.leases.attach(op["key"], lease)
+            self.history.record(index, changes)
+            self.changed_at = index
+            changes.clear()
+        return reply
+
+    def _apply(self, op: Any, index: int) -> Reply:
         if type(op) is not dict or type(op.get("key")) is not str:
             return PutReply(BAD_OP)
         kind = op.get("op")
         if kind == "get":
             return self.kv.get(op["key"])
         if kind == "put":
-            value, version = op.get("value"), op.get("version")
-            if type(value) is not str or type(version) is not int or version < 0:
+            value, version, lease = op.get("value"), op.get("version"), op.get("lease", 0)
+            if type(value) is not str or not _is_version(version) or not _is_version(lease):
                 return PutReply(BAD_OP)
-            return self.kv.put(op["key"], value, version)
+            if lease and lease not in self.leases.leases:
+                return PutReply(NO_LEASE)
+            return self.kv.put(op["key"], value, version, index)
+        if kind == "delete":
+            version = op.get("version")
+            if not _is_version(version):
+                return DeleteReply(BAD_OP)
+            return self.kv.delete(op["key"], version, index)
         if kind == "append":
             value, session, seq = op.get("value"), op.get("session"), op.get("seq")
             if type(value) is not str or type(session) is not str or type(seq) is not int:
                 return AppendReply(BAD_OP)
-            return self._append(op["key"], value, session, seq)
+            return self._append(op["key"], value, session, seq, index)
+        if kind == "range":
+            prefix, start, end, limit = (op.get(f) for f in ("prefix", "start", "end", "limit"))
+            if (
+                type(prefix) is not str
+                or type(start) is not str
+                or type(end) is not str
+                or type(limit) is not int
+                or not 1 <= limit <= MAX_RANGE_LIMIT
+            ):
+                return RangeReply(BAD_OP)
+            return self.kv.range(prefix, start, end, limit, index)
+        if kind == "txn":
+            parsed = _parse_txn(op)
+            if parsed is None:
+                return TxnReply(BAD_OP)
+            return self.kv.txn(*parsed, index)
+        if kind == "lease_grant":
+            ttl = op.get("ttl")
+            if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL:
+                return LeaseReply(BAD_OP)
+            lease = self.leases.grant(ttl)
+            return LeaseReply(NO_SPACE) if lease is None else LeaseReply(OK, lease, ttl)
+        if kind in ("lease_revoke", "lease_ttl"):
+            lease = op.get("lease")
+            if type(lease) is not int:
+                return LeaseReply(BAD_OP)
+            known = self.leases.leases.get(lease)
+            if known is None:
+                return LeaseReply(NO_LEASE, lease)
+            if kind == "lease_revoke":
+                self._revoke(lease, index)
+            return LeaseReply(OK, lease, known.ttl)
         if kind == "open" and type(op.get("nonce")) is str:
+            lease = op.get("lease", 0)
+            if not _is_version(lease):
+                return OpenSessionReply(BAD_OP)
+            if lease and lease not in self.leases.leases:
+                return OpenSessionReply(NO_LEASE)
             self.opened += 1
             session = f"{self.opened}-{op['nonce']}"
             self._remember(session, (0, OK))
+            if lease:
+                self.leases.attach_session(session, lease)
             return OpenSessionReply(OK, session)
         return PutReply(BAD_OP)
 
-    def _append(self, key: str, value: str, session: str, seq: int) -> AppendReply:
+    def _revoke(self, lease: int, index: int) -> None:
+        gone = self.leases.revoke(lease)
+        if gone is not None:
+            for key in sorted(gone.keys):
+                self.kv.remove(key, index)
+            for session in sorted(gone.sessions):
+                self.sessions.pop(session, None)
+
+    def _append(self, key: str, value: str, session: str, seq: int, index: int) -> AppendReply:
         last = self.sessions.pop(session, None)
         if last is None:
             return AppendReply(SESSION_EXPIRED)  # forgotten (or never opened)
         if seq <= last[0]:
             self.sessions[session] = last  # now the most recently used
             return AppendReply(last[1])  # a retry of an append already applied
-        reply = self.kv.append(key, value)
+        reply = self.kv.append(key, value, index)
         self._remember(session, (seq, reply.err))
         return reply
 
@@ -137,14 +374,24 @@ class KVMachine:
             del self.sessions[next(iter(self.sessions))]  # the least recently used
 
     def snapshot(self) -> bytes:
-        state = {"kv": self.kv.items(), "sessions": self.sessions, "opened": self.opened}
+        state = {
+            "format": SNAPSHOT_FORMAT,
+            "kv": self.kv.items(),
+            "sessions": self.sessions,
+            "opened": self.opened,
+            "leases": self.leases.to_wire(),
+            "changed_at": self.changed_at,
+        }
         return json.dumps(state, separators=(",", ":")).encode()
 
     def restore(self, data: bytes) -> None:
-        kv, sessions, opened = _parse_snapshot(data)
+        kv, sessions, opened, leases, changed_at = _parse_snapshot(data)
         self.kv.replace(kv)
         self.sessions = sessions
         self.opened = opened
+        self.leases = leases
+        self.changed_at = changed_at
+        self.history.reset(changed_at)
 
     @staticmethod
     def check_snapshot(data: bytes) -> None:
@@ -152,16 +399,64 @@ class KVMachine:
         _parse_snapshot(data)
 
 
+def _is_version(version: object) -> bool:
+    return type(version) is int and version >= 0
+
+
+def _parse_txn(
+    op: dict[str, Any],
+) -> (
+    tuple[
+        list[tuple[str, str, str, str | int]],
+        list[tuple[str, str, str]],
+        list[tuple[str, str, str]],
+    ]
+    | None
+):
+    """A logged txn's compares and branches, or ``None`` if any part is malformed."""
+    compares_in, success_in, failure_in = op.get("compare"), op.get("success"), op.get("failure")
+    if (
+        type(compares_in) is not list
+        or type(success_in) is not list
+        or type(failure_in) is not list
+    ):
+        return None
+    compares: list[tuple[str, str, str, str | int]] = []
+    for compare in compares_in:
+        if type(compare) is not dict:
+            return None
+        key, target, how, operand = (compare.get(f) for f in ("key", "target", "op", "operand"))
+        if type(key) is not str or target not in COMPARE_TARGETS or how not in COMPARE_OPS:
+            return None
+        if type(operand) is not (str if target == "value" else int):
+            return None
+        compares.append((key, target, how, operand))
+    branches: list[list[tuple[str, str, str]]] = [[], []]
+    for branch, ops in zip(branches, (success_in, failure_in), strict=True):
+        for txn_op in ops:
+            if type(txn_op) is not dict:
+                return None
+            kind, key, value = txn_op.get("op"), txn_op.get("key"), txn_op.get("value", "")
+            if kind not in TXN_OPS or type(key) is not str or type(value) is not str:
+                return None
+            branch.append((kind, key, value))
+    return compares, branches[0], branches[1]
+
+
 def _parse_snapshot(
     data: bytes,
-) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[int, str]], int]:
+) -> tuple[dict[str, KeyState], dict[str, tuple[int, str]], int, LeaseTable, int]:
     try:
         state = json.loads(data)
         opened = state["opened"]
+        indexed = state.get("format") == SNAPSHOT_FORMAT  # else the format before indexes
         kv = {
-            key: (value, version)
-            for key, (value, version) in state["kv"].items()
-            if type(value) is str and type(version) is int and version > 0
+            key: (entry[0], entry[1], *((entry[2], entry[3]) if indexed else (0, 0)))
+            for key, entry in state["kv"].items()
+            if len(entry) == (4 if indexed else 2)
+            and type(entry[0]) is str
+            and all(type(n) is int for n in entry[1:])
+            and entry[1] > 0
         }
         sessions = {
             client: (seq, err)
@@ -172,6 +467,14 @@ def _parse_snapshot(
         raise ValueError(f"not a KV snapshot: {exc!r}") from None
     if len(kv) != len(state["kv"]) or len(sessions) != len(state["sessions"]):
         raise ValueError("not a KV snapshot: a value, version or session of the wrong type")
-    if type(opened) is not int:
-        raise ValueError("not a KV snapshot: the session count is not an integer")
-    return kv, sessions, opened
+    if type(opened) is not int or state.get("format", SNAPSHOT_FORMAT) != SNAPSHOT_FORMAT:
+        raise ValueError("not a KV snapshot: an unknown format or a session count not an integer")
+    leases = LeaseTable()
+    if "leases" in state:
+        leases.replace_from_wire(state["leases"])
+        if any(key not in kv for key in leases.owner):
+            raise ValueError("not a KV snapshot: a lease holds a key that does not exist")
+    changed_at = state.get("changed_at", 0)
+    if type(changed_at) is not int or changed_at < 0:
+        raise ValueError("not a KV snapshot: the last change's index is not a natural number")
+    return kv, sessions, opened, leases, changed_at

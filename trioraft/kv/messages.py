@@ -1,27 +1,39 @@
 """The KV wire protocol: one frozen dataclass per request and reply body.
 
-``POST /get {"key"}`` → ``{"value", "version", "err"}``;
-``POST /put {"key", "value", "version"}`` → ``{"err"}``.
+``POST /get {"key"}`` → ``{"value", "version", "mod_index", "create_index", "err"}``;
+``POST /put {"key", "value", "version"}`` → ``{"err"}``;
+``POST /delete {"key", "version"}`` → ``{"err"}`` (conditional on the version, like put);
+``POST /range {"prefix"} | {"start", "end"}, "limit"`` → ``{"err", "items", "index", "more",
+"next"}``: keys in code point order, each with its value, version and indexes, all as of log
+index ``index``; when ``more``, ask again from ``"start": next`` for the rest;
+``POST /txn {"compare", "success", "failure"}`` → ``{"err", "succeeded", "results",
+"index"}``: if every compare holds, the ``success`` ops run, else the ``failure`` ops, all in
+one entry (see :class:`TxnArgs`).
 ``POST /open_session {}`` → ``{"err", "session"}`` and
 ``POST /append {"key", "value", "session", "seq"}`` → ``{"err"}`` (replicated KV only): a
 client opens a session once, then numbers its appends in it from 1; a retried append (same
 session and seq) is applied once.
 ``POST /batch {"ops": [op, ...]}`` → ``{"results": [result, ...]}``: each op is an object
-``{"op": "get" | "put" | "append" | "open", ...}`` with the fields of that call (``open``
-takes none but ``key``, which it ignores), each result has ``err`` and, for a get, ``value``
-and ``version`` (for an open, ``value`` is the session); ops are independent (not a
-transaction) and answered in order, as if sent one by one, concurrently.
+``{"op": "get" | "put" | "delete" | "append" | "open" | "range" | "txn", "key", ...}`` with
+the fields of that call (``open``, ``range`` and ``txn`` ignore ``key``; a range carries its
+request in ``range``, a txn in ``txn``), each result has ``err`` and, for a get, ``value``,
+``version``, ``mod_index`` and ``create_index`` (for an open, ``value`` is the session; for
+a range, ``range`` holds the page; for a txn, ``txn`` the outcome); ops are independent (not
+a transaction) and answered in order, as if sent one by one, concurrently.
 Error strings on the wire are ``OK``, ``NoKey``, ``Version`` and, from a replicated server,
-``WrongLeader`` (it cannot serve the call: try another), ``NoSpace`` (its storage quota is
-used up: writes are refused) and ``SessionExpired`` (an append's session is not, or no
-longer, known: open a new one); ``Maybe`` never travels (only a client reports it). Version
-0 means "the key does not exist". Keys are at most :data:`MAX_KEY_BYTES` bytes.
+``WrongLeader`` (it cannot serve the call: try another; ``leader`` then names the leader's
+client URL when the server knows it), ``NoSpace`` (its storage quota is used up: writes are
+refused) and ``SessionExpired`` (an append's session is not, or no longer, known: open a new
+one); ``Maybe`` never travels (only a client reports it). Version 0 means "the key does not
+exist"; ``mod_index`` is the log index of the entry that last changed the key,
+``create_index`` that of the entry that created it (0 for both when absent). Keys are at
+most :data:`MAX_KEY_BYTES` bytes.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from .._errors import BadRequest
@@ -38,6 +50,28 @@ BAD_OP: Final = "BadOp"
 
 #: The longest key any KV server accepts, in UTF-8 bytes.
 MAX_KEY_BYTES = 4096
+#: Keys a range answers when its request names no ``limit``, and the most it may name.
+DEFAULT_RANGE_LIMIT = 1000
+MAX_RANGE_LIMIT = 10_000
+#: A range page stops before this many characters of keys and values (it always holds at
+#: least one key): a reply stays small whatever the values weigh.
+MAX_RANGE_CHARS = 1 << 20
+#: Most range ops in one ``/batch`` (each answers up to :data:`MAX_RANGE_CHARS`).
+MAX_BATCH_RANGES = 16
+#: Most compares, and most ops per branch, of one transaction.
+MAX_TXN_COMPARES = 64
+MAX_TXN_OPS = 256
+#: What a compare may look at, and how it may compare.
+COMPARE_TARGETS = ("value", "version", "mod_index", "create_index")
+COMPARE_OPS = ("=", "!=", "<", ">")
+#: The ops a transaction's branches may run (a txn's writes take no version: its compares
+#: are their condition).
+TXN_OPS = ("get", "put", "delete")
+#: Longest TTL a lease may have, in seconds.
+MAX_LEASE_TTL = 24 * 3600
+#: Changes a watch answers by default, and at most (one entry's changes may add to it).
+DEFAULT_WATCH_LIMIT = 1000
+MAX_WATCH_LIMIT = 10_000
 
 
 def check_key(key: str, where: str = "key") -> None:
@@ -59,6 +93,9 @@ class GetReply:
     value: str
     version: int
     err: str
+    mod_index: int = 0
+    create_index: int = 0
+    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +103,25 @@ class PutArgs:
     key: str
     value: str
     version: int = non_negative()
+    lease: int = non_negative(0)  # 0: none (a put without a lease detaches the key)
 
 
 @dataclass(frozen=True, slots=True)
 class PutReply:
     err: str
+    leader: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteArgs:
+    key: str
+    version: int = non_negative()
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteReply:
+    err: str
+    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +135,170 @@ class AppendArgs:
 @dataclass(frozen=True, slots=True)
 class AppendReply:
     err: str
+    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class OpenSessionArgs:
-    pass
+    lease: int = non_negative(0)  # 0: none; else the session ends with this lease
 
 
 @dataclass(frozen=True, slots=True)
 class OpenSessionReply:
     err: str
     session: str = ""
+    leader: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeArgs:
+    """Keys ``k`` with ``start <= k``, ``k < end`` (no bound when ``end`` is empty) and
+    ``k.startswith(prefix)``, in code point order, at most ``limit`` of them."""
+
+    prefix: str = ""
+    start: str = ""
+    end: str = ""
+    limit: int = field(default=DEFAULT_RANGE_LIMIT, metadata={"min": 1})
+
+    def validate(self, where: str = "body") -> None:
+        if self.limit > MAX_RANGE_LIMIT:
+            raise BadRequest(f"{where}.limit: {self.limit}, at most {MAX_RANGE_LIMIT}")
+        for name in ("prefix", "start", "end"):
+            check_key(getattr(self, name), f"{where}.{name}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One key of a range, with everything a get answers about it."""
+
+    key: str
+    value: str
+    version: int
+    mod_index: int
+    create_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeReply:
+    err: str
+    items: list[KeyRecord] = field(default_factory=list)
+    index: int = 0  # the log index the page is as of
+    more: bool = False  # keys past this page remain: ask again from "start": next
+    next: str = ""
+    leader: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RangePage:
+    """A range's answer as one result of a batch."""
+
+    items: list[KeyRecord]
+    index: int
+    more: bool
+    next: str
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """``key``'s target ``op`` the given operand, e.g. ``{"key": "a", "op": "=",
+    "version": 3}``: exactly one of ``value``, ``version``, ``mod_index`` and
+    ``create_index`` names both the target and the operand. An absent key has value ``""``
+    and 0 for the others."""
+
+    key: str
+    op: str
+    value: str | None = None
+    version: int | None = None
+    mod_index: int | None = None
+    create_index: int | None = None
+
+    def target(self) -> tuple[str, str | int]:
+        """The one field given, and its operand (call after :meth:`validate`)."""
+        for name in COMPARE_TARGETS:
+            operand = getattr(self, name)
+            if operand is not None:
+                return name, operand
+        raise AssertionError("validated compares name a target")
+
+    def validate(self, where: str) -> None:
+        if self.op not in COMPARE_OPS:
+            raise BadRequest(
+                f"{where}.op: expected one of {', '.join(COMPARE_OPS)}, not {self.op!r}"
+            )
+        given = [name for name in COMPARE_TARGETS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise BadRequest(
+                f"{where}: give exactly one of {', '.join(COMPARE_TARGETS)} (got {len(given)})"
+            )
+        check_key(self.key, f"{where}.key")
+
+
+@dataclass(frozen=True, slots=True)
+class TxnArgs:
+    """If every compare holds, run the ``success`` ops, else the ``failure`` ops: all in one
+    log entry, in order, each with its own result. Branch ops are ``get``, ``put`` (stores
+    the value at the key's next version) and ``delete`` (``NoKey`` if absent), with no
+    version: the compares are their condition. Nothing nests: a branch holds no txn."""
+
+    compare: list[Compare] = field(default_factory=list)
+    success: list[TxnOp] = field(default_factory=list)
+    failure: list[TxnOp] = field(default_factory=list)
+
+    def validate(self, where: str = "body") -> None:
+        if len(self.compare) > MAX_TXN_COMPARES:
+            raise BadRequest(f"{where}.compare: {len(self.compare)}, at most {MAX_TXN_COMPARES}")
+        for i, compare in enumerate(self.compare):
+            compare.validate(f"{where}.compare[{i}]")
+        for name in ("success", "failure"):
+            ops = getattr(self, name)
+            if len(ops) > MAX_TXN_OPS:
+                raise BadRequest(f"{where}.{name}: {len(ops)} ops, at most {MAX_TXN_OPS}")
+            for i, op in enumerate(ops):
+                op.validate(f"{where}.{name}[{i}]")
+
+
+@dataclass(frozen=True, slots=True)
+class TxnOp:
+    """One op of a transaction's branch: ``get``, ``put`` (of ``value``) or ``delete``."""
+
+    op: str
+    key: str
+    value: str = ""
+
+    def validate(self, where: str) -> None:
+        if self.op not in TXN_OPS:
+            raise BadRequest(f"{where}.op: expected one of {', '.join(TXN_OPS)}, not {self.op!r}")
+        check_key(self.key, f"{where}.key")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResult:
+    """The result of one op of a transaction: for a get, what a get answers; for a put, the
+    key's new version and indexes; for a delete, only ``err``."""
+
+    err: str
+    value: str = ""
+    version: int = 0
+    mod_index: int = 0
+    create_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TxnReply:
+    err: str
+    succeeded: bool = False
+    results: list[KeyResult] = field(default_factory=list)
+    index: int = 0  # the log index of the entry the txn applied in
+    leader: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnOutcome:
+    """A txn's answer as one result of a batch."""
+
+    succeeded: bool
+    results: list[KeyResult]
+    index: int
 
 
 #: Most ops one ``/batch`` request may carry.
@@ -103,8 +307,11 @@ MAX_BATCH_OPS = 10_000
 
 @dataclass(frozen=True, slots=True)
 class BatchOp:
-    """One op of a batch: ``get`` uses ``key``; ``put`` adds ``value`` and ``version``;
-    ``append`` adds ``value``, ``session`` and ``seq``; ``open`` opens a session."""
+    """One op of any client, the vocabulary every KV client speaks: ``get`` uses ``key``;
+    ``put`` adds ``value`` and ``version``; ``delete`` adds ``version``; ``append`` adds
+    ``value``, ``session`` and ``seq``; ``open`` opens a session; ``range`` carries its
+    request in ``range``, ``txn`` in ``txn``. A ``put`` may name a ``lease``;
+    ``lease_grant`` takes a ``ttl``, ``lease_keepalive`` and ``lease_revoke`` a ``lease``."""
 
     op: str
     key: str
@@ -112,16 +319,46 @@ class BatchOp:
     version: int = non_negative(0)
     session: str = ""
     seq: int = non_negative(0)
+    range: RangeArgs | None = None
+    txn: TxnArgs | None = None
+    lease: int = non_negative(0)
+    ttl: int = non_negative(0)
 
     def validate(self, where: str) -> None:
         if self.op not in BATCH_OPS:
             raise BadRequest(f"{where}.op: expected one of {', '.join(BATCH_OPS)}, not {self.op!r}")
         if self.op == "append" and not self.session:
             raise BadRequest(f"{where}.session: an append needs a session (open one first)")
+        if self.op == "range":
+            if self.range is None:
+                raise BadRequest(f"{where}.range: a range op carries its request here")
+            self.range.validate(f"{where}.range")
+        if self.op == "txn":
+            if self.txn is None:
+                raise BadRequest(f"{where}.txn: a txn op carries its request here")
+            self.txn.validate(f"{where}.txn")
+        if self.op == "lease_grant" and not 1 <= self.ttl <= MAX_LEASE_TTL:
+            raise BadRequest(f"{where}.ttl: {self.ttl}, from 1 to {MAX_LEASE_TTL} seconds")
+        if self.op in ("lease_keepalive", "lease_revoke") and self.lease < 1:
+            raise BadRequest(f"{where}.lease: a lease id (from 1)")
         check_key(self.key, f"{where}.key")
 
 
-BATCH_OPS = ("get", "put", "append", "open")
+BATCH_OPS = (
+    "get",
+    "put",
+    "delete",
+    "append",
+    "open",
+    "range",
+    "txn",
+    "lease_grant",
+    "lease_keepalive",
+    "lease_revoke",
+)
+#: Ops that change nothing: a batch of only these is a read. (A keepalive changes only the
+#: leader's clock, after a read confirms the lease.)
+READ_OPS = frozenset({"get", "range", "lease_keepalive"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +368,12 @@ class BatchArgs:
     def validate(self) -> None:
         if len(self.ops) > MAX_BATCH_OPS:
             raise BadRequest(f"ops: {len(self.ops)} ops, at most {MAX_BATCH_OPS} per batch")
+        ranges = 0
         for i, op in enumerate(self.ops):
             op.validate(f"ops[{i}]")
+            ranges += op.op == "range"
+        if ranges > MAX_BATCH_RANGES:
+            raise BadRequest(f"ops: {ranges} ranges, at most {MAX_BATCH_RANGES} per batch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,26 +381,73 @@ class OpResult:
     err: str
     value: str = ""
     version: int = 0
+    mod_index: int = 0
+    create_index: int = 0
+    range: RangePage | None = None
+    txn: TxnOutcome | None = None
+    lease: int = 0
+    ttl: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class BatchReply:
     results: list[OpResult]
+    leader: str = ""  # when every result is WrongLeader: the leader's client URL, if known
 
 
-def as_result(reply: GetReply | PutReply | AppendReply | OpenSessionReply) -> OpResult:
-    """A single call's reply as the result of the same op in a batch."""
+def as_result(reply: Reply | None) -> OpResult:
+    """A single call's reply as the result of the same op in a batch (``BadOp`` for
+    ``None``, the RSM's answer to an op the machine raised on)."""
+    if reply is None:
+        return OpResult(BAD_OP)
     if isinstance(reply, GetReply):
-        return OpResult(reply.err, reply.value, reply.version)
+        return OpResult(reply.err, reply.value, reply.version, reply.mod_index, reply.create_index)
     if isinstance(reply, OpenSessionReply):
         return OpResult(reply.err, reply.session)
+    if isinstance(reply, RangeReply) and reply.err == OK:
+        return OpResult(
+            reply.err, range=RangePage(reply.items, reply.index, reply.more, reply.next)
+        )
+    if isinstance(reply, TxnReply) and reply.err == OK:
+        return OpResult(reply.err, txn=TxnOutcome(reply.succeeded, reply.results, reply.index))
+    if isinstance(reply, LeaseReply):
+        return OpResult(reply.err, lease=reply.lease, ttl=reply.ttl)
     return OpResult(reply.err)
+
+
+def range_reply(result: OpResult, leader: str = "") -> RangeReply:
+    """A range's batch result as the reply of ``/range``."""
+    page = result.range
+    if page is None:
+        return RangeReply(result.err, leader=leader)
+    return RangeReply(result.err, page.items, page.index, page.more, page.next, leader)
+
+
+def txn_reply(result: OpResult, leader: str = "") -> TxnReply:
+    """A txn's batch result as the reply of ``/txn``."""
+    outcome = result.txn
+    if outcome is None:
+        return TxnReply(result.err, leader=leader)
+    return TxnReply(result.err, outcome.succeeded, outcome.results, outcome.index, leader)
 
 
 def json_size_bound(ops: list[BatchOp]) -> int:
     """At least the bytes ``ops`` take as logged JSON: a character escapes to 12 bytes at
     most (a non-BMP one, as two \\u escapes); the rest is bounded per op."""
-    return sum(12 * (len(op.key) + len(op.value) + len(op.session)) + 128 for op in ops)
+    return sum(_size_bound(op) for op in ops)
+
+
+def _size_bound(op: BatchOp) -> int:
+    bound = 12 * (len(op.key) + len(op.value) + len(op.session)) + 128
+    if op.range is not None:
+        bound += 12 * (len(op.range.prefix) + len(op.range.start) + len(op.range.end)) + 64
+    if op.txn is not None:
+        for compare in op.txn.compare:
+            operand = compare.value or ""
+            bound += 12 * (len(compare.key) + len(operand)) + 96
+        for txn_op in (*op.txn.success, *op.txn.failure):
+            bound += 12 * (len(txn_op.key) + len(txn_op.value)) + 64
+    return bound
 
 
 def log_op(op: BatchOp) -> dict[str, object]:
@@ -168,7 +456,129 @@ def log_op(op: BatchOp) -> dict[str, object]:
     if op.op == "get":
         return {"op": "get", "key": op.key}
     if op.op == "put":
+        if op.lease:
+            return {"op": "put", "key": op.key, "value": op.value, "version": op.version,
+                    "lease": op.lease}  # fmt: skip
         return {"op": "put", "key": op.key, "value": op.value, "version": op.version}
+    if op.op == "lease_grant":
+        return {"op": "lease_grant", "key": "", "ttl": op.ttl}
+    if op.op == "lease_revoke":
+        return {"op": "lease_revoke", "key": "", "lease": op.lease}
+    if op.op == "lease_keepalive":  # logged (or read) as a check that the lease exists
+        return {"op": "lease_ttl", "key": "", "lease": op.lease}
+    if op.op == "delete":
+        return {"op": "delete", "key": op.key, "version": op.version}
     if op.op == "open":
+        if op.lease:
+            return {"op": "open", "key": "", "nonce": secrets.token_hex(8), "lease": op.lease}
         return {"op": "open", "key": "", "nonce": secrets.token_hex(8)}
+    if op.op == "range":
+        assert op.range is not None  # validated
+        r = op.range
+        return {"op": "range", "key": "", "prefix": r.prefix, "start": r.start, "end": r.end,
+                "limit": r.limit}  # fmt: skip
+    if op.op == "txn":
+        assert op.txn is not None  # validated
+        compares = []
+        for compare in op.txn.compare:
+            target, operand = compare.target()
+            compares.append({"key": compare.key, "op": compare.op, "target": target,
+                             "operand": operand})  # fmt: skip
+        return {
+            "op": "txn",
+            "key": "",
+            "compare": compares,
+            "success": [_log_txn_op(o) for o in op.txn.success],
+            "failure": [_log_txn_op(o) for o in op.txn.failure],
+        }
     return {"op": "append", "key": op.key, "value": op.value, "session": op.session, "seq": op.seq}
+
+
+def _log_txn_op(op: TxnOp) -> dict[str, object]:
+    if op.op == "put":
+        return {"op": "put", "key": op.key, "value": op.value}
+    return {"op": op.op, "key": op.key}
+
+
+# Leases and watches (issue 14 items 5 and 6).
+
+#: A put names a lease that does not exist (revoked or expired), or a keepalive's lease is gone.
+NO_LEASE: Final = "NoLease"
+#: A watch asks for changes the node no longer keeps: read the state again, then watch on.
+COMPACTED: Final = "Compacted"
+#: Longest a long-polled watch waits for a change before answering with none, in seconds.
+MAX_WATCH_WAIT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrantArgs:
+    ttl: int = field(metadata={"min": 1})
+
+    def validate(self, where: str = "body") -> None:
+        if self.ttl > MAX_LEASE_TTL:
+            raise BadRequest(f"{where}.ttl: {self.ttl}, at most {MAX_LEASE_TTL}")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseArgs:
+    """Names a lease, to keep alive or revoke."""
+
+    lease: int = field(metadata={"min": 1})
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    err: str
+    lease: int = 0
+    ttl: int = 0
+    leader: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchArgs:
+    """Changes under ``prefix`` after index ``after``, waiting up to ``wait`` seconds."""
+
+    prefix: str = ""
+    after: int = non_negative(0)
+    limit: int = field(default=DEFAULT_WATCH_LIMIT, metadata={"min": 1})
+    wait: float = 10.0
+
+    def validate(self, where: str = "body") -> None:
+        check_key(self.prefix, f"{where}.prefix")
+        if self.limit > MAX_WATCH_LIMIT:
+            raise BadRequest(f"{where}.limit: {self.limit}, at most {MAX_WATCH_LIMIT}")
+        if not 0 <= self.wait <= MAX_WATCH_WAIT:
+            raise BadRequest(f"{where}.wait: {self.wait}, from 0 to {MAX_WATCH_WAIT}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One change a watch answers: the key's new state, or its deletion, at ``index``."""
+
+    index: int
+    key: str
+    kind: str
+    value: str
+    version: int
+    create_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchReply:
+    err: str
+    changes: list[ChangeRecord] = field(default_factory=list)
+    through: int = 0  # ask again with "after": through
+    compacted_through: int = 0  # with Compacted: changes after this index are kept
+
+
+#: Every reply the replicated state machine gives.
+Reply = (
+    GetReply
+    | PutReply
+    | DeleteReply
+    | AppendReply
+    | OpenSessionReply
+    | RangeReply
+    | TxnReply
+    | LeaseReply
+)

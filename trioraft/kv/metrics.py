@@ -23,6 +23,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from quart import Response
 from quart_trio import QuartTrio
 
+from .messages import READ_OPS
+
 #: Why a request was refused, by the status the app answered it with.
 REFUSAL_REASONS = {
     400: "bad_input",
@@ -53,9 +55,11 @@ class KVMetrics:
         self.ops[key] = self.ops.get(key, 0) + 1
 
     def reads(self) -> int:
-        """Gets answered (every one through the log, the only read mode so far)."""
+        """Gets and ranges answered (every one through the log, the only read mode so far)."""
         return sum(
-            n for (kind, result), n in self.ops.items() if kind == "get" and result != "WrongLeader"
+            n
+            for (kind, result), n in self.ops.items()
+            if kind in READ_OPS and result != "WrongLeader"
         )
 
 

@@ -4,7 +4,8 @@
                   client_urls={"b": client_url_b, "c": client_url_c})
     url = await nursery.start(node.serve, "127.0.0.1", 9001)   # node.peer_url once started
 
-Clients call ``/get``, ``/put``, ``/append`` and ``/batch`` (and ``GET /status``, and the
+Clients call ``/get``, ``/put``, ``/delete``, ``/range``, ``/txn``, ``/open_session``,
+``/append`` and ``/batch`` (and ``GET /status``, and the
 operator's pages of :mod:`trioraft.kv.operate`: ``/metrics``, ``/healthz``, ``/readyz``,
 ``/backup``) on the client listener; peers call the Raft routes on the peer listener (HTTP,
 or framed TCP when the peers' URLs are ``tcp://HOST:PORT``), which serves nothing else.
@@ -13,14 +14,15 @@ one); TLS (``tls``) covers both listeners, and with a CA the peer listener requi
 certificates.
 
 An application in the same process uses :meth:`KVNode.open_client`, which skips HTTP
-entirely while this node leads. Every operation, reads included, goes through the Raft log.
-A server that is not the leader, or cannot tell whether the operation committed within
-``op_timeout``, answers ``WrongLeader`` and the client tries another.
+entirely while this node leads. Every operation, reads included, goes through the Raft log
+(reads through :meth:`KVNode.read`). A server that is not the leader, or cannot tell
+whether the operation committed within ``op_timeout``, answers ``WrongLeader`` (with the
+leader's client URL when it knows it) and the client tries another.
 
 Limits: client requests over ``max_request_bytes`` answer 413, keys over
 :data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never fit one log entry 413;
-once the data directory holds more than ``quota_bytes``, puts and appends answer
-``NoSpace`` (gets keep working).
+once the data directory holds more than ``quota_bytes``, writes (put, delete, txn, open,
+append) answer ``NoSpace`` (gets and ranges keep working).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import random
 import secrets
 import socket
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -45,36 +47,56 @@ from ..raft.node import RaftConfig, RaftNode
 from ..raft.serve import serve_node
 from ..raft.storage import FileStorage, Storage
 from ..rpc.auth import PeerAuth
-from ..rpc.http import Route, make_app, serve
+from ..rpc.http import Route, StreamRoute, make_app, serve
 from ..rpc.tcp import TcpTransport
 from ..rpc.tls import ClientTls, ServerTls
 from ..rpc.transport import HttpTransport, Transport
-from .clients import Backoff
-from .coalescing import OpsClient, open_coalescing_client
+from .changes import Change, Compacted
+from .clients import Backoff, OpsClient
+from .coalescing import open_coalescing_client
+from .lease_keeper import LeaseKeeper
 from .machine import DEFAULT_MAX_SESSIONS, KVMachine
 from .messages import (
+    COMPACTED,
     NO_SPACE,
+    OK,
+    READ_OPS,
     WRONG_LEADER,
     AppendArgs,
     AppendReply,
     BatchArgs,
     BatchOp,
     BatchReply,
+    ChangeRecord,
+    DeleteArgs,
+    DeleteReply,
     GetArgs,
     GetReply,
+    LeaseArgs,
+    LeaseGrantArgs,
+    LeaseReply,
     OpenSessionArgs,
     OpenSessionReply,
     OpResult,
     PutArgs,
     PutReply,
+    RangeArgs,
+    RangeReply,
+    TxnArgs,
+    TxnReply,
+    WatchArgs,
+    WatchReply,
     as_result,
     check_key,
     json_size_bound,
     log_op,
+    range_reply,
+    txn_reply,
 )
 from .metrics import KVCollector, KVMetrics, count_refusals
 from .operate import DEFAULT_READY_MAX_LAG, operator_pages, readiness
 from .rsm import EntryTooLarge, ReplicatedStateMachine
+from .watch import WatchHub
 
 #: Client request bodies, by default (``--max-request-bytes``).
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -155,6 +177,8 @@ class KVNode:
         self.rsm = ReplicatedStateMachine(
             self.raft, self.machine, max_raft_state=max_raft_state, op_timeout=op_timeout
         )
+        self.watches = WatchHub(self.machine.history, self.rsm.wait_next_apply)
+        self.lease_keeper = LeaseKeeper(self.raft, lambda: self.machine.leases, self._expire)
         self.client_urls = dict(client_urls if client_urls is not None else peers)
         self.url: str | None = None  # the client listener's, known once serving
         self.peer_url: str | None = None  # the peer listener's, known once serving
@@ -221,61 +245,161 @@ class KVNode:
         self.metrics.proposals_applied += 1
         return results
 
+    async def read(self, ops: list[BatchOp]) -> list[Any] | None:
+        """Run read-only ops (gets, ranges): the one way reads are served, so that how
+        (today: through the log, like writes) changes here alone. Their replies, or ``None``
+        as :meth:`execute_many` answers."""
+        return await self.execute_many(ops)
+
+    def leader_hint(self) -> str:
+        """The leader's client URL, when this node knows another node leads."""
+        leader = self.raft.leader_id
+        if leader is None or leader == self.id:
+            return ""
+        return self.client_urls.get(leader, "")
+
+    async def run_one(self, op: BatchOp) -> tuple[OpResult, str]:
+        """Run one validated op (as :meth:`run_batch`); its result and, when that is
+        ``WrongLeader``, the leader hint."""
+        (result,) = await self.run_batch([op])
+        return result, self.leader_hint() if result.err == WRONG_LEADER else ""
+
     async def handle_get(self, args: GetArgs) -> GetReply:
         check_key(args.key)
-        reply = await self.execute(BatchOp("get", args.key))
-        reply = reply if reply is not None else GetReply("", 0, WRONG_LEADER)
-        self.metrics.count_op("get", reply.err)
-        return reply
+        r, leader = await self.run_one(BatchOp("get", args.key))
+        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index, leader)
 
     async def handle_put(self, args: PutArgs) -> PutReply:
         check_key(args.key)
-        if self.over_quota():
-            reply = PutReply(NO_SPACE)
-            self.metrics.refused["quota"] += 1
-        else:
-            op = BatchOp("put", args.key, args.value, args.version)
-            reply = await self.execute(op) or PutReply(WRONG_LEADER)
-        self.metrics.count_op("put", reply.err)
-        return reply
+        op = BatchOp("put", args.key, args.value, args.version, lease=args.lease)
+        r, leader = await self.run_one(op)
+        return PutReply(r.err, leader)
+
+    async def handle_delete(self, args: DeleteArgs) -> DeleteReply:
+        check_key(args.key)
+        r, leader = await self.run_one(BatchOp("delete", args.key, version=args.version))
+        return DeleteReply(r.err, leader)
+
+    async def handle_range(self, args: RangeArgs) -> RangeReply:
+        args.validate()
+        r, leader = await self.run_one(BatchOp("range", "", range=args))
+        return range_reply(r, leader)
+
+    async def handle_txn(self, args: TxnArgs) -> TxnReply:
+        args.validate()
+        r, leader = await self.run_one(BatchOp("txn", "", txn=args))
+        return txn_reply(r, leader)
 
     async def handle_append(self, args: AppendArgs) -> AppendReply:
         check_key(args.key)
-        if self.over_quota():
-            reply = AppendReply(NO_SPACE)
-            self.metrics.refused["quota"] += 1
-        else:
-            op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
-            reply = await self.execute(op) or AppendReply(WRONG_LEADER)
-        self.metrics.count_op("append", reply.err)
-        return reply
+        op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
+        r, leader = await self.run_one(op)
+        return AppendReply(r.err, leader)
 
     async def handle_open_session(self, args: OpenSessionArgs) -> OpenSessionReply:
-        if self.over_quota():
-            reply = OpenSessionReply(NO_SPACE)
-            self.metrics.refused["quota"] += 1
-        else:
-            reply = await self.execute(BatchOp("open", "")) or OpenSessionReply(WRONG_LEADER)
-        self.metrics.count_op("open", reply.err)
-        return reply
+        r, leader = await self.run_one(BatchOp("open", "", lease=args.lease))
+        return OpenSessionReply(r.err, r.value, leader)
+
+    async def handle_lease_grant(self, args: LeaseGrantArgs) -> LeaseReply:
+        args.validate()
+        r, leader = await self.run_one(BatchOp("lease_grant", "", ttl=args.ttl))
+        return LeaseReply(r.err, r.lease, r.ttl, leader)
+
+    async def handle_lease_keepalive(self, args: LeaseArgs) -> LeaseReply:
+        r, leader = await self.run_one(BatchOp("lease_keepalive", "", lease=args.lease))
+        return LeaseReply(r.err, r.lease, r.ttl, leader)
+
+    async def handle_lease_revoke(self, args: LeaseArgs) -> LeaseReply:
+        r, leader = await self.run_one(BatchOp("lease_revoke", "", lease=args.lease))
+        return LeaseReply(r.err, r.lease, r.ttl, leader)
+
+    async def _expire(self, lease: int) -> bool:
+        """The lease keeper's revocation of an expired lease; whether it applied."""
+        reply = await self.execute(BatchOp("lease_revoke", "", lease=lease))
+        return reply is not None
+
+    async def handle_watch(self, args: WatchArgs) -> WatchReply:
+        """A long poll: the changes after ``after``, waiting up to ``wait`` for one. Any
+        node answers (every replica records the same changes at the same indexes)."""
+        args.validate()
+        try:
+            with trio.move_on_after(args.wait):
+                changes, through = await self.watches.next_changes(
+                    args.prefix, args.after, limit=args.limit
+                )
+                return WatchReply(OK, [_change_record(c) for c in changes], through)
+            changes, through = self.machine.history.since(args.prefix, args.after, args.limit)
+        except Compacted as exc:
+            return WatchReply(COMPACTED, compacted_through=exc.compacted_through)
+        return WatchReply(OK, [_change_record(c) for c in changes], through)
+
+    def stream_watch(self, args: WatchArgs) -> AsyncIterator[WatchReply]:
+        """``POST /watch_stream``: the long poll's answers as JSON lines, one per batch of
+        changes, for ``wait`` seconds (then the stream ends: reconnect with the last
+        ``through``); a last line with ``Compacted`` ends it early."""
+        args.validate()
+
+        async def replies() -> AsyncIterator[WatchReply]:
+            after, deadline = args.after, trio.current_time() + args.wait
+            while True:
+                # No yield inside the cancel scope: the consumer runs between yields.
+                compacted: Compacted | None = None
+                with trio.move_on_at(deadline) as scope:
+                    try:
+                        changes, after = await self.watches.next_changes(
+                            args.prefix, after, limit=args.limit
+                        )
+                    except Compacted as exc:
+                        compacted = exc
+                if compacted is not None:
+                    yield WatchReply(COMPACTED, compacted_through=compacted.compacted_through)
+                    return
+                if scope.cancelled_caught:
+                    return
+                yield WatchReply(OK, [_change_record(c) for c in changes], after)
+
+        return replies()
+
+    def watch(
+        self, prefix: str, *, after: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[Change]]:
+        """``async with node.watch(prefix, after=i) as changes: async for change in changes``:
+        every change under ``prefix`` after index ``i``, in commit order, as this replica
+        applies them. Raises :class:`~trioraft.kv.changes.Compacted` when they are no longer
+        all kept."""
+        return self.watches.watch(prefix, after=after)
 
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
-        return BatchReply(await self.run_batch(args.ops))
+        results = await self.run_batch(args.ops)
+        wrong_leader = bool(results) and results[0].err == WRONG_LEADER
+        return BatchReply(results, self.leader_hint() if wrong_leader else "")
 
     async def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
-        """Run validated ``ops`` in one entry: gets always, writes unless over the quota."""
+        """Run validated ``ops`` in one entry: reads always, writes unless over the quota.
+        Either every result is ``WrongLeader`` or none is."""
         no_space = self.over_quota()
-        logged = [op for op in ops if op.op == "get"] if no_space else ops
-        replies = await self.execute_many(logged) if logged else []
+        logged = [op for op in ops if op.op in READ_OPS] if no_space else ops
+        if not logged:
+            replies: list[Any] | None = []
+        elif all(op.op in READ_OPS for op in logged):
+            replies = await self.read(logged)
+        else:
+            replies = await self.execute_many(logged)
         if replies is None:
             results = [OpResult(WRONG_LEADER)] * len(ops)
         else:
             answers = iter(replies)
             results = [
-                OpResult(NO_SPACE) if no_space and op.op != "get" else as_result(next(answers))
+                OpResult(NO_SPACE)
+                if no_space and op.op not in READ_OPS
+                else as_result(next(answers))
                 for op in ops
             ]
+        for op, result in zip(ops, results, strict=True):
+            if op.op == "lease_keepalive" and result.err == OK:
+                # The read just confirmed this node leads and the lease exists.
+                self.lease_keeper.renew(op.lease, result.ttl)
         counts = self.metrics.ops
         if len(ops) == 1:  # an embedded op: the hot path, kept to one dict update
             key = (ops[0].op, results[0].err)
@@ -291,9 +415,16 @@ class KVNode:
         return {
             "get": Route(GetArgs, self.handle_get),
             "put": Route(PutArgs, self.handle_put),
+            "delete": Route(DeleteArgs, self.handle_delete),
+            "range": Route(RangeArgs, self.handle_range),
+            "txn": Route(TxnArgs, self.handle_txn),
             "append": Route(AppendArgs, self.handle_append),
             "open_session": Route(OpenSessionArgs, self.handle_open_session),
             "batch": Route(BatchArgs, self.handle_batch),
+            "lease_grant": Route(LeaseGrantArgs, self.handle_lease_grant),
+            "lease_keepalive": Route(LeaseArgs, self.handle_lease_keepalive),
+            "lease_revoke": Route(LeaseArgs, self.handle_lease_revoke),
+            "watch": Route(WatchArgs, self.handle_watch),
         }
 
     @asynccontextmanager
@@ -328,12 +459,14 @@ class KVNode:
             status=self.status,
             client_token=self.client_token,
             get_routes=operator_pages(self),
+            stream_routes={"watch_stream": StreamRoute(WatchArgs, self.stream_watch)},
         )
         count_refusals(app, self.metrics)
         log_context.set(self.log_fields)  # for the tasks below: see trioraft._logging
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.rsm.run)
+                nursery.start_soon(self.lease_keeper.run)
                 self.peer_url = await nursery.start(
                     partial(
                         serve_node,
@@ -380,17 +513,22 @@ class EmbeddedClient(OpsClient):
         self.node = node
         self.remote = remote
 
-    async def run(self, op: BatchOp) -> tuple[OpResult, bool]:
-        retried = False
+    async def poll_watch(self, request: WatchArgs) -> WatchReply:
+        return await self.node.handle_watch(request)  # this replica's history serves it
+
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
+        failures = 0
         backoff = Backoff()
         while self.node.raft.is_leader:
             (result,) = await self.node.run_batch([op])
             if result.err != WRONG_LEADER:
-                return result, retried
-            retried = True
+                return result, f"{failures} WrongLeader here" if failures else ""
+            failures += 1
             await backoff.wait()
-        result, remote_retried = await self.remote.run(op)
-        return result, retried or remote_retried
+        result, why = await self.remote.run(op)
+        if failures:
+            why = f"{failures} WrongLeader here, {why}" if why else f"{failures} WrongLeader here"
+        return result, why
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -427,7 +565,8 @@ async def run_local_cluster(
     secret = cluster_secret if cluster_secret is not None else secrets.token_bytes(32)
     ids = [str(k + 1) for k in range(n)]
     urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports[:n], strict=True)}
-    peer_urls = {i: f"http://{host}:{port}" for i, port in zip(ids, ports[n:], strict=True)}
+    # Peers over framed TCP: a fraction of HTTP's CPU per message (benchmarks/RESULTS.md).
+    peer_urls = {i: f"tcp://{host}:{port}" for i, port in zip(ids, ports[n:], strict=True)}
     async with trio.open_nursery() as nursery:
         for k, i in enumerate(ids):
             node = KVNode(
@@ -441,3 +580,9 @@ async def run_local_cluster(
             )
             await nursery.start(partial(node.serve, host, ports[k], peer_port=ports[n + k]))
         task_status.started(list(urls.values()))
+
+
+def _change_record(change: Change) -> ChangeRecord:
+    return ChangeRecord(
+        change.index, change.key, change.kind, change.value, change.version, change.create_index
+    )

@@ -68,9 +68,11 @@ _COMPACT = (",", ":")
 
 
 class StateMachine(Protocol):
-    """What the RSM replicates: deterministic ``apply`` and a snapshot of the whole state."""
+    """What the RSM replicates: deterministic ``apply`` and a snapshot of the whole state.
+    ``apply`` is given the index of the log entry that carries the op (ops of one entry
+    share it)."""
 
-    def apply(self, op: Any) -> Any: ...
+    def apply(self, op: Any, index: int) -> Any: ...
 
     def snapshot(self) -> bytes: ...
 
@@ -313,11 +315,15 @@ class ReplicatedStateMachine:
         results: list[Any] = []
         for op in ops:
             try:
-                results.append(self.machine.apply(op))
+                results.append(self.machine.apply(op, message.index))
             except Exception as exc:  # a bug or a faulty peer's op: the same on every replica
                 _log_bad_entry("entry %d: an op failed (%r): answered None", message.index, exc)
                 results.append(None)
         return origin, tag, results
+
+    async def wait_next_apply(self) -> None:
+        """Return once the applier has applied another entry or snapshot."""
+        await self._applied.wait()
 
     def _announce_applied(self) -> None:
         self._applied.set()

@@ -1,5 +1,9 @@
-"""The single-server KV service: a :class:`VersionedKV` behind ``/get``, ``/put`` and ``/batch``.
+"""The single-server KV service: a :class:`VersionedKV` behind ``/get``, ``/put``, ``/delete``,
+``/range``, ``/txn`` and ``/batch``.
 
+It speaks the replicated KV's protocol but for sessions and appends, and stands in for the
+log index with a counter of its own: each request (a whole batch included) is applied at the
+next number, so ``mod_index`` and ``create_index`` grow as they do on a cluster.
 ``GET /status`` describes it; ``GET /metrics`` (Prometheus: ops by kind and result, refused
 requests by reason, keys, the process's collectors), ``GET /healthz`` and ``GET /readyz``
 (200 while it serves) are there for operators, as on a replicated node.
@@ -14,25 +18,41 @@ from .._errors import BadRequest
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import exposition, new_registry
 from ..rpc.http import GetRoute, Route, bytes_response, json_response, make_app
-from .machine import VersionedKV
+from .machine import KVMachine
 from .messages import (
     BatchArgs,
+    BatchOp,
     BatchReply,
+    DeleteArgs,
+    DeleteReply,
     GetArgs,
     GetReply,
+    OpResult,
     PutArgs,
     PutReply,
+    RangeArgs,
+    RangeReply,
+    TxnArgs,
+    TxnReply,
     as_result,
     check_key,
+    log_op,
+    range_reply,
+    txn_reply,
 )
 from .metrics import KVCollector, KVMetrics, count_refusals
 
+#: What the single server does not offer: appends and the sessions they need.
+_REPLICATED_ONLY = ("append", "open")
+
 
 class KVServer:
-    """The single-server KV service: a :class:`VersionedKV` behind ``/get`` and ``/put``."""
+    """The single-server KV service (see the module docstring)."""
 
     def __init__(self, *, max_body_bytes: int = 1 << 20) -> None:
-        self.state = VersionedKV()
+        self.machine = KVMachine()
+        self.state = self.machine.kv
+        self.index = 0  # the last request's number: what a log index is on a cluster
         self.max_body_bytes = max_body_bytes
         self.metrics = KVMetrics()
         self.registry = new_registry(KVCollector(self.metrics, self._gauges, replicated=False))
@@ -40,37 +60,53 @@ class KVServer:
     def _gauges(self) -> dict[str, tuple[str, float]]:
         return {"kv_keys": ("Keys in the store.", len(self.state))}
 
+    def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
+        """Apply validated ``ops``, in order, at the next index."""
+        self.index += 1
+        results = [as_result(self.machine.apply(log_op(op), self.index)) for op in ops]
+        for op, result in zip(ops, results, strict=True):
+            self.metrics.count_op(op.op, result.err)
+        return results
+
     async def handle_get(self, args: GetArgs) -> GetReply:
         check_key(args.key)
-        reply = self.state.get(args.key)
-        self.metrics.count_op("get", reply.err)
-        return reply
+        (r,) = self.run_batch([BatchOp("get", args.key)])
+        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index)
 
     async def handle_put(self, args: PutArgs) -> PutReply:
         check_key(args.key)
-        reply = self.state.put(args.key, args.value, args.version)
-        self.metrics.count_op("put", reply.err)
-        return reply
+        (r,) = self.run_batch([BatchOp("put", args.key, args.value, args.version)])
+        return PutReply(r.err)
+
+    async def handle_delete(self, args: DeleteArgs) -> DeleteReply:
+        check_key(args.key)
+        (r,) = self.run_batch([BatchOp("delete", args.key, version=args.version)])
+        return DeleteReply(r.err)
+
+    async def handle_range(self, args: RangeArgs) -> RangeReply:
+        args.validate()
+        (r,) = self.run_batch([BatchOp("range", "", range=args)])
+        return range_reply(r)
+
+    async def handle_txn(self, args: TxnArgs) -> TxnReply:
+        args.validate()
+        (r,) = self.run_batch([BatchOp("txn", "", txn=args)])
+        return txn_reply(r)
 
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
         for i, op in enumerate(args.ops):
-            if op.op not in ("get", "put"):
+            if op.op in _REPLICATED_ONLY:
                 raise BadRequest(f"ops[{i}].op: the single-server KV has no {op.op}")
-        results = [
-            as_result(self.state.get(op.key))
-            if op.op == "get"
-            else as_result(self.state.put(op.key, op.value, op.version))
-            for op in args.ops
-        ]
-        for op, result in zip(args.ops, results, strict=True):
-            self.metrics.count_op(op.op, result.err)
-        return BatchReply(results)
+        return BatchReply(self.run_batch(args.ops))
 
     def routes(self) -> dict[str, Route]:
         return {
             "get": Route(GetArgs, self.handle_get),
             "put": Route(PutArgs, self.handle_put),
+            "delete": Route(DeleteArgs, self.handle_delete),
+            "range": Route(RangeArgs, self.handle_range),
+            "txn": Route(TxnArgs, self.handle_txn),
             "batch": Route(BatchArgs, self.handle_batch),
         }
 

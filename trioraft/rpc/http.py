@@ -38,7 +38,8 @@ import json
 import logging
 import ssl
 import traceback
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from quart import Response, request
+from quart.wrappers.response import IterableBody
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
@@ -82,6 +84,16 @@ class Route:
 
     args: type
     handler: Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class StreamRoute:
+    """A ``POST /<method>`` answered by a stream: the handler yields messages, each sent as
+    one line of JSON (``application/x-ndjson``) as soon as it is ready. The handler bounds
+    the stream's life (a client reconnects to go on); a client that goes away cancels it."""
+
+    args: type
+    handler: Callable[[Any], AsyncIterator[Any]]
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,9 @@ class _HTTPConnection(TrioASGIHTTPConnection):
     """
 
     async def _send_response(self, send: Any, response: Any) -> None:
+        if isinstance(getattr(response, "response", None), IterableBody):
+            await super()._send_response(send, response)  # a stream: the disconnect ends it
+            return
         with trio.CancelScope(shield=True):
             await super()._send_response(send, response)
 
@@ -226,6 +241,7 @@ def make_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     peer_methods: Collection[str] | None = None,
     get_routes: Mapping[str, GetRoute] | None = None,
+    stream_routes: Mapping[str, StreamRoute] | None = None,
 ) -> QuartTrio:
     """A Quart-Trio app answering ``POST /<method>`` for every route in ``routes``.
 
@@ -233,7 +249,8 @@ def make_app(
     ``get_routes`` answers ``GET /<name>``. ``peer_auth``
     requires a peer tag on every ``POST``, ``client_token`` a bearer token; with
     ``peer_methods`` (for an app serving peers and clients at once), the tag is required on
-    those methods only and the token on the others only.
+    those methods only and the token on the others only. ``stream_routes`` answer with a
+    stream of JSON lines (client methods: never with peer authentication).
     """
     if client_token is not None and not _header_safe(client_token):
         raise ValueError("the client token must be non-empty printable ASCII without spaces")
@@ -245,6 +262,9 @@ def make_app(
     bearer = None if client_token is None else f"Bearer {client_token}".encode()
     peers_only = None if peer_methods is None else frozenset(peer_methods)
     pages = dict(get_routes or {})
+    streams = dict(stream_routes or {})
+    if streams.keys() & routes.keys():
+        raise ValueError(f"methods both streamed and not: {sorted(streams.keys() & routes.keys())}")
     if status is not None and "status" in pages:
         raise ValueError("GET /status is given twice: as status and in get_routes")
 
@@ -276,6 +296,22 @@ def make_app(
         tag = auth.sign_reply(request_tag, status, content)
         return Response(content, status, {AUTH_HEADER: tag.hex()}, content_type="application/json")
 
+    async def answer_stream(stream: StreamRoute, body: bytes) -> Response:
+        try:
+            args = decode(stream.args, parse_json(body))
+            messages = stream.handler(args)
+        except BadRequest as exc:
+            return json_response({"error": exc.message}, exc.status)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async with aclosing(messages):
+                async for message in messages:
+                    yield json.dumps(encode(message)).encode() + b"\n"
+
+        response = Response(lines(), 200, content_type="application/x-ndjson")
+        response.timeout = None  # the handler bounds the stream
+        return response
+
     @app.post("/<method>")
     async def post(method: str) -> Response:
         is_peer_method = peers_only is None or method in peers_only
@@ -285,6 +321,9 @@ def make_app(
                 return refusal
         if peer_auth is not None and is_peer_method:
             return await answer_peer(peer_auth, method)
+        stream = streams.get(method)
+        if stream is not None:
+            return await answer_stream(stream, await request.get_data(cache=False))
         status, content = await answer(method, await request.get_data(cache=False))
         return Response(content, status, content_type="application/json")
 
@@ -512,11 +551,15 @@ class RpcClient:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
 
-    async def call(self, method: str, args: Any, reply_type: type[T]) -> T | None:
+    async def call(
+        self, method: str, args: Any, reply_type: type[T], *, lost_after: float | None = None
+    ) -> T | None:
         """Send ``args`` (a message or a dict) to ``POST /method``; the reply, or ``None``
-        if the call was lost. Raises :class:`BadRequest` (with the server's message and
-        status) when the server refused the request for what it is (400, 401, 403, 404,
-        413): sending it again would be refused again."""
+        if the call was lost (or took over ``lost_after`` seconds, by default the client's
+        timeout). Raises
+        :class:`BadRequest` (with the server's message and status) when the server refused
+        the request for what it is (400, 401, 403, 404, 413): sending it again would be
+        refused again."""
         body = json.dumps(args if isinstance(args, dict) else encode(args)).encode()
         url = self._urls.get(method)
         if url is None:
@@ -526,7 +569,15 @@ class RpcClient:
             credential, request_tag = self._peer_auth.sign_request(method, body)
             headers.append((_AUTH_HEADER_BYTES, credential.hex().encode()))
         request = httpx.Request(
-            "POST", url, headers=headers, stream=_Body(body), extensions=self._extensions
+            "POST",
+            url,
+            headers=headers,
+            stream=_Body(body),
+            extensions=(
+                self._extensions
+                if lost_after is None
+                else {"timeout": httpx.Timeout(lost_after).as_dict()}
+            ),
         )
         try:
             response = await self._http.handle_async_request(request)

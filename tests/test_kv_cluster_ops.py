@@ -1,0 +1,233 @@
+"""Delete, range and txn over a real 3-node cluster on loopback, through every client, with
+crashes; and the leader hint of ``WrongLeader``."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import pytest
+import trio
+
+from tests.kv_cluster import KVCluster, wait_leader
+from tests.kvtest import DeleteHistory
+from tests.test_kvraft import partitioner
+from trioraft import (
+    Compare,
+    KeyNotFound,
+    KeyResult,
+    MaybeApplied,
+    TxnOp,
+    VersionConflict,
+)
+from trioraft.kv.clients import OpsClient
+from trioraft.kv.coalescing import open_coalescing_client
+from trioraft.testing import MIT_UNRELIABLE
+
+pytestmark = pytest.mark.xdist_group("http-cluster")
+
+
+async def wait_replicas_agree(c: KVCluster) -> None:
+    """Wait until every live replica has applied the leader's commit index; check that their
+    states are the same."""
+    leader = c.nodes[await wait_leader(c)]
+    assert leader is not None
+    target = leader.raft.commit_index
+    with trio.fail_after(10):
+        for node in c.nodes.values():
+            if node is not None:
+                await node.rsm.wait_until(lambda rsm: rsm.applied_index >= target)
+    states = {node.machine.snapshot() for node in c.nodes.values() if node is not None}
+    assert len(states) == 1
+
+
+async def exercise(kv: OpsClient, prefix: str) -> None:
+    """Every op of the vocabulary through ``kv``, on keys under ``prefix``."""
+    a, b = f"{prefix}/a", f"{prefix}/b"
+    await kv.put(a, "1", 0)
+    first = await kv.get(a)
+    assert (first.value, first.version) == ("1", 1)
+    assert first.mod_index == first.create_index > 0
+    await kv.put(a, "2", 1)
+    second = await kv.get(a)
+    assert second.mod_index > first.mod_index and second.create_index == first.create_index
+    with pytest.raises(VersionConflict):
+        await kv.delete(a, 1)
+    with pytest.raises(KeyNotFound):
+        await kv.delete(b, 1)
+    await kv.delete(a, 2)
+    assert (await kv.get(a)).version == 0
+    await kv.put(a, "again", 0)
+    again = await kv.get(a)
+    assert (again.version, again.create_index > second.mod_index) == (1, True)
+
+    outcome = await kv.txn(
+        [Compare(a, "=", version=1), Compare(b, "=", create_index=0)],
+        [TxnOp("put", b, "B"), TxnOp("get", a)],
+        [TxnOp("get", b)],
+    )
+    assert outcome.succeeded
+    assert outcome.results[0] == KeyResult("OK", "", 1, outcome.index, outcome.index)
+    assert outcome.results[1] == KeyResult("OK", "again", 1, again.mod_index, again.create_index)
+    outcome = await kv.txn([Compare(b, "!=", value="B")], [TxnOp("delete", b)])
+    assert (outcome.succeeded, outcome.results) == (False, [])
+
+    page = await kv.range(prefix=f"{prefix}/", limit=1)
+    assert ([item.key for item in page.items], page.more, page.next) == ([a], True, b)
+    rest = await kv.range(prefix=f"{prefix}/", start=page.next)
+    assert ([(item.key, item.value) for item in rest.items], rest.more) == ([(b, "B")], False)
+    assert rest.index > page.index >= outcome.index
+
+
+async def test_every_client_offers_delete_range_and_txn(make_kv_cluster) -> None:
+    c = await make_kv_cluster(3)
+    with trio.fail_after(60):
+        await exercise(c.clerk(), "cluster")
+        async with open_coalescing_client([c.urls[i] for i in c.ids]) as kv:
+            await exercise(kv, "coalescing")
+        leader = c.nodes[await wait_leader(c)]
+        assert leader is not None
+        async with leader.open_client() as kv:
+            await exercise(kv, "embedded")
+        await wait_replicas_agree(c)
+
+
+async def test_a_range_is_as_of_one_index_while_writes_continue(make_kv_cluster) -> None:
+    """A writer rewrites ten keys in one txn again and again; every range sees them all at
+    one generation, changed at or before the index it reports, and a reader's pages go
+    forward in index."""
+    c = await make_kv_cluster(3)
+    keys = [f"pair/{k}" for k in range(10)]
+    generations = 0
+    async with (
+        trio.open_nursery() as nursery,
+        open_coalescing_client([c.urls[i] for i in c.ids]) as writer,
+    ):
+
+        async def write() -> None:
+            nonlocal generations
+            while True:
+                generations += 1
+                await writer.txn([], [TxnOp("put", key, str(generations)) for key in keys])
+
+        nursery.start_soon(write)
+        reader = c.clerk()
+        last_index = 0
+        with trio.fail_after(60):
+            for _ in range(30):
+                page = await reader.range(prefix="pair/")
+                assert page.index > last_index
+                last_index = page.index
+                if not page.items:
+                    continue
+                assert [item.key for item in page.items] == keys
+                assert len({item.value for item in page.items}) == 1, page.items
+                assert len({item.mod_index for item in page.items}) == 1
+                assert all(item.mod_index <= page.index for item in page.items)
+        nursery.cancel_scope.cancel()
+    assert generations > 5
+
+
+async def test_txns_apply_whole_or_not_at_all_across_a_leader_crash(make_kv_cluster) -> None:
+    """Txns keep coming (coalesced into shared entries) when the leader crashes: each txn's
+    two keys are either both there or both absent, on every replica, and every txn that
+    answered is there."""
+    c = await make_kv_cluster(3)
+    answered: set[int] = set()
+    maybe: set[int] = set()
+    ids = iter(range(1_000_000))
+    enough = trio.Event()
+    target = 40  # answered txns before the crash; as many again after it, then stop
+
+    async with open_coalescing_client([c.urls[i] for i in c.ids], rpc_timeout=0.5) as kv:
+
+        async def worker() -> None:
+            while not enough.is_set():
+                i = next(ids)
+                compare = [Compare(f"t{i}/a", "=", version=0)]
+                ops = [TxnOp("put", f"t{i}/a", "x"), TxnOp("put", f"t{i}/b", "y")]
+                try:
+                    outcome = await kv.txn(compare, ops)
+                except MaybeApplied:
+                    maybe.add(i)
+                    continue
+                assert outcome.succeeded
+                answered.add(i)
+                if len(answered) >= target:
+                    enough.set()
+
+        with trio.fail_after(90):
+            leader = await wait_leader(c)
+            async with trio.open_nursery() as nursery:
+                for _ in range(16):
+                    nursery.start_soon(worker)
+                await enough.wait()  # txns are queued and in flight: crash now
+                target = 2 * target
+                enough = trio.Event()
+                await c.stop(leader)
+                await c.start(leader)
+            await wait_replicas_agree(c)
+            page = await kv.range(prefix="t", limit=10_000)
+    assert not page.more
+    present: dict[int, set[str]] = {}
+    for item in page.items:
+        txn, _, half = item.key[1:].partition("/")
+        present.setdefault(int(txn), set()).add(half)
+    assert all(halves == {"a", "b"} for halves in present.values()), present
+    assert answered <= set(present), f"acknowledged txns lost: {answered - set(present)}"
+    assert set(present) <= answered | maybe
+    assert len(answered) >= 80
+
+
+async def test_a_client_pointed_at_a_follower_reaches_the_leader_in_one_redirect(
+    make_kv_cluster,
+) -> None:
+    c = await make_kv_cluster(3)
+    clerk = c.clerk()
+    with trio.fail_after(30):
+        await clerk.put("k", "v", 0)  # every follower now knows the leader
+        leader = c.ids.index(await wait_leader(c))
+        # The follower whose round-robin successor is the other follower, not the leader.
+        follower = (leader + 1) % 3
+        clerk.leader = follower
+        before = clerk.servers.requests
+        assert (await clerk.get("k")).value == "v"
+        assert clerk.servers.requests - before == 2  # the follower's WrongLeader, then the leader
+        assert clerk.leader == leader
+
+
+async def test_histories_with_deletes_and_appends_are_linearizable_under_faults(
+    make_kv_cluster,
+) -> None:
+    """Clients put, delete, append and get a few keys through lossy links while partitions
+    come and go; every key's history is checked against the model with delete."""
+    c = await make_kv_cluster(3, profile=MIT_UNRELIABLE)
+    history = DeleteHistory()
+    keys = ["x", "y", "z"]
+    stop = trio.Event()
+
+    async def client(me: int) -> None:
+        kv = history.recording(c.clerk(name=f"c{me}"), f"c{me}")
+        rng = random.Random(c.seed * 100 + me)
+        while not stop.is_set():
+            key = rng.choice(keys)
+            got = await kv.get(key)
+            choice = rng.random()
+            if choice < 0.4:
+                await kv.put(key, f"{me}.{got.version}", got.version)
+            elif choice < 0.7:
+                await kv.delete(key, got.version if rng.random() < 0.8 else got.version + 1)
+            else:
+                await kv.append(key, str(me))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partitioner, c, stop)
+            for me in range(6):
+                nursery.start_soon(client, me)
+            await trio.sleep(8)
+            stop.set()
+            c.heal()  # so that every client's last call can finish
+    kinds = collections.Counter(call.kind for call in history.calls)
+    assert min(kinds["delete"], kinds["append"], kinds["put"]) > 0, kinds
+    history.check(timeout=60)

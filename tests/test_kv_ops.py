@@ -1,0 +1,256 @@
+"""The KV state machine's ops, applied directly: indexes, delete, range and txn, hostile
+ops, and snapshots (of this format and of the one before indexes)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioraft.kv.machine import KVMachine
+from trioraft.kv.messages import MAX_RANGE_CHARS, KeyRecord, KeyResult
+
+
+def put(key: str, value: str, version: int) -> dict[str, Any]:
+    return {"op": "put", "key": key, "value": value, "version": version}
+
+
+def delete(key: str, version: int) -> dict[str, Any]:
+    return {"op": "delete", "key": key, "version": version}
+
+
+def get(key: str) -> dict[str, Any]:
+    return {"op": "get", "key": key}
+
+
+def range_op(prefix: str = "", start: str = "", end: str = "", limit: int = 1000) -> dict:
+    return {"op": "range", "key": "", "prefix": prefix, "start": start, "end": end,
+            "limit": limit}  # fmt: skip
+
+
+def txn(compare: list[dict], success: list[dict], failure: list[dict] | None = None) -> dict:
+    return {"op": "txn", "key": "", "compare": compare, "success": success,
+            "failure": failure or []}  # fmt: skip
+
+
+def test_every_change_records_its_index_and_a_recreated_key_a_new_create_index() -> None:
+    m = KVMachine()
+    assert m.apply(put("k", "a", 0), 5).err == "OK"
+    reply = m.apply(get("k"), 6)
+    assert (reply.value, reply.version, reply.mod_index, reply.create_index) == ("a", 1, 5, 5)
+    assert m.apply(put("k", "b", 1), 7).err == "OK"
+    reply = m.apply(get("k"), 8)
+    assert (reply.version, reply.mod_index, reply.create_index) == (2, 7, 5)
+    op = {"op": "append", "key": "k", "value": "c", "session": "", "seq": 1}
+    assert m.apply(op, 9).err == "SessionExpired"  # no session: nothing changes
+    session = m.apply({"op": "open", "key": "", "nonce": "n"}, 10).session
+    assert m.apply({**op, "session": session}, 11).err == "OK"
+    reply = m.apply(get("k"), 12)
+    assert (reply.value, reply.version, reply.mod_index, reply.create_index) == ("bc", 3, 11, 5)
+    assert m.apply(delete("k", 3), 13).err == "OK"
+    reply = m.apply(get("k"), 14)
+    assert (reply.err, reply.version, reply.mod_index, reply.create_index) == ("NoKey", 0, 0, 0)
+    assert m.apply(put("k", "again", 0), 15).err == "OK"
+    reply = m.apply(get("k"), 16)
+    assert (reply.version, reply.mod_index, reply.create_index) == (1, 15, 15)
+
+
+def test_delete_is_conditional_on_the_version_like_put() -> None:
+    m = KVMachine()
+    assert m.apply(delete("k", 0), 1).err == "NoKey"
+    assert m.apply(delete("k", 1), 2).err == "NoKey"
+    m.apply(put("k", "v", 0), 3)
+    assert m.apply(delete("k", 0), 4).err == "Version"
+    assert m.apply(delete("k", 2), 5).err == "Version"
+    assert m.apply(get("k"), 6).value == "v"
+    assert m.apply(delete("k", 1), 7).err == "OK"
+    assert m.apply(delete("k", 1), 8).err == "NoKey"  # what a retry of it meets
+    assert len(m.kv) == 0
+
+
+def test_range_answers_keys_in_order_with_a_cursor_for_the_rest() -> None:
+    m = KVMachine()
+    for i, key in enumerate(["b/2", "a", "b/1", "b/3", "c", "b"]):
+        m.apply(put(key, key.upper(), 0), i + 1)
+    page = m.apply(range_op(prefix="b/"), 10)
+    assert [item.key for item in page.items] == ["b/1", "b/2", "b/3"]
+    assert page.items[0] == KeyRecord("b/1", "B/1", 1, 3, 3)
+    assert (page.index, page.more) == (10, False)
+    page = m.apply(range_op(start="a", end="b/3", limit=2), 11)
+    assert ([item.key for item in page.items], page.more, page.next) == (["a", "b"], True, "b/1")
+    page = m.apply(range_op(start=page.next, end="b/3", limit=2), 12)
+    assert ([item.key for item in page.items], page.more) == (["b/1", "b/2"], False)
+    assert [item.key for item in m.apply(range_op(), 13).items] == sorted(m.kv.items())
+    m.apply(delete("b/2", 1), 14)  # the sorted keys follow deletes and creates
+    m.apply(put("b/0", "", 0), 15)
+    page = m.apply(range_op(prefix="b/", start="b/0"), 16)
+    assert [item.key for item in page.items] == ["b/0", "b/1", "b/3"]
+    assert m.apply(range_op(prefix="zz"), 17).items == []
+
+
+def test_a_range_page_is_bounded_in_characters_but_holds_at_least_one_key() -> None:
+    m = KVMachine()
+    big = "x" * (MAX_RANGE_CHARS // 2)
+    for key in ("a", "b", "c"):
+        m.apply(put(key, big, 0), 1)
+    page = m.apply(range_op(), 2)
+    assert ([item.key for item in page.items], page.more, page.next) == (["a"], True, "b")
+    m.apply(put("huge", "y" * (2 * MAX_RANGE_CHARS), 0), 3)
+    page = m.apply(range_op(start="huge"), 4)
+    assert [item.key for item in page.items] == ["huge"]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["put", "delete"]), st.text("ab/", max_size=3))),
+    st.text("ab/", max_size=2),
+    st.integers(1, 4),
+)
+def test_paging_through_a_range_sees_each_key_once_in_order(
+    changes: list[tuple[str, str]], prefix: str, limit: int
+) -> None:
+    m = KVMachine()
+    for i, (kind, key) in enumerate(changes):
+        version = m.apply(get(key), i).version
+        m.apply(put(key, "v", version) if kind == "put" else delete(key, version), i)
+    expected = sorted(key for key in m.kv.items() if key.startswith(prefix))
+    seen: list[str] = []
+    start = ""
+    while True:
+        page = m.apply(range_op(prefix=prefix, start=start, limit=limit), 99)
+        assert len(page.items) <= limit
+        seen += [item.key for item in page.items]
+        if not page.more:
+            break
+        start = page.next
+    assert seen == expected
+
+
+def test_txn_compares_every_target_and_runs_one_branch_at_one_index() -> None:
+    m = KVMachine()
+    m.apply(put("a", "1", 0), 3)
+    m.apply(put("a", "2", 1), 4)  # a: value 2, version 2, mod 4, create 3
+    holds = [
+        {"key": "a", "target": "value", "op": "=", "operand": "2"},
+        {"key": "a", "target": "version", "op": ">", "operand": 1},
+        {"key": "a", "target": "mod_index", "op": "<", "operand": 5},
+        {"key": "a", "target": "create_index", "op": "!=", "operand": 4},
+        {"key": "absent", "target": "version", "op": "=", "operand": 0},
+        {"key": "absent", "target": "value", "op": "=", "operand": ""},
+    ]
+    reply = m.apply(
+        txn(
+            holds,
+            [
+                {"op": "put", "key": "b", "value": "B"},
+                {"op": "get", "key": "a"},
+                {"op": "delete", "key": "a"},
+                {"op": "delete", "key": "zz"},
+                {"op": "put", "key": "b", "value": "BB"},
+            ],
+        ),
+        7,
+    )
+    assert (reply.err, reply.succeeded, reply.index) == ("OK", True, 7)
+    assert reply.results == [
+        KeyResult("OK", version=1, mod_index=7, create_index=7),
+        KeyResult("OK", "2", 2, 4, 3),
+        KeyResult("OK"),
+        KeyResult("NoKey"),
+        KeyResult("OK", version=2, mod_index=7, create_index=7),
+    ]
+    assert m.apply(get("a"), 8).err == "NoKey"
+    for failing in holds:
+        compare = {**failing, "op": {"=": "!=", "!=": "=", "<": ">", ">": "<"}[failing["op"]]}
+        if failing["key"] == "a":
+            continue  # "a" is gone now
+        reply = m.apply(txn([compare], [put("x", "s", 0)], [{"op": "get", "key": "b"}]), 9)
+        assert (reply.succeeded, reply.results) == (False, [KeyResult("OK", "BB", 2, 7, 7)])
+    assert m.apply(get("x"), 10).err == "NoKey"
+    assert m.apply(txn([], []), 11).succeeded  # no compare: success
+
+
+#: Ops no server would log: each must answer BadOp and change nothing, on every replica.
+HOSTILE_OPS: list[Any] = [
+    None,
+    [],
+    "get",
+    {"op": "put", "key": 1, "value": "v", "version": 0},
+    {"op": "put", "key": "k", "value": ["v"], "version": 0},
+    {"op": "put", "key": "k", "value": "v", "version": "0"},
+    {"op": "put", "key": "k", "value": "v", "version": True},
+    {"op": "put", "key": "k", "value": "v", "version": -1},
+    {"op": "delete", "key": "k"},
+    {"op": "delete", "key": "k", "version": 1.0},
+    {"op": "append", "key": "k", "value": "v", "session": None, "seq": 1},
+    {"op": "open", "key": "k"},
+    {"op": "drop", "key": "k"},
+    {"op": "range", "key": ""},
+    {**range_op(), "limit": 0},
+    {**range_op(), "limit": 10**6},
+    {**range_op(), "limit": True},
+    {**range_op(), "end": None},
+    {**range_op(), "prefix": 3},
+    txn([], [{"op": "put", "key": "k", "value": 1}]),
+    txn([], [{"op": "append", "key": "k", "value": "v"}]),
+    txn([], [{"op": "txn", "key": "k"}]),
+    txn([], ["put"]),
+    txn([{"key": "k", "target": "version", "op": "=", "operand": "1"}], []),
+    txn([{"key": "k", "target": "value", "op": "=", "operand": 1}], []),
+    txn([{"key": "k", "target": "version", "op": "<=", "operand": 1}], []),
+    txn([{"key": "k", "target": "lease", "op": "=", "operand": 1}], []),
+    txn([{"key": 1, "target": "version", "op": "=", "operand": 1}], []),
+    txn([7], []),
+    {"op": "txn", "key": "", "compare": {}, "success": [], "failure": []},
+    {"op": "txn", "key": "", "compare": []},
+    # A txn whose first op is fine and whose last is not: nothing of it may run.
+    txn([], [put("k", "v", 0), {"op": "put", "key": "k", "value": None}]),
+]
+
+
+@pytest.mark.parametrize("op", HOSTILE_OPS, ids=lambda op: json.dumps(op)[:60])
+def test_a_malformed_op_answers_bad_op_and_changes_nothing(op: Any) -> None:
+    m = KVMachine()
+    m.apply(put("k", "v", 0), 1)
+    before = m.snapshot()
+    assert m.apply(op, 2).err == "BadOp"
+    assert m.snapshot() == before
+
+
+def test_snapshots_keep_the_indexes_and_the_format_before_them_restores_with_zeros() -> None:
+    m = KVMachine()
+    m.apply(put("a", "1", 0), 3)
+    m.apply(put("a", "2", 1), 4)
+    m.apply(range_op(), 5)  # builds the sorted keys, which a restore must not keep stale
+    restored = KVMachine()
+    restored.restore(m.snapshot())
+    reply = restored.apply(get("a"), 6)
+    assert (reply.value, reply.version, reply.mod_index, reply.create_index) == ("2", 2, 4, 3)
+    restored.apply(put("b", "", 0), 7)
+    assert [item.key for item in restored.apply(range_op(), 8).items] == ["a", "b"]
+
+    old = json.dumps({"kv": {"a": ["x", 3]}, "sessions": {"1-n": [2, "OK"]}, "opened": 1})
+    KVMachine.check_snapshot(old.encode())
+    restored.restore(old.encode())
+    reply = restored.apply(get("a"), 9)
+    assert (reply.value, reply.version, reply.mod_index, reply.create_index) == ("x", 3, 0, 0)
+    assert restored.sessions == {"1-n": (2, "OK")}
+    assert [item.key for item in restored.apply(range_op(), 10).items] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"format": 3, "kv": {}, "sessions": {}, "opened": 0},  # from a newer trioraft
+        {"format": 2, "kv": {"a": ["x", 1]}, "sessions": {}, "opened": 0},  # no indexes
+        {"kv": {"a": ["x", 1, 2, 3]}, "sessions": {}, "opened": 0},  # indexes, no format
+        {"format": 2, "kv": {"a": ["x", 1, "2", 3]}, "sessions": {}, "opened": 0},
+        {"format": 2, "kv": {"a": ["x", 0, 2, 3]}, "sessions": {}, "opened": 0},
+        {"format": 2, "kv": {"a": "x123"}, "sessions": {}, "opened": 0},
+    ],
+)
+def test_a_snapshot_of_no_known_format_is_refused(data: dict) -> None:
+    with pytest.raises(ValueError, match="not a KV snapshot"):
+        KVMachine.check_snapshot(json.dumps(data).encode())

@@ -1,0 +1,144 @@
+"""Leases and watches on a real 3-node cluster over HTTP (docs/scenarios.md: leases, watch).
+
+A lease's keys are deleted through the log when the leader's clock says it expired: every
+replica deletes them at the same index, and a watcher on a follower sees each change once,
+in order, the delete included. Keepalives keep a lease (and its keys) past its TTL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import httpx
+import pytest
+import trio
+
+from tests.kv_cluster import wait_leader
+
+pytestmark = pytest.mark.xdist_group("http-cluster")
+
+
+async def call(client: httpx.AsyncClient, c, url: str, method: str, body: dict) -> dict:
+    """POST ``body`` to ``method`` at ``url``, or wherever the leader went (elections happen
+    on a busy machine): follow WrongLeader's hint, else try the servers in turn."""
+    others = itertools.cycle(c.urls.values())
+    while True:
+        reply = (await client.post(f"{url}/{method}", json=body)).json()
+        if reply.get("err") != "WrongLeader":
+            return reply
+        url = reply.get("leader") or next(others)
+        await trio.sleep(0.05)
+
+
+async def test_an_expired_lease_deletes_its_keys_everywhere_and_watchers_see_it(
+    make_kv_cluster,
+):
+    c = await make_kv_cluster(3)
+    leader = await wait_leader(c)
+    follower = next(i for i in c.ids if i != leader)
+    async with httpx.AsyncClient(timeout=30) as client:
+        with trio.fail_after(30):
+            url = c.urls[leader]
+            grant = await call(client, c, url, "lease_grant", {"ttl": 1})
+            assert grant["err"] == "OK" and grant["ttl"] == 1
+            lease = grant["lease"]
+            put = {"key": "svc/a", "value": "up", "version": 0, "lease": lease}
+            assert (await call(client, c, url, "put", put))["err"] == "OK"
+            plain = {"key": "svc/b", "value": "stays", "version": 0}
+            assert (await call(client, c, url, "put", plain))["err"] == "OK"
+
+            seen: list[tuple[str, str]] = []
+            after = 0
+            while ("svc/a", "delete") not in seen:
+                body = {"prefix": "svc/", "after": after, "wait": 5}
+                reply = await call(client, c, c.urls[follower], "watch", body)
+                assert reply["err"] == "OK"
+                seen += [(change["key"], change["kind"]) for change in reply["changes"]]
+                assert all(change["index"] > after for change in reply["changes"])
+                after = reply["through"]
+            assert seen == [("svc/a", "put"), ("svc/b", "put"), ("svc/a", "delete")]
+
+            revoked = await call(client, c, url, "lease_keepalive", {"lease": lease})
+            assert revoked["err"] == "NoLease"
+            # Every replica deleted it at the same index (the watcher's was one of them).
+            for i in c.ids:
+                node = c.nodes[i]
+                assert node is not None
+                await node.watches.wait_past(after - 1)
+                assert node.machine.kv.get("svc/a").err == "NoKey"
+                assert node.machine.kv.get("svc/b").value == "stays"
+
+
+async def test_keepalives_keep_a_lease_past_its_ttl_and_revoke_ends_it(make_kv_cluster):
+    c = await make_kv_cluster(3)
+    leader = await wait_leader(c)
+    async with httpx.AsyncClient(timeout=30) as client:
+        with trio.fail_after(30):
+            url = c.urls[leader]
+            lease = (await call(client, c, url, "lease_grant", {"ttl": 1}))["lease"]
+            put = {"key": "lock", "value": "me", "version": 0, "lease": lease}
+            assert (await call(client, c, url, "put", put))["err"] == "OK"
+            start = trio.current_time()
+            while trio.current_time() - start < 3:  # three TTLs
+                kept = await call(client, c, url, "lease_keepalive", {"lease": lease})
+                assert kept["err"] == "OK" and kept["ttl"] == 1
+                await trio.sleep(0.25)
+            assert (await call(client, c, url, "get", {"key": "lock"}))["value"] == "me"
+            assert (await call(client, c, url, "lease_revoke", {"lease": lease}))["err"] == "OK"
+            assert (await call(client, c, url, "get", {"key": "lock"}))["err"] == "NoKey"
+            refused = await call(client, c, url, "put", put)
+            assert refused["err"] == "NoLease"
+
+
+async def test_a_watch_from_a_compacted_index_says_so(make_kv_cluster):
+    c = await make_kv_cluster(3)
+    leader = await wait_leader(c)
+    node = c.nodes[leader]
+    assert node is not None
+    node.machine.history.max_changes = 2
+    async with httpx.AsyncClient(timeout=30) as client:
+        with trio.fail_after(30):
+            url = c.urls[leader]
+            for version in range(4):
+                body = {"key": "k", "value": str(version), "version": version}
+                assert (await call(client, c, url, "put", body))["err"] == "OK"
+            reply = await call(client, c, url, "watch", {"prefix": "", "after": 0, "wait": 0})
+            assert reply["err"] == "Compacted" and reply["compacted_through"] > 0
+            body = {"prefix": "", "after": reply["compacted_through"], "wait": 0}
+            reply = await call(client, c, url, "watch", body)
+            assert [change["value"] for change in reply["changes"]] == ["2", "3"]
+
+
+async def test_a_watch_stream_sends_each_change_as_a_json_line(make_kv_cluster):
+    c = await make_kv_cluster(3)
+    leader = await wait_leader(c)
+    follower = next(i for i in c.ids if i != leader)
+    received: list[dict] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        with trio.fail_after(30):
+            bad = await client.post(f"{c.urls[follower]}/watch_stream", json={"wait": 1000})
+            assert bad.status_code == 400
+            # Straight to the node: the fault proxy forwards whole responses only.
+            body = {"prefix": "cfg/", "after": 0, "wait": 4}
+            async with (
+                client.stream("POST", f"{c.nodes[follower].url}/watch_stream", json=body) as stream,
+                trio.open_nursery() as nursery,
+            ):
+                assert stream.headers["content-type"] == "application/x-ndjson"
+
+                async def write() -> None:
+                    for version in range(3):
+                        put = {"key": "cfg/x", "value": str(version), "version": version}
+                        assert (await call(client, c, c.urls[leader], "put", put))["err"] == "OK"
+                        await call(client, c, c.urls[leader], "put", {**put, "key": "other"})
+
+                nursery.start_soon(write)
+                # Read to the end of the stream (its "wait"): breaking out of httpx's line
+                # iterator would leave its inner generators unclosed.
+                async for line in stream.aiter_lines():
+                    reply = json.loads(line)
+                    assert reply["err"] == "OK"
+                    received += reply["changes"]
+    assert [(ch["key"], ch["value"]) for ch in received] == [("cfg/x", v) for v in "012"]
+    assert [ch["index"] for ch in received] == sorted({ch["index"] for ch in received})
