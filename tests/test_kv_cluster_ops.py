@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import random
 
+import httpx
 import pytest
 import trio
 
@@ -231,3 +232,20 @@ async def test_histories_with_deletes_and_appends_are_linearizable_under_faults(
     kinds = collections.Counter(call.kind for call in history.calls)
     assert min(kinds["delete"], kinds["append"], kinds["put"]) > 0, kinds
     history.check(timeout=60)
+
+
+async def test_a_follower_names_the_leader_in_its_wrong_leader_reply(make_kv_cluster) -> None:
+    c = await make_kv_cluster(3)
+    with trio.fail_after(30):
+        await c.clerk().put("k", "v", 0)  # every follower now knows the leader
+        leader = await wait_leader(c)
+        follower = next(i for i in c.ids if i != leader)
+        async with httpx.AsyncClient(base_url=c.urls[follower]) as http:
+            reply = (await http.post("/get", json={"key": "k"})).json()
+            assert reply == {"err": "WrongLeader", "leader": c.urls[leader]}
+            batch = {"ops": [{"op": "get", "key": "k"}]}
+            reply = (await http.post("/batch", json=batch)).json()
+            assert (reply["results"][0]["err"], reply["leader"]) == ("WrongLeader", c.urls[leader])
+        async with httpx.AsyncClient(base_url=c.urls[leader]) as http:
+            reply = (await http.post("/get", json={"key": "k"})).json()
+            assert (reply["value"], reply["version"], reply["err"]) == ("v", 1, "OK")

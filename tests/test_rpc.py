@@ -63,6 +63,8 @@ async def test_malformed_input_gets_4xx_and_changes_nothing(
             "value": "safe",
             "version": 1,
             "err": "OK",
+            "mod_index": 1,
+            "create_index": 1,
         }
     assert len(single_kv.server.state) == 1
 
@@ -86,7 +88,7 @@ async def test_oversized_body_is_413(nursery: trio.Nursery) -> None:
 
 async def test_unknown_method_and_wrong_verb(single_kv: SingleKV) -> None:
     async with httpx.AsyncClient(base_url=single_kv.direct_url) as http:
-        response = await http.post("/delete", json={})
+        response = await http.post("/drop", json={})
         assert response.status_code == 404 and "unknown method" in response.json()["error"]
         response = await http.get("/get")
         assert response.status_code == 405 and response.json()["error"]
@@ -164,6 +166,8 @@ async def test_kv_protocol_over_plain_http(single_kv: SingleKV) -> None:
             "value": "",
             "version": 0,
             "err": "NoKey",
+            "mod_index": 0,
+            "create_index": 0,
         }
         put = {"key": "a", "value": "1", "version": 0}
         assert (await h.post("/put", json=put)).json() == {"err": "OK"}

@@ -21,8 +21,9 @@ request in ``range``, a txn in ``txn``), each result has ``err`` and, for a get,
 a range, ``range`` holds the page; for a txn, ``txn`` the outcome); ops are independent (not
 a transaction) and answered in order, as if sent one by one, concurrently.
 Error strings on the wire are ``OK``, ``NoKey``, ``Version`` and, from a replicated server,
-``WrongLeader`` (it cannot serve the call: try another; ``leader`` then names the leader's
-client URL when the server knows it), ``NoSpace`` (its storage quota is used up: writes are
+``WrongLeader`` (it cannot serve the call: try another; such a reply is
+:class:`WrongLeaderReply`, whose ``leader`` names the leader's client URL when the server
+knows it), ``NoSpace`` (its storage quota is used up: writes are
 refused) and ``SessionExpired`` (an append's session is not, or no longer, known: open a new
 one); ``Maybe`` never travels (only a client reports it). Version 0 means "the key does not
 exist"; ``mod_index`` is the log index of the entry that last changed the key,
@@ -95,6 +96,14 @@ class GetReply:
     err: str
     mod_index: int = 0
     create_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WrongLeaderReply:
+    """What any route answers when this server cannot serve the call: ``leader`` is the
+    leader's client URL when the server knows another one leads, else ``""``."""
+
+    err: str
     leader: str = ""
 
 
@@ -109,7 +118,6 @@ class PutArgs:
 @dataclass(frozen=True, slots=True)
 class PutReply:
     err: str
-    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +129,6 @@ class DeleteArgs:
 @dataclass(frozen=True, slots=True)
 class DeleteReply:
     err: str
-    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,6 @@ class AppendArgs:
 @dataclass(frozen=True, slots=True)
 class AppendReply:
     err: str
-    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +153,6 @@ class OpenSessionArgs:
 class OpenSessionReply:
     err: str
     session: str = ""
-    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +190,6 @@ class RangeReply:
     index: int = 0  # the log index the page is as of
     more: bool = False  # keys past this page remain: ask again from "start": next
     next: str = ""
-    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +293,6 @@ class TxnReply:
     succeeded: bool = False
     results: list[KeyResult] = field(default_factory=list)
     index: int = 0  # the log index of the entry the txn applied in
-    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,20 +418,20 @@ def as_result(reply: Reply | None) -> OpResult:
     return OpResult(reply.err)
 
 
-def range_reply(result: OpResult, leader: str = "") -> RangeReply:
+def range_reply(result: OpResult) -> RangeReply:
     """A range's batch result as the reply of ``/range``."""
     page = result.range
     if page is None:
-        return RangeReply(result.err, leader=leader)
-    return RangeReply(result.err, page.items, page.index, page.more, page.next, leader)
+        return RangeReply(result.err)
+    return RangeReply(result.err, page.items, page.index, page.more, page.next)
 
 
-def txn_reply(result: OpResult, leader: str = "") -> TxnReply:
+def txn_reply(result: OpResult) -> TxnReply:
     """A txn's batch result as the reply of ``/txn``."""
     outcome = result.txn
     if outcome is None:
-        return TxnReply(result.err, leader=leader)
-    return TxnReply(result.err, outcome.succeeded, outcome.results, outcome.index, leader)
+        return TxnReply(result.err)
+    return TxnReply(result.err, outcome.succeeded, outcome.results, outcome.index)
 
 
 def json_size_bound(ops: list[BatchOp]) -> int:
@@ -531,7 +534,6 @@ class LeaseReply:
     err: str
     lease: int = 0
     ttl: int = 0
-    leader: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,7 @@ from .messages import (
     TxnReply,
     WatchArgs,
     WatchReply,
+    WrongLeaderReply,
     as_result,
     check_key,
     json_size_bound,
@@ -258,60 +259,63 @@ class KVNode:
             return ""
         return self.client_urls.get(leader, "")
 
-    async def run_one(self, op: BatchOp) -> tuple[OpResult, str]:
-        """Run one validated op (as :meth:`run_batch`); its result and, when that is
-        ``WrongLeader``, the leader hint."""
+    async def run_one(self, op: BatchOp) -> OpResult | WrongLeaderReply:
+        """Run one validated op (as :meth:`run_batch`); its result, or the reply to send
+        when that is ``WrongLeader``."""
         (result,) = await self.run_batch([op])
-        return result, self.leader_hint() if result.err == WRONG_LEADER else ""
+        if result.err == WRONG_LEADER:
+            return WrongLeaderReply(WRONG_LEADER, self.leader_hint())
+        return result
 
-    async def handle_get(self, args: GetArgs) -> GetReply:
+    async def handle_get(self, args: GetArgs) -> GetReply | WrongLeaderReply:
         check_key(args.key)
-        r, leader = await self.run_one(BatchOp("get", args.key))
-        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index, leader)
+        r = await self.run_one(BatchOp("get", args.key))
+        if isinstance(r, WrongLeaderReply):
+            return r
+        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index)
 
-    async def handle_put(self, args: PutArgs) -> PutReply:
+    async def handle_put(self, args: PutArgs) -> PutReply | WrongLeaderReply:
         check_key(args.key)
         op = BatchOp("put", args.key, args.value, args.version, lease=args.lease)
-        r, leader = await self.run_one(op)
-        return PutReply(r.err, leader)
+        r = await self.run_one(op)
+        return r if isinstance(r, WrongLeaderReply) else PutReply(r.err)
 
-    async def handle_delete(self, args: DeleteArgs) -> DeleteReply:
+    async def handle_delete(self, args: DeleteArgs) -> DeleteReply | WrongLeaderReply:
         check_key(args.key)
-        r, leader = await self.run_one(BatchOp("delete", args.key, version=args.version))
-        return DeleteReply(r.err, leader)
+        r = await self.run_one(BatchOp("delete", args.key, version=args.version))
+        return r if isinstance(r, WrongLeaderReply) else DeleteReply(r.err)
 
-    async def handle_range(self, args: RangeArgs) -> RangeReply:
+    async def handle_range(self, args: RangeArgs) -> RangeReply | WrongLeaderReply:
         args.validate()
-        r, leader = await self.run_one(BatchOp("range", "", range=args))
-        return range_reply(r, leader)
+        r = await self.run_one(BatchOp("range", "", range=args))
+        return r if isinstance(r, WrongLeaderReply) else range_reply(r)
 
-    async def handle_txn(self, args: TxnArgs) -> TxnReply:
+    async def handle_txn(self, args: TxnArgs) -> TxnReply | WrongLeaderReply:
         args.validate()
-        r, leader = await self.run_one(BatchOp("txn", "", txn=args))
-        return txn_reply(r, leader)
+        r = await self.run_one(BatchOp("txn", "", txn=args))
+        return r if isinstance(r, WrongLeaderReply) else txn_reply(r)
 
-    async def handle_append(self, args: AppendArgs) -> AppendReply:
+    async def handle_append(self, args: AppendArgs) -> AppendReply | WrongLeaderReply:
         check_key(args.key)
         op = BatchOp("append", args.key, args.value, session=args.session, seq=args.seq)
-        r, leader = await self.run_one(op)
-        return AppendReply(r.err, leader)
+        r = await self.run_one(op)
+        return r if isinstance(r, WrongLeaderReply) else AppendReply(r.err)
 
-    async def handle_open_session(self, args: OpenSessionArgs) -> OpenSessionReply:
-        r, leader = await self.run_one(BatchOp("open", "", lease=args.lease))
-        return OpenSessionReply(r.err, r.value, leader)
+    async def handle_open_session(
+        self, args: OpenSessionArgs
+    ) -> OpenSessionReply | WrongLeaderReply:
+        r = await self.run_one(BatchOp("open", "", lease=args.lease))
+        return r if isinstance(r, WrongLeaderReply) else OpenSessionReply(r.err, r.value)
 
-    async def handle_lease_grant(self, args: LeaseGrantArgs) -> LeaseReply:
+    async def handle_lease_grant(self, args: LeaseGrantArgs) -> LeaseReply | WrongLeaderReply:
         args.validate()
-        r, leader = await self.run_one(BatchOp("lease_grant", "", ttl=args.ttl))
-        return LeaseReply(r.err, r.lease, r.ttl, leader)
+        return _lease_reply(await self.run_one(BatchOp("lease_grant", "", ttl=args.ttl)))
 
-    async def handle_lease_keepalive(self, args: LeaseArgs) -> LeaseReply:
-        r, leader = await self.run_one(BatchOp("lease_keepalive", "", lease=args.lease))
-        return LeaseReply(r.err, r.lease, r.ttl, leader)
+    async def handle_lease_keepalive(self, args: LeaseArgs) -> LeaseReply | WrongLeaderReply:
+        return _lease_reply(await self.run_one(BatchOp("lease_keepalive", "", lease=args.lease)))
 
-    async def handle_lease_revoke(self, args: LeaseArgs) -> LeaseReply:
-        r, leader = await self.run_one(BatchOp("lease_revoke", "", lease=args.lease))
-        return LeaseReply(r.err, r.lease, r.ttl, leader)
+    async def handle_lease_revoke(self, args: LeaseArgs) -> LeaseReply | WrongLeaderReply:
+        return _lease_reply(await self.run_one(BatchOp("lease_revoke", "", lease=args.lease)))
 
     async def _expire(self, lease: int) -> bool:
         """The lease keeper's revocation of an expired lease; whether it applied."""
@@ -586,3 +590,7 @@ def _change_record(change: Change) -> ChangeRecord:
     return ChangeRecord(
         change.index, change.key, change.kind, change.value, change.version, change.create_index
     )
+
+
+def _lease_reply(r: OpResult | WrongLeaderReply) -> LeaseReply | WrongLeaderReply:
+    return r if isinstance(r, WrongLeaderReply) else LeaseReply(r.err, r.lease, r.ttl)
