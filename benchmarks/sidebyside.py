@@ -6,6 +6,8 @@
 
 Every system runs at once, each as its own processes on loopback, fsync on:
 - ``echo``: the quart-trio echo endpoint (``echo_server.py``), this HTTP stack's floor;
+- ``asgi-echo``: the same echo as a plain ASGI app on Hypercorn, no Quart (not run unless
+  named in ``--systems``);
 - ``raw-echo``: a raw trio TCP server answering each HTTP request with its body
   (``raw_echo.py``), the floor of trio's sockets under the same load;
 - ``etcd``: a 3-member etcd cluster (``etcd`` on the PATH, its defaults: fsync on), one put
@@ -41,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +104,10 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 
 @contextmanager
-def echo_server(script: str, name: str, op: str) -> Iterator[System]:
+def echo_server(script: str, name: str, op: str, *extra: str) -> Iterator[System]:
     (port,) = free_ports(1)
     proc = subprocess.Popen(
-        [PYTHON, str(HERE / script), "--listen", f"127.0.0.1:{port}"],
+        [PYTHON, str(HERE / script), "--listen", f"127.0.0.1:{port}", *extra],
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -241,6 +244,24 @@ def trioraft_cluster(
         stop_all(procs)
 
 
+def start_together(stack: ExitStack, managers: list) -> list[System]:
+    """Enter every context manager at once (each waits for its processes), in threads; each
+    one entered is exited with ``stack``, even if another failed to start."""
+    with ThreadPoolExecutor(len(managers)) as pool:
+        futures = [pool.submit(m.__enter__) for m in managers]
+    systems, failure = [], None
+    for manager, future in zip(managers, futures, strict=True):
+        try:
+            systems.append(future.result())
+        except Exception as exc:
+            failure = failure or exc
+            continue
+        stack.push(manager.__exit__)
+    if failure is not None:
+        raise failure
+    return systems
+
+
 def run_wrk(system: System, connections: int, seconds: float, prefix: str, value: int) -> dict:
     url = system.target()
     script = HERE / system.wrk_script
@@ -348,28 +369,25 @@ def run(opts: argparse.Namespace) -> dict:
         ExitStack() as stack,
     ):
         root = Path(tmp)
-        systems: list[System] = []
+        managers = []
         for name in systems_wanted:
             if name == "echo":
-                systems.append(stack.enter_context(echo_server("echo_server.py", name, "echo")))
+                managers.append(echo_server("echo_server.py", name, "echo"))
+            elif name == "asgi-echo":
+                managers.append(echo_server("echo_server.py", name, "echo", "--bare"))
             elif name == "raw-echo":
-                systems.append(stack.enter_context(echo_server("raw_echo.py", name, "echo")))
+                managers.append(echo_server("raw_echo.py", name, "echo"))
             elif name == "etcd":
-                systems.append(stack.enter_context(etcd_cluster(root)))
+                managers.append(etcd_cluster(root))
             elif name.startswith("trioraft-"):
                 transport = name.removeprefix("trioraft-")
-                systems.append(
-                    stack.enter_context(trioraft_cluster(root / name, name, transport, None))
-                )
+                managers.append(trioraft_cluster(root / name, name, transport, None))
                 if opts.against is not None:
                     other = f"{name}@B"
-                    systems.append(
-                        stack.enter_context(
-                            trioraft_cluster(root / other, other, transport, opts.against)
-                        )
-                    )
-        for system in systems:  # warm up: connections, caches, the leader's first entries
-            run_wrk(system, 4, 1, "warm", opts.value)
+                    managers.append(trioraft_cluster(root / other, other, transport, opts.against))
+        systems = start_together(stack, managers)
+        with ThreadPoolExecutor(len(systems)) as pool:  # warm up, all at once: connections,
+            list(pool.map(lambda s: run_wrk(s, 4, 1, "warm", opts.value), systems))  # caches
         order = list(range(len(systems)))
         for r in range(opts.rounds):
             rotated = order[r % len(order) :] + order[: r % len(order)]
@@ -458,7 +476,7 @@ def table(report: dict) -> str:
     ratios = []
 
     def ratio(label: str, a: tuple[str, str], b: tuple[str, str], key: str) -> None:
-        if a in by and b in by and by[b][key]:
+        if a in by and b in by and by[b].get(key) and by[a].get(key) is not None:
             ratios.append(f"| {label} | {by[a][key] / by[b][key]:.2f} |")
 
     for name in [r["system"] for r in report["rows"] if r["system"].startswith("trioraft")]:
@@ -500,12 +518,21 @@ def table(report: dict) -> str:
             ("etcd", "wrk c=16"),
             "cpu_ms_per_op",
         )
+    for name in [r["system"] for r in report["rows"] if r["system"].endswith("@B")]:
+        a = name.removesuffix("@B")
+        for load in sorted({r["load"] for r in report["rows"] if r["system"] == name}):
+            for key, what in (
+                ("ops_per_s", "ops/s"),
+                ("p50_ms", "p50"),
+                ("cpu_ms_per_op", "CPU/op"),
+            ):
+                ratio(f"A/B: {a} / {name}, {load}, {what}", (a, load), (name, load), key)
     if ratios:
         lines += ["", "| ratio, from the medians above | |", "|---|---:|", *ratios]
     return "\n".join(lines)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per sample (wrk: whole s)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -521,7 +548,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="data directories (a real disk)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--table", type=Path, default=None, help="print a saved report's table")
-    opts = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = build_parser().parse_args(argv)
     if opts.table is not None:
         print(table(json.loads(opts.table.read_text())))
         return
