@@ -1,6 +1,7 @@
 """Where one sequential put's time goes: a timeline of its steps, from timestamps.
 
     python benchmarks/breakdown.py [--ops 400] [--peer-transport http|tcp] [--out DIR]
+    python benchmarks/breakdown.py --profile [--ops 1000] [--peer-transport http|tcp]
 
 Starts three ``trace_node.py`` processes (``trioraft node`` with every step of a put's path
 stamped, see that file) in their default configuration (HTTP peers unless told ``tcp``),
@@ -14,6 +15,11 @@ each step and the median length of each segment, and for ``ClusterClient`` its p
 process's CPU per op beside the raw client's; writes the JSON into ``--out``.
 
 The wrappers cost a few µs per step, so the total is a little above an untraced run's.
+
+``--profile`` runs the nodes untraced but with a sampling profiler of their CPU time (see
+``trace_node.py``) under the same sequential load, and prints each node's CPU per op by
+where it was spent (the innermost recognised frame of each sample: HTTP server, our request
+path, peer RPC client, Raft, storage, the scheduler...).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import bisect
 import json
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -79,7 +86,9 @@ class RawClient:
         return rest[:length]
 
 
-def start_nodes(directory: Path, transport: str, trace_dir: Path) -> tuple[list, list[str]]:
+def start_nodes(
+    directory: Path, transport: str, trace_dir: Path, variable: str = "TRACE_OUT"
+) -> tuple[list, list[str]]:
     ids = ["1", "2", "3"]
     ports = free_ports(6)
     client = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports[:3], strict=True)}
@@ -96,7 +105,7 @@ def start_nodes(directory: Path, transport: str, trace_dir: Path) -> tuple[list,
             if j != i:
                 args += [f"--peer={j}={transport}://127.0.0.1:{peer_port[j]}"]
                 args += [f"--client-url={j}={client[j]}"]
-        env = {**os.environ, "TRACE_OUT": str(trace_dir / f"node-{i}.json")}
+        env = {**os.environ, variable: str(trace_dir / f"node-{i}.json")}
         procs.append(subprocess.Popen([PYTHON, str(HERE / "trace_node.py"), *args], env=env))
     return procs, list(client.values())
 
@@ -114,14 +123,17 @@ def find_leader(urls: list[str], timeout: float = 60) -> str:
     raise RuntimeError("no leader")
 
 
-def raw_puts(url: str, ops: int, value: int) -> tuple[list[tuple[float, float]], float]:
+def raw_puts(
+    url: str, ops: int, value: int, prefix: str = "raw"
+) -> tuple[list[tuple[float, float]], float]:
     client = RawClient(url)
     for k in range(50):  # warm-up, not recorded
-        client.post("/put", json.dumps({"key": f"warm-{k}", "value": "x", "version": 0}).encode())
+        warm = {"key": f"{prefix}-warm-{k}", "value": "x", "version": 0}
+        client.post("/put", json.dumps(warm).encode())
     times = []
     cpu = cpu_self()
     for k in range(ops):
-        body = json.dumps({"key": f"raw-{k}", "value": "x" * value, "version": 0}).encode()
+        body = json.dumps({"key": f"{prefix}-{k}", "value": "x" * value, "version": 0}).encode()
         sent = time.perf_counter()
         reply = client.post("/put", body)
         times.append((sent, time.perf_counter()))
@@ -259,6 +271,99 @@ def analyse(
     }
 
 
+#: Where a CPU sample is spent: the innermost frame that matches one of these (file part,
+#: function or None for any) names its bucket; a stack with none of them is the scheduler's
+#: if trio's core is on it.
+BUCKETS = [
+    ("/trioraft/raft/node.py", "_call", "leader: peer RPC client (sending AppendEntries)"),
+    ("/httpx/", None, "peer RPC client: httpx"),
+    ("/httpcore/", None, "peer RPC client: httpx"),
+    ("/trioraft/rpc/tcp.py", None, "framed TCP (client or server side)"),
+    ("/trioraft/raft/storage.py", None, "storage: log append, fsync"),
+    ("/trioraft/raft/node.py", "handle_append_entries", "follower: AppendEntries handler"),
+    ("/trioraft/rpc/auth.py", None, "peer authentication (HMAC, replay window)"),
+    ("/trioraft/kv/", None, "KV: handler, proposal, apply"),
+    ("/trioraft/raft/", None, "Raft: leader tasks, commit, applier"),
+    ("/trioraft/rpc/http.py", "dispatch", "our request path: parse, decode, encode"),
+    ("/trioraft/rpc/codec.py", None, "our request path: parse, decode, encode"),
+    ("/trioraft/", None, "trioraft: other (app, metrics, logging)"),
+    ("/h11/", None, "HTTP server: Hypercorn, h11, Quart, Werkzeug"),
+    ("/hypercorn/", None, "HTTP server: Hypercorn, h11, Quart, Werkzeug"),
+    ("/quart/", None, "HTTP server: Hypercorn, h11, Quart, Werkzeug"),
+    ("/quart_trio/", None, "HTTP server: Hypercorn, h11, Quart, Werkzeug"),
+    ("/werkzeug/", None, "HTTP server: Hypercorn, h11, Quart, Werkzeug"),
+    ("/trio/_threads.py", None, "trio: worker threads (to_thread)"),
+]
+
+
+def bucket(stack: str) -> str:
+    frames = stack.split(";")
+    loop = max(
+        (k for k, f in enumerate(frames) if f.endswith("/trio/_core/_run.py:unrolled_run")),
+        default=-1,
+    )
+    tasks = frames[loop + 1 :]  # what the run loop was running: a task's stack, or nothing
+    if loop >= 0 and all("/trio/_core/" in f for f in tasks):
+        return "trio: scheduler, I/O wait, signal wake-ups"
+    for frame in reversed(tasks):
+        path, _, function = frame.rpartition(":")
+        for part, name, label in BUCKETS:
+            if part in path and (name is None or name == function):
+                return label
+    return "other (stdlib, trio outside the run loop)"
+
+
+def profile(opts: argparse.Namespace) -> None:
+    """CPU profiles of the three nodes while one client sends sequential puts."""
+    with tempfile.TemporaryDirectory(prefix="trioraft-profile-", dir=opts.data) as tmp:
+        root = Path(tmp)
+        procs, urls = start_nodes(root, opts.peer_transport, root, "PROFILE_OUT")
+        try:
+            leader_url = find_leader(urls)
+            leader = str(urls.index(leader_url) + 1)
+            raw_puts(leader_url, 1, opts.value, "warm")  # warm-up, then the profiles start afresh
+            for proc in procs:
+                proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.2)
+            cpu_before = [pid_cpu(p.pid) for p in procs]
+            times, _ = raw_puts(leader_url, opts.ops, opts.value)
+            cpu_after = [pid_cpu(p.pid) for p in procs]
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait()
+        stacks = {
+            str(i + 1): json.loads((root / f"node-{i + 1}.json").read_text()) for i in range(3)
+        }
+    raw = sorted(r - s for s, r in times)
+    print(
+        f"peers over {opts.peer_transport}; {opts.ops} sequential puts, p50 "
+        f"{1000 * raw[len(raw) // 2]:.3f} ms; CPU samples (2 ms each) per op, by bucket:"
+    )
+    report: dict[str, dict[str, float]] = {}
+    for node, found in stacks.items():
+        role = "leader" if node == leader else f"follower {node}"
+        counts: dict[str, int] = {}
+        for stack, n in found:
+            label = bucket(stack)
+            counts[label] = counts.get(label, 0) + n
+        total = sum(counts.values())
+        report[role] = {k: round(2 * v / (opts.ops + 50), 3) for k, v in counts.items()}
+        measured = 1000 * (cpu_after[int(node) - 1] - cpu_before[int(node) - 1]) / (opts.ops + 50)
+        print(
+            f"{role}: {2 * total / (opts.ops + 50):.3f} ms CPU per op in samples (50 more "
+            f"for warm-up), {measured:.3f} ms by /proc over the load"
+        )
+        for label, n in sorted(counts.items(), key=lambda x: -x[1]):
+            print(f"  {2 * n / (opts.ops + 50):7.3f} ms  {100 * n / total:5.1f} %  {label}")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = opts.out / f"profile-{opts.peer_transport}-{stamp}.json"
+    path.write_text(json.dumps({"ms_cpu_per_op_by_bucket": report, "stacks": stacks}))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", type=int, default=400)
@@ -266,7 +371,11 @@ def main() -> None:
     parser.add_argument("--peer-transport", choices=["http", "tcp"], default="http")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--profile", action="store_true", help="CPU profiles, no timestamps")
     opts = parser.parse_args()
+    if opts.profile:
+        profile(opts)
+        return
     with tempfile.TemporaryDirectory(prefix="trioraft-breakdown-", dir=opts.data) as tmp:
         root = Path(tmp)
         procs, urls = start_nodes(root, opts.peer_transport, root)

@@ -7,14 +7,22 @@ system-wide monotonic clock, so the stamps of several processes on one machine c
 On exit (SIGTERM) the process writes its events to ``FILE`` as JSON: a list of
 ``[name, seconds, detail]``. ``breakdown.py`` starts three of these and reads them back.
 Only for measuring: the wrappers add a few µs to each step they time.
+
+``PROFILE_OUT=FILE`` instead (no ``TRACE_OUT``) runs the node untouched but for a sampling
+profiler of its CPU time: ``SIGPROF`` every 2 ms of the process's CPU (user + system,
+all threads), the main thread's Python stack recorded at each; on exit ``FILE`` holds the
+collapsed stacks (``file:function;...`` outermost first) with their counts, as JSON; SIGUSR1
+forgets the samples so far (startup). (py-spy cannot attach to processes in this sandbox.)
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -128,7 +136,31 @@ def dump() -> None:
         json.dump(EVENTS, f)
 
 
+STACKS: collections.Counter[tuple[str, ...]] = collections.Counter()
+
+
+def sample(signum: int, frame: Any) -> None:
+    stack = []
+    while frame is not None:
+        code = frame.f_code
+        stack.append(f"{code.co_filename}:{code.co_name}")
+        frame = frame.f_back
+    STACKS[tuple(reversed(stack))] += 1
+
+
+def dump_profile() -> None:
+    signal.setitimer(signal.ITIMER_PROF, 0)
+    with open(os.environ["PROFILE_OUT"], "w") as f:
+        json.dump([[";".join(stack), n] for stack, n in STACKS.items()], f)
+
+
 if __name__ == "__main__":
-    instrument()
-    atexit.register(dump)
+    if "PROFILE_OUT" in os.environ:
+        signal.signal(signal.SIGPROF, sample)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: STACKS.clear())  # start afresh
+        signal.setitimer(signal.ITIMER_PROF, 0.002, 0.002)
+        atexit.register(dump_profile)
+    else:
+        instrument()
+        atexit.register(dump)
     sys.exit(main())
