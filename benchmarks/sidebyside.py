@@ -26,8 +26,9 @@ p99, and the cluster's CPU seconds per op (the sum of its processes' CPU time de
 sample, divided by the ops). Then the Python clients, sequentially (one task, one op at a
 time), alternating in the same way: ``ClusterClient`` against each trioraft cluster, and a
 bare httpx client against the echo endpoint, with the client process's own CPU per op.
-Finally the median of many appends + fsync of a small record in the data directory's
-filesystem. Prints a Markdown table and writes the JSON into ``--out``.
+Then every trioraft node is killed (SIGKILL) and restarted, and a sample of the puts wrk
+saw acknowledged must read back. Finally the median of many appends + fsync of a small record
+in the data directory's filesystem. Prints a Markdown table and writes the JSON into ``--out``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class System:
     pids: list[int] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)  # every member's client URL (trioraft)
     leader: object = None  # a callable answering the leader's URL now, for clusters
+    restart: object = None  # for trioraft: kill every node (SIGKILL) and start them again
 
     def cpu(self) -> float:
         return sum(pid_cpu(p) for p in self.pids)
@@ -197,28 +199,19 @@ def trioraft_cluster(
     env = dict(os.environ)
     if library is not None:
         env["PYTHONPATH"] = str(library)
-    procs = []
-    try:
+    procs: list[subprocess.Popen] = []
+
+    def launch() -> None:
         for i in ids:
-            args = [
-                "--id",
-                i,
-                "--listen",
-                client[i].removeprefix("http://"),
-                "--peer-listen",
-                f"127.0.0.1:{peer_port[i]}",
-                "--data-dir",
-                str(directory / f"node-{i}"),
-                "--cluster-token-file",
-                str(token),
-                "--log-level",
-                "warning",
-            ]
+            args = ["--id", i, "--listen", client[i].removeprefix("http://")]
+            args += ["--peer-listen", f"127.0.0.1:{peer_port[i]}"]
+            args += ["--data-dir", str(directory / f"node-{i}")]
+            args += ["--cluster-token-file", str(token), "--log-level", "warning"]
             for j in ids:
                 if j != i:
                     args += [f"--peer={j}={transport}://127.0.0.1:{peer_port[j]}"]
                     args += [f"--client-url={j}={client[j]}"]
-            log = open(directory / f"node-{i}.log", "wb")  # noqa: SIM115 (closed with the process)
+            log = open(directory / f"node-{i}.log", "ab")  # noqa: SIM115 (closed with the process)
             procs.append(
                 subprocess.Popen(
                     [PYTHON, "-m", "trioraft.cli", "node", *args],
@@ -229,9 +222,23 @@ def trioraft_cluster(
                 )
             )
             log.close()
-        urls = list(client.values())
+
+    urls = list(client.values())
+
+    def crash_and_restart() -> None:
+        """SIGKILL every node at once, start them again on their data directories."""
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        procs.clear()
+        launch()
+        system.pids = [p.pid for p in procs]
+        wait_for(lambda: trioraft_leader(urls), 60, f"a leader of {name} after the restart")
+
+    try:
+        launch()
         leader = wait_for(lambda: trioraft_leader(urls), 60, f"a leader of {name}")
-        yield System(
+        system = System(
             name,
             str(leader),
             "wrk_kv.lua",
@@ -239,7 +246,9 @@ def trioraft_cluster(
             [p.pid for p in procs],
             urls,
             leader=lambda: trioraft_leader(urls),
+            restart=crash_and_restart,
         )
+        yield system
     finally:
         stop_all(procs)
 
@@ -318,6 +327,48 @@ def run_python_client(system: System, client: str, seconds: float, prefix: str, 
     summary["server_cpu_ms_per_op"] = round(1000 * cpu / ops, 4)  # warm-up included: rough
     summary["client_cpu_ms_per_op"] = round(1000 * summary["cpu_s"] / ops, 4)
     return summary
+
+
+def check_durable(system: System, samples: dict[tuple[str, str], list[dict]]) -> dict:
+    """Kill every node of ``system`` at once and restart it; then a sample of the puts wrk
+    saw acknowledged (the middle key of each sample with no failed request) must read back."""
+    acknowledged = []
+    for (name, load), found in samples.items():
+        if name != system.name or not load.startswith("wrk c="):
+            continue
+        for r, sample in enumerate(found):
+            if sample["not_ok"] == 0 and sample["requests"] > 1:
+                acknowledged.append(
+                    f"r{r}c{load.removeprefix('wrk c=')}-0-{sample['requests'] // 2}"
+                )
+    started = time.monotonic()
+    assert callable(system.restart)
+    system.restart()
+    restart_s = time.monotonic() - started
+    missing = []
+    for key in acknowledged:
+        reply = wait_for(
+            lambda key=key: (
+                httpx.post(f"{system.target()}/get", json={"key": key}, timeout=5)
+                .json()
+                .get("version")
+            ),
+            30,
+            f"{key} from {system.name}",
+        )
+        if reply != 1:
+            missing.append(key)
+    print(
+        f"{system.name}: killed, restarted in {restart_s:.1f} s, {len(acknowledged)} "
+        f"acknowledged keys checked, missing: {missing}",
+        flush=True,
+    )
+    return {
+        "system": system.name,
+        "checked": len(acknowledged),
+        "missing": missing,
+        "restart_s": round(restart_s, 2),
+    }
 
 
 def fsync_cost(directory: Path, count: int = 300, record: int = 64) -> dict:
@@ -425,6 +476,7 @@ def run(opts: argparse.Namespace) -> dict:
                         f"{summary['client_cpu_ms_per_op']:.3f} ms",
                         flush=True,
                     )
+        durability = [check_durable(system, samples) for system in systems if system.restart]
         fsync = fsync_cost(root)
     rows = [
         {"system": name, "load": load, **median_row(found)}
@@ -440,6 +492,7 @@ def run(opts: argparse.Namespace) -> dict:
         "against": str(opts.against) if opts.against else None,
         "notes": notes,
         "fsync": fsync,
+        "durability": durability,
         "rows": rows,
         "samples": [
             {"system": name, "load": load, "samples": found}
@@ -472,6 +525,13 @@ def table(report: dict) -> str:
     )
     for note in report["notes"]:
         lines += ["", f"Note: {note}"]
+    for check in report.get("durability", []):
+        lines += [
+            "",
+            f"Durability: {check['system']} killed (SIGKILL, every node) and restarted in "
+            f"{check['restart_s']} s; {check['checked']} acknowledged keys checked, "
+            f"missing: {check['missing'] or 'none'}",
+        ]
     by = {(r["system"], r["load"]): r for r in report["rows"]}
     ratios = []
 
@@ -479,8 +539,8 @@ def table(report: dict) -> str:
         if a in by and b in by and by[b].get(key) and by[a].get(key) is not None:
             ratios.append(f"| {label} | {by[a][key] / by[b][key]:.2f} |")
 
-    for name in [r["system"] for r in report["rows"] if r["system"].startswith("trioraft")]:
-        if any(line.startswith(f"| {name} ") for line in ratios):
+    for name in dict.fromkeys(r["system"] for r in report["rows"]):
+        if not name.startswith("trioraft"):
             continue
         ratio(
             f"{name} sequential p50 / etcd's (target ≤ 1.5)",
@@ -518,7 +578,7 @@ def table(report: dict) -> str:
             ("etcd", "wrk c=16"),
             "cpu_ms_per_op",
         )
-    for name in [r["system"] for r in report["rows"] if r["system"].endswith("@B")]:
+    for name in dict.fromkeys(r["system"] for r in report["rows"] if r["system"].endswith("@B")):
         a = name.removesuffix("@B")
         for load in sorted({r["load"] for r in report["rows"] if r["system"] == name}):
             for key, what in (
