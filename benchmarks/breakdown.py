@@ -284,8 +284,9 @@ BUCKETS = [
     ("/trioraft/rpc/auth.py", None, "peer authentication (HMAC, replay window)"),
     ("/trioraft/kv/", None, "KV: handler, proposal, apply"),
     ("/trioraft/raft/", None, "Raft: leader tasks, commit, applier"),
-    ("/trioraft/rpc/http.py", "dispatch", "our request path: parse, decode, encode"),
-    ("/trioraft/rpc/codec.py", None, "our request path: parse, decode, encode"),
+    ("/trioraft/rpc/http.py", None, "our request path: JSON, routing, rendering"),
+    ("/trioraft/rpc/codec.py", None, "our request path: JSON, routing, rendering"),
+    ("/trioraft/metrics.py", None, "metrics"),
     ("/trioraft/", None, "trioraft: other (app, metrics, logging)"),
     ("/h11/", None, "HTTP server: Hypercorn, h11, Quart, Werkzeug"),
     ("/hypercorn/", None, "HTTP server: Hypercorn, h11, Quart, Werkzeug"),
@@ -299,11 +300,15 @@ BUCKETS = [
 def bucket(stack: str) -> str:
     frames = stack.split(";")
     loop = max(
-        (k for k, f in enumerate(frames) if f.endswith("/trio/_core/_run.py:unrolled_run")),
+        (
+            k
+            for k, f in enumerate(frames)
+            if f.endswith(("/trio/_core/_run.py:unrolled_run", "/trio/_core/_run.py:run"))
+        ),
         default=-1,
     )
-    tasks = frames[loop + 1 :]  # what the run loop was running: a task's stack, or nothing
-    if loop >= 0 and all("/trio/_core/" in f for f in tasks):
+    tasks = frames[loop + 1 :]  # what the run loop was running (a task's stack), or its I/O wait
+    if loop >= 0 and all("/trio/_core/" in f or "/selectors.py" in f for f in tasks):
         return "trio: scheduler, I/O wait, signal wake-ups"
     for frame in reversed(tasks):
         path, _, function = frame.rpartition(":")
@@ -311,6 +316,18 @@ def bucket(stack: str) -> str:
             if part in path and (name is None or name == function):
                 return label
     return "other (stdlib, trio outside the run loop)"
+
+
+def summarize(found: list, ops: int, measured: float | None = None) -> dict[str, float]:
+    """A node's samples by bucket, as ms of CPU per op: the samples' shares of ``measured``
+    ms per op (its CPU by /proc) if given, else 2 ms a sample."""
+    counts: dict[str, int] = {}
+    for stack, n in found:
+        label = bucket(stack)
+        counts[label] = counts.get(label, 0) + n
+    total = sum(counts.values())
+    scale = measured / total if measured is not None else 2 / ops
+    return {k: round(v * scale, 3) for k, v in sorted(counts.items(), key=lambda x: -x[1])}
 
 
 def profile(opts: argparse.Namespace) -> None:
@@ -339,29 +356,30 @@ def profile(opts: argparse.Namespace) -> None:
     raw = sorted(r - s for s, r in times)
     print(
         f"peers over {opts.peer_transport}; {opts.ops} sequential puts, p50 "
-        f"{1000 * raw[len(raw) // 2]:.3f} ms; CPU samples (2 ms each) per op, by bucket:"
+        f"{1000 * raw[len(raw) // 2]:.3f} ms; each node's CPU per op by where it was spent:"
     )
     report: dict[str, dict[str, float]] = {}
     for node, found in stacks.items():
         role = "leader" if node == leader else f"follower {node}"
-        counts: dict[str, int] = {}
-        for stack, n in found:
-            label = bucket(stack)
-            counts[label] = counts.get(label, 0) + n
-        total = sum(counts.values())
-        report[role] = {k: round(2 * v / (opts.ops + 50), 3) for k, v in counts.items()}
-        measured = 1000 * (cpu_after[int(node) - 1] - cpu_before[int(node) - 1]) / (opts.ops + 50)
-        print(
-            f"{role}: {2 * total / (opts.ops + 50):.3f} ms CPU per op in samples (50 more "
-            f"for warm-up), {measured:.3f} ms by /proc over the load"
-        )
-        for label, n in sorted(counts.items(), key=lambda x: -x[1]):
-            print(f"  {2 * n / (opts.ops + 50):7.3f} ms  {100 * n / total:5.1f} %  {label}")
+        ops = opts.ops + 50  # raw_puts warms up with 50 more
+        measured = 1000 * (cpu_after[int(node) - 1] - cpu_before[int(node) - 1]) / ops
+        report[role] = summarize(found, ops, measured)
+    print_profile(report)
     opts.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = opts.out / f"profile-{opts.peer_transport}-{stamp}.json"
-    path.write_text(json.dumps({"ms_cpu_per_op_by_bucket": report, "stacks": stacks}))
+    path.write_text(
+        json.dumps({"ms_cpu_per_op_by_bucket": report, "leader": leader, "stacks": stacks})
+    )
     print(f"wrote {path}")
+
+
+def print_profile(report: dict[str, dict[str, float]]) -> None:
+    for role, buckets in report.items():
+        total = sum(buckets.values())
+        print(f"{role}: {total:.3f} ms CPU per op (/proc), by bucket:")
+        for label, ms in buckets.items():
+            print(f"  {ms:7.3f} ms  {100 * ms / total:5.1f} %  {label}")
 
 
 def main() -> None:
@@ -372,7 +390,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--profile", action="store_true", help="CPU profiles, no timestamps")
+    parser.add_argument("--summarize", type=Path, help="print a saved profile's table again")
     opts = parser.parse_args()
+    if opts.summarize is not None:  # a profile saved by this version: buckets again
+        saved = json.loads(opts.summarize.read_text())
+        report = {}
+        for node, found in saved["stacks"].items():
+            role = "leader" if node == saved["leader"] else f"follower {node}"
+            report[role] = summarize(found, 1, sum(saved["ms_cpu_per_op_by_bucket"][role].values()))
+        print_profile(report)
+        return
     if opts.profile:
         profile(opts)
         return
