@@ -476,7 +476,9 @@ def run(opts: argparse.Namespace) -> dict:
                         f"{summary['client_cpu_ms_per_op']:.3f} ms",
                         flush=True,
                     )
-        durability = [check_durable(system, samples) for system in systems if system.restart]
+        clusters = [system for system in systems if system.restart]
+        with ThreadPoolExecutor(max(1, len(clusters))) as pool:  # their restarts overlap
+            durability = list(pool.map(lambda system: check_durable(system, samples), clusters))
         fsync = fsync_cost(root)
     rows = [
         {"system": name, "load": load, **median_row(found)}
