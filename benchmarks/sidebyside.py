@@ -17,7 +17,7 @@ Every system runs at once, each as its own processes on loopback, fsync on:
   over HTTP, an authenticated cluster); ``trioraft-tcp``: the same with ``tcp://`` peers;
 - ``--against DIR`` adds ``trioraft-http@B`` (and ``trioraft-tcp@B`` if asked for): the same
   nodes run from another checkout of the library (``DIR`` holds its ``trioraft`` package),
-  for a change's A/B in the same run.
+  for a change's A/B in the same run; their Python client rows use that checkout's client.
 
 Every load is wrk sending one op per request to the leader with ``C`` connections (``1``:
 sequential latency) for ``--seconds``. A round runs every load on every system, in an
@@ -70,6 +70,7 @@ class System:
     urls: list[str] = field(default_factory=list)  # every member's client URL (trioraft)
     leader: object = None  # a callable answering the leader's URL now, for clusters
     restart: object = None  # for trioraft: kill every node (SIGKILL) and start them again
+    library: Path | None = None  # the checkout its nodes (and its Python client) run from
 
     def cpu(self) -> float:
         return sum(pid_cpu(p) for p in self.pids)
@@ -247,6 +248,7 @@ def trioraft_cluster(
             urls,
             leader=lambda: trioraft_leader(urls),
             restart=crash_and_restart,
+            library=library,
         )
         yield system
     finally:
@@ -309,6 +311,9 @@ def run_wrk(system: System, connections: int, seconds: float, prefix: str, value
 def run_python_client(system: System, client: str, seconds: float, prefix: str, value: int) -> dict:
     """One task of a Python client doing one op at a time, in its own process."""
     urls = system.urls or [system.url]
+    env = dict(os.environ)
+    if system.library is not None:  # the client of the checkout under test, too
+        env["PYTHONPATH"] = str(system.library)
     before = system.cpu()
     result = subprocess.run(
         [
@@ -320,6 +325,7 @@ def run_python_client(system: System, client: str, seconds: float, prefix: str, 
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     cpu = system.cpu() - before
     summary = json.loads(result.stdout.strip().splitlines()[-1])
