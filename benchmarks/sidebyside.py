@@ -2,7 +2,9 @@
 
     python benchmarks/sidebyside.py [--seconds 1] [--rounds 3] [--loads 1 16 64]
                                     [--systems echo raw-echo etcd trioraft-http trioraft-tcp]
-                                    [--against DIR] [--data DIR] [--out DIR]
+                                    [--against DIR] [--no-python-clients] [--data DIR]
+                                    [--out DIR]
+    python benchmarks/sidebyside.py --table REPORT.json     # a saved run's tables
 
 Every system runs at once, each as its own processes on loopback, fsync on:
 - ``echo``: the quart-trio echo endpoint (``echo_server.py``), this HTTP stack's floor;
@@ -23,9 +25,11 @@ Every load is wrk sending one op per request to the leader with ``C`` connection
 sequential latency) for ``--seconds``. A round runs every load on every system, in an
 order rotated from round to round; the rows are the medians over rounds of ops/s, p50 and
 p99, and the cluster's CPU seconds per op (the sum of its processes' CPU time deltas over the
-sample, divided by the ops). Then the Python clients, sequentially (one task, one op at a
-time), alternating in the same way: ``ClusterClient`` against each trioraft cluster, and a
-bare httpx client against the echo endpoint, with the client process's own CPU per op.
+sample, divided by the ops). A sample in which wrk saw a failed request (a leader change)
+is left out of its row's medians. In each round, after the wrk loads, the Python clients,
+one task doing one op at a time, in the same rotated order: ``ClusterClient`` against each
+trioraft cluster, and a bare httpx client against the echo endpoint, with the client
+process's own CPU per op.
 Then every trioraft node is killed (SIGKILL) and restarted, and a sample of the puts wrk
 saw acknowledged must read back. Finally the median of many appends + fsync of a small record
 in the data directory's filesystem. Prints a Markdown table and writes the JSON into ``--out``.
