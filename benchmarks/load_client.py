@@ -2,6 +2,10 @@
 
     python benchmarks/load_client.py --urls URL,URL,URL --concurrency 256 --seconds 5 \
         --value-bytes 16 --prefix run1 [--op put|get] [--client coalescing|cluster|echo]
+        [--serve]
+
+With ``--serve`` the process opens its client once and then runs one load per line of
+stdin (``{"prefix": P, "seconds": S}``), printing each summary on a line of its own.
 
 ``--client coalescing`` (the default) shares one coalescing client; ``cluster`` one
 ``ClusterClient`` (one op per request); ``echo`` a bare ``httpx.AsyncClient`` posting a put's
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from contextlib import AsyncExitStack
 
 import httpx
@@ -49,10 +54,21 @@ async def main(args: argparse.Namespace) -> None:
         else:
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=5.0))
             kv = EchoClient(http, urls[0])
-        op = kv_op(kv, args.op, args.prefix, args.value_bytes)
-        summary = await closed_loop(op, args.concurrency, args.seconds)
-        summary["requests"] = getattr(kv, "requests", summary["ops"])
-    print(json.dumps(summary), flush=True)
+        if not args.serve:
+            print(json.dumps(await run(kv, args, args.prefix, args.seconds)), flush=True)
+            return
+        while line := await trio.to_thread.run_sync(sys.stdin.readline):
+            command = json.loads(line)
+            summary = await run(kv, args, command["prefix"], command["seconds"])
+            print(json.dumps(summary), flush=True)
+
+
+async def run(kv: object, args: argparse.Namespace, prefix: str, seconds: float) -> dict:
+    requests = getattr(kv, "requests", 0)
+    op = kv_op(kv, args.op, prefix, args.value_bytes)
+    summary = await closed_loop(op, args.concurrency, seconds)
+    summary["requests"] = getattr(kv, "requests", requests + summary["ops"]) - requests
+    return summary
 
 
 if __name__ == "__main__":
@@ -61,7 +77,10 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--value-bytes", type=int, default=16)
-    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--prefix", default="load")
+    parser.add_argument(
+        "--serve", action="store_true", help="a load per stdin line {prefix, seconds}"
+    )
     parser.add_argument("--op", choices=["put", "get"], default="put")
     parser.add_argument("--client", choices=["coalescing", "cluster", "echo"], default="coalescing")
     trio.run(main, parser.parse_args())

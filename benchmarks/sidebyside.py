@@ -312,31 +312,53 @@ def run_wrk(system: System, connections: int, seconds: float, prefix: str, value
     return summary
 
 
-def run_python_client(system: System, client: str, seconds: float, prefix: str, value: int) -> dict:
-    """One task of a Python client doing one op at a time, in its own process."""
-    urls = system.urls or [system.url]
-    env = dict(os.environ)
-    if system.library is not None:  # the client of the checkout under test, too
-        env["PYTHONPATH"] = str(system.library)
-    before = system.cpu()
-    result = subprocess.run(
-        [
-            PYTHON,
-            str(HERE / "load_client.py"),
-            *("--client", client, "--urls", ",".join(urls), "--concurrency", "1"),
-            *("--seconds", str(seconds), "--value-bytes", str(value), "--prefix", prefix),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    cpu = system.cpu() - before
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    ops = max(1, summary["ops"])
-    summary["server_cpu_ms_per_op"] = round(1000 * cpu / ops, 4)  # warm-up included: rough
-    summary["client_cpu_ms_per_op"] = round(1000 * summary["cpu_s"] / ops, 4)
-    return summary
+class PythonClient:
+    """A ``load_client.py --serve`` process kept for the whole run: it imports and opens its
+    client once (a process per sample would spend more time starting than measuring), then
+    runs one sequential load (one task, one op at a time) per request."""
+
+    def __init__(self, system: System, client: str, value: int) -> None:
+        self.system, self.client = system, client
+        env = dict(os.environ)
+        if system.library is not None:  # the client of the checkout under test, too
+            env["PYTHONPATH"] = str(system.library)
+        urls = system.urls or [system.url]
+        self.proc = subprocess.Popen(
+            [
+                PYTHON,
+                str(HERE / "load_client.py"),
+                *("--client", client, "--urls", ",".join(urls), "--concurrency", "1"),
+                *("--value-bytes", str(value), "--serve"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def run(self, seconds: float, prefix: str) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        before = self.system.cpu()
+        self.proc.stdin.write(json.dumps({"prefix": prefix, "seconds": seconds}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.client} client of {self.system.name} exited")
+        cpu = self.system.cpu() - before
+        summary = json.loads(line)
+        ops = max(1, summary["ops"])
+        summary["server_cpu_ms_per_op"] = round(1000 * cpu / ops, 4)  # warm-up included: rough
+        summary["client_cpu_ms_per_op"] = round(1000 * summary["cpu_s"] / ops, 4)
+        return summary
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def check_durable(system: System, samples: dict[tuple[str, str], list[dict]]) -> dict:
@@ -449,6 +471,12 @@ def run(opts: argparse.Namespace) -> dict:
         systems = start_together(stack, managers)
         with ThreadPoolExecutor(len(systems)) as pool:  # warm up, all at once: connections,
             list(pool.map(lambda s: run_wrk(s, 4, 1, "warm", opts.value), systems))  # caches
+        python_clients: dict[int, PythonClient] = {}
+        for k, system in enumerate(systems if opts.python_clients else []):
+            if system.name.startswith("trioraft") or system.name == "echo":
+                kind = "echo" if system.name == "echo" else "cluster"
+                python_clients[k] = PythonClient(system, kind, opts.value)
+                stack.callback(python_clients[k].close)
         order = list(range(len(systems)))
         for r in range(opts.rounds):
             rotated = order[r % len(order) :] + order[: r % len(order)]
@@ -466,26 +494,21 @@ def run(opts: argparse.Namespace) -> dict:
                         + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
                         flush=True,
                     )
-            if opts.python_clients:
-                for k in rotated:
-                    system = systems[k]
-                    if system.name.startswith("trioraft"):
-                        client = "cluster"
-                    elif system.name == "echo":
-                        client = "echo"
-                    else:
-                        continue
-                    summary = run_python_client(system, client, opts.seconds, f"py{r}", opts.value)
-                    samples.setdefault((system.name, f"python {client} client, 1 task"), []).append(
-                        summary
-                    )
-                    print(
-                        f"round {r} {system.name:>16} python {client}: "
-                        f"{summary['ops_per_s']:.1f}/s "
-                        f"p50 {summary['p50_ms']:.3f} ms client cpu/op "
-                        f"{summary['client_cpu_ms_per_op']:.3f} ms",
-                        flush=True,
-                    )
+            for k in rotated:
+                if k not in python_clients:
+                    continue
+                system, client = systems[k], python_clients[k].client
+                summary = python_clients[k].run(opts.seconds, f"py{r}")
+                samples.setdefault((system.name, f"python {client} client, 1 task"), []).append(
+                    summary
+                )
+                print(
+                    f"round {r} {system.name:>16} python {client}: "
+                    f"{summary['ops_per_s']:.1f}/s "
+                    f"p50 {summary['p50_ms']:.3f} ms client cpu/op "
+                    f"{summary['client_cpu_ms_per_op']:.3f} ms",
+                    flush=True,
+                )
         clusters = [system for system in systems if system.restart]
         with ThreadPoolExecutor(max(1, len(clusters))) as pool:  # their restarts overlap
             durability = list(pool.map(lambda system: check_durable(system, samples), clusters))
