@@ -1,6 +1,6 @@
-"""Exact replay across processes: one seeded virtual-time run (5 Raft nodes, MIT-unreliable
-network, the Figure 8 churn; tests/replay_run.py) run in fresh processes with different hash
-seeds must produce the same full trace, and another seed a different one."""
+"""Exact replay across processes (docs/scenarios.md: sim-replay): one seeded virtual-time run
+(tests/replay_run.py) in fresh processes with different hash seeds must produce the same
+full trace, and another seed a different one."""
 
 from __future__ import annotations
 

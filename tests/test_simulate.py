@@ -1,5 +1,5 @@
-"""The whole-cluster simulation (``python -m trioraft.testing.simulate``): seeds pass, replay
-exactly, and a cluster that serves stale reads is caught, with the command replaying it."""
+"""The whole-cluster simulation (docs/scenarios.md: sim-kv): seeds pass, replay exactly, and
+a cluster that serves stale reads is caught, with the command replaying it."""
 
 from __future__ import annotations
 
