@@ -82,6 +82,37 @@ async def test_bad_batches_get_4xx_and_change_nothing(
     assert single_kv.server.state.get("a").version == 0
 
 
+@pytest.mark.parametrize(
+    ("method", "body", "fragment"),
+    [
+        ("delete", {"key": "a"}, "version: missing field"),
+        ("delete", {"key": "a", "version": -1}, "version"),
+        ("range", {"limit": 0}, "limit"),
+        ("range", {"limit": 10_001}, "limit: 10001, at most 10000"),
+        ("range", {"prefix": "p" * 4097}, "prefix: 4097 bytes"),
+        ("range", {"start": 3}, "start: expected a string"),
+        ("txn", {"compare": [{"key": "a", "op": "=="}]}, "compare[0].op"),
+        ("txn", {"compare": [{"key": "a", "op": "=", "version": 1, "value": ""}]}, "exactly one"),
+        ("txn", {"compare": [{"key": "a", "op": "=", "version": "1"}]}, "expected an integer"),
+        ("txn", {"success": [{"op": "append", "key": "a"}]}, "success[0].op"),
+        ("txn", {"failure": [{"op": "put", "key": "a", "value": 1}]}, "failure[0].value"),
+        ("txn", {"success": [{"op": "get", "key": "a"}] * 257}, "at most 256"),
+        ("txn", {"compare": [{"key": "a", "op": "=", "version": 0}] * 65}, "at most 64"),
+        ("txn", {"success": {"op": "get"}}, "expected a list"),
+    ],
+)
+async def test_bad_delete_range_and_txn_requests_get_400_and_change_nothing(
+    single_kv: SingleKV, method: str, body: dict, fragment: str
+) -> None:
+    async with httpx.AsyncClient(base_url=single_kv.direct_url) as http:
+        await http.post("/put", json={"key": "a", "value": "kept", "version": 0})
+        reply = await http.post(f"/{method}", json=body)
+        assert reply.status_code == 400
+        assert fragment in reply.json()["error"]
+    assert single_kv.server.state.get("a").value == "kept"
+    assert len(single_kv.server.state) == 1
+
+
 async def test_coalescing_client_shares_requests_and_stays_linearizable(
     single_kv: SingleKV, seed: int
 ) -> None:

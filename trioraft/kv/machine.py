@@ -106,14 +106,9 @@ class VersionedKV:
 
     def put(self, key: str, value: str, version: int, index: int = 0) -> PutReply:
         current = self._data.get(key)
-        if current is None:
-            if version != 0:
-                return PutReply(NO_KEY)
-            self._create(key, value, index)
-            return PutReply(OK)
-        if version != current[1]:
-            return PutReply(VERSION)
-        self._update(key, (value, current[1] + 1, index, current[3]))
+        if version != (0 if current is None else current[1]):
+            return PutReply(NO_KEY if current is None else VERSION)
+        self._store(key, value, index, current)
         return PutReply(OK)
 
     def delete(self, key: str, version: int, index: int = 0) -> DeleteReply:
@@ -127,10 +122,7 @@ class VersionedKV:
 
     def append(self, key: str, arg: str, index: int = 0) -> AppendReply:
         current = self._data.get(key)
-        if current is None:
-            self._create(key, arg, index)
-        else:
-            self._update(key, (current[0] + arg, current[1] + 1, index, current[3]))
+        self._store(key, arg if current is None else current[0] + arg, index, current)
         return AppendReply(OK)
 
     def range(self, prefix: str, start: str, end: str, limit: int, index: int = 0) -> RangeReply:
@@ -165,14 +157,9 @@ class VersionedKV:
                 results.append(KeyResult(got.err, got.value, got.version, got.mod_index,
                                          got.create_index))  # fmt: skip
             elif op == "put":
-                current = self._data.get(key)
-                if current is None:
-                    self._create(key, value, index)
-                    results.append(KeyResult(OK, version=1, mod_index=index, create_index=index))
-                else:
-                    self._update(key, (value, current[1] + 1, index, current[3]))
-                    results.append(KeyResult(OK, version=current[1] + 1, mod_index=index,
-                                             create_index=current[3]))  # fmt: skip
+                state = self._store(key, value, index, self._data.get(key))
+                _, version, mod_index, create_index = state
+                results.append(KeyResult(OK, "", version, mod_index, create_index))
             elif key in self._data:
                 self._remove(key, index)
                 results.append(KeyResult(OK))
@@ -199,15 +186,18 @@ class VersionedKV:
             return actual < operand  # type: ignore[operator]  # same types: checked
         return actual > operand  # type: ignore[operator]
 
-    def _create(self, key: str, value: str, index: int) -> None:
-        self._update(key, (value, 1, index, index))
-        if self._sorted is not None:
-            bisect.insort(self._sorted, key)
-
-    def _update(self, key: str, state: KeyState) -> None:
+    def _store(self, key: str, value: str, index: int, current: KeyState | None) -> KeyState:
+        """Set ``key`` (now at ``current``) to ``value`` at its next version, at ``index``."""
+        if current is None:
+            state = (value, 1, index, index)
+            if self._sorted is not None:
+                bisect.insort(self._sorted, key)
+        else:
+            state = (value, current[1] + 1, index, current[3])
         self._data[key] = state
         if self.changes is not None:
-            self.changes.append(Change(state[2], key, "put", state[0], state[1], state[3]))
+            self.changes.append(Change(index, key, "put", value, state[1], state[3]))
+        return state
 
     def remove(self, key: str, index: int) -> bool:
         """Delete ``key`` whatever its version (a lease's expiry); whether it was there."""
