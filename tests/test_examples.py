@@ -10,11 +10,14 @@ import trio
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-async def run_example(name: str, *args: str) -> str:
-    result = await trio.run_process(
-        [sys.executable, str(EXAMPLES / name), *args], capture_stdout=True, check=True
-    )
-    return result.stdout.decode()
+async def run_example(name: str, *args: str, limit: float = 180) -> str:
+    with trio.fail_after(limit):  # cancelling run_process kills the example
+        result = await trio.run_process(
+            [sys.executable, str(EXAMPLES / name), *args], capture_stdout=True, check=False
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 0, f"{name} failed (exit {result.returncode}); it printed:\n{out}"
+    return out
 
 
 async def test_single_server_example() -> None:
@@ -41,3 +44,21 @@ async def test_lock_demo_example() -> None:
 async def test_monitoring_example() -> None:
     out = await run_example("monitoring/live_metrics.py", "--seconds", "2", "--tasks", "8")
     assert "OK: the metrics moved with the load" in out
+
+
+async def test_leader_election_example() -> None:
+    out = await run_example("leader_election.py", "--workers", "2", "--rounds", "3", "--ttl", "3")
+    assert "child: killed with SIGKILL" in out and "worker-2: elected" in out
+    assert "OK: one leader at a time" in out and "the stale write refused" in out
+
+
+async def test_job_queue_example() -> None:
+    out = await run_example("job_queue.py", "--jobs", "8", "--workers", "2", "--ttl", "2")
+    assert "crasher: crashes holding claims" in out
+    assert "OK: 8 jobs done, each recorded once; 3 redone after a crash" in out
+
+
+async def test_config_reload_example() -> None:
+    out = await run_example("config_reload.py", "--changes", "4")
+    assert "watch dropped after index" in out
+    assert "OK: 8 changes followed in order, none missed; views agree" in out

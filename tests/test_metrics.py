@@ -123,7 +123,7 @@ async def test_metrics_follow_the_load_and_a_leader_kill(tmp_path: Path) -> None
                         )
                     ).stdout
                 )
-                assert rows[0]["role"] == "leader" and rows[0]["reads"]["log"] >= 0
+                assert rows[0]["role"] == "leader" and rows[0]["reads"]["read_index"] >= 0
         finally:
             await cluster.stop_all()
             nursery.cancel_scope.cancel()

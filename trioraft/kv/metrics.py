@@ -23,8 +23,6 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from quart import Response
 from quart_trio import QuartTrio
 
-from .messages import READ_OPS
-
 #: Why a request was refused, by the status the app answered it with.
 REFUSAL_REASONS = {
     400: "bad_input",
@@ -53,14 +51,6 @@ class KVMetrics:
     def count_op(self, kind: str, result: str) -> None:
         key = (kind, result)
         self.ops[key] = self.ops.get(key, 0) + 1
-
-    def reads(self) -> int:
-        """Gets and ranges answered (every one through the log, the only read mode so far)."""
-        return sum(
-            n
-            for (kind, result), n in self.ops.items()
-            if kind in READ_OPS and result != "WrongLeader"
-        )
 
 
 def count_refusals(app: QuartTrio, metrics: KVMetrics) -> None:

@@ -27,6 +27,7 @@ append) answer ``NoSpace`` (gets and ranges keep working).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
 import socket
@@ -141,7 +142,9 @@ class KVNode:
         transport: Transport | None = None,
         ready_max_lag: int = DEFAULT_READY_MAX_LAG,
     ) -> None:
-        self.config = config or RaftConfig()
+        # A new leader commits a no-op of its term at once, so reads (ReadIndex) need not
+        # wait for the first write of the term.
+        self.config = dataclasses.replace(config or RaftConfig(), leader_noop=True)
         if cluster_secret is None and not insecure and transport is None:
             raise ValueError(
                 "a node needs the cluster secret to authenticate its peers "
@@ -207,7 +210,6 @@ class KVNode:
             "client_sessions": len(self.machine.sessions),
             "refused_peer_messages": self.peer_auth.refused if self.peer_auth else 0,
             "leader_contact_s": round(contact, 4) if contact != float("inf") else None,
-            "reads": {"log": self.metrics.reads()},  # by read mode: all go through the log
             "ready": readiness(self)[0],
         }
 
@@ -247,10 +249,22 @@ class KVNode:
         return results
 
     async def read(self, ops: list[BatchOp]) -> list[Any] | None:
-        """Run read-only ops (gets, ranges): the one way reads are served, so that how
-        (today: through the log, like writes) changes here alone. Their replies, or ``None``
-        as :meth:`execute_many` answers."""
-        return await self.execute_many(ops)
+        """Run read-only ops (gets, ranges, lease checks) without the log: the one way reads
+        are served. ReadIndex: the leader notes its commit index, confirms with one
+        heartbeat round (shared by the reads queued meanwhile) that it still leads, waits
+        until it has applied that index, then answers from its state machine. Their replies,
+        or ``None`` as :meth:`execute_many` answers (not the leader, or no answer within
+        ``op_timeout``)."""
+        with trio.move_on_after(self.op_timeout):
+            try:
+                index = await self.raft.read_index()
+            except NotLeader:
+                return None
+            await self.raft.wait_applied(index)
+            # No checkpoint from here on: the replies reflect one applied index.
+            applied = self.raft.last_applied
+            return [self.machine.apply(log_op(op), applied) for op in ops]
+        return None
 
     def leader_hint(self) -> str:
         """The leader's client URL, when this node knows another node leads."""
