@@ -1,15 +1,18 @@
 """A lock that a crashed holder cannot keep, with fencing tokens, and leader election for apps.
 
 Each contender for the lock ``name`` takes a lease, then creates the key
-``<prefix><name>/<lease id>`` under that lease. The contender whose key was created first
-(the smallest ``create_index``) holds the lock; every other one watches only the key created
-just before its own (its predecessor) and checks again when that key is deleted. So waiters
-are served in the order they asked, and a release wakes one waiter, not all.
+``<prefix><name>/<lease id>`` under that lease. Contenders queue by ``(create_index, key)``
+(two keys created by one log entry share an index; the key breaks the tie, the same for
+everyone); the first holds the lock, and every other one watches only the key just ahead of
+its own (its predecessor) and checks again when that key is deleted. So waiters are served in
+the order they asked, and a release wakes one waiter, not all.
 
 Invariants:
-- The fencing token is the holder's key's ``create_index``: a later holder's key was created
-  after every earlier holder's key was deleted (or it would not be first), so tokens grow
-  with every change of holder, across deletes and re-creates of the lock.
+- The fencing token is the index of the read at which the holder found no one ahead of it
+  (of its last page, when the line takes several).
+  The previous holder's key existed at that holder's own read and was deleted before this
+  one's, so tokens strictly grow with every change of holder, across deletes and re-creates
+  of the lock, even when two keys share a ``create_index``.
 - A holder's body runs in a cancel scope whose deadline is ``ttl - margin`` seconds after the
   last keepalive was *sent* (see :mod:`trioraft.kv.leases`: a keepalive is answered only by a
   confirmed leader, and a later leader restarts the lease at a full TTL), so the body is
@@ -62,8 +65,9 @@ class LeaseKV(Protocol):
         from an earlier try of ours)."""
         ...
 
-    async def contenders(self, prefix: str) -> tuple[list[Contender], int]:
-        """The keys under ``prefix`` by ``create_index``, and the index they are read at."""
+    async def contenders(self, prefix: str) -> tuple[list[Contender], int, int]:
+        """The keys under ``prefix`` in line, and the indexes they were read at: the first
+        (watch for deletes after it) and the last (the view is complete as of it)."""
         ...
 
     async def wait_deleted(self, key: str, *, after: int) -> None:
@@ -96,7 +100,7 @@ class ClientLeaseKV:
             raise LeaseNotFound(lease)  # created, then gone with its lease already
         return created.create_index
 
-    async def contenders(self, prefix: str) -> tuple[list[Contender], int]:
+    async def contenders(self, prefix: str) -> tuple[list[Contender], int, int]:
         found: list[Contender] = []
         page = await self.kv.range(prefix=prefix)
         first_index = page.index  # the earliest: watching after it misses no delete
@@ -104,7 +108,7 @@ class ClientLeaseKV:
         while page.more:
             page = await self.kv.range(prefix=prefix, start=page.next)
             found += [Contender(item.key, item.create_index) for item in page.items]
-        return sorted(found, key=lambda c: c.create_index), first_index
+        return sorted(found, key=_place), first_index, page.index
 
     async def wait_deleted(self, key: str, *, after: int) -> None:
         while True:
@@ -152,9 +156,8 @@ async def lease_lock(
             nursery.start_soon(_keep_alive, kv, lease, ttl, margin, guard)
             with guard:
                 key = f"{folder}{lease:016x}"
-                mine = await kv.create(key, holder, lease=lease)
-                await _wait_for_turn(kv, folder, key, mine)
-                yield mine
+                mine = Contender(key, await kv.create(key, holder, lease=lease))
+                yield await _wait_for_turn(kv, folder, mine)
             nursery.cancel_scope.cancel()
         if guard.cancelled_caught:
             raise LockLost(f"lock {name!r}: lease {lease} could not be kept alive")
@@ -174,16 +177,20 @@ async def _unwrapped_errors() -> AsyncIterator[None]:
         raise
 
 
-async def _wait_for_turn(kv: LeaseKV, folder: str, key: str, mine: int) -> None:
+async def _wait_for_turn(kv: LeaseKV, folder: str, mine: Contender) -> int:
+    """Wait until ``mine`` is first in line; the index of the read that found it first."""
     while True:
-        contenders, index = await kv.contenders(folder)
-        before = [c for c in contenders if c.create_index < mine]
+        contenders, first, last = await kv.contenders(folder)
+        before = [c for c in contenders if _place(c) < _place(mine)]
         if not before:
-            if not any(c.key == key for c in contenders):
-                raise LockLost(f"{key!r} is gone: its lease expired while waiting")
-            return
-        predecessor = max(before, key=lambda c: c.create_index)
-        await kv.wait_deleted(predecessor.key, after=index)
+            if mine not in contenders:
+                raise LockLost(f"{mine.key!r} is gone: its lease expired while waiting")
+            return last
+        await kv.wait_deleted(max(before, key=_place).key, after=first)
+
+
+def _place(contender: Contender) -> tuple[int, str]:
+    return contender.create_index, contender.key
 
 
 async def _keep_alive(
