@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import trio
+import trio.testing
+from quart import request
 
 from trioraft import Route, RpcClient, make_app, serve
 from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
@@ -150,3 +152,51 @@ async def test_server_closing_keep_alive_is_not_a_lost_call(nursery: trio.Nurser
     async with RpcClient(url, "alice") as rpc:
         for i in range(1, limit + 20):
             assert await rpc.call("bump", Bump(1), Count) == Count(i), f"call {i} was lost"
+
+
+async def test_a_caller_connection_keeps_its_backend_connection(nursery: trio.Nursery) -> None:
+    """Calls on one caller connection reach the server on one connection too: a connection
+    per call would cost the server an accept and a set-up for every call (a busy cluster
+    test spent much of its CPU on those)."""
+    ports: list[int] = []
+
+    async def where(args: Bump) -> Count:
+        ports.append(request.scope["client"][1])  # the proxy's end of the connection
+        return Count(len(ports))
+
+    backend = await nursery.start(serve, make_app({"where": Route(Bump, where)}))
+    network = Network(1, RELIABLE)
+    proxy = HttpProxy(network, "srv", backend)
+    url = await nursery.start(proxy.run)
+    async with RpcClient(url, "alice") as rpc:
+        for i in range(1, 11):
+            assert await rpc.call("where", Bump(0), Count) == Count(i)
+    assert len(set(ports)) == 1, f"{len(set(ports))} backend connections for 10 calls"
+
+
+async def test_an_idle_or_retargeted_backend_connection_is_replaced(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """A backend connection idle for ``backend_idle`` is not reused (the server's keep-alive
+    timeout may be closing it), nor one to the server the proxy forwarded to before. (The
+    clock only moves when told to.)"""
+    ports: list[int] = []
+
+    async def where(args: Bump) -> Count:
+        ports.append(request.scope["client"][1])
+        return Count(args.by)
+
+    app = make_app({"where": Route(Bump, where)})
+    proxy = HttpProxy(Network(1, RELIABLE), "srv", await nursery.start(serve, app))
+    url = await nursery.start(proxy.run)
+    async with RpcClient(url, "alice") as rpc:
+        assert await rpc.call("where", Bump(1), Count) == Count(1)
+        mock_clock.jump(proxy.backend_idle * 0.5)
+        assert await rpc.call("where", Bump(2), Count) == Count(2)
+        assert ports[1] == ports[0]
+        mock_clock.jump(proxy.backend_idle * 1.5)
+        assert await rpc.call("where", Bump(3), Count) == Count(3)
+        assert ports[2] != ports[1]
+        proxy.set_backend(await nursery.start(serve, app))
+        assert await rpc.call("where", Bump(4), Count) == Count(4)
+        assert len(ports) == 4 and ports[3] != ports[2]

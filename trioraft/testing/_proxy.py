@@ -7,8 +7,13 @@ HTTP client sees exactly as a lost packet: an error, never a reply.
 
 Invariants:
 - Each caller connection is paired with its own backend connection, so requests on it stay
-  in order and a lost call tears down just that pair. A backend connection the server closes
-  after a reply (``Connection: close``) is replaced for the caller's next request.
+  in order and a lost call tears down just that pair. The backend connection carries the
+  caller's next requests too, as the caller's connection does (a new connection per call
+  would cost the server an accept and a connection set-up for every forwarded call); it is
+  replaced when the server closes it after a reply (``Connection: close``), when it has
+  been idle for ``backend_idle`` (before the server's keep-alive timeout can close it under
+  a request), and after :meth:`HttpProxy.set_backend`. A call the plan refuses before
+  forwarding it opens no backend connection.
 - A request the plan drops is never forwarded; a reply the plan drops was produced by the
   server (its handler ran) and is discarded.
 - :meth:`HttpProxy.set_backend` retargets the proxy (a restarted server may bind a new port).
@@ -16,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
@@ -25,6 +31,10 @@ import trio
 
 from ..rpc.http import CLIENT_ID_HEADER
 from ._network import Network
+
+#: Seconds a backend connection may stay idle and still be reused: under the 5 s keep-alive
+#: timeout of :func:`trioraft.rpc.http.serve`.
+DEFAULT_BACKEND_IDLE = 1.0
 
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length"}
 _MAX_READ = 65536
@@ -81,15 +91,32 @@ class _Peer:
     def next_cycle(self) -> None:
         self.conn.start_next_cycle()
 
+    def ready_for_next(self) -> bool:
+        """Start the next request-reply cycle, if this connection can carry one."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return True
+        return False
+
 
 class HttpProxy:
     """Forward HTTP calls to ``backend_url`` for the server named ``server`` in ``network``."""
 
-    def __init__(self, network: Network, server: str, backend_url: str | None = None) -> None:
+    def __init__(
+        self,
+        network: Network,
+        server: str,
+        backend_url: str | None = None,
+        *,
+        backend_idle: float = DEFAULT_BACKEND_IDLE,
+    ) -> None:
         self.network = network
         self.server = server
         self.url = ""
-        self._backend: tuple[str, int] | None = None
+        #: A backend connection idle this long is replaced, not reused: keep it under the
+        #: server's keep-alive timeout, so that the server never closes one under a request.
+        self.backend_idle = backend_idle
+        self.backend_address: tuple[str, int] | None = None
         if backend_url is not None:
             self.set_backend(backend_url)
 
@@ -98,7 +125,7 @@ class HttpProxy:
         parts = urlsplit(backend_url)
         if parts.hostname is None or parts.port is None:
             raise ValueError(f"backend URL needs a host and a port: {backend_url!r}")
-        self._backend = (parts.hostname, parts.port)
+        self.backend_address = (parts.hostname, parts.port)
 
     async def run(
         self,
@@ -115,58 +142,75 @@ class HttpProxy:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         caller_side = _Peer(stream, h11.SERVER)
-        backend: _Peer | None = None
+        backend = _Backend(self)
         try:
             while True:
                 request = await caller_side.receive()
                 if request is None:
                     return
                 caller = _header(request.head, CLIENT_ID_HEADER) or _ANONYMOUS
-                if backend is None:
-                    backend = await self._connect()
                 reply = await self.network.deliver(
                     caller,
                     self.server,
-                    partial(self._exchange, backend, request),
+                    partial(backend.exchange, request),
                     request_bytes=len(request.body),
                     reply_bytes=lambda r: len(r.body) if r is not None else 0,
                 )
                 if reply is None:
                     return  # lost: the caller sees its connection drop
-                if backend is not None and backend.conn.their_state is not h11.DONE:
-                    # The server is closing this connection (e.g. after its keep-alive
-                    # request limit): the next request from this caller gets a new one.
-                    await backend.stream.aclose()
-                    backend = None
                 await caller_side.send(reply)
                 caller_side.next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return
         finally:
-            if backend is not None:
-                await backend.stream.aclose()
+            await backend.aclose()
             await stream.aclose()
 
-    async def _connect(self) -> _Peer | None:
-        if self._backend is None:
-            return None
-        try:
-            return _Peer(await trio.open_tcp_stream(*self._backend), h11.CLIENT)
-        except OSError:
-            return None
 
-    async def _exchange(self, backend: _Peer | None, request: _Message) -> _Message | None:
+class _Backend:
+    """The backend connection of one caller connection: opened for the first request that
+    is forwarded, and kept for the next ones while the server keeps it open, unless idle for
+    :attr:`HttpProxy.backend_idle` or the proxy was retargeted meanwhile."""
+
+    def __init__(self, proxy: HttpProxy) -> None:
+        self._proxy = proxy
+        self._peer: _Peer | None = None
+        self._address: tuple[str, int] | None = None
+        self._idle_since = -math.inf
+
+    async def exchange(self, request: _Message) -> _Message | None:
         """Forward one request and read its reply; ``None`` if the backend failed."""
-        if backend is None:
-            return None
+        if self._peer is not None and (
+            self._address != self._proxy.backend_address
+            or trio.current_time() - self._idle_since >= self._proxy.backend_idle
+        ):
+            await self.aclose()
+        if self._peer is None:
+            self._address = self._proxy.backend_address
+            if self._address is None:
+                return None
+            try:
+                self._peer = _Peer(await trio.open_tcp_stream(*self._address), h11.CLIENT)
+            except OSError:
+                return None
+        peer = self._peer
         try:
-            await backend.send(request)
-            reply = await backend.receive()
-            if backend.conn.their_state is h11.DONE:
-                backend.next_cycle()
+            await peer.send(request)
+            reply = await peer.receive()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return None
+        if reply is not None and peer.ready_for_next():
+            self._idle_since = trio.current_time()
+        else:
+            # The server is closing this connection (``Connection: close``, e.g. after its
+            # keep-alive request limit): the caller's next request gets a new one.
+            await self.aclose()
         return reply
+
+    async def aclose(self) -> None:
+        peer, self._peer = self._peer, None
+        if peer is not None:
+            await peer.stream.aclose()
 
 
 def _header(head: h11.Request | h11.Response, name: str) -> str | None:
