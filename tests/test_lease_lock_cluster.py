@@ -1,4 +1,6 @@
-"""The lease lock over a real 3-node cluster (docs/scenarios.md: lease lock).
+"""The lease lock over a real 3-node cluster.
+
+docs/scenarios.md: lease-lock, lease-lock-cut-off.
 
 Holders never overlap, even while partitions come and go and servers crash: a guarded
 resource refuses a token lower than one it has seen and counts who is inside. A holder cut
@@ -13,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -118,7 +121,10 @@ async def test_a_holder_cut_off_is_cancelled_before_anyone_else_acquires(make_kv
         async with trio.open_nursery() as nursery:
             nursery.start_soon(holder)
             await acquired.wait()
-            c.partition(*c.make_partition(leader))
+            majority, minority = c.make_partition(leader)
+            c.partition(majority, minority)  # which heals first: cut the holder off again
+            for i in majority:
+                c.network.block("holder", i)
             async with lease_lock(other_kv, "job", ttl=3) as token:
                 times["other acquired"] = trio.current_time()
                 tokens["other"] = token
@@ -127,35 +133,44 @@ async def test_a_holder_cut_off_is_cancelled_before_anyone_else_acquires(make_kv
     assert tokens["other"] > tokens["holder"]
 
 
-async def test_a_lock_process_killed_with_sigkill_frees_the_lock_within_its_ttl(
-    make_kv_cluster, tmp_path
-):
-    """`trioraft lock NAME --ttl 2 -- CMD` is killed with SIGKILL while CMD runs: the lock
-    is free again within its TTL plus 2 s (docs/scenarios.md: lease lock, holder killed)."""
-    c = await make_kv_cluster(3)
-    await wait_leader(c)
+@contextlib.asynccontextmanager
+async def lock_process(c, name: str, ttl: int) -> AsyncIterator[trio.Process]:
+    """A `trioraft lock NAME --ttl TTL` process (in a session of its own) whose command
+    holds the lock, once it says so; its whole process group is killed at the end."""
     servers = ",".join(c.urls[i] for i in c.ids)
     holding = "import time; print('held', flush=True); time.sleep(120)"
-    command = [sys.executable, "-m", "trioraft", "lock", "job", "--ttl", "2",
+    command = [sys.executable, "-m", "trioraft", "lock", name, "--ttl", str(ttl),
                "--servers", servers, "--", sys.executable, "-c", holding]  # fmt: skip
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, start_new_session=True
     )
+    assert process.stdout is not None
     try:
-        with trio.fail_after(60):
-            assert process.stdout is not None
+        with trio.fail_after(30):
             assert await read_line(process.stdout) == b"held\n"
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await process.stdout.aclose()
+
+
+async def test_a_lock_process_killed_with_sigkill_frees_the_lock_within_its_ttl(
+    make_kv_cluster,
+):
+    """`trioraft lock NAME --ttl 2 -- CMD` is killed with SIGKILL while CMD runs: the lock
+    is free again within its TTL plus 2 s (docs/scenarios.md: lease-lock-process)."""
+    c = await make_kv_cluster(3)
+    await wait_leader(c)
+    with trio.fail_after(60):
+        async with lock_process(c, "job", ttl=2) as process:
             process.send_signal(signal.SIGKILL)  # the lock process, not its command
             killed = trio.current_time()
             await process.wait()
             async with lease_lock(c.clerk(), "job", ttl=2):
                 acquired = trio.current_time()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # the orphaned command
-        with trio.CancelScope(shield=True):
-            await process.wait()
-            await process.stdout.aclose()
     assert acquired - killed <= 2 + 2
 
 
@@ -164,18 +179,9 @@ async def test_a_lock_process_stops_its_command_when_the_lock_is_lost(make_kv_cl
     `trioraft lock` exits 75."""
     c = await make_kv_cluster(3)
     await wait_leader(c)
-    servers = ",".join(c.urls[i] for i in c.ids)
-    holding = "import time; print('held', flush=True); time.sleep(120)"
-    command = [sys.executable, "-m", "trioraft", "lock", "job", "--ttl", "2",
-               "--servers", servers, "--", sys.executable, "-c", holding]  # fmt: skip
     kv = c.clerk()
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        with trio.fail_after(60):
-            assert process.stdout is not None
-            assert await read_line(process.stdout) == b"held\n"
+    with trio.fail_after(60):
+        async with lock_process(c, "job", ttl=2) as process:
             page = await kv.range(prefix="\x00lock/job/")
             (holder,) = page.items
             assert await kv.lease_revoke(int(holder.key.rsplit("/", 1)[1], 16))
@@ -183,9 +189,3 @@ async def test_a_lock_process_stops_its_command_when_the_lock_is_lost(make_kv_cl
             # Its command was stopped with it: nothing is left in its process group.
             with pytest.raises(ProcessLookupError):
                 os.killpg(process.pid, 0)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with trio.CancelScope(shield=True):
-            await process.wait()
-            await process.stdout.aclose()

@@ -3,7 +3,7 @@
 The leader packs ops from concurrent requests into one entry, so two contenders' keys can
 share a ``create_index`` (a coalescing client shared by two tasks makes it likely; ten rounds
 all but certain). They must still hold the lock one after the other, with strictly growing
-fencing tokens (docs/scenarios.md: lease lock). Ordering by ``create_index`` alone, with it as
+fencing tokens (docs/scenarios.md: lease-lock). Ordering by ``create_index`` alone, with it as
 the token, let both in at once with one token.
 """
 

@@ -1,4 +1,6 @@
-"""Leases and watches on a real 3-node cluster over HTTP (docs/scenarios.md: leases, watch).
+"""Leases and watches on a real 3-node cluster over HTTP.
+
+docs/scenarios.md: lease-expiry, lease-keepalive, watch-compacted, watch-stream.
 
 A lease's keys are deleted through the log when the leader's clock says it expired: every
 replica deletes them at the same index, and a watcher on a follower sees each change once,

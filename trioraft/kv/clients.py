@@ -63,6 +63,7 @@ from .messages import (
     COMPACTED,
     DEFAULT_RANGE_LIMIT,
     NO_KEY,
+    NO_LEADER,
     NO_LEASE,
     NO_SPACE,
     OK,
@@ -260,7 +261,7 @@ class Servers:
         while True:
             rpc = self.rpcs[server]
             reply = await rpc.call("watch", request, WatchReply, lost_after=request.wait + 5)
-            if reply is not None:
+            if reply is not None and reply.err != NO_LEADER:
                 return reply
             server = (server + 1) % len(self.rpcs)
             attempts += 1

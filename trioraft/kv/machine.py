@@ -242,9 +242,12 @@ class KVMachine:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_leases: int = DEFAULT_MAX_LEASES,
         history: WatchHistory | None = None,
+        keep_changes: bool = True,
     ) -> None:
+        """``keep_changes=False`` (a server without watches or leases) records no changes."""
         self.kv = VersionedKV()
-        self.kv.changes = []  # drained after every op into the history and the leases
+        # Drained after every op into the history and the leases.
+        self.kv.changes = [] if keep_changes else None
         # session -> (last seq, its reply), least recently used first
         self.sessions: dict[str, tuple[int, str]] = {}
         self.opened = 0  # sessions ever opened: numbers the next one

@@ -509,6 +509,8 @@ def _log_txn_op(op: TxnOp) -> dict[str, object]:
 NO_LEASE: Final = "NoLease"
 #: A watch asks for changes the node no longer keeps: read the state again, then watch on.
 COMPACTED: Final = "Compacted"
+#: A watch asked of a node that has lost touch with the leader: ask another server.
+NO_LEADER: Final = "NoLeader"
 #: Longest a long-polled watch waits for a change before answering with none, in seconds.
 MAX_WATCH_WAIT = 60.0
 

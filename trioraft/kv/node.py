@@ -59,6 +59,7 @@ from .lease_keeper import LeaseKeeper
 from .machine import DEFAULT_MAX_SESSIONS, KVMachine
 from .messages import (
     COMPACTED,
+    NO_LEADER,
     NO_SPACE,
     OK,
     READ_OPS,
@@ -336,10 +337,18 @@ class KVNode:
         reply = await self.execute(BatchOp("lease_revoke", "", lease=lease))
         return reply is not None
 
+    def _cut_off(self) -> bool:
+        """Whether this node has heard from no leader (or, leading, from no majority) for
+        an election timeout: its history may lag the cluster's without end."""
+        return self.raft.leader_contact_age() > self.config.election_timeout[1]
+
     async def handle_watch(self, args: WatchArgs) -> WatchReply:
         """A long poll: the changes after ``after``, waiting up to ``wait`` for one. Any
-        node answers (every replica records the same changes at the same indexes)."""
+        node in touch with a leader answers (every replica records the same changes at the
+        same indexes); a cut-off one answers ``NoLeader``, so the client asks another."""
         args.validate()
+        if self._cut_off():
+            return WatchReply(NO_LEADER)
         try:
             with trio.move_on_after(args.wait):
                 changes, through = await self.watches.next_changes(
@@ -360,6 +369,9 @@ class KVNode:
         async def replies() -> AsyncIterator[WatchReply]:
             after, deadline = args.after, trio.current_time() + args.wait
             while True:
+                if self._cut_off():
+                    yield WatchReply(NO_LEADER)
+                    return
                 # No yield inside the cancel scope: the consumer runs between yields.
                 compacted: Compacted | None = None
                 with trio.move_on_at(deadline) as scope:

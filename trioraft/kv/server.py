@@ -1,9 +1,10 @@
 """The single-server KV service: a :class:`VersionedKV` behind ``/get``, ``/put``, ``/delete``,
 ``/range``, ``/txn`` and ``/batch``.
 
-It speaks the replicated KV's protocol but for sessions and appends, and stands in for the
-log index with a counter of its own: each request (a whole batch included) is applied at the
-next number, so ``mod_index`` and ``create_index`` grow as they do on a cluster.
+It speaks the replicated KV's protocol but for sessions, appends, leases and watches, and
+stands in for the log index with a counter of its own: each request (a whole batch included)
+is applied at the next number, so ``mod_index`` and ``create_index`` grow as they do on a
+cluster.
 ``GET /status`` describes it; ``GET /metrics`` (Prometheus: ops by kind and result, refused
 requests by reason, keys, the process's collectors), ``GET /healthz`` and ``GET /readyz``
 (200 while it serves) are there for operators, as on a replicated node.
@@ -42,15 +43,16 @@ from .messages import (
 )
 from .metrics import KVCollector, KVMetrics, count_refusals
 
-#: What the single server does not offer: appends and the sessions they need.
-_REPLICATED_ONLY = ("append", "open")
+#: What the single server does not offer: appends and the sessions they need, and leases
+#: (nothing would expire them).
+_REPLICATED_ONLY = ("append", "open", "lease_grant", "lease_keepalive", "lease_revoke")
 
 
 class KVServer:
     """The single-server KV service (see the module docstring)."""
 
     def __init__(self, *, max_body_bytes: int = 1 << 20) -> None:
-        self.machine = KVMachine()
+        self.machine = KVMachine(keep_changes=False)  # no watch history to fill
         self.state = self.machine.kv
         self.index = 0  # the last request's number: what a log index is on a cluster
         self.max_body_bytes = max_body_bytes

@@ -78,9 +78,9 @@ class RecordingMachine(KVMachine):
         super().__init__()
         self.applied: list[str] = []
 
-    def apply(self, op: Any) -> Any:
+    def apply(self, op: Any, index: int = 0) -> Any:
         self.applied.append(json.dumps(op, sort_keys=True))
-        return super().apply(op)
+        return super().apply(op, index)
 
 
 class KVSimCluster(RaftCluster):
