@@ -85,7 +85,11 @@ async def generic_test(
             checker = history.recording(c.clerk(name=f"i{iteration}-check"), "check")
             await check_put_concurrent(checker, "k", totals, reliable=reliable)
         result = history.check(timeout=120)
-        assert result.ok is True, result.account
+        # As the seeds' tester does (docs/scenarios.md: kv-library), a search that runs out of
+        # time passes with a note; a history found not linearizable fails.
+        assert result.ok is not False, result.account
+        if result.ok is None:
+            print(f"info: linearizability check timed out, assuming history is ok: {result}")
         if partitions:
             await trio.sleep(1.0)  # an election timeout, to settle
         if crash:

@@ -248,7 +248,7 @@ def test_agrees_with_a_plain_search_on_longer_histories(seed: int, name: str) ->
         assert check_operations(model, ops).ok is expected, description
         assert check_operations(without_shortcut, ops).ok is expected, description
         verdicts[expected] += 1
-    assert min(verdicts.values()) > 60, verdicts
+    assert min(verdicts.values()) > 30, verdicts  # both verdicts well exercised
 
 
 # -- the versioned KV's rules, on known anomalies ------------------------------------------

@@ -827,6 +827,10 @@ class RaftNode:
     async def _send_to(self, peer: str, term: int) -> bool:
         """One AppendEntries (or InstallSnapshot) to ``peer``; whether it answered."""
         core = self._core
+        if not self._leads(term):
+            # Stepped down since this replicator last looked (its scope's cancellation
+            # may not have reached it yet): the core keeps no progress for followers.
+            return False
         sent = core.replication_message(peer, trio.current_time())
         args = sent.args
         if args is None:
