@@ -143,8 +143,8 @@ class KVNode:
         transport: Transport | None = None,
         ready_max_lag: int = DEFAULT_READY_MAX_LAG,
     ) -> None:
-        # A new leader commits a no-op of its term at once, so reads (ReadIndex) need not
-        # wait for the first write of the term.
+        # A new leader commits a no-op of its term at once (so ReadIndex reads, once the KV
+        # serves reads with them, need not wait for the first write of the term).
         self.config = dataclasses.replace(config or RaftConfig(), leader_noop=True)
         if cluster_secret is None and not insecure and transport is None:
             raise ValueError(
