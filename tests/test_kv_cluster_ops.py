@@ -197,12 +197,6 @@ async def test_a_client_pointed_at_a_follower_reaches_the_leader_in_one_redirect
         assert clerk.leader == leader
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 14 note): in about half the runs the per-key search of "
-    "tests/kvtest.py calls a history of key 'x' not linearizable (TRIORAFT_SEED=607478680, "
-    "708762344) whose first ops check by hand; checker or server, not yet known",
-)
 async def test_histories_with_deletes_and_appends_are_linearizable_under_faults(
     make_kv_cluster,
 ) -> None:

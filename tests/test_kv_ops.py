@@ -71,6 +71,64 @@ def test_delete_is_conditional_on_the_version_like_put() -> None:
     assert len(m.kv) == 0
 
 
+def retry(op: dict[str, Any], seen: int) -> dict[str, Any]:
+    """``op`` sent again, its first attempt sent after its client had seen index ``seen``."""
+    return {**op, "retry_after": seen}
+
+
+def test_a_retried_write_never_applies_twice_across_a_delete() -> None:
+    """A put at version 0 applies (its reply lost), the key is deleted: the put's retry
+    would find it absent and apply again. The tombstone of the delete refuses it; retries
+    of writes on keys not deleted since apply as they always did."""
+    m = KVMachine()
+    m.apply(put("other", "x", 0), 3)
+    assert m.apply(put("k", "v", 0), 5).err == "OK"  # the first attempt (seen: 4)
+    assert m.apply(delete("k", 1), 6).err == "OK"
+    assert m.apply(retry(put("k", "v", 0), 4), 7).err == "Version"  # the client says Maybe
+    assert m.apply(get("k"), 8).version == 0
+    # The same for a delete at a version the key comes back to, and a txn creating it.
+    m.apply(put("k", "w", 0), 9)
+    assert m.apply(delete("k", 1), 10).err == "OK"
+    m.apply(put("k", "w", 0), 11)
+    assert m.apply(retry(delete("k", 1), 9), 12).err == "Version"
+    create = txn([{"key": "k", "target": "version", "op": "=", "operand": 0}],
+                 [{"op": "put", "key": "k", "value": "t"}])  # fmt: skip
+    m.apply(delete("k", 1), 13)
+    reply = m.apply(retry(create, 12), 14)
+    assert (reply.err, reply.succeeded) == ("OK", False)
+    assert m.apply(get("k"), 15).version == 0
+    # A retry whose first attempt never arrived, on a key not deleted since: applied.
+    assert m.apply(retry(put("other", "y", 1), 13), 16).err == "OK"
+    assert m.apply(retry(put("new", "z", 0), 14), 17).err == "OK"
+    # A key deleted before the client's first attempt does not stop its retry.
+    assert m.apply(retry(put("k", "u", 0), 14), 18).err == "OK"
+
+
+def test_tombstones_are_bounded_and_a_retry_older_than_those_forgotten_is_refused() -> None:
+    m = KVMachine()
+    m.kv.max_tombstones = 2
+    for i, key in enumerate("abc"):
+        m.apply(put(key, "v", 0), 10 * i + 1)
+        m.apply(delete(key, 1), 10 * i + 2)  # deleted at 2, 12, 22
+    assert m.kv.tombstones == {"b": 12, "c": 22} and m.kv.forgotten_through == 2
+    assert m.apply(retry(put("z", "v", 0), 1), 30).err == "Version"  # "z" too: may be
+    assert m.apply(retry(put("z", "v", 0), 2), 31).err == "OK"
+    restored = KVMachine()
+    restored.restore(m.snapshot())
+    assert (restored.kv.tombstones, restored.kv.forgotten_through) == ({"b": 12, "c": 22}, 2)
+    copy = m.copy()
+    assert copy.snapshot() == m.snapshot()
+
+
+def test_a_lease_expiry_leaves_a_tombstone() -> None:
+    m = KVMachine()
+    lease = m.apply({"op": "lease_grant", "key": "", "ttl": 10}, 1).lease
+    m.apply({**put("k", "v", 0), "lease": lease}, 2)
+    m.apply({"op": "lease_revoke", "key": "", "lease": lease}, 3)
+    assert m.kv.tombstones == {"k": 3}
+    assert m.apply(retry({**put("k", "v", 0), "lease": 0}, 1), 4).err == "Version"
+
+
 def test_range_answers_keys_in_order_with_a_cursor_for_the_rest() -> None:
     m = KVMachine()
     for i, key in enumerate(["b/2", "a", "b/1", "b/3", "c", "b"]):
@@ -238,6 +296,10 @@ def test_snapshots_keep_the_indexes_and_the_format_before_them_restores_with_zer
     assert (reply.value, reply.version, reply.mod_index, reply.create_index) == ("x", 3, 0, 0)
     assert restored.sessions == {"1-n": (2, "OK")}
     assert [item.key for item in restored.apply(range_op(), 10).items] == ["a"]
+    # No tombstones then: any key may have been deleted up to the snapshot's last change.
+    old = json.dumps({"kv": {}, "sessions": {}, "opened": 0, "changed_at": 7})
+    restored.restore(old.encode())
+    assert restored.kv.forgotten_through == 7
 
 
 @pytest.mark.parametrize(
@@ -249,6 +311,9 @@ def test_snapshots_keep_the_indexes_and_the_format_before_them_restores_with_zer
         {"format": 2, "kv": {"a": ["x", 1, "2", 3]}, "sessions": {}, "opened": 0},
         {"format": 2, "kv": {"a": ["x", 0, 2, 3]}, "sessions": {}, "opened": 0},
         {"format": 2, "kv": {"a": "x123"}, "sessions": {}, "opened": 0},
+        {"format": 2, "kv": {}, "sessions": {}, "opened": 0, "tombstones": {"a": -1}},
+        {"format": 2, "kv": {}, "sessions": {}, "opened": 0, "tombstones": ["a"]},
+        {"format": 2, "kv": {}, "sessions": {}, "opened": 0, "forgotten_through": "1"},
     ],
 )
 def test_a_snapshot_of_no_known_format_is_refused(data: dict) -> None:

@@ -21,7 +21,7 @@ from tests.kvtest import (
     run_clients,
 )
 from trioraft import KeyNotFound, KVClient, VersionConflict, Versioned
-from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, History, Network
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, History, Network, Profile
 
 PROFILES = {"seeds-unreliable": UNRELIABLE, "mit-unreliable": MIT_UNRELIABLE}
 #: How long the race scenario runs, and how much longer it waits for every client's progress.
@@ -161,6 +161,58 @@ async def test_unreliable_net(single_kv: SingleKV, network: Network, profile: st
     assert "lost call" in recent_maybes[-1], "a Maybe names what made the client retry"
     assert network.rpc_total > network.rpc_count["kv"], "the network dropped nothing"
     assert_linearizable(history)
+
+
+async def test_a_retried_put_that_meets_a_deleted_key_reports_maybe(
+    single_kv: SingleKV, network: Network
+) -> None:
+    """The put's first attempt applies and its reply is lost; the key is deleted before the
+    retry, which answers NoKey. The put did apply: the client must say Maybe, not NoKey."""
+    outcomes: list[str] = []
+    with trio.fail_after(30):
+        async with (
+            KVClient(single_kv.url, client_id="c0") as ck,
+            KVClient(single_kv.direct_url, client_id="admin") as admin,
+        ):
+            await ck.put("k", "a", 0)
+            network.set_profile(Profile(reply_drop=1.0))
+            async with trio.open_nursery() as nursery:
+
+                async def put_again() -> None:
+                    outcomes.append(await put_outcome(ck, "k", "b", 1))
+
+                nursery.start_soon(put_again)
+                while (await admin.get("k")).version != 2:  # until the put has applied
+                    pass
+                await admin.delete("k", 2)
+                network.set_profile(RELIABLE)
+    assert outcomes == ["Maybe"]
+
+
+async def test_a_create_retried_across_a_delete_applies_once(
+    single_kv: SingleKV, network: Network
+) -> None:
+    """A put at version 0 creates the key, its reply lost; the key is deleted. Its retry
+    finds the key absent, where a put at version 0 applies: it must not apply again."""
+    outcomes: list[str] = []
+    with trio.fail_after(30):
+        async with (
+            KVClient(single_kv.url, client_id="c0") as ck,
+            KVClient(single_kv.direct_url, client_id="admin") as admin,
+        ):
+            network.set_profile(Profile(reply_drop=1.0))
+            async with trio.open_nursery() as nursery:
+
+                async def create() -> None:
+                    outcomes.append(await put_outcome(ck, "k", "once", 0))
+
+                nursery.start_soon(create)
+                while (await admin.get("k")).version != 1:  # until the put has applied
+                    pass
+                await admin.delete("k", 1)
+                network.set_profile(RELIABLE)
+            assert await admin.get("k") == Versioned("", 0)
+    assert outcomes == ["Maybe"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

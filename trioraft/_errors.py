@@ -4,7 +4,7 @@ TrioRaftError
 ├── KVError                  a KV operation answered something other than OK
 │   ├── KeyNotFound          put named version > 0 of a key that does not exist ("NoKey")
 │   ├── VersionConflict      put named a version that is not the key's current one ("Version")
-│   ├── MaybeApplied         a *retried* put answered "Version": the put may or may not
+│   ├── MaybeApplied         a *retried* put answered "Version" or "NoKey": it may or may not
 │   │                        have applied ("Maybe"; never sent on the wire)
 │   ├── SessionExpired       an append's client session was evicted: a retry could apply
 │   │                        twice, so it is refused ("SessionExpired")
@@ -48,10 +48,12 @@ class VersionConflict(KVError):
 
 
 class MaybeApplied(KVError):
-    """A retried put answered ``Version``: the earlier attempt may have applied, or not.
+    """A retried put answered ``Version`` or ``NoKey``: the earlier attempt may have
+    applied, or not.
 
-    The client reports this instead of :class:`VersionConflict` because a lost reply to the
-    first attempt looks exactly like a conflict on the retry. Re-read the key to find out.
+    The client reports this instead of :class:`VersionConflict` or :class:`KeyNotFound`
+    because a lost reply to the first attempt looks exactly like a conflict on the retry
+    (or, if the key was deleted since, like a missing key). Re-read the key to find out.
     """
 
     wire = "Maybe"

@@ -8,8 +8,9 @@ Python API (shared by every KV client, single-server or cluster, so the lock wor
 - ``await kv.put(key, value, version) -> None``: store ``value`` if the key is at
   ``version`` (0 creates it). Raises :class:`~trioraft.VersionConflict` or
   :class:`~trioraft.KeyNotFound` when the server rejects the first attempt, and
-  :class:`~trioraft.MaybeApplied` when a *retry* is rejected with ``Version``, since the first
-  attempt may have applied before its reply was lost.
+  :class:`~trioraft.MaybeApplied` when a *retry* is rejected with ``Version`` or ``NoKey``,
+  since the first attempt may have applied before its reply was lost (and the key have
+  changed or been deleted since).
 - ``await kv.delete(key, version) -> None``: remove the key if it is at ``version``; the
   same errors, and :class:`~trioraft.MaybeApplied` when a retry answers ``NoKey`` or
   ``Version``.
@@ -40,6 +41,7 @@ else tries the servers in turn.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -67,6 +69,7 @@ from .messages import (
     NO_LEASE,
     NO_SPACE,
     OK,
+    RETRIED_WRITES,
     SESSION_EXPIRED,
     VERSION,
     WRONG_LEADER,
@@ -136,13 +139,14 @@ class KeyValue(Protocol):
 
 def raise_put_error(err: str, why: str = "", *, delete: bool = False, lease: int = 0) -> None:
     """Turn a put's (or a ``delete``'s) wire error into the client's outcome (the ``Maybe``
-    rule lives here); ``why`` says what made the client retry (``""``: it did not). A
-    retried delete that meets ``NoKey`` may have applied too."""
+    rule lives here); ``why`` says what made the client retry (``""``: it did not). A retry
+    that meets ``Version`` or ``NoKey`` may follow an attempt that applied: a put whose
+    reply was lost and whose key was then deleted, or a delete whose reply was lost."""
     if err == OK:
         return
     if err == NO_LEASE:
         raise LeaseNotFound(lease)
-    if why and (err == VERSION or (delete and err == NO_KEY)):
+    if why and err in (VERSION, NO_KEY):
         raise MaybeApplied(f"retried after: {why}")
     if err == VERSION:
         raise VersionConflict()
@@ -197,6 +201,17 @@ class Backoff:
 _FAILURES_KEPT = 6
 
 
+def as_retries(ops: list[BatchOp], seen: int) -> list[BatchOp]:
+    """``ops`` to send again: each write not yet marked a retry is marked one, of a first
+    attempt sent after the client had seen index ``seen`` (see :class:`BatchOp`)."""
+    return [
+        dataclasses.replace(op, retry_after=seen)
+        if op.op in RETRIED_WRITES and op.retry_after is None
+        else op
+        for op in ops
+    ]
+
+
 class Servers:
     """The one retry loop of the HTTP clients: where to send a ``/batch`` request so that
     it reaches the leader.
@@ -225,6 +240,7 @@ class Servers:
         self._by_url = {rpc.url: k for k, rpc in enumerate(self.rpcs)}
         self.leader = 0  # index of the server that last answered as leader
         self.requests = 0  # requests sent, for statistics
+        self.seen = 0  # the greatest index a reply has carried (BatchReply.index)
 
     async def call(self, ops: list[BatchOp]) -> tuple[list[OpResult], list[str]]:
         """Run ``ops`` in one ``/batch`` request: their results, the first that are not
@@ -235,11 +251,16 @@ class Servers:
         failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
         backoff = Backoff()
         attempts = 0
+        seen_before = self.seen
         while True:
             server = self.leader
             rpc = self.rpcs[server]
             self.requests += 1
             reply = await rpc.call("batch", args, BatchReply)
+            if reply is not None:
+                self.seen = max(self.seen, reply.index)
+            if attempts == 0:  # every later attempt is a retry
+                args = BatchArgs(as_retries(ops, seen_before))
             if reply is not None and len(reply.results) == len(ops):
                 if not reply.results or reply.results[0].err != WRONG_LEADER:
                     return reply.results, list(failures)
@@ -420,7 +441,8 @@ class OpsClient:
 class ClusterClient(OpsClient):
     """A client of a replicated KV cluster (or of a single server): each call is a
     ``/batch`` request of its own, sent by :class:`Servers` to the leader. A put retried
-    after any failed attempt reports :class:`MaybeApplied` if it then meets ``Version``.
+    after any failed attempt reports :class:`MaybeApplied` if it then meets ``Version`` or
+    ``NoKey``.
     ``append`` is applied exactly once: the client opens a session first, and retries carry
     the same session and sequence number (a server that has forgotten the session answers
     ``SessionExpired``, raised as :class:`~trioraft.SessionExpired`, instead of applying

@@ -34,6 +34,16 @@ Rules (the whole protocol):
   one is forgotten, and an append in an unknown session answers ``SessionExpired`` and
   changes nothing (it may be the retry of one already applied). So no append is ever
   applied twice. Eviction follows the log's order, the same on every replica.
+- A retried write cannot apply twice. Versions only grow while a key exists, so a retried
+  put, delete or txn whose first attempt applied meets ``Version`` (or fails its compares),
+  unless the key was deleted since and is back at the version it names. So the KV keeps
+  tombstones: the index of each key's last deletion (lease expiries included), the most
+  recent ``max_tombstones`` of them, and ``forgotten_through``, the greatest index of one
+  it dropped. A retry carries ``retry_after``: the greatest index its client had seen
+  before the first attempt (which, if it applied, applied after it). If a key the retry
+  writes or compares may have been deleted after that index, the retry changes nothing
+  and answers as a conflict (``Version``, or a txn that did not succeed): the client
+  reports ``Maybe``.
 - ``apply`` never raises for a malformed op (an entry from a faulty peer, say): it answers
   ``BadOp`` and changes nothing, identically on every replica (a txn is checked whole before
   any of it runs). ``restore`` (and ``check_snapshot``) raise ``ValueError`` for data that is
@@ -78,6 +88,9 @@ from .messages import (
 #: Clients whose last append the replicated KV remembers (each costs ~100-300 bytes).
 DEFAULT_MAX_SESSIONS = 100_000
 
+#: Deleted keys whose deletion index the KV remembers (each costs ~20 bytes plus the key).
+DEFAULT_MAX_TOMBSTONES = 10_000
+
 #: One key's state: value, version, mod_index, create_index.
 KeyState = tuple[str, int, int, int]
 #: The snapshot format that records indexes (the one before it had no "format").
@@ -88,10 +101,14 @@ class VersionedKV:
     """The KV state machine. Its methods return the wire replies; ``index`` is the index
     the change is made at (see the module docstring)."""
 
-    __slots__ = ("_data", "_sorted", "changes")
+    __slots__ = ("_data", "_sorted", "changes", "forgotten_through", "max_tombstones", "tombstones")
 
-    def __init__(self) -> None:
+    def __init__(self, max_tombstones: int = DEFAULT_MAX_TOMBSTONES) -> None:
         self._data: dict[str, KeyState] = {}
+        #: key -> the index of its last deletion, oldest first (see the module docstring).
+        self.tombstones: dict[str, int] = {}
+        self.forgotten_through = 0
+        self.max_tombstones = max_tombstones
         # Every key in order, built by the first range and then kept up to date (a create
         # or delete costs a memmove of it): stores that are never ranged never pay for it.
         self._sorted: list[str] | None = None
@@ -206,8 +223,17 @@ class VersionedKV:
         self._remove(key, index)
         return True
 
+    def deleted_after(self, key: str, index: int) -> bool:
+        """Whether ``key`` may have been deleted after ``index``."""
+        return self.forgotten_through > index or self.tombstones.get(key, -1) > index
+
     def _remove(self, key: str, index: int) -> None:
         del self._data[key]
+        self.tombstones.pop(key, None)
+        self.tombstones[key] = index
+        if len(self.tombstones) > self.max_tombstones:
+            oldest = next(iter(self.tombstones))
+            self.forgotten_through = max(self.forgotten_through, self.tombstones.pop(oldest))
         if self._sorted is not None:
             del self._sorted[bisect.bisect_left(self._sorted, key)]
         if self.changes is not None:
@@ -224,9 +250,13 @@ class VersionedKV:
     def items(self) -> dict[str, KeyState]:
         return dict(self._data)
 
-    def replace(self, items: dict[str, KeyState]) -> None:
+    def replace(
+        self, items: dict[str, KeyState], tombstones: dict[str, int], forgotten_through: int
+    ) -> None:
         self._data = dict(items)
         self._sorted = None
+        self.tombstones = dict(tombstones)
+        self.forgotten_through = forgotten_through
 
 
 class KVMachine:
@@ -277,6 +307,14 @@ class KVMachine:
         if type(op) is not dict or type(op.get("key")) is not str:
             return PutReply(BAD_OP)
         kind = op.get("op")
+        retry_after = op.get("retry_after")
+        if retry_after is not None and kind in ("put", "delete", "txn"):
+            if not _is_version(retry_after):
+                return PutReply(BAD_OP)
+            if any(self.kv.deleted_after(key, retry_after) for key in _keys_written(op)):
+                if kind == "txn":  # its compares may be true again: as if they failed
+                    return TxnReply(OK, False, [], index) if _parse_txn(op) else TxnReply(BAD_OP)
+                return PutReply(VERSION) if kind == "put" else DeleteReply(VERSION)
         if kind == "get":
             return self.kv.get(op["key"])
         if kind == "put":
@@ -366,10 +404,23 @@ class KVMachine:
         if len(self.sessions) > self.max_sessions:
             del self.sessions[next(iter(self.sessions))]  # the least recently used
 
+    def copy(self) -> KVMachine:
+        """A machine in the same state (no watch history), to snapshot away from this one."""
+        copy = KVMachine(max_sessions=self.max_sessions, max_leases=self.leases.max_leases)
+        copy.kv.replace(self.kv.items(), self.kv.tombstones, self.kv.forgotten_through)
+        copy.kv.max_tombstones = self.kv.max_tombstones
+        copy.sessions = dict(self.sessions)
+        copy.opened = self.opened
+        copy.leases.replace_from_wire(self.leases.to_wire())
+        copy.changed_at = self.changed_at
+        return copy
+
     def snapshot(self) -> bytes:
         state = {
             "format": SNAPSHOT_FORMAT,
             "kv": self.kv.items(),
+            "tombstones": self.kv.tombstones,
+            "forgotten_through": self.kv.forgotten_through,
             "sessions": self.sessions,
             "opened": self.opened,
             "leases": self.leases.to_wire(),
@@ -378,8 +429,10 @@ class KVMachine:
         return json.dumps(state, separators=(",", ":")).encode()
 
     def restore(self, data: bytes) -> None:
-        kv, sessions, opened, leases, changed_at = _parse_snapshot(data)
-        self.kv.replace(kv)
+        kv, tombstones, forgotten_through, sessions, opened, leases, changed_at = _parse_snapshot(
+            data
+        )
+        self.kv.replace(kv, tombstones, forgotten_through)
         self.sessions = sessions
         self.opened = opened
         self.leases = leases
@@ -394,6 +447,19 @@ class KVMachine:
 
 def _is_version(version: object) -> bool:
     return type(version) is int and version >= 0
+
+
+def _keys_written(op: dict[str, Any]) -> list[str]:
+    """The keys a logged put, delete or txn writes or compares (malformed parts left out:
+    the op itself answers ``BadOp``)."""
+    if op.get("op") != "txn":
+        return [op["key"]]
+    keys = []
+    for part in ("compare", "success", "failure"):
+        items = op.get(part)
+        if type(items) is list:
+            keys += [i["key"] for i in items if type(i) is dict and type(i.get("key")) is str]
+    return keys
 
 
 def _parse_txn(
@@ -438,7 +504,9 @@ def _parse_txn(
 
 def _parse_snapshot(
     data: bytes,
-) -> tuple[dict[str, KeyState], dict[str, tuple[int, str]], int, LeaseTable, int]:
+) -> tuple[
+    dict[str, KeyState], dict[str, int], int, dict[str, tuple[int, str]], int, LeaseTable, int
+]:
     try:
         state = json.loads(data)
         opened = state["opened"]
@@ -470,4 +538,13 @@ def _parse_snapshot(
     changed_at = state.get("changed_at", 0)
     if type(changed_at) is not int or changed_at < 0:
         raise ValueError("not a KV snapshot: the last change's index is not a natural number")
-    return kv, sessions, opened, leases, changed_at
+    # A snapshot from before tombstones: any key may have been deleted up to its index.
+    tombstones = state.get("tombstones", {})
+    forgotten_through = state.get("forgotten_through", changed_at)
+    if (
+        type(tombstones) is not dict
+        or not all(_is_version(index) for index in tombstones.values())
+        or not _is_version(forgotten_through)
+    ):
+        raise ValueError("not a KV snapshot: a tombstone's index is not a natural number")
+    return kv, tombstones, forgotten_through, sessions, opened, leases, changed_at

@@ -33,6 +33,7 @@ most :data:`MAX_KEY_BYTES` bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from typing import Final
@@ -314,7 +315,10 @@ class BatchOp:
     ``put`` adds ``value`` and ``version``; ``delete`` adds ``version``; ``append`` adds
     ``value``, ``session`` and ``seq``; ``open`` opens a session; ``range`` carries its
     request in ``range``, ``txn`` in ``txn``. A ``put`` may name a ``lease``;
-    ``lease_grant`` takes a ``ttl``, ``lease_keepalive`` and ``lease_revoke`` a ``lease``."""
+    ``lease_grant`` takes a ``ttl``, ``lease_keepalive`` and ``lease_revoke`` a ``lease``.
+    A client sets ``retry_after`` on every attempt after the first of a ``put``, ``delete``
+    or ``txn``: the greatest index it had seen (:attr:`BatchReply.index`) before the first
+    (see ``trioraft/kv/machine.py`` for why)."""
 
     op: str
     key: str
@@ -326,6 +330,7 @@ class BatchOp:
     txn: TxnArgs | None = None
     lease: int = non_negative(0)
     ttl: int = non_negative(0)
+    retry_after: int | None = non_negative(None)
 
     def validate(self, where: str) -> None:
         if self.op not in BATCH_OPS:
@@ -362,6 +367,8 @@ BATCH_OPS = (
 #: Ops that change nothing: a batch of only these is a read. (A keepalive changes only the
 #: leader's clock, after a read confirms the lease.)
 READ_OPS = frozenset({"get", "range", "lease_keepalive"})
+#: The writes a retry could apply twice but for ``BatchOp.retry_after``.
+RETRIED_WRITES = frozenset({"put", "delete", "txn"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +403,7 @@ class OpResult:
 class BatchReply:
     results: list[OpResult]
     leader: str = ""  # when every result is WrongLeader: the leader's client URL, if known
+    index: int = 0  # the greatest index the answering server had applied, 0 if unknown
 
 
 def as_result(reply: Reply | None) -> OpResult:
@@ -458,6 +466,8 @@ def log_op(op: BatchOp) -> dict[str, object]:
     a random nonce here, on the server that proposes it, so session ids cannot be guessed.)"""
     if op.op == "get":
         return {"op": "get", "key": op.key}
+    if op.retry_after is not None and op.op in RETRIED_WRITES:
+        return {**log_op(dataclasses.replace(op, retry_after=None)), "retry_after": op.retry_after}
     if op.op == "put":
         if op.lease:
             return {"op": "put", "key": op.key, "value": op.value, "version": op.version,

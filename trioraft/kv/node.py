@@ -53,7 +53,7 @@ from ..rpc.tcp import TcpTransport
 from ..rpc.tls import ClientTls, ServerTls
 from ..rpc.transport import HttpTransport, Transport
 from .changes import Change, Compacted
-from .clients import Backoff, OpsClient
+from .clients import Backoff, OpsClient, as_retries
 from .coalescing import open_coalescing_client
 from .lease_keeper import LeaseKeeper
 from .machine import DEFAULT_MAX_SESSIONS, KVMachine
@@ -394,7 +394,8 @@ class KVNode:
         args.validate()
         results = await self.run_batch(args.ops)
         wrong_leader = bool(results) and results[0].err == WRONG_LEADER
-        return BatchReply(results, self.leader_hint() if wrong_leader else "")
+        hint = self.leader_hint() if wrong_leader else ""
+        return BatchReply(results, hint, self.rsm.applied_index)
 
     async def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
         """Run validated ``ops`` in one entry: reads always, writes unless over the quota.
@@ -540,11 +541,13 @@ class EmbeddedClient(OpsClient):
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         failures = 0
         backoff = Backoff()
+        seen_before = self.node.rsm.applied_index
         while self.node.raft.is_leader:
             (result,) = await self.node.run_batch([op])
             if result.err != WRONG_LEADER:
                 return result, f"{failures} WrongLeader here" if failures else ""
             failures += 1
+            (op,) = as_retries([op], seen_before)
             await backoff.wait()
         result, why = await self.remote.run(op)
         if failures:

@@ -32,7 +32,6 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import exposition
 from ..rpc.http import GetRoute, bytes_response, json_response
 from .backup import CONTENT_TYPE, encode_backup
-from .machine import KVMachine
 
 if TYPE_CHECKING:
     from .node import KVNode
@@ -81,10 +80,7 @@ async def backup_file(node: KVNode) -> bytes | None:
         return None
     index = node.rsm.applied_index
     term = node.raft.log.term_at(index) or 0
-    copy = KVMachine(max_sessions=node.machine.max_sessions)
-    copy.kv.replace(node.machine.kv.items())
-    copy.sessions = dict(node.machine.sessions)
-    copy.opened = node.machine.opened
+    copy = node.machine.copy()
     node.metrics.backups += 1
     return await trio.to_thread.run_sync(
         lambda: encode_backup(index, term, node.id, copy.snapshot())

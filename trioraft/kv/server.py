@@ -100,7 +100,7 @@ class KVServer:
         for i, op in enumerate(args.ops):
             if op.op in _REPLICATED_ONLY:
                 raise BadRequest(f"ops[{i}].op: the single-server KV has no {op.op}")
-        return BatchReply(self.run_batch(args.ops))
+        return BatchReply(self.run_batch(args.ops), index=self.index)
 
     def routes(self) -> dict[str, Route]:
         return {

@@ -78,12 +78,20 @@ class Model(Generic[S, In, Out]):
     to that point exists too: it changes nothing and nothing after it) and spares the
     search from trying every subset of concurrent reads: without it, histories with many
     concurrent clients can take exponential time.
+
+    ``inert(state, input, output)``, if given, is the same shortcut decided per state: it
+    must answer ``True`` only if the op is legal in ``state`` and leaves unchanged every
+    state reachable from ``state`` in which it is legal (a put of unknown outcome naming a
+    version the object has gone past, where versions only grow). Such an op is linearized
+    at once, for good: many concurrent writes of unknown outcome otherwise make the search
+    try every subset of those that lost.
     """
 
     init: S
     step: Callable[[S, In, Out | None], tuple[bool, S]]
     partition: Callable[[list[Operation[In, Out]]], list[list[Operation[In, Out]]]] | None = None
     read_only: Callable[[In, Out | None], bool] | None = None
+    inert: Callable[[S, In, Out | None], bool] | None = None
     describe_operation: Callable[[In, Out | None], str] | None = None
     describe_state: Callable[[S], str] | None = None
 
@@ -182,7 +190,8 @@ def _search(
     Events are numbered ``2 * i`` (op i's call) and ``2 * i + 1`` (its return); the list
     is kept in ``after``/``before`` arrays, with ``head`` (= 2n) before the first event.
     The candidates of a configuration (the calls before the first return left) are tried
-    in three passes: ``_FORCE`` linearizes every read-only op legal there, for good; then
+    in three passes: ``_FORCE`` linearizes every read-only op legal there, and every op
+    that returned and is inert there (see :class:`Model`), for good; then
     ``_RETURNED`` tries the other ops that returned, one by one, and ``_WAITING`` those
     that never did (so the configurations without them are explored, and failed, first).
 
@@ -197,7 +206,7 @@ def _search(
     inputs = [op.input for op in ops]
     outputs = [op.output for op in ops]
     pending = [op.ret is None for op in ops]
-    read_only = model.read_only
+    read_only, inert = model.read_only, model.inert
     forceable = [read_only is not None and read_only(op.input, op.output) for op in ops]
     pass_of = [_FORCE if forceable[i] else _WAITING if pending[i] else _RETURNED for i in range(n)]
     times = [t for op in ops for t in (op.call, math.inf if op.ret is None else op.ret)]
@@ -246,7 +255,12 @@ def _search(
             return None, []
         op = entry >> 1
         if not entry & 1:  # a call: try to linearize its op here
-            if pass_of[op] != current_pass:
+            if pass_of[op] != current_pass and not (
+                current_pass == _FORCE
+                and inert is not None
+                and not pending[op]
+                and inert(state, inputs[op], outputs[op])
+            ):
                 entry = after[entry]
                 continue
             legal, new_state = step(state, inputs[op], outputs[op])

@@ -105,11 +105,18 @@ def _versioned_read_only(op: KVInput, out: KVOutput | None) -> bool:
     return op.op == "put" and out is not None and out.err in (NO_KEY, VERSION)
 
 
+def _versioned_inert(state: VersionedState, op: KVInput, out: KVOutput | None) -> bool:
+    """A put of unknown outcome naming a version the key has passed: versions only grow,
+    so it can never apply again."""
+    return op.op == "put" and (out is None or out.err == MAYBE) and op.version < state[1]
+
+
 VERSIONED_KV_MODEL: Model[VersionedState, KVInput, KVOutput] = Model(
     init=("", 0),
     step=_versioned_step,
     partition=partition_by_key,
     read_only=_versioned_read_only,
+    inert=_versioned_inert,
     describe_operation=_describe_kv,
 )
 
