@@ -19,10 +19,9 @@ Invariants:
 - The clock knows a lease only after the leader saw it applied (``grant``/``restart_all``);
   ``expired(now)`` lists leases whose deadline has passed, earliest first, ties by id.
 - Safety of a holder: a keepalive is answered only after the leader confirmed its leadership
-  (a read through the leader), so any later leader was elected after it and restarts the
-  lease at a full TTL from then. A holder that counts its TTL from when it *sent* the
-  keepalive therefore always stops before the lease can expire anywhere (given clocks that
-  run at the same rate).
+  (ReadIndex), so any later leader was elected after it and restarts the lease at a full TTL
+  from then. A holder that counts its TTL from when it *sent* the keepalive therefore always
+  stops before the lease can expire anywhere (given clocks that run at the same rate).
 """
 
 from __future__ import annotations

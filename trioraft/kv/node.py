@@ -143,8 +143,8 @@ class KVNode:
         transport: Transport | None = None,
         ready_max_lag: int = DEFAULT_READY_MAX_LAG,
     ) -> None:
-        # A new leader commits a no-op of its term at once (so ReadIndex reads, once the KV
-        # serves reads with them, need not wait for the first write of the term).
+        # A new leader commits a no-op of its term at once, so reads (ReadIndex) need not
+        # wait for the first write of the term.
         self.config = dataclasses.replace(config or RaftConfig(), leader_noop=True)
         if cluster_secret is None and not insecure and transport is None:
             raise ValueError(
@@ -250,13 +250,22 @@ class KVNode:
         return results
 
     async def read(self, ops: list[BatchOp]) -> list[Any] | None:
-        """Run read-only ops (gets, ranges, lease checks): the one way reads are served, so
-        that how changes here alone. Today through the log, like writes (a committed entry
-        of this leader's term proves it led when the read took effect). Serving them by
-        ``RaftNode.read_index`` instead is built and tested at the Raft level, but a fault
-        test of the KV found a non-linearizable history with it that is not explained yet
-        (see issue 13's note). Their replies, or ``None`` as :meth:`execute_many` answers."""
-        return await self.execute_many(ops)
+        """Run read-only ops (gets, ranges, lease checks) without the log: the one way reads
+        are served. ReadIndex: the leader notes its commit index, confirms with one
+        heartbeat round (shared by the reads queued meanwhile) that it still leads, waits
+        until it has applied that index, then answers from its state machine. Their replies,
+        or ``None`` as :meth:`execute_many` answers (not the leader, or no answer within
+        ``op_timeout``)."""
+        with trio.move_on_after(self.op_timeout):
+            try:
+                index = await self.raft.read_index()
+            except NotLeader:
+                return None
+            await self.raft.wait_applied(index)
+            # No checkpoint from here on: the replies reflect one applied index.
+            applied = self.raft.last_applied
+            return [self.machine.apply(log_op(op), applied) for op in ops]
+        return None
 
     def leader_hint(self) -> str:
         """The leader's client URL, when this node knows another node leads."""
