@@ -115,6 +115,33 @@ def test_machine_keys_under_a_lease_go_with_it_and_watchers_see_the_deletes():
     assert through == 6
 
 
+def txn(success: list[dict], failure: list[dict] | None = None) -> dict:
+    return {"op": "txn", "key": "", "compare": [], "success": success, "failure": failure or []}
+
+
+def test_machine_txn_puts_may_name_a_lease_and_a_keys_last_write_decides():
+    m = KVMachine()
+    m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 1)
+    reply = m.apply(txn([
+        {"op": "put", "key": "a", "value": "1", "lease": 1},
+        {"op": "put", "key": "b", "value": "1", "lease": 1},
+        {"op": "put", "key": "b", "value": "2"},  # written again without it: not the lease's
+        {"op": "put", "key": "c", "value": "1", "lease": 1},
+        {"op": "delete", "key": "c"},  # gone: not the lease's either
+    ]), 2)  # fmt: skip
+    assert (reply.err, reply.succeeded) == ("OK", True)
+    assert m.leases.owner == {"a": 1}
+    KVMachine().restore(m.snapshot())  # no lease holds a key that does not exist
+    # A lease that does not exist, in either branch: nothing applies.
+    missing = txn([{"op": "put", "key": "d", "value": ""}],
+                  [{"op": "put", "key": "e", "value": "", "lease": 9}])  # fmt: skip
+    assert m.apply(missing, 3).err == "NoLease"
+    assert m.apply({"op": "get", "key": "d"}, 4).err == "NoKey"
+    m.apply({"op": "lease_revoke", "key": "", "lease": 1}, 5)
+    assert m.apply({"op": "get", "key": "a"}, 6).err == "NoKey"
+    assert m.apply({"op": "get", "key": "b"}, 6).value == "2"
+
+
 def test_machine_snapshots_keep_the_leases_and_a_restore_starts_the_history_over():
     m = KVMachine()
     m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 1)
@@ -138,6 +165,9 @@ def test_machine_snapshots_keep_the_leases_and_a_restore_starts_the_history_over
         {"op": "lease_revoke", "key": "", "lease": None},
         {"op": "put", "key": "k", "value": "", "version": 0, "lease": -1},
         {"op": "put", "key": "k", "value": "", "version": 0, "lease": True},
+        txn([{"op": "delete", "key": "k", "lease": 1}]),
+        txn([{"op": "put", "key": "k", "value": "", "lease": -1}]),
+        txn([], [{"op": "put", "key": "k", "value": "", "lease": "1"}]),
     ],
 )
 def test_machine_malformed_lease_ops_answer_bad_op_and_change_nothing(op):

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from tests.kv_cluster import wait_leader
+from trioraft import Compare, LeaseNotFound, TxnOp, Versioned
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
 
@@ -92,6 +93,22 @@ async def test_keepalives_keep_a_lease_past_its_ttl_and_revoke_ends_it(make_kv_c
             assert (await call(client, c, url, "get", {"key": "lock"}))["err"] == "NoKey"
             refused = await call(client, c, url, "put", put)
             assert refused["err"] == "NoLease"
+
+
+async def test_a_txn_puts_keys_under_a_lease_and_they_go_with_it(make_kv_cluster):
+    c = await make_kv_cluster(3)
+    kv = c.clerk()
+    with trio.fail_after(30):
+        lease = await kv.lease_grant(30)
+        claim = [TxnOp("put", "job", "worker-1", lease=lease), TxnOp("put", "log", "claimed")]
+        outcome = await kv.txn([Compare("job", "=", version=0)], claim)
+        assert outcome.succeeded
+        assert await kv.lease_revoke(lease)
+        assert await kv.get("job") == Versioned("", 0)
+        assert (await kv.get("log")).value == "claimed"
+        with pytest.raises(LeaseNotFound):
+            await kv.txn([Compare("job", "=", version=0)], claim)
+        assert await kv.get("job") == Versioned("", 0)
 
 
 async def test_a_watch_from_a_compacted_index_says_so(make_kv_cluster):

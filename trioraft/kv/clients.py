@@ -144,10 +144,10 @@ def raise_put_error(err: str, why: str = "", *, delete: bool = False, lease: int
     reply was lost and whose key was then deleted, or a delete whose reply was lost."""
     if err == OK:
         return
+    if why and err in (VERSION, NO_KEY, NO_LEASE):  # NoLease: the lease may have gone since
+        raise MaybeApplied(f"retried after: {why}")
     if err == NO_LEASE:
         raise LeaseNotFound(lease)
-    if why and err in (VERSION, NO_KEY):
-        raise MaybeApplied(f"retried after: {why}")
     if err == VERSION:
         raise VersionConflict()
     if err == NO_KEY:
@@ -345,6 +345,10 @@ class OpsClient:
         result, why = await self.run(BatchOp("txn", "", txn=request))
         if result.err == NO_SPACE:
             raise NoSpace()
+        if result.err == NO_LEASE:
+            if why:
+                raise MaybeApplied(f"a retried txn met a lease gone (retried after: {why})")
+            raise LeaseNotFound(next(op.lease for op in [*success, *(failure or [])] if op.lease))
         if result.txn is None:
             raise ValueError(f"unexpected txn error {result.err!r}")
         if why and not result.txn.succeeded:

@@ -93,6 +93,8 @@ DEFAULT_MAX_TOMBSTONES = 10_000
 
 #: One key's state: value, version, mod_index, create_index.
 KeyState = tuple[str, int, int, int]
+#: One op of a txn's branch: op, key, value, lease.
+TxnBranchOp = tuple[str, str, str, int]
 #: The snapshot format that records indexes (the one before it had no "format").
 SNAPSHOT_FORMAT = 2
 
@@ -160,15 +162,15 @@ class VersionedKV:
     def txn(
         self,
         compares: list[tuple[str, str, str, str | int]],
-        success: list[tuple[str, str, str]],
-        failure: list[tuple[str, str, str]],
+        success: list[TxnBranchOp],
+        failure: list[TxnBranchOp],
         index: int = 0,
     ) -> TxnReply:
-        """``compares`` are (key, target, op, operand), branch ops (op, key, value), all
-        valid (see :meth:`KVMachine.apply`)."""
+        """``compares`` are (key, target, op, operand), branch ops (op, key, value, lease),
+        all valid (see :meth:`KVMachine.apply`; leases are the machine's business)."""
         succeeded = all(self._holds(*compare) for compare in compares)
         results = []
-        for op, key, value in success if succeeded else failure:
+        for op, key, value, _ in success if succeeded else failure:
             if op == "get":
                 got = self.get(key)
                 results.append(KeyResult(got.err, got.value, got.version, got.mod_index,
@@ -287,6 +289,8 @@ class KVMachine:
         # The index of the last change (what a restored history starts over at: nothing
         # changed between it and the snapshot's index).
         self.changed_at = 0
+        # (key, lease) for each key the op being applied leaves tied to a lease.
+        self._attach: list[tuple[str, int]] = []
 
     def apply(self, op: Any, index: int = 0) -> Reply:
         """Apply ``op``, logged at ``index``; its reply (``BadOp`` if it is not an op)."""
@@ -295,12 +299,12 @@ class KVMachine:
         if changes:
             for change in changes:
                 self.leases.detach(change.key)  # a write without a lease, or a delete
-            lease = op.get("lease", 0) if op.get("op") == "put" else 0
-            if lease:
-                self.leases.attach(op["key"], lease)
+            for key, lease in self._attach:
+                self.leases.attach(key, lease)
             self.history.record(index, changes)
             self.changed_at = index
             changes.clear()
+        self._attach.clear()
         return reply
 
     def _apply(self, op: Any, index: int) -> Reply:
@@ -323,7 +327,10 @@ class KVMachine:
                 return PutReply(BAD_OP)
             if lease and lease not in self.leases.leases:
                 return PutReply(NO_LEASE)
-            return self.kv.put(op["key"], value, version, index)
+            reply = self.kv.put(op["key"], value, version, index)
+            if lease and reply.err == OK:
+                self._attach.append((op["key"], lease))
+            return reply
         if kind == "delete":
             version = op.get("version")
             if not _is_version(version):
@@ -349,7 +356,17 @@ class KVMachine:
             parsed = _parse_txn(op)
             if parsed is None:
                 return TxnReply(BAD_OP)
-            return self.kv.txn(*parsed, index)
+            compares, success, failure = parsed
+            leases = {lease for _, _, _, lease in success + failure if lease}
+            if any(lease not in self.leases.leases for lease in leases):
+                return TxnReply(NO_LEASE)  # nothing applies
+            reply = self.kv.txn(compares, success, failure, index)
+            last_write: dict[str, int] = {}  # key -> the lease its last write in the branch names
+            for kind_, key, _, lease in success if reply.succeeded else failure:
+                if kind_ != "get":
+                    last_write[key] = lease if kind_ == "put" else 0
+            self._attach += [(key, lease) for key, lease in last_write.items() if lease]
+            return reply
         if kind == "lease_grant":
             ttl = op.get("ttl")
             if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL:
@@ -464,14 +481,7 @@ def _keys_written(op: dict[str, Any]) -> list[str]:
 
 def _parse_txn(
     op: dict[str, Any],
-) -> (
-    tuple[
-        list[tuple[str, str, str, str | int]],
-        list[tuple[str, str, str]],
-        list[tuple[str, str, str]],
-    ]
-    | None
-):
+) -> tuple[list[tuple[str, str, str, str | int]], list[TxnBranchOp], list[TxnBranchOp]] | None:
     """A logged txn's compares and branches, or ``None`` if any part is malformed."""
     compares_in, success_in, failure_in = op.get("compare"), op.get("success"), op.get("failure")
     if (
@@ -490,15 +500,18 @@ def _parse_txn(
         if type(operand) is not (str if target == "value" else int):
             return None
         compares.append((key, target, how, operand))
-    branches: list[list[tuple[str, str, str]]] = [[], []]
+    branches: list[list[TxnBranchOp]] = [[], []]
     for branch, ops in zip(branches, (success_in, failure_in), strict=True):
         for txn_op in ops:
             if type(txn_op) is not dict:
                 return None
             kind, key, value = txn_op.get("op"), txn_op.get("key"), txn_op.get("value", "")
+            lease = txn_op.get("lease", 0)
             if kind not in TXN_OPS or type(key) is not str or type(value) is not str:
                 return None
-            branch.append((kind, key, value))
+            if not _is_version(lease) or (lease and kind != "put"):
+                return None
+            branch.append((kind, key, value, lease))
     return compares, branches[0], branches[1]
 
 

@@ -264,16 +264,20 @@ class TxnArgs:
 
 @dataclass(frozen=True, slots=True)
 class TxnOp:
-    """One op of a transaction's branch: ``get``, ``put`` (of ``value``) or ``delete``."""
+    """One op of a transaction's branch: ``get``, ``put`` (of ``value``, tied to ``lease``
+    when not 0, as a put's) or ``delete``."""
 
     op: str
     key: str
     value: str = ""
+    lease: int = non_negative(0)
 
     def validate(self, where: str) -> None:
         if self.op not in TXN_OPS:
             raise BadRequest(f"{where}.op: expected one of {', '.join(TXN_OPS)}, not {self.op!r}")
         check_key(self.key, f"{where}.key")
+        if self.lease and self.op != "put":
+            raise BadRequest(f"{where}.lease: only a put takes a lease")
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,6 +513,8 @@ def log_op(op: BatchOp) -> dict[str, object]:
 
 def _log_txn_op(op: TxnOp) -> dict[str, object]:
     if op.op == "put":
+        if op.lease:
+            return {"op": "put", "key": op.key, "value": op.value, "lease": op.lease}
         return {"op": "put", "key": op.key, "value": op.value}
     return {"op": op.op, "key": op.key}
 
