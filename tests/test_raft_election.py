@@ -3,11 +3,17 @@ raft-many-elections, raft-rpc-count; and pre-vote and check-quorum), on virtual 
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
 
 from tests.raft_harness import ELECTION_TIMEOUT, start_cluster
+from trioraft import MemoryStorage, RaftNode
+from trioraft.rpc.transport import MemoryNetwork, MemoryTransport
+from trioraft.testing import RELIABLE, Network
 
 #: Virtual time (pytest-trio installs a clock only if the test takes it as an argument).
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
@@ -186,3 +192,77 @@ async def test_new_entries_are_sent_at_once(
         assert ok
         await node.wait_committed(index, term)
         assert trio.current_time() - start < c.config.heartbeat_interval / 10
+
+
+class SharedCpu:
+    """The one CPU of an overloaded process that hosts a whole cluster: each RPC waits its
+    turn, then takes ``cost`` seconds of it. A call whose caller gives up still takes its
+    turn, as a server still handles a request whose client has hung up."""
+
+    def __init__(self, cost: float) -> None:
+        self.cost = cost
+        self.free_at = 0.0
+
+    def stall(self, seconds: float) -> None:
+        """Give the process no CPU for ``seconds`` from now (a burst of load beside it)."""
+        self.free_at = max(self.free_at, trio.current_time()) + seconds
+
+    async def handle(self) -> None:
+        self.free_at = max(self.free_at, trio.current_time()) + self.cost
+        await trio.sleep_until(self.free_at)
+
+
+class OverloadedTransport:
+    def __init__(self, inner: MemoryTransport, cpu: SharedCpu) -> None:
+        self.inner = inner
+        self.cpu = cpu
+
+    async def call(self, peer: str, method: str, args: Any, reply_type: type) -> Any:
+        await self.cpu.handle()
+        return await self.inner.call(peer, method, args, reply_type)
+
+
+async def test_an_overloaded_cluster_still_elects_a_leader(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Campaigns that keep failing back off, and wait for their votes until the next one
+    is due. Five nodes share a CPU that handles 25 calls a second; it stalls for 3 s at the
+    start, so every node's first campaigns time out. Were each node to campaign again at
+    once, cutting its calls at the RPC timeout, their vote requests (40 a second) would
+    keep the CPU's queue growing and every call slower than its timeout: no leader, ever.
+    (The same load, with a new connection for each timed-out call, kept a cluster of real
+    servers in one busy process leaderless until its test timed out.)"""
+    ids = [str(i) for i in range(5)]
+    memory = MemoryNetwork(Network(seed, RELIABLE))
+    cpu = SharedCpu(cost=0.04)
+    cpu.stall(3.0)
+    nodes = []
+    for i in ids:
+        node = RaftNode(
+            i,
+            ids,
+            MemoryStorage(),
+            OverloadedTransport(memory.transport(i), cpu),
+            rng=random.Random(f"{seed}-{i}"),
+        )
+        memory.register(i, node.routes())
+        nodes.append(node)
+        await nursery.start(node.run)
+        nursery.start_soon(_drain, node)
+    elected = trio.Event()
+
+    async def watch(node: RaftNode) -> None:
+        await node.wait_until(lambda n: n.is_leader)
+        elected.set()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as watchers:
+            for node in nodes:
+                watchers.start_soon(watch, node)
+            await elected.wait()
+            watchers.cancel_scope.cancel()
+
+
+async def _drain(node: RaftNode) -> None:
+    async for _ in node.applied:
+        pass

@@ -11,11 +11,17 @@ from trioraft.testing import simulate
 
 
 def test_seeds_pass_and_do_real_work(seed: int) -> None:
-    outcome = simulate.check_seed(seed % 1000, seconds=5.0)
-    assert outcome.ok, "\n".join(outcome.problems)
-    answered = [op for op in outcome.operations if op.ret is not None]
-    puts_applied = [op for op in answered if op.input.op == "put" and op.output.err == "OK"]
-    assert len(answered) > 50 and puts_applied, f"{len(answered)} answered"
+    """Three seeds in a row. One seed's faults can keep its cluster without a leader for
+    most of its 5 s (of 300 seeds, the fewest ops answered were 19; the median, 122), so
+    the work is counted over the three."""
+    answered, puts_applied = 0, 0
+    for s in range(seed % 1000, seed % 1000 + 3):
+        outcome = simulate.check_seed(s, seconds=5.0)
+        assert outcome.ok, f"seed {s}:\n" + "\n".join(outcome.problems)
+        done = [op for op in outcome.operations if op.ret is not None]
+        answered += len(done)
+        puts_applied += sum(op.input.op == "put" and op.output.err == "OK" for op in done)
+    assert answered > 150 and puts_applied > 0, f"{answered} answered, {puts_applied} puts"
 
 
 def test_a_seed_replays_the_same_history(seed: int) -> None:

@@ -168,7 +168,7 @@ class KVNode:
                 else HttpTransport(
                     node_id,
                     peers,
-                    timeout=self.config.rpc_timeout,
+                    timeout=self.config.longest_call,
                     peer_auth=self.peer_auth,
                     tls=peer_tls,
                 )

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 ENVELOPE_BYTES = 64 * 1024
 #: Per entry in an AppendEntries beside its command: ``{"term":N,"command":}`` and a comma.
 ENTRY_OVERHEAD_BYTES = 40
+#: At most this many election timeouts between two campaigns of a node whose campaigns keep
+#: failing (see :meth:`trioraft.raft.core.RaftCore.campaign_now`).
+CAMPAIGN_BACKOFF_CAP = 4
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ class RaftConfig:
                 raise ValueError("lease_duration must be positive and below election_timeout[0]")
             if not self.check_quorum:
                 raise ValueError("lease reads need check_quorum (the voters' leader stickiness)")
+
+    @property
+    def longest_call(self) -> float:
+        """The longest a node waits for one call: a vote request, for its whole campaign
+        (up to :data:`CAMPAIGN_BACKOFF_CAP` election timeouts); any other call,
+        ``rpc_timeout``. The node bounds every call itself: a transport's own timeout must
+        not be shorter than this."""
+        return max(self.rpc_timeout, self.election_timeout[1] * CAMPAIGN_BACKOFF_CAP)
 
     @property
     def max_command_bytes(self) -> int:

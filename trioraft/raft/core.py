@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import BadRequest, NotLeader
-from .config import ENTRY_OVERHEAD_BYTES, RaftConfig
+from .config import CAMPAIGN_BACKOFF_CAP, ENTRY_OVERHEAD_BYTES, RaftConfig
 from .log import Entry, Log, is_up_to_date, match_append, next_index_after_reject
 from .messages import (
     AppendEntriesArgs,
@@ -227,6 +227,8 @@ class RaftCore:
         #: When a follower or candidate campaigns (by :meth:`tick`); set by the first
         #: :meth:`reset_election_deadline`.
         self.election_deadline = math.inf
+        #: Campaigns since this node last heard from a leader or led (see campaign_now).
+        self.campaigns_in_a_row = 0
 
     # -- shared rules --------------------------------------------------------------------
 
@@ -236,6 +238,7 @@ class RaftCore:
     def heard_from_leader(self, now: float) -> None:
         """A valid message from the current leader arrived (or was just dealt with)."""
         self.last_leader_contact = now
+        self.campaigns_in_a_row = 0
         self.reset_election_deadline(now)
 
     def _leader_recently_heard(self, now: float) -> bool:
@@ -281,8 +284,15 @@ class RaftCore:
 
     def campaign_now(self, now: float, *, leadership_transfer: bool) -> list[Action]:
         """Stand for election: a pre-vote first (unless configured off or asked by the
-        leader), then a real vote."""
-        self.reset_election_deadline(now)  # if this campaign fails, try again after a while
+        leader), then a real vote, whose replies count until the next campaign is due: a
+        random election timeout from now, doubled for each campaign in a row before this
+        one, at most :data:`~trioraft.raft.config.CAMPAIGN_BACKOFF_CAP` times (hearing from
+        a leader, or leading, starts over). In a process short of CPU, replies can take
+        longer than any fixed timeout; were every node to campaign again at once, their
+        vote requests alone would keep the calls that slow, and the cluster leaderless."""
+        factor = min(2**self.campaigns_in_a_row, CAMPAIGN_BACKOFF_CAP)
+        self.campaigns_in_a_row += 1
+        self.election_deadline = now + self._rng.uniform(*self.config.election_timeout) * factor
         if not self.config.pre_vote or leadership_transfer:
             return self._start_election(now, leadership_transfer)
         self.campaign = Campaign(self.term + 1, pre_vote=True, granted={self.id})
@@ -444,6 +454,7 @@ class RaftCore:
     # -- leading -------------------------------------------------------------------------
 
     def _become_leader(self, now: float) -> list[Action]:
+        self.campaigns_in_a_row = 0
         self.role = Role.LEADER
         self.leader_id = self.id
         self.campaign = None

@@ -655,13 +655,14 @@ class RaftNode:
 
     async def _campaign(self) -> None:
         """Ask for the votes the core's campaign wants (a pre-vote, then a vote) until it is
-        decided, or for an election timeout: one campaign at a time, each answer stepped."""
+        decided, or the next campaign is due: one campaign at a time, each answer stepped.
+        The calls get that whole window, not ``rpc_timeout`` (see ``RaftCore.campaign_now``)."""
         core = self._core
-        with trio.move_on_after(self.config.election_timeout[1]):
+        with trio.move_on_at(core.election_deadline):
             async with trio.open_nursery() as nursery:
 
                 async def ask(peer: str, args: RequestVoteArgs) -> None:
-                    reply = await self._call(peer, "request_vote", args, RequestVoteReply)
+                    reply = await self._transport.call(peer, "request_vote", args, RequestVoteReply)
                     if reply is None:
                         return
                     async with self._lock:
