@@ -111,6 +111,32 @@ async def test_a_txn_puts_keys_under_a_lease_and_they_go_with_it(make_kv_cluster
         assert await kv.get("job") == Versioned("", 0)
 
 
+async def test_an_append_session_lives_while_used_and_ends_with_its_lease(make_kv_cluster):
+    """A client's append session is opened under a lease of ``session_ttl``: appends renew
+    it, so it outlives its TTL while in use; once the client goes quiet the session ends
+    with the lease (the servers forget it), and the next append opens another, applied
+    once."""
+    c = await make_kv_cluster(3)
+    kv = c.clerk()
+    kv.session_ttl = 2
+    with trio.fail_after(60):
+        for i in range(8):  # 4 s: twice the TTL
+            await kv.append("log", f"{i},")
+            await trio.sleep(0.5)
+        node = c.nodes[await wait_leader(c)]
+        assert node is not None
+        machine = node.machine
+        assert machine.opened == 1, "the session was replaced while in use"
+        (session,) = machine.sessions
+        (lease,) = (i for i, held in machine.leases.leases.items() if session in held.sessions)
+        while session in machine.sessions:  # quiet now: it ends with its lease
+            await node.rsm.wait_next_apply()
+        assert lease not in machine.leases.leases
+        await kv.append("log", "after")
+        assert (await kv.get("log")).value == "0,1,2,3,4,5,6,7,after"
+        assert machine.opened == 2 and len(machine.sessions) == 1
+
+
 async def test_a_watch_from_a_compacted_index_says_so(make_kv_cluster):
     c = await make_kv_cluster(3)
     leader = await wait_leader(c)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -86,6 +87,9 @@ from .messages import (
     WatchArgs,
     WatchReply,
 )
+
+#: The TTL of the lease a client's append session ends with (etcd's session default).
+DEFAULT_SESSION_TTL = 60
 
 #: Retry pacing after a failed RPC: start small, double, never above the cap. The cap only
 #: keeps a refused connection from becoming a hot loop; lost calls gain nothing from waiting.
@@ -297,11 +301,24 @@ class Servers:
 class OpsClient:
     """The KV client API (get, put, delete, range, txn, append) written once, over one
     method, :meth:`run`, that executes an op and says why it was retried: ``""`` when its
-    first attempt answered, else how earlier attempts failed (for the ``Maybe`` rule)."""
+    first attempt answered, else how earlier attempts failed (for the ``Maybe`` rule).
 
-    def __init__(self, client_id: str | None = None) -> None:
+    Appends go in a session the client opens before its first one, under a lease of
+    ``session_ttl`` seconds (``None``: a session without a lease, which only the servers'
+    table bound ever forgets). An append renews the lease when a third of its TTL has
+    passed since the last renewal, so a session in use lives on, and the session of a client
+    gone quiet (or dead) ends with its lease instead of filling the servers' table. An
+    append that finds its session gone opens a new one (see :meth:`append`).
+    """
+
+    def __init__(
+        self, client_id: str | None = None, *, session_ttl: int | None = DEFAULT_SESSION_TTL
+    ) -> None:
         self.client_id = client_id or uuid.uuid4().hex
+        self.session_ttl = session_ttl
         self._session: str | None = None  # opened before the first append
+        self._session_lease = 0  # the lease it ends with (0: none)
+        self._session_renewed = -math.inf  # when that lease was last renewed
         self._opening = trio.Lock()
         self._seq = 0
 
@@ -434,11 +451,29 @@ class OpsClient:
             yield iterator
 
     async def _open_session(self) -> str:
+        """The session to append in: the current one (its lease renewed if due), or a new
+        one."""
         async with self._opening:
+            now = trio.current_time()
+            ttl = self.session_ttl
+            due = ttl is not None and now - self._session_renewed > ttl / 3
+            if self._session is not None and self._session_lease and due:
+                try:
+                    await self.lease_keepalive(self._session_lease)
+                    self._session_renewed = now
+                except LeaseNotFound:
+                    self._session = None  # it ended with its lease: open another
             if self._session is None:
-                result, _ = await self.run(BatchOp("open", ""))
+                lease = 0
+                if ttl is not None:
+                    try:
+                        lease = await self.lease_grant(ttl)
+                    except NoSpace:
+                        lease = 0  # the lease table is full: a session without one
+                result, _ = await self.run(BatchOp("open", "", lease=lease))
                 raise_append_error(result.err)
                 self._session, self._seq = result.value, 0
+                self._session_lease, self._session_renewed = lease, now
             return self._session
 
 
@@ -450,7 +485,8 @@ class ClusterClient(OpsClient):
     ``append`` is applied exactly once: the client opens a session first, and retries carry
     the same session and sequence number (a server that has forgotten the session answers
     ``SessionExpired``, raised as :class:`~trioraft.SessionExpired`, instead of applying
-    twice; the next append opens a new session). ``token`` and ``tls`` go to every server.
+    twice; the next append opens a new session), under a lease of ``session_ttl`` seconds
+    (see :class:`OpsClient`). ``token`` and ``tls`` go to every server.
     """
 
     def __init__(
@@ -461,8 +497,9 @@ class ClusterClient(OpsClient):
         rpc_timeout: float = 1.0,
         token: str | None = None,
         tls: ClientTls | None = None,
+        session_ttl: int | None = DEFAULT_SESSION_TTL,
     ) -> None:
-        super().__init__(client_id)
+        super().__init__(client_id, session_ttl=session_ttl)
         self.servers = Servers(urls, self.client_id, rpc_timeout=rpc_timeout, token=token, tls=tls)
 
     @property
