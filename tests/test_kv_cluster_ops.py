@@ -23,6 +23,7 @@ from trioraft import (
 )
 from trioraft.kv.clients import OpsClient
 from trioraft.kv.coalescing import open_coalescing_client
+from trioraft.kv.messages import BatchOp
 from trioraft.testing import MIT_UNRELIABLE
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
@@ -195,6 +196,23 @@ async def test_a_client_pointed_at_a_follower_reaches_the_leader_in_one_redirect
         assert (await clerk.get("k")).value == "v"
         assert clerk.servers.requests - before == 2  # the follower's WrongLeader, then the leader
         assert clerk.leader == leader
+
+
+async def test_a_put_a_follower_refused_is_not_maybe(make_kv_cluster) -> None:
+    """A follower refuses a put before proposing it (it does not lead), and says so: the
+    client's retry at the leader that meets Version is a plain conflict, not Maybe, and an
+    OK retry carries no doubt either."""
+    c = await make_kv_cluster(3)
+    clerk = c.clerk()
+    with trio.fail_after(30):
+        await clerk.put("k", "v", 0)  # every follower now knows the leader
+        follower = (c.ids.index(await wait_leader(c)) + 1) % 3
+        clerk.leader = follower
+        with pytest.raises(VersionConflict):
+            await clerk.put("k", "stale", 0)
+        clerk.leader = follower
+        result, why = await clerk.run(BatchOp("put", "k", "w", 1))
+        assert (result.err, why) == ("OK", "")
 
 
 async def test_histories_with_deletes_and_appends_are_linearizable_under_faults(

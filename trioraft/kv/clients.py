@@ -249,13 +249,15 @@ class Servers:
     async def call(self, ops: list[BatchOp]) -> tuple[list[OpResult], list[str]]:
         """Run ``ops`` in one ``/batch`` request: their results, the first that are not
         ``WrongLeader``; and how the last attempts before it failed (a few: a call may retry
-        for as long as the cluster is down). Raises :class:`~trioraft.BadRequest` if a server
-        refuses the request for what it is."""
+        for as long as the cluster is down), if any of them may have applied: empty when
+        every one was refused before it was proposed. Raises :class:`~trioraft.BadRequest`
+        if a server refuses the request for what it is."""
         args = BatchArgs(ops)
         failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
         backoff = Backoff()
         attempts = 0
         seen_before = self.seen
+        uncertain = False  # whether an attempt so far may have applied
         while True:
             server = self.leader
             rpc = self.rpcs[server]
@@ -267,10 +269,12 @@ class Servers:
                 args = BatchArgs(as_retries(ops, seen_before))
             if reply is not None and len(reply.results) == len(ops):
                 if not reply.results or reply.results[0].err != WRONG_LEADER:
-                    return reply.results, list(failures)
-                failures.append(f"{rpc.url} {WRONG_LEADER}")
+                    return reply.results, list(failures) if uncertain else []
+                failures.append(f"{rpc.url} {WRONG_LEADER}{' (refused)' if reply.refused else ''}")
+                uncertain |= not reply.refused
             else:
                 failures.append(f"{rpc.url} {'lost call' if reply is None else 'bad reply'}")
+                uncertain = True
             hinted = self._by_url.get(reply.leader.rstrip("/")) if reply is not None else None
             self.leader = hinted if hinted is not None else (server + 1) % len(self.rpcs)
             attempts += 1

@@ -408,6 +408,9 @@ class BatchReply:
     results: list[OpResult]
     leader: str = ""  # when every result is WrongLeader: the leader's client URL, if known
     index: int = 0  # the greatest index the answering server had applied, 0 if unknown
+    #: With WrongLeader results: the server refused every op before proposing it (it was
+    #: not the leader), so none applied; ``False`` when it cannot tell.
+    refused: bool = False
 
 
 def as_result(reply: Reply | None) -> OpResult:

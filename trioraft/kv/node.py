@@ -231,15 +231,23 @@ class KVNode:
 
     async def execute(self, op: BatchOp) -> Any | None:
         """Run ``op`` through the log here; its reply, or ``None`` if this server can't tell."""
-        results = await self.execute_many([op])
+        try:
+            results = await self.execute_many([op])
+        except NotLeader:
+            return None
         return None if results is None else results[0]
 
     async def execute_many(self, ops: list[BatchOp]) -> list[Any] | None:
         """Run ``ops`` through the log here, in one entry; their replies, or ``None`` if this
-        server is not the leader or can't tell within ``op_timeout`` whether they applied."""
+        server can't tell within ``op_timeout`` whether they applied. Raises
+        :class:`~trioraft.NotLeader` if it refused them before proposing them (they did not
+        apply)."""
         logged = [log_op(op) for op in ops]
         try:
             results = await self.rsm.submit_many(logged, size_bound=json_size_bound(ops))
+        except NotLeader:
+            self.metrics.proposals_failed["not_leader"] += 1
+            raise
         except RaftError as exc:
             self.metrics.proposals_failed[_FAILURE.get(type(exc), "leadership_lost")] += 1
             return None
@@ -277,7 +285,7 @@ class KVNode:
     async def run_one(self, op: BatchOp) -> OpResult | WrongLeaderReply:
         """Run one validated op (as :meth:`run_batch`); its result, or the reply to send
         when that is ``WrongLeader``."""
-        (result,) = await self.run_batch([op])
+        (result,), _ = await self.run_batch([op])
         if result.err == WRONG_LEADER:
             return WrongLeaderReply(WRONG_LEADER, self.leader_hint())
         return result
@@ -401,22 +409,28 @@ class KVNode:
 
     async def handle_batch(self, args: BatchArgs) -> BatchReply:
         args.validate()
-        results = await self.run_batch(args.ops)
+        results, refused = await self.run_batch(args.ops)
         wrong_leader = bool(results) and results[0].err == WRONG_LEADER
         hint = self.leader_hint() if wrong_leader else ""
-        return BatchReply(results, hint, self.rsm.applied_index)
+        return BatchReply(results, hint, self.rsm.applied_index, refused)
 
-    async def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
+    async def run_batch(self, ops: list[BatchOp]) -> tuple[list[OpResult], bool]:
         """Run validated ``ops`` in one entry: reads always, writes unless over the quota.
-        Either every result is ``WrongLeader`` or none is."""
+        Their results (either every one is ``WrongLeader`` or none is), and whether this
+        node refused them all before proposing any, so that none applied."""
         no_space = self.over_quota()
         logged = [op for op in ops if op.op in READ_OPS] if no_space else ops
+        refused = False
         if not logged:
             replies: list[Any] | None = []
         elif all(op.op in READ_OPS for op in logged):
             replies = await self.read(logged)
+            refused = replies is None  # reads change nothing
         else:
-            replies = await self.execute_many(logged)
+            try:
+                replies = await self.execute_many(logged)
+            except NotLeader:
+                replies, refused = None, True
         if replies is None:
             results = [OpResult(WRONG_LEADER)] * len(ops)
         else:
@@ -440,7 +454,7 @@ class KVNode:
                 self.metrics.count_op(op.op, result.err)
         if no_space:
             self.metrics.refused["quota"] += len(ops) - len(logged)
-        return results
+        return results, refused
 
     def routes(self) -> dict[str, Route]:
         return {
@@ -548,14 +562,14 @@ class EmbeddedClient(OpsClient):
         return await self.node.handle_watch(request)  # this replica's history serves it
 
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
-        failures = 0
+        failures = 0  # attempts here whose op may have applied
         backoff = Backoff()
         seen_before = self.node.rsm.applied_index
         while self.node.raft.is_leader:
-            (result,) = await self.node.run_batch([op])
+            (result,), refused = await self.node.run_batch([op])
             if result.err != WRONG_LEADER:
                 return result, f"{failures} WrongLeader here" if failures else ""
-            failures += 1
+            failures += not refused
             (op,) = as_retries([op], seen_before)
             await backoff.wait()
         result, why = await self.remote.run(op)
