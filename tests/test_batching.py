@@ -63,6 +63,22 @@ async def test_batch_answers_each_op_in_order(single_kv: SingleKV) -> None:
         ({"ops": [{"op": "append", "key": "a", "value": "x"}]}, 400, "ops[1].session"),
         ({"ops": [{"op": "append", "key": "a", "value": "x", "session": "s"}]}, 400, "append"),
         ({"ops": [{"op": "open", "key": ""}]}, 400, "open"),
+        ({"ops": [{"op": "put", "key": "a", "stale": True}]}, 400, "ops[1].stale: only a get"),
+        ({"ops": [{"op": "get", "key": "a", "stale": 1}]}, 400, "ops[1].stale"),
+        ({"ops": [{"op": "put", "key": "a", "retry_after": -1}]}, 400, "ops[1].retry_after"),
+        (
+            {
+                "ops": [
+                    {
+                        "op": "txn",
+                        "key": "",
+                        "txn": {"success": [{"op": "delete", "key": "a", "lease": 1}]},
+                    }
+                ]
+            },
+            400,
+            "ops[1].txn.success[0].lease: only a put",
+        ),
         ({"ops": [{"op": "get", "key": "k" * 4097}]}, 400, "ops[1].key: 4097 bytes"),
         ({"ops": [{"op": "get", "key": "\ud800" * 1366}]}, 400, "ops[1].key: 4098 bytes"),
         ({"ops": "get"}, 400, "ops: expected a list"),

@@ -14,12 +14,14 @@ from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import DeleteHistory
 from tests.test_kvraft import partitioner
 from trioraft import (
+    ClusterClient,
     Compare,
     KeyNotFound,
     KeyResult,
     MaybeApplied,
     TxnOp,
     VersionConflict,
+    Versioned,
 )
 from trioraft.kv.clients import OpsClient
 from trioraft.kv.coalescing import open_coalescing_client
@@ -196,6 +198,43 @@ async def test_a_client_pointed_at_a_follower_reaches_the_leader_in_one_redirect
         assert (await clerk.get("k")).value == "v"
         assert clerk.servers.requests - before == 2  # the follower's WrongLeader, then the leader
         assert clerk.leader == leader
+
+
+async def test_a_stale_read_is_served_by_a_cut_off_follower_and_never_goes_back(
+    make_kv_cluster,
+) -> None:
+    """A stale get is answered by the server asked, from what it has applied, with the index
+    it reflects: a follower cut off from the others still answers, with the value before
+    the majority's latest write and an index behind theirs; healed, it catches up, and the
+    index it reports never went back."""
+    c = await make_kv_cluster(3)
+    kv = c.clerk()
+    with trio.fail_after(30):
+        await kv.put("k", "1", 0)
+        leader = await wait_leader(c)
+        follower = next(i for i in c.ids if i != leader)
+        reader = ClusterClient([c.urls[follower]], client_id="reader")
+        c.clerks.append(reader)  # closed with the cluster
+        indexes = []
+
+        async def read() -> Versioned:
+            got = await reader.get("k", stale=True)
+            assert not indexes or got.index >= indexes[-1], "a stale read went back"
+            indexes.append(got.index)
+            return got
+
+        while (await read()).value != "1":
+            pass  # until the follower has applied the put
+        c.partition([follower], [i for i in c.ids if i != follower])
+        await kv.put("k", "2", 1)  # the majority goes on
+        majority = await kv.range(prefix="k")
+        cut_off = await read()
+        assert (cut_off.value, cut_off.version) == ("1", 1)
+        assert cut_off.index < majority.index
+        c.heal()
+        while (await read()).value != "2":
+            pass
+        assert indexes[-1] >= majority.index
 
 
 async def test_a_put_a_follower_refused_is_not_maybe(make_kv_cluster) -> None:

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = client_command("get", "read a key")
     get.add_argument("key")
+    get.add_argument(
+        "--stale", action="store_true", help="as the first server has applied it (may be behind)"
+    )
     put = client_command("put", "write a key at a version")
     put.add_argument("key")
     put.add_argument("value")
@@ -590,8 +593,10 @@ async def run_watch(kv: ClusterClient, prefix: str, after: int) -> int:
 async def run_op(kv: ClusterClient, args: argparse.Namespace) -> int:
     """One get, put, delete, range, txn or append; its exit status."""
     if args.command == "get":
-        got = await kv.get(args.key)
+        got = await kv.get(args.key, stale=args.stale)
         indexes = {"mod_index": got.mod_index, "create_index": got.create_index}
+        if args.stale:
+            indexes["index"] = got.index
         print(json.dumps({"key": args.key, "value": got.value, "version": got.version, **indexes}))
         return 0
     if args.command == "range":

@@ -78,6 +78,7 @@ from .messages import (
     BatchOp,
     BatchReply,
     Compare,
+    KeyRecord,
     OpResult,
     RangeArgs,
     RangePage,
@@ -107,18 +108,21 @@ class Versioned(_ValueAndVersion):
 
     It unpacks and compares as the pair ``(value, version)``; ``mod_index`` and
     ``create_index`` (the log indexes of the key's last change and of its creation, 0 when
-    absent) come along as attributes.
+    absent) come along as attributes, and for a stale read ``index``, the index of the
+    state it was read from (0 otherwise).
     """
 
     mod_index: int
     create_index: int
+    index: int
 
     def __new__(
-        cls, value: str, version: int, mod_index: int = 0, create_index: int = 0
+        cls, value: str, version: int, mod_index: int = 0, create_index: int = 0, index: int = 0
     ) -> Versioned:
         self = super().__new__(cls, value, version)
         self.mod_index = mod_index
         self.create_index = create_index
+        self.index = index
         return self
 
     def __repr__(self) -> str:
@@ -329,7 +333,14 @@ class OpsClient:
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         raise NotImplementedError
 
-    async def get(self, key: str) -> Versioned:
+    async def get(self, key: str, *, stale: bool = False) -> Versioned:
+        """The key's value and version. ``stale``: as the first server tried has applied
+        it, leader or not (no round trip to the leader; it may be behind), with the index
+        it reflects in ``.index``."""
+        if stale:  # a range of the one key says the index it was read at
+            page = await self.range(start=key, end=key + "\x00", limit=1, stale=True)
+            got = page.items[0] if page.items else KeyRecord(key, "", 0, 0, 0)
+            return Versioned(got.value, got.version, got.mod_index, got.create_index, page.index)
         result, _ = await self.run(BatchOp("get", key))
         return Versioned(result.value, result.version, result.mod_index, result.create_index)
 
@@ -342,14 +353,21 @@ class OpsClient:
         raise_put_error(result.err, why, delete=True)
 
     async def range(
-        self, *, prefix: str = "", start: str = "", end: str = "", limit: int = DEFAULT_RANGE_LIMIT
+        self,
+        *,
+        prefix: str = "",
+        start: str = "",
+        end: str = "",
+        limit: int = DEFAULT_RANGE_LIMIT,
+        stale: bool = False,
     ) -> RangePage:
         """One page of the keys ``k`` with ``start <= k < end`` (no bound for an empty
         ``end``) under ``prefix``; for the next page, call again with ``start=page.next``
-        while ``page.more``."""
+        while ``page.more``. ``stale``: as the first server tried has applied it (see
+        :meth:`get`); ``page.index`` says as of which index."""
         request = RangeArgs(prefix, start, end, limit)
         request.validate("range")  # a BadRequest here, not a 400 from every server in turn
-        result, _ = await self.run(BatchOp("range", "", range=request))
+        result, _ = await self.run(BatchOp("range", "", range=request, stale=stale))
         if result.range is None:
             raise ValueError(f"unexpected range error {result.err!r}")
         return result.range

@@ -322,7 +322,9 @@ class BatchOp:
     ``lease_grant`` takes a ``ttl``, ``lease_keepalive`` and ``lease_revoke`` a ``lease``.
     A client sets ``retry_after`` on every attempt after the first of a ``put``, ``delete``
     or ``txn``: the greatest index it had seen (:attr:`BatchReply.index`) before the first
-    (see ``trioraft/kv/machine.py`` for why)."""
+    (see ``trioraft/kv/machine.py`` for why). A ``get`` or ``range`` marked ``stale`` may be
+    answered by any server from what it has applied, without asking the leader; a batch is
+    served so only if all its ops are."""
 
     op: str
     key: str
@@ -335,10 +337,13 @@ class BatchOp:
     lease: int = non_negative(0)
     ttl: int = non_negative(0)
     retry_after: int | None = non_negative(None)
+    stale: bool = False
 
     def validate(self, where: str) -> None:
         if self.op not in BATCH_OPS:
             raise BadRequest(f"{where}.op: expected one of {', '.join(BATCH_OPS)}, not {self.op!r}")
+        if self.stale and self.op not in ("get", "range"):
+            raise BadRequest(f"{where}.stale: only a get or a range may read stale")
         if self.op == "append" and not self.session:
             raise BadRequest(f"{where}.session: an append needs a session (open one first)")
         if self.op == "range":
