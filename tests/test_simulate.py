@@ -26,6 +26,21 @@ def test_seeds_pass_and_do_real_work(seed: int) -> None:
     assert answered > 150 and puts_applied > 0, f"{answered} answered, {puts_applied} puts"
 
 
+#: The seeds CI runs (issue 16): 200 of 5 simulated seconds each, in chunks that keep each
+#: test well inside its time limit on a busy machine (~70 seeds a minute there).
+CI_SEEDS, CHUNKS = 200, 4
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_the_ci_seed_budget_passes(seed: int, chunk: int) -> None:
+    size = CI_SEEDS // CHUNKS
+    first = seed % 1_000_000 + chunk * size
+    for s in range(first, first + size):
+        outcome = simulate.check_seed(s, seconds=5.0)
+        replay = f"python -m trioraft.testing.simulate --seeds 1 --from {s} --seconds 5"
+        assert outcome.ok, f"seed {s} failed (replay: {replay}):\n" + "\n".join(outcome.problems)
+
+
 def test_a_seed_replays_the_same_history(seed: int) -> None:
     first = simulate.check_seed(seed % 1000, seconds=3.0)
     again = simulate.check_seed(seed % 1000, seconds=3.0)
