@@ -51,6 +51,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import trio
 
 from .._errors import (
+    BadRequest,
     KeyNotFound,
     LeaseNotFound,
     MaybeApplied,
@@ -69,6 +70,7 @@ from .messages import (
     NO_LEASE,
     NO_SPACE,
     OK,
+    READ_OPS,
     RETRIED_WRITES,
     SESSION_EXPIRED,
     VERSION,
@@ -246,7 +248,8 @@ class Servers:
         """Run ``ops`` in one ``/batch`` request: their results, the first that are not
         ``WrongLeader``; and how the last attempts before it failed (a few: a call may retry
         for as long as the cluster is down). Raises :class:`~trioraft.BadRequest` if a server
-        refuses the request for what it is."""
+        refuses the request for what it is, or :class:`~trioraft.MaybeApplied` if it refuses
+        a retry of writes (an earlier attempt may have applied them)."""
         args = BatchArgs(ops)
         failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
         backoff = Backoff()
@@ -256,7 +259,20 @@ class Servers:
             server = self.leader
             rpc = self.rpcs[server]
             self.requests += 1
-            reply = await rpc.call("batch", args, BatchReply)
+            try:
+                reply = await rpc.call("batch", args, BatchReply)
+            except BadRequest as exc:
+                # (An op marked before the call, alone, is the retry of one that may have
+                # applied: the embedded client's after a local attempt.)
+                retried = attempts > 0 or (len(ops) == 1 and ops[0].retry_after is not None)
+                if retried and any(op.op not in READ_OPS for op in ops):
+                    # A retry's request differs from the first attempt's (retry_after) and
+                    # may cross a limit the first did not: that one may have applied.
+                    raise MaybeApplied(
+                        f"a retry was refused ({exc.status}: {exc.message}); an earlier "
+                        f"attempt may have applied (before it: {', '.join(failures)})"
+                    ) from exc
+                raise
             if reply is not None:
                 self.seen = max(self.seen, reply.index)
             if attempts == 0:  # every later attempt is a retry
