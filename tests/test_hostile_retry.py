@@ -434,3 +434,23 @@ async def test_a_cut_off_leader_never_answers_a_stale_read(make_kv_cluster) -> N
             assert got == Versioned("new", 2), got
         c.heal()
         assert await stale_reader.get("k") == Versioned("new", 2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KVServer.handle_put drops PutArgs.lease (proposed fix: pass lease=args.lease)",
+)
+async def test_the_single_server_answers_a_put_naming_a_lease_as_batch_does(
+    single_kv: SingleKV,
+) -> None:
+    """The single server has no leases: ``/batch`` answers a put naming one ``NoLease``, but
+    ``/put`` stored the key and answered OK, as if it would expire with the lease."""
+    with trio.fail_after(20):
+        via_put = await post_hostile(
+            single_kv.direct_url, "put", {"key": "k", "value": "v", "version": 0, "lease": 7}
+        )
+        via_batch = await post_hostile(
+            single_kv.direct_url, "batch", {"ops": [put_op("j", lease=7)]}
+        )
+    assert via_batch.json()["results"][0]["err"] == "NoLease"
+    assert via_put.json()["err"] == "NoLease"

@@ -13,7 +13,9 @@ Python API (shared by every KV client, single-server or cluster, so the lock wor
   changed or been deleted since).
 - ``await kv.delete(key, version) -> None``: remove the key if it is at ``version``; the
   same errors, and :class:`~trioraft.MaybeApplied` when a retry answers ``NoKey`` or
-  ``Version``.
+  ``Version``. A write whose *retry* a server refuses (400 or 413: a retry carries
+  ``retry_after``, which its first attempt did not) raises
+  :class:`~trioraft.MaybeApplied` too, never :class:`~trioraft.BadRequest`.
 - ``await kv.range(prefix=..., start=..., end=..., limit=...) -> RangePage``: one page of
   keys in order, as of one index (``page.index``); ``page.more`` and ``page.next`` continue.
 - ``await kv.txn(compare, success, failure) -> TxnOutcome``: see :class:`TxnArgs`. A retried
