@@ -20,6 +20,7 @@ from tests.kvtest import SingleKV, start_single_kv
 from trioraft import BadRequest, KVClient, MaybeApplied, Versioned
 from trioraft.kv.clients import OpsClient, Servers
 from trioraft.kv.coalescing import CoalescingClient, open_coalescing_client
+from trioraft.kv.machine import KVMachine
 from trioraft.kv.messages import (
     MAX_BATCH_OPS,
     MAX_TXN_COMPARES,
@@ -454,3 +455,41 @@ async def test_the_single_server_answers_a_put_naming_a_lease_as_batch_does(
         )
     assert via_batch.json()["results"][0]["err"] == "NoLease"
     assert via_put.json()["err"] == "NoLease"
+
+
+async def test_a_retry_across_a_restart_that_rewound_the_index_applies_once(
+    single_kv: SingleKV, network: Network
+) -> None:
+    """The client has seen index 51; the server restarts empty (as a store restored from
+    an older backup: its indexes start over below what the client saw). A create applies at
+    1, its reply lost; the key is deleted at 2; the retry names 51, after the tombstone:
+    only the retry's own index (3, not after 51) shows it cannot be judged. Maybe, once."""
+    server = single_kv.server
+    outcomes: list[str] = []
+    with trio.fail_after(30):
+        async with (
+            KVClient(single_kv.url) as kv,
+            KVClient(single_kv.direct_url) as admin,
+        ):
+            server.index = 50
+            await kv.get("warm-up")
+            assert kv.servers.seen == 51
+            server.machine = KVMachine(keep_changes=False)  # restarted empty
+            server.state, server.index = server.machine.kv, 0
+            network.set_profile(Profile(reply_drop=1.0))
+
+            async def create() -> None:
+                try:
+                    await kv.put("k", "once", 0)
+                except MaybeApplied:
+                    outcomes.append("Maybe")
+                else:
+                    outcomes.append("OK")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(create)
+                await wait_for(lambda: server.state.get("k").version == 1)
+                await admin.delete("k", 1)
+                network.set_profile(RELIABLE)
+            assert await admin.get("k") == Versioned("", 0)
+    assert outcomes == ["Maybe"]

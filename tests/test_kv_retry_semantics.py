@@ -333,3 +333,21 @@ def test_a_copy_shares_no_state_with_its_machine() -> None:
     copy.apply({"op": "open", "key": "", "nonce": "n"}, 8)
     assert m.snapshot() == before
     assert m.kv.tombstones == {"gone": 2}
+
+
+def test_a_retry_that_saw_an_index_this_history_has_not_reached_is_refused() -> None:
+    """The client saw index 50 of an older history (the store was since restored from a
+    backup at 0, or restarted empty). Its create applies at 1, the reply lost; the key is
+    deleted at 2. The tombstone (2) is not after 50, so only the index tells that the retry
+    (at 3) cannot be judged: it is refused, and nothing applies twice."""
+    m = KVMachine()
+    create = put("k", "once", 0)
+    assert m.apply(create, 1).err == "OK"
+    assert m.apply(delete("k", 1), 2).err == "OK"
+    assert m.apply({**create, "retry_after": 50}, 3).err == "Version"
+    assert m.apply({**delete("j", 1), "retry_after": 4}, 4).err == "Version"
+    reply = m.apply({**txn([version_is("k", 0)], [create]), "retry_after": 5}, 5)
+    assert (reply.err, reply.succeeded) == ("OK", False)
+    assert m.kv.get("k").version == 0
+    # A retry that saw only earlier indexes applies as before.
+    assert m.apply({**create, "retry_after": 2}, 6).err == "OK"

@@ -43,7 +43,9 @@ Rules (the whole protocol):
   before the first attempt (which, if it applied, applied after it). If a key the retry
   writes or compares may have been deleted after that index, the retry changes nothing
   and answers as a conflict (``Version``, or a txn that did not succeed): the client
-  reports ``Maybe``. A retried txn whose compares fail runs neither branch (they may fail
+  reports ``Maybe``; likewise when ``retry_after`` is not before the retry's own index (the
+  client saw a history other than this one: the store was restored from a backup, say). A
+  retried txn whose compares fail runs neither branch (they may fail
   because its first attempt applied; its client reports ``Maybe`` and never sees the
   failure branch's results), and a malformed retry answers ``BadOp`` like any other.
 - ``apply`` never raises for a malformed op (an entry from a faulty peer, say): it answers
@@ -328,7 +330,7 @@ class KVMachine:
             value, version, lease = op.get("value"), op.get("version"), op.get("lease", 0)
             if type(value) is not str or not _is_version(version) or not _is_version(lease):
                 return PutReply(BAD_OP)
-            if self._deleted_since(op, retry_after):
+            if self._deleted_since(op, retry_after, index):
                 return PutReply(VERSION)
             if lease and lease not in self.leases.leases:
                 return PutReply(NO_LEASE)
@@ -340,7 +342,7 @@ class KVMachine:
             version = op.get("version")
             if not _is_version(version):
                 return DeleteReply(BAD_OP)
-            if self._deleted_since(op, retry_after):
+            if self._deleted_since(op, retry_after, index):
                 return DeleteReply(VERSION)
             return self.kv.delete(op["key"], version, index)
         if kind == "append":
@@ -364,7 +366,7 @@ class KVMachine:
             if parsed is None:
                 return TxnReply(BAD_OP)
             compares, success, failure = parsed
-            if self._deleted_since(op, retry_after):  # its compares may hold again
+            if self._deleted_since(op, retry_after, index):  # its compares may hold again
                 return TxnReply(OK, False, [], index)  # as if they failed: nothing runs
             leases = {lease for _, _, _, lease in success + failure if lease}
             if any(lease not in self.leases.leases for lease in leases):
@@ -410,11 +412,16 @@ class KVMachine:
             return OpenSessionReply(OK, session)
         return PutReply(BAD_OP)
 
-    def _deleted_since(self, op: dict[str, Any], retry_after: int | None) -> bool:
+    def _deleted_since(self, op: dict[str, Any], retry_after: int | None, index: int) -> bool:
         """Whether a retried write's key (any key a txn writes or compares) may have been
-        deleted after ``retry_after`` (``None``: not a retry)."""
+        deleted after ``retry_after`` (``None``: not a retry), the retry applying at
+        ``index``. A client cannot have seen ``index`` or later before its first attempt:
+        if it claims to, its history is not this one (a store restored from a backup, or
+        restarted empty, after the client saw later indexes), and any key may have been."""
         if retry_after is None:
             return False
+        if 0 < index <= retry_after:
+            return True
         return any(self.kv.deleted_after(key, retry_after) for key in _keys_written(op))
 
     def _revoke(self, lease: int, index: int) -> None:
