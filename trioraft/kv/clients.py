@@ -13,7 +13,9 @@ Python API (shared by every KV client, single-server or cluster, so the lock wor
   changed or been deleted since).
 - ``await kv.delete(key, version) -> None``: remove the key if it is at ``version``; the
   same errors, and :class:`~trioraft.MaybeApplied` when a retry answers ``NoKey`` or
-  ``Version``.
+  ``Version``. A write whose *retry* a server refuses (400 or 413: a retry carries
+  ``retry_after``, which its first attempt did not) raises
+  :class:`~trioraft.MaybeApplied` too, never :class:`~trioraft.BadRequest`.
 - ``await kv.range(prefix=..., start=..., end=..., limit=...) -> RangePage``: one page of
   keys in order, as of one index (``page.index``); ``page.more`` and ``page.next`` continue.
 - ``await kv.txn(compare, success, failure) -> TxnOutcome``: see :class:`TxnArgs`. A retried
@@ -52,6 +54,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import trio
 
 from .._errors import (
+    BadRequest,
     KeyNotFound,
     LeaseNotFound,
     MaybeApplied,
@@ -70,6 +73,7 @@ from .messages import (
     NO_LEASE,
     NO_SPACE,
     OK,
+    READ_OPS,
     RETRIED_WRITES,
     SESSION_EXPIRED,
     VERSION,
@@ -255,7 +259,8 @@ class Servers:
         ``WrongLeader``; and how the last attempts before it failed (a few: a call may retry
         for as long as the cluster is down), if any of them may have applied: empty when
         every one was refused before it was proposed. Raises :class:`~trioraft.BadRequest`
-        if a server refuses the request for what it is."""
+        if a server refuses the request for what it is, or :class:`~trioraft.MaybeApplied`
+        if it refuses a retry of writes after an attempt that may have applied them."""
         args = BatchArgs(ops)
         failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
         backoff = Backoff()
@@ -266,7 +271,20 @@ class Servers:
             server = self.leader
             rpc = self.rpcs[server]
             self.requests += 1
-            reply = await rpc.call("batch", args, BatchReply)
+            try:
+                reply = await rpc.call("batch", args, BatchReply)
+            except BadRequest as exc:
+                # (An op marked before the call, alone, is the retry of one that may have
+                # applied: the embedded client's after a local attempt.)
+                retried = uncertain or (len(ops) == 1 and ops[0].retry_after is not None)
+                if retried and any(op.op not in READ_OPS for op in ops):
+                    # A retry's request differs from the first attempt's (retry_after) and
+                    # may cross a limit the first did not: that one may have applied.
+                    raise MaybeApplied(
+                        f"a retry was refused ({exc.status}: {exc.message}); an earlier "
+                        f"attempt may have applied (before it: {', '.join(failures)})"
+                    ) from exc
+                raise
             if reply is not None:
                 self.seen = max(self.seen, reply.index)
             if attempts == 0:  # every later attempt is a retry

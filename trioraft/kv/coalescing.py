@@ -17,7 +17,10 @@ Invariants:
   put then rejected with ``Version`` reports :class:`~trioraft.MaybeApplied`. Requests go
   through :class:`~trioraft.kv.clients.Servers`, the retry loop every HTTP client shares.
 - A request the server refuses whole (400, say a key too long) is sent again op by op, so
-  only the ops at fault raise :class:`~trioraft.BadRequest`.
+  only the ops at fault raise :class:`~trioraft.BadRequest`; a *retry* refused whole (it
+  carries ``retry_after``, which can cross a size limit) raises
+  :class:`~trioraft.MaybeApplied` for its writes (never sent again unmarked) and sends its
+  reads again.
 - A caller that is cancelled before its op is sent removes it; once sent, the op may apply.
 - When the client closes, every call still waiting raises ``trio.ClosedResourceError``.
 """
@@ -30,10 +33,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .._errors import BadRequest
+from .._errors import BadRequest, MaybeApplied
 from ..rpc.tls import ClientTls
 from .clients import OpsClient, Servers
-from .messages import BatchOp, OpResult, WatchArgs, WatchReply
+from .messages import READ_OPS, BatchOp, OpResult, WatchArgs, WatchReply
 
 
 @dataclass(eq=False)
@@ -42,7 +45,7 @@ class _Queued:
     why: str = ""  # how the attempts before the answered one failed
     abandoned: bool = False
     result: OpResult | None = None
-    error: BadRequest | None = None
+    error: BadRequest | MaybeApplied | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -107,6 +110,13 @@ class CoalescingClient(OpsClient):
             self._in_flight = batch
             try:
                 await self._send(batch)
+            except MaybeApplied as exc:
+                # A retry was refused: its writes may have applied, its reads go again.
+                self._queue[:0] = [q for q in batch if q.op.op in READ_OPS]
+                for queued in batch:
+                    if queued.op.op not in READ_OPS:
+                        queued.error = MaybeApplied(str(exc))
+                        queued.done.set()
             except BadRequest as exc:
                 # Refused whole, before any op ran: find the culprits, one op at a time.
                 if len(batch) == 1:
@@ -115,7 +125,7 @@ class CoalescingClient(OpsClient):
                 for queued in batch if len(batch) > 1 else []:
                     try:
                         await self._send([queued])
-                    except BadRequest as alone:
+                    except (BadRequest, MaybeApplied) as alone:
                         queued.error = alone
                         queued.done.set()
             self._in_flight = []

@@ -43,7 +43,11 @@ Rules (the whole protocol):
   before the first attempt (which, if it applied, applied after it). If a key the retry
   writes or compares may have been deleted after that index, the retry changes nothing
   and answers as a conflict (``Version``, or a txn that did not succeed): the client
-  reports ``Maybe``.
+  reports ``Maybe``; likewise when ``retry_after`` is not before the retry's own index (the
+  client saw a history other than this one: the store was restored from a backup, say). A
+  retried txn whose compares fail runs neither branch (they may fail
+  because its first attempt applied; its client reports ``Maybe`` and never sees the
+  failure branch's results), and a malformed retry answers ``BadOp`` like any other.
 - ``apply`` never raises for a malformed op (an entry from a faulty peer, say): it answers
   ``BadOp`` and changes nothing, identically on every replica (a txn is checked whole before
   any of it runs). ``restore`` (and ``check_snapshot``) raise ``ValueError`` for data that is
@@ -168,7 +172,7 @@ class VersionedKV:
     ) -> TxnReply:
         """``compares`` are (key, target, op, operand), branch ops (op, key, value, lease),
         all valid (see :meth:`KVMachine.apply`; leases are the machine's business)."""
-        succeeded = all(self._holds(*compare) for compare in compares)
+        succeeded = self.holds(compares)
         results = []
         for op, key, value, _ in success if succeeded else failure:
             if op == "get":
@@ -185,6 +189,10 @@ class VersionedKV:
             else:
                 results.append(KeyResult(NO_KEY))
         return TxnReply(OK, succeeded, results, index)
+
+    def holds(self, compares: list[tuple[str, str, str, str | int]]) -> bool:
+        """Whether every (valid) compare holds."""
+        return all(self._holds(*compare) for compare in compares)
 
     def _holds(self, key: str, target: str, op: str, operand: str | int) -> bool:
         value, version, mod_index, create_index = self._data.get(key, ("", 0, 0, 0))
@@ -312,19 +320,18 @@ class KVMachine:
             return PutReply(BAD_OP)
         kind = op.get("op")
         retry_after = op.get("retry_after")
-        if retry_after is not None and kind in ("put", "delete", "txn"):
-            if not _is_version(retry_after):
-                return PutReply(BAD_OP)
-            if any(self.kv.deleted_after(key, retry_after) for key in _keys_written(op)):
-                if kind == "txn":  # its compares may be true again: as if they failed
-                    return TxnReply(OK, False, [], index) if _parse_txn(op) else TxnReply(BAD_OP)
-                return PutReply(VERSION) if kind == "put" else DeleteReply(VERSION)
+        if kind not in ("put", "delete", "txn"):
+            retry_after = None  # only these writes are retried with it
+        elif retry_after is not None and not _is_version(retry_after):
+            return PutReply(BAD_OP)
         if kind == "get":
             return self.kv.get(op["key"])
         if kind == "put":
             value, version, lease = op.get("value"), op.get("version"), op.get("lease", 0)
             if type(value) is not str or not _is_version(version) or not _is_version(lease):
                 return PutReply(BAD_OP)
+            if self._deleted_since(op, retry_after, index):
+                return PutReply(VERSION)
             if lease and lease not in self.leases.leases:
                 return PutReply(NO_LEASE)
             reply = self.kv.put(op["key"], value, version, index)
@@ -335,6 +342,8 @@ class KVMachine:
             version = op.get("version")
             if not _is_version(version):
                 return DeleteReply(BAD_OP)
+            if self._deleted_since(op, retry_after, index):
+                return DeleteReply(VERSION)
             return self.kv.delete(op["key"], version, index)
         if kind == "append":
             value, session, seq = op.get("value"), op.get("session"), op.get("seq")
@@ -357,9 +366,15 @@ class KVMachine:
             if parsed is None:
                 return TxnReply(BAD_OP)
             compares, success, failure = parsed
+            if self._deleted_since(op, retry_after, index):  # its compares may hold again
+                return TxnReply(OK, False, [], index)  # as if they failed: nothing runs
             leases = {lease for _, _, _, lease in success + failure if lease}
             if any(lease not in self.leases.leases for lease in leases):
                 return TxnReply(NO_LEASE)  # nothing applies
+            if retry_after is not None and not self.kv.holds(compares):
+                # Its compares may fail because its first attempt applied (either branch):
+                # the failure branch must not run again. Its client reports Maybe.
+                return TxnReply(OK, False, [], index)
             reply = self.kv.txn(compares, success, failure, index)
             last_write: dict[str, int] = {}  # key -> the lease its last write in the branch names
             for kind_, key, _, lease in success if reply.succeeded else failure:
@@ -396,6 +411,18 @@ class KVMachine:
                 self.leases.attach_session(session, lease)
             return OpenSessionReply(OK, session)
         return PutReply(BAD_OP)
+
+    def _deleted_since(self, op: dict[str, Any], retry_after: int | None, index: int) -> bool:
+        """Whether a retried write's key (any key a txn writes or compares) may have been
+        deleted after ``retry_after`` (``None``: not a retry), the retry applying at
+        ``index``. A client cannot have seen ``index`` or later before its first attempt:
+        if it claims to, its history is not this one (a store restored from a backup, or
+        restarted empty, after the client saw later indexes), and any key may have been."""
+        if retry_after is None:
+            return False
+        if 0 < index <= retry_after:
+            return True
+        return any(self.kv.deleted_after(key, retry_after) for key in _keys_written(op))
 
     def _revoke(self, lease: int, index: int) -> None:
         gone = self.leases.revoke(lease)

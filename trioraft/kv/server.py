@@ -77,7 +77,9 @@ class KVServer:
 
     async def handle_put(self, args: PutArgs) -> PutReply:
         check_key(args.key)
-        (r,) = self.run_batch([BatchOp("put", args.key, args.value, args.version)])
+        (r,) = self.run_batch(
+            [BatchOp("put", args.key, args.value, args.version, lease=args.lease)]
+        )
         return PutReply(r.err)
 
     async def handle_delete(self, args: DeleteArgs) -> DeleteReply:
