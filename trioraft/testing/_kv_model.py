@@ -14,11 +14,12 @@ is the whole store: a tuple of ``(key, value, version)``, one per key present, i
 - a put or delete that answered ``Maybe`` (a retry met ``Version`` or ``NoKey``), or whose
   output is unknown, is legal either way: it applies exactly when its condition holds at
   its linearization point.
-- append: adds its value to the end and increments the version; it answers ``OK``. An
-  append that may or may not have applied (``SessionExpired``, cancelled) must be recorded
-  as never returned (``ret=None``, ``output=None``): the checker lets it take effect later
-  or never (``step`` is deterministic, so "maybe" is the checker's business, not the
-  model's; an append with another ``err`` is a recording mistake: ``ValueError``).
+- append: adds its value to the end and increments the version; legal iff it answered
+  ``OK`` (or its output is unknown: it applied). An append that may or may not have applied
+  (``SessionExpired``, cancelled) must be recorded as never returned (``ret=None``,
+  ``output=None``): the checker lets it take effect later or never (``step`` returns one
+  state, so "maybe" is the checker's business, not the model's; an append recorded as
+  answering ``SessionExpired`` is illegal).
 - range (``KVInput.range``): legal iff ``items``, ``more`` and ``next`` are what the store
   answers as of one point (the page: ``limit`` and ``MAX_RANGE_CHARS`` as the machine cuts
   it). Its log index is not checked.
@@ -183,9 +184,7 @@ def _step(state: Store, op: KVInput, out: KVOutput | None) -> tuple[bool, Store]
         after = _with(state, op.key, "", 0) if applies else state
         return _conditional(state, after, applies, version > 0, out)
     if kind == "append":
-        if out is not None and out.err != OK:
-            raise ValueError(f"an append answered {out.err}: record it as never returned")
-        return True, _with(state, op.key, value + op.value, version + 1)
+        return (out is None or out.err == OK), _with(state, op.key, value + op.value, version + 1)
     raise ValueError(f"unknown op {kind!r}")
 
 
