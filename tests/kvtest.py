@@ -9,6 +9,7 @@ checks, clients running for a while until told to stop, and the concurrent-put c
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import random
 import time
@@ -202,8 +203,8 @@ class InMemoryKV:
 class OpsHistory:
     """Records every op (get, put, delete, append, range, txn) of any client with those ops,
     as :class:`~trioraft.testing.Operation` records of :data:`~trioraft.testing.KV_OPS_MODEL`:
-    an append that answered ``SessionExpired`` or a cancelled call is recorded as never
-    returned (it may or may not have applied)."""
+    an append that answered ``SessionExpired``, a txn that answered ``Maybe`` and a
+    cancelled call are recorded as never returned (they may or may not have applied)."""
 
     def __init__(self) -> None:
         self.operations: list[KVOperation] = []
@@ -232,9 +233,11 @@ class RecordingOps:
         except trio.Cancelled:
             self._add(call, start, None, None)
             raise
-        except SessionExpired:  # it may have applied: as if it never returned
-            self._add(call, start, None, None)
-            return KVOutput(err=SessionExpired.wire)
+        except (SessionExpired, MaybeApplied) as exc:
+            if call.op in ("append", "txn"):  # it may have applied: as if it never returned
+                self._add(call, start, None, None)
+                return KVOutput(err=exc.wire)
+            output = KVOutput(err=exc.wire)
         except KVError as exc:
             output = KVOutput(err=exc.wire)
         self._add(call, start, output, time.monotonic())
@@ -298,13 +301,23 @@ class RecordingOps:
 class InMemoryStore:
     """The replicated KV's machine with no I/O, for :class:`InMemoryOps` clients to share.
     ``stale_ranges`` makes it a broken server: ranges answer from a copy of the store
-    taken every fifth write (the bug a range served by a lagging replica would be)."""
+    taken every fifth write (the bug a range served by a lagging replica would be).
+    ``lost_replies`` is the fraction of writes that are retried as if their first reply
+    was lost (half of those first attempts applied): conflicts they meet answer ``Maybe``.
+    Retries carry ``retry_after`` (see trioraft/kv/machine.py) unless ``retry_after`` is
+    false: another broken server, whose retried put or txn may apply twice across a
+    delete."""
 
-    def __init__(self, *, stale_ranges: bool = False) -> None:
+    def __init__(
+        self, *, stale_ranges: bool = False, lost_replies: float = 0.0, retry_after: bool = True
+    ) -> None:
         self.machine = KVMachine()
         self.index = 0
         self.stale_ranges = stale_ranges
         self.stale = KVMachine()
+        self.lost_replies = lost_replies
+        self.retry_after = retry_after
+        self.rng = random.Random(0)
 
     def apply(self, op: BatchOp) -> OpResult:
         self.index += 1
@@ -326,7 +339,15 @@ class InMemoryOps(OpsClient):
 
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         await trio.lowlevel.checkpoint()
-        return self.store.apply(op), ""
+        store = self.store
+        if op.op in ("put", "delete", "txn", "append") and store.rng.random() < store.lost_replies:
+            if store.retry_after and op.op != "append":
+                op = dataclasses.replace(op, retry_after=store.index)
+            if store.rng.random() < 0.5:
+                store.apply(op)  # the first attempt applied; its reply was lost
+            await trio.lowlevel.checkpoint()
+            return store.apply(op), "a reply was lost"
+        return store.apply(op), ""
 
 
 async def ops_client(

@@ -637,7 +637,7 @@ def simulate_ops(rng: random.Random, n_ops: int, cancelled: float = 0.1) -> tupl
             if rng.random() < 0.5:  # it never took effect
                 kv.replace(before, {}, 0)
             continue
-        if inp.op in ("put", "delete", "txn") and rng.random() < 0.15 and _unknown_allowed(inp):
+        if inp.op in ("put", "delete") and rng.random() < 0.15:
             out = KVOutput(err="Maybe")
         ops.append(Operation(f"c{i}", inp, call, out, ret))
     corrupted = rng.random() < 0.5

@@ -26,10 +26,12 @@ is the whole store: a tuple of ``(key, value, version)``, one per key present, i
 - txn (``KVInput.txn``): the compares hold or not in the state it is linearized in; the
   branch they choose runs whole at that point (branch puts need no version: the key's next;
   a branch delete of an absent key answers ``NoKey``); legal iff ``succeeded`` and every
-  result ``(err, value, version)`` match. A txn that answered ``Maybe`` (a retry failed its
-  compares) or whose output is unknown runs the branch its compares choose at its
-  linearization point; its failure branch must not write (a retry that fails its compares
-  may have run nothing: ``ValueError`` otherwise).
+  result ``(err, value, version)`` match. A txn whose outcome is unknown runs the branch
+  its compares choose at its linearization point; its failure branch must not write (a
+  retry that fails its compares may have run nothing: ``ValueError`` otherwise). A txn
+  that answered ``Maybe`` may not have applied even where its compares held throughout
+  (its retry answers "failed" when a key it writes was deleted since its first attempt,
+  whatever its compares): it must be recorded as never returned (``ValueError`` if not).
 - compares: on ``value`` and ``version``, any operator. ``mod_index`` and ``create_index``
   are log indexes the model cannot know: only compares with 0 are allowed (every change
   has an index >= 1, so an index is 0 exactly when the key is absent: ``create_index = 0``
@@ -150,13 +152,16 @@ def _run_branch(
 def _txn_step(state: Store, txn: Txn, out: KVOutput | None) -> tuple[bool, Store]:
     data = {key: (value, version) for key, value, version in state}
     holds = all(_compare_holds(data, compare) for compare in txn.compare)
-    unknown = out is None or out.err == MAYBE
-    if unknown and any(op.op in _WRITES for op in txn.failure):
+    if out is not None and out.err == MAYBE:
+        raise ValueError(
+            "a txn that answered Maybe may or may not have applied: record it as never returned"
+        )
+    if out is None and any(op.op in _WRITES for op in txn.failure):
         raise ValueError("a txn of unknown outcome whose failure branch writes: not modelled")
-    if out is not None and not unknown and (out.err != OK or out.succeeded != holds):
+    if out is not None and (out.err != OK or out.succeeded != holds):
         return False, state
     results = _run_branch(data, txn.success if holds else txn.failure)
-    if out is not None and not unknown and results != out.results:
+    if out is not None and results != out.results:
         return False, state
     return True, tuple(sorted((key, value, version) for key, (value, version) in data.items()))
 
