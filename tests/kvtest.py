@@ -203,8 +203,9 @@ class InMemoryKV:
 class OpsHistory:
     """Records every op (get, put, delete, append, range, txn) of any client with those ops,
     as :class:`~trioraft.testing.Operation` records of :data:`~trioraft.testing.KV_OPS_MODEL`:
-    an append that answered ``SessionExpired``, a txn that answered ``Maybe`` and a
-    cancelled call are recorded as never returned (they may or may not have applied)."""
+    an append that answered ``SessionExpired`` and a txn that answered ``Maybe`` are
+    recorded as optional, of unknown output (they may or may not have applied), and a
+    cancelled call as never returned."""
 
     def __init__(self) -> None:
         self.operations: list[KVOperation] = []
@@ -234,8 +235,8 @@ class RecordingOps:
             self._add(call, start, None, None)
             raise
         except (SessionExpired, MaybeApplied) as exc:
-            if call.op in ("append", "txn"):  # it may have applied: as if it never returned
-                self._add(call, start, None, None)
+            if call.op in ("append", "txn"):  # it may have applied, or not
+                self._add(call, start, None, time.monotonic(), optional=True)
                 return KVOutput(err=exc.wire)
             output = KVOutput(err=exc.wire)
         except KVError as exc:
@@ -243,8 +244,16 @@ class RecordingOps:
         self._add(call, start, output, time.monotonic())
         return output
 
-    def _add(self, call: KVInput, start: float, output: KVOutput | None, ret: float | None) -> None:
-        self.history.operations.append(Operation(self.client, call, start, output, ret))
+    def _add(
+        self,
+        call: KVInput,
+        start: float,
+        output: KVOutput | None,
+        ret: float | None,
+        optional: bool = False,
+    ) -> None:
+        operation = Operation(self.client, call, start, output, ret, optional)
+        self.history.operations.append(operation)
 
     async def get(self, key: str) -> Versioned:
         async def run() -> KVOutput:

@@ -225,7 +225,7 @@ async def run_histories_under_faults(make_kv_cluster, *, multi_key: bool) -> Ops
     started = time.monotonic()
     result = history.check(timeout=60)
     took = time.monotonic() - started
-    unknown = sum(op.ret is None or op.output.err == "Maybe" for op in history.operations)
+    unknown = sum(op.output is None or op.output.err == "Maybe" for op in history.operations)
     print(f"{len(history.operations)} ops {dict(kinds)} ({unknown} of unknown outcome), "
           f"{result.parts} parts, checked in {took:.2f} s")  # fmt: skip
     assert took < 30, "the check took too long"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +61,8 @@ def brute_force(model: Model, ops: list[Operation]) -> bool:
 
 
 def _part_linearizable(model: Model, ops: list[Operation]) -> bool:
-    returned = [op for op in ops if op.ret is not None]
-    pending = [op for op in ops if op.ret is None]
+    returned = [op for op in ops if op.ret is not None and not op.optional]
+    pending = [op for op in ops if op.ret is None or op.optional]
     for k in range(len(pending) + 1):
         for taken in itertools.combinations(pending, k):
             for order in itertools.permutations([*returned, *taken]):
@@ -100,11 +101,13 @@ def simulate(
     n_ops: int,
     n_keys: int,
     cancelled: float = 0.1,
+    optional: float = 0.0,
 ):
     """``apply(rng, state, key) -> (input, output, next_state)`` runs one op on a correct
     object; ops take effect at random points of their intervals; a fraction ``cancelled``
     never return, and sometimes one output is corrupted (which makes most such histories
-    illegal)."""
+    illegal). A fraction ``optional`` return but may not have taken effect (half of them
+    did not)."""
     points = []
     for i in range(n_ops):
         call = rng.uniform(0, 10)
@@ -117,6 +120,10 @@ def simulate(
         inp, out, after = apply(rng, states[key], key)
         if rng.random() < cancelled:  # it took effect, or (half the time) never did
             ops.append(Operation(f"c{i}", inp, call, None, None))
+            if rng.random() < 0.5:
+                continue
+        elif rng.random() < optional:
+            ops.append(Operation(f"c{i}", inp, call, out, ret, optional=True))
             if rng.random() < 0.5:
                 continue
         else:
@@ -200,7 +207,8 @@ def test_agrees_with_brute_force_on_random_histories(seed: int, name: str) -> No
     rng = random.Random(seed)
     verdicts = {True: 0, False: 0}
     for _ in range(1000):
-        ops = simulate(rng, model, apply, rng.randrange(1, 8), rng.randrange(1, keys + 1))
+        n_ops, n_keys = rng.randrange(1, 8), rng.randrange(1, keys + 1)
+        ops = simulate(rng, model, apply, n_ops, n_keys, optional=rng.choice([0.0, 0.2]))
         expected = brute_force(model, ops)
         description = "\n".join(model.describe(op) for op in ops)
         assert check_operations(model, ops).ok is expected, description
@@ -217,7 +225,7 @@ def plain_search(model: Model, ops: list[Operation]) -> bool:
 
 
 def _plain_search_part(model: Model, ops: list[Operation]) -> bool:
-    must = frozenset(i for i, op in enumerate(ops) if op.ret is not None)
+    must = frozenset(i for i, op in enumerate(ops) if op.ret is not None and not op.optional)
     failed: set[tuple[frozenset[int], Any]] = set()
 
     def extend(done: frozenset[int], state: Any) -> bool:
@@ -226,8 +234,10 @@ def _plain_search_part(model: Model, ops: list[Operation]) -> bool:
         if (done, state) in failed:
             return False
         first_return = min(ops[i].ret for i in must - done)
+        last_call = max((ops[i].call for i in done), default=-math.inf)
         for i, op in enumerate(ops):
-            if i not in done and op.call <= first_return:
+            # Not after its own return either (an optional op: it can still be left out).
+            if i not in done and op.call <= first_return and (op.ret or math.inf) >= last_call:
                 legal, after = model.step(state, op.input, op.output)
                 if legal and extend(done | {i}, after):
                     return True
@@ -239,15 +249,16 @@ def _plain_search_part(model: Model, ops: list[Operation]) -> bool:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_agrees_with_a_plain_search_on_longer_histories(seed: int, name: str) -> None:
-    """Up to 13 ops, up to 60% of them never returning: the pruning of ops that never
-    returned is exercised far more than in the brute-force test."""
+    """Up to 13 ops, up to 60% of them never returning, some optional: the pruning of ops
+    that never returned is exercised far more than in the brute-force test."""
     model, apply, keys = MODELS[name]
     without_shortcut = dataclasses.replace(model, read_only=None, inert=None)
     rng = random.Random(seed)
     verdicts = {True: 0, False: 0}
     for _ in range(600):
         n_ops, n_keys = rng.randrange(1, 14), rng.randrange(1, keys + 1)
-        ops = simulate(rng, model, apply, n_ops, n_keys, cancelled=rng.choice([0.1, 0.3, 0.6]))
+        cancelled, optional = rng.choice([0.1, 0.3, 0.6]), rng.choice([0.0, 0.3])
+        ops = simulate(rng, model, apply, n_ops, n_keys, cancelled, optional)
         expected = plain_search(model, ops)
         description = "\n".join(model.describe(op) for op in ops)
         assert check_operations(model, ops).ok is expected, description
@@ -632,8 +643,12 @@ def simulate_ops(rng: random.Random, n_ops: int, cancelled: float = 0.1) -> tupl
     for index, (_point, i, call, ret) in enumerate(sorted(points), 1):
         before = kv.items()
         inp, out = machine_op(rng, kv, index)
-        if rng.random() < cancelled and _unknown_allowed(inp):
-            ops.append(Operation(f"c{i}", inp, call, None, None))
+        unknown = rng.random()
+        if unknown < cancelled and _unknown_allowed(inp):
+            # It never returned, or (a txn that answered Maybe, an append SessionExpired)
+            # returned without knowing: either way it took effect or (half the time) not.
+            returned = inp.op in ("txn", "append") and unknown < cancelled / 2
+            ops.append(Operation(f"c{i}", inp, call, None, ret if returned else None, returned))
             if rng.random() < 0.5:  # it never took effect
                 kv.replace(before, {}, 0)
             continue

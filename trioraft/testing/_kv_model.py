@@ -16,10 +16,11 @@ is the whole store: a tuple of ``(key, value, version)``, one per key present, i
   its linearization point.
 - append: adds its value to the end and increments the version; legal iff it answered
   ``OK`` (or its output is unknown: it applied). An append that may or may not have applied
-  (``SessionExpired``, cancelled) must be recorded as never returned (``ret=None``,
-  ``output=None``): the checker lets it take effect later or never (``step`` returns one
-  state, so "maybe" is the checker's business, not the model's; an append recorded as
-  answering ``SessionExpired`` is illegal).
+  is recorded with ``output=None`` and ``optional=True`` when it answered
+  ``SessionExpired`` (the checker lets it take effect before its return, or never), or as
+  never returned (``ret=None``) when cancelled: ``step`` returns one state, so "maybe" is
+  the checker's business, not the model's (an append recorded as answering
+  ``SessionExpired`` is illegal).
 - range (``KVInput.range``): legal iff ``items``, ``more`` and ``next`` are what the store
   answers as of one point (the page: ``limit`` and ``MAX_RANGE_CHARS`` as the machine cuts
   it). Its log index is not checked.
@@ -31,7 +32,8 @@ is the whole store: a tuple of ``(key, value, version)``, one per key present, i
   retry that fails its compares may have run nothing: ``ValueError`` otherwise). A txn
   that answered ``Maybe`` may not have applied even where its compares held throughout
   (its retry answers "failed" when a key it writes was deleted since its first attempt,
-  whatever its compares): it must be recorded as never returned (``ValueError`` if not).
+  whatever its compares): it must be recorded with ``output=None`` and ``optional=True``
+  (``ValueError`` for an output ``Maybe``).
 - compares: on ``value`` and ``version``, any operator. ``mod_index`` and ``create_index``
   are log indexes the model cannot know: only compares with 0 are allowed (every change
   has an index >= 1, so an index is 0 exactly when the key is absent: ``create_index = 0``
@@ -154,7 +156,7 @@ def _txn_step(state: Store, txn: Txn, out: KVOutput | None) -> tuple[bool, Store
     holds = all(_compare_holds(data, compare) for compare in txn.compare)
     if out is not None and out.err == MAYBE:
         raise ValueError(
-            "a txn that answered Maybe may or may not have applied: record it as never returned"
+            "a txn that answered Maybe may or may not have applied: record it as optional"
         )
     if out is None and any(op.op in _WRITES for op in txn.failure):
         raise ValueError("a txn of unknown outcome whose failure branch writes: not modelled")
