@@ -318,7 +318,12 @@ class InMemoryStore:
     delete."""
 
     def __init__(
-        self, *, stale_ranges: bool = False, lost_replies: float = 0.0, retry_after: bool = True
+        self,
+        *,
+        stale_ranges: bool = False,
+        lost_replies: float = 0.0,
+        retry_after: bool = True,
+        seed: int = 0,
     ) -> None:
         self.machine = KVMachine()
         self.index = 0
@@ -326,7 +331,7 @@ class InMemoryStore:
         self.stale = KVMachine()
         self.lost_replies = lost_replies
         self.retry_after = retry_after
-        self.rng = random.Random(0)
+        self.rng = random.Random(seed)
 
     def apply(self, op: BatchOp) -> OpResult:
         self.index += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import random
+import time
 
 import pytest
 import trio
@@ -291,3 +292,28 @@ def test_a_correct_server_passes_and_one_with_stale_ranges_is_caught(seed: int) 
     result = check_kv_ops(stale.operations, timeout=30)
     assert result.ok is False
     assert "range(" in result.account.split("cannot follow it")[1], result.account
+
+
+def test_lost_replies_make_many_outcomes_unknown_and_still_check_fast(seed: int) -> None:
+    """A third of the writes lose their first reply (half of those applied) and are retried
+    with ``retry_after``: many puts, deletes, txns and appends of unknown outcome, in
+    thousands of ops. The history is linearizable, and decided in seconds."""
+    history = run_workload(InMemoryStore(lost_replies=0.3, seed=seed), seed, 0.3)
+    ops = history.operations
+    unknown = sum(o.output is None or o.output.err == "Maybe" for o in ops)
+    assert len(ops) > 500 and unknown > 20, (len(ops), unknown)
+    started = time.monotonic()
+    history.check(timeout=30)
+    assert time.monotonic() - started < 10
+
+
+def test_a_server_whose_retries_can_apply_twice_is_caught(seed: int) -> None:
+    """The same, but retries carry no ``retry_after``: a retried put or txn whose first
+    attempt applied can apply again once a delete has brought its condition back. Some
+    run of a few is caught (about half of them are)."""
+    for attempt in range(20):
+        store = InMemoryStore(lost_replies=0.3, retry_after=False, seed=seed + attempt)
+        history = run_workload(store, seed + attempt, 0.2)
+        if check_kv_ops(history.operations, timeout=30).ok is False:
+            return
+    raise AssertionError("20 runs of a server that applies retries twice all passed")
