@@ -365,21 +365,27 @@ class InMemoryOps(OpsClient):
 
 
 async def ops_client(
-    kv: RecordingOps, rng: random.Random, keys: list[str], stop: trio.Event, *, multi_key: bool
+    kv: RecordingOps,
+    rng: random.Random,
+    keys: list[str],
+    stop: trio.Event,
+    *,
+    multi_key: bool,
+    after_each: Callable[[], None] = lambda: None,
 ) -> None:
     """Until ``stop``: read a key, then put, delete or append it; with ``multi_key``, also
     ranges over the keys and txns that write two keys at once (their failure branches only
-    read, so a txn of unknown outcome is modelled)."""
+    read, so a txn of unknown outcome is modelled). ``after_each`` runs after each round."""
     while not stop.is_set():
         key, other = rng.sample(keys, 2)
         got = await kv.get(key)
-        choice = rng.random()
-        if multi_key and choice < 0.25:
+        choice = rng.random() if multi_key else 1.0
+        if choice < 0.2:
             if rng.random() < 0.5:
                 await kv.range()
             else:
                 await kv.range(start=rng.choice(keys), limit=rng.choice([1, 2, 100]))
-        elif multi_key and choice < 0.45:
+        elif choice < 0.4:
             tag = f"{rng.randrange(1000)}"
             if rng.random() < 0.5:  # both keys at once, if ``key`` did not change
                 compare = [Compare(key, "=", version=got.version)]
@@ -388,9 +394,12 @@ async def ops_client(
                 compare = [Compare(other, "=", create_index=0)]
                 success = [TxnOp("put", other, tag), TxnOp("delete", key)]
             await kv.txn(compare, success, [TxnOp("get", key), TxnOp("get", other)])
-        elif choice < 0.65:
-            await kv.put(key, f"{rng.randrange(1000)}", got.version)
-        elif choice < 0.85:
-            await kv.delete(key, got.version if rng.random() < 0.8 else got.version + 1)
         else:
-            await kv.append(key, rng.choice("abc"))
+            write = rng.random()
+            if write < 0.4:
+                await kv.put(key, f"{rng.randrange(1000)}", got.version)
+            elif write < 0.7:
+                await kv.delete(key, got.version if rng.random() < 0.8 else got.version + 1)
+            else:
+                await kv.append(key, rng.choice("abc"))
+        after_each()
