@@ -9,8 +9,8 @@ checks, clients running for a while until told to stop, and the concurrent-put c
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -24,14 +24,26 @@ from trioraft import (
     KVError,
     KVServer,
     MaybeApplied,
+    SessionExpired,
     VersionConflict,
     Versioned,
     VersionedKV,
     serve,
 )
 from trioraft.kv.clients import OpsClient, raise_put_error
-from trioraft.testing import HttpProxy, Network
-from trioraft.testing._kv_model import INITIAL, OK, UNKNOWN, State, step
+from trioraft.kv.machine import KVMachine
+from trioraft.kv.messages import BatchOp, Compare, OpResult, RangeArgs, TxnOp, as_result, log_op
+from trioraft.testing import (
+    HttpProxy,
+    KVInput,
+    KVOutput,
+    Network,
+    Operation,
+    Result,
+    Txn,
+    check_kv_ops,
+)
+from trioraft.testing._models import NO_KEY, OK, KVOperation
 
 
 @dataclass
@@ -185,114 +197,209 @@ class InMemoryKV:
         raise_put_error(self.machine.put(key, value, version).err)
 
 
-# -- Histories with delete and append, checked against trioraft.testing._kv_model ----------
+# -- Histories of every op, checked against trioraft.testing.KV_OPS_MODEL -----------------
 
 
-@dataclass(frozen=True)
-class KVCall:
-    """One call as its caller saw it (plain data for the model's ``step``): for a get, the
-    value and version it returned; ``err`` is ``UNKNOWN`` and ``ret`` infinite for a call
-    that never returned."""
-
-    client: str
-    kind: str
-    key: str
-    value: str
-    version: int
-    err: str
-    call: float
-    ret: float
-
-
-class DeleteHistory:
-    """Records get, put, delete and append calls through any client with those ops."""
+class OpsHistory:
+    """Records every op (get, put, delete, append, range, txn) of any client with those ops,
+    as :class:`~trioraft.testing.Operation` records of :data:`~trioraft.testing.KV_OPS_MODEL`:
+    an append that answered ``SessionExpired`` and a write that answered ``Maybe`` are
+    recorded as optional, of unknown output (they may or may not have applied), and a
+    cancelled call as never returned."""
 
     def __init__(self) -> None:
-        self.calls: list[KVCall] = []
+        self.operations: list[KVOperation] = []
 
     def recording(self, kv: OpsClient, client: str) -> RecordingOps:
         return RecordingOps(self, kv, client)
 
-    def check(self, *, timeout: float = 60.0) -> None:
-        """Raise AssertionError unless every key's calls are linearizable."""
-        by_key: dict[str, list[KVCall]] = collections.defaultdict(list)
-        for call in self.calls:
-            by_key[call.key].append(call)
-        deadline = time.monotonic() + timeout
-        for key in sorted(by_key):
-            verdict = linearizable(by_key[key], deadline)
-            assert verdict is not None, f"the check of key {key!r} timed out"
-            assert verdict, f"key {key!r}: not linearizable:\n" + "\n".join(
-                f"  {c}" for c in sorted(by_key[key], key=lambda c: c.call)
-            )
+    def check(self, *, timeout: float = 60.0) -> Result:
+        """Raise AssertionError unless the history is linearizable."""
+        result = check_kv_ops(self.operations, timeout=timeout)
+        assert result.ok is not None, f"the check ran out of time ({timeout} s)"
+        assert result.ok, result.account
+        return result
 
 
 class RecordingOps:
-    def __init__(self, history: DeleteHistory, kv: OpsClient, client: str) -> None:
+    """An :class:`OpsClient`'s ops, recorded; write ops answer their outcome (``err``)."""
+
+    def __init__(self, history: OpsHistory, kv: OpsClient, client: str) -> None:
         self.history, self.kv, self.client = history, kv, client
 
-    async def _record(self, kind: str, key: str, value: str, version: int, run) -> str:
+    async def _record(self, call: KVInput, run: Callable[[], Awaitable[KVOutput]]) -> KVOutput:
         start = time.monotonic()
         try:
-            err = await run()
+            output = await run()
         except trio.Cancelled:
-            self._add(kind, key, value, version, UNKNOWN, start, math.inf)
+            self._add(call, start, None, None)
             raise
+        except (SessionExpired, MaybeApplied) as exc:
+            if call.op != "get":  # it may have applied, or not
+                self._add(call, start, None, time.monotonic(), optional=True)
+                return KVOutput(err=exc.wire)
+            output = KVOutput(err=exc.wire)
         except KVError as exc:
-            err = exc.wire
-        self._add(kind, key, value, version, err, start, time.monotonic())
-        return err
+            output = KVOutput(err=exc.wire)
+        self._add(call, start, output, time.monotonic())
+        return output
 
-    def _add(self, *fields: object) -> None:
-        self.history.calls.append(KVCall(self.client, *fields))  # type: ignore[arg-type]
+    def _add(
+        self,
+        call: KVInput,
+        start: float,
+        output: KVOutput | None,
+        ret: float | None,
+        optional: bool = False,
+    ) -> None:
+        operation = Operation(self.client, call, start, output, ret, optional)
+        self.history.operations.append(operation)
 
     async def get(self, key: str) -> Versioned:
-        start = time.monotonic()
-        got = await self.kv.get(key)
-        self._add("get", key, got.value, got.version, OK, start, time.monotonic())
-        return got
+        async def run() -> KVOutput:
+            got = await self.kv.get(key)
+            return KVOutput(got.value, got.version, OK if got.version else NO_KEY)
+
+        out = await self._record(KVInput("get", key), run)
+        return Versioned(out.value, out.version)
 
     async def put(self, key: str, value: str, version: int) -> str:
-        return await self._record("put", key, value, version,
-                                  lambda: _ok(self.kv.put(key, value, version)))  # fmt: skip
+        async def run() -> KVOutput:
+            await self.kv.put(key, value, version)
+            return KVOutput()
+
+        return (await self._record(KVInput("put", key, value, version), run)).err
 
     async def delete(self, key: str, version: int) -> str:
-        return await self._record("delete", key, "", version,
-                                  lambda: _ok(self.kv.delete(key, version)))  # fmt: skip
+        async def run() -> KVOutput:
+            await self.kv.delete(key, version)
+            return KVOutput()
+
+        return (await self._record(KVInput("delete", key, "", version), run)).err
 
     async def append(self, key: str, value: str) -> str:
-        return await self._record("append", key, value, 0, lambda: _ok(self.kv.append(key, value)))
+        async def run() -> KVOutput:
+            await self.kv.append(key, value)
+            return KVOutput()
+
+        return (await self._record(KVInput("append", key, value), run)).err
+
+    async def range(self, *, prefix: str = "", start: str = "", end: str = "", limit: int = 100):
+        query = RangeArgs(prefix, start, end, limit)
+
+        async def run() -> KVOutput:
+            page = await self.kv.range(prefix=prefix, start=start, end=end, limit=limit)
+            items = tuple((item.key, item.value, item.version) for item in page.items)
+            return KVOutput(items=items, more=page.more, next=page.next)
+
+        return await self._record(KVInput("range", "", range=query), run)
+
+    async def txn(
+        self, compare: list[Compare], success: list[TxnOp], failure: list[TxnOp] | None = None
+    ) -> KVOutput:
+        request = Txn(tuple(compare), tuple(success), tuple(failure or ()))
+
+        async def run() -> KVOutput:
+            outcome = await self.kv.txn(compare, success, failure)
+            results = tuple((r.err, r.value, r.version) for r in outcome.results)
+            return KVOutput(succeeded=outcome.succeeded, results=results)
+
+        return await self._record(KVInput("txn", "", txn=request), run)
 
 
-async def _ok(call: Awaitable[None]) -> str:
-    await call
-    return OK
+class InMemoryStore:
+    """The replicated KV's machine with no I/O, for :class:`InMemoryOps` clients to share.
+    ``stale_ranges`` makes it a broken server: ranges answer from a copy of the store
+    taken every fifth write (the bug a range served by a lagging replica would be).
+    ``lost_replies`` is the fraction of writes that are retried as if their first reply
+    was lost (half of those first attempts applied): conflicts they meet answer ``Maybe``.
+    Retries carry ``retry_after`` (see trioraft/kv/machine.py) unless ``retry_after`` is
+    false: another broken server, whose retried put or txn may apply twice across a
+    delete."""
+
+    def __init__(
+        self,
+        *,
+        stale_ranges: bool = False,
+        lost_replies: float = 0.0,
+        retry_after: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.machine = KVMachine()
+        self.index = 0
+        self.stale_ranges = stale_ranges
+        self.stale = KVMachine()
+        self.lost_replies = lost_replies
+        self.retry_after = retry_after
+        self.rng = random.Random(seed)
+
+    def apply(self, op: BatchOp) -> OpResult:
+        self.index += 1
+        logged = log_op(op)
+        if op.op == "range" and self.stale_ranges:
+            return as_result(self.stale.apply(logged, self.index))
+        reply = self.machine.apply(logged, self.index)
+        if op.op not in ("get", "range") and self.index % 5 == 0:
+            self.stale.restore(self.machine.snapshot())
+        return as_result(reply)
 
 
-def linearizable(calls: list[KVCall], deadline: float) -> bool | None:
-    """Whether one key's ``calls`` have a legal order that respects real time (Wing & Gong
-    with memoised configurations); ``None`` if the search passed ``deadline``. Calls that
-    never returned may be left out."""
-    calls = sorted(calls, key=lambda c: c.call)
-    n = len(calls)
-    must = sum(1 << i for i, c in enumerate(calls) if c.ret != math.inf)
-    seen: set[tuple[int, State]] = set()
-    stack: list[tuple[int, State]] = [(0, INITIAL)]
-    while stack:
-        if time.monotonic() > deadline:
-            return None
-        done, state = stack.pop()
-        if done & must == must:
-            return True
-        if (done, state) in seen:
-            continue
-        seen.add((done, state))
-        pending = [i for i in range(n) if not done >> i & 1]
-        first_return = min(calls[i].ret for i in pending)
-        for i in pending:
-            c = calls[i]
-            if c.call > first_return:
-                break  # sorted by call: no later call may go before that return
-            for after in step(state, c.kind, c.value, c.version, c.err):
-                stack.append((done | 1 << i, after))
-    return False
+class InMemoryOps(OpsClient):
+    """One client of an :class:`InMemoryStore`: every op is one checkpoint."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        super().__init__()
+        self.store = store
+
+    async def run(self, op: BatchOp) -> tuple[OpResult, str]:
+        await trio.lowlevel.checkpoint()
+        store = self.store
+        if op.op in ("put", "delete", "txn", "append") and store.rng.random() < store.lost_replies:
+            if store.retry_after and op.op != "append":
+                op = dataclasses.replace(op, retry_after=store.index)
+            if store.rng.random() < 0.5:
+                store.apply(op)  # the first attempt applied; its reply was lost
+            await trio.lowlevel.checkpoint()
+            return store.apply(op), "a reply was lost"
+        return store.apply(op), ""
+
+
+async def ops_client(
+    kv: RecordingOps,
+    rng: random.Random,
+    keys: list[str],
+    stop: trio.Event,
+    *,
+    multi_key: bool,
+    after_each: Callable[[], None] = lambda: None,
+) -> None:
+    """Until ``stop``: read a key, then put, delete or append it; with ``multi_key``, also
+    ranges over the keys and txns that write two keys at once (their failure branches only
+    read, so a txn of unknown outcome is modelled). ``after_each`` runs after each round."""
+    while not stop.is_set():
+        key, other = rng.sample(keys, 2)
+        got = await kv.get(key)
+        choice = rng.random() if multi_key else 1.0
+        if choice < 0.2:
+            if rng.random() < 0.5:
+                await kv.range()
+            else:
+                await kv.range(start=rng.choice(keys), limit=rng.choice([1, 2, 100]))
+        elif choice < 0.4:
+            tag = f"{rng.randrange(1000)}"
+            if rng.random() < 0.5:  # both keys at once, if ``key`` did not change
+                compare = [Compare(key, "=", version=got.version)]
+                success = [TxnOp("put", key, tag), TxnOp("put", other, tag)]
+            else:  # create ``other`` if absent, and delete ``key``
+                compare = [Compare(other, "=", create_index=0)]
+                success = [TxnOp("put", other, tag), TxnOp("delete", key)]
+            await kv.txn(compare, success, [TxnOp("get", key), TxnOp("get", other)])
+        else:
+            write = rng.random()
+            if write < 0.4:
+                await kv.put(key, f"{rng.randrange(1000)}", got.version)
+            elif write < 0.7:
+                await kv.delete(key, got.version if rng.random() < 0.8 else got.version + 1)
+            else:
+                await kv.append(key, rng.choice("abc"))
+        after_each()

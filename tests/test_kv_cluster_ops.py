@@ -1,17 +1,21 @@
 """Delete, range and txn over a real 3-node cluster on loopback, through every client, with
-crashes; and the leader hint of ``WrongLeader``."""
+crashes; histories of every op under partitions, checked with KV_OPS_MODEL; and the leader
+hint of ``WrongLeader``."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import random
+import time
 
 import httpx
 import pytest
 import trio
 
 from tests.kv_cluster import KVCluster, wait_leader
-from tests.kvtest import DeleteHistory
+from tests.kvtest import OpsHistory, ops_client
 from tests.test_kvraft import partitioner
 from trioraft import (
     ClusterClient,
@@ -26,7 +30,7 @@ from trioraft import (
 from trioraft.kv.clients import OpsClient
 from trioraft.kv.coalescing import open_coalescing_client
 from trioraft.kv.messages import BatchOp
-from trioraft.testing import MIT_UNRELIABLE
+from trioraft.testing import MIT_UNRELIABLE, check_kv_ops
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
 
@@ -254,41 +258,68 @@ async def test_a_put_a_follower_refused_is_not_maybe(make_kv_cluster) -> None:
         assert (result.err, why) == ("OK", "")
 
 
-async def test_histories_with_deletes_and_appends_are_linearizable_under_faults(
-    make_kv_cluster,
-) -> None:
-    """Clients put, delete, append and get a few keys through lossy links while partitions
-    come and go; every key's history is checked against the model with delete."""
+async def run_histories_under_faults(make_kv_cluster, *, multi_key: bool) -> OpsHistory:
+    """Six clients run :func:`~tests.kvtest.ops_client` on three keys through lossy links
+    while partitions come and go, for 8 s and until every kind of op has answered twice;
+    the history is checked with KV_OPS_MODEL."""
     c = await make_kv_cluster(3, profile=MIT_UNRELIABLE)
-    history = DeleteHistory()
-    keys = ["x", "y", "z"]
-    stop = trio.Event()
+    history = OpsHistory()
+    wanted = ["get", "put", "delete", "append", *(["range", "txn"] if multi_key else [])]
+    stop, every_kind = trio.Event(), trio.Event()
 
-    async def client(me: int) -> None:
-        kv = history.recording(c.clerk(name=f"c{me}"), f"c{me}")
-        rng = random.Random(c.seed * 100 + me)
-        while not stop.is_set():
-            key = rng.choice(keys)
-            got = await kv.get(key)
-            choice = rng.random()
-            if choice < 0.4:
-                await kv.put(key, f"{me}.{got.version}", got.version)
-            elif choice < 0.7:
-                await kv.delete(key, got.version if rng.random() < 0.8 else got.version + 1)
-            else:
-                await kv.append(key, str(me))
+    def count() -> None:
+        kinds = collections.Counter(op.input.op for op in history.operations)
+        if min(kinds[kind] for kind in wanted) >= 2:
+            every_kind.set()
 
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partitioner, c, stop)
             for me in range(6):
-                nursery.start_soon(client, me)
+                kv = history.recording(c.clerk(name=f"c{me}"), f"c{me}")
+                rng = random.Random(c.seed * 100 + me)
+                client = functools.partial(ops_client, multi_key=multi_key, after_each=count)
+                nursery.start_soon(client, kv, rng, ["x", "y", "z"], stop)
             await trio.sleep(8)
+            await every_kind.wait()
             stop.set()
             c.heal()  # so that every client's last call can finish
-    kinds = collections.Counter(call.kind for call in history.calls)
-    assert min(kinds["delete"], kinds["append"], kinds["put"]) > 0, kinds
-    history.check(timeout=60)
+    kinds = collections.Counter(op.input.op for op in history.operations)
+    assert min(kinds[kind] for kind in wanted) >= 2, kinds
+    started = time.monotonic()
+    result = history.check(timeout=60)
+    took = time.monotonic() - started
+    unknown = sum(op.output is None or op.output.err == "Maybe" for op in history.operations)
+    print(f"{len(history.operations)} ops {dict(kinds)} ({unknown} of unknown outcome), "
+          f"{result.parts} parts, checked in {took:.2f} s")  # fmt: skip
+    assert took < 30, "the check took too long"
+    return history
+
+
+async def test_histories_with_deletes_and_appends_are_linearizable_under_faults(
+    make_kv_cluster,
+) -> None:
+    """Clients put, delete, append and get a few keys: one part per key."""
+    await run_histories_under_faults(make_kv_cluster, multi_key=False)
+
+
+async def test_histories_with_ranges_and_txns_are_linearizable_under_faults(
+    make_kv_cluster,
+) -> None:
+    """Clients also range over the keys and write two keys at once in txns (so the history
+    is one part); a range's answer is checked: the same history with one range's answer
+    changed (one key's version bumped far past any reached) is caught."""
+    history = await run_histories_under_faults(make_kv_cluster, multi_key=True)
+    ops = history.operations
+    victim = next(
+        i for i, op in enumerate(ops) if op.input.op == "range" and op.output and op.output.items
+    )
+    output = ops[victim].output
+    assert output is not None
+    (key, value, version), *rest = output.items
+    bumped = dataclasses.replace(output, items=((key, value, version + 1000), *rest))
+    mutated = [*ops[:victim], dataclasses.replace(ops[victim], output=bumped), *ops[victim + 1 :]]
+    assert check_kv_ops(mutated, timeout=60).ok is False
 
 
 async def test_a_follower_names_the_leader_in_its_wrong_leader_reply(make_kv_cluster) -> None:

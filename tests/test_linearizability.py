@@ -1,10 +1,12 @@
-"""The linearizability checker: against brute force for every built-in model, on known
-anomalies, on its explanations and pictures, and on large histories."""
+"""The linearizability checker: against brute force for every built-in model (the KV with
+every op on histories of trioraft's own machine), on known anomalies, on its explanations and
+pictures, and on large histories."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +16,12 @@ import pytest
 import trio
 
 from tests.kvtest import InMemoryKV
-from trioraft import VersionConflict
+from trioraft import Compare, TxnOp, VersionConflict
+from trioraft.kv.machine import VersionedKV
+from trioraft.kv.messages import RangeArgs
 from trioraft.testing import (
     KV_MODEL,
+    KV_OPS_MODEL,
     VERSIONED_KV_MODEL,
     History,
     KVInput,
@@ -24,6 +29,7 @@ from trioraft.testing import (
     Model,
     Operation,
     RegisterInput,
+    Txn,
     check,
     check_operations,
     register_model,
@@ -55,8 +61,8 @@ def brute_force(model: Model, ops: list[Operation]) -> bool:
 
 
 def _part_linearizable(model: Model, ops: list[Operation]) -> bool:
-    returned = [op for op in ops if op.ret is not None]
-    pending = [op for op in ops if op.ret is None]
+    returned = [op for op in ops if op.ret is not None and not op.optional]
+    pending = [op for op in ops if op.ret is None or op.optional]
     for k in range(len(pending) + 1):
         for taken in itertools.combinations(pending, k):
             for order in itertools.permutations([*returned, *taken]):
@@ -95,11 +101,13 @@ def simulate(
     n_ops: int,
     n_keys: int,
     cancelled: float = 0.1,
+    optional: float = 0.0,
 ):
     """``apply(rng, state, key) -> (input, output, next_state)`` runs one op on a correct
     object; ops take effect at random points of their intervals; a fraction ``cancelled``
     never return, and sometimes one output is corrupted (which makes most such histories
-    illegal)."""
+    illegal). A fraction ``optional`` return but may not have taken effect (half of them
+    did not)."""
     points = []
     for i in range(n_ops):
         call = rng.uniform(0, 10)
@@ -112,6 +120,10 @@ def simulate(
         inp, out, after = apply(rng, states[key], key)
         if rng.random() < cancelled:  # it took effect, or (half the time) never did
             ops.append(Operation(f"c{i}", inp, call, None, None))
+            if rng.random() < 0.5:
+                continue
+        elif rng.random() < optional:
+            ops.append(Operation(f"c{i}", inp, call, out, ret, optional=True))
             if rng.random() < 0.5:
                 continue
         else:
@@ -195,7 +207,8 @@ def test_agrees_with_brute_force_on_random_histories(seed: int, name: str) -> No
     rng = random.Random(seed)
     verdicts = {True: 0, False: 0}
     for _ in range(1000):
-        ops = simulate(rng, model, apply, rng.randrange(1, 8), rng.randrange(1, keys + 1))
+        n_ops, n_keys = rng.randrange(1, 8), rng.randrange(1, keys + 1)
+        ops = simulate(rng, model, apply, n_ops, n_keys, optional=rng.choice([0.0, 0.2]))
         expected = brute_force(model, ops)
         description = "\n".join(model.describe(op) for op in ops)
         assert check_operations(model, ops).ok is expected, description
@@ -212,7 +225,7 @@ def plain_search(model: Model, ops: list[Operation]) -> bool:
 
 
 def _plain_search_part(model: Model, ops: list[Operation]) -> bool:
-    must = frozenset(i for i, op in enumerate(ops) if op.ret is not None)
+    must = frozenset(i for i, op in enumerate(ops) if op.ret is not None and not op.optional)
     failed: set[tuple[frozenset[int], Any]] = set()
 
     def extend(done: frozenset[int], state: Any) -> bool:
@@ -221,8 +234,10 @@ def _plain_search_part(model: Model, ops: list[Operation]) -> bool:
         if (done, state) in failed:
             return False
         first_return = min(ops[i].ret for i in must - done)
+        last_call = max((ops[i].call for i in done), default=-math.inf)
         for i, op in enumerate(ops):
-            if i not in done and op.call <= first_return:
+            # Not after its own return either (an optional op: it can still be left out).
+            if i not in done and op.call <= first_return and (op.ret or math.inf) >= last_call:
                 legal, after = model.step(state, op.input, op.output)
                 if legal and extend(done | {i}, after):
                     return True
@@ -234,15 +249,16 @@ def _plain_search_part(model: Model, ops: list[Operation]) -> bool:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_agrees_with_a_plain_search_on_longer_histories(seed: int, name: str) -> None:
-    """Up to 13 ops, up to 60% of them never returning: the pruning of ops that never
-    returned is exercised far more than in the brute-force test."""
+    """Up to 13 ops, up to 60% of them never returning, some optional: the pruning of ops
+    that never returned is exercised far more than in the brute-force test."""
     model, apply, keys = MODELS[name]
     without_shortcut = dataclasses.replace(model, read_only=None, inert=None)
     rng = random.Random(seed)
     verdicts = {True: 0, False: 0}
     for _ in range(600):
         n_ops, n_keys = rng.randrange(1, 14), rng.randrange(1, keys + 1)
-        ops = simulate(rng, model, apply, n_ops, n_keys, cancelled=rng.choice([0.1, 0.3, 0.6]))
+        cancelled, optional = rng.choice([0.1, 0.3, 0.6]), rng.choice([0.0, 0.3])
+        ops = simulate(rng, model, apply, n_ops, n_keys, cancelled, optional)
         expected = plain_search(model, ops)
         description = "\n".join(model.describe(op) for op in ops)
         assert check_operations(model, ops).ok is expected, description
@@ -542,3 +558,162 @@ def test_ten_thousand_ops_from_fifty_clients_check_in_seconds() -> None:
     )
     ops[stale] = get(ops[stale].client, "", 0, "NoKey", ops[stale].call, ops[stale].ret)
     assert check(ops, timeout=30).ok is False
+
+
+# -- the KV with every op: histories of the real machine, cross-checked --------------------
+
+
+OPS_KEYS = ["a0", "a1", "b0"]
+
+
+def machine_op(rng: random.Random, kv: VersionedKV, index: int) -> tuple[KVInput, KVOutput]:
+    """One random op of any kind, run on trioraft's own machine (so the model's rules are
+    checked against it too): its input and what the machine answered."""
+    key = rng.choice(OPS_KEYS)
+    current = kv.get(key).version
+    roll = rng.random()
+    if roll < 0.2:
+        r = kv.get(key)
+        return KVInput("get", key), KVOutput(r.value, r.version, r.err)
+    if roll < 0.35:
+        version = current if rng.random() < 0.6 else rng.randrange(3)
+        value = rng.choice("xy")
+        return KVInput("put", key, value, version), KVOutput(
+            err=kv.put(key, value, version, index).err
+        )
+    if roll < 0.45:
+        version = current if rng.random() < 0.7 else rng.randrange(3)
+        return KVInput("delete", key, "", version), KVOutput(err=kv.delete(key, version, index).err)
+    if roll < 0.55:
+        value = rng.choice("xy")
+        kv.append(key, value, index)
+        return KVInput("append", key, value), KVOutput()
+    if roll < 0.75:
+        query = RangeArgs(
+            rng.choice(["", "", "a", "b"]), rng.choice(["", "a1"]), rng.choice(["", "b0"]),
+            rng.choice([1, 2, 100]),
+        )  # fmt: skip
+        page = kv.range(query.prefix, query.start, query.end, query.limit, index)
+        found = tuple((i.key, i.value, i.version) for i in page.items)
+        return KVInput("range", "", range=query), KVOutput(
+            items=found, more=page.more, next=page.next
+        )
+    compares = []
+    for _ in range(rng.randrange(3)):
+        target = rng.choice(["value", "version", "create_index"])
+        operand = {"value": rng.choice(["", "x", "y"]), "version": rng.randrange(3)}.get(target, 0)
+        compares.append(
+            Compare(rng.choice(OPS_KEYS), rng.choice(["=", "!=", ">"]), **{target: operand})
+        )
+
+    def branch(writes: bool) -> tuple[TxnOp, ...]:
+        kinds = ["get", "put", "delete"] if writes else ["get"]
+        return tuple(
+            TxnOp(rng.choice(kinds), rng.choice(OPS_KEYS), rng.choice("xy"))
+            for _ in range(rng.randrange(3))
+        )
+
+    success, failure = branch(True), branch(rng.random() < 0.3)
+    reply = kv.txn(
+        [(c.key, *c.target()[:1], c.op, c.target()[1]) for c in compares],
+        [(o.op, o.key, o.value if o.op == "put" else "", 0) for o in success],
+        [(o.op, o.key, o.value if o.op == "put" else "", 0) for o in failure],
+        index,
+    )
+    results = tuple((r.err, r.value, r.version) for r in reply.results)
+    request = Txn(tuple(compares), success, failure)
+    return KVInput("txn", "", txn=request), KVOutput(succeeded=reply.succeeded, results=results)
+
+
+def _unknown_allowed(inp: KVInput) -> bool:
+    """A txn of unknown outcome must not write in its failure branch (see KV_OPS_MODEL)."""
+    return inp.txn is None or not any(o.op in ("put", "delete") for o in inp.txn.failure)
+
+
+def simulate_ops(rng: random.Random, n_ops: int, cancelled: float = 0.1) -> tuple[list, bool]:
+    """A history of the machine (ops take effect at random points of their intervals; some
+    never return, some writes answer Maybe); sometimes one output is corrupted. Returns the
+    ops and whether one was corrupted."""
+    points = []
+    for i in range(n_ops):
+        call = rng.uniform(0, 10)
+        ret = call + rng.uniform(0.01, 4)
+        points.append((rng.uniform(call, ret), i, call, ret))
+    kv, ops = VersionedKV(), []
+    for index, (_point, i, call, ret) in enumerate(sorted(points), 1):
+        before = kv.items()
+        inp, out = machine_op(rng, kv, index)
+        unknown = rng.random()
+        if unknown < cancelled and _unknown_allowed(inp):
+            # It never returned, or (a txn that answered Maybe, an append SessionExpired)
+            # returned without knowing: either way it took effect or (half the time) not.
+            returned = inp.op in ("txn", "append") and unknown < cancelled / 2
+            ops.append(Operation(f"c{i}", inp, call, None, ret if returned else None, returned))
+            if rng.random() < 0.5:  # it never took effect
+                kv.replace(before, {}, 0)
+            continue
+        if inp.op in ("put", "delete") and rng.random() < 0.15:
+            out = KVOutput(err="Maybe")
+        ops.append(Operation(f"c{i}", inp, call, out, ret))
+    corrupted = rng.random() < 0.5
+    if corrupted:
+        victims = [i for i, op in enumerate(ops) if op.output is not None]
+        if victims:
+            victim = rng.choice(victims)
+            ops[victim] = dataclasses.replace(ops[victim], output=corrupt_ops(rng, ops[victim]))
+    rng.shuffle(ops)
+    return ops, corrupted
+
+
+def corrupt_ops(rng: random.Random, op: Operation) -> KVOutput:
+    out = op.output
+    if op.input.op == "get":
+        return dataclasses.replace(out, value=rng.choice(["", "x", "yx"]), version=rng.randrange(3))
+    if op.input.op == "range":
+        if out.items and rng.random() < 0.5:
+            dropped = list(out.items)
+            del dropped[rng.randrange(len(dropped))]
+            return dataclasses.replace(out, items=tuple(dropped))
+        return dataclasses.replace(out, items=(*out.items, ("b0", "x", 1)))
+    if op.input.op == "txn":
+        if out.results and rng.random() < 0.5:
+            (err, value, version), *rest = out.results
+            return dataclasses.replace(out, results=((err, value, version + 1), *rest))
+        return dataclasses.replace(out, succeeded=not out.succeeded)
+    flip = {"OK": "Version", "Version": "OK", "NoKey": "OK", "Maybe": "OK"}
+    return dataclasses.replace(out, err=flip[out.err])
+
+
+def test_the_kv_with_every_op_agrees_with_brute_force(seed: int) -> None:
+    """Histories of up to 7 ops of every kind on three keys: the checker (partitioned by keys
+    touched, with and without its shortcuts) agrees with brute force over the whole history
+    (unpartitioned); and every history the machine made, uncorrupted, is accepted."""
+    whole = dataclasses.replace(KV_OPS_MODEL, partition=None)
+    plain = dataclasses.replace(KV_OPS_MODEL, read_only=None)
+    rng = random.Random(seed)
+    verdicts = {True: 0, False: 0}
+    for _ in range(1000):
+        ops, corrupted = simulate_ops(rng, rng.randrange(1, 8))
+        expected = brute_force(whole, ops)
+        description = "\n".join(KV_OPS_MODEL.describe(op) for op in ops)
+        assert expected or corrupted, description
+        assert check_operations(KV_OPS_MODEL, ops).ok is expected, description
+        assert check_operations(plain, ops).ok is expected, description
+        verdicts[expected] += 1
+    assert min(verdicts.values()) > 150, verdicts
+
+
+def test_the_kv_with_every_op_agrees_with_a_plain_search(seed: int) -> None:
+    """Up to 13 ops, many never returning: against the plain search, unpartitioned."""
+    whole = dataclasses.replace(KV_OPS_MODEL, partition=None)
+    rng = random.Random(seed)
+    verdicts = {True: 0, False: 0}
+    for _ in range(400):
+        cancelled = rng.choice([0.1, 0.3, 0.6])
+        ops, corrupted = simulate_ops(rng, rng.randrange(1, 14), cancelled)
+        expected = plain_search(whole, ops)
+        description = "\n".join(KV_OPS_MODEL.describe(op) for op in ops)
+        assert expected or corrupted, description
+        assert check_operations(KV_OPS_MODEL, ops).ok is expected, description
+        verdicts[expected] += 1
+    assert min(verdicts.values()) > 30, verdicts

@@ -11,6 +11,8 @@ Rules the search keeps:
 - ``ret is None``: the op never returned. It may take effect at any time after its call, or
   never: the history is linearizable if some order includes every op that returned and any
   subset of those that did not.
+- ``optional``: the op returned but may not have taken effect (a retried write that cannot
+  tell): it takes effect between its call and its return, or never.
 - ``output is None``: the op's outcome is unknown; ``step`` sees that ``None`` and decides.
 - Ops whose intervals touch (one returns at the very time another is called) are concurrent.
 - States must be hashable and compare by value (tuples, strings, numbers, frozen
@@ -53,13 +55,15 @@ _STEPS_PER_CLOCK_CHECK = 4096
 @dataclass(frozen=True, slots=True)
 class Operation(Generic[In, Out]):
     """One call as its caller saw it. ``ret`` is ``None`` if it never returned; ``output``
-    is ``None`` if its outcome is unknown."""
+    is ``None`` if its outcome is unknown; ``optional`` if it returned but may not have
+    taken effect (it then takes effect before ``ret``, or never)."""
 
     client: Hashable
     input: In
     call: float
     output: Out | None
     ret: float | None
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,9 @@ def check_operations(
     return Result(True, model, ops, len(parts))
 
 
-#: The passes over the candidates of a configuration, in order.
-_FORCE, _RETURNED, _WAITING = 0, 1, 2
+#: The passes over the candidates of a configuration, in order; and the mark of an optional
+#: op left out at its return.
+_FORCE, _RETURNED, _WAITING, _DROPPED = 0, 1, 2, 3
 
 
 def _search(
@@ -195,6 +200,10 @@ def _search(
     ``_RETURNED`` tries the other ops that returned, one by one, and ``_WAITING`` those
     that never did (so the configurations without them are explored, and failed, first).
 
+    An optional op (see :class:`Operation`) is tried like any op that returned; when its
+    return is the first left and every candidate has been tried, the last choice is to
+    leave it out (``_DROPPED``, always legal), and backtracking passes over it.
+
     Pruning, each sound: a configuration already explored is not explored again; one that
     adds ops that never returned to a failed configuration with the same state fails too
     (those ops may as well never take effect); an op that never returned is not
@@ -206,6 +215,7 @@ def _search(
     inputs = [op.input for op in ops]
     outputs = [op.output for op in ops]
     pending = [op.ret is None for op in ops]
+    optional = [op.optional and op.ret is not None for op in ops]
     read_only, inert = model.read_only, model.inert
     forceable = [read_only is not None and read_only(op.input, op.output) for op in ops]
     pass_of = [_FORCE if forceable[i] else _WAITING if pending[i] else _RETURNED for i in range(n)]
@@ -264,8 +274,10 @@ def _search(
                 entry = after[entry]
                 continue
             legal, new_state = step(state, inputs[op], outputs[op])
-            if not legal or (
-                pending[op] and _redundant(model, state, new_state, chain_base, ops[op])
+            if (
+                not legal
+                or (pending[op] and _redundant(model, state, new_state, chain_base, ops[op]))
+                or (optional[op] and new_state == state)  # as if left out at its return
             ):
                 entry = after[entry]
                 continue
@@ -306,16 +318,37 @@ def _search(
         elif current_pass != _WAITING:  # this pass is over: the next one
             entry, current_pass = after[head], current_pass + 1
             continue
+        elif optional[op]:
+            # Every candidate was tried: the last choice is that the optional op whose
+            # return comes first never took effect. Leave it out.
+            ones = high | 1 if rank[op] == low else high | 1 << (rank[op] - low)
+            new_low, new_high = low, ones
+            if rank[op] == low:
+                run = (ones ^ (ones + 1)).bit_length() - 1
+                new_low, new_high = low + run, ones >> run
+            key = (new_low, new_high, state)
+            tried = seen.setdefault(key, [])
+            if not any(old & ~waiting == 0 and (*key, old) not in open_ for old in tried):
+                tried.append(waiting)
+                open_.add((*key, waiting))
+                stack.append((entry - 1, _DROPPED, state, low, high, waiting, chain_base))
+                if len(stack) > best_length:
+                    best_length, best_stale = len(stack), True
+                low, high, chain_base = new_low, new_high, None
+                _lift(entry - 1, after, before)
+                entry, current_pass = after[head], _FORCE
+                continue
         # Backtrack: undo forced ops down to the last real choice, and try the next one.
         while True:
             if not stack:
                 return False, best
             if best_stale:  # copy the longest linearization only when leaving it
-                best, best_stale = [frame[0] >> 1 for frame in stack], False
+                best = [frame[0] >> 1 for frame in stack if frame[1] != _DROPPED]
+                best_stale = False
             open_.discard((low, high, state, waiting))
             entry, current_pass, state, low, high, waiting, chain_base = stack.pop()
             _unlift(entry, after, before)
-            if current_pass != _FORCE:
+            if current_pass not in (_FORCE, _DROPPED):
                 break
         entry = after[entry]
     return True, []
@@ -368,7 +401,11 @@ def _failure(
         _, state = model.step(state, ops[i].input, ops[i].output)
         states.append(state)
     linearized = set(prefix)
-    left = [i for i in range(len(ops)) if i not in linearized and ops[i].ret is not None]
+    left = [
+        i
+        for i in range(len(ops))
+        if i not in linearized and ops[i].ret is not None and not ops[i].optional
+    ]
     culprit = min(left, key=lambda i: (ops[i].ret, ops[i].call, i))
     return Failure(number, ops, prefix, states, culprit)
 

@@ -35,6 +35,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..kv.messages import Compare, RangeArgs, TxnOp
 from ._linearizability import Model, Operation, Result, check_operations
 
 OK, NO_KEY, VERSION, MAYBE = "OK", "NoKey", "Version", "Maybe"
@@ -42,21 +43,45 @@ OK, NO_KEY, VERSION, MAYBE = "OK", "NoKey", "Version", "Maybe"
 
 @dataclass(frozen=True, slots=True)
 class KVInput:
-    """A KV call: ``op`` is ``"get"``, ``"put"`` or ``"append"``; ``version`` is a put's."""
+    """A KV call: ``op`` is ``"get"``, ``"put"`` or ``"append"``; ``version`` is a put's.
+
+    :data:`~trioraft.testing.KV_OPS_MODEL` also takes ``"delete"`` (at ``version``),
+    ``"range"`` (``range`` says which keys; ``key`` is unused) and ``"txn"`` (``txn``)."""
 
     op: str
     key: str
     value: str = ""
     version: int = 0
+    range: RangeArgs | None = None
+    txn: Txn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """A transaction's request, as tuples (so that an input stays hashable)."""
+
+    compare: tuple[Compare, ...] = ()
+    success: tuple[TxnOp, ...] = ()
+    failure: tuple[TxnOp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class KVOutput:
-    """What a KV call answered: a get's value and version, and the outcome (``err``)."""
+    """What a KV call answered: a get's value and version, and the outcome (``err``).
+
+    A range's answer is ``items`` (``(key, value, version)`` in key order), ``more`` and
+    ``next``; a txn's is ``succeeded`` and ``results``, one ``(err, value, version)`` per op
+    of the branch that ran (a put's is its new version, a delete's only ``err``). Log
+    indexes are not recorded: no model can know them."""
 
     value: str = ""
     version: int = 0
     err: str = OK
+    items: tuple[tuple[str, str, int], ...] = ()
+    more: bool = False
+    next: str = ""
+    succeeded: bool = False
+    results: tuple[tuple[str, str, int], ...] = ()
 
 
 KVOperation = Operation[KVInput, KVOutput]
