@@ -412,12 +412,17 @@ def test_a_learner_is_not_asked_to_vote_and_its_ack_does_not_commit() -> None:
         replicate(a, d, 10.2)
     assert d.configuration.learners == ("d",) and d.log.last_index == 2
     assert d.tick(100.0) == [] and d.role is Role.FOLLOWER  # a learner never campaigns
+    a.propose_membership_change(MembershipChange(add_learner=("e", "mem://e")))
+    e = joining("e")
     a.propose(["x"])
-    a.persisted(3)
-    replicate(a, d, 10.3)
-    assert a.progress["d"].match == 3 and a.commit_index == 2  # d's ack does not count
+    a.persisted(4)
+    for _ in range(3):
+        replicate(a, d, 10.3)
+        replicate(a, e, 10.3)
+    # a, d and e hold entry 4: a majority of the members, but not of the voters.
+    assert a.progress["d"].match == a.progress["e"].match == 4 and a.commit_index == 2
     replicate(a, c, 10.3)
-    assert a.commit_index == 3  # c's (a voter's) does
+    assert a.commit_index == 4  # c's ack (a voter's) does
     # Pre-vote and vote requests go to the voters only.
     a.step_newer_term(5)
     sends = a.tick(100.0)

@@ -103,11 +103,13 @@ class PersistLog:
 
 @dataclass(frozen=True, slots=True)
 class SaveSnapshot:
-    """Save the snapshot the leader sent, up to (``index``, ``term``), durably; then report
-    it with :meth:`RaftCore.snapshot_installed`."""
+    """Save the snapshot the leader sent, up to (``index``, ``term``), with the
+    ``configuration`` it carries, durably; then report it with
+    :meth:`RaftCore.snapshot_installed`."""
 
     index: int
     term: int
+    configuration: Configuration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,7 +541,13 @@ class RaftCore:
         return [*actions, Reply(AppendEntriesReply(self.term, True, result.match_index))]
 
     def step_install_snapshot(
-        self, term: int, leader: str, index: int, snapshot_term: int, now: float
+        self,
+        term: int,
+        leader: str,
+        index: int,
+        snapshot_term: int,
+        now: float,
+        configuration: Configuration | None = None,
     ) -> list[Action]:
         """The InstallSnapshot receiver rules (the data was checked by the driver)."""
         if leader == self.id:
@@ -549,7 +557,7 @@ class RaftCore:
         actions = self._become_follower(term, leader)
         self.heard_from_leader(now)
         if index > self.commit_index:
-            actions.append(SaveSnapshot(index, snapshot_term))
+            actions.append(SaveSnapshot(index, snapshot_term, configuration))
         return [*actions, Reply(InstallSnapshotReply(self.term))]
 
     def snapshot_installed(

@@ -17,8 +17,9 @@ Invariants:
   again (:class:`ConfigurationHistory`).
 - The configuration as of a snapshot's index is kept with the snapshot (the *base* here),
   so compacting the log never loses the configuration in effect.
-- No id is both a voter and a learner; :func:`apply_change` refuses anything but a single-
-  server change, and never removes the last voter.
+- Voters and learners are kept sorted; no id is both a voter and a learner;
+  :func:`apply_change` refuses anything but a single-server change, and never removes the
+  last voter.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Configuration:
     def __post_init__(self) -> None:
         if set(self.voters) & set(self.learners):
             raise ValueError("a member cannot be both a voter and a learner")
+        # Kept sorted, so that every node sees (and compares) the same configuration.
+        object.__setattr__(self, "voters", tuple(sorted(set(self.voters))))
+        object.__setattr__(self, "learners", tuple(sorted(set(self.learners))))
 
     @classmethod
     def of_voters(cls, voters: Iterable[str]) -> Configuration:
