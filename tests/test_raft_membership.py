@@ -49,6 +49,8 @@ class MembershipCluster(RaftCluster):
                 self.logs[i] = dict(applied)
             else:
                 assert isinstance(message, Applied)
+                if message.command.startswith("\x00"):
+                    self.errors.append(f"{i} applied Raft's own entry {message.index}")
                 for other in self.ids:
                     theirs = self.logs[other].get(message.index)
                     if theirs is not None and theirs != message.command:
@@ -149,6 +151,8 @@ async def test_a_learner_added_under_load_catches_up_and_counts_once_promoted(
         await learner.wait_applied(leader.commit_index)  # it caught up, under load
         assert learner.configuration == added and learner.term == leader.term
         assert learner.metrics.elections == 0
+        for i in ("0", "1", "2"):  # every member's transport was told where 3 is
+            assert c.node(i)._transport.addresses == {"3": "mem://3"}
         # A learner's acknowledgements do not commit: with two voters down, nothing does.
         followers = [i for i in ("0", "1", "2") if i != leader.id]
         for i in followers:
@@ -252,18 +256,25 @@ async def test_a_crashed_node_is_replaced_by_a_fresh_one(
         survivors = [i for i in c.ids if i != dead]
         await change(c, remove=dead)
         await c.add("3")
-        await change(c, add_learner=("3", "mem://3"))
+        c.disconnect("3")  # it comes up after its entry is in the leaders' snapshots
+        added = await change(c, add_learner=("3", "mem://3"))
+        added_by = max(c.node(i).commit_index for i in survivors)  # its entry, or later
+        for k in range(10):  # each node snapshots every 7 entries: past ``added_by``
+            acknowledged.append((await commit(c, f"b{k}", survivors), f"b{k}"))
+        c.connect("3")
         stop = trio.Event()
         members = [*survivors, "3"]
         async with trio.open_nursery() as load:
             load.start_soon(write_load, c, survivors, acknowledged, stop)
             leader = c.node(await c.wait_leader())
-            await c.node("3").wait_applied(leader.commit_index)
+            fresh = c.node("3")
+            await fresh.wait_applied(leader.commit_index)
+            # It was sent a snapshot past its own entry: the snapshot said it is a learner.
+            assert fresh.log.snapshot_index >= added_by
+            assert fresh.configuration == added
             await change(c, promote="3")
             stop.set()
         assert voters(c) == members
-        fresh = c.node("3")
-        assert fresh.log.snapshot_index > 0  # it was sent a snapshot, with the configuration
         assert fresh.configuration.voters == tuple(members)
         # The replacement counts: with another original node down, 2 of 3 commit.
         leader_id = await c.wait_leader()

@@ -389,8 +389,8 @@ class RaftCore:
         """The election deadline may have passed: a follower or candidate campaigns."""
         if now < self.election_deadline:
             return []
-        if self.role is Role.LEADER or not self.is_voter:
-            self.reset_election_deadline(now)  # a learner or removed node never campaigns
+        if self.role is Role.LEADER:
+            self.reset_election_deadline(now)
             return []
         return self.campaign_now(now, leadership_transfer=False)
 
@@ -402,7 +402,7 @@ class RaftCore:
         a leader, or leading, starts over). In a process short of CPU, replies can take
         longer than any fixed timeout; were every node to campaign again at once, their
         vote requests alone would keep the calls that slow, and the cluster leaderless.
-        A node that is not a voter does nothing."""
+        A node that is not a voter (a learner, a removed or a joining node) never campaigns."""
         if not self.is_voter:
             self.reset_election_deadline(now)
             return []
