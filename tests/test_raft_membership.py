@@ -9,6 +9,7 @@ Every test checks that the nodes applied the same command at each index (the har
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import trio
@@ -26,6 +27,7 @@ from trioraft.raft.storage import (
     decode_snapshot,
     encode_snapshot,
 )
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
 Clock = trio.testing.MockClock
@@ -84,11 +86,24 @@ def voters(c: RaftCluster) -> list[str]:
     return list(node.configuration.voters)
 
 
+def made(configuration: Configuration, **kwargs) -> bool:
+    """Whether ``configuration`` reflects the change ``kwargs`` describes."""
+    if "add_learner" in kwargs:
+        return kwargs["add_learner"][0] in configuration.members
+    if "promote" in kwargs:
+        return kwargs["promote"] in configuration.voters
+    return kwargs["remove"] not in configuration.members
+
+
 async def change(c: RaftCluster, **kwargs) -> Configuration:
     """Make one membership change through whichever node leads, retrying while the leader
-    is new (nothing of its term committed yet) or changes."""
+    is new (nothing of its term committed yet) or changes; an attempt whose outcome was
+    unknown may have committed, so the leader's committed configuration is checked first."""
     while True:
         leader = c.node(await c.wait_leader(among=[i for i in c.ids if c.alive(i)]))
+        committed = leader._core.configuration_at(leader.commit_index)
+        if leader.is_leader and made(committed, **kwargs):
+            return committed
         try:
             return await leader.change_membership(**kwargs)
         except (NotLeader, LeadershipLost):
@@ -101,7 +116,7 @@ async def commit(c: RaftCluster, command: str, members: list[str]) -> int:
     """Get ``command`` committed through the leader and applied by every node of
     ``members`` (seen by the harness); its index."""
     while True:
-        leader = c.node(await c.wait_leader(among=[i for i in members if c.alive(i)]))
+        leader = c.node(await c.wait_leader(among=[i for i in c.ids if c.alive(i)]))
         index, term, ok = leader.submit(command)
         if not ok:
             await trio.sleep(0.01)
@@ -334,3 +349,47 @@ async def test_a_file_storage_snapshot_keeps_the_configuration(tmp_path) -> None
     loaded = reopened.load()
     reopened.close()
     assert loaded.snapshot is not None and loaded.snapshot.configuration == configuration
+
+
+async def test_a_node_is_replaced_while_the_network_is_lossy_and_partitions_come_and_go(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = MembershipCluster(nursery, 3, seed, config=CONFIG, profile=MIT_UNRELIABLE)
+    c.snapshot_every = 9
+    await c.start_all()
+    acknowledged: list[tuple[int, str]] = []
+    rng = random.Random(seed)
+    with trio.fail_after(10 * LIMIT):
+        stop = trio.Event()
+        members = ["0", "1", "2"]
+
+        async def partitions() -> None:
+            while not stop.is_set():
+                await trio.sleep(rng.uniform(0.5, 1.5))
+                cut = rng.choice(sorted(members))
+                c.disconnect(cut)
+                await trio.sleep(rng.uniform(0.2, 1.0))
+                c.connect(cut)
+
+        async with trio.open_nursery() as chaos:
+            chaos.start_soon(partitions)
+            for k in range(10):
+                acknowledged.append((await commit(c, f"a{k}", []), f"a{k}"))
+            dead = rng.choice(members)
+            c.wipe(dead)
+            members.remove(dead)
+            await change(c, remove=dead)
+            await c.add("3")
+            await change(c, add_learner=("3", "mem://3"))
+            members.append("3")
+            for k in range(10):
+                acknowledged.append((await commit(c, f"b{k}", []), f"b{k}"))
+            await change(c, promote="3")
+            for k in range(10):
+                acknowledged.append((await commit(c, f"c{k}", []), f"c{k}"))
+            stop.set()
+        c.heal()
+        c.network.set_profile(RELIABLE)
+        await commit(c, "end", members)
+        assert voters(c) == sorted(members)
+    check_acknowledged(c, acknowledged, members)
