@@ -719,8 +719,11 @@ class RaftCore:
         new = committed_index(matches, self.log.term_at, self.term, self.commit_index)
         if new <= self.commit_index:
             return []
-        self.commit_index = new
-        actions: list[Action] = [*self._configuration_moved(), StateChanged()]
+        old, self.commit_index = self.commit_index, new
+        actions: list[Action] = [StateChanged()]
+        if any(old < index <= new for index, _ in self.history.changes):
+            # A configuration committed: members it removed are sent the log no more.
+            actions = [*self._configuration_moved(), *actions]
         if not self.is_voter and self.history.latest_index <= new:
             # Our own removal committed: lead no more (the others elect among themselves).
             actions += self._become_follower(self.term, None)
