@@ -13,7 +13,7 @@ Nothing here imports Trio, reads a clock or does I/O (:mod:`trioraft.raft.node` 
                            step_vote_reply
     leader:                propose, replication_message, step_append_reply,
                            step_snapshot_reply, persisted, check_quorum, read rounds,
-                           leadership transfer
+                           leadership transfer, propose_membership_change
 
 Invariants:
 - Actions are listed in the order they must happen: a ``Reply`` or ``Send`` comes after
