@@ -14,6 +14,7 @@ from trioraft.raft.config import RaftConfig
 from trioraft.raft.core import (
     NOOP_COMMAND,
     BecomeLeader,
+    ConfigurationChanged,
     LostEntries,
     PersistHardState,
     PersistLog,
@@ -24,6 +25,12 @@ from trioraft.raft.core import (
     StepDown,
 )
 from trioraft.raft.log import Entry, Log
+from trioraft.raft.membership import (
+    Configuration,
+    MembershipChange,
+    MembershipChangeRefused,
+    encode_configuration,
+)
 from trioraft.raft.messages import (
     AppendEntriesArgs,
     AppendEntriesReply,
@@ -319,6 +326,196 @@ def test_timeout_now_from_someone_else_is_ignored() -> None:
     b.step_append_entries(AppendEntriesArgs(1, "a", 0, 0, [], 0), 1.0)
     actions = b.step_timeout_now(TimeoutNowArgs(1, "c"), 1.0)
     assert not of_type(actions, Send) and b.role is Role.FOLLOWER and b.term == 1
+
+
+# -- membership changes ----------------------------------------------------------------
+
+NOOP_CONFIG = RaftConfig(election_timeout=(1.0, 2.0), heartbeat_interval=0.1, leader_noop=True)
+
+
+def joining(node_id: str) -> RaftCore:
+    """A new node started with an empty data directory: no configuration until the leader's
+    log (or snapshot) brings one."""
+    core = RaftCore(
+        node_id,
+        (),
+        term=0,
+        voted_for=None,
+        log=Log(),
+        config=NOOP_CONFIG,
+        rng=random.Random(node_id),
+        configuration=Configuration(()),
+    )
+    core.reset_election_deadline(0.0)
+    return core
+
+
+def elected_with_noop_committed(now: float = 10.0) -> tuple[RaftCore, RaftCore, RaftCore]:
+    a, b, c = (make_core(i, config=NOOP_CONFIG) for i in VOTERS)
+    elect(a, [b, c], now)
+    a.persisted(1)
+    replicate(a, b, now)
+    replicate(a, c, now)
+    assert a.committed_in_term()
+    return a, b, c
+
+
+def test_a_second_membership_change_is_refused_while_one_is_uncommitted() -> None:
+    a, b, _c = elected_with_noop_committed()
+    index, actions = a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    assert index == 2 and a.configuration.learners == ("d",)  # in effect at once
+    assert of_type(actions, ConfigurationChanged) and "d" in a.progress
+    with pytest.raises(MembershipChangeRefused, match="not committed yet"):
+        a.propose_membership_change(MembershipChange(remove="c"))
+    a.persisted(2)
+    replicate(a, b, 10.1)
+    assert a.commit_index == 2
+    index, _ = a.propose_membership_change(MembershipChange(remove="c"))  # now it may
+    assert index == 3 and a.voters == ("a", "b")
+
+
+def test_a_leader_without_a_committed_entry_of_its_term_cannot_change_membership() -> None:
+    a, b, c = (make_core(i, config=NOOP_CONFIG) for i in VOTERS)
+    elect(a, [b, c], 10.0)
+    with pytest.raises(MembershipChangeRefused, match="no entry of term 1"):
+        a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    a.persisted(1)
+    replicate(a, b, 10.0)  # the no-op commits
+    a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    with pytest.raises(NotLeader):
+        b.propose_membership_change(MembershipChange(remove="c"))
+    with pytest.raises(BadRequest):
+        MembershipChange(remove="c", promote="d")  # one change at a time
+
+
+def test_only_single_server_changes_apply() -> None:
+    a, _b, _c = elected_with_noop_committed()
+    for bad in (
+        MembershipChange(promote="c"),  # a voter already
+        MembershipChange(add_learner=("b", "mem://b")),  # a member already
+        MembershipChange(remove="z"),  # not a member
+    ):
+        with pytest.raises(BadRequest):
+            a.propose_membership_change(bad)
+    with pytest.raises(BadRequest):
+        a.propose(["\x00raft-configuration {}"])  # reserved
+
+
+def test_a_learner_is_not_asked_to_vote_and_its_ack_does_not_commit() -> None:
+    a, b, c = elected_with_noop_committed()
+    a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    d = joining("d")
+    assert d.voters == () and d.tick(100.0) == []  # nobody to be: it never campaigns
+    a.persisted(2)
+    replicate(a, b, 10.1)  # the change commits (a and b)
+    for _ in range(3):
+        replicate(a, d, 10.2)
+    assert d.configuration.learners == ("d",) and d.log.last_index == 2
+    assert d.tick(100.0) == [] and d.role is Role.FOLLOWER  # a learner never campaigns
+    a.propose_membership_change(MembershipChange(add_learner=("e", "mem://e")))
+    e = joining("e")
+    a.propose(["x"])
+    a.persisted(4)
+    for _ in range(3):
+        replicate(a, d, 10.3)
+        replicate(a, e, 10.3)
+    # a, d and e hold entry 4: a majority of the members, but not of the voters.
+    assert a.progress["d"].match == a.progress["e"].match == 4 and a.commit_index == 2
+    replicate(a, c, 10.3)
+    assert a.commit_index == 4  # c's ack (a voter's) does
+    # Pre-vote and vote requests go to the voters only.
+    a.step_newer_term(5)
+    sends = a.tick(100.0)
+    assert {s.to for s in of_type(sends, Send)} == {"b", "c"}
+    # A learner's acknowledgements do not keep a leader in office either.
+    a2, b2, _c2 = elected_with_noop_committed(20.0)
+    a2.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    a2.persisted(2)
+    replicate(a2, b2, 20.1)
+    d2 = joining("d")
+    replicate(a2, d2, 22.5)
+    replicate(a2, d2, 22.5)
+    assert StepDown(1) in a2.check_quorum(23.5)
+
+
+def test_promoting_a_learner_makes_its_ack_count() -> None:
+    a, b, _c = elected_with_noop_committed()
+    a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    a.persisted(2)
+    replicate(a, b, 10.1)
+    index, _ = a.propose_membership_change(MembershipChange(promote="d"))
+    assert a.voters == ("a", "b", "c", "d")
+    a.persisted(index)
+    d = joining("d")
+    for _ in range(3):
+        replicate(a, d, 10.2)
+    assert d.voters == ("a", "b", "c", "d")
+    assert a.commit_index == 2  # a and d: 2 of 4 voters
+    replicate(a, b, 10.3)
+    assert a.commit_index == index  # a, b and d: 3 of 4
+
+
+def test_a_removed_leader_steps_down_once_its_removal_commits() -> None:
+    a, b, c = elected_with_noop_committed()
+    index, _ = a.propose_membership_change(MembershipChange(remove="a"))
+    assert a.voters == ("b", "c") and a.role is Role.LEADER  # leads until it commits
+    a.persisted(index)
+    actions = replicate(a, b, 10.1)
+    assert a.commit_index == 1 and a.role is Role.LEADER  # a does not count itself: 1 of 2
+    assert not of_type(actions, StepDown)
+    actions = replicate(a, c, 10.1)
+    assert a.commit_index == index
+    assert StepDown(1) in actions and a.role is Role.FOLLOWER and a.leader_id is None
+    assert a.tick(100.0) == []  # no longer a voter: it never campaigns
+    # b and c elect among themselves.
+    b.step_append_entries(AppendEntriesArgs(1, "a", index, 1, [], index), 10.2)
+    elect(c, [b], 100.0)
+    assert c.role is Role.LEADER and c.voters == ("b", "c")
+
+
+def test_a_removed_follower_is_sent_the_log_until_its_removal_commits() -> None:
+    a, b, c = elected_with_noop_committed()
+    index, _ = a.propose_membership_change(MembershipChange(remove="c"))
+    assert "c" in a.progress and a.peers == ["b", "c"]
+    a.persisted(index)
+    replicate(a, c, 10.1)  # c learns of its removal (its ack no longer counts)
+    assert a.commit_index == 1 and c.voters == ("a", "b")
+    assert c.tick(100.0) == []  # removed: it stops campaigning
+    actions = replicate(a, b, 10.1)
+    assert a.commit_index == index and a.peers == ["b"] and "c" not in a.progress
+    assert of_type(actions, ConfigurationChanged)
+
+
+def test_a_truncated_configuration_entry_reverts_the_configuration() -> None:
+    follower = make_core("b", [1])
+    added = Configuration(("a", "b", "c"), ("d",), {"d": "mem://d"})
+    args = AppendEntriesArgs(1, "a", 1, 1, [Entry(1, encode_configuration(added))], 1)
+    actions = follower.step_append_entries(args, 5.0)
+    assert follower.configuration == added  # in effect once appended, not yet committed
+    assert of_type(actions, ConfigurationChanged) == [ConfigurationChanged(added)]
+    assert follower.peers == ["a", "c", "d"]
+    # Term 2's leader never had it: the entry is truncated, the old configuration is back.
+    fix = AppendEntriesArgs(2, "c", 1, 1, [Entry(2, "y")], 1)
+    actions = follower.step_append_entries(fix, 6.0)
+    assert follower.configuration == Configuration(("b", "a", "c"))
+    assert follower.peers == ["a", "c"] and of_type(actions, ConfigurationChanged)
+
+
+def test_the_configuration_survives_compaction_and_is_rebuilt_from_the_log() -> None:
+    a, b, _c = elected_with_noop_committed()
+    a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    a.propose(["x"])
+    log = a.log.copy()
+    restarted = RaftCore(
+        "a", VOTERS, term=1, voted_for="a", log=log, config=NOOP_CONFIG, rng=random.Random(1)
+    )
+    assert restarted.configuration == a.configuration and restarted.peers == ["b", "c", "d"]
+    assert restarted.configuration_at(1).learners == ()
+    a.persisted(3)
+    replicate(a, b, 10.1)
+    learner_config = a.configuration_at(3)
+    a.compact(3)
+    assert a.history.base == learner_config and a.configuration.learners == ("d",)
 
 
 def test_core_imports_neither_trio_nor_the_http_stack() -> None:

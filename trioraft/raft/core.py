@@ -13,7 +13,7 @@ Nothing here imports Trio, reads a clock or does I/O (:mod:`trioraft.raft.node` 
                            step_vote_reply
     leader:                propose, replication_message, step_append_reply,
                            step_snapshot_reply, persisted, check_quorum, read rounds,
-                           leadership transfer
+                           leadership transfer, propose_membership_change
 
 Invariants:
 - Actions are listed in the order they must happen: a ``Reply`` or ``Send`` comes after
@@ -24,7 +24,16 @@ Invariants:
   reported persisted); an entry commits by counting only if it is of the leader's term.
 - A reply is only counted if it answers a message of the current term from this leader:
   a stale reply (older term, or from an earlier campaign or leadership) changes nothing.
-- The voters are data (``voters``), not wired in: a later configuration can replace them.
+- The voters are data, not wired in: ``voters`` and ``peers`` follow the latest
+  configuration in the log, committed or not (:mod:`trioraft.raft.membership`); a
+  truncated configuration entry brings back the one before it.
+- Only voters count: a learner is never asked for its vote, and neither its acknowledgements
+  nor (for a leader removed from the voters) the leader's own count towards a commit, a read
+  round or check-quorum. A node that is not a voter never campaigns.
+- One membership change at a time: the leader starts one only once an entry of its term
+  has committed and no configuration entry is uncommitted. A leader removed by a change
+  replicates until that entry commits, then steps down; a removed follower keeps receiving
+  the log until its removal commits (so it learns of it and stops campaigning).
 - A read index is released only after a majority (the leader included) acknowledged a
   message sent after the read was queued, in the leader's term, and only once an entry of
   that term has committed.
@@ -42,6 +51,15 @@ from typing import Any
 from .._errors import BadRequest, NotLeader
 from .config import CAMPAIGN_BACKOFF_CAP, ENTRY_OVERHEAD_BYTES, RaftConfig
 from .log import Entry, Log, is_up_to_date, match_append, next_index_after_reject
+from .membership import (
+    CONFIGURATION_PREFIX,
+    Configuration,
+    ConfigurationHistory,
+    MembershipChange,
+    MembershipChangeRefused,
+    apply_change,
+    encode_configuration,
+)
 from .messages import (
     AppendEntriesArgs,
     AppendEntriesReply,
@@ -85,11 +103,13 @@ class PersistLog:
 
 @dataclass(frozen=True, slots=True)
 class SaveSnapshot:
-    """Save the snapshot the leader sent, up to (``index``, ``term``), durably; then report
-    it with :meth:`RaftCore.snapshot_installed`."""
+    """Save the snapshot the leader sent, up to (``index``, ``term``), with the
+    ``configuration`` it carries, durably; then report it with
+    :meth:`RaftCore.snapshot_installed`."""
 
     index: int
     term: int
+    configuration: Configuration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +156,15 @@ class LostEntries:
     resent_from: int
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigurationChanged:
+    """The configuration in effect, or the peers this node replicates to, changed: reach
+    the members of ``configuration`` at their addresses, and (a leader) replicate to every
+    peer the core keeps progress for."""
+
+    configuration: Configuration
+
+
 Action = (
     PersistHardState
     | PersistLog
@@ -146,6 +175,7 @@ Action = (
     | StepDown
     | StateChanged
     | LostEntries
+    | ConfigurationChanged
 )
 
 
@@ -202,10 +232,22 @@ class RaftCore:
         log: Log,
         config: RaftConfig,
         rng: random.Random,
+        configuration: Configuration | None = None,
     ) -> None:
+        """``configuration`` is the one in effect at the log's snapshot index (from the
+        snapshot); without one, ``voters`` (this node among them) is."""
         self.id = node_id
-        self.voters = tuple(dict.fromkeys([node_id, *voters]))
-        self.peers = [p for p in self.voters if p != node_id]
+        self.history = ConfigurationHistory(
+            configuration or Configuration.of_voters([node_id, *voters])
+        )
+        self.history.appended(log.snapshot_index + 1, log.entries)
+        #: The voters of the configuration in effect (this node may not be one).
+        self.voters: tuple[str, ...] = ()
+        #: The other voters: who is asked for votes and whose acknowledgements count.
+        self.voting_peers: list[str] = []
+        #: Every other member this node replicates to when it leads (the learners, and a
+        #: member whose removal has not committed yet, included).
+        self.peers: list[str] = []
         self.config = config
         self._rng = rng
         self.term = term
@@ -229,6 +271,76 @@ class RaftCore:
         self.election_deadline = math.inf
         #: Campaigns since this node last heard from a leader or led (see campaign_now).
         self.campaigns_in_a_row = 0
+        self._configuration_moved()
+
+    # -- membership ----------------------------------------------------------------------
+
+    @property
+    def configuration(self) -> Configuration:
+        """The configuration in effect: the latest in the log, committed or not."""
+        return self.history.latest
+
+    @property
+    def is_voter(self) -> bool:
+        return self.id in self.voters
+
+    def configuration_at(self, index: int) -> Configuration:
+        """The configuration in effect once the log up to ``index`` is applied."""
+        return self.history.at(index)
+
+    def _configuration_moved(self) -> list[Action]:
+        """Follow the history: voters, peers and (leading) progress; an action for the
+        driver if any of them changed."""
+        latest = self.history.latest
+        members = dict.fromkeys(latest.members)
+        if self.role is Role.LEADER:
+            # A removed member is still sent the log until its removal commits.
+            members.update(dict.fromkeys(self.history.at(self.commit_index).members))
+        peers = [p for p in members if p != self.id]
+        before = (self.voters, self.peers)
+        self.voters = latest.voters
+        self.voting_peers = [p for p in latest.voters if p != self.id]
+        self.peers = peers
+        if self.role is Role.LEADER:
+            for peer in peers:
+                if peer not in self.progress:
+                    self.progress[peer] = Progress(self.log.last_index + 1)
+            for peer in [p for p in self.progress if p not in peers]:
+                del self.progress[peer]
+        if (self.voters, self.peers) == before:
+            return []
+        return [ConfigurationChanged(latest)]
+
+    def _voter_progress(self) -> list[Progress]:
+        return [self.progress[p] for p in self.voting_peers if p in self.progress]
+
+    def propose_membership_change(self, change: MembershipChange) -> tuple[int, list[Action]]:
+        """Append the configuration entry for ``change`` (a single-server change, Raft
+        thesis §4.1); its index, and the actions. The new configuration is in effect at once.
+
+        Refused (:class:`MembershipChangeRefused`) while another change is uncommitted,
+        before an entry of this leader's term has committed, or during a leadership
+        transfer; :class:`NotLeader` off the leader; ``BadRequest`` if it does not apply."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer is not None:
+            raise MembershipChangeRefused("leadership is being transferred; retry after")
+        pending = self.history.latest_index
+        if pending > self.commit_index:
+            raise MembershipChangeRefused(
+                f"another membership change (entry {pending}) is not committed yet"
+            )
+        if not self.committed_in_term():
+            raise MembershipChangeRefused(
+                f"no entry of term {self.term} has committed yet (a new leader must "
+                "commit one before it changes the membership)"
+            )
+        new = apply_change(self.history.latest, change)
+        index = self.log.last_index + 1
+        entry = Entry(self.term, encode_configuration(new))
+        self.log.append([entry])
+        self.history.appended(index, [entry])
+        return index, [*self._configuration_moved(), *self._advance_commit()]
 
     # -- shared rules --------------------------------------------------------------------
 
@@ -289,7 +401,11 @@ class RaftCore:
         one, at most :data:`~trioraft.raft.config.CAMPAIGN_BACKOFF_CAP` times (hearing from
         a leader, or leading, starts over). In a process short of CPU, replies can take
         longer than any fixed timeout; were every node to campaign again at once, their
-        vote requests alone would keep the calls that slow, and the cluster leaderless."""
+        vote requests alone would keep the calls that slow, and the cluster leaderless.
+        A node that is not a voter (a learner, a removed or a joining node) never campaigns."""
+        if not self.is_voter:
+            self.reset_election_deadline(now)
+            return []
         factor = min(2**self.campaigns_in_a_row, CAMPAIGN_BACKOFF_CAP)
         self.campaigns_in_a_row += 1
         self.election_deadline = now + self._rng.uniform(*self.config.election_timeout) * factor
@@ -320,7 +436,7 @@ class RaftCore:
             pre_vote,
             leadership_transfer,
         )
-        return [Send(peer, args) for peer in self.peers]
+        return [Send(peer, args) for peer in self.voting_peers]
 
     def step_newer_term(self, term: int) -> list[Action]:
         """A reply carried ``term``: if newer, adopt it and follow (nobody, yet)."""
@@ -406,11 +522,17 @@ class RaftCore:
                 self.term, False, 0, result.conflict_term, result.conflict_index
             )
             return [*actions, Reply(reply)]
+        membership_moved = False
         if result.truncate_from is not None:
             self.log.truncate_from(result.truncate_from)
             self.durable_index = min(self.durable_index, result.truncate_from - 1)
+            membership_moved = self.history.truncated(result.truncate_from)
         if result.new_entries:
+            first = self.log.last_index + 1
             self.log.append(list(result.new_entries))
+            membership_moved |= self.history.appended(first, result.new_entries)
+        if membership_moved:
+            actions += self._configuration_moved()
         actions.append(PersistLog(result.truncate_from, result.match_index))
         new_commit = min(args.leader_commit, result.match_index)
         if new_commit > self.commit_index:
@@ -419,7 +541,13 @@ class RaftCore:
         return [*actions, Reply(AppendEntriesReply(self.term, True, result.match_index))]
 
     def step_install_snapshot(
-        self, term: int, leader: str, index: int, snapshot_term: int, now: float
+        self,
+        term: int,
+        leader: str,
+        index: int,
+        snapshot_term: int,
+        now: float,
+        configuration: Configuration | None = None,
     ) -> list[Action]:
         """The InstallSnapshot receiver rules (the data was checked by the driver)."""
         if leader == self.id:
@@ -429,21 +557,28 @@ class RaftCore:
         actions = self._become_follower(term, leader)
         self.heard_from_leader(now)
         if index > self.commit_index:
-            actions.append(SaveSnapshot(index, snapshot_term))
+            actions.append(SaveSnapshot(index, snapshot_term, configuration))
         return [*actions, Reply(InstallSnapshotReply(self.term))]
 
-    def snapshot_installed(self, index: int, term: int) -> list[Action]:
-        """The snapshot of a ``SaveSnapshot`` is durable: the log and commit index follow."""
+    def snapshot_installed(
+        self, index: int, term: int, configuration: Configuration | None = None
+    ) -> list[Action]:
+        """The snapshot of a ``SaveSnapshot`` is durable: the log, commit index and
+        configuration follow (``configuration``: the snapshot's, if it carries one)."""
         self.log.compact(index, term)
+        self.history.compacted(index, configuration)
+        self.history.truncated(self.log.last_index + 1)  # the log may have been replaced
         self.durable_index = self.log.last_index
         self.commit_index = max(self.commit_index, index)
-        return [StateChanged()]
+        return [*self._configuration_moved(), StateChanged()]
 
     def compact(self, index: int) -> int:
-        """The application's snapshot covers the log up to ``index``: drop it; its term."""
+        """The application's snapshot covers the log up to ``index``: drop it; its term.
+        (Take :meth:`configuration_at` ``index`` first: the snapshot must keep it.)"""
         term = self.log.term_at(index)
         assert term is not None
         self.log.compact(index, term)
+        self.history.compacted(index)
         return term
 
     def persisted(self, index: int) -> list[Action]:
@@ -462,10 +597,16 @@ class RaftCore:
         self.progress = {
             peer: Progress(self.log.last_index + 1, last_ack=now) for peer in self.peers
         }
+        self._configuration_moved()  # peers whose removal is not committed yet, too
         self.read_round, self._round_sent = 0, True
         if self.config.leader_noop:
             self.log.append([Entry(self.term, NOOP_COMMAND)])
-        return [BecomeLeader(self.term), StateChanged(), *self._advance_commit()]
+        return [
+            BecomeLeader(self.term),
+            ConfigurationChanged(self.configuration),
+            StateChanged(),
+            *self._advance_commit(),
+        ]
 
     def propose(self, commands: list[str]) -> int:
         """Append ``commands`` to the leader's log; the index of the first."""
@@ -475,6 +616,8 @@ class RaftCore:
             raise NotLeader(None)  # leadership is moving: retry with the next leader
         if NOOP_COMMAND in commands:
             raise BadRequest("an empty command is reserved for the leader's no-op")
+        if any(c.startswith(CONFIGURATION_PREFIX) for c in commands):
+            raise BadRequest("a command starting with NUL is reserved for configurations")
         first = self.log.last_index + 1
         self.log.append([Entry(self.term, c) for c in commands])
         return first
@@ -525,8 +668,8 @@ class RaftCore:
         assert args is not None
         if reply.term > self.term:
             return self.step_newer_term(reply.term)
-        if not self._leads(sent.term) or reply.term != sent.term:
-            return []  # a stale reply: from an earlier term or leadership
+        if not self._leads(sent.term) or reply.term != sent.term or peer not in self.progress:
+            return []  # a stale reply: from an earlier term or leadership, or a removed peer
         before_round = self.confirmed_round()
         progress = self._acknowledged(peer, sent, now)
         actions: list[Action] = []
@@ -554,8 +697,8 @@ class RaftCore:
         """A follower answered an InstallSnapshot up to ``index`` sent as ``sent``."""
         if reply.term > self.term:
             return self.step_newer_term(reply.term)
-        if not self._leads(sent.term) or reply.term != sent.term:
-            return []  # a stale reply: from an earlier term or leadership
+        if not self._leads(sent.term) or reply.term != sent.term or peer not in self.progress:
+            return []  # a stale reply: from an earlier term or leadership, or a removed peer
         before_round = self.confirmed_round()
         progress = self._acknowledged(peer, sent, now)
         progress.match = max(progress.match, index)
@@ -568,19 +711,32 @@ class RaftCore:
     def _advance_commit(self) -> list[Action]:
         if self.role is not Role.LEADER:
             return []
-        matches = [self.durable_index, *(p.match for p in self.progress.values())]
+        matches = [p.match for p in self._voter_progress()]
+        if self.is_voter:
+            matches.append(self.durable_index)
+        if not matches:
+            return []
         new = committed_index(matches, self.log.term_at, self.term, self.commit_index)
-        if new > self.commit_index:
-            self.commit_index = new
-            return [StateChanged()]
-        return []
+        if new <= self.commit_index:
+            return []
+        old, self.commit_index = self.commit_index, new
+        actions: list[Action] = [StateChanged()]
+        if any(old < index <= new for index, _ in self.history.changes):
+            # A configuration committed: members it removed are sent the log no more.
+            actions = [*self._configuration_moved(), *actions]
+        if not self.is_voter and self.history.latest_index <= new:
+            # Our own removal committed: lead no more (the others elect among themselves).
+            actions += self._become_follower(self.term, None)
+            self.leader_id = None
+        return actions
 
     def check_quorum(self, now: float) -> list[Action]:
         """A leader that a majority has not answered for an election timeout steps down."""
         if self.role is not Role.LEADER:
             return []
         timeout = self.config.election_timeout[1]
-        recent = 1 + sum(1 for p in self.progress.values() if now - p.last_ack < timeout)
+        recent = int(self.is_voter)
+        recent += sum(1 for p in self._voter_progress() if now - p.last_ack < timeout)
         if won(recent, len(self.voters)):
             return []
         actions = self._become_follower(self.term, None)
@@ -589,7 +745,8 @@ class RaftCore:
 
     def followers_quorum_index(self) -> int:
         """The highest index that the followers alone hold on a majority of the voters."""
-        return quorum_index([0, *(p.match for p in self.progress.values())])
+        leader = [0] if self.is_voter else []
+        return quorum_index([*leader, *(p.match for p in self._voter_progress())])
 
     def followers_form_quorum(self, now: float, window: float) -> bool:
         """Whether enough followers answered within ``window`` and are caught up to the
@@ -597,7 +754,7 @@ class RaftCore:
         recent = now - window
         caught_up = sum(
             1
-            for p in self.progress.values()
+            for p in self._voter_progress()
             if p.last_ack > recent and p.match >= self.commit_index
         )
         return won(caught_up, len(self.voters))
@@ -607,11 +764,12 @@ class RaftCore:
         last valid message from its term's leader (``inf`` if it knows none); on a leader,
         since a majority of the voters, itself included, last answered it."""
         if self.role is Role.LEADER:
-            needed = majority(len(self.voters)) - 1  # followers that make a majority with us
-            if needed == 0:
+            # followers that make a majority (with us, if we vote)
+            needed = majority(len(self.voters)) - int(self.is_voter)
+            if needed <= 0:
                 return 0.0
-            acks = sorted((p.last_ack for p in self.progress.values()), reverse=True)
-            return now - acks[needed - 1]
+            acks = sorted((p.last_ack for p in self._voter_progress()), reverse=True)
+            return now - acks[needed - 1] if len(acks) >= needed else math.inf
         if self.leader_id is None:
             return math.inf
         return now - self.last_leader_contact
@@ -637,7 +795,8 @@ class RaftCore:
         """The newest read round a majority of the voters (the leader included) answered."""
         if self.role is not Role.LEADER:
             return 0
-        return quorum_index([self.read_round, *(p.acked_round for p in self.progress.values())])
+        leader = [self.read_round] if self.is_voter else []
+        return quorum_index([*leader, *(p.acked_round for p in self._voter_progress())])
 
     def lease_valid(self, now: float) -> bool:
         """Whether the leader holds a lease: a majority acknowledged a message it sent less
@@ -647,7 +806,8 @@ class RaftCore:
             return False
         if self._handed_over_term == self.term:
             return False
-        sent = quorum_index([math.inf, *(p.acked_sent_at for p in self.progress.values())])
+        leader = [math.inf] if self.is_voter else []
+        sent = quorum_index([*leader, *(p.acked_sent_at for p in self._voter_progress())])
         return now < sent + duration
 
     # -- leadership transfer -------------------------------------------------------------
@@ -657,13 +817,13 @@ class RaftCore:
         refused from now on; the target is told to campaign once it holds the whole log."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
-        if not self.peers:
+        if not self.voting_peers:
             raise BadRequest("to: a one-node cluster has nobody to hand leadership to")
         if self.transfer is not None:
             raise NotLeader(None)  # a transfer is under way already
         if to is None:
-            to = max(sorted(self.peers), key=lambda p: self.progress[p].match)
-        elif to not in self.peers:
+            to = max(sorted(self.voting_peers), key=lambda p: self.progress[p].match)
+        elif to not in self.voting_peers:
             raise BadRequest(f"to: {to!r} is not another voter of this cluster")
         self.transfer = Transfer(to)
         return to, [StateChanged(), *self._maybe_timeout_now(to)]

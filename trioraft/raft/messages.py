@@ -58,6 +58,9 @@ class InstallSnapshotArgs:
     last_included_term: int = non_negative()
     data: str  # base64
     crc32: int = non_negative()  # of the decoded data: checked before anything is saved
+    #: The cluster configuration as of ``last_included_index``, as JSON (see
+    #: :class:`~trioraft.raft.membership.Configuration`); "" if the snapshot has none.
+    configuration: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@
        │                            fsyncs each unless the followers commit it first
        │                            (the timing: :mod:`trioraft.raft.group_commit`)
        ├─ quorum check              steps down if a majority is silent for an election timeout
-       └─ replicator(peer) ...      one per follower, one RPC in flight, each under a deadline
+       └─ replicator(peer) ...      one per follower (learners too), one RPC in flight, each
+                                    under a deadline; started and ended as members come and go
 
 The core decides; this module carries out its actions (persist, send, reply, lead, step
 down, wake waiters), in the order given, and feeds it what happened and when.
@@ -46,6 +47,11 @@ Invariants:
 - :meth:`RaftNode.read_index` returns only while this node leads the term it started in,
   after a majority answered a message sent after the read was queued (or, opted in, within
   the lease), and only once an entry of that term committed.
+- Membership (:mod:`trioraft.raft.membership`): the configuration comes from the log and
+  the snapshot (the static ``peers`` only until one is found; none for a node started with
+  ``joining=True``). On each change the transport is told the members' addresses, and a
+  leader starts a replicator for each peer the core keeps progress for; a replicator ends
+  once its peer has none. Configuration entries are never handed to ``applied``.
 - ``metrics`` (:class:`~trioraft.raft.metrics.RaftMetrics`) only records: once per batch,
   message or event, and one ``int`` per proposed entry. Nothing the node does depends on it.
 """
@@ -55,6 +61,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import json
 import random
 import time
 import zlib
@@ -67,13 +74,15 @@ import trio
 
 from .._errors import BadRequest, LeadershipLost, NotLeader, RaftError, StorageFailed
 from .._logging import Throttled, logger
+from ..metrics import Histogram
 from ..rpc.http import Route
-from ..rpc.transport import Transport
+from ..rpc.transport import PeerDirectory, Transport
 from .config import RaftConfig
 from .core import (
     NOOP_COMMAND,
     Action,
     BecomeLeader,
+    ConfigurationChanged,
     LostEntries,
     Outgoing,
     PersistHardState,
@@ -88,6 +97,12 @@ from .core import (
 )
 from .group_commit import KEPT, GroupCommit
 from .log import Log
+from .membership import (
+    Configuration,
+    MembershipChange,
+    MembershipChangeRefused,
+    is_configuration_command,
+)
 from .messages import (
     AppendEntriesArgs,
     AppendEntriesReply,
@@ -105,6 +120,9 @@ from .storage import HardState, Snapshot, Storage
 __all__ = [
     "Applied",
     "CommandTooLarge",
+    "Configuration",
+    "MembershipChange",
+    "MembershipChangeRefused",
     "RaftConfig",
     "RaftNode",
     "RaftStatistics",
@@ -196,7 +214,11 @@ class RaftNode:
     """One member of a Raft cluster. Start it with ``await nursery.start(node.run)``.
 
     ``peers`` are the other members' ids; ``transport`` reaches them and ``routes()`` are
-    the handlers they call. Read committed entries from ``applied``.
+    the handlers they call. Read committed entries from ``applied``. ``peers`` are the
+    configuration until the log or snapshot holds one. A node started with ``joining=True``
+    (and an empty data directory) to join a running cluster starts with none: it never
+    campaigns, and learns the configuration from the leader once a member adds it with
+    :meth:`change_membership`.
     """
 
     def __init__(
@@ -209,12 +231,16 @@ class RaftNode:
         config: RaftConfig | None = None,
         rng: random.Random | None = None,
         apply_buffer: int = 0,
+        joining: bool = False,
     ) -> None:
         self.id = node_id
         self.config = config or RaftConfig()
         self._storage = storage
         self._transport = transport
         loaded = storage.load()
+        configuration = loaded.snapshot.configuration if loaded.snapshot else None
+        if configuration is None and joining:
+            configuration = Configuration(())
         self._core = RaftCore(
             node_id,
             peers,
@@ -223,8 +249,14 @@ class RaftNode:
             log=loaded.log,
             config=self.config,
             rng=rng or random.Random(node_id),
+            configuration=configuration,
         )
-        self.peers = self._core.peers
+        #: The addresses told to the transport, by peer (see _reach_members).
+        self._addresses_told: dict[str, str] = {}
+        #: The peers the current leadership runs a replicator for.
+        self._replicating: set[str] = set()
+        #: The nursery of the current leadership's tasks, with its term.
+        self._leader_nursery: tuple[int, trio.Nursery] | None = None
         self._snapshot = loaded.snapshot
         self._snapshot_to_deliver = loaded.snapshot
         self.last_applied = 0  # the snapshot found at start is delivered first
@@ -248,6 +280,7 @@ class RaftNode:
         self._check_snapshot: SnapshotCheck | None = None
         self.failure: StorageFailed | None = None  # set once a write or fsync failed
         self.metrics = RaftMetrics(self.peers)
+        self._reach_members(self._core.configuration)
         self._leader_seen_in_term = -1  # the last term in which a leader was counted
         #: Batches the leader wrote, (last index, perf_counter), until they commit: timing only.
         self._written_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=KEPT)
@@ -277,6 +310,17 @@ class RaftNode:
     @property
     def log(self) -> Log:
         return self._core.log
+
+    @property
+    def peers(self) -> list[str]:
+        """The other members this node replicates to when it leads."""
+        return self._core.peers
+
+    @property
+    def configuration(self) -> Configuration:
+        """The configuration in effect: the latest in the log, committed or not
+        (``voters``, ``learners`` and the members' peer ``addresses``)."""
+        return self._core.configuration
 
     @property
     def transferring_to(self) -> str | None:
@@ -453,6 +497,42 @@ class RaftNode:
         logger.info("node %s: gives up handing leadership to %s", self.id, target)
         raise TransferAbandoned(f"{target} did not take over term {term}'s leadership in time")
 
+    async def change_membership(
+        self,
+        change: MembershipChange | None = None,
+        *,
+        add_learner: tuple[str, str] | None = None,
+        promote: str | None = None,
+        remove: str | None = None,
+    ) -> Configuration:
+        """Make one membership change (a :class:`MembershipChange`, or one of the keyword
+        arguments): ``add_learner=(id, peer address)`` adds a member that receives the log
+        without voting (start it with ``joining=True`` and an empty data directory);
+        ``promote=id`` makes a caught-up learner a voter; ``remove=id`` removes a member (a
+        removed leader leads until the removal commits, then steps down). Returns the new
+        configuration once its entry has committed.
+
+        Raises :class:`MembershipChangeRefused` while another change is uncommitted, before
+        an entry of this leader's term has committed (``RaftConfig.leader_noop`` commits one
+        at once) or during a leadership transfer; :class:`NotLeader` if this node does not
+        lead; :class:`BadRequest` if the change does not apply (adding a member twice,
+        promoting a voter, removing the last voter); :class:`LeadershipLost` if leadership
+        changed before the entry was known committed (it may still commit).
+        """
+        if change is None:
+            change = MembershipChange(add_learner, promote, remove)
+        async with self._lock:
+            self._refuse_if_failed()
+            if self._stopped:
+                raise NotLeader(self.leader_id)
+            index, actions = self._core.propose_membership_change(change)
+            term = self.term
+            await self._execute(actions)
+        logger.info("node %s: %s (entry %d, term %d)", self.id, change.describe(), index, term)
+        self._wake_leader_tasks()
+        await self.wait_committed(index, term)
+        return self._core.configuration_at(index)
+
     async def snapshot(self, index: int, data: bytes) -> None:
         """The application's state up to ``index`` is ``data``: discard the log before it."""
         async with self._lock:
@@ -463,8 +543,9 @@ class RaftNode:
                     f"cannot snapshot at {index}: only entries up to "
                     f"{max(self.last_applied, self._handing_out)} were handed to the application"
                 )
+            configuration = self._core.configuration_at(index)
             term = self._core.compact(index)
-            snapshot = Snapshot(index, term, data)
+            snapshot = Snapshot(index, term, data, configuration)
             started = time.perf_counter()
             await self._save_snapshot(snapshot)
             self.metrics.snapshot_seconds["taken"].observe(time.perf_counter() - started)
@@ -585,6 +666,8 @@ class RaftNode:
                 self._start_leading(action.term)
             elif isinstance(action, SaveSnapshot):
                 await self._install_snapshot(action, snapshot_data)
+            elif isinstance(action, ConfigurationChanged):
+                self._configuration_changed(action.configuration)
             elif isinstance(action, LostEntries):
                 _log_lost_entries(
                     "node %s: follower %s no longer holds entries up to %d that it "
@@ -595,6 +678,47 @@ class RaftNode:
                     action.resent_from,
                 )
         return reply
+
+    def _configuration_changed(self, configuration: Configuration) -> None:
+        logger.info(
+            "node %s: configuration: voters %s, learners %s",
+            self.id,
+            ",".join(configuration.voters) or "-",
+            ",".join(configuration.learners) or "-",
+        )
+        self._reach_members(configuration)
+        for peer in self.peers:
+            self.metrics.append_entries_seconds.setdefault(peer, Histogram())
+            self.metrics.append_entries_lost.setdefault(peer, 0)
+        self._start_replicators()
+        self._notify()
+
+    def _reach_members(self, configuration: Configuration) -> None:
+        """Tell the transport where the members are, and forget those it was told of that
+        are members no more (peers given at start keep the address they were given)."""
+        transport = self._transport
+        if not isinstance(transport, PeerDirectory):
+            return
+        current = set(self.peers) | set(configuration.members)
+        for peer, address in configuration.addresses.items():
+            if peer != self.id and address and self._addresses_told.get(peer) != address:
+                transport.set_peer_address(peer, address)
+                self._addresses_told[peer] = address
+        for peer in [p for p in self._addresses_told if p not in current]:
+            transport.forget_peer(peer)
+            del self._addresses_told[peer]
+
+    def _start_replicators(self) -> None:
+        """While leading, run a replicator for every peer the core keeps progress for."""
+        if self._leader_nursery is None:
+            return
+        term, nursery = self._leader_nursery
+        if not self._leads(term):
+            return
+        for peer in self._core.progress:
+            if peer not in self._replicating:
+                self._replicating.add(peer)
+                nursery.start_soon(self._replicate, peer, term)
 
     def _state_changed(self, term_changed: bool) -> None:
         core = self._core
@@ -759,9 +883,12 @@ class RaftNode:
                     nursery.start_soon(self._syncer, term)
                     if self.config.check_quorum:
                         nursery.start_soon(self._check_quorum, term)
-                    for peer in self.peers:
-                        nursery.start_soon(self._replicate, peer, term)
+                    self._replicating = set()
+                    self._leader_nursery = (term, nursery)
+                    self._start_replicators()
         finally:
+            if self._leader_nursery is not None and self._leader_nursery[0] == term:
+                self._leader_nursery = None
             self._propose()  # what is still queued is refused (or joins a newer term's log)
 
     async def _syncer(self, term: int) -> None:
@@ -811,26 +938,31 @@ class RaftNode:
         """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval."""
         interval = self.config.heartbeat_interval
         core = self._core
-        while True:
-            self._propose()
-            grew = self._log_grew
-            ok = await self._send_to(peer, term)
-            if not self._leads(term):
-                return
-            if ok and core.progress[peer].next <= self.log.last_index:
-                continue  # more to send right away
-            with trio.move_on_after(interval):
-                if ok:
-                    await grew.wait()
-                else:
-                    await trio.sleep_forever()  # a failed peer is retried once an interval
+        try:
+            while True:
+                self._propose()
+                grew = self._log_grew
+                ok = await self._send_to(peer, term)
+                if not self._leads(term) or peer not in core.progress:
+                    return  # leadership over, or the peer left the cluster
+                if ok and core.progress[peer].next <= self.log.last_index:
+                    continue  # more to send right away
+                with trio.move_on_after(interval):
+                    if ok:
+                        await grew.wait()
+                    else:
+                        await trio.sleep_forever()  # a failed peer is retried once an interval
+        finally:
+            if self._leads(term):
+                self._replicating.discard(peer)
 
     async def _send_to(self, peer: str, term: int) -> bool:
         """One AppendEntries (or InstallSnapshot) to ``peer``; whether it answered."""
         core = self._core
-        if not self._leads(term):
+        if not self._leads(term) or peer not in core.progress:
             # Stepped down since this replicator last looked (its scope's cancellation
             # may not have reached it yet): the core keeps no progress for followers.
+            # Or the peer left the cluster.
             return False
         sent = core.replication_message(peer, trio.current_time())
         args = sent.args
@@ -845,13 +977,15 @@ class RaftNode:
             metrics.append_entries_lost[peer] += 1
             return False
         metrics.append_entries_seconds[peer].observe(time.perf_counter() - started)
-        match_before = core.progress[peer].match if self._leads(term) else 0
+        progress = core.progress.get(peer) if self._leads(term) else None
+        match_before = progress.match if progress is not None else 0
         await self._step_reply(
             reply.term, lambda: core.step_append_reply(peer, sent, reply, trio.current_time())
         )
         if not self._leads(term):
             return False
-        if core.progress[peer].match > match_before:
+        progress = core.progress.get(peer)
+        if progress is not None and progress.match > match_before:
             self._group_commit.followers_hold(core.followers_quorum_index(), trio.current_time())
         return True
 
@@ -859,8 +993,15 @@ class RaftNode:
         snapshot = self._snapshot
         assert snapshot is not None
         data = base64.b64encode(snapshot.data).decode()
+        configuration = snapshot.configuration
         args = InstallSnapshotArgs(
-            sent.term, self.id, snapshot.index, snapshot.term, data, zlib.crc32(snapshot.data)
+            sent.term,
+            self.id,
+            snapshot.index,
+            snapshot.term,
+            data,
+            zlib.crc32(snapshot.data),
+            "" if configuration is None else json.dumps(configuration.to_json()),
         )
         self.metrics.snapshots_sent += 1
         reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply)
@@ -906,6 +1047,12 @@ class RaftNode:
             raise BadRequest("data: expected base64") from None
         if zlib.crc32(data) != args.crc32:
             raise BadRequest("data: the snapshot fails its CRC-32")
+        configuration = None
+        if args.configuration:
+            try:
+                configuration = Configuration.from_json(json.loads(args.configuration))
+            except ValueError as exc:
+                raise BadRequest(f"configuration: {exc}") from None
         if self._check_snapshot is not None:
             try:
                 self._check_snapshot(data)
@@ -918,6 +1065,7 @@ class RaftNode:
                 args.last_included_index,
                 args.last_included_term,
                 trio.current_time(),
+                configuration,
             )
             reply = await self._execute(actions, snapshot_data=data)
             if reply.term == args.term:
@@ -925,7 +1073,7 @@ class RaftNode:
             return reply
 
     async def _install_snapshot(self, action: SaveSnapshot, data: bytes) -> None:
-        snapshot = Snapshot(action.index, action.term, data)
+        snapshot = Snapshot(action.index, action.term, data, action.configuration)
         # Durable first: until it is saved, nothing (log, commit index) may move, or a
         # retry after a failed save would be answered as if it had been installed. And
         # once saved, memory must follow the disk even if the caller went away.
@@ -937,7 +1085,9 @@ class RaftNode:
                 await self._storage.save_snapshot(snapshot, compacted)
             self.metrics.snapshot_seconds["installed"].observe(time.perf_counter() - started)
             self.metrics.snapshot_bytes["installed"].observe(len(data))
-            changed = self._core.snapshot_installed(snapshot.index, snapshot.term)
+            changed = self._core.snapshot_installed(
+                snapshot.index, snapshot.term, snapshot.configuration
+            )
             self._snapshot = snapshot
             self._written_index = self.log.last_index
             self._snapshot_to_deliver = snapshot
@@ -980,8 +1130,8 @@ class RaftNode:
         while self.last_applied < self.commit_index and self._snapshot_to_deliver is None:
             index = self.last_applied + 1
             entry = self.log.entry(index)
-            if entry.command == NOOP_COMMAND:
-                self.last_applied = index
+            if entry.command == NOOP_COMMAND or is_configuration_command(entry.command):
+                self.last_applied = index  # Raft's own: never the application's
                 continue
             message = Applied(index, entry.term, entry.command)
             # The consumer may snapshot at ``index`` as soon as it has received it.

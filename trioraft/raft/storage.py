@@ -32,6 +32,13 @@ What ``FileStorage.load`` accepts, and what it refuses:
   result of a crash between the snapshot save and the log rewrite: :func:`normalize` drops
   them and the log is rewritten (not corruption).
 
+The ``snapshot`` file's content is ``TRSNAP02``, ``u64 index, u64 term``, ``u32 length``
+and that many bytes of the cluster configuration as of ``index`` (JSON), then the
+application's data. A snapshot without a configuration (written before configurations were
+kept, or restored from a backup) has no magic: ``u64 index, u64 term``, then the data; the
+static configuration the node is given at start applies. The magic, read as an index,
+would be about 1.4e16: never a real one.
+
 Invariants:
 - Nothing appended is durable until ``sync`` or ``sync_blocking`` returns;
   ``save_hard_state`` and ``save_snapshot`` are durable when they return; what ``load``
@@ -67,12 +74,15 @@ import trio
 from .._errors import DataDirectoryConflict
 from .._logging import logger
 from .log import Entry, Log
+from .membership import Configuration
 from .persister import FILE_MODE, Persister, corrupt, fsync_dir
 
 _RECORD_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
 _ENTRY_HEAD = struct.Struct("<QQ")  # index, term
 _MIN_RECORD = _RECORD_HEADER.size + _ENTRY_HEAD.size
 _SNAPSHOT_HEAD = struct.Struct("<QQ")  # last included index, term
+_SNAPSHOT_MAGIC = b"TRSNAP02"
+_SNAPSHOT_CONFIGURATION = struct.Struct("<I")  # the configuration's length
 _LOG_MAGIC = b"TRLOG001"
 _LOG_HEAD = struct.Struct("<8sQQ")  # magic, base index, base term
 _LOG_CRC = struct.Struct("<I")  # crc32 of the head
@@ -104,6 +114,9 @@ class Snapshot:
     index: int
     term: int
     data: bytes
+    #: The cluster configuration as of ``index``; ``None`` in a snapshot that predates
+    #: configurations (the static peers given at start apply).
+    configuration: Configuration | None = None
 
 
 @dataclass
@@ -268,18 +281,44 @@ def normalize(snapshot: Snapshot | None, records: list[tuple[int, Entry]]) -> tu
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
-    return _SNAPSHOT_HEAD.pack(snapshot.index, snapshot.term) + snapshot.data
+    if snapshot.configuration is None:  # the format older versions read too
+        return _SNAPSHOT_HEAD.pack(snapshot.index, snapshot.term) + snapshot.data
+    configuration = json.dumps(snapshot.configuration.to_json()).encode()
+    return b"".join(
+        (
+            _SNAPSHOT_MAGIC,
+            _SNAPSHOT_HEAD.pack(snapshot.index, snapshot.term),
+            _SNAPSHOT_CONFIGURATION.pack(len(configuration)),
+            configuration,
+            snapshot.data,
+        )
+    )
 
 
 def decode_snapshot(raw: bytes, where: str = "snapshot") -> Snapshot | None:
     if not raw:
         return None
-    if len(raw) < _SNAPSHOT_HEAD.size:
-        raise corrupt(
-            where, f"{len(raw)} bytes of content, shorter than the snapshot's index and term"
-        )
-    index, term = _SNAPSHOT_HEAD.unpack_from(raw)
-    return Snapshot(index, term, raw[_SNAPSHOT_HEAD.size :])
+    if not raw.startswith(_SNAPSHOT_MAGIC):  # written before configurations were kept
+        if len(raw) < _SNAPSHOT_HEAD.size:
+            raise corrupt(
+                where, f"{len(raw)} bytes of content, shorter than the snapshot's index and term"
+            )
+        index, term = _SNAPSHOT_HEAD.unpack_from(raw)
+        return Snapshot(index, term, raw[_SNAPSHOT_HEAD.size :])
+    start = len(_SNAPSHOT_MAGIC) + _SNAPSHOT_HEAD.size + _SNAPSHOT_CONFIGURATION.size
+    if len(raw) < start:
+        raise corrupt(where, f"{len(raw)} bytes of content, shorter than the snapshot's header")
+    index, term = _SNAPSHOT_HEAD.unpack_from(raw, len(_SNAPSHOT_MAGIC))
+    (length,) = _SNAPSHOT_CONFIGURATION.unpack_from(raw, start - _SNAPSHOT_CONFIGURATION.size)
+    if len(raw) < start + length:
+        raise corrupt(where, f"the configuration of {length} bytes runs past the content")
+    configuration = None
+    if length:
+        try:
+            configuration = Configuration.from_json(json.loads(raw[start : start + length]))
+        except ValueError as exc:
+            raise corrupt(where, f"the configuration is not valid: {exc}") from None
+    return Snapshot(index, term, raw[start + length :], configuration)
 
 
 def encode_hard_state(state: HardState) -> bytes:

@@ -366,8 +366,26 @@ class TcpTransport:
         self._ssl_context = None if tls is None else client_context(tls)
         self._max_idle = max_idle
         self._closed = False
+        #: Idle connections to peers forgotten since: closed by :meth:`aclose`.
+        self._retired: list[tuple[FramedStream, float]] = []
+
+    def set_peer_address(self, peer: str, address: str) -> None:
+        """Reach ``peer`` at ``address`` (``tcp://HOST:PORT``) from now on."""
+        parsed = parse_tcp_url(address)
+        if self._addresses.get(peer) == parsed:
+            return
+        self.forget_peer(peer)
+        self._addresses[peer] = parsed
+        self._idle[peer] = []
+
+    def forget_peer(self, peer: str) -> None:
+        """Stop reaching ``peer``; its idle connections are closed by :meth:`aclose`."""
+        self._addresses.pop(peer, None)
+        self._retired.extend(self._idle.pop(peer, []))
 
     async def call(self, peer: str, method: str, args: Any, reply_type: type[T]) -> T | None:
+        if peer not in self._addresses:
+            return None  # not (or no longer) a peer
         request = json.dumps({"m": method, "a": encode(args)}).encode()
         if self._network is None:
             raw = await self._round_trip(peer, request)
@@ -383,7 +401,7 @@ class TcpTransport:
 
     async def _round_trip(self, peer: str, request: bytes) -> bytes | memoryview | None:
         """The reply's JSON (checked against its tag, with peer auth), or ``None``."""
-        idle = self._idle[peer]
+        idle = self._idle.setdefault(peer, [])
         connection = None
         while idle:
             candidate, since = idle.pop()
@@ -430,7 +448,7 @@ class TcpTransport:
 
     async def aclose(self) -> None:
         self._closed = True
-        for idle in self._idle.values():
+        for idle in [*self._idle.values(), self._retired]:
             while idle:
                 await trio.aclose_forcefully(idle.pop()[0].stream)
 

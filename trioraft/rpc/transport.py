@@ -4,6 +4,10 @@ A transport's ``call(peer, method, args, reply_type)`` returns the peer's decode
 ``None`` if the call was lost; it never raises for network trouble. The caller bounds it
 with a deadline.
 
+Membership changes reach a transport through :class:`PeerDirectory`: the node tells it a
+new member's address (``set_peer_address``) and forgets a removed one (``forget_peer``),
+so no node restarts for a change. A peer the transport does not know is a lost call.
+
 - :class:`HttpTransport`: one :class:`RpcClient` per peer (the node's id as client id), so a
   fault proxy in front of a peer can tell callers apart; optionally signed (peer auth) and
   over TLS.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._errors import BadRequest
 from .auth import PeerAuth
@@ -29,6 +33,19 @@ T = TypeVar("T")
 
 class Transport(Protocol):
     async def call(self, peer: str, method: str, args: Any, reply_type: type[T]) -> T | None: ...
+
+
+@runtime_checkable
+class PeerDirectory(Protocol):
+    """A transport whose peers can change while it runs (see the module docstring)."""
+
+    def set_peer_address(self, peer: str, address: str) -> None:
+        """Reach ``peer`` at ``address`` from now on."""
+        ...
+
+    def forget_peer(self, peer: str) -> None:
+        """Stop reaching ``peer`` (calls to it are lost from now on)."""
+        ...
 
 
 class HttpTransport:
@@ -47,19 +64,43 @@ class HttpTransport:
         peer_auth: PeerAuth | None = None,
         tls: ClientTls | None = None,
     ) -> None:
-        self._clients = {
-            peer: RpcClient(url, node_id, timeout=timeout, peer_auth=peer_auth, tls=tls)
-            for peer, url in peer_urls.items()
-        }
+        self._id = node_id
+        self._timeout = timeout
+        self._peer_auth = peer_auth
+        self._tls = tls
+        self._urls = dict(peer_urls)
+        self._clients = {peer: self._client(url) for peer, url in peer_urls.items()}
+        self._retired: list[RpcClient] = []  # replaced or forgotten: closed by aclose
+
+    def _client(self, url: str) -> RpcClient:
+        return RpcClient(
+            url, self._id, timeout=self._timeout, peer_auth=self._peer_auth, tls=self._tls
+        )
 
     async def call(self, peer: str, method: str, args: Any, reply_type: type[T]) -> T | None:
+        client = self._clients.get(peer)
+        if client is None:
+            return None  # not (or no longer) a peer
         try:
-            return await self._clients[peer].call(method, args, reply_type)
+            return await client.call(method, args, reply_type)
         except BadRequest:
             return None  # refused: to Raft, as good as lost (it never stops a node)
 
+    def set_peer_address(self, peer: str, address: str) -> None:
+        if self._urls.get(peer) == address:
+            return
+        self.forget_peer(peer)
+        self._urls[peer] = address
+        self._clients[peer] = self._client(address)
+
+    def forget_peer(self, peer: str) -> None:
+        self._urls.pop(peer, None)
+        client = self._clients.pop(peer, None)
+        if client is not None:
+            self._retired.append(client)
+
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        for client in [*self._clients.values(), *self._retired]:
             await client.aclose()
 
 
@@ -81,9 +122,20 @@ class MemoryNetwork:
 
 
 class MemoryTransport:
+    """Reaches every node registered on its :class:`MemoryNetwork` by id: a peer's
+    address (``mem://ID`` by convention) changes nothing."""
+
     def __init__(self, memory: MemoryNetwork, node_id: str) -> None:
         self._memory = memory
         self._id = node_id
+        #: The addresses it was told (see :class:`PeerDirectory`): for tests to look at.
+        self.addresses: dict[str, str] = {}
+
+    def set_peer_address(self, peer: str, address: str) -> None:
+        self.addresses[peer] = address
+
+    def forget_peer(self, peer: str) -> None:
+        self.addresses.pop(peer, None)
 
     async def call(self, peer: str, method: str, args: Any, reply_type: type[T]) -> T | None:
         body = json.dumps(encode(args))

@@ -18,6 +18,8 @@ Invariants:
   it drains ``node.applied``; subclasses read it there (or run a state machine).
 - Partitions block node-to-node calls only; ``connected`` lists the nodes not cut off by
   :meth:`RaftCluster.disconnect`.
+- A node added with :meth:`RaftCluster.add` starts with empty storage and no configuration
+  (``joining``): it takes part once a leader adds it with ``change_membership``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class RaftCluster:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.connected = set(self.ids)
         self.starts = 0
+        #: Nodes added after the cluster was built: they start without a configuration.
+        self.joining: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -70,13 +74,15 @@ class RaftCluster:
         """Build node ``i`` from its storage, put it on the network and run it; returns once
         it runs."""
         self.starts += 1
+        joining = i in self.joining
         node = RaftNode(
             i,
-            self.ids,
+            [] if joining else self.ids,
             self.storages[i],
             self.memory.transport(i),
             config=self.config,
             rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
+            joining=joining,
         )
         self.nodes[i] = node
         self.prepare(i, node)
@@ -92,6 +98,23 @@ class RaftCluster:
                     task_status.started()
 
         await self.nursery.start(run)
+
+    async def add(self, i: str) -> None:
+        """Start a new node ``i`` with empty storage that joins the cluster once a leader
+        adds it (``change_membership(add_learner=(i, f"mem://{i}"))``)."""
+        assert i not in self.ids, f"node {i} exists already"
+        self.ids.append(i)
+        self.joining.add(i)
+        self.storages[i] = MemoryStorage()
+        self.nodes[i] = None
+        self.connected.add(i)
+        await self.start(i)
+
+    def wipe(self, i: str) -> None:
+        """Crash ``i`` and lose its data directory: it restarts empty, as a joining node."""
+        self.crash(i)
+        self.storages[i] = MemoryStorage()
+        self.joining.add(i)
 
     def prepare(self, i: str, node: RaftNode) -> None:
         """Called with each new node before it runs (to attach a state machine with
