@@ -6,6 +6,7 @@ stack's own limit (a bare quart-trio echo endpoint) and PySyncObj, in one run.
                                [--values 16 1024] [--peer-transport http tcp] [--out DIR]
     python benchmarks/suite.py --plot REPORT.json      # redraw the PNG of a saved run
     python benchmarks/suite.py --table REPORT.json     # the README's tables of a saved run
+    python benchmarks/suite.py --quick [--against DIR] [sidebyside.py's options]
 
 Scenarios, for each cluster size, value size and number of concurrent clients (fsync on):
 - ``embedded``: the leader's own application tasks write through ``KVNode.open_client``.
@@ -24,6 +25,16 @@ scenario must read back: the runs were durable.
 
 Every row reports the CPU seconds of each server process and of the load generator, so a
 saturated load generator shows. Writes JSON and PNG plots into ``--out``.
+
+Last, the side-by-side rows (``sidebyside.py``, ``--pairs`` alternating rounds of
+``--seconds``; ``--no-side-by-side`` leaves them out): the echo endpoint, a raw trio TCP
+echo, a 3-member etcd (skipped with a note when ``etcd`` is absent) and ``trioraft node``
+clusters over HTTP and TCP peers under the same wrk loads (1, 16 and 64 connections, one put
+per request), the Python clients one op at a time, and one fsync.
+
+``--quick`` runs only those side-by-side rows, short (3 rounds of 1 s samples, about 90 s);
+with ``--against DIR`` (a checkout of the baseline: ``git archive BASE trioraft | tar -x -C
+DIR``) the nodes of both trees alternate in the same run, which is a change's A/B.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import sidebyside
 from _load import pid_cpu
 from tqdm import tqdm
 
@@ -326,6 +338,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--data", type=Path, default=None, help="data directories (a real disk)")
+    parser.add_argument("--no-side-by-side", dest="side_by_side", action="store_false")
     opts = parser.parse_args()
     if shutil.which("wrk") is None and ({"remote"} & set(opts.scenarios) or not opts.no_references):
         sys.exit("wrk is needed (apt-get install wrk)")
@@ -506,6 +519,12 @@ def main() -> None:
                 cluster.stop()
     progress.close()
 
+    side_by_side = None
+    if opts.side_by_side:
+        side_args = ["--seconds", str(seconds), "--rounds", str(opts.pairs)]
+        side_args += ["--data", str(opts.data)] if opts.data else []
+        side_by_side = sidebyside.run(sidebyside.build_parser().parse_args(side_args))
+
     report = {
         "suite": "trioraft",
         "time": stamp,
@@ -515,12 +534,15 @@ def main() -> None:
         "latency_at_half_peak": latency_at_half,
         "durability": durability,
         "ratios": {t: ratios(rows, latency_at_half, t) for t in opts.peer_transport},
+        "side_by_side": side_by_side,
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / f"suite-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     plot(report, opts.out / f"suite-{stamp}.png")
     print(json.dumps(report["ratios"], indent=2))
+    if side_by_side is not None:
+        print(sidebyside.table(side_by_side))
     print(json.dumps(report["durability"]))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     if any(d["missing"] for d in durability):
@@ -682,6 +704,8 @@ def table(report: dict) -> str:
     for key in keys:
         values = [str(report["ratios"][t].get(key)) for t in report["ratios"]]
         lines.append(f"| {key} | " + " | ".join(values) + " |")
+    if report.get("side_by_side"):
+        lines += ["", sidebyside.table(report["side_by_side"])]
     return "\n".join(lines)
 
 
@@ -734,5 +758,7 @@ if __name__ == "__main__":
         plot(json.loads(saved.read_text()), saved.with_suffix(".png"))
     elif len(sys.argv) == 3 and sys.argv[1] == "--table":
         print(table(json.loads(Path(sys.argv[2]).read_text())))
+    elif len(sys.argv) >= 2 and sys.argv[1] == "--quick":
+        sidebyside.main(sys.argv[2:])
     else:
         main()
