@@ -514,7 +514,7 @@ class RpcClient:
 
     A plain ``http://`` server is called through :class:`trioraft.rpc.http1.Pool`, a lean
     HTTP/1.1 client of our own (see that module for its invariants): at most 64 connections
-    at once, 16 kept alive, an idle one reused for at most ``keep_alive_for`` seconds (keep
+    in use at once, 16 kept alive, an idle one reused for at most ``keep_alive_for`` seconds (keep
     it below the server's keep-alive timeout, 5 s by default), a reply of at most
     ``max_reply_bytes`` with a ``Content-Length``. It costs a fraction of httpx's CPU per
     call (``benchmarks/RESULTS.md``).
@@ -659,7 +659,7 @@ class RpcClient:
                 else {"timeout": httpx.Timeout(lost_after).as_dict()}
             ),
         )
-        with trio.move_on_after(limit):
+        with trio.move_on_after(max(limit, 0.0)):
             try:
                 response = await self._http.handle_async_request(request)
                 try:

@@ -14,8 +14,8 @@ Invariants:
   off at the deadline, not at each read). It is bounded in memory: a reply head over
   :data:`MAX_HEAD_BYTES`, or a ``Content-Length`` over ``max_reply_bytes``, is refused before
   its body is read; the buffer never holds more than the head, the body and one read.
-- At most ``max_connections`` connections to the server are open at once (a call beyond
-  that waits for a slot within its deadline), at most ``max_idle`` of them idle.
+- At most ``max_connections`` connections to the server are in use at once (a call beyond
+  that waits for one within its deadline), and at most ``max_idle`` more lie idle.
 - Whatever the server or the network sends, :meth:`Pool.post` returns a well-formed reply
   or ``None``; it raises nothing but the caller's own cancellation. Well-formed means: an
   ``HTTP/1.x`` status line with a final status (200-599), header lines that are
@@ -95,7 +95,7 @@ class Pool:
     async def post(self, request: bytes, limit: float) -> Reply | None:
         """Send ``request`` (a whole HTTP/1.1 request: head and body) and read its reply;
         ``None`` if no well-formed reply came within ``limit`` seconds."""
-        with trio.move_on_after(limit):
+        with trio.move_on_after(max(limit, 0.0)):
             async with self._slots:
                 stream = self._take()
                 try:
