@@ -17,6 +17,7 @@ import trio.lowlevel
 import trio.testing
 
 from trioraft import RpcClient
+from trioraft.rpc.http1 import Pool
 
 #: (stream, method, request index on this connection) -> keep serving this connection?
 Behaviour = Callable[[trio.SocketStream, str, int], Awaitable[bool]]
@@ -340,3 +341,43 @@ async def test_open_connections_are_bounded(nursery: trio.Nursery) -> None:
         release.set()
     assert results == [Echo("echo")] * 70
     assert peak == 64
+
+
+async def test_a_connection_whose_request_was_cut_short_is_not_reused(
+    nursery: trio.Nursery,
+) -> None:
+    """A server may answer before reading the whole request (a 413 does) and then close;
+    the client takes that answer, but its connection, with the rest of the request unsent,
+    is never kept for another call, even if the answer says nothing of closing."""
+    answered = trio.Event()
+
+    async def answer_early(stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        while b"\r\n\r\n" not in buffer:
+            buffer += await stream.receive_some(65536)
+        await stream.send_all(reply("early"))  # keep-alive, by the reply's own say
+        answered.set()
+        await stream.aclose()  # the unread body makes this a reset: the client's send fails
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    for listener in listeners:  # a small receive window, so the request cannot all be sent
+        listener.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await nursery.start(trio.serve_listeners, answer_early, listeners)
+    pool = Pool("127.0.0.1", listeners[0].socket.getsockname()[1])
+    body = b"x" * (16 << 20)  # far more than the kernel's buffers hold
+    request = b"POST /echo HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    with trio.fail_after(20):
+        answer = await pool.post(request, 15)
+    assert answered.is_set()
+    assert answer is not None and json.loads(answer.content) == {"text": "early"}
+    assert pool.idle_connections == 0
+    await pool.aclose()
+
+
+def test_a_client_id_cannot_add_header_lines() -> None:
+    """The lean client writes ``X-Client-Id`` as it is: a CR or LF in it would end the
+    header line and start another (a header or a whole request of the caller's choosing)."""
+    for client_id in ("c\r\nX-Injected: 1", "c\nx", "c\rx", "c\x00"):
+        with pytest.raises(ValueError, match="client id"):
+            RpcClient("http://127.0.0.1:9000", client_id)
+    RpcClient("http://127.0.0.1:9000", "a client id with spaces")  # printable is fine

@@ -507,8 +507,9 @@ async def serve_bounded(
 class RpcClient:
     """Calls methods on one server. Use one client per server, and close it when done.
 
-    ``timeout`` bounds each call as a whole (waiting for a connection, connecting, sending
-    and reading the reply). ``peer_auth`` signs each request and checks each reply;
+    ``client_id`` (printable ASCII) is sent as the ``X-Client-Id`` header. ``timeout`` bounds
+    each call as a whole (waiting for a connection, connecting, sending and reading the
+    reply). ``peer_auth`` signs each request and checks each reply;
     ``token`` is sent as a bearer token; ``tls`` sets how an ``https://`` server is verified
     and the certificate shown to it.
 
@@ -545,6 +546,9 @@ class RpcClient:
             raise ValueError(f"expected an http(s)://HOST[:PORT] URL, got {url!r}")
         if tls is not None and base.scheme != "https":
             raise ValueError(f"TLS settings given for a plain http URL, {url!r}")
+        if not (client_id.isascii() and client_id.isprintable()):
+            # The lean client writes the header as it is: a CR or LF would start new ones.
+            raise ValueError(f"the client id must be printable ASCII, got {client_id!r}")
         if token is not None and not _header_safe(token):
             raise ValueError("the token must be non-empty printable ASCII without spaces")
         self._timeout = timeout

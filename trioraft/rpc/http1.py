@@ -22,8 +22,9 @@ Invariants:
   ``token: value``, exactly one all-digit ``Content-Length`` (there is no framing by closing
   the connection, and ``Transfer-Encoding`` is refused: our servers never chunk an RPC
   reply), and no byte after the body in what has been read.
-- A connection goes back to the idle list only after such a reply to an ``HTTP/1.1``
-  request without ``Connection: close``; a call that failed, timed out or was cancelled
+- A connection goes back to the idle list only after such an ``HTTP/1.1`` reply without
+  ``Connection: close`` to a request sent whole (a server may answer before reading all of
+  a request, then the rest of it is unsent); a call that failed, timed out or was cancelled
   closes its connection, so no late or stray byte can ever be read as another call's reply.
   An idle connection is taken up again only if it has been idle for less than
   ``keep_alive_for`` (keep it below the server's keep-alive timeout, so the server does not
@@ -66,7 +67,8 @@ class Reply:
 class Pool:
     """Kept-alive HTTP/1.1 connections to one plain-HTTP server (see the module's invariants).
 
-    ``connections_opened`` counts the connections ever opened (for tests and metrics).
+    ``connections_opened`` counts the connections ever opened and :attr:`idle_connections`
+    those kept alive now (for tests and metrics).
     """
 
     def __init__(
@@ -91,6 +93,10 @@ class Pool:
         self._idle: list[tuple[trio.SocketStream, float]] = []  # oldest first
         self._closed = False
         self.connections_opened = 0
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
 
     async def post(self, request: bytes, limit: float) -> Reply | None:
         """Send ``request`` (a whole HTTP/1.1 request: head and body) and read its reply;
@@ -132,10 +138,14 @@ class Pool:
         return None
 
     async def _exchange(self, stream: trio.SocketStream, request: bytes) -> tuple[Reply, bool]:
+        sent = True
         try:
             await stream.send_all(request)
         except trio.BrokenResourceError:
-            pass  # it may have answered already (a 413 before reading the body): read it
+            # It may have answered already (a 413 before reading the body): read that, but
+            # never reuse the connection, whatever the reply says: part of the request is
+            # unsent, and the server would read its next request from the middle of it.
+            sent = False
         buffer = bytearray()
         scanned = 0
         while (end := buffer.find(b"\r\n\r\n", scanned)) < 0:
@@ -158,7 +168,7 @@ class Pool:
             buffer += chunk
         if len(buffer) > need:
             raise _Malformed("bytes after the reply")
-        return Reply(status, bytes(buffer[start:need]), tag), keep
+        return Reply(status, bytes(buffer[start:need]), tag), keep and sent
 
     def _parse_head(self, head: bytes) -> tuple[int, int, bool, str | None]:
         lines = head.split(b"\r\n")
