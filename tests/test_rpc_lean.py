@@ -16,7 +16,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from trioraft import RpcClient
+from trioraft import BadRequest, Route, RpcClient, make_app, serve
 from trioraft.rpc.http1 import Pool
 
 #: (stream, method, request index on this connection) -> keep serving this connection?
@@ -381,3 +381,38 @@ def test_a_client_id_cannot_add_header_lines() -> None:
         with pytest.raises(ValueError, match="client id"):
             RpcClient("http://127.0.0.1:9000", client_id)
     RpcClient("http://127.0.0.1:9000", "a client id with spaces")  # printable is fine
+
+
+async def test_against_hypercorn_connections_are_kept_unless_the_reply_closes_them(
+    nursery: trio.Nursery,
+) -> None:
+    """What our own server sends: every reply framed by ``Content-Length``; answers and
+    refusals after the whole body (200, 400, 404, 500) keep the connection, a refusal before
+    it (413, with ``Connection: close``) ends it, and the next call opens another."""
+
+    async def echo(args: Echo) -> Echo:
+        if args.text == "boom":
+            raise RuntimeError("a handler's bug")
+        return args
+
+    app = make_app({"echo": Route(Echo, echo)}, max_body_bytes=1000)
+    url = await nursery.start(serve, app)
+    async with RpcClient(url, "c", timeout=10) as rpc:
+        pool = rpc._pool
+        assert pool is not None
+        with trio.fail_after(30):
+            assert await rpc.call("echo", Echo("a"), Echo) == Echo("a")
+            with pytest.raises(BadRequest) as refused:
+                await rpc.call("missing", Echo("a"), Echo)
+            assert refused.value.status == 404
+            with pytest.raises(BadRequest) as refused:
+                await rpc.call("echo", {"nope": 1}, Echo)
+            assert refused.value.status == 400
+            assert await rpc.call("echo", Echo("boom"), Echo) is None  # a 500
+            assert (pool.connections_opened, pool.idle_connections) == (1, 1)
+            with pytest.raises(BadRequest) as refused:
+                await rpc.call("echo", Echo("x" * 2000), Echo)
+            assert refused.value.status == 413
+            assert pool.idle_connections == 0
+            assert await rpc.call("echo", Echo("b"), Echo) == Echo("b")
+            assert (pool.connections_opened, pool.idle_connections) == (2, 1)
