@@ -1,5 +1,6 @@
-"""RPC: typed JSON messages (``codec``), HTTP with Quart-Trio, Hypercorn and httpx
-(``http``), framed TCP for peers (``tcp``) and how a node reaches its peers (``transport``).
+"""RPC: typed JSON messages (``codec``), HTTP (``http``: Quart-Trio and Hypercorn on the
+server; on the client a lean HTTP/1.1 client of our own, ``http1``, and httpx for
+``https://``), framed TCP for peers (``tcp``) and how a node reaches its peers (``transport``).
 
 The bottom layer: nothing here imports from :mod:`trioraft.raft` or :mod:`trioraft.kv`.
 """

@@ -61,6 +61,7 @@ from .._errors import BadRequest, StorageFailed
 from .._logging import Throttled, logger
 from .auth import AUTH_HEADER, CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
 from .codec import decode, encode
+from .http1 import DEFAULT_KEEP_ALIVE_FOR, DEFAULT_MAX_REPLY_BYTES, Pool
 from .tls import ClientTls, ServerTls, client_context
 
 T = TypeVar("T")
@@ -506,15 +507,24 @@ async def serve_bounded(
 class RpcClient:
     """Calls methods on one server. Use one client per server, and close it when done.
 
-    ``timeout`` bounds each call (connect, send and wait for the reply). ``peer_auth``
-    signs each request and checks each reply; ``token`` is sent as a bearer token; ``tls``
-    sets how an ``https://`` server is verified and the certificate shown to it.
+    ``client_id`` (printable ASCII) is sent as the ``X-Client-Id`` header. ``timeout`` bounds
+    each call as a whole (waiting for a connection, connecting, sending and reading the
+    reply). ``peer_auth`` signs each request and checks each reply;
+    ``token`` is sent as a bearer token; ``tls`` sets how an ``https://`` server is verified
+    and the certificate shown to it.
 
-    Requests go straight to an httpx transport (its connection pool), not through an
-    ``httpx.AsyncClient``: a client's layers (URL and header merging, cookies, auth,
-    redirects, proxies from the environment) do nothing for these calls and cost about a
-    third of httpx's CPU per call (a leader replicating over HTTP spent ~10 % of its CPU in
-    them).
+    A plain ``http://`` server is called through :class:`trioraft.rpc.http1.Pool`, a lean
+    HTTP/1.1 client of our own (see that module for its invariants): at most 64 connections
+    in use at once, 16 kept alive, an idle one reused for at most ``keep_alive_for`` seconds (keep
+    it below the server's keep-alive timeout, 5 s by default), a reply of at most
+    ``max_reply_bytes`` with a ``Content-Length``. It costs a fraction of httpx's CPU per
+    call (``benchmarks/RESULTS.md``).
+
+    An ``https://`` server is called through httpx: its transport (its connection pool)
+    directly, not an ``httpx.AsyncClient``, whose layers (URL and header merging, cookies,
+    auth, redirects, proxies from the environment) do nothing for these calls and cost about
+    a third of httpx's CPU per call. There ``timeout`` bounds each step (connect, each read),
+    and the call as a whole is cut off at ``timeout`` too.
     """
 
     def __init__(
@@ -526,6 +536,8 @@ class RpcClient:
         peer_auth: PeerAuth | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
+        keep_alive_for: float = DEFAULT_KEEP_ALIVE_FOR,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.url = url.rstrip("/")
         self.client_id = client_id
@@ -534,9 +546,15 @@ class RpcClient:
             raise ValueError(f"expected an http(s)://HOST[:PORT] URL, got {url!r}")
         if tls is not None and base.scheme != "https":
             raise ValueError(f"TLS settings given for a plain http URL, {url!r}")
+        if not (client_id.isascii() and client_id.isprintable()):
+            # The lean client writes the header as it is: a CR or LF would start new ones.
+            raise ValueError(f"the client id must be printable ASCII, got {client_id!r}")
         if token is not None and not _header_safe(token):
             raise ValueError("the token must be non-empty printable ASCII without spaces")
+        self._timeout = timeout
+        self._max_reply_bytes = max_reply_bytes
         self._urls: dict[str, httpx.URL] = {}  # by method: parsing a URL costs every call
+        self._heads: dict[str, bytes] = {}  # by method: the plain-HTTP request head
         self._headers = [
             (b"Host", base.netloc),
             (CLIENT_ID_HEADER.encode(), client_id.encode("ascii")),
@@ -546,10 +564,21 @@ class RpcClient:
             self._headers.append((b"Authorization", f"Bearer {token}".encode()))
         self._peer_auth = peer_auth
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
-        self._http = httpx.AsyncHTTPTransport(
-            verify=client_context(tls),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-        )
+        self._pool: Pool | None = None
+        self._http: httpx.AsyncHTTPTransport | None = None
+        if base.scheme == "http":
+            self._pool = Pool(
+                base.host,
+                base.port or 80,
+                tag_header=_AUTH_HEADER_BYTES,
+                keep_alive_for=keep_alive_for,
+                max_reply_bytes=max_reply_bytes,
+            )
+        else:
+            self._http = httpx.AsyncHTTPTransport(
+                verify=client_context(tls),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            )
 
     async def call(
         self, method: str, args: Any, reply_type: type[T], *, lost_after: float | None = None
@@ -561,12 +590,67 @@ class RpcClient:
         the request for what it is (400, 401, 403, 404, 413): sending it again would be
         refused again."""
         body = json.dumps(args if isinstance(args, dict) else encode(args)).encode()
+        request_tag = b""
+        credential: bytes | None = None
+        if self._peer_auth is not None:
+            credential, request_tag = self._peer_auth.sign_request(method, body)
+        limit = self._timeout if lost_after is None else lost_after
+        if self._pool is not None:
+            head = self._heads.get(method)
+            if head is None:
+                head = self._heads[method] = self._plain_head(method)
+            head += b"Content-Length: %d\r\n" % len(body)
+            if credential is not None:
+                head += b"%s: %s\r\n" % (_AUTH_HEADER_BYTES, credential.hex().encode())
+            reply = await self._pool.post(head + b"\r\n" + body, limit)
+            if reply is None:
+                return None
+            status, tag_value, content = reply.status, reply.tag, reply.content
+        else:
+            answer = await self._call_httpx(method, body, credential, lost_after, limit)
+            if answer is None:
+                return None
+            status, tag_value, content = answer
+        if status in _REFUSALS:
+            raise BadRequest(_error_message(content, status), status)
+        if not 200 <= status < 300:
+            return None
+        if self._peer_auth is not None:
+            tag = unhex(tag_value)
+            if tag is None or len(tag) != TAG_BYTES:
+                return None
+            if not self._peer_auth.check_reply(request_tag, status, content, tag):
+                return None
+        try:
+            data = parse_json(content)
+        except BadRequest:
+            return None
+        return decode_reply(data, reply_type)
+
+    def _plain_head(self, method: str) -> bytes:
+        """The fixed part of a plain-HTTP request's head to ``POST /method``."""
+        url = self._urls.get(method)
+        if url is None:
+            url = self._urls[method] = httpx.URL(f"{self.url}/{method}")
+        lines = [b"POST %s HTTP/1.1\r\n" % url.raw_path]
+        lines += [b"%s: %s\r\n" % header for header in self._headers]
+        return b"".join(lines)
+
+    async def _call_httpx(
+        self,
+        method: str,
+        body: bytes,
+        credential: bytes | None,
+        lost_after: float | None,
+        limit: float,
+    ) -> tuple[int, str | None, bytes] | None:
+        """The call over httpx (``https://``): status, tag header and body, or ``None``."""
+        assert self._http is not None
         url = self._urls.get(method)
         if url is None:
             url = self._urls[method] = httpx.URL(f"{self.url}/{method}")
         headers = [*self._headers, (b"Content-Length", str(len(body)).encode())]
-        if self._peer_auth is not None:
-            credential, request_tag = self._peer_auth.sign_request(method, body)
+        if credential is not None:
             headers.append((_AUTH_HEADER_BYTES, credential.hex().encode()))
         request = httpx.Request(
             "POST",
@@ -579,38 +663,43 @@ class RpcClient:
                 else {"timeout": httpx.Timeout(lost_after).as_dict()}
             ),
         )
-        try:
-            response = await self._http.handle_async_request(request)
+        with trio.move_on_after(max(limit, 0.0)):
             try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
-        except (httpx.HTTPError, OSError, trio.BrokenResourceError):
-            return None
-        if response.status_code in _REFUSALS:
-            raise BadRequest(_error_message(content, response.status_code), response.status_code)
-        if not 200 <= response.status_code < 300:
-            return None
-        if self._peer_auth is not None:
-            tag = unhex(response.headers.get(AUTH_HEADER))
-            if tag is None or len(tag) != TAG_BYTES:
+                response = await self._http.handle_async_request(request)
+                try:
+                    content = await _read_bounded(response, self._max_reply_bytes)
+                finally:
+                    await response.aclose()
+            except (httpx.HTTPError, OSError, trio.BrokenResourceError):
                 return None
-            if not self._peer_auth.check_reply(request_tag, response.status_code, content, tag):
+            if content is None:
                 return None
-        try:
-            data = parse_json(content)
-        except BadRequest:
-            return None
-        return decode_reply(data, reply_type)
+            return response.status_code, response.headers.get(AUTH_HEADER), content
+        return None
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def __aenter__(self) -> RpcClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes | None:
+    """``response``'s body, or ``None`` if it is over ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+    return b"".join(parts)
 
 
 _AUTH_HEADER_BYTES = AUTH_HEADER.encode()
