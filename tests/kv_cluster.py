@@ -190,3 +190,14 @@ async def wait_leader(c: KVCluster, *, exclude: tuple[str, ...] = ()) -> str:
             await elected.wait()
             watchers.cancel_scope.cancel()
     return found[0]
+
+
+async def partitioner(c: KVCluster, stop: trio.Event) -> None:
+    """Until stopped: put every server on a random side; hold it 1.0-1.2 s."""
+    while not stop.is_set():
+        sides: tuple[list[str], list[str]] = ([], [])
+        for i in c.ids:
+            sides[c.rng.randrange(2)].append(i)
+        c.partition(*sides)
+        with trio.move_on_after(1.0 + c.rng.randrange(200) / 1000):
+            await stop.wait()

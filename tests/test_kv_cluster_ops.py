@@ -14,9 +14,8 @@ import httpx
 import pytest
 import trio
 
-from tests.kv_cluster import KVCluster, wait_leader
+from tests.kv_cluster import KVCluster, partitioner, wait_leader
 from tests.kvtest import OpsHistory, ops_client
-from tests.test_kvraft import partitioner
 from trioraft import (
     ClusterClient,
     Compare,

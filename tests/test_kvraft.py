@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.kv_cluster import KVCluster
+from tests.kv_cluster import partitioner
 from tests.kvtest import ClientResult, check_put_concurrent, one_client_put, run_clients
 from trioraft import VersionConflict, Versioned
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, History
@@ -40,17 +40,6 @@ async def test_basic_put_get_append_and_failover(make_kv_cluster) -> None:
 
 NITER = 3
 NKEYS = 100
-
-
-async def partitioner(c: KVCluster, stop: trio.Event) -> None:
-    """Until stopped: put every server on a random side; hold it 1.0-1.2 s."""
-    while not stop.is_set():
-        sides: tuple[list[str], list[str]] = ([], [])
-        for i in c.ids:
-            sides[c.rng.randrange(2)].append(i)
-        c.partition(*sides)
-        with trio.move_on_after(1.0 + c.rng.randrange(200) / 1000):
-            await stop.wait()
 
 
 async def generic_test(

@@ -163,30 +163,41 @@ async def test_unreliable_net(single_kv: SingleKV, network: Network, profile: st
     assert_linearizable(history)
 
 
-async def test_a_retried_put_that_meets_a_deleted_key_reports_maybe(
-    single_kv: SingleKV, network: Network
-) -> None:
-    """The put's first attempt applies and its reply is lost; the key is deleted before the
-    retry, which answers NoKey. The put did apply: the client must say Maybe, not NoKey."""
+async def put_applied_then_deleted(
+    single_kv: SingleKV, network: Network, value: str, version: int
+) -> tuple[str, Versioned]:
+    """A put at ``version`` whose replies are all lost; once it has applied, the key is
+    deleted (through the server directly) and the replies get through again. The put's
+    outcome as its client reports it, and the key as it is left."""
     outcomes: list[str] = []
     with trio.fail_after(30):
         async with (
             KVClient(single_kv.url, client_id="c0") as ck,
             KVClient(single_kv.direct_url, client_id="admin") as admin,
         ):
-            await ck.put("k", "a", 0)
             network.set_profile(Profile(reply_drop=1.0))
             async with trio.open_nursery() as nursery:
 
-                async def put_again() -> None:
-                    outcomes.append(await put_outcome(ck, "k", "b", 1))
+                async def put() -> None:
+                    outcomes.append(await put_outcome(ck, "k", value, version))
 
-                nursery.start_soon(put_again)
-                while (await admin.get("k")).version != 2:  # until the put has applied
+                nursery.start_soon(put)
+                while (await admin.get("k")).version != version + 1:  # until it has applied
                     pass
-                await admin.delete("k", 2)
+                await admin.delete("k", version + 1)
                 network.set_profile(RELIABLE)
-    assert outcomes == ["Maybe"]
+            return outcomes[0], await admin.get("k")
+
+
+async def test_a_retried_put_that_meets_a_deleted_key_reports_maybe(
+    single_kv: SingleKV, network: Network
+) -> None:
+    """The put's first attempt applies and its reply is lost; the key is deleted before the
+    retry, which answers NoKey. The put did apply: the client must say Maybe, not NoKey."""
+    async with KVClient(single_kv.direct_url, client_id="setup") as setup:
+        await setup.put("k", "a", 0)
+    outcome, _ = await put_applied_then_deleted(single_kv, network, "b", 1)
+    assert outcome == "Maybe"
 
 
 async def test_a_create_retried_across_a_delete_applies_once(
@@ -194,25 +205,8 @@ async def test_a_create_retried_across_a_delete_applies_once(
 ) -> None:
     """A put at version 0 creates the key, its reply lost; the key is deleted. Its retry
     finds the key absent, where a put at version 0 applies: it must not apply again."""
-    outcomes: list[str] = []
-    with trio.fail_after(30):
-        async with (
-            KVClient(single_kv.url, client_id="c0") as ck,
-            KVClient(single_kv.direct_url, client_id="admin") as admin,
-        ):
-            network.set_profile(Profile(reply_drop=1.0))
-            async with trio.open_nursery() as nursery:
-
-                async def create() -> None:
-                    outcomes.append(await put_outcome(ck, "k", "once", 0))
-
-                nursery.start_soon(create)
-                while (await admin.get("k")).version != 1:  # until the put has applied
-                    pass
-                await admin.delete("k", 1)
-                network.set_profile(RELIABLE)
-            assert await admin.get("k") == Versioned("", 0)
-    assert outcomes == ["Maybe"]
+    outcome, left = await put_applied_then_deleted(single_kv, network, "once", 0)
+    assert (outcome, left) == ("Maybe", Versioned("", 0))
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from tests.kv_cluster import KVCluster
+from tests.kv_cluster import KVCluster, partitioner
+from tests.kvtest import put_at_least_once
 from trioraft import ClusterClient, KVError
 from trioraft.kv.changes import Change, Compacted
 from trioraft.kv.node import KVNode
@@ -41,7 +42,13 @@ class Stretch:
     events: list[Change] = field(default_factory=list)
 
 
-async def writer(c: KVCluster, me: int, stop: trio.Event, acked: list[str]) -> None:
+#: Puts acknowledged before the writers may stop (besides the time they run).
+ENOUGH_PUTS = 30
+
+
+async def writer(
+    c: KVCluster, me: int, stop: trio.Event, acked: list[str], enough: trio.Event
+) -> None:
     kv = c.clerk(name=f"w{me}")
     rng = random.Random(c.seed * 10 + me)
     n = 0
@@ -54,6 +61,8 @@ async def writer(c: KVCluster, me: int, stop: trio.Event, acked: list[str]) -> N
                 value = f"{me}.{n}"
                 await kv.put(key, value, got.version)
                 acked.append(value)
+                if len(acked) >= ENOUGH_PUTS:
+                    enough.set()
             elif got.version:
                 await kv.delete(key, got.version)
         except KVError:
@@ -86,19 +95,6 @@ async def watcher(
             position = page.index
             if any(item.key == END for item in page.items):
                 ended.set()  # the end is in the state read: nothing after it to wait for
-
-
-async def partitioner(c: KVCluster, stop: trio.Event) -> None:
-    while not stop.is_set():
-        sides: tuple[list[str], list[str]] = ([], [])
-        for i in c.ids:
-            sides[c.rng.randrange(2)].append(i)
-        c.partition(*sides)
-        with trio.move_on_after(0.5 + c.rng.random()):
-            await stop.wait()
-        c.heal()
-        with trio.move_on_after(0.5):
-            await stop.wait()
 
 
 class Committed:
@@ -140,7 +136,7 @@ async def test_a_watcher_sees_the_committed_changes_in_order_across_faults(
     for node in c.nodes.values():
         committed.observe(node)
     acked: list[str] = []
-    stop = trio.Event()
+    stop, enough = trio.Event(), trio.Event()
     restarted = c.ids[-1]
     # One watcher goes wherever it is answered, from the start; the other only to the node
     # restarted from its snapshot, from index 0 once it is back: that node's history starts
@@ -155,7 +151,7 @@ async def test_a_watcher_sees_the_committed_changes_in_order_across_faults(
             )
             async with trio.open_nursery() as load:
                 for me in range(4):
-                    load.start_soon(writer, c, me, stop, acked)
+                    load.start_soon(writer, c, me, stop, acked, enough)
                 load.start_soon(partitioner, c, stop)
                 await trio.sleep(4)
                 node = c.nodes[restarted]
@@ -170,18 +166,19 @@ async def test_a_watcher_sees_the_committed_changes_in_order_across_faults(
                     watcher, c, "pinned", [restarted], stretches["pinned"], ended["pinned"]
                 )
                 await trio.sleep(4)
+                await enough.wait()  # a busy machine makes for slow writers
                 stop.set()
             c.heal()
             kv = c.clerk(name="final")
             final = await kv.range(prefix=PREFIX)
             assert not final.more
-            await kv.put(END, "", 0)  # after the read: the watchers get past it
+            await put_at_least_once(kv, END, "", 0)  # after the read: the watchers get past it
             for event in ended.values():
                 await event.wait()
             nursery.cancel_scope.cancel()
 
     truth = committed.through(final.index)
-    assert len(truth) > 10, f"{len(truth)} changes: too few to judge"
+    assert len(truth) >= ENOUGH_PUTS, f"{len(truth)} changes: too few to judge"
 
     # Each stretch is a gap-free, duplicate-free run of the committed changes; the last
     # runs to the final read.
