@@ -4,6 +4,8 @@ first), transfer leadership; hostile bodies and followers change nothing."""
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 import httpx
@@ -183,3 +185,49 @@ async def test_a_follower_answers_wrong_leader_with_the_hint(make_kv_cluster) ->
             }
             assert reply.json()["voters"] == []
         assert set(node.raft.configuration.voters) == set(c.ids)
+
+
+# -- The CLI: trioraft member ..., trioraft transfer-leader ------------------------------
+
+TRIORAFT = [sys.executable, "-m", "trioraft"]
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    result = await trio.run_process(
+        [*TRIORAFT, *args], capture_stdout=True, capture_stderr=True, check=False
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def test_cli_member_list_and_transfer_leader(make_kv_cluster) -> None:
+    c: KVCluster = await make_kv_cluster(3)
+    servers = ",".join(admin_urls(c))
+    with trio.fail_after(60):
+        old = await wait_leader(c)
+        code, out, err = await cli("member", "list", "--servers", servers)
+        assert code == 0, err
+        listed = json.loads(out)
+        assert (listed["voters"], listed["learners"], listed["leader"]) == (c.ids, [], old)
+        target = next(i for i in c.ids if i != old)
+        code, out, err = await cli("transfer-leader", "--to", target, "--servers", servers)
+        assert code == 0, err
+        assert json.loads(out)["leader"] == target
+        assert await wait_leader(c, exclude=(old,)) == target
+        code, out, err = await cli("transfer-leader", "--to", "nobody", "--servers", servers)
+        assert (code, out) == (1, "")
+        assert "refused (400)" in err and "nobody" in err
+
+
+async def test_cli_member_add_waits_for_the_learner_then_promotes_it(make_kv_cluster) -> None:
+    c: KVCluster = await make_kv_cluster(3)
+    servers = ",".join(admin_urls(c))
+    with trio.fail_after(60):
+        await wait_leader(c)
+        await c.add_server("3")
+        code, out, err = await cli(
+            "member", "add", "3", "--peer-url", c.peer_urls["3"], "--client-url", c.urls["3"],
+            "--servers", servers,
+        )  # fmt: skip
+        assert code == 0, err
+        assert (json.loads(out)["voters"], json.loads(out)["learners"]) == (c.ids, [])
+        await wait_config(c, "3", set(c.ids), set())
