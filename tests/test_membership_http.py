@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from tests.kv_cluster import KVCluster, wait_leader
+from trioraft import RaftConfig
 from trioraft.kv.admin import open_admin_client
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
@@ -170,7 +171,10 @@ async def test_hostile_bodies_answer_400_and_change_nothing(make_kv_cluster) -> 
 
 
 async def test_a_follower_answers_wrong_leader_with_the_hint(make_kv_cluster) -> None:
-    c: KVCluster = await make_kv_cluster(3)
+    """A follower refuses every change with the leader's client URL and changes nothing.
+    (Long election timeouts: on a busy machine an election mid-test would move the leader,
+    and the follower could become it.)"""
+    c: KVCluster = await make_kv_cluster(3, config=RaftConfig(election_timeout=(2.0, 4.0)))
     with trio.fail_after(30):
         leader = await wait_leader(c)
         follower = next(i for i in c.ids if i != leader)
