@@ -57,7 +57,18 @@ class KVCluster:
         for i in self.ids:
             await self.start(i)
 
-    async def start(self, i: str) -> None:
+    async def add_server(self, i: str) -> None:
+        """Start a new server ``i`` with an empty data directory and ``joining=True``: it
+        knows the other servers (to reach them) but not the configuration, and waits to be
+        added (its peer URL for that is ``peer_urls[i]``)."""
+        self.proxies[i] = HttpProxy(self.network, i)
+        self.peer_proxies[i] = HttpProxy(self.network, i)
+        self.urls[i] = await self.nursery.start(self.proxies[i].run)
+        self.peer_urls[i] = await self.nursery.start(self.peer_proxies[i].run)
+        self.ids.append(i)
+        await self.start(i, joining=True)
+
+    async def start(self, i: str, *, joining: bool = False) -> None:
         self.starts += 1
         node = KVNode(
             i,
@@ -68,6 +79,7 @@ class KVCluster:
             max_raft_state=self.max_raft_state,
             config=self.config,
             rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
+            joining=joining,
         )
         self.nodes[i] = node
         scope = self.scopes[i] = trio.CancelScope()

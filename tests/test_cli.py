@@ -9,10 +9,12 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import httpx
 import trio
 
-from tests.processes import ProcessCluster
-from trioraft import KVClient, Versioned
+from tests.processes import NodeProcess, ProcessCluster
+from trioraft import ClusterClient, KVClient, Versioned
+from trioraft.kv.node import free_ports
 
 TRIORAFT = [sys.executable, "-m", "trioraft"]
 
@@ -133,3 +135,48 @@ async def test_json_logs_carry_the_node_its_term_and_role(
     }
     assert leads["time"].endswith("+00:00") and leads["event"] == "node 1: leads in term 1"
     assert (await cli("kvserver", "--log-format", "xml"))[0] == 2
+
+
+async def test_a_node_started_with_join_is_added_promoted_and_the_leader_removed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Process level: ``trioraft node --join`` with an empty data directory, knowing the
+    members only to reach them; ``member add`` makes it a voter; ``member remove`` of the
+    leader hands over first and loses no acknowledged write."""
+    cluster = ProcessCluster(3, tmp_path)
+    client_port, peer_port = free_ports(2)
+    url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    joiner = NodeProcess(
+        [
+            *TRIORAFT, "node", "--id", "4", "--join",
+            "--listen", f"127.0.0.1:{client_port}", "--peer-listen", f"127.0.0.1:{peer_port}",
+            "--data-dir", str(tmp_path / "node-4"),
+            "--cluster-token-file", str(cluster.secret_file),
+            *[arg for j in cluster.ids for arg in ("--peer", f"{j}={cluster.peer_urls[j]}")],
+            *[arg for j in cluster.ids for arg in ("--client-url", f"{j}={cluster.urls[j]}")],
+        ]
+    )  # fmt: skip
+    servers = ",".join(cluster.urls.values())
+    with trio.fail_after(60):
+        await cluster.start_all(nursery)
+        leader = await cluster.wait_leader()
+        assert await joiner.start(nursery), joiner.stderr.decode()
+        async with httpx.AsyncClient(timeout=5) as http:
+            status = (await http.get(f"{url}/status")).json()
+        # It knows no configuration, so it never campaigns: a learner-to-be.
+        assert (status["voters"], status["learners"], status["role"]) == ([], [], "follower")
+        async with ClusterClient(list(cluster.urls.values())) as kv:
+            await kv.put("before", "v", 0)
+            code, out = await cli(
+                "member", "add", "4", "--peer-url", peer_url, "--client-url", url,
+                "--servers", servers,
+            )  # fmt: skip
+            assert code == 0, joiner.stderr.decode()
+            assert json.loads(out)["voters"] == ["1", "2", "3", "4"]
+            code, out = await cli("member", "remove", leader, "--servers", servers)
+            assert code == 0
+            after = json.loads(out)
+            assert leader not in after["voters"] and after["leader"] in after["voters"]
+            assert await kv.get("before") == Versioned("v", 1)
+    await cluster.stop_all()
+    await joiner.stop()

@@ -4,7 +4,7 @@
                   --peer J=PEER_URL ... --client-url J=CLIENT_URL ...
                   --cluster-token-file FILE | --insecure
                   [--tls-cert F --tls-key F [--tls-ca F]] [--client-token-file F]
-                  [--max-request-bytes N] [--quota-bytes N] [--max-raft-state N]
+                  [--max-request-bytes N] [--quota-bytes N] [--max-raft-state N] [--join]
                   [--log-level LEVEL] [--log-format text|json]
                                                one server of a replicated KV cluster
     trioraft cluster --nodes N [--data-dir DIR] [--base-port P]
@@ -29,6 +29,15 @@
                                                one table of the cluster
     trioraft backup FILE --servers URL[,URL...] [--patience S]
                                                a consistent backup, from the leader
+    trioraft member list --servers URL[,URL...]
+                                               print {"voters", "learners", "addresses",
+                                               "leader"}
+    trioraft member add ID --peer-url URL [--client-url URL] [--learner] --servers URL[,...]
+                                               add a learner; without --learner, wait until
+                                               it has caught up, then promote it
+    trioraft member promote ID | remove ID --servers URL[,URL...]
+                                               (removing the leader hands over first)
+    trioraft transfer-leader [--to ID] --servers URL[,URL...]
     trioraft restore FILE --data-dir DIR --id I
                                                seed a new cluster's node from a backup
     trioraft inspect DATA_DIR [--dump] [--json]
@@ -72,13 +81,14 @@ from ._errors import (
 )
 from ._gc import tune_gc
 from ._logging import JsonFormatter, log_context
+from .kv.admin import AdminClient, open_admin_client
 from .kv.backup import BackupInfo, BadBackup, RestoreRefused, download_backup, restore
 from .kv.changes import Compacted
 from .kv.clients import ClusterClient
 from .kv.lease_lock import LockLost, lease_lock
 from .kv.lock import Lock
 from .kv.machine import KVMachine
-from .kv.messages import DEFAULT_RANGE_LIMIT, TxnArgs
+from .kv.messages import DEFAULT_RANGE_LIMIT, MembershipReply, TxnArgs
 from .kv.node import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -128,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES)
     node.add_argument("--quota-bytes", type=positive_int, default=DEFAULT_QUOTA_BYTES)
     node.add_argument("--max-raft-state", type=int, default=-1)
+    node.add_argument(
+        "--join",
+        action="store_true",
+        help="join a running cluster: start (empty data dir) knowing no configuration; "
+        "`trioraft member add` adds it",
+    )
     add_log_level(node)
 
     cluster = commands.add_parser("cluster", help="run a local cluster in one process")
@@ -144,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_log_level(kvserver)
 
-    def client_command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help)
+    def client_command(
+        name: str, help: str, under: argparse._SubParsersAction | None = None
+    ) -> argparse.ArgumentParser:
+        sub = (under or commands).add_parser(name, help=help)
         sub.add_argument("--servers", required=True, help="comma-separated server URLs")
         sub.add_argument("--token-file", help="the client token the servers require")
         sub.add_argument("--cacert", dest="ca_file", help="CA bundle that verifies the servers")
@@ -209,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument(
         "--patience", type=float, default=30.0, help="seconds to find a leader (default 30)"
     )
+    member = commands.add_parser("member", help="list or change the cluster's members")
+    member_actions = member.add_subparsers(dest="member_action", required=True)
+    client_command("list", "voters, learners, peer addresses and the leader", member_actions)
+    member_add = client_command(
+        "add", "add a member: a learner that catches up, then a voter", member_actions
+    )
+    member_add.add_argument("id")
+    member_add.add_argument("--peer-url", required=True, help="where its peers reach it")
+    member_add.add_argument("--client-url", default="", help="where clients reach it")
+    member_add.add_argument("--learner", action="store_true", help="add it as a learner only")
+    for action, what in (("promote", "make a caught-up learner a voter"),
+                         ("remove", "remove a member (the leader hands over first)")):  # fmt: skip
+        client_command(action, what, member_actions).add_argument("id")
+    transfer = client_command("transfer-leader", "hand leadership to another voter")
+    transfer.add_argument("--to", default="", help="this voter (default: the most up to date)")
     restore_ = commands.add_parser("restore", help="seed a new cluster's node from a backup")
     restore_.add_argument("file")
     restore_.add_argument("--data-dir", required=True, help="absent or empty")
@@ -347,7 +380,57 @@ def build_node(args: argparse.Namespace) -> KVNode:
         max_request_bytes=args.max_request_bytes,
         quota_bytes=args.quota_bytes,
         max_raft_state=args.max_raft_state,
+        joining=args.join,
     )
+
+
+async def run_admin(args: argparse.Namespace) -> int:
+    """``member ...`` and ``transfer-leader``: print the configuration after it, as JSON."""
+    token = None if args.token_file is None else read_secret(args.token_file, "token").decode()
+    name = (
+        "transfer-leader" if args.command == "transfer-leader" else f"member {args.member_action}"
+    )
+    try:
+        opened = open_admin_client(args.servers.split(","), token=token, tls=client_tls(args))
+        async with opened as admin:
+            with trio.move_on_after(args.timeout):
+                reply = await admin_step(admin, args)
+                print(json.dumps(membership_json(reply)))
+                return 0
+    except ValueError as exc:  # a server URL that is none
+        print(f"trioraft {name}: {exc}", file=sys.stderr)
+        return 2
+    except BadRequest as exc:
+        print(f"trioraft {name}: refused ({exc.status}): {exc.message}", file=sys.stderr)
+        return 1
+    print(f"trioraft {name}: no answer from {args.servers} in {args.timeout:g} s", file=sys.stderr)
+    return 1
+
+
+async def admin_step(admin: AdminClient, args: argparse.Namespace) -> MembershipReply:
+    if args.command == "transfer-leader":
+        return await admin.transfer_leader(args.to)
+    action = args.member_action
+    if action == "list":
+        return await admin.member_list()
+    if action == "promote":
+        return await admin.member_promote(args.id)
+    if action == "remove":
+        return await admin.member_remove(args.id)
+    reply = await admin.member_add(args.id, args.peer_url, args.client_url)
+    if args.learner:
+        return reply
+    await admin.wait_caught_up(args.id)
+    return await admin.member_promote(args.id)
+
+
+def membership_json(reply: MembershipReply) -> dict[str, object]:
+    return {
+        "voters": reply.voters,
+        "learners": reply.learners,
+        "addresses": reply.addresses,
+        "leader": reply.leader,
+    }
 
 
 async def run_node(args: argparse.Namespace) -> None:
@@ -667,6 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(run_restore, args)
         elif args.command == "inspect":
             return run_inspect(args)
+        elif args.command in ("member", "transfer-leader"):
+            return trio.run(run_admin, args)
         else:
             return trio.run(run_client, args, cmd)
         return 0

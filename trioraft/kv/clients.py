@@ -49,7 +49,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -211,6 +211,8 @@ class Backoff:
 
 #: Failed attempts a call remembers, for the MaybeApplied message.
 _FAILURES_KEPT = 6
+#: The reply type of :meth:`Servers.call_leader`.
+R = TypeVar("R")
 
 
 def as_retries(ops: list[BatchOp], seen: int) -> list[BatchOp]:
@@ -297,11 +299,36 @@ class Servers:
             else:
                 failures.append(f"{rpc.url} {'lost call' if reply is None else 'bad reply'}")
                 uncertain = True
-            hinted = self._by_url.get(reply.leader.rstrip("/")) if reply is not None else None
-            self.leader = hinted if hinted is not None else (server + 1) % len(self.rpcs)
             attempts += 1
-            if attempts % len(self.rpcs) == 0:
-                await backoff.wait()
+            await self._move_on(
+                server, reply.leader if reply is not None else "", attempts, backoff
+            )
+
+    async def _move_on(self, server: int, hint: str, attempts: int, backoff: Backoff) -> None:
+        """After a failed attempt at ``server``: on to the server ``hint`` names (a client URL
+        of one of ``urls``) or the next one, pausing after every ``len(urls)`` attempts."""
+        hinted = self._by_url.get(hint.rstrip("/")) if hint else None
+        self.leader = hinted if hinted is not None else (server + 1) % len(self.rpcs)
+        if attempts % len(self.rpcs) == 0:
+            await backoff.wait()
+
+    async def call_leader(self, method: str, args: object, reply_type: type[R]) -> R:
+        """Call ``method`` (a route whose replies have ``err`` and, with ``WrongLeader``,
+        ``leader``: the membership routes) on the leader: the first reply that is not
+        ``WrongLeader``, through the same moves as :meth:`call`. Raises
+        :class:`~trioraft.BadRequest` when a server refuses the request."""
+        backoff = Backoff()
+        attempts = 0
+        while True:
+            server = self.leader
+            self.requests += 1
+            reply = await self.rpcs[server].call(method, args, reply_type)
+            err = getattr(reply, "err", None)
+            if reply is not None and err != WRONG_LEADER:
+                return reply
+            attempts += 1
+            hint = getattr(reply, "leader", "") if reply is not None else ""
+            await self._move_on(server, hint, attempts, backoff)
 
     async def watch(self, request: WatchArgs) -> WatchReply:
         """One long poll of ``/watch``: any server answers, so it tries them in turn (from

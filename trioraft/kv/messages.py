@@ -37,6 +37,7 @@ import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import urlsplit
 
 from .._errors import BadRequest
 from ..rpc.codec import non_negative
@@ -610,3 +611,107 @@ Reply = (
     | TxnReply
     | LeaseReply
 )
+
+
+#: The longest member id the membership routes take (ids are short names: "1", "node-a").
+MAX_MEMBER_ID_CHARS = 64
+#: The longest peer or client URL they take.
+MAX_MEMBER_URL_CHARS = 512
+
+
+def check_member_id(node_id: str, where: str) -> None:
+    """Refuse (400) an id that is empty, too long, or not ``[A-Za-z0-9._-]``."""
+    if not 0 < len(node_id) <= MAX_MEMBER_ID_CHARS or not all(
+        c.isascii() and (c.isalnum() or c in "._-") for c in node_id
+    ):
+        raise BadRequest(
+            f"{where}: a member id is 1..{MAX_MEMBER_ID_CHARS} characters of "
+            "A-Z, a-z, 0-9, '.', '_', '-'"
+        )
+
+
+def check_member_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
+    """Refuse (400) a URL that is too long, has another scheme, no host, a bad port, or
+    anything after ``scheme://host[:port]`` but a path."""
+    problem = ""
+    if not 0 < len(url) <= MAX_MEMBER_URL_CHARS or not url.isascii() or not url.isprintable():
+        problem = f"1..{MAX_MEMBER_URL_CHARS} printable ASCII characters"
+    else:
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises ValueError when out of range or not a number
+        except ValueError:
+            parts, port = None, None
+        if (
+            parts is None
+            or parts.scheme not in schemes
+            or not parts.hostname
+            or parts.username is not None
+            or parts.password is not None
+            or parts.query
+            or parts.fragment
+            or any(c.isspace() for c in url)
+            or (port is not None and port == 0)
+        ):
+            problem = f"a {'/'.join(schemes)}://HOST[:PORT] URL"
+    if problem:
+        raise BadRequest(f"{where}: expected {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberListArgs:
+    """``POST /member_list``: the configuration, as this server knows it."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAddArgs:
+    """``POST /member_add``: add ``id`` as a learner, reached by peers at ``peer_url``
+    (``client_url``, if given, is where the leader sends clients' hints for it)."""
+
+    id: str
+    peer_url: str
+    client_url: str = ""
+
+    def validate(self) -> None:
+        check_member_id(self.id, "body.id")
+        check_member_url(self.peer_url, "body.peer_url", ("http", "https", "tcp"))
+        if self.client_url:
+            check_member_url(self.client_url, "body.client_url", ("http", "https"))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberArgs:
+    """``POST /member_promote`` and ``POST /member_remove``: the member ``id``."""
+
+    id: str
+
+    def validate(self) -> None:
+        check_member_id(self.id, "body.id")
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeaderArgs:
+    """``POST /transfer_leader``: hand leadership to ``to`` ("" : the most up-to-date)."""
+
+    to: str = ""
+
+    def validate(self) -> None:
+        if self.to:
+            check_member_id(self.to, "body.to")
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipReply:
+    """What the membership routes answer: with ``err`` OK, the configuration (after the
+    change) and ``leader``, the leader's id as this server knows it ("" if none);
+    ``match`` (on the leader) is how far each peer's log is known to match its own, and
+    ``commit_index`` the leader's. With ``err`` WrongLeader, ``leader`` is the leader's
+    client URL as in :class:`WrongLeaderReply`."""
+
+    err: str
+    leader: str = ""
+    voters: list[str] = field(default_factory=list)
+    learners: list[str] = field(default_factory=list)
+    addresses: dict[str, str] = field(default_factory=dict)
+    match: dict[str, int] = field(default_factory=dict)
+    commit_index: int = 0

@@ -5,7 +5,8 @@
     url = await nursery.start(node.serve, "127.0.0.1", 9001)   # node.peer_url once started
 
 Clients call ``/get``, ``/put``, ``/delete``, ``/range``, ``/txn``, ``/open_session``,
-``/append`` and ``/batch`` (and ``GET /status``, and the
+``/append`` and ``/batch``, the membership routes ``/member_list``, ``/member_add``,
+``/member_promote``, ``/member_remove`` and ``/transfer_leader`` (and ``GET /status``, and the
 operator's pages of :mod:`trioraft.kv.operate`: ``/metrics``, ``/healthz``, ``/readyz``,
 ``/backup``) on the client listener; peers call the Raft routes on the peer listener (HTTP,
 or framed TCP when the peers' URLs are ``tcp://HOST:PORT``), which serves nothing else.
@@ -23,6 +24,15 @@ Limits: client requests over ``max_request_bytes`` answer 413, keys over
 :data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never fit one log entry 413;
 once the data directory holds more than ``quota_bytes``, writes (put, delete, txn, open,
 append) answer ``NoSpace`` (gets and ranges keep working).
+
+Membership routes: ``/member_list`` is answered by any server from the configuration it
+knows (the latest in its log, committed or not); the others only by the leader (elsewhere
+``WrongLeader`` with the hint, and nothing changes). Every field is validated before
+anything is proposed (400). A change already in effect answers OK with nothing proposed, so
+a client may retry one whose reply was lost. A refused change (another one in flight, a
+transfer under way, no entry of this term committed yet, a transfer abandoned) answers 409.
+``/member_remove`` of the leader itself hands leadership over first and then answers
+``WrongLeader`` naming the new leader, which removes it when the client retries there.
 """
 
 from __future__ import annotations
@@ -40,11 +50,12 @@ from typing import Any
 
 import trio
 
-from .._errors import LeadershipLost, NotLeader, ProposalTimedOut, RaftError
+from .._errors import BadRequest, LeadershipLost, NotLeader, ProposalTimedOut, RaftError
 from .._logging import log_context
 from ..metrics import new_registry
+from ..raft.membership import Configuration, MembershipChangeRefused
 from ..raft.metrics import RaftCollector
-from ..raft.node import RaftConfig, RaftNode
+from ..raft.node import RaftConfig, RaftNode, TransferAbandoned
 from ..raft.serve import serve_node
 from ..raft.storage import FileStorage, Storage
 from ..rpc.auth import PeerAuth
@@ -77,6 +88,10 @@ from .messages import (
     LeaseArgs,
     LeaseGrantArgs,
     LeaseReply,
+    MemberAddArgs,
+    MemberArgs,
+    MemberListArgs,
+    MembershipReply,
     OpenSessionArgs,
     OpenSessionReply,
     OpResult,
@@ -84,6 +99,7 @@ from .messages import (
     PutReply,
     RangeArgs,
     RangeReply,
+    TransferLeaderArgs,
     TxnArgs,
     TxnReply,
     WatchArgs,
@@ -142,6 +158,7 @@ class KVNode:
         op_timeout: float = 2.0,
         transport: Transport | None = None,
         ready_max_lag: int = DEFAULT_READY_MAX_LAG,
+        joining: bool = False,
     ) -> None:
         # A new leader commits a no-op of its term at once, so reads (ReadIndex) need not
         # wait for the first write of the term.
@@ -175,7 +192,13 @@ class KVNode:
             )
         self.transport = transport
         self.raft = RaftNode(
-            node_id, [node_id, *peers], storage, self.transport, config=self.config, rng=rng
+            node_id,
+            [node_id, *peers],
+            storage,
+            self.transport,
+            config=self.config,
+            rng=rng,
+            joining=joining,
         )
         self.machine = KVMachine(max_sessions=max_sessions)
         self.op_timeout = op_timeout
@@ -212,6 +235,8 @@ class KVNode:
             "refused_peer_messages": self.peer_auth.refused if self.peer_auth else 0,
             "leader_contact_s": round(contact, 4) if contact != float("inf") else None,
             "ready": readiness(self)[0],
+            "voters": list(self.raft.configuration.voters),
+            "learners": list(self.raft.configuration.learners),
         }
 
     def _gauges(self) -> dict[str, tuple[str, float]]:
@@ -479,7 +504,98 @@ class KVNode:
             "lease_keepalive": Route(LeaseArgs, self.handle_lease_keepalive),
             "lease_revoke": Route(LeaseArgs, self.handle_lease_revoke),
             "watch": Route(WatchArgs, self.handle_watch),
+            "member_list": Route(MemberListArgs, self.handle_member_list),
+            "member_add": Route(MemberAddArgs, self.handle_member_add),
+            "member_promote": Route(MemberArgs, self.handle_member_promote),
+            "member_remove": Route(MemberArgs, self.handle_member_remove),
+            "transfer_leader": Route(TransferLeaderArgs, self.handle_transfer_leader),
         }
+
+    def membership(self, configuration: Configuration | None = None) -> MembershipReply:
+        """The OK reply of the membership routes: ``configuration`` (by default the latest
+        this node knows), the leader's id, and on the leader each peer's match index."""
+        conf = configuration or self.raft.configuration
+        leader = self.raft.leader_id
+        match = self.raft.match_indexes()
+        return MembershipReply(
+            OK,
+            leader or "",
+            list(conf.voters),
+            list(conf.learners),
+            {m: conf.addresses[m] for m in conf.members if m in conf.addresses},
+            match,
+            self.raft.commit_index,
+        )
+
+    def _wrong_leader(self) -> MembershipReply:
+        return MembershipReply(WRONG_LEADER, self.leader_hint())
+
+    async def handle_member_list(self, args: MemberListArgs) -> MembershipReply:
+        return self.membership()
+
+    async def _change(self, **change: Any) -> MembershipReply:
+        """Make one membership change here (see the module docstring for the replies)."""
+        if not self.raft.is_leader:
+            return self._wrong_leader()
+        try:
+            configuration = await self.raft.change_membership(**change)
+        except MembershipChangeRefused as exc:
+            raise BadRequest(str(exc), 409) from None
+        except (NotLeader, LeadershipLost):
+            return self._wrong_leader()
+        return self.membership(configuration)
+
+    async def handle_member_add(self, args: MemberAddArgs) -> MembershipReply:
+        args.validate()
+        conf = self.raft.configuration
+        if args.id in conf.members:
+            if args.id in conf.learners and conf.addresses.get(args.id) == args.peer_url:
+                return self.membership() if self.raft.is_leader else self._wrong_leader()
+            raise BadRequest(f"body.id: {args.id!r} is a member already")
+        reply = await self._change(add_learner=(args.id, args.peer_url))
+        if reply.err == OK and args.client_url:
+            self.client_urls[args.id] = args.client_url
+        return reply
+
+    async def handle_member_promote(self, args: MemberArgs) -> MembershipReply:
+        args.validate()
+        if args.id in self.raft.configuration.voters:
+            return self.membership() if self.raft.is_leader else self._wrong_leader()
+        return await self._change(promote=args.id)
+
+    async def handle_member_remove(self, args: MemberArgs) -> MembershipReply:
+        args.validate()
+        if args.id not in self.raft.configuration.members:
+            return self.membership() if self.raft.is_leader else self._wrong_leader()
+        if args.id == self.id and self.raft.is_leader:
+            # Removing the leader transfers first: the new leader removes this node when the
+            # client retries there (this one answers WrongLeader naming it).
+            try:
+                await self.raft.transfer_leadership()
+            except TransferAbandoned as exc:
+                raise BadRequest(str(exc), 409) from None
+            except NotLeader:
+                pass
+            with trio.move_on_after(self.op_timeout):
+                await self.raft.wait_until(lambda n: n.leader_id not in (None, self.id))
+            return self._wrong_leader()
+        return await self._change(remove=args.id)
+
+    async def handle_transfer_leader(self, args: TransferLeaderArgs) -> MembershipReply:
+        args.validate()
+        if not self.raft.is_leader:
+            return self._wrong_leader()
+        if args.to == self.id:
+            return self.membership()
+        try:
+            await self.raft.transfer_leadership(args.to or None)
+        except TransferAbandoned as exc:
+            raise BadRequest(str(exc), 409) from None
+        except NotLeader:
+            return self._wrong_leader()
+        with trio.move_on_after(self.op_timeout):
+            await self.raft.wait_until(lambda n: n.leader_id not in (None, self.id))
+        return self.membership()
 
     @asynccontextmanager
     async def open_client(self, *, client_id: str | None = None) -> AsyncIterator[EmbeddedClient]:

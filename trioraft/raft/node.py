@@ -582,6 +582,16 @@ class RaftNode:
         since a majority of the cluster, itself included, last answered it."""
         return self._core.leader_contact_age(trio.current_time())
 
+    def match_indexes(self) -> dict[str, int]:
+        """On the leader, how far each member's log is known to match this one's (its own:
+        its last index); elsewhere empty."""
+        if not self.is_leader:
+            return {}
+        return {
+            **{peer: p.match for peer, p in self._core.progress.items()},
+            self.id: self.log.last_index,
+        }
+
     def statistics(self) -> RaftStatistics:
         return RaftStatistics(
             id=self.id,

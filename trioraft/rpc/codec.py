@@ -167,6 +167,23 @@ def _decoder_for(tp: Any, metadata: typing.Mapping[str, Any]) -> _Decoder:
                 raise
 
         return decode_list
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        key, value = _decoder_for(key_tp, {}), _decoder_for(value_tp, {})
+
+        def decode_dict(v: Any) -> dict[Any, Any]:
+            if not isinstance(v, dict):
+                raise _Invalid("expected an object")
+            decoded = {}
+            for k, x in v.items():
+                try:
+                    decoded[key(k)] = value(x)
+                except _Invalid as exc:
+                    exc.within(str(k))
+                    raise
+            return decoded
+
+        return decode_dict
     if dataclasses.is_dataclass(tp):
         return lambda v: _decode_message(tp, v)
     if tp is str:
