@@ -705,8 +705,10 @@ async def _read_bounded(response: httpx.Response, limit: int) -> bytes | None:
 _AUTH_HEADER_BYTES = AUTH_HEADER.encode()
 
 
-#: Statuses that refuse a request for what it is, not for the moment (408, 5xx are not).
-_REFUSALS = frozenset({400, 401, 403, 404, 405, 413, 422})
+#: Statuses that refuse a request for what it is, not for the moment (408, 5xx are not); and
+#: 409, a membership change refused while another is under way: the caller decides whether
+#: to ask again (the KV routes never answer it).
+_REFUSALS = frozenset({400, 401, 403, 404, 405, 409, 413, 422})
 
 
 def _error_message(content: bytes, status: int) -> str:
