@@ -330,7 +330,7 @@ class KVMachine:
             value, version, lease = op.get("value"), op.get("version"), op.get("lease", 0)
             if type(value) is not str or not _is_version(version) or not _is_version(lease):
                 return PutReply(BAD_OP)
-            if self._deleted_since(op, retry_after, index):
+            if self._deleted_since([op["key"]], retry_after, index):
                 return PutReply(VERSION)
             if lease and lease not in self.leases.leases:
                 return PutReply(NO_LEASE)
@@ -342,7 +342,7 @@ class KVMachine:
             version = op.get("version")
             if not _is_version(version):
                 return DeleteReply(BAD_OP)
-            if self._deleted_since(op, retry_after, index):
+            if self._deleted_since([op["key"]], retry_after, index):
                 return DeleteReply(VERSION)
             return self.kv.delete(op["key"], version, index)
         if kind == "append":
@@ -366,7 +366,9 @@ class KVMachine:
             if parsed is None:
                 return TxnReply(BAD_OP)
             compares, success, failure = parsed
-            if self._deleted_since(op, retry_after, index):  # its compares may hold again
+            retried = retry_after is not None
+            keys = _txn_keys(compares, success + failure) if retried else []
+            if self._deleted_since(keys, retry_after, index):  # its compares may hold again
                 return TxnReply(OK, False, [], index)  # as if they failed: nothing runs
             leases = {lease for _, _, _, lease in success + failure if lease}
             if any(lease not in self.leases.leases for lease in leases):
@@ -412,17 +414,18 @@ class KVMachine:
             return OpenSessionReply(OK, session)
         return PutReply(BAD_OP)
 
-    def _deleted_since(self, op: dict[str, Any], retry_after: int | None, index: int) -> bool:
-        """Whether a retried write's key (any key a txn writes or compares) may have been
-        deleted after ``retry_after`` (``None``: not a retry), the retry applying at
-        ``index``. A client cannot have seen ``index`` or later before its first attempt:
-        if it claims to, its history is not this one (a store restored from a backup, or
-        restarted empty, after the client saw later indexes), and any key may have been."""
+    def _deleted_since(self, keys: list[str], retry_after: int | None, index: int) -> bool:
+        """Whether one of a retried write's ``keys`` (a txn's: every key it writes or
+        compares) may have been deleted after ``retry_after`` (``None``: not a retry), the
+        retry applying at ``index``. A client cannot have seen ``index`` or later before its
+        first attempt: if it claims to, its history is not this one (a store restored from a
+        backup, or restarted empty, after the client saw later indexes), and any key may
+        have been."""
         if retry_after is None:
             return False
         if 0 < index <= retry_after:
             return True
-        return any(self.kv.deleted_after(key, retry_after) for key in _keys_written(op))
+        return any(self.kv.deleted_after(key, retry_after) for key in keys)
 
     def _revoke(self, lease: int, index: int) -> None:
         gone = self.leases.revoke(lease)
@@ -493,17 +496,11 @@ def _is_version(version: object) -> bool:
     return type(version) is int and version >= 0
 
 
-def _keys_written(op: dict[str, Any]) -> list[str]:
-    """The keys a logged put, delete or txn writes or compares (malformed parts left out:
-    the op itself answers ``BadOp``)."""
-    if op.get("op") != "txn":
-        return [op["key"]]
-    keys = []
-    for part in ("compare", "success", "failure"):
-        items = op.get(part)
-        if type(items) is list:
-            keys += [i["key"] for i in items if type(i) is dict and type(i.get("key")) is str]
-    return keys
+def _txn_keys(
+    compares: list[tuple[str, str, str, str | int]], branches: list[TxnBranchOp]
+) -> list[str]:
+    """The keys a parsed txn compares or writes."""
+    return [compare[0] for compare in compares] + [op[1] for op in branches]
 
 
 def _parse_txn(
