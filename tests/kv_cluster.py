@@ -1,22 +1,29 @@
-"""A replicated KV cluster of real servers over HTTP on loopback, each behind a fault proxy.
+"""A replicated KV cluster of real servers on loopback, each behind a stable address.
 
-Servers are :class:`KVNode`\\ s named "0".."n-1" with file storage in a temporary directory;
-each has a proxy in front of its peer listener and one in front of its client listener, both
-on the same network plan, so partitions and loss apply to peers and clerks alike (a partition
-blocks only server-to-server traffic, as docs/scenarios.md: harness says). Peers share a
-cluster secret drawn from the seed.
+Servers are :class:`KVNode`\\ s named "0".."n-1" with file storage in a temporary directory.
+Clients reach each through an :class:`HttpProxy` on the cluster's one network plan. Peers talk
+framed TCP by default (the recommended transport): each node's :class:`TcpTransport` applies
+the same plan to its own calls, and a :class:`TcpForwarder` gives each peer listener an
+address that survives restarts; with ``peer_transport="http"`` peers talk HTTP through an
+:class:`HttpProxy` each instead. Either way partitions and loss apply to peers and clerks
+alike (a partition blocks only server-to-server traffic, as docs/scenarios.md: harness says).
+Peers share a cluster secret drawn from the seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
+from typing import Literal
 
 import trio
 
 from trioraft import ClusterClient, RaftConfig
 from trioraft.kv.node import KVNode
-from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
+from trioraft.rpc.auth import PeerAuth
+from trioraft.rpc.tcp import TcpTransport
+from trioraft.testing import RELIABLE, HttpProxy, Network, Profile, TcpForwarder
 
 
 class KVCluster:
@@ -30,17 +37,21 @@ class KVCluster:
         profile: Profile | None = None,
         max_raft_state: int = -1,
         config: RaftConfig | None = None,
+        peer_transport: Literal["tcp", "http"] = "tcp",
     ) -> None:
         self.nursery = nursery
+        self.peer_transport = peer_transport
         self.seed = seed
         self.rng = random.Random(seed)
         self.network = Network(seed, profile or RELIABLE)
         self.directory = directory
         self.max_raft_state = max_raft_state
-        self.config = config or RaftConfig()
+        # The nodes share one event loop: a follower's fsync on it (the default, right for
+        # a node with a process of its own) would stall the other nodes meanwhile.
+        self.config = dataclasses.replace(config or RaftConfig(), follower_sync_inline=False)
         self.ids = [str(i) for i in range(n)]
         self.proxies = {i: HttpProxy(self.network, i) for i in self.ids}  # clients
-        self.peer_proxies = {i: HttpProxy(self.network, i) for i in self.ids}
+        self.peer_proxies = {i: self._peer_proxy(i) for i in self.ids}
         self.urls: dict[str, str] = {}  # clients reach server i here
         self.peer_urls: dict[str, str] = {}  # peers reach server i here
         self.secret = random.Random(seed).randbytes(32)
@@ -49,6 +60,9 @@ class KVCluster:
         self.stopped: dict[str, trio.Event] = {}
         self.starts = 0
         self.clerks: list[ClusterClient] = []
+
+    def _peer_proxy(self, i: str) -> HttpProxy | TcpForwarder:
+        return HttpProxy(self.network, i) if self.peer_transport == "http" else TcpForwarder()
 
     async def start_all(self) -> None:
         for i in self.ids:
@@ -62,7 +76,7 @@ class KVCluster:
         knows the other servers (to reach them) but not the configuration, and waits to be
         added (its peer URL for that is ``peer_urls[i]``)."""
         self.proxies[i] = HttpProxy(self.network, i)
-        self.peer_proxies[i] = HttpProxy(self.network, i)
+        self.peer_proxies[i] = self._peer_proxy(i)
         self.urls[i] = await self.nursery.start(self.proxies[i].run)
         self.peer_urls[i] = await self.nursery.start(self.peer_proxies[i].run)
         self.ids.append(i)
@@ -70,9 +84,14 @@ class KVCluster:
 
     async def start(self, i: str, *, joining: bool = False) -> None:
         self.starts += 1
+        peers = {j: self.peer_urls[j] for j in self.ids if j != i}
+        transport = None
+        if self.peer_transport == "tcp":
+            auth = PeerAuth(self.secret)
+            transport = TcpTransport(i, peers, network=self.network, peer_auth=auth)
         node = KVNode(
             i,
-            {j: self.peer_urls[j] for j in self.ids if j != i},
+            peers,
             self.directory / f"server-{i}",
             client_urls={j: self.urls[j] for j in self.ids if j != i},
             cluster_secret=self.secret,
@@ -80,6 +99,7 @@ class KVCluster:
             config=self.config,
             rng=random.Random(f"{self.seed}-{i}-{self.starts}"),
             joining=joining,
+            transport=transport,
         )
         self.nodes[i] = node
         scope = self.scopes[i] = trio.CancelScope()

@@ -52,9 +52,12 @@ async def generic_test(
     partitions: bool = False,
     max_raft_state: int = -1,
     random_keys: bool = False,
+    peer_transport: str = "tcp",
 ) -> None:
     profile = MIT_UNRELIABLE if unreliable else RELIABLE
-    c = await make_kv_cluster(servers, profile=profile, max_raft_state=max_raft_state)
+    c = await make_kv_cluster(
+        servers, profile=profile, max_raft_state=max_raft_state, peer_transport=peer_transport
+    )
     history = History()
     keys = [f"k{i}" for i in range(NKEYS)] if random_keys else "k"
     reliable = not unreliable and not crash and not partitions
@@ -141,4 +144,22 @@ async def test_generic(make_kv_cluster, name: str) -> None:
         partitions=partitions,
         max_raft_state=max_raft_state,
         random_keys=random_keys,
+    )
+
+
+@pytest.mark.parametrize("name", ["snapshot-unreliable-recover-concurrent-partition"])
+async def test_generic_with_http_peers(make_kv_cluster, name: str) -> None:
+    """The same scenario with peers over HTTP (supported, if not the recommended transport):
+    snapshots, loss, crashes and partitions, through the HTTP fault proxy."""
+    clients, servers, unreliable, crash, partitions, max_raft_state, random_keys = GENERIC[name]
+    await generic_test(
+        make_kv_cluster,
+        clients=clients,
+        servers=servers,
+        unreliable=unreliable,
+        crash=crash,
+        partitions=partitions,
+        max_raft_state=max_raft_state,
+        random_keys=random_keys,
+        peer_transport="http",
     )

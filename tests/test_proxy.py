@@ -9,7 +9,7 @@ import trio.testing
 from quart import request
 
 from trioraft import Route, RpcClient, make_app, serve
-from trioraft.testing import RELIABLE, HttpProxy, Network, Profile
+from trioraft.testing import RELIABLE, HttpProxy, Network, Profile, TcpForwarder
 
 
 @dataclass(frozen=True)
@@ -200,3 +200,49 @@ async def test_an_idle_or_retargeted_backend_connection_is_replaced(
         proxy.set_backend(await nursery.start(serve, app))
         assert await rpc.call("where", Bump(4), Count) == Count(4)
         assert len(ports) == 4 and ports[3] != ports[2]
+
+
+async def echo_server(stream: trio.SocketStream) -> None:
+    async for data in stream:
+        await stream.send_all(data)
+
+
+async def test_tcp_forwarder_splices_to_the_backend_of_the_moment(nursery: trio.Nursery) -> None:
+    """No backend: refused. A backend: bytes both ways. Retargeted: new connections go to the
+    new backend; a backend that goes away closes its callers' connections."""
+    forwarder = TcpForwarder()
+    url = await nursery.start(forwarder.run)
+    host, port = url.removeprefix("tcp://").split(":")
+    with trio.fail_after(10):
+        refused = await trio.open_tcp_stream(host, int(port))
+        assert await refused.receive_some(10) == b""  # closed: nowhere to go
+
+        first_scope, second_scope = trio.CancelScope(), trio.CancelScope()
+        addresses = []
+        for scope in (first_scope, second_scope):
+
+            async def serve(scope=scope, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                with scope:
+                    await trio.serve_tcp(echo_server, 0, host="127.0.0.1", task_status=task_status)
+
+            listeners = await nursery.start(serve)
+            addresses.append(listeners[0].socket.getsockname()[1])
+
+        forwarder.set_backend(f"tcp://127.0.0.1:{addresses[0]}")
+        caller = await trio.open_tcp_stream(host, int(port))
+        await caller.send_all(b"ping")
+        assert await caller.receive_some(10) == b"ping"
+
+        forwarder.set_backend(f"tcp://127.0.0.1:{addresses[1]}")
+        await caller.send_all(b"still the first")  # an open pair keeps its backend
+        assert await caller.receive_some(100) == b"still the first"
+        second = await trio.open_tcp_stream(host, int(port))
+        await second.send_all(b"pong")
+        assert await second.receive_some(10) == b"pong"
+
+        second_scope.cancel()  # the second backend goes away, its connections with it
+        assert await second.receive_some(10) == b""
+        await caller.aclose()
+        await second.aclose()
+        await refused.aclose()
+        first_scope.cancel()

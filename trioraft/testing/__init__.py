@@ -15,6 +15,7 @@ runs ``n`` Raft nodes on it in a nursery, and crashes, restarts, partitions and 
 
 from ..rpc.transport import MemoryNetwork, MemoryTransport
 from ._cluster import RaftCluster
+from ._forwarder import TcpForwarder
 from ._history import History, RecordingKV
 from ._kv_model import KV_OPS_MODEL, check_kv_ops, partition_by_keys
 from ._linearizability import Failure, Model, Operation, Result, check_operations
@@ -56,6 +57,7 @@ __all__ = [
     "RecordingKV",
     "RegisterInput",
     "Result",
+    "TcpForwarder",
     "Txn",
     "check",
     "check_kv_ops",
