@@ -20,9 +20,18 @@ def random_name(rng: random.Random) -> str:
 
 
 async def run_lock_clients(
-    clerks: list[KeyValue], duration: float, rng: random.Random, *, hold: float = 0.01
+    clerks: list[KeyValue],
+    duration: float,
+    rng: random.Random,
+    *,
+    hold: float = 0.01,
+    every_client_works: bool = True,
 ) -> list[ClientResult]:
-    """Each client warms up on two named locks, then loops on the probe under one lock."""
+    """Each client warms up on two named locks, then loops on the probe under one lock.
+
+    Every client must return once the time is up (no deadlock) and, if
+    ``every_client_works`` (the C port's rule), have passed the probe at least once; MIT's
+    runs ask only the former."""
     lock_name, check_key = random_name(rng), f"mutex-check-{random_name(rng)}"
     await put_at_least_once(clerks[0], check_key, "", 0)
     in_critical_section = 0
@@ -56,5 +65,6 @@ async def run_lock_clients(
         return result
 
     results = await run_clients(len(clerks), duration, client)
-    assert all(r.ok > 0 for r in results), f"a client did no work: {results}"
+    if every_client_works:
+        assert all(r.ok > 0 for r in results), f"a client did no work: {results}"
     return results
