@@ -15,10 +15,11 @@ one); TLS (``tls``) covers both listeners, and with a CA the peer listener requi
 certificates.
 
 An application in the same process uses :meth:`KVNode.open_client`, which skips HTTP
-entirely while this node leads. Every operation, reads included, goes through the Raft log
-(reads through :meth:`KVNode.read`). A server that is not the leader, or cannot tell
-whether the operation committed within ``op_timeout``, answers ``WrongLeader`` (with the
-leader's client URL when it knows it) and the client tries another.
+entirely while this node leads. Every write goes through the Raft log; reads do not
+(:meth:`KVNode.read`: ReadIndex, or from what this node applied when the client asks for a
+stale read). A server that is not the leader, or cannot tell whether the operation
+committed (or the read was confirmed) within ``op_timeout``, answers ``WrongLeader`` (with
+the leader's client URL when it knows it) and the client tries another.
 
 Limits: client requests over ``max_request_bytes`` answer 413, keys over
 :data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never fit one log entry 413;
