@@ -34,11 +34,13 @@ from trioraft.kv.clients import OpsClient, raise_put_error
 from trioraft.kv.machine import KVMachine
 from trioraft.kv.messages import BatchOp, Compare, OpResult, RangeArgs, TxnOp, as_result, log_op
 from trioraft.testing import (
+    RELIABLE,
     HttpProxy,
     KVInput,
     KVOutput,
     Network,
     Operation,
+    Profile,
     Result,
     Txn,
     check_kv_ops,
@@ -72,6 +74,41 @@ async def put_outcome(kv: KeyValue, key: str, value: str, version: int) -> str:
     except KeyNotFound as exc:
         raise AssertionError(f"put({key!r}, version={version}) answered NoKey") from exc
     return "OK"
+
+
+async def wait_for(predicate: Callable[[], bool], *, poll: float = 0.005) -> None:
+    """Poll a condition of a single server's own state (it has no change events)."""
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(poll)
+
+
+async def lost_reply_then_delete(
+    network: Network,
+    write: Callable[[], Awaitable[object]],
+    applied: Callable[[], Awaitable[None]],
+    delete: Callable[[], Awaitable[object]],
+) -> str:
+    """The lost-reply-then-delete scenario: ``write`` runs with every reply lost; once
+    ``applied`` returns (its first attempt applied), ``delete`` removes the key by a path the
+    plan spares and replies get through again, so the write's retries meet a key deleted
+    since. The write's outcome as its client reports it: "OK" or "Maybe"."""
+    outcomes: list[str] = []
+
+    async def run() -> None:
+        try:
+            await write()
+        except MaybeApplied:
+            outcomes.append("Maybe")
+        else:
+            outcomes.append("OK")
+
+    network.set_profile(Profile(reply_drop=1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await applied()
+        await delete()
+        network.set_profile(RELIABLE)
+    return outcomes[0]
 
 
 async def one_put(me: int, kv: KeyValue, key: str, version: int) -> tuple[int, str]:

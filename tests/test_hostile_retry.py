@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ import trio
 import trio.testing
 
 from tests.kv_cluster import KVCluster, wait_leader
-from tests.kvtest import SingleKV, start_single_kv
+from tests.kvtest import SingleKV, lost_reply_then_delete, start_single_kv, wait_for
 from trioraft import BadRequest, KVClient, MaybeApplied, Versioned
 from trioraft.kv.clients import OpsClient, Servers
 from trioraft.kv.coalescing import CoalescingClient, open_coalescing_client
@@ -189,12 +190,6 @@ CREATE_ELSE_OVERWRITE = (
 )
 
 
-async def wait_for(predicate, *, poll: float = 0.005) -> None:
-    """Poll a condition of the single server's own state (it has no change events)."""
-    while not predicate():  # noqa: ASYNC110
-        await trio.sleep(poll)
-
-
 async def test_a_retried_create_else_overwrite_txn_applies_once(
     single_kv: SingleKV, network: Network
 ) -> None:
@@ -224,33 +219,26 @@ async def test_the_coalescing_client_marks_its_retries(
     """A create through the coalescing client applies, its reply lost; an admin deletes the
     key; its retries must not create it again."""
     server = single_kv.server
-    outcomes: list[str] = []
     with trio.fail_after(30):
         async with (
             open_coalescing_client([single_kv.url]) as kv,
             KVClient(single_kv.direct_url) as admin,
         ):
             await kv.get("warm-up")  # the client has seen an index
-            network.set_profile(Profile(reply_drop=1.0))
-
-            async def create() -> None:
-                try:
-                    if kind == "put":
-                        await kv.put("k", "once", 0)
-                    else:
-                        await kv.txn([Compare("k", "=", version=0)], [TxnOp("put", "k", "once")])
-                except MaybeApplied:
-                    outcomes.append("Maybe")
-                else:
-                    outcomes.append("OK")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(create)
-                await wait_for(lambda: server.state.get("k").version == 1)
-                await admin.delete("k", 1)
-                network.set_profile(RELIABLE)
+            if kind == "put":
+                create = partial(kv.put, "k", "once", 0)
+            else:
+                create = partial(
+                    kv.txn, [Compare("k", "=", version=0)], [TxnOp("put", "k", "once")]
+                )
+            outcome = await lost_reply_then_delete(
+                network,
+                create,
+                lambda: wait_for(lambda: server.state.get("k").version == 1),
+                lambda: admin.delete("k", 1),
+            )
             assert await admin.get("k") == Versioned("", 0)
-    assert outcomes == ["Maybe"]
+    assert outcome == "Maybe"
 
 
 @pytest.mark.parametrize("client", ["cluster", "coalescing"])
@@ -463,7 +451,6 @@ async def test_a_retry_across_a_restart_that_rewound_the_index_applies_once(
     1, its reply lost; the key is deleted at 2; the retry names 51, after the tombstone:
     only the retry's own index (3, not after 51) shows it cannot be judged. Maybe, once."""
     server = single_kv.server
-    outcomes: list[str] = []
     with trio.fail_after(30):
         async with (
             KVClient(single_kv.url) as kv,
@@ -474,20 +461,11 @@ async def test_a_retry_across_a_restart_that_rewound_the_index_applies_once(
             assert kv.servers.seen == 51
             server.machine = KVMachine(keep_changes=False)  # restarted empty
             server.state, server.index = server.machine.kv, 0
-            network.set_profile(Profile(reply_drop=1.0))
-
-            async def create() -> None:
-                try:
-                    await kv.put("k", "once", 0)
-                except MaybeApplied:
-                    outcomes.append("Maybe")
-                else:
-                    outcomes.append("OK")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(create)
-                await wait_for(lambda: server.state.get("k").version == 1)
-                await admin.delete("k", 1)
-                network.set_profile(RELIABLE)
+            outcome = await lost_reply_then_delete(
+                network,
+                lambda: kv.put("k", "once", 0),
+                lambda: wait_for(lambda: server.state.get("k").version == 1),
+                lambda: admin.delete("k", 1),
+            )
             assert await admin.get("k") == Versioned("", 0)
-    assert outcomes == ["Maybe"]
+    assert outcome == "Maybe"

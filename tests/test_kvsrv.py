@@ -15,13 +15,15 @@ import trio
 from tests.kvtest import (
     SingleKV,
     check_put_concurrent,
+    lost_reply_then_delete,
     one_client_put,
     put_outcome,
     recent_maybes,
     run_clients,
+    wait_for,
 )
 from trioraft import KeyNotFound, KVClient, VersionConflict, Versioned
-from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, History, Network, Profile
+from trioraft.testing import MIT_UNRELIABLE, RELIABLE, UNRELIABLE, History, Network
 
 PROFILES = {"seeds-unreliable": UNRELIABLE, "mit-unreliable": MIT_UNRELIABLE}
 #: How long the race scenario runs, and how much longer it waits for every client's progress.
@@ -169,24 +171,19 @@ async def put_applied_then_deleted(
     """A put at ``version`` whose replies are all lost; once it has applied, the key is
     deleted (through the server directly) and the replies get through again. The put's
     outcome as its client reports it, and the key as it is left."""
-    outcomes: list[str] = []
+    server = single_kv.server
     with trio.fail_after(30):
         async with (
             KVClient(single_kv.url, client_id="c0") as ck,
             KVClient(single_kv.direct_url, client_id="admin") as admin,
         ):
-            network.set_profile(Profile(reply_drop=1.0))
-            async with trio.open_nursery() as nursery:
-
-                async def put() -> None:
-                    outcomes.append(await put_outcome(ck, "k", value, version))
-
-                nursery.start_soon(put)
-                while (await admin.get("k")).version != version + 1:  # until it has applied
-                    pass
-                await admin.delete("k", version + 1)
-                network.set_profile(RELIABLE)
-            return outcomes[0], await admin.get("k")
+            outcome = await lost_reply_then_delete(
+                network,
+                lambda: ck.put("k", value, version),
+                lambda: wait_for(lambda: server.state.get("k").version == version + 1),
+                lambda: admin.delete("k", version + 1),
+            )
+            return outcome, await admin.get("k")
 
 
 async def test_a_retried_put_that_meets_a_deleted_key_reports_maybe(
