@@ -18,7 +18,7 @@ import trio.testing
 
 from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import SingleKV, lost_reply_then_delete, start_single_kv, wait_for
-from trioraft import BadRequest, KVClient, MaybeApplied, Versioned
+from trioraft import BadRequest, KVClient, MaybeApplied, Route, Versioned, make_app, serve
 from trioraft.kv.clients import OpsClient, Servers
 from trioraft.kv.coalescing import CoalescingClient, open_coalescing_client
 from trioraft.kv.machine import KVMachine
@@ -469,3 +469,26 @@ async def test_a_retry_across_a_restart_that_rewound_the_index_applies_once(
             )
             assert await admin.get("k") == Versioned("", 0)
     assert outcome == "Maybe"
+
+
+async def test_a_maybe_names_the_attempt_that_may_have_applied_after_many_refusals(
+    nursery: trio.Nursery,
+) -> None:
+    """One attempt answers WrongLeader without saying it refused (it may have applied), then
+    eight more answer WrongLeader having refused, then one applies. The account the call
+    gives for a Maybe keeps only the last few failures, but always the uncertain one."""
+    replies = [BatchReply([OpResult(WRONG_LEADER)], refused=False)]
+    replies += [BatchReply([OpResult(WRONG_LEADER)], refused=True)] * 8
+    replies.append(BatchReply([OpResult("OK", version=1)]))
+
+    async def batch(args: BatchArgs) -> BatchReply:
+        return replies.pop(0)
+
+    url = await nursery.start(serve, make_app({"batch": Route(BatchArgs, batch)}))
+    servers = Servers([url], "c")
+    with trio.fail_after(20):
+        results, failures = await servers.call([BatchOp("put", "k", "v", 0)])
+    await servers.aclose()
+    assert results[0].err == "OK"
+    assert failures[0] == f"{url} {WRONG_LEADER}", failures
+    assert failures[1] == "..." and failures[-1] == f"{url} {WRONG_LEADER} (refused)"

@@ -269,6 +269,16 @@ class Servers:
         attempts = 0
         seen_before = self.seen
         uncertain = False  # whether an attempt so far may have applied
+        # The first such attempt (its number, how it failed): named even once it has
+        # dropped out of ``failures``, since it is why the call may say Maybe.
+        first_uncertain: tuple[int, str] | None = None
+
+        def account() -> list[str]:
+            kept = list(failures)
+            if first_uncertain is not None and first_uncertain[0] < attempts - len(kept):
+                return [first_uncertain[1], "...", *kept]
+            return kept
+
         while True:
             server = self.leader
             rpc = self.rpcs[server]
@@ -284,7 +294,7 @@ class Servers:
                     # may cross a limit the first did not: that one may have applied.
                     raise MaybeApplied(
                         f"a retry was refused ({exc.status}: {exc.message}); an earlier "
-                        f"attempt may have applied (before it: {', '.join(failures)})"
+                        f"attempt may have applied (before it: {', '.join(account())})"
                     ) from exc
                 raise
             if reply is not None:
@@ -293,12 +303,16 @@ class Servers:
                 args = BatchArgs(as_retries(ops, seen_before))
             if reply is not None and len(reply.results) == len(ops):
                 if not reply.results or reply.results[0].err != WRONG_LEADER:
-                    return reply.results, list(failures) if uncertain else []
-                failures.append(f"{rpc.url} {WRONG_LEADER}{' (refused)' if reply.refused else ''}")
-                uncertain |= not reply.refused
+                    return reply.results, account() if uncertain else []
+                failure = f"{rpc.url} {WRONG_LEADER}{' (refused)' if reply.refused else ''}"
+                may_have_applied = not reply.refused
             else:
-                failures.append(f"{rpc.url} {'lost call' if reply is None else 'bad reply'}")
-                uncertain = True
+                failure = f"{rpc.url} {'lost call' if reply is None else 'bad reply'}"
+                may_have_applied = True
+            failures.append(failure)
+            if may_have_applied and first_uncertain is None:
+                first_uncertain = (attempts, failure)
+            uncertain |= may_have_applied
             attempts += 1
             await self._move_on(
                 server, reply.leader if reply is not None else "", attempts, backoff
