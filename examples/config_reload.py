@@ -35,12 +35,8 @@ async def read_config(kv: ClusterClient) -> tuple[dict[str, str], int]:
 
     Pages after the first are read at later indexes; starting the watch after the *first*
     page's index replays whatever changed meanwhile, which applying again makes right."""
-    page = await kv.range(prefix=PREFIX)
-    view, index = {item.key: item.value for item in page.items}, page.index
-    while page.more:
-        page = await kv.range(prefix=PREFIX, start=page.next)
-        view |= {item.key: item.value for item in page.items}
-    return view, index
+    listing = await kv.range_all(prefix=PREFIX)
+    return {item.key: item.value for item in listing.items}, listing.first_index
 
 
 class Service:

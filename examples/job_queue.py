@@ -43,12 +43,8 @@ JOBS, CLAIMS, DONE = "queue/jobs/", "queue/claims/", "queue/done/"
 
 async def list_keys(kv: ClusterClient, prefix: str) -> tuple[dict[str, str], int]:
     """Every key under ``prefix`` (one page after another) and the index of the first page."""
-    page = await kv.range(prefix=prefix)
-    found, index = {item.key: item.value for item in page.items}, page.index
-    while page.more:
-        page = await kv.range(prefix=prefix, start=page.next)
-        found |= {item.key: item.value for item in page.items}
-    return found, index
+    listing = await kv.range_all(prefix=prefix)
+    return {item.key: item.value for item in listing.items}, listing.first_index
 
 
 class Worker:

@@ -84,6 +84,9 @@ async def exercise(kv: OpsClient, prefix: str) -> None:
     rest = await kv.range(prefix=f"{prefix}/", start=page.next)
     assert ([(item.key, item.value) for item in rest.items], rest.more) == ([(b, "B")], False)
     assert rest.index >= page.index >= outcome.index  # reads take no log entry
+    listing = await kv.range_all(prefix=f"{prefix}/", page_size=1)
+    assert [(item.key, item.value) for item in listing.items] == [(a, "again"), (b, "B")]
+    assert listing.last_index >= listing.first_index >= outcome.index
 
 
 async def test_every_client_offers_delete_range_and_txn(make_kv_cluster) -> None:

@@ -102,6 +102,16 @@ RETRY_BACKOFF_START = 0.001
 RETRY_BACKOFF_CAP = 0.01
 
 
+class Listing(NamedTuple):
+    """Every key of a range read page by page (:meth:`OpsClient.range_all`): each page was
+    read at its own index, the first at ``first_index`` (after which a watch misses nothing
+    the pages missed) and the last at ``last_index``."""
+
+    items: list[KeyRecord]
+    first_index: int
+    last_index: int
+
+
 class _ValueAndVersion(NamedTuple):
     value: str
     version: int
@@ -430,6 +440,25 @@ class OpsClient:
         if result.range is None:
             raise ValueError(f"unexpected range error {result.err!r}")
         return result.range
+
+    async def range_all(
+        self,
+        *,
+        prefix: str = "",
+        start: str = "",
+        end: str = "",
+        page_size: int = DEFAULT_RANGE_LIMIT,
+        stale: bool = False,
+    ) -> Listing:
+        """Every key :meth:`range` would list, reading one page (``page_size`` keys) after
+        another."""
+        bounds = {"prefix": prefix, "end": end, "limit": page_size, "stale": stale}
+        page = await self.range(start=start, **bounds)
+        items, first_index = list(page.items), page.index
+        while page.more:
+            page = await self.range(start=page.next, **bounds)
+            items += page.items
+        return Listing(items, first_index, page.index)
 
     async def txn(
         self,

@@ -101,14 +101,9 @@ class ClientLeaseKV:
         return created.create_index
 
     async def contenders(self, prefix: str) -> tuple[list[Contender], int, int]:
-        found: list[Contender] = []
-        page = await self.kv.range(prefix=prefix)
-        first_index = page.index  # the earliest: watching after it misses no delete
-        found += [Contender(item.key, item.create_index) for item in page.items]
-        while page.more:
-            page = await self.kv.range(prefix=prefix, start=page.next)
-            found += [Contender(item.key, item.create_index) for item in page.items]
-        return sorted(found, key=_place), first_index, page.index
+        listing = await self.kv.range_all(prefix=prefix)
+        found = [Contender(item.key, item.create_index) for item in listing.items]
+        return sorted(found, key=_place), listing.first_index, listing.last_index
 
     async def wait_deleted(self, key: str, *, after: int) -> None:
         while True:
