@@ -388,14 +388,10 @@ class KVNode:
         node in touch with a leader answers (every replica records the same changes at the
         same indexes); a cut-off one answers ``NoLeader``, so the client asks another."""
         args.validate()
-        if self._cut_off():
-            return WatchReply(NO_LEADER)
-        try:
-            with trio.move_on_after(args.wait):
-                changes, through = await self.watches.next_changes(
-                    args.prefix, args.after, limit=args.limit
-                )
-                return WatchReply(OK, [_change_record(c) for c in changes], through)
+        reply = await self._next_watch_reply(args, args.after, trio.current_time() + args.wait)
+        if reply is not None:
+            return reply
+        try:  # none came: say through which index nothing did
             changes, through = self.machine.history.since(args.prefix, args.after, args.limit)
         except Compacted as exc:
             return WatchReply(COMPACTED, compacted_through=exc.compacted_through)
@@ -404,32 +400,37 @@ class KVNode:
     def stream_watch(self, args: WatchArgs) -> AsyncIterator[WatchReply]:
         """``POST /watch_stream``: the long poll's answers as JSON lines, one per batch of
         changes, for ``wait`` seconds (then the stream ends: reconnect with the last
-        ``through``); a last line with ``Compacted`` ends it early."""
+        ``through``); a last line with ``Compacted`` (or ``NoLeader``) ends it early."""
         args.validate()
 
         async def replies() -> AsyncIterator[WatchReply]:
             after, deadline = args.after, trio.current_time() + args.wait
-            while True:
-                if self._cut_off():
-                    yield WatchReply(NO_LEADER)
+            while (reply := await self._next_watch_reply(args, after, deadline)) is not None:
+                yield reply
+                if reply.err != OK:
                     return
-                # No yield inside the cancel scope: the consumer runs between yields.
-                compacted: Compacted | None = None
-                with trio.move_on_at(deadline) as scope:
-                    try:
-                        changes, after = await self.watches.next_changes(
-                            args.prefix, after, limit=args.limit
-                        )
-                    except Compacted as exc:
-                        compacted = exc
-                if compacted is not None:
-                    yield WatchReply(COMPACTED, compacted_through=compacted.compacted_through)
-                    return
-                if scope.cancelled_caught:
-                    return
-                yield WatchReply(OK, [_change_record(c) for c in changes], after)
+                after = reply.through
 
         return replies()
+
+    async def _next_watch_reply(
+        self, args: WatchArgs, after: int, deadline: float
+    ) -> WatchReply | None:
+        """The next answer to a watch of ``args.prefix`` after ``after``: ``NoLeader`` on a
+        cut-off node, else the next changes as this node applies them (waiting until
+        ``deadline``), or ``Compacted``; ``None`` if none came by then. (It returns before
+        the stream yields: the consumer never runs inside its cancel scope.)"""
+        if self._cut_off():
+            return WatchReply(NO_LEADER)
+        try:
+            with trio.move_on_at(deadline):
+                changes, through = await self.watches.next_changes(
+                    args.prefix, after, limit=args.limit
+                )
+                return WatchReply(OK, [_change_record(c) for c in changes], through)
+        except Compacted as exc:
+            return WatchReply(COMPACTED, compacted_through=exc.compacted_through)
+        return None
 
     def watch(
         self, prefix: str, *, after: int
