@@ -180,3 +180,28 @@ async def test_a_node_started_with_join_is_added_promoted_and_the_leader_removed
             assert await kv.get("before") == Versioned("v", 1)
     await cluster.stop_all()
     await joiner.stop()
+
+
+async def test_a_node_started_with_lease_reads_serves_reads_by_lease(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``--lease-reads`` out of range exits naming the flag; in range, the node's gets are
+    served by lease (its /status counts them), not by a heartbeat round."""
+    node = ["node", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+            "--data-dir", str(tmp_path / "d"), "--insecure"]  # fmt: skip
+    result = await trio.run_process(
+        [*TRIORAFT, *node, "--lease-reads", "5"], capture_stderr=True, check=False
+    )
+    assert result.returncode == 1 and b"--lease-reads" in result.stderr
+    (tmp_path / "c").mkdir()
+    cluster = ProcessCluster(1, tmp_path / "c", extra=["--lease-reads", "0.25"])
+    with trio.fail_after(60):
+        await cluster.start_all(nursery)
+        url = cluster.urls["1"]
+        assert (await cli("put", "k", "v", "--version", "0", "--servers", url))[0] == 0
+        code, out = await cli("get", "k", "--servers", url)
+        assert (code, json.loads(out)["value"]) == (0, "v")
+        async with httpx.AsyncClient() as http:
+            status = (await http.get(f"{url}/status")).json()
+        assert status["reads"]["lease"] >= 1, status
+        await cluster.stop_all()

@@ -18,7 +18,16 @@ import trio.testing
 
 from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import SingleKV, lost_reply_then_delete, start_single_kv, wait_for
-from trioraft import BadRequest, KVClient, MaybeApplied, Route, Versioned, make_app, serve
+from trioraft import (
+    BadRequest,
+    KVClient,
+    MaybeApplied,
+    RaftConfig,
+    Route,
+    Versioned,
+    make_app,
+    serve,
+)
 from trioraft.kv.clients import OpsClient, Servers
 from trioraft.kv.coalescing import CoalescingClient, open_coalescing_client
 from trioraft.kv.machine import KVMachine
@@ -400,11 +409,16 @@ async def test_the_embedded_client_marks_a_retry_after_a_lost_local_result(
         assert seen_ops[1].retry_after is not None and seen_ops[1].retry_after >= 0
 
 
-async def test_a_cut_off_leader_never_answers_a_stale_read(make_kv_cluster) -> None:
+@pytest.mark.parametrize("lease_reads", [False, True], ids=["read-index", "lease"])
+async def test_a_cut_off_leader_never_answers_a_stale_read(
+    make_kv_cluster, lease_reads: bool
+) -> None:
     """The leader is partitioned into the minority; the majority elects a new leader and
     commits a write. The old leader, asked to read (in-process and over HTTP), answers
-    nothing or the new value, never the old one."""
-    c: KVCluster = await make_kv_cluster(3)
+    nothing or the new value, never the old one; with lease reads too (its lease runs out
+    before any follower may time it out)."""
+    config = RaftConfig(lease_duration=0.9 * RaftConfig().election_timeout[0])
+    c: KVCluster = await make_kv_cluster(3, config=config if lease_reads else None)
     with trio.fail_after(90):
         old = await wait_leader(c)
         await c.clerk().put("k", "old", 0)
@@ -424,6 +438,8 @@ async def test_a_cut_off_leader_never_answers_a_stale_read(make_kv_cluster) -> N
             assert got == Versioned("new", 2), got
         c.heal()
         assert await stale_reader.get("k") == Versioned("new", 2)
+    reads = c.nodes[await wait_leader(c)].raft.statistics().reads
+    assert reads["lease" if lease_reads else "read_index"] > 0, reads
 
 
 async def test_the_single_server_answers_a_put_naming_a_lease_as_batch_does(

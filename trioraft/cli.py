@@ -4,7 +4,8 @@
                   --peer J=PEER_URL ... --client-url J=CLIENT_URL ...
                   --cluster-token-file FILE | --insecure
                   [--tls-cert F --tls-key F [--tls-ca F]] [--client-token-file F]
-                  [--max-request-bytes N] [--quota-bytes N] [--max-raft-state N] [--join]
+                  [--max-request-bytes N] [--quota-bytes N] [--max-raft-state N]
+                  [--lease-reads SECONDS] [--join]
                   [--log-level LEVEL] [--log-format text|json]
                                                one server of a replicated KV cluster
     trioraft cluster --nodes N [--data-dir DIR] [--base-port P]
@@ -97,6 +98,7 @@ from .kv.node import (
 )
 from .kv.server import KVServer
 from .kv.status import fetch_statuses, render_table
+from .raft.config import RaftConfig
 from .raft.inspect import Inspection, inspect_data_dir
 from .rpc.codec import decode, encode
 from .rpc.http import serve
@@ -138,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES)
     node.add_argument("--quota-bytes", type=positive_int, default=DEFAULT_QUOTA_BYTES)
     node.add_argument("--max-raft-state", type=int, default=-1)
+    node.add_argument(
+        "--lease-reads",
+        type=float,
+        metavar="SECONDS",
+        help="serve reads without a heartbeat round for this long after a majority answered "
+        "the leader (below the shortest election timeout, 0.3 s; assumes the members' clocks "
+        "run at rates within that margin)",
+    )
     node.add_argument(
         "--join",
         action="store_true",
@@ -367,10 +377,17 @@ def build_node(args: argparse.Namespace) -> KVNode:
     token = None
     if args.client_token_file is not None:
         token = read_secret(args.client_token_file, "client token").decode()
+    config = None
+    if args.lease_reads is not None:
+        try:
+            config = RaftConfig(lease_duration=args.lease_reads)
+        except ValueError as exc:
+            raise SystemExit(f"trioraft node: --lease-reads: {exc}") from None
     return KVNode(
         args.id,
         dict(args.peer),
         args.data_dir,
+        config=config,
         client_urls=dict(args.client_url) or None,
         cluster_secret=secret,
         insecure=args.insecure,

@@ -287,12 +287,14 @@ class KVNode:
         """Run read-only ops (gets, ranges, lease checks) without the log: the one way reads
         are served. ReadIndex: the leader notes its commit index, confirms with one
         heartbeat round (shared by the reads queued meanwhile) that it still leads, waits
-        until it has applied that index, then answers from its state machine. Their replies,
+        until it has applied that index, then answers from its state machine. With
+        ``RaftConfig.lease_duration`` set, the round is skipped while the leader's lease
+        holds (lease reads, under that setting's clock assumption). Their replies,
         or ``None`` as :meth:`execute_many` answers (not the leader, or no answer within
         ``op_timeout``)."""
         with trio.move_on_after(self.op_timeout):
             try:
-                index = await self.raft.read_index()
+                index = await self.raft.read_index(lease=True)  # if configured
             except NotLeader:
                 return None
             await self.raft.wait_applied(index)
