@@ -1,7 +1,8 @@
 """A load-generating process: one client shared by ``--concurrency`` tasks.
 
     python benchmarks/load_client.py --urls URL,URL,URL --concurrency 256 --seconds 5 \
-        --value-bytes 16 --prefix run1 [--op put|get] [--client coalescing|cluster|echo]
+        --value-bytes 16 --prefix run1 [--op put|get|stale-get|log-get]
+        [--client coalescing|cluster|echo]
         [--serve]
 
 With ``--serve`` the process opens its client once and then runs one load per line of
@@ -23,10 +24,11 @@ from contextlib import AsyncExitStack
 
 import httpx
 import trio
-from _load import closed_loop, kv_op
+from _load import Op, closed_loop, kv_op
 
 from trioraft.kv.clients import ClusterClient
 from trioraft.kv.coalescing import open_coalescing_client
+from trioraft.kv.messages import TxnOp
 
 
 class EchoClient:
@@ -63,9 +65,26 @@ async def main(args: argparse.Namespace) -> None:
             print(json.dumps(summary), flush=True)
 
 
+def read_op(kv: object, kind: str, prefix: str) -> Op:
+    """Reads of ``PREFIX-(K mod 1000)`` other than the plain get: ``stale-get`` (from what
+    the server asked has applied) and ``log-get`` (a txn whose only op is the get: it goes
+    through the log as a write does, as every read did before ReadIndex)."""
+
+    async def stale_get(k: int) -> None:
+        await kv.get(f"{prefix}-{k % 1000}", stale=True)  # type: ignore[attr-defined]
+
+    async def log_get(k: int) -> None:
+        await kv.txn([], [TxnOp("get", f"{prefix}-{k % 1000}")])  # type: ignore[attr-defined]
+
+    return stale_get if kind == "stale-get" else log_get
+
+
 async def run(kv: object, args: argparse.Namespace, prefix: str, seconds: float) -> dict:
     requests = getattr(kv, "requests", 0)
-    op = kv_op(kv, args.op, prefix, args.value_bytes)
+    if args.op in ("stale-get", "log-get"):
+        op = read_op(kv, args.op, prefix)
+    else:
+        op = kv_op(kv, args.op, prefix, args.value_bytes)
     summary = await closed_loop(op, args.concurrency, seconds)
     summary["requests"] = getattr(kv, "requests", requests + summary["ops"]) - requests
     return summary
@@ -81,6 +100,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--serve", action="store_true", help="a load per stdin line {prefix, seconds}"
     )
-    parser.add_argument("--op", choices=["put", "get"], default="put")
+    parser.add_argument("--op", choices=["put", "get", "stale-get", "log-get"], default="put")
     parser.add_argument("--client", choices=["coalescing", "cluster", "echo"], default="coalescing")
     trio.run(main, parser.parse_args())

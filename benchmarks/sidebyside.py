@@ -190,10 +190,16 @@ def trioraft_leader(urls: list[str]) -> str:
 
 @contextmanager
 def trioraft_cluster(
-    directory: Path, name: str, transport: str, library: Path | None, n: int = 3
+    directory: Path,
+    name: str,
+    transport: str,
+    library: Path | None,
+    n: int = 3,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[System]:
     """``n`` ``trioraft node`` processes, as the README starts them (an authenticated
-    cluster); peers over ``transport``; run from the checkout ``library`` if given."""
+    cluster); peers over ``transport``; run from the checkout ``library`` if given; each
+    node with the flags ``extra`` too."""
     ids = [str(i + 1) for i in range(n)]
     ports = free_ports(2 * n)
     client = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports[:n], strict=True)}
@@ -211,7 +217,7 @@ def trioraft_cluster(
             args = ["--id", i, "--listen", client[i].removeprefix("http://")]
             args += ["--peer-listen", f"127.0.0.1:{peer_port[i]}"]
             args += ["--data-dir", str(directory / f"node-{i}")]
-            args += ["--cluster-token-file", str(token), "--log-level", "warning"]
+            args += ["--cluster-token-file", str(token), "--log-level", "warning", *extra]
             for j in ids:
                 if j != i:
                     args += [f"--peer={j}={transport}://127.0.0.1:{peer_port[j]}"]

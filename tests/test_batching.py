@@ -15,6 +15,7 @@ from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import SingleKV, check_put_concurrent, one_client_put, run_clients
 from trioraft import VersionConflict, Versioned
 from trioraft.kv.coalescing import open_coalescing_client
+from trioraft.kv.messages import MAX_BATCH_RANGES
 from trioraft.testing import MIT_UNRELIABLE, History
 
 
@@ -142,6 +143,30 @@ async def test_coalescing_client_shares_requests_and_stays_linearizable(
         assert kv.requests < ops / 2, f"{kv.requests} requests for {ops} ops: few coalesced"
     result = history.check(timeout=60)
     assert result.ok is True, result.account
+
+
+async def test_coalescing_client_sends_many_ranges_in_batches_a_server_takes(
+    single_kv: SingleKV,
+) -> None:
+    """64 tasks range (or read stale, which is a range of one key) at once: a server takes
+    at most MAX_BATCH_RANGES ranges in a batch, so the client packs them in batches of that
+    many, never a bigger one that is refused and then sent again op by op."""
+    async with open_coalescing_client([single_kv.url]) as kv:
+        await kv.put("k", "v", 0)
+        before = kv.requests
+        pages = []
+
+        async def read() -> None:
+            pages.append(await kv.range(prefix="k"))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for _ in range(64):
+                    nursery.start_soon(read)
+        assert len(pages) == 64
+        assert all([item.key for item in page.items] == ["k"] for page in pages)
+        requests = kv.requests - before
+        assert requests <= 64 // MAX_BATCH_RANGES + 2, f"{requests} requests for 64 ranges"
 
 
 async def test_coalescing_client_reports_conflicts_and_closes_cleanly(

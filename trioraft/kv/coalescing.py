@@ -4,9 +4,11 @@
         await kv.put("k", "v", 0)
 
 Every task's call joins a queue; one sender task takes everything queued into one ``/batch``
-request while no other is in flight, so N concurrent callers cost about one HTTP round trip,
-not N. It speaks to a replicated cluster (finding the leader as :class:`ClusterClient` does)
-or to a single :class:`KVServer` (all but append). Its ops are :class:`OpsClient`'s.
+request while no other is in flight (up to what a server takes in one: ``max_ops_per_request``
+ops, of them at most ``MAX_BATCH_RANGES`` ranges, stale gets included), so N concurrent
+callers cost about one HTTP round trip, not N. It speaks to a replicated cluster (finding
+the leader as :class:`ClusterClient` does) or to a single :class:`KVServer` (all but
+append). Its ops are :class:`OpsClient`'s.
 
 Invariants:
 - At most one request is in flight, and ops that must be retried go back to the head of the
@@ -36,7 +38,7 @@ import trio
 from .._errors import BadRequest, MaybeApplied
 from ..rpc.tls import ClientTls
 from .clients import OpsClient, Servers
-from .messages import READ_OPS, BatchOp, OpResult, WatchArgs, WatchReply
+from .messages import MAX_BATCH_RANGES, READ_OPS, BatchOp, OpResult, WatchArgs, WatchReply
 
 
 @dataclass(eq=False)
@@ -103,8 +105,7 @@ class CoalescingClient(OpsClient):
                 await self._queue_grew.wait()
                 self._queue_grew = trio.Event()
                 continue
-            batch = [q for q in self._queue[: self.max_ops_per_request] if not q.abandoned]
-            del self._queue[: self.max_ops_per_request]
+            batch = self._take_batch()
             if not batch:
                 continue
             self._in_flight = batch
@@ -129,6 +130,22 @@ class CoalescingClient(OpsClient):
                         queued.error = alone
                         queued.done.set()
             self._in_flight = []
+
+    def _take_batch(self) -> list[_Queued]:
+        """Take the next batch off the queue's head: at most ``max_ops_per_request`` ops and
+        :data:`MAX_BATCH_RANGES` ranges (a server refuses a batch of more whole). Ops whose
+        callers went away are dropped."""
+        batch, ranges, taken = [], 0, 0
+        for queued in self._queue[: self.max_ops_per_request]:
+            if queued.op.op == "range" and not queued.abandoned:
+                if ranges == MAX_BATCH_RANGES:
+                    break
+                ranges += 1
+            taken += 1
+            if not queued.abandoned:
+                batch.append(queued)
+        del self._queue[:taken]
+        return batch
 
     async def _send(self, batch: list[_Queued]) -> None:
         results, failures = await self.servers.call([q.op for q in batch])
