@@ -406,12 +406,14 @@ class OpsClient:
         """The key's value and version. ``stale``: as the first server tried has applied
         it, leader or not (no round trip to the leader; it may be behind), with the index
         it reflects in ``.index``."""
-        if stale:  # a range of the one key says the index it was read at
-            page = await self.range(start=key, end=key + "\x00", limit=1, stale=True)
-            got = page.items[0] if page.items else KeyRecord(key, "", 0, 0, 0)
-            return Versioned(got.value, got.version, got.mod_index, got.create_index, page.index)
-        result, _ = await self.run(BatchOp("get", key))
-        return Versioned(result.value, result.version, result.mod_index, result.create_index)
+        result, _ = await self.run(BatchOp("get", key, stale=stale))
+        return Versioned(
+            result.value,
+            result.version,
+            result.mod_index,
+            result.create_index,
+            result.index if stale else 0,
+        )
 
     async def put(self, key: str, value: str, version: int, *, lease: int = 0) -> None:
         result, why = await self.run(BatchOp("put", key, value, version, lease=lease))

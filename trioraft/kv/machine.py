@@ -121,11 +121,12 @@ class VersionedKV:
         #: When a list, every change made is appended to it (for watches and leases).
         self.changes: list[Change] | None = None
 
-    def get(self, key: str) -> GetReply:
+    def get(self, key: str, index: int = 0) -> GetReply:
+        """The key as of ``index`` (this state's, which the reply repeats)."""
         entry = self._data.get(key)
         if entry is None:
-            return GetReply("", 0, NO_KEY)
-        return GetReply(entry[0], entry[1], OK, entry[2], entry[3])
+            return GetReply("", 0, NO_KEY, index=index)
+        return GetReply(entry[0], entry[1], OK, entry[2], entry[3], index)
 
     def put(self, key: str, value: str, version: int, index: int = 0) -> PutReply:
         current = self._data.get(key)
@@ -325,7 +326,7 @@ class KVMachine:
         elif retry_after is not None and not _is_version(retry_after):
             return PutReply(BAD_OP)
         if kind == "get":
-            return self.kv.get(op["key"])
+            return self.kv.get(op["key"], index)
         if kind == "put":
             value, version, lease = op.get("value"), op.get("version"), op.get("lease", 0)
             if type(value) is not str or not _is_version(version) or not _is_version(lease):

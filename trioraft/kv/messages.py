@@ -98,6 +98,8 @@ class GetReply:
     err: str
     mod_index: int = 0
     create_index: int = 0
+    #: The index of the state it was read from (a stale read says how far behind it may be).
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +409,8 @@ class OpResult:
     txn: TxnOutcome | None = None
     lease: int = 0
     ttl: int = 0
+    #: A get's: the index of the state it was read from.
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +429,10 @@ def as_result(reply: Reply | None) -> OpResult:
     if reply is None:
         return OpResult(BAD_OP)
     if isinstance(reply, GetReply):
-        return OpResult(reply.err, reply.value, reply.version, reply.mod_index, reply.create_index)
+        return OpResult(
+            reply.err, reply.value, reply.version, reply.mod_index, reply.create_index,
+            index=reply.index,
+        )  # fmt: skip
     if isinstance(reply, OpenSessionReply):
         return OpResult(reply.err, reply.session)
     if isinstance(reply, RangeReply) and reply.err == OK:

@@ -330,7 +330,7 @@ class KVNode:
         r = await self.run_one(BatchOp("get", args.key))
         if isinstance(r, WrongLeaderReply):
             return r
-        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index)
+        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index, r.index)
 
     async def handle_put(self, args: PutArgs) -> PutReply | WrongLeaderReply:
         check_key(args.key)

@@ -73,7 +73,7 @@ class KVServer:
     async def handle_get(self, args: GetArgs) -> GetReply:
         check_key(args.key)
         (r,) = self.run_batch([BatchOp("get", args.key)])
-        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index)
+        return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index, r.index)
 
     async def handle_put(self, args: PutArgs) -> PutReply:
         check_key(args.key)
