@@ -39,6 +39,9 @@ class KVCluster:
         self.max_raft_state = max_raft_state
         self.config = config or RaftConfig()
         self.ids = [str(i) for i in range(n)]
+        #: The founding servers: every server's peer and client URL flags name them (and only
+        #: them); a server added later is known to the others by the configuration alone.
+        self.founders = list(self.ids)
         self.proxies = {i: HttpProxy(self.network, i) for i in self.ids}  # clients
         self.peer_proxies = {i: HttpProxy(self.network, i) for i in self.ids}
         self.urls: dict[str, str] = {}  # clients reach server i here
@@ -59,8 +62,8 @@ class KVCluster:
 
     async def add_server(self, i: str) -> None:
         """Start a new server ``i`` with an empty data directory and ``joining=True``: it
-        knows the other servers (to reach them) but not the configuration, and waits to be
-        added (its peer URL for that is ``peer_urls[i]``)."""
+        knows the founding servers (to reach them) but not the configuration, and waits to be
+        added (its peer URL for that is ``peer_urls[i]``); the others' flags never name it."""
         self.proxies[i] = HttpProxy(self.network, i)
         self.peer_proxies[i] = HttpProxy(self.network, i)
         self.urls[i] = await self.nursery.start(self.proxies[i].run)
@@ -72,9 +75,9 @@ class KVCluster:
         self.starts += 1
         node = KVNode(
             i,
-            {j: self.peer_urls[j] for j in self.ids if j != i},
+            {j: self.peer_urls[j] for j in self.founders if j != i},
             self.directory / f"server-{i}",
-            client_urls={j: self.urls[j] for j in self.ids if j != i},
+            client_urls={j: self.urls[j] for j in self.founders if j != i},
             cluster_secret=self.secret,
             max_raft_state=self.max_raft_state,
             config=self.config,

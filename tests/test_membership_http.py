@@ -97,6 +97,48 @@ async def test_add_a_learner_it_catches_up_promote_it_then_remove_a_follower(
         assert (await clerk.get("after")).value == "v"
 
 
+async def test_a_new_members_client_url_is_known_everywhere_after_leader_changes_and_restarts(
+    make_kv_cluster,
+) -> None:
+    """The client URL given to member_add travels in the configuration entry: after the
+    leadership moves and every server restarts (the founders' flags never name the new
+    member), member_list on any server lists it, and followers' WrongLeader hints point at
+    it once it leads."""
+    c: KVCluster = await make_kv_cluster(3)
+    members = {"0", "1", "2", "3"}
+    with trio.fail_after(90):
+        old = await wait_leader(c)
+        await c.add_server("3")
+        async with open_admin_client(admin_urls(c)) as admin:
+            await admin.member_add("3", c.peer_urls["3"], c.urls["3"])
+            await admin.wait_caught_up("3")
+            await admin.member_promote("3")
+            await admin.transfer_leader(next(i for i in c.ids if i not in (old, "3")))
+        await wait_leader(c, exclude=(old, "3"))
+        for restart in (False, True):
+            if restart:
+                await c.stop_all()
+                await c.start_all_again()
+                await wait_leader(c)
+            for i in c.ids:
+                await wait_config(c, i, members, set())
+                reply = await post(c.urls[i], "member_list", {})
+                assert reply.json()["client_urls"]["3"] == c.urls["3"], (i, reply.text)
+                assert reply.json()["addresses"]["3"] == c.peer_urls["3"], (i, reply.text)
+        async with open_admin_client(admin_urls(c)) as admin:
+            assert (await admin.transfer_leader("3")).leader == "3"
+        for i in c.founders:
+            node = c.nodes[i]
+            assert node is not None
+            await node.raft.wait_until(lambda n: n.leader_id == "3")
+            reply = await post(c.urls[i], "member_promote", {"id": "9"})
+            assert reply.json()["err"] == "WrongLeader", reply.text
+            assert reply.json()["leader"] == c.urls["3"], (i, reply.text)
+        kv = c.clerk()
+        await kv.put("k", "v", 0)  # clients find the new leader
+        assert (await kv.get("k")).value == "v"
+
+
 async def test_removing_the_leader_transfers_first_and_loses_no_acknowledged_write(
     make_kv_cluster,
 ) -> None:

@@ -16,9 +16,17 @@ import trio
 import trio.testing
 
 from tests.raft_harness import RaftCluster
-from trioraft import LeadershipLost, NotLeader, RaftConfig
+from trioraft import BadRequest, LeadershipLost, NotLeader, RaftConfig
 from trioraft.raft.log import Entry, Log
-from trioraft.raft.membership import Configuration, MembershipChangeRefused
+from trioraft.raft.membership import (
+    CONFIGURATION_PREFIX,
+    Configuration,
+    MembershipChange,
+    MembershipChangeRefused,
+    apply_change,
+    decode_configuration,
+    encode_configuration,
+)
 from trioraft.raft.node import Applied, RaftNode, SnapshotApplied
 from trioraft.raft.storage import (
     FileStorage,
@@ -334,6 +342,27 @@ def test_snapshots_keep_the_configuration_and_old_ones_still_load() -> None:
     assert decode_snapshot(encode_snapshot(Snapshot(7, 2, b"state"))) == Snapshot(7, 2, b"state")
     old_format = (7).to_bytes(8, "little") + (2).to_bytes(8, "little") + b"state"
     assert decode_snapshot(old_format) == Snapshot(7, 2, b"state", None)
+
+
+def test_configuration_entries_carry_client_urls_and_old_ones_still_load() -> None:
+    added = apply_change(
+        Configuration(("a", "b")),
+        MembershipChange(add_learner=("c", "tcp://c:1"), client_url="http://c:2"),
+    )
+    assert added.client_urls == {"c": "http://c:2"} and added.addresses == {"c": "tcp://c:1"}
+    assert decode_configuration(encode_configuration(added)) == added
+    assert apply_change(added, MembershipChange(promote="c")).client_urls == added.client_urls
+    snapshot = Snapshot(7, 2, b"state", added)
+    assert decode_snapshot(encode_snapshot(snapshot)).configuration == added
+    # An entry written before client URLs were kept loads without any.
+    old = CONFIGURATION_PREFIX + '{"voters":["a","b"],"learners":["c"],"addresses":{"c":"x"}}'
+    assert decode_configuration(old) == Configuration(("a", "b"), ("c",), {"c": "x"})
+    # A removal drops the member's client URL with its address.
+    assert apply_change(added, MembershipChange(remove="c")).client_urls == {}
+    with pytest.raises(BadRequest):
+        MembershipChange(promote="c", client_url="http://c:2")
+    with pytest.raises(ValueError):
+        Configuration.from_json({"voters": ["a"], "client_urls": {"a": 1}})
 
 
 async def test_a_file_storage_snapshot_keeps_the_configuration(tmp_path) -> None:

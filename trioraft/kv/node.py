@@ -307,12 +307,19 @@ class KVNode:
         applied = self.raft.last_applied
         return [self.machine.apply(log_op(op), applied) for op in ops]
 
+    def client_url_of(self, member: str) -> str:
+        """Where clients reach ``member`` ("" if unknown): the client URL its configuration
+        entry carries (replicated, so every node knows it), else the one this node was
+        given at start, else (for this node) its own."""
+        url = self.raft.configuration.client_urls.get(member) or self.client_urls.get(member)
+        return url or ((self.url or "") if member == self.id else "")
+
     def leader_hint(self) -> str:
         """The leader's client URL, when this node knows another node leads."""
         leader = self.raft.leader_id
         if leader is None or leader == self.id:
             return ""
-        return self.client_urls.get(leader, "")
+        return self.client_url_of(leader)
 
     async def run_one(self, op: BatchOp) -> OpResult | WrongLeaderReply:
         """Run one validated op (as :meth:`run_batch`); its result, or the reply to send
@@ -525,6 +532,7 @@ class KVNode:
             {m: conf.addresses[m] for m in conf.members if m in conf.addresses},
             match,
             self.raft.commit_index,
+            {m: url for m in conf.members if (url := self.client_url_of(m))},
         )
 
     def _wrong_leader(self) -> MembershipReply:
@@ -549,13 +557,14 @@ class KVNode:
         args.validate()
         conf = self.raft.configuration
         if args.id in conf.members:
-            if args.id in conf.learners and conf.addresses.get(args.id) == args.peer_url:
+            if (
+                args.id in conf.learners
+                and conf.addresses.get(args.id) == args.peer_url
+                and conf.client_urls.get(args.id, "") == args.client_url
+            ):
                 return self.membership() if self.raft.is_leader else self._wrong_leader()
             raise BadRequest(f"body.id: {args.id!r} is a member already")
-        reply = await self._change(add_learner=(args.id, args.peer_url))
-        if reply.err == OK and args.client_url:
-            self.client_urls[args.id] = args.client_url
-        return reply
+        return await self._change(add_learner=(args.id, args.peer_url), client_url=args.client_url)
 
     async def handle_member_promote(self, args: MemberArgs) -> MembershipReply:
         args.validate()

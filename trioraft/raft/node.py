@@ -504,10 +504,12 @@ class RaftNode:
         add_learner: tuple[str, str] | None = None,
         promote: str | None = None,
         remove: str | None = None,
+        client_url: str = "",
     ) -> Configuration:
         """Make one membership change (a :class:`MembershipChange`, or one of the keyword
         arguments): ``add_learner=(id, peer address)`` adds a member that receives the log
-        without voting (start it with ``joining=True`` and an empty data directory);
+        without voting (start it with ``joining=True`` and an empty data directory), with
+        ``client_url`` (if given) kept in the configuration for every node to know;
         ``promote=id`` makes a caught-up learner a voter; ``remove=id`` removes a member (a
         removed leader leads until the removal commits, then steps down). Returns the new
         configuration once its entry has committed.
@@ -520,7 +522,7 @@ class RaftNode:
         changed before the entry was known committed (it may still commit).
         """
         if change is None:
-            change = MembershipChange(add_learner, promote, remove)
+            change = MembershipChange(add_learner, promote, remove, client_url)
         async with self._lock:
             self._refuse_if_failed()
             if self._stopped:
