@@ -547,7 +547,7 @@ class KVNode:
             return self._wrong_leader()
         try:
             configuration = await self.raft.change_membership(**change)
-        except MembershipChangeRefused as exc:
+        except (MembershipChangeRefused, TransferAbandoned) as exc:
             raise BadRequest(str(exc), 409) from None
         except (NotLeader, LeadershipLost):
             return self._wrong_leader()
@@ -576,18 +576,8 @@ class KVNode:
         args.validate()
         if args.id not in self.raft.configuration.members:
             return self.membership() if self.raft.is_leader else self._wrong_leader()
-        if args.id == self.id and self.raft.is_leader:
-            # Removing the leader transfers first: the new leader removes this node when the
-            # client retries there (this one answers WrongLeader naming it).
-            try:
-                await self.raft.transfer_leadership()
-            except TransferAbandoned as exc:
-                raise BadRequest(str(exc), 409) from None
-            except NotLeader:
-                pass
-            with trio.move_on_after(self.op_timeout):
-                await self.raft.wait_until(lambda n: n.leader_id not in (None, self.id))
-            return self._wrong_leader()
+        # Removing the leader: it hands over first and answers WrongLeader naming the new
+        # leader, which removes it when the client retries there (RaftNode.change_membership).
         return await self._change(remove=args.id)
 
     async def handle_transfer_leader(self, args: TransferLeaderArgs) -> MembershipReply:
