@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from tests.kv_cluster import KVCluster, wait_leader
+from tests.kv_cluster import KVCluster, isolate, rejoin, wait_leader
 from trioraft import RaftConfig
 from trioraft.kv.admin import open_admin_client
 
@@ -282,3 +282,44 @@ async def test_cli_member_add_waits_for_the_learner_then_promotes_it(make_kv_clu
         assert code == 0, err
         assert (json.loads(out)["voters"], json.loads(out)["learners"]) == (c.ids, [])
         await wait_config(c, "3", set(c.ids), set())
+
+
+async def test_a_change_while_another_is_in_flight_answers_409_over_http_and_the_cli(
+    make_kv_cluster, nursery: trio.Nursery
+) -> None:
+    """The leader, cut off from the others (no check-quorum, so it goes on leading), holds
+    an uncommitted configuration entry: a second change is refused for now, 409 over HTTP
+    and exit status 1 with the reason from the CLI; nothing more is proposed."""
+    c: KVCluster = await make_kv_cluster(3, config=RaftConfig(check_quorum=False))
+    with trio.fail_after(60):
+        leader = await wait_leader(c)
+        node = c.nodes[leader]
+        assert node is not None
+        follower = next(i for i in c.ids if i != leader)
+        await node.raft.wait_until(lambda n: n.commit_index >= n.log.last_index)
+        isolate(c, [leader])
+        first: list[httpx.Response] = []
+        answered = trio.Event()
+
+        async def add_learner() -> None:
+            body = {"id": "9", "peer_url": "http://127.0.0.1:1", "client_url": "http://h:2"}
+            first.append(await post(c.urls[leader], "member_add", body))
+            answered.set()
+
+        nursery.start_soon(add_learner)
+        await node.raft.wait_until(lambda n: "9" in n.configuration.learners)
+        in_flight = node.raft.log.last_index
+        reply = await post(c.urls[leader], "member_promote", {"id": "9"})
+        assert reply.status_code == 409, reply.text
+        assert "not committed yet" in reply.json()["error"], reply.text
+        code, out, err = await cli("member", "remove", follower, "--servers", c.urls[leader])
+        assert (code, out) == (1, ""), err
+        assert "refused (409)" in err and "not committed yet" in err, err
+        assert node.raft.log.last_index == in_flight  # nothing more was proposed
+        assert set(node.raft.configuration.voters) == set(c.ids)
+        assert not first  # the first change still waits for its entry to commit
+        rejoin(c, [leader])
+        # Back in touch: the first change commits, or (if the others elected meanwhile) its
+        # entry is cut away and the old leader answers WrongLeader; either way it answers.
+        await answered.wait()
+        assert first[0].status_code == 200 and first[0].json()["err"] in ("OK", "WrongLeader")
