@@ -170,6 +170,8 @@ async def test_membership_changes_under_faults_keep_the_history_linearizable(
         stop_load.set()
         stop_partitions.set()
         await cluster.stop_all()
+        for i, node in cluster.nodes.items():  # for a failure's post-mortem
+            (tmp_path / f"node-{i}.log").write_bytes(node.stderr)
     writes = [op for op in history.operations if op.input.op != "get" and op.output is not None]
     assert len(writes) >= 30, f"too few writes answered to judge: {len(writes)}"
     started = time.monotonic()

@@ -697,7 +697,8 @@ class EmbeddedClient(OpsClient):
             if result.err != WRONG_LEADER:
                 return result, f"{failures} WrongLeader here" if failures else ""
             failures += not refused
-            (op,) = as_retries([op], seen_before)
+            if failures:  # a retry of an attempt that may have applied (see Servers.call)
+                (op,) = as_retries([op], seen_before)
             await backoff.wait()
         result, why = await self.remote.run(op)
         if failures:
