@@ -163,6 +163,7 @@ async def test_a_node_started_with_join_is_added_promoted_and_the_leader_removed
             )  # fmt: skip
             assert code == 0, joiner.stderr.decode()
             assert json.loads(out)["voters"] == ["1", "2", "3", "4"]
+            assert json.loads(out)["client_urls"]["4"] == url  # from the configuration entry
             code, out = await cli("member", "remove", leader, "--servers", servers)
             assert code == 0
             after = json.loads(out)
