@@ -50,6 +50,9 @@ class KVCluster:
         # a node with a process of its own) would stall the other nodes meanwhile.
         self.config = dataclasses.replace(config or RaftConfig(), follower_sync_inline=False)
         self.ids = [str(i) for i in range(n)]
+        #: The founding servers: every server's peer and client URL flags name them (and only
+        #: them); a server added later is known to the others by the configuration alone.
+        self.founders = list(self.ids)
         self.proxies = {i: HttpProxy(self.network, i) for i in self.ids}  # clients
         self.peer_proxies = {i: self._peer_proxy(i) for i in self.ids}
         self.urls: dict[str, str] = {}  # clients reach server i here
@@ -73,8 +76,8 @@ class KVCluster:
 
     async def add_server(self, i: str) -> None:
         """Start a new server ``i`` with an empty data directory and ``joining=True``: it
-        knows the other servers (to reach them) but not the configuration, and waits to be
-        added (its peer URL for that is ``peer_urls[i]``)."""
+        knows the founding servers (to reach them) but not the configuration, and waits to be
+        added (its peer URL for that is ``peer_urls[i]``); the others' flags never name it."""
         self.proxies[i] = HttpProxy(self.network, i)
         self.peer_proxies[i] = self._peer_proxy(i)
         self.urls[i] = await self.nursery.start(self.proxies[i].run)
@@ -84,7 +87,7 @@ class KVCluster:
 
     async def start(self, i: str, *, joining: bool = False) -> None:
         self.starts += 1
-        peers = {j: self.peer_urls[j] for j in self.ids if j != i}
+        peers = {j: self.peer_urls[j] for j in self.founders if j != i}
         transport = None
         if self.peer_transport == "tcp":
             auth = PeerAuth(self.secret)
@@ -93,7 +96,7 @@ class KVCluster:
             i,
             peers,
             self.directory / f"server-{i}",
-            client_urls={j: self.urls[j] for j in self.ids if j != i},
+            client_urls={j: self.urls[j] for j in self.founders if j != i},
             cluster_secret=self.secret,
             max_raft_state=self.max_raft_state,
             config=self.config,

@@ -4,6 +4,11 @@ A :class:`ProcessCluster` gives each node a client port and a peer port, writes 
 secret to a file they all read, and starts, kills (SIGKILL) or stops (SIGTERM) them. A node
 is serving once it has printed its "listening" line; one that exits first (refusing to
 start) leaves its exit status and stderr in :attr:`NodeProcess.exit` and ``stderr``.
+
+With :meth:`ProcessCluster.route_peers_through`, peers reach each other through one fault
+proxy per node (:class:`~trioraft.testing.HttpProxy`, named by the node's id on a
+:class:`~trioraft.testing.Network`); :meth:`ProcessCluster.add_node` makes a node that joins
+later (``--join``, its flags naming the members of the moment, behind its own proxy).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import trio
 
 from trioraft.kv.node import free_ports
 from trioraft.rpc.tls import ClientTls, client_context
+from trioraft.testing import HttpProxy, Network
 
 TRIORAFT = [sys.executable, "-m", "trioraft"]
 
@@ -98,21 +104,55 @@ class ProcessCluster:
         self.directory = directory
         self.secret_file = directory / "cluster-secret"
         self.secret_file.write_text("process-cluster-secret-0123456789\n")
+        #: Where the other nodes reach node i: its peer URL, or its proxy's.
+        self.peer_routes = dict(self.peer_urls)
+        self.network: Network | None = None
+        self.extra = extra or []
         self.data_dirs = {i: directory / f"node-{i}" for i in self.ids}
-        self.nodes = {i: NodeProcess(self.command(i, extra or [])) for i in self.ids}
+        self.nodes = {i: NodeProcess(self.command(i, self.extra)) for i in self.ids}
 
-    def command(self, i: str, extra: list[str]) -> list[str]:
-        others = [j for j in self.ids if j != i]
+    def command(self, i: str, extra: list[str], others: list[str] | None = None) -> list[str]:
+        """Node ``i``'s command line; its flags name ``others`` (by default every other
+        node)."""
+        others = [j for j in self.ids if j != i] if others is None else others
         return [
             *TRIORAFT, "node", "--id", i,
             "--listen", self.urls[i].split("://")[1],
             "--peer-listen", self.peer_urls[i].split("://")[1],
             "--data-dir", str(self.data_dirs[i]),
             "--cluster-token-file", str(self.secret_file),
-            *[arg for j in others for arg in ("--peer", f"{j}={self.peer_urls[j]}")],
+            *[arg for j in others for arg in ("--peer", f"{j}={self.peer_routes[j]}")],
             *[arg for j in others for arg in ("--client-url", f"{j}={self.urls[j]}")],
             *extra,
         ]  # fmt: skip
+
+    async def route_peers_through(self, network: Network, nursery: trio.Nursery) -> None:
+        """Before the nodes start: each node's peers reach it through a fault proxy of its
+        own on ``network`` (which names it by its id), running in ``nursery``."""
+        self.network = network
+        for i in self.ids:
+            await self._start_proxy(i, nursery)
+        self.nodes = {i: NodeProcess(self.command(i, self.extra)) for i in self.ids}
+
+    async def _start_proxy(self, i: str, nursery: trio.Nursery) -> None:
+        assert self.network is not None
+        proxy = HttpProxy(self.network, i, self.peer_urls[i])
+        self.peer_routes[i] = await nursery.start(proxy.run)
+
+    async def add_node(self, i: str, nursery: trio.Nursery) -> NodeProcess:
+        """A new node ``i`` (fresh ports and data directory; behind its own proxy if peers
+        are proxied) run with ``--join``, its flags naming the nodes of the moment; not
+        started yet. Add it with its ``peer_routes[i]`` and ``urls[i]``."""
+        client_port, peer_port = free_ports(2)
+        self.urls[i] = f"{self.scheme}://127.0.0.1:{client_port}"
+        self.peer_urls[i] = self.peer_routes[i] = f"{self.scheme}://127.0.0.1:{peer_port}"
+        if self.network is not None:
+            await self._start_proxy(i, nursery)
+        self.data_dirs[i] = self.directory / f"node-{i}"
+        others = list(self.ids)
+        self.ids.append(i)
+        self.nodes[i] = NodeProcess(self.command(i, [*self.extra, "--join"], others))
+        return self.nodes[i]
 
     async def start_all(self, nursery: trio.Nursery) -> None:
         for i in self.ids:

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.processes import NodeProcess, ProcessCluster
+from tests.processes import ProcessCluster
 from trioraft import ClusterClient, KVClient, Versioned
-from trioraft.kv.node import free_ports
 
 TRIORAFT = [sys.executable, "-m", "trioraft"]
 
@@ -144,21 +143,12 @@ async def test_a_node_started_with_join_is_added_promoted_and_the_leader_removed
     members only to reach them; ``member add`` makes it a voter; ``member remove`` of the
     leader hands over first and loses no acknowledged write."""
     cluster = ProcessCluster(3, tmp_path)
-    client_port, peer_port = free_ports(2)
-    url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    joiner = NodeProcess(
-        [
-            *TRIORAFT, "node", "--id", "4", "--join",
-            "--listen", f"127.0.0.1:{client_port}", "--peer-listen", f"127.0.0.1:{peer_port}",
-            "--data-dir", str(tmp_path / "node-4"),
-            "--cluster-token-file", str(cluster.secret_file),
-            *[arg for j in cluster.ids for arg in ("--peer", f"{j}={cluster.peer_urls[j]}")],
-            *[arg for j in cluster.ids for arg in ("--client-url", f"{j}={cluster.urls[j]}")],
-        ]
-    )  # fmt: skip
     servers = ",".join(cluster.urls.values())
+    joiner = await cluster.add_node("4", nursery)
+    url, peer_url = cluster.urls["4"], cluster.peer_urls["4"]
     with trio.fail_after(60):
-        await cluster.start_all(nursery)
+        for i in ("1", "2", "3"):
+            assert await cluster.nodes[i].start(nursery), cluster.nodes[i].stderr.decode()
         leader = await cluster.wait_leader()
         assert await joiner.start(nursery), joiner.stderr.decode()
         async with httpx.AsyncClient(timeout=5) as http:
@@ -173,13 +163,13 @@ async def test_a_node_started_with_join_is_added_promoted_and_the_leader_removed
             )  # fmt: skip
             assert code == 0, joiner.stderr.decode()
             assert json.loads(out)["voters"] == ["1", "2", "3", "4"]
+            assert json.loads(out)["client_urls"]["4"] == url  # from the configuration entry
             code, out = await cli("member", "remove", leader, "--servers", servers)
             assert code == 0
             after = json.loads(out)
             assert leader not in after["voters"] and after["leader"] in after["voters"]
             assert await kv.get("before") == Versioned("v", 1)
     await cluster.stop_all()
-    await joiner.stop()
 
 
 async def test_a_node_started_with_lease_reads_serves_reads_by_lease(

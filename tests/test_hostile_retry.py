@@ -347,12 +347,13 @@ def record_attempts(servers: Servers) -> list[tuple[int, list[int | None]]]:
     return sent
 
 
-async def test_a_write_first_sent_to_a_follower_is_retried_with_what_was_seen_before(
+async def test_a_write_a_follower_refused_goes_to_the_leader_unmarked(
     make_kv_cluster,
 ) -> None:
     """The clerk has seen index s; other writes move the cluster on; its put goes to a
-    follower first (WrongLeader, whose reply carries a later index), then to the leader.
-    The retry names s, not the follower's index: the first attempt was sent after s."""
+    follower first (WrongLeader, refused before it was proposed, whose reply carries a
+    later index), then to the leader. That attempt is no retry (nothing may have applied):
+    it carries no ``retry_after``, and the clerk has seen the follower's index since."""
     c: KVCluster = await make_kv_cluster(3)
     with trio.fail_after(60):
         leader = await wait_leader(c)
@@ -372,8 +373,46 @@ async def test_a_write_first_sent_to_a_follower_is_retried_with_what_was_seen_be
         clerk.leader = follower
         await clerk.put("k", "v", 0)
         assert sent[0] == (follower, [None])
-        assert sent[1:] and all(attempt == [seen] for _, attempt in sent[1:]), sent
+        assert sent[1:] and all(attempt == [None] for _, attempt in sent[1:]), sent
         assert clerk.servers.seen > seen
+        assert await clerk.get("k") == Versioned("v", 1)
+
+
+async def test_a_retry_after_a_lost_reply_names_what_was_seen_before(
+    make_kv_cluster,
+) -> None:
+    """The clerk has seen index s; its put applies at the leader but the reply is lost;
+    the next attempt goes to a follower (refused, whose reply carries a later index), the
+    one after to the leader. Both are retries naming s, not a later index: the first
+    attempt was sent after s. The put applied once, and the clerk says Maybe."""
+    c: KVCluster = await make_kv_cluster(3)
+    with trio.fail_after(60):
+        leader = await wait_leader(c)
+        clerk, other = c.clerk(), c.clerk()
+        await clerk.put("seen", "v", 0)
+        seen = clerk.servers.seen
+        for i in range(5):
+            await other.put(f"later-{i}", "v", 0)
+        at = c.ids.index(leader)
+        follower = c.nodes[c.ids[(at + 1) % 3]]
+        assert follower is not None
+        await follower.rsm.wait_until(lambda rsm: rsm.applied_index > seen)
+        await follower.raft.wait_until(lambda n: n.leader_id == leader)
+        sent = record_attempts(clerk.servers)
+        rpc = clerk.servers.rpcs[at]
+        answered = rpc.call
+
+        async def lose_the_first_reply(method, args, reply_type, *a, **kw):
+            await answered(method, args, reply_type, *a, **kw)
+            rpc.call = answered  # type: ignore[method-assign]
+            return None  # as a lost call
+
+        rpc.call = lose_the_first_reply  # type: ignore[method-assign]
+        clerk.leader = at
+        with pytest.raises(MaybeApplied):
+            await clerk.put("k", "v", 0)
+        assert sent[0] == (at, [None]) and sent[1] == ((at + 1) % 3, [seen]), sent
+        assert all(attempt == [seen] for _, attempt in sent[1:]), sent
         assert await clerk.get("k") == Versioned("v", 1)
 
 

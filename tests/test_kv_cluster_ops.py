@@ -260,6 +260,26 @@ async def test_a_put_a_follower_refused_is_not_maybe(make_kv_cluster) -> None:
         assert (result.err, why) == ("OK", "")
 
 
+async def test_a_write_only_followers_refused_is_no_retry(make_kv_cluster) -> None:
+    """Attempts refused before they were proposed did not apply: the attempt at the leader
+    is not marked a retry, so a deletion by another client since the clerk's last reply is
+    no conflict to it. A delete finds the key gone (NoKey) and a create makes it, where a
+    marked retry would meet the tombstone and answer Version without doubt (a wrong answer,
+    as a history checked under membership changes found)."""
+    c = await make_kv_cluster(3)
+    clerk, other = c.clerk(), c.clerk()
+    with trio.fail_after(30):
+        await clerk.put("k", "v", 0)  # every follower now knows the leader
+        await other.delete("k", 1)  # after the last index the clerk has seen
+        follower = (c.ids.index(await wait_leader(c)) + 1) % 3
+        clerk.leader = follower
+        with pytest.raises(KeyNotFound):
+            await clerk.delete("k", 1)
+        clerk.leader = follower
+        result, why = await clerk.run(BatchOp("put", "k", "again", 0))
+        assert (result.err, why) == ("OK", "")
+
+
 async def run_histories_under_faults(make_kv_cluster, *, multi_key: bool) -> OpsHistory:
     """Six clients run :func:`~tests.kvtest.ops_client` on three keys through lossy links
     while partitions come and go, for 8 s and until every kind of op has answered twice;

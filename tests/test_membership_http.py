@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from tests.kv_cluster import KVCluster, wait_leader
+from tests.kv_cluster import KVCluster, isolate, rejoin, wait_leader
 from trioraft import RaftConfig
 from trioraft.kv.admin import open_admin_client
 
@@ -97,6 +97,48 @@ async def test_add_a_learner_it_catches_up_promote_it_then_remove_a_follower(
         assert (await clerk.get("after")).value == "v"
 
 
+async def test_a_new_members_client_url_is_known_everywhere_after_leader_changes_and_restarts(
+    make_kv_cluster,
+) -> None:
+    """The client URL given to member_add travels in the configuration entry: after the
+    leadership moves and every server restarts (the founders' flags never name the new
+    member), member_list on any server lists it, and followers' WrongLeader hints point at
+    it once it leads."""
+    c: KVCluster = await make_kv_cluster(3)
+    members = {"0", "1", "2", "3"}
+    with trio.fail_after(90):
+        old = await wait_leader(c)
+        await c.add_server("3")
+        async with open_admin_client(admin_urls(c)) as admin:
+            await admin.member_add("3", c.peer_urls["3"], c.urls["3"])
+            await admin.wait_caught_up("3")
+            await admin.member_promote("3")
+            await admin.transfer_leader(next(i for i in c.ids if i not in (old, "3")))
+        await wait_leader(c, exclude=(old, "3"))
+        for restart in (False, True):
+            if restart:
+                await c.stop_all()
+                await c.start_all_again()
+                await wait_leader(c)
+            for i in c.ids:
+                await wait_config(c, i, members, set())
+                reply = await post(c.urls[i], "member_list", {})
+                assert reply.json()["client_urls"]["3"] == c.urls["3"], (i, reply.text)
+                assert reply.json()["addresses"]["3"] == c.peer_urls["3"], (i, reply.text)
+        async with open_admin_client(admin_urls(c)) as admin:
+            assert (await admin.transfer_leader("3")).leader == "3"
+        for i in c.founders:
+            node = c.nodes[i]
+            assert node is not None
+            await node.raft.wait_until(lambda n: n.leader_id == "3")
+            reply = await post(c.urls[i], "member_promote", {"id": "9"})
+            assert reply.json()["err"] == "WrongLeader", reply.text
+            assert reply.json()["leader"] == c.urls["3"], (i, reply.text)
+        kv = c.clerk()
+        await kv.put("k", "v", 0)  # clients find the new leader
+        assert (await kv.get("k")).value == "v"
+
+
 async def test_removing_the_leader_transfers_first_and_loses_no_acknowledged_write(
     make_kv_cluster,
 ) -> None:
@@ -142,6 +184,9 @@ HOSTILE: list[tuple[str, Any, str]] = [
     ("member_add", {"id": "4", "peer_url": "http://h:1/" + "a" * 600}, "body.peer_url"),
     ("member_add", {"id": "4", "peer_url": "http://h:1", "client_url": "tcp://h:2"}, "client_url"),
     ("member_add", {"id": "0", "peer_url": "http://h:1"}, "member already"),
+    # The cluster's peers talk framed TCP: an HTTP peer is a member none of them could reach
+    # (once it crashed every node that applied the entry).
+    ("member_add", {"id": "4", "peer_url": "http://h:1"}, "peer address"),
     ("member_add", [], "body"),
     ("member_promote", {"id": "nobody"}, ""),
     ("member_promote", {}, "id"),
@@ -240,3 +285,44 @@ async def test_cli_member_add_waits_for_the_learner_then_promotes_it(make_kv_clu
         assert code == 0, err
         assert (json.loads(out)["voters"], json.loads(out)["learners"]) == (c.ids, [])
         await wait_config(c, "3", set(c.ids), set())
+
+
+async def test_a_change_while_another_is_in_flight_answers_409_over_http_and_the_cli(
+    make_kv_cluster, nursery: trio.Nursery
+) -> None:
+    """The leader, cut off from the others (no check-quorum, so it goes on leading), holds
+    an uncommitted configuration entry: a second change is refused for now, 409 over HTTP
+    and exit status 1 with the reason from the CLI; nothing more is proposed."""
+    c: KVCluster = await make_kv_cluster(3, config=RaftConfig(check_quorum=False))
+    with trio.fail_after(60):
+        leader = await wait_leader(c)
+        node = c.nodes[leader]
+        assert node is not None
+        follower = next(i for i in c.ids if i != leader)
+        await node.raft.wait_until(lambda n: n.commit_index >= n.log.last_index)
+        isolate(c, [leader])
+        first: list[httpx.Response] = []
+        answered = trio.Event()
+
+        async def add_learner() -> None:
+            body = {"id": "9", "peer_url": "tcp://127.0.0.1:1", "client_url": "http://h:2"}
+            first.append(await post(c.urls[leader], "member_add", body))
+            answered.set()
+
+        nursery.start_soon(add_learner)
+        await node.raft.wait_until(lambda n: "9" in n.configuration.learners)
+        in_flight = node.raft.log.last_index
+        reply = await post(c.urls[leader], "member_promote", {"id": "9"})
+        assert reply.status_code == 409, reply.text
+        assert "not committed yet" in reply.json()["error"], reply.text
+        code, out, err = await cli("member", "remove", follower, "--servers", c.urls[leader])
+        assert (code, out) == (1, ""), err
+        assert "refused (409)" in err and "not committed yet" in err, err
+        assert node.raft.log.last_index == in_flight  # nothing more was proposed
+        assert set(node.raft.configuration.voters) == set(c.ids)
+        assert not first  # the first change still waits for its entry to commit
+        rejoin(c, [leader])
+        # Back in touch: the first change commits, or (if the others elected meanwhile) its
+        # entry is cut away and the old leader answers WrongLeader; either way it answers.
+        await answered.wait()
+        assert first[0].status_code == 200 and first[0].json()["err"] in ("OK", "WrongLeader")

@@ -13,11 +13,11 @@ import httpx
 import pytest
 import trio
 
-from tests.processes import NodeProcess, ProcessCluster
+from tests.processes import ProcessCluster
 from trioraft import ClusterClient, FileStorage, Versioned
 from trioraft.raft.log import Entry
 from trioraft.raft.storage import HardState
-from trioraft.testing import RELIABLE, HttpProxy, Network
+from trioraft.testing import RELIABLE, Network
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
 
@@ -56,17 +56,7 @@ async def test_readyz_flips_on_a_node_cut_off_from_the_majority(
     ready; healing brings it back to 200."""
     cluster = ProcessCluster(3, tmp_path)
     network = Network(seed, RELIABLE)
-    proxied = {}
-    for i in cluster.ids:
-        proxy = HttpProxy(network, i, cluster.peer_urls[i])
-        proxied[i] = await nursery.start(proxy.run)
-    for i in cluster.ids:  # the same nodes, reaching each other through the proxies
-        command = cluster.command(i, [])
-        for k, arg in enumerate(command):
-            if arg == "--peer":
-                peer = command[k + 1].split("=")[0]
-                command[k + 1] = f"{peer}={proxied[peer]}"
-        cluster.nodes[i] = NodeProcess(command)
+    await cluster.route_peers_through(network, nursery)
     try:
         with trio.fail_after(60):
             await cluster.start_all(nursery)

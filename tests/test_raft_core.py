@@ -374,6 +374,19 @@ def test_a_second_membership_change_is_refused_while_one_is_uncommitted() -> Non
     assert index == 3 and a.voters == ("a", "b")
 
 
+def test_checking_a_membership_change_changes_nothing() -> None:
+    """What ``RaftNode.change_membership`` asks before a leader removing itself hands over:
+    the configuration it would make, or the refusal, with the log and peers untouched."""
+    a, _b, _c = elected_with_noop_committed()
+    last, peers = a.log.last_index, list(a.peers)
+    after = a.check_membership_change(MembershipChange(remove="a"))
+    assert after.voters == ("b", "c") and a.configuration.voters == ("a", "b", "c")
+    assert (a.log.last_index, a.peers) == (last, peers)
+    a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    with pytest.raises(MembershipChangeRefused, match="not committed yet"):
+        a.check_membership_change(MembershipChange(remove="a"))
+
+
 def test_a_leader_without_a_committed_entry_of_its_term_cannot_change_membership() -> None:
     a, b, c = (make_core(i, config=NOOP_CONFIG) for i in VOTERS)
     elect(a, [b, c], 10.0)

@@ -16,9 +16,17 @@ import trio
 import trio.testing
 
 from tests.raft_harness import RaftCluster
-from trioraft import LeadershipLost, NotLeader, RaftConfig
+from trioraft import BadRequest, LeadershipLost, NotLeader, RaftConfig
 from trioraft.raft.log import Entry, Log
-from trioraft.raft.membership import Configuration, MembershipChangeRefused
+from trioraft.raft.membership import (
+    CONFIGURATION_PREFIX,
+    Configuration,
+    MembershipChange,
+    MembershipChangeRefused,
+    apply_change,
+    decode_configuration,
+    encode_configuration,
+)
 from trioraft.raft.node import Applied, RaftNode, SnapshotApplied
 from trioraft.raft.storage import (
     FileStorage,
@@ -226,23 +234,37 @@ async def test_a_removed_follower_leaves_and_stops_campaigning(
     check_acknowledged(c, acknowledged, rest)
 
 
-async def test_removing_the_leader_elects_another_and_loses_nothing(
+async def test_removing_the_leader_hands_over_first_and_the_new_leader_removes_it(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock
 ) -> None:
+    """``change_membership(remove=own id)`` on the leader transfers leadership to another
+    voter and raises NotLeader naming it, having proposed nothing; the retry there removes
+    the old leader, which never campaigns again; nothing acknowledged is lost."""
     c = await start(nursery, seed)
     acknowledged: list[tuple[int, str]] = []
     with trio.fail_after(LIMIT):
         stop = trio.Event()
+        await commit(c, "first", c.ids)
+        old_id = await c.wait_leader()
+        old = c.node(old_id)
+        rest = [i for i in c.ids if i != old_id]
         async with trio.open_nursery() as load:
-            load.start_soon(write_load, c, c.ids, acknowledged, stop)
+            # Applied by those who stay (the old leader hears nothing past its removal).
+            load.start_soon(write_load, c, rest, acknowledged, stop)
             await trio.sleep(0.5)
-            old_id = await c.wait_leader()
-            old = c.node(old_id)
-            rest = [i for i in c.ids if i != old_id]
+            assert old.is_leader
             campaigns = old.metrics.elections
-            after = await old.change_membership(remove=old_id)
+            last_configuration_entry = old._core.history.latest_index
+            with pytest.raises(NotLeader) as handed:
+                await old.change_membership(remove=old_id)
+            new_id = handed.value.leader
+            assert new_id in rest and not old.is_leader
+            assert c.node(new_id).leader_id == new_id  # it leads already: a handover
+            # The old leader proposed nothing: the configuration is the one before.
+            assert old.configuration.voters == tuple(c.ids)
+            assert c.node(new_id)._core.history.latest_index == last_configuration_entry
+            after = await change(c, remove=old_id)  # the retry, at the new leader
             assert after.voters == tuple(rest)
-            assert not old.is_leader  # stepped down once its removal committed
             stop.set()
         new_id = await c.wait_leader(among=rest)
         assert new_id in rest
@@ -334,6 +356,27 @@ def test_snapshots_keep_the_configuration_and_old_ones_still_load() -> None:
     assert decode_snapshot(encode_snapshot(Snapshot(7, 2, b"state"))) == Snapshot(7, 2, b"state")
     old_format = (7).to_bytes(8, "little") + (2).to_bytes(8, "little") + b"state"
     assert decode_snapshot(old_format) == Snapshot(7, 2, b"state", None)
+
+
+def test_configuration_entries_carry_client_urls_and_old_ones_still_load() -> None:
+    added = apply_change(
+        Configuration(("a", "b")),
+        MembershipChange(add_learner=("c", "tcp://c:1"), client_url="http://c:2"),
+    )
+    assert added.client_urls == {"c": "http://c:2"} and added.addresses == {"c": "tcp://c:1"}
+    assert decode_configuration(encode_configuration(added)) == added
+    assert apply_change(added, MembershipChange(promote="c")).client_urls == added.client_urls
+    snapshot = Snapshot(7, 2, b"state", added)
+    assert decode_snapshot(encode_snapshot(snapshot)).configuration == added
+    # An entry written before client URLs were kept loads without any.
+    old = CONFIGURATION_PREFIX + '{"voters":["a","b"],"learners":["c"],"addresses":{"c":"x"}}'
+    assert decode_configuration(old) == Configuration(("a", "b"), ("c",), {"c": "x"})
+    # A removal drops the member's client URL with its address.
+    assert apply_change(added, MembershipChange(remove="c")).client_urls == {}
+    with pytest.raises(BadRequest):
+        MembershipChange(promote="c", client_url="http://c:2")
+    with pytest.raises(ValueError):
+        Configuration.from_json({"voters": ["a"], "client_urls": {"a": 1}})
 
 
 async def test_a_file_storage_snapshot_keeps_the_configuration(tmp_path) -> None:

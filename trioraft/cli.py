@@ -446,6 +446,7 @@ def membership_json(reply: MembershipReply) -> dict[str, object]:
         "voters": reply.voters,
         "learners": reply.learners,
         "addresses": reply.addresses,
+        "client_urls": reply.client_urls,
         "leader": reply.leader,
     }
 

@@ -309,8 +309,6 @@ class Servers:
                 raise
             if reply is not None:
                 self.seen = max(self.seen, reply.index)
-            if attempts == 0:  # every later attempt is a retry
-                args = BatchArgs(as_retries(ops, seen_before))
             if reply is not None and len(reply.results) == len(ops):
                 if not reply.results or reply.results[0].err != WRONG_LEADER:
                     return reply.results, account() if uncertain else []
@@ -323,6 +321,12 @@ class Servers:
             if may_have_applied and first_uncertain is None:
                 first_uncertain = (attempts, failure)
             uncertain |= may_have_applied
+            if uncertain:
+                # The next attempt retries one that may have applied. After refusals only,
+                # it is a first attempt still, and goes unmarked: a marked one would meet
+                # the tombstone of a deletion made since as a conflict, which, reported
+                # without doubt, would be a wrong answer.
+                args = BatchArgs(as_retries(ops, seen_before))
             attempts += 1
             await self._move_on(
                 server, reply.leader if reply is not None else "", attempts, backoff

@@ -673,7 +673,8 @@ class MemberListArgs:
 @dataclass(frozen=True, slots=True)
 class MemberAddArgs:
     """``POST /member_add``: add ``id`` as a learner, reached by peers at ``peer_url``
-    (``client_url``, if given, is where the leader sends clients' hints for it)."""
+    (``client_url``, if given, goes into the configuration entry: every server then points
+    clients there)."""
 
     id: str
     peer_url: str
@@ -712,8 +713,9 @@ class MembershipReply:
     """What the membership routes answer: with ``err`` OK, the configuration (after the
     change) and ``leader``, the leader's id as this server knows it ("" if none);
     ``match`` (on the leader) is how far each peer's log is known to match its own, and
-    ``commit_index`` the leader's. With ``err`` WrongLeader, ``leader`` is the leader's
-    client URL as in :class:`WrongLeaderReply`."""
+    ``commit_index`` the leader's; ``client_urls`` where clients reach each member, as far
+    as this server knows (from the configuration, else its own flags). With ``err``
+    WrongLeader, ``leader`` is the leader's client URL as in :class:`WrongLeaderReply`."""
 
     err: str
     leader: str = ""
@@ -722,3 +724,4 @@ class MembershipReply:
     addresses: dict[str, str] = field(default_factory=dict)
     match: dict[str, int] = field(default_factory=dict)
     commit_index: int = 0
+    client_urls: dict[str, str] = field(default_factory=dict)

@@ -310,12 +310,19 @@ class KVNode:
         applied = self.raft.last_applied
         return [self.machine.apply(log_op(op), applied) for op in ops]
 
+    def client_url_of(self, member: str) -> str:
+        """Where clients reach ``member`` ("" if unknown): the client URL its configuration
+        entry carries (replicated, so every node knows it), else the one this node was
+        given at start, else (for this node) its own."""
+        url = self.raft.configuration.client_urls.get(member) or self.client_urls.get(member)
+        return url or ((self.url or "") if member == self.id else "")
+
     def leader_hint(self) -> str:
         """The leader's client URL, when this node knows another node leads."""
         leader = self.raft.leader_id
         if leader is None or leader == self.id:
             return ""
-        return self.client_urls.get(leader, "")
+        return self.client_url_of(leader)
 
     async def run_one(self, op: BatchOp) -> OpResult | WrongLeaderReply:
         """Run one validated op (as :meth:`run_batch`); its result, or the reply to send
@@ -529,6 +536,7 @@ class KVNode:
             {m: conf.addresses[m] for m in conf.members if m in conf.addresses},
             match,
             self.raft.commit_index,
+            {m: url for m in conf.members if (url := self.client_url_of(m))},
         )
 
     def _wrong_leader(self) -> MembershipReply:
@@ -543,7 +551,7 @@ class KVNode:
             return self._wrong_leader()
         try:
             configuration = await self.raft.change_membership(**change)
-        except MembershipChangeRefused as exc:
+        except (MembershipChangeRefused, TransferAbandoned) as exc:
             raise BadRequest(str(exc), 409) from None
         except (NotLeader, LeadershipLost):
             return self._wrong_leader()
@@ -553,13 +561,14 @@ class KVNode:
         args.validate()
         conf = self.raft.configuration
         if args.id in conf.members:
-            if args.id in conf.learners and conf.addresses.get(args.id) == args.peer_url:
+            if (
+                args.id in conf.learners
+                and conf.addresses.get(args.id) == args.peer_url
+                and conf.client_urls.get(args.id, "") == args.client_url
+            ):
                 return self.membership() if self.raft.is_leader else self._wrong_leader()
             raise BadRequest(f"body.id: {args.id!r} is a member already")
-        reply = await self._change(add_learner=(args.id, args.peer_url))
-        if reply.err == OK and args.client_url:
-            self.client_urls[args.id] = args.client_url
-        return reply
+        return await self._change(add_learner=(args.id, args.peer_url), client_url=args.client_url)
 
     async def handle_member_promote(self, args: MemberArgs) -> MembershipReply:
         args.validate()
@@ -571,18 +580,8 @@ class KVNode:
         args.validate()
         if args.id not in self.raft.configuration.members:
             return self.membership() if self.raft.is_leader else self._wrong_leader()
-        if args.id == self.id and self.raft.is_leader:
-            # Removing the leader transfers first: the new leader removes this node when the
-            # client retries there (this one answers WrongLeader naming it).
-            try:
-                await self.raft.transfer_leadership()
-            except TransferAbandoned as exc:
-                raise BadRequest(str(exc), 409) from None
-            except NotLeader:
-                pass
-            with trio.move_on_after(self.op_timeout):
-                await self.raft.wait_until(lambda n: n.leader_id not in (None, self.id))
-            return self._wrong_leader()
+        # Removing the leader: it hands over first and answers WrongLeader naming the new
+        # leader, which removes it when the client retries there (RaftNode.change_membership).
         return await self._change(remove=args.id)
 
     async def handle_transfer_leader(self, args: TransferLeaderArgs) -> MembershipReply:
@@ -702,7 +701,8 @@ class EmbeddedClient(OpsClient):
             if result.err != WRONG_LEADER:
                 return result, f"{failures} WrongLeader here" if failures else ""
             failures += not refused
-            (op,) = as_retries([op], seen_before)
+            if failures:  # a retry of an attempt that may have applied (see Servers.call)
+                (op,) = as_retries([op], seen_before)
             await backoff.wait()
         result, why = await self.remote.run(op)
         if failures:

@@ -317,6 +317,16 @@ class RaftCore:
     def propose_membership_change(self, change: MembershipChange) -> tuple[int, list[Action]]:
         """Append the configuration entry for ``change`` (a single-server change, Raft
         thesis §4.1); its index, and the actions. The new configuration is in effect at once.
+        Raises as :meth:`check_membership_change`."""
+        new = self.check_membership_change(change)
+        index = self.log.last_index + 1
+        entry = Entry(self.term, encode_configuration(new))
+        self.log.append([entry])
+        self.history.appended(index, [entry])
+        return index, [*self._configuration_moved(), *self._advance_commit()]
+
+    def check_membership_change(self, change: MembershipChange) -> Configuration:
+        """The configuration ``change`` would make now, changing nothing.
 
         Refused (:class:`MembershipChangeRefused`) while another change is uncommitted,
         before an entry of this leader's term has committed, or during a leadership
@@ -335,12 +345,7 @@ class RaftCore:
                 f"no entry of term {self.term} has committed yet (a new leader must "
                 "commit one before it changes the membership)"
             )
-        new = apply_change(self.history.latest, change)
-        index = self.log.last_index + 1
-        entry = Entry(self.term, encode_configuration(new))
-        self.log.append([entry])
-        self.history.appended(index, [entry])
-        return index, [*self._configuration_moved(), *self._advance_commit()]
+        return apply_change(self.history.latest, change)
 
     # -- shared rules --------------------------------------------------------------------
 

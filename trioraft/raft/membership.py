@@ -2,9 +2,12 @@
 each configuration stands in the log.
 
 A :class:`Configuration` names the voters (who elect and whose acknowledgements commit)
-and the learners (who receive the log but neither vote nor count), and the peer address of
-each member that has one. It travels in the log as a *configuration entry*: an entry whose
-command is :data:`CONFIGURATION_PREFIX` followed by the whole new configuration as JSON.
+and the learners (who receive the log but neither vote nor count), the peer address of
+each member that has one, and the client URL of each member that has one (opaque to Raft:
+the application's servers use it to point their clients at a member, so every node knows
+it after any leader change or restart). It travels in the log as a *configuration entry*:
+an entry whose command is :data:`CONFIGURATION_PREFIX` followed by the whole new
+configuration as JSON (``voters``, ``learners``, ``addresses``, ``client_urls``).
 Like the leader's no-op, the applier never hands such an entry to the application.
 
 Single-server changes (Raft thesis §4.1): each change adds a learner, promotes a learner
@@ -17,7 +20,10 @@ Invariants:
   again (:class:`ConfigurationHistory`).
 - The configuration as of a snapshot's index is kept with the snapshot (the *base* here),
   so compacting the log never loses the configuration in effect.
-- Voters and learners are kept sorted; no id is both a voter and a learner;
+- An entry or snapshot written before client URLs were kept (no ``client_urls``) loads as
+  a configuration without any.
+- Voters and learners are kept sorted; no id is both a voter and a learner; only members
+  have an address or a client URL (a removal drops them);
   :func:`apply_change` refuses anything but a single-server change, and never removes the
   last voter.
 """
@@ -46,11 +52,13 @@ class MembershipChangeRefused(RaftError):
 class Configuration:
     """Who is in the cluster. ``addresses`` maps a member's id to its peer address; a
     member without one (the static peers a node was started with) is reached as its
-    transport was told at start."""
+    transport was told at start. ``client_urls`` maps a member's id to where clients reach
+    it (given when it was added; Raft only carries it)."""
 
     voters: tuple[str, ...]
     learners: tuple[str, ...] = ()
     addresses: Mapping[str, str] = field(default_factory=dict, hash=False)
+    client_urls: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if set(self.voters) & set(self.learners):
@@ -76,6 +84,7 @@ class Configuration:
             "voters": list(self.voters),
             "learners": list(self.learners),
             "addresses": dict(sorted(self.addresses.items())),
+            "client_urls": dict(sorted(self.client_urls.items())),
         }
 
     @classmethod
@@ -85,17 +94,17 @@ class Configuration:
             raise ValueError("a configuration is a JSON object")
         voters, learners = data.get("voters"), data.get("learners", [])
         addresses = data.get("addresses", {})
+        client_urls = data.get("client_urls", {})  # absent before client URLs were kept
         for name, ids in (("voters", voters), ("learners", learners)):
             if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
                 raise ValueError(f"{name}: expected a list of ids")
-        if not isinstance(addresses, dict) or not all(
-            isinstance(v, str) for v in addresses.values()
-        ):
-            raise ValueError("addresses: expected an object of strings")
+        for name, urls in (("addresses", addresses), ("client_urls", client_urls)):
+            if not isinstance(urls, dict) or not all(isinstance(v, str) for v in urls.values()):
+                raise ValueError(f"{name}: expected an object of strings")
         assert isinstance(voters, list) and isinstance(learners, list)
         if len(set(voters)) != len(voters) or len(set(learners)) != len(learners):
             raise ValueError("a member is listed twice")
-        return cls(tuple(voters), tuple(learners), dict(addresses))
+        return cls(tuple(voters), tuple(learners), dict(addresses), dict(client_urls))
 
 
 def encode_configuration(configuration: Configuration) -> str:
@@ -117,20 +126,25 @@ def is_configuration_command(command: str) -> bool:
 
 @dataclass(frozen=True)
 class MembershipChange:
-    """One single-server change; exactly one of the fields is set.
+    """One single-server change; exactly one of ``add_learner``, ``promote`` and
+    ``remove`` is set.
 
-    ``add_learner``: (id, peer address) of a new member that receives the log without voting;
-    ``promote``: a learner becomes a voter; ``remove``: a member (voter or learner) leaves.
+    ``add_learner``: (id, peer address) of a new member that receives the log without voting
+    (``client_url``, if given, is where its clients reach it); ``promote``: a learner becomes
+    a voter; ``remove``: a member (voter or learner) leaves.
     """
 
     add_learner: tuple[str, str] | None = None
     promote: str | None = None
     remove: str | None = None
+    client_url: str = ""
 
     def __post_init__(self) -> None:
         chosen = [x for x in (self.add_learner, self.promote, self.remove) if x is not None]
         if len(chosen) != 1:
             raise BadRequest("a membership change is exactly one of add_learner, promote, remove")
+        if self.client_url and self.add_learner is None:
+            raise BadRequest("a client URL is given only with add_learner")
 
     def describe(self) -> str:
         if self.add_learner is not None:
@@ -143,6 +157,7 @@ class MembershipChange:
 def apply_change(current: Configuration, change: MembershipChange) -> Configuration:
     """The configuration after ``change``; raises :class:`BadRequest` if it does not apply."""
     addresses = dict(current.addresses)
+    client_urls = dict(current.client_urls)
     if change.add_learner is not None:
         node_id, address = change.add_learner
         if not node_id:
@@ -150,23 +165,27 @@ def apply_change(current: Configuration, change: MembershipChange) -> Configurat
         if node_id in current.members:
             raise BadRequest(f"add_learner: {node_id!r} is a member already")
         addresses[node_id] = address
-        return Configuration(current.voters, (*current.learners, node_id), addresses)
+        if change.client_url:
+            client_urls[node_id] = change.client_url
+        return Configuration(current.voters, (*current.learners, node_id), addresses, client_urls)
     if change.promote is not None:
         node_id = change.promote
         if node_id not in current.learners:
             raise BadRequest(f"promote: {node_id!r} is not a learner")
         learners = tuple(i for i in current.learners if i != node_id)
-        return Configuration((*current.voters, node_id), learners, addresses)
+        return Configuration((*current.voters, node_id), learners, addresses, client_urls)
     node_id = change.remove or ""
     if node_id not in current.members:
         raise BadRequest(f"remove: {node_id!r} is not a member")
     if current.voters == (node_id,):
         raise BadRequest(f"remove: {node_id!r} is the last voter")
     addresses.pop(node_id, None)
+    client_urls.pop(node_id, None)
     return Configuration(
         tuple(i for i in current.voters if i != node_id),
         tuple(i for i in current.learners if i != node_id),
         addresses,
+        client_urls,
     )
 
 

@@ -51,7 +51,9 @@ Invariants:
   the snapshot (the static ``peers`` only until one is found; none for a node started with
   ``joining=True``). On each change the transport is told the members' addresses, and a
   leader starts a replicator for each peer the core keeps progress for; a replicator ends
-  once its peer has none. Configuration entries are never handed to ``applied``.
+  once its peer has none. Configuration entries are never handed to ``applied``. A leader
+  asked to remove itself proposes nothing: it hands leadership over and names the new
+  leader, which removes it (the one place that does so: :meth:`RaftNode.change_membership`).
 - ``metrics`` (:class:`~trioraft.raft.metrics.RaftMetrics`) only records: once per batch,
   message or event, and one ``int`` per proposed entry. Nothing the node does depends on it.
 """
@@ -68,7 +70,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -504,34 +506,63 @@ class RaftNode:
         add_learner: tuple[str, str] | None = None,
         promote: str | None = None,
         remove: str | None = None,
+        client_url: str = "",
     ) -> Configuration:
         """Make one membership change (a :class:`MembershipChange`, or one of the keyword
         arguments): ``add_learner=(id, peer address)`` adds a member that receives the log
-        without voting (start it with ``joining=True`` and an empty data directory);
-        ``promote=id`` makes a caught-up learner a voter; ``remove=id`` removes a member (a
-        removed leader leads until the removal commits, then steps down). Returns the new
-        configuration once its entry has committed.
+        without voting (start it with ``joining=True`` and an empty data directory), with
+        ``client_url`` (if given) kept in the configuration for every node to know;
+        ``promote=id`` makes a caught-up learner a voter; ``remove=id`` removes a member.
+        Returns the new configuration once its entry has committed.
+
+        Removing this node while it leads first hands leadership to the most up-to-date
+        other voter (as :meth:`transfer_leadership`, so no election timeout passes without a
+        leader), then raises :class:`NotLeader` naming the new leader: the caller retries
+        there, as after any ``NotLeader``, and the new leader removes this node. (Checked
+        first, so a change that would be refused or does not apply moves nothing.)
 
         Raises :class:`MembershipChangeRefused` while another change is uncommitted, before
         an entry of this leader's term has committed (``RaftConfig.leader_noop`` commits one
         at once) or during a leadership transfer; :class:`NotLeader` if this node does not
-        lead; :class:`BadRequest` if the change does not apply (adding a member twice,
-        promoting a voter, removing the last voter); :class:`LeadershipLost` if leadership
-        changed before the entry was known committed (it may still commit).
+        lead; :class:`BadRequest` if the change does not apply (adding a member twice, or at
+        an address this node's transport cannot reach; promoting a voter, removing the last
+        voter); :class:`LeadershipLost` if leadership
+        changed before the entry was known committed (it may still commit);
+        :class:`TransferAbandoned` if removing this node, no voter took over in time (this
+        node leads on, and nothing changed).
         """
         if change is None:
-            change = MembershipChange(add_learner, promote, remove)
+            change = MembershipChange(add_learner, promote, remove, client_url)
+        if change.add_learner is not None and isinstance(self._transport, PeerDirectory):
+            try:
+                self._transport.check_peer_address(change.add_learner[1])
+            except ValueError as exc:
+                raise BadRequest(f"peer address: {exc}") from None
+        removing_self = change.remove == self.id
         async with self._lock:
             self._refuse_if_failed()
             if self._stopped:
                 raise NotLeader(self.leader_id)
-            index, actions = self._core.propose_membership_change(change)
-            term = self.term
-            await self._execute(actions)
+            if removing_self:  # refused, or does not apply: nothing moves
+                self._core.check_membership_change(change)
+            else:
+                index, actions = self._core.propose_membership_change(change)
+                term = self.term
+                await self._execute(actions)
+        if removing_self:
+            await self._hand_over_leadership()
         logger.info("node %s: %s (entry %d, term %d)", self.id, change.describe(), index, term)
         self._wake_leader_tasks()
         await self.wait_committed(index, term)
         return self._core.configuration_at(index)
+
+    async def _hand_over_leadership(self) -> NoReturn:
+        """Transfer leadership to the most up-to-date voter, wait (an election timeout at
+        most) to hear from the new leader, and raise :class:`NotLeader` naming it."""
+        await self.transfer_leadership()
+        with trio.move_on_after(self.config.election_timeout[1]):
+            await self.wait_until(lambda n: n.leader_id not in (None, n.id))
+        raise NotLeader(self.leader_id)
 
     async def snapshot(self, index: int, data: bytes) -> None:
         """The application's state up to ``index`` is ``data``: discard the log before it."""
@@ -712,8 +743,16 @@ class RaftNode:
         current = set(self.peers) | set(configuration.members)
         for peer, address in configuration.addresses.items():
             if peer != self.id and address and self._addresses_told.get(peer) != address:
-                transport.set_peer_address(peer, address)
                 self._addresses_told[peer] = address
+                try:
+                    transport.set_peer_address(peer, address)
+                except ValueError as exc:
+                    # Refused when the change was made, so only an entry written elsewhere
+                    # (another transport's cluster) gets here: never a reason to stop.
+                    logger.error(
+                        "node %s: member %s stays unreachable: its address %s (%s)",
+                        self.id, peer, address, exc,
+                    )  # fmt: skip
         for peer in [p for p in self._addresses_told if p not in current]:
             transport.forget_peer(peer)
             del self._addresses_told[peer]

@@ -369,6 +369,9 @@ class TcpTransport:
         #: Idle connections to peers forgotten since: closed by :meth:`aclose`.
         self._retired: list[tuple[FramedStream, float]] = []
 
+    def check_peer_address(self, address: str) -> None:
+        parse_tcp_url(address)
+
     def set_peer_address(self, peer: str, address: str) -> None:
         """Reach ``peer`` at ``address`` (``tcp://HOST:PORT``) from now on."""
         parsed = parse_tcp_url(address)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import urlsplit
 
 from .._errors import BadRequest
 from .auth import PeerAuth
@@ -39,8 +40,13 @@ class Transport(Protocol):
 class PeerDirectory(Protocol):
     """A transport whose peers can change while it runs (see the module docstring)."""
 
+    def check_peer_address(self, address: str) -> None:
+        """Raise ``ValueError`` unless this transport can reach a peer at ``address``."""
+        ...
+
     def set_peer_address(self, peer: str, address: str) -> None:
-        """Reach ``peer`` at ``address`` from now on."""
+        """Reach ``peer`` at ``address`` from now on (``ValueError``, and no change, for an
+        address :meth:`check_peer_address` refuses)."""
         ...
 
     def forget_peer(self, peer: str) -> None:
@@ -86,9 +92,15 @@ class HttpTransport:
         except BadRequest:
             return None  # refused: to Raft, as good as lost (it never stops a node)
 
+    def check_peer_address(self, address: str) -> None:
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise ValueError(f"expected http(s)://HOST:PORT, got {address!r}")
+
     def set_peer_address(self, peer: str, address: str) -> None:
         if self._urls.get(peer) == address:
             return
+        self.check_peer_address(address)
         self.forget_peer(peer)
         self._urls[peer] = address
         self._clients[peer] = self._client(address)
@@ -130,6 +142,9 @@ class MemoryTransport:
         self._id = node_id
         #: The addresses it was told (see :class:`PeerDirectory`): for tests to look at.
         self.addresses: dict[str, str] = {}
+
+    def check_peer_address(self, address: str) -> None:
+        pass  # every node on the network is reached by its id
 
     def set_peer_address(self, peer: str, address: str) -> None:
         self.addresses[peer] = address
