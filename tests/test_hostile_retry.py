@@ -20,6 +20,7 @@ from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import SingleKV, lost_reply_then_delete, start_single_kv, wait_for
 from trioraft import (
     BadRequest,
+    ClusterClient,
     KVClient,
     MaybeApplied,
     RaftConfig,
@@ -347,6 +348,26 @@ def record_attempts(servers: Servers) -> list[tuple[int, list[int | None]]]:
     return sent
 
 
+async def a_clerk_behind_a_follower(c: KVCluster) -> tuple[int, int, ClusterClient, int]:
+    """A clerk that has seen index s while another clerk's writes moved the cluster on, and
+    a follower that knows the leader and has applied past s: (the leader's and the
+    follower's places in the clerk's server list, the clerk, s)."""
+    leader = await wait_leader(c)
+    clerk, other = c.clerk(), c.clerk()
+    await clerk.put("seen", "v", 0)
+    seen = clerk.servers.seen
+    assert seen > 0
+    for i in range(5):
+        await other.put(f"later-{i}", "v", 0)
+    at = c.ids.index(leader)
+    follower = (at + 1) % len(c.ids)
+    node = c.nodes[c.ids[follower]]
+    assert node is not None
+    await node.rsm.wait_until(lambda rsm: rsm.applied_index > seen)
+    await node.raft.wait_until(lambda n: n.leader_id == leader)
+    return at, follower, clerk, seen
+
+
 async def test_a_write_a_follower_refused_goes_to_the_leader_unmarked(
     make_kv_cluster,
 ) -> None:
@@ -356,19 +377,7 @@ async def test_a_write_a_follower_refused_goes_to_the_leader_unmarked(
     it carries no ``retry_after``, and the clerk has seen the follower's index since."""
     c: KVCluster = await make_kv_cluster(3)
     with trio.fail_after(60):
-        leader = await wait_leader(c)
-        clerk, other = c.clerk(), c.clerk()
-        await clerk.put("seen", "v", 0)
-        seen = clerk.servers.seen
-        assert seen > 0
-        for i in range(5):
-            await other.put(f"later-{i}", "v", 0)
-        follower = next(k for k, i in enumerate(c.ids) if i != leader)
-        # The follower must know the leader and have applied the later writes.
-        node = c.nodes[c.ids[follower]]
-        assert node is not None
-        await node.rsm.wait_until(lambda rsm: rsm.applied_index > seen)
-        await node.raft.wait_until(lambda n: n.leader_id == leader)
+        _, follower, clerk, seen = await a_clerk_behind_a_follower(c)
         sent = record_attempts(clerk.servers)
         clerk.leader = follower
         await clerk.put("k", "v", 0)
@@ -387,17 +396,7 @@ async def test_a_retry_after_a_lost_reply_names_what_was_seen_before(
     attempt was sent after s. The put applied once, and the clerk says Maybe."""
     c: KVCluster = await make_kv_cluster(3)
     with trio.fail_after(60):
-        leader = await wait_leader(c)
-        clerk, other = c.clerk(), c.clerk()
-        await clerk.put("seen", "v", 0)
-        seen = clerk.servers.seen
-        for i in range(5):
-            await other.put(f"later-{i}", "v", 0)
-        at = c.ids.index(leader)
-        follower = c.nodes[c.ids[(at + 1) % 3]]
-        assert follower is not None
-        await follower.rsm.wait_until(lambda rsm: rsm.applied_index > seen)
-        await follower.raft.wait_until(lambda n: n.leader_id == leader)
+        at, follower, clerk, seen = await a_clerk_behind_a_follower(c)
         sent = record_attempts(clerk.servers)
         rpc = clerk.servers.rpcs[at]
         answered = rpc.call
@@ -411,7 +410,7 @@ async def test_a_retry_after_a_lost_reply_names_what_was_seen_before(
         clerk.leader = at
         with pytest.raises(MaybeApplied):
             await clerk.put("k", "v", 0)
-        assert sent[0] == (at, [None]) and sent[1] == ((at + 1) % 3, [seen]), sent
+        assert sent[0] == (at, [None]) and sent[1] == (follower, [seen]), sent
         assert all(attempt == [seen] for _, attempt in sent[1:]), sent
         assert await clerk.get("k") == Versioned("v", 1)
 

@@ -132,8 +132,18 @@ GENERIC = {
 }
 
 
-@pytest.mark.parametrize("name", GENERIC)
-async def test_generic(make_kv_cluster, name: str) -> None:
+#: Every scenario with peers over framed TCP (the recommended transport), and one with peers
+#: over HTTP (supported): snapshots, loss, crashes and partitions through the HTTP fault proxy.
+CASES = [(name, "tcp") for name in GENERIC]
+CASES.append(("snapshot-unreliable-recover-concurrent-partition", "http"))
+
+
+@pytest.mark.parametrize(
+    ("name", "peer_transport"),
+    CASES,
+    ids=[name if peers == "tcp" else f"{name}-http-peers" for name, peers in CASES],
+)
+async def test_generic(make_kv_cluster, name: str, peer_transport: str) -> None:
     clients, servers, unreliable, crash, partitions, max_raft_state, random_keys = GENERIC[name]
     await generic_test(
         make_kv_cluster,
@@ -144,22 +154,5 @@ async def test_generic(make_kv_cluster, name: str) -> None:
         partitions=partitions,
         max_raft_state=max_raft_state,
         random_keys=random_keys,
-    )
-
-
-@pytest.mark.parametrize("name", ["snapshot-unreliable-recover-concurrent-partition"])
-async def test_generic_with_http_peers(make_kv_cluster, name: str) -> None:
-    """The same scenario with peers over HTTP (supported, if not the recommended transport):
-    snapshots, loss, crashes and partitions, through the HTTP fault proxy."""
-    clients, servers, unreliable, crash, partitions, max_raft_state, random_keys = GENERIC[name]
-    await generic_test(
-        make_kv_cluster,
-        clients=clients,
-        servers=servers,
-        unreliable=unreliable,
-        crash=crash,
-        partitions=partitions,
-        max_raft_state=max_raft_state,
-        random_keys=random_keys,
-        peer_transport="http",
+        peer_transport=peer_transport,
     )

@@ -16,44 +16,19 @@ Invariants:
 
 from __future__ import annotations
 
-from functools import partial
-from urllib.parse import urlsplit
-
 import trio
+
+from ._proxy import Front
 
 _MAX_READ = 1 << 16
 _NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class TcpForwarder:
-    """Forward every connection to ``backend_url`` (``tcp://`` or ``http://HOST:PORT``)."""
+class TcpForwarder(Front):
+    """Forward every connection to ``backend_url`` (``tcp://`` or ``http://HOST:PORT``);
+    its own URL is ``tcp://HOST:PORT``."""
 
-    def __init__(self, backend_url: str | None = None) -> None:
-        self.url = ""
-        self.backend_address: tuple[str, int] | None = None
-        if backend_url is not None:
-            self.set_backend(backend_url)
-
-    def set_backend(self, backend_url: str) -> None:
-        """Connect new callers to ``backend_url`` from now on (until then, they are refused)."""
-        parts = urlsplit(backend_url)
-        if parts.hostname is None or parts.port is None:
-            raise ValueError(f"backend URL needs a host and a port: {backend_url!r}")
-        self.backend_address = (parts.hostname, parts.port)
-
-    async def run(
-        self,
-        host: str = "127.0.0.1",
-        *,
-        scheme: str = "tcp",
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve until cancelled; ``task_status`` gets ``scheme://host:port``."""
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host=host))
-            port = listeners[0].socket.getsockname()[1]
-            self.url = f"{scheme}://{host}:{port}"
-            task_status.started(self.url)
+    scheme = "tcp"
 
     async def _handle(self, caller: trio.SocketStream) -> None:
         address = self.backend_address

@@ -99,7 +99,41 @@ class _Peer:
         return False
 
 
-class HttpProxy:
+class Front:
+    """A listener in front of one backend that may move (a server restarted on a new
+    port): its own URL stays, and :meth:`set_backend` says where new calls go. Subclasses
+    say how a connection is served (``_handle``) and the scheme of their URL."""
+
+    scheme = "http"
+
+    def __init__(self, backend_url: str | None = None) -> None:
+        self.url = ""
+        self.backend_address: tuple[str, int] | None = None
+        if backend_url is not None:
+            self.set_backend(backend_url)
+
+    def set_backend(self, backend_url: str) -> None:
+        """Forward to ``backend_url`` from now on (until then, every call fails)."""
+        self.backend_address = backend_address(backend_url)
+
+    async def run(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; ``task_status`` gets this front's URL."""
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host=host))
+            port = listeners[0].socket.getsockname()[1]
+            self.url = f"{self.scheme}://{host}:{port}"
+            task_status.started(self.url)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        raise NotImplementedError
+
+
+class HttpProxy(Front):
     """Forward HTTP calls to ``backend_url`` for the server named ``server`` in ``network``."""
 
     def __init__(
@@ -112,33 +146,10 @@ class HttpProxy:
     ) -> None:
         self.network = network
         self.server = server
-        self.url = ""
         #: A backend connection idle this long is replaced, not reused: keep it under the
         #: server's keep-alive timeout, so that the server never closes one under a request.
         self.backend_idle = backend_idle
-        self.backend_address: tuple[str, int] | None = None
-        if backend_url is not None:
-            self.set_backend(backend_url)
-
-    def set_backend(self, backend_url: str) -> None:
-        """Forward to ``backend_url`` from now on (until then, every call is lost)."""
-        parts = urlsplit(backend_url)
-        if parts.hostname is None or parts.port is None:
-            raise ValueError(f"backend URL needs a host and a port: {backend_url!r}")
-        self.backend_address = (parts.hostname, parts.port)
-
-    async def run(
-        self,
-        host: str = "127.0.0.1",
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve until cancelled; ``task_status`` gets the proxy's URL."""
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host=host))
-            port = listeners[0].socket.getsockname()[1]
-            self.url = f"http://{host}:{port}"
-            task_status.started(self.url)
+        super().__init__(backend_url)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         caller_side = _Peer(stream, h11.SERVER)
@@ -211,6 +222,14 @@ class _Backend:
         peer, self._peer = self._peer, None
         if peer is not None:
             await peer.stream.aclose()
+
+
+def backend_address(url: str) -> tuple[str, int]:
+    """The host and port a proxy forwards to, from its backend's URL (any scheme)."""
+    parts = urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"backend URL needs a host and a port: {url!r}")
+    return parts.hostname, parts.port
 
 
 def _header(head: h11.Request | h11.Response, name: str) -> str | None:
