@@ -6,6 +6,7 @@ The nodes stay up, their state intact, and the cluster keeps serving."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import zlib
@@ -80,7 +81,8 @@ def forged_messages(term: int) -> dict[str, dict]:
         "install_snapshot": {"term": 10**6, "leader": "evil", "last_included_index": 10**6,
                              "last_included_term": 10**6,
                              "data": base64.b64encode(snapshot).decode(),
-                             "crc32": zlib.crc32(snapshot)},
+                             "crc32": zlib.crc32(snapshot), "total": len(snapshot),
+                             "sha256": hashlib.sha256(snapshot).hexdigest()},
     }  # fmt: skip
 
 
@@ -140,7 +142,8 @@ async def test_garbage_from_a_peer_with_the_secret_does_not_crash_a_node(
     for data in [b"\x00garbage", b'{"kv": {"k": ["v", "x"]}, "sessions": {}, "opened": 0}']:
         body = {"term": term, "leader": leader.id, "last_included_index": 10**6,
                 "last_included_term": term, "data": base64.b64encode(data).decode(),
-                "crc32": zlib.crc32(data)}  # fmt: skip
+                "crc32": zlib.crc32(data), "offset": 0, "total": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(), "done": True}  # fmt: skip
         assert await send("install_snapshot", body) == 400
     bad_crc = {"term": term, "leader": leader.id, "last_included_index": 10**6,
                "last_included_term": term, "data": "", "crc32": 7}  # fmt: skip
