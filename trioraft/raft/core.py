@@ -554,7 +554,7 @@ class RaftCore:
         if leader == self.id:
             raise BadRequest("leader: a peer cannot speak for this node")
         if term < self.term:
-            return [Reply(InstallSnapshotReply(self.term))]
+            return [Reply(InstallSnapshotReply(self.term, installed=False))]
         actions = self._become_follower(term, leader)
         self.heard_from_leader(now)
         if index > self.commit_index:
