@@ -638,6 +638,7 @@ class RaftNode:
             pass  # recorded in self.failure, raised below
         finally:
             self._stopped = True
+            self._receiver.close()
             self._stopped_event.set()
             self._notify()
             self._applied_send.close()

@@ -68,6 +68,7 @@ import json
 import os
 import stat
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,6 +152,10 @@ class IncomingSnapshot(Protocol):
 
     def discard(self) -> None:
         """Drop what was written (idempotent)."""
+        ...
+
+    def close(self) -> None:
+        """Stop writing but leave what was written, as a crash would (idempotent)."""
         ...
 
 
@@ -627,28 +632,40 @@ class FileStorage:
 
 
 class _IncomingFile:
-    """:class:`IncomingSnapshot` in a file of the data directory (mode 0600)."""
+    """:class:`IncomingSnapshot` in a file of the data directory (mode 0600). A write (in a
+    worker thread) and closing the descriptor exclude each other, so a write never lands
+    in a file that reused a closed descriptor's number."""
 
     def __init__(self, path: Path, fault: Fault | None) -> None:
         self._path = path
         self._fault = fault
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
+        self._fd_lock = threading.Lock()
 
     async def write(self, data: bytes) -> None:
-        if self._fd < 0:
-            raise OSError(errno.EBADF, f"{self._path}: discarded")
         if self._fault is not None:
             self._fault("incoming", len(data))
-        await trio.to_thread.run_sync(_write_all, self._fd, data)
+        await trio.to_thread.run_sync(self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        with self._fd_lock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, f"{self._path}: closed")
+            _write_all(self._fd, data)
 
     async def read(self) -> bytes:
         return await trio.to_thread.run_sync(self._path.read_bytes)
 
     def discard(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            self.close()
             self._path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _claim(directory: Path, owner: str) -> int:
@@ -788,6 +805,9 @@ class _IncomingMemory:
 
     def discard(self) -> None:
         self._data = bytearray()
+
+    def close(self) -> None:
+        pass
 
 
 def _numbered(log: Log) -> list[tuple[int, Entry]]:

@@ -151,6 +151,13 @@ class Receiver:
             self._current.sink.discard()
             self._current = None
 
+    def close(self) -> None:
+        """Forget the transfer under way, leaving its bytes as a crash would (the node
+        stops; the storage deletes them when it is opened again)."""
+        if self._current is not None:
+            self._current.sink.close()
+            self._current = None
+
 
 @dataclass
 class Outbound:
