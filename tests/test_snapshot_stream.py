@@ -313,7 +313,7 @@ def chunks(
                 "leader": leader,
                 "last_included_index": index,
                 "last_included_term": term,
-                "data": base64.b64encode(piece).decode(),
+                "chunk": base64.b64encode(piece).decode(),
                 "crc32": zlib.crc32(piece),
                 "configuration": "",
                 "offset": offset,
@@ -457,11 +457,11 @@ async def test_hostile_chunks_are_refused_and_change_nothing(
         "done": {**good, "done": True},
         "sha256": {**good, "sha256": "not hex"},
         "CRC-32": {**good, "crc32": good["crc32"] ^ 1},
-        "base64": {**good, "data": "%%%"},
+        "base64": {**good, "chunk": "%%%"},
         "configuration": {**good, "configuration": "[1, 2"},
         "over the limit": chunks(state(10, 2 * CHUNK))[0]
         | {
-            "data": base64.b64encode(b"x" * (CHUNK + 1)).decode(),
+            "chunk": base64.b64encode(b"x" * (CHUNK + 1)).decode(),
             "crc32": zlib.crc32(b"x" * (CHUNK + 1)),
         },
         "leader": {**good, "leader": "f"},

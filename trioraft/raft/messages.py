@@ -6,7 +6,7 @@ for me at ``term``?" without anyone changing their term. A campaign a leader ask
 though they heard from their leader lately.
 
 ``install_snapshot`` carries the snapshot in chunks (see :mod:`trioraft.raft.transfer`):
-each holds ``data`` (base64) from byte ``offset`` of a snapshot of ``total`` bytes whose
+each holds ``chunk`` (base64) from byte ``offset`` of a snapshot of ``total`` bytes whose
 SHA-256 is ``sha256``; ``done`` marks the last. The reply says whether the follower holds
 the snapshot now (``installed``), else from which byte it wants the next chunk
 (``next_offset``: 0 to start again).
@@ -62,7 +62,9 @@ class InstallSnapshotArgs:
     leader: str
     last_included_index: int = non_negative()
     last_included_term: int = non_negative()
-    data: str  # base64: this chunk's bytes
+    #: This chunk's bytes, base64. (Named apart from the one-message format's ``data``,
+    #: so that a member still on that format refuses a chunk instead of taking it whole.)
+    chunk: str
     crc32: int = non_negative()  # of this chunk's decoded bytes: checked before it is kept
     #: The cluster configuration as of ``last_included_index``, as JSON (see
     #: :class:`~trioraft.raft.membership.Configuration`); "" if the snapshot has none.

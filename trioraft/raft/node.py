@@ -1096,11 +1096,11 @@ class RaftNode:
         if args.leader == self.id:
             raise BadRequest("leader: a peer cannot speak for this node")
         try:
-            data = binascii.a2b_base64(args.data, strict_mode=True)
+            data = binascii.a2b_base64(args.chunk, strict_mode=True)
         except (binascii.Error, ValueError):
-            raise BadRequest("data: expected base64") from None
+            raise BadRequest("chunk: expected base64") from None
         if zlib.crc32(data) != args.crc32:
-            raise BadRequest("data: the chunk fails its CRC-32")
+            raise BadRequest("chunk: the chunk fails its CRC-32")
         check_chunk(args, len(data), self.config)
         configuration = None
         if args.configuration:
@@ -1142,7 +1142,7 @@ class RaftNode:
                     else:
                         self._check_snapshot(data)
                 except ValueError as exc:
-                    raise BadRequest(f"data: the snapshot cannot be restored: {exc}") from None
+                    raise BadRequest(f"chunk: the snapshot cannot be restored: {exc}") from None
             async with self._lock:
                 actions = core.step_install_snapshot(
                     args.term,

@@ -79,7 +79,7 @@ def check_chunk(args: InstallSnapshotArgs, size: int, config: RaftConfig) -> Non
         )
     if size > config.chunk_bytes:
         raise BadRequest(
-            f"data: a chunk of {size} bytes is over the limit "
+            f"chunk: a chunk of {size} bytes is over the limit "
             f"(snapshot_chunk_bytes {config.chunk_bytes})"
         )
     if args.offset + size > args.total:
