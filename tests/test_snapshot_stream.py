@@ -9,6 +9,8 @@ peer authentication so that they see each refusal's status and message.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
 import random
 import time
@@ -24,9 +26,10 @@ import httpx
 import pytest
 import trio
 
+from trioraft import StorageFailed
 from trioraft.raft.node import Applied, RaftConfig, RaftNode, SnapshotApplied
 from trioraft.raft.serve import serve_node
-from trioraft.raft.storage import INCOMING_SNAPSHOT, FileStorage
+from trioraft.raft.storage import INCOMING_SNAPSHOT, Fault, FileStorage
 from trioraft.rpc.auth import PeerAuth
 from trioraft.rpc.tcp import TcpTransport
 from trioraft.rpc.transport import HttpTransport
@@ -263,9 +266,10 @@ async def follower(
     directory: Path,
     config: RaftConfig = CONFIG,
     check: Callable[[bytes], None] | None = None,
+    fault: Fault | None = None,
 ) -> AsyncIterator[Follower]:
     """Node "f" of the cluster f, x, y (x and y never run: the tests speak for them)."""
-    storage = FileStorage(directory)
+    storage = FileStorage(directory, fault=fault)
     node = RaftNode("f", ["f", "x", "y"], storage, HttpTransport("f", {}), config=config)
     if check is not None:
         node.check_snapshot_with(check)
@@ -278,6 +282,8 @@ async def follower(
                 async with trio.open_nursery() as inner:
                     inner.start_soon(machine.run)
                     task_status.started(await inner.start(serve_node, node))
+        except* StorageFailed:
+            pass  # fail-stop: recorded in node.failure
         finally:
             storage.close()
             stopped.set()
@@ -526,3 +532,27 @@ async def test_no_campaign_while_a_complete_snapshot_is_checked(
         assert (await f.send(parts[-1])) == {"term": 1, "installed": True, "next_offset": 0}
         await installed(f, 50)
         assert f.member.node.term == 1 and f.member.node.metrics.elections == 0
+
+
+async def test_a_failed_chunk_write_stops_the_follower(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A chunk that cannot be written is a failed write like any other: fail-stop."""
+    full = False
+
+    def fault(operation: str, nbytes: int) -> None:
+        if operation == "incoming" and full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    parts = chunks(state(14))
+    async with follower(nursery, tmp_path, fault=fault) as f:
+        await f.send(parts[0])
+        full = True
+        with contextlib.suppress(httpx.HTTPError):  # the node may be gone before it answers
+            assert (await f.post(parts[1])).status_code >= 500
+        node = f.member.node
+        with trio.fail_after(5):
+            await node.wait_stopped()
+        assert node.failure is not None
+        assert "writing a snapshot chunk" in str(node.failure)
+        assert node.log.snapshot_index == 0 and node.term == 1
