@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import json
 import random
 import zlib
@@ -134,9 +135,13 @@ async def test_a_garbage_snapshot_is_refused_and_changes_nothing(
     term = leader.raft.term
 
     def install(data: bytes, crc: int | None = None) -> InstallSnapshotArgs:
+        """The one chunk of a snapshot of ``data``, as a leader sends it."""
         crc = zlib.crc32(data) if crc is None else crc
         encoded = base64.b64encode(data).decode()
-        return InstallSnapshotArgs(term, leader.id, 1000, term, encoded, crc)
+        sha256 = hashlib.sha256(data).hexdigest()
+        return InstallSnapshotArgs(
+            term, leader.id, 1000, term, encoded, crc, total=len(data), sha256=sha256
+        )
 
     for args in [
         install(b'{"kv": {"k": ["PWNED", 1]}, "sessions": {}}', crc=1),  # damaged in transit
@@ -273,6 +278,8 @@ async def test_a_failed_snapshot_save_changes_nothing_and_stops_the_follower(
                 leader.raft.term,
                 base64.b64encode(snapshot).decode(),
                 zlib.crc32(snapshot),
+                total=len(snapshot),
+                sha256=hashlib.sha256(snapshot).hexdigest(),
             )
             disk.full = True
             for _ in range(2):  # the retry must not be answered as if it had been saved

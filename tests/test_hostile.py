@@ -6,6 +6,7 @@ The nodes stay up, their state intact, and the cluster keeps serving."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import zlib
@@ -79,8 +80,9 @@ def forged_messages(term: int) -> dict[str, dict]:
                            "leader_commit": 10**6},
         "install_snapshot": {"term": 10**6, "leader": "evil", "last_included_index": 10**6,
                              "last_included_term": 10**6,
-                             "data": base64.b64encode(snapshot).decode(),
-                             "crc32": zlib.crc32(snapshot)},
+                             "chunk": base64.b64encode(snapshot).decode(),
+                             "crc32": zlib.crc32(snapshot), "total": len(snapshot),
+                             "sha256": hashlib.sha256(snapshot).hexdigest()},
     }  # fmt: skip
 
 
@@ -139,11 +141,12 @@ async def test_garbage_from_a_peer_with_the_secret_does_not_crash_a_node(
 
     for data in [b"\x00garbage", b'{"kv": {"k": ["v", "x"]}, "sessions": {}, "opened": 0}']:
         body = {"term": term, "leader": leader.id, "last_included_index": 10**6,
-                "last_included_term": term, "data": base64.b64encode(data).decode(),
-                "crc32": zlib.crc32(data)}  # fmt: skip
+                "last_included_term": term, "chunk": base64.b64encode(data).decode(),
+                "crc32": zlib.crc32(data), "offset": 0, "total": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(), "done": True}  # fmt: skip
         assert await send("install_snapshot", body) == 400
     bad_crc = {"term": term, "leader": leader.id, "last_included_index": 10**6,
-               "last_included_term": term, "data": "", "crc32": 7}  # fmt: skip
+               "last_included_term": term, "chunk": "", "crc32": 7}  # fmt: skip
     assert await send("install_snapshot", bad_crc) == 400
     assert follower.raft.log.snapshot_index == 0 and follower.machine.kv.get("k").value == "v"
     # An undecodable entry, through the real leader's log: every replica applies it as nothing.
@@ -164,7 +167,7 @@ class NoPeers:
 
 messages = objects_with(
     ["key", "value", "version", "session", "seq", "ops", "op", "term", "leader", "candidate",
-     "entries", "command", "prev_log_index", "prev_log_term", "leader_commit", "data",
+     "entries", "command", "prev_log_index", "prev_log_term", "leader_commit", "chunk",
      "crc32", "last_included_index", "last_included_term", "last_log_index", "pre_vote"]
 )  # fmt: skip
 

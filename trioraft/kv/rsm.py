@@ -18,8 +18,12 @@ Invariants:
 - A caller waits at most ``op_timeout`` from when its entry was opened, then gets
   :class:`ProposalTimedOut` (one timer task serves every waiter: entries open in order, so
   the oldest one unanswered is always the next to expire).
-- When the persisted Raft state exceeds ``max_raft_state`` bytes, the applier snapshots the
-  machine and Raft compacts its log; ``-1`` disables snapshots.
+- When the persisted Raft state exceeds ``max_raft_state`` bytes, the machine is
+  snapshotted and Raft compacts its log; ``-1`` disables snapshots. A machine with
+  ``copy()`` whose last snapshot was large (:data:`THREAD_SNAPSHOT_BYTES`) is copied on the
+  applier (the state as of that entry's index) and the copy serialized in a worker thread
+  while the applier goes on applying; at most one such job runs at a time. Otherwise (a
+  small state, or a machine without ``copy()``), the applier serializes it at once.
 - Every entry fits a message to the peers: ops are encoded when submitted, an entry takes
   ops only while its command stays within ``max_entry_bytes`` (4 MiB, and at most half the
   node's message limit: escaping can double JSON text), and ops that alone exceed it are
@@ -50,6 +54,7 @@ from .._errors import (
     ProposalTimedOut,
     RaftError,
     StorageCorrupt,
+    StorageFailed,
 )
 from .._logging import Throttled, logger
 from ..raft.node import Applied, RaftNode, SnapshotApplied
@@ -65,6 +70,9 @@ DEFAULT_MAX_ENTRY_BYTES = 4 << 20
 _SMALL_PART = 64
 #: JSON without the spaces: an entry is written, sent to every follower and parsed by each.
 _COMPACT = (",", ":")
+#: A machine whose last snapshot was at least this large is serialized in a worker thread
+#: (if it has ``copy()``); below it, serializing costs less than the hand-off.
+THREAD_SNAPSHOT_BYTES = 1 << 20
 
 
 class StateMachine(Protocol):
@@ -79,7 +87,10 @@ class StateMachine(Protocol):
     def restore(self, data: bytes) -> None: ...
 
     # Optional: ``check_snapshot(data: bytes) -> None`` raises ``ValueError`` unless
-    # ``data`` would restore; without it, snapshots from the leader are not vetted.
+    # ``data`` would restore; without it, snapshots from the leader are not vetted. It
+    # may run in a worker thread (for large snapshots).
+    # Optional: ``copy() -> StateMachine``, a machine in the same state that the applier's
+    # later applies do not change, whose ``snapshot()`` may run in a worker thread.
 
 
 class EntryTooLarge(BadRequest):
@@ -137,6 +148,9 @@ class ReplicatedStateMachine:
         self._waiters: dict[int, _Proposal] = {}  # by log index
         self.applied_index = 0
         self._applied = trio.Event()  # set (and replaced) after every entry or snapshot applied
+        #: The snapshot job under way (set once it ends), if any; see :meth:`_snapshot_job`.
+        self.snapshotting: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
         node.apply_with(self._apply)
         node.propose_with(self._propose_queued)
         check = getattr(machine, "check_snapshot", None)  # optional for a machine
@@ -226,6 +240,7 @@ class ReplicatedStateMachine:
         (The node's tasks propose queued ops and apply committed entries, through
         ``propose_with`` and ``apply_with``.)"""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._watch_terms)
             nursery.start_soon(self._expire_overdue)
             task_status.started()
@@ -269,8 +284,33 @@ class ReplicatedStateMachine:
         self._apply_entry(message)
         self._announce_applied()
         if 0 <= self.max_raft_state < self.node.raft_state_size():
-            return self.machine.snapshot()
+            return self._snapshot(message.index)
         return None
+
+    def _snapshot(self, index: int) -> bytes | None:
+        """The machine's snapshot at ``index`` for the applier to hand to Raft, or ``None``
+        if a job takes it off the applier (or one is already under way)."""
+        if self.snapshotting is not None:
+            return None  # one at a time: the log is compacted when it ends
+        copy = getattr(self.machine, "copy", None)
+        nursery = self._nursery
+        if copy is None or nursery is None or self.node.snapshot_size() < THREAD_SNAPSHOT_BYTES:
+            return self.machine.snapshot()
+        done = self.snapshotting = trio.Event()
+        nursery.start_soon(self._snapshot_job, index, copy(), done)
+        return None
+
+    async def _snapshot_job(self, index: int, machine: StateMachine, done: trio.Event) -> None:
+        """Serialize ``machine`` (a copy as of ``index``) in a worker thread, then have Raft
+        compact its log at ``index`` (nothing, if it moved past it meanwhile)."""
+        try:
+            data = await trio.to_thread.run_sync(machine.snapshot)
+            await self.node.snapshot(index, data)
+        except StorageFailed:
+            pass  # the node stopped (fail-stop), and so does ``run``
+        finally:
+            self.snapshotting = None
+            done.set()
 
     def _restore(self, message: SnapshotApplied) -> None:
         try:

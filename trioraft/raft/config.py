@@ -4,6 +4,8 @@ Invariants:
 - Nothing here imports Trio or the HTTP stack: :mod:`trioraft.raft.core` reads it.
 - ``lease_duration`` (when set) is shorter than the shortest election timeout, and lease
   reads need ``check_quorum`` (a voter's leader stickiness is what makes the lease hold).
+- A snapshot chunk, as base64 with its envelope, fits ``max_message_bytes``; so a snapshot
+  of any size up to ``max_snapshot_bytes`` reaches a follower.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ ENTRY_OVERHEAD_BYTES = 40
 #: At most this many election timeouts between two campaigns of a node whose campaigns keep
 #: failing (see :meth:`trioraft.raft.core.RaftCore.campaign_now`).
 CAMPAIGN_BACKOFF_CAP = 4
+#: The size of a snapshot chunk unless told otherwise (``RaftConfig.snapshot_chunk_bytes``).
+DEFAULT_CHUNK_BYTES = 1 << 20
+
+
+def base64_bytes(n: int) -> int:
+    """The length of ``n`` bytes as base64 (padded)."""
+    return 4 * ((n + 2) // 3)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,14 @@ class RaftConfig:
     #: leader within this span: keep it below ``election_timeout[0]`` by the drift you allow
     #: (0.9 of it tolerates clocks 10% apart). ``None``: lease reads are refused.
     lease_duration: float | None = None
+    #: InstallSnapshot sends the snapshot in chunks of at most this many bytes (before
+    #: base64), one RPC each, so a snapshot of any size reaches a lagging follower: each
+    #: chunk must fit ``max_message_bytes`` as base64 with its envelope. ``None``: 1 MiB,
+    #: or as much as fits (see :attr:`chunk_bytes`).
+    snapshot_chunk_bytes: int | None = None
+    #: The largest snapshot a follower takes from its leader (what it writes to its data
+    #: directory while the chunks arrive): a transfer announcing more is refused (400).
+    max_snapshot_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
         if self.lease_duration is not None:
@@ -66,6 +83,15 @@ class RaftConfig:
                 raise ValueError("lease_duration must be positive and below election_timeout[0]")
             if not self.check_quorum:
                 raise ValueError("lease reads need check_quorum (the voters' leader stickiness)")
+        if self.chunk_bytes < 1:
+            raise ValueError("snapshot_chunk_bytes must be positive")
+        if base64_bytes(self.chunk_bytes) + ENVELOPE_BYTES > self.max_message_bytes:
+            raise ValueError(
+                f"snapshot_chunk_bytes {self.chunk_bytes} does not fit a message of "
+                f"max_message_bytes {self.max_message_bytes} as base64 with its envelope"
+            )
+        if self.max_snapshot_bytes < 0:
+            raise ValueError("max_snapshot_bytes must not be negative")
 
     @property
     def longest_call(self) -> float:
@@ -74,6 +100,15 @@ class RaftConfig:
         ``rpc_timeout``. The node bounds every call itself: a transport's own timeout must
         not be shorter than this."""
         return max(self.rpc_timeout, self.election_timeout[1] * CAMPAIGN_BACKOFF_CAP)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """The size of a snapshot chunk: ``snapshot_chunk_bytes`` if set, else
+        :data:`DEFAULT_CHUNK_BYTES` or, under a smaller message limit, as much as fits."""
+        if self.snapshot_chunk_bytes is not None:
+            return self.snapshot_chunk_bytes
+        fits = (self.max_message_bytes - ENVELOPE_BYTES) // 4 * 3
+        return min(DEFAULT_CHUNK_BYTES, fits)
 
     @property
     def max_command_bytes(self) -> int:

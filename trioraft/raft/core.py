@@ -8,11 +8,12 @@ its driver must carry out, in order: persist the hard state or the log, save a s
 send a message, reply, start or stop leading, wake whoever waits on the commit index.
 Nothing here imports Trio, reads a clock or does I/O (:mod:`trioraft.raft.node` drives it).
 
-    follower / candidate:  step_request_vote, step_append_entries, step_install_snapshot,
-                           step_timeout_now, tick (campaign: pre-vote, then vote),
-                           step_vote_reply
+    follower / candidate:  step_request_vote, step_append_entries, step_install_snapshot
+                           (and step_snapshot_chunk before the last chunk), step_timeout_now,
+                           tick (campaign: pre-vote, then vote), step_vote_reply
     leader:                propose, replication_message, step_append_reply,
-                           step_snapshot_reply, persisted, check_quorum, read rounds,
+                           step_snapshot_reply (step_snapshot_chunk_reply before the last
+                           chunk), persisted, check_quorum, read rounds,
                            leadership transfer, propose_membership_change
 
 Invariants:
@@ -558,12 +559,24 @@ class RaftCore:
         if leader == self.id:
             raise BadRequest("leader: a peer cannot speak for this node")
         if term < self.term:
-            return [Reply(InstallSnapshotReply(self.term))]
+            return [Reply(InstallSnapshotReply(self.term, installed=False))]
         actions = self._become_follower(term, leader)
         self.heard_from_leader(now)
         if index > self.commit_index:
             actions.append(SaveSnapshot(index, snapshot_term, configuration))
         return [*actions, Reply(InstallSnapshotReply(self.term))]
+
+    def step_snapshot_chunk(self, term: int, leader: str, now: float) -> list[Action]:
+        """A chunk of a snapshot that is not complete yet (the driver keeps the chunks):
+        the same term and leader rules as a whole InstallSnapshot, and contact from the
+        leader, without installing anything. The reply carries the term."""
+        if leader == self.id:
+            raise BadRequest("leader: a peer cannot speak for this node")
+        if term < self.term:
+            return [Reply(InstallSnapshotReply(self.term, installed=False))]
+        actions = self._become_follower(term, leader)
+        self.heard_from_leader(now)
+        return [*actions, Reply(InstallSnapshotReply(self.term, installed=False))]
 
     def snapshot_installed(
         self, index: int, term: int, configuration: Configuration | None = None
@@ -712,6 +725,19 @@ class RaftCore:
         if self.confirmed_round() > before_round:
             actions.append(StateChanged())
         return actions
+
+    def step_snapshot_chunk_reply(
+        self, peer: str, sent: Outgoing, reply: InstallSnapshotReply, now: float
+    ) -> list[Action]:
+        """A follower took a chunk of a snapshot sent as ``sent`` (it wants more): it is
+        alive and follows this leader (check-quorum, read rounds), its log has not moved."""
+        if reply.term > self.term:
+            return self.step_newer_term(reply.term)
+        if not self._leads(sent.term) or reply.term != sent.term or peer not in self.progress:
+            return []
+        before_round = self.confirmed_round()
+        self._acknowledged(peer, sent, now)
+        return [StateChanged()] if self.confirmed_round() > before_round else []
 
     def _advance_commit(self) -> list[Action]:
         if self.role is not Role.LEADER:

@@ -43,7 +43,7 @@ T = TypeVar("T")
 EXIT_STATUS = {"ok": 0, "corrupt": 1, "torn": 3}
 
 #: Files a crash in the middle of an atomic save may leave; never read by a node.
-_TEMPORARY = ("log.tmp", "hardstate.tmp", "snapshot.tmp")
+_TEMPORARY = ("log.tmp", "hardstate.tmp", "snapshot.tmp", "snapshot.incoming")
 
 
 @dataclass

@@ -36,14 +36,21 @@ Invariants:
   snapshot (installed from the leader, or found at start) is delivered before any entry
   after it. A leader's no-op entry is never handed out (``applied`` skips its index).
 - Every message fits the peers' limit (``RaftConfig.max_message_bytes``): AppendEntries
-  carries as many entries as fit in ``max_batch_bytes`` (at least one), and ``submit``
-  refuses a command that could never fit. So a follower never refuses a message for its
-  size, which it would otherwise do forever while elections follow.
+  carries as many entries as fit in ``max_batch_bytes`` (at least one), ``submit``
+  refuses a command that could never fit, and a snapshot chunk fits by construction
+  (``RaftConfig`` checks it). So a follower never refuses a message for its size, which
+  it would otherwise do forever while elections follow.
 - A failed write or fsync is fail-stop: the node records :class:`StorageFailed`, stops
   answering, cancels its tasks and ``run`` raises it. Nothing that was not persisted is
   ever acknowledged.
-- An installed snapshot is checked (its CRC-32, then the application's check) and made
-  durable before anything else changes: a bad one is refused with a 400 and changes nothing.
+- A snapshot travels in chunks of ``RaftConfig.chunk_bytes``, one RPC at a time per
+  follower (:mod:`trioraft.raft.transfer`): the leader resumes where the follower says, and
+  the follower keeps one transfer, in ``storage.open_incoming()``. Each chunk is stepped
+  through the core as word from its leader (term rules, election timer); the election
+  timer waits while a complete snapshot is checked and saved.
+- An installed snapshot is checked (each chunk's CRC-32, the whole's SHA-256, then the
+  application's check, in a worker thread when large) and made durable before anything
+  else changes: a bad one is refused with a 400 and changes nothing.
 - :meth:`RaftNode.read_index` returns only while this node leads the term it started in,
   after a majority answered a message sent after the read was queued (or, opted in, within
   the lease), and only once an entry of that term committed.
@@ -60,7 +67,6 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import collections
 import json
@@ -118,6 +124,7 @@ from .messages import (
 )
 from .metrics import RaftMetrics
 from .storage import HardState, Snapshot, Storage
+from .transfer import Outbound, Receiver, check_chunk, sha256_of
 
 __all__ = [
     "Applied",
@@ -135,6 +142,8 @@ __all__ = [
 
 #: Entries applied through ``apply_with`` between two checkpoints of the applier.
 _APPLY_RUN = 256
+#: Snapshot data of at least this many bytes is hashed and checked in a worker thread.
+_THREAD_BYTES = 1 << 20
 
 _log_lost_entries = Throttled(logger)
 
@@ -286,6 +295,14 @@ class RaftNode:
         self._leader_seen_in_term = -1  # the last term in which a leader was counted
         #: Batches the leader wrote, (last index, perf_counter), until they commit: timing only.
         self._written_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=KEPT)
+        #: Snapshots in chunks (:mod:`trioraft.raft.transfer`): the transfer this follower
+        #: receives (one chunk handled at a time), what the leader sent each follower, and
+        #: the SHA-256 of the snapshot it sends.
+        self._receiver = Receiver(storage)
+        self._receiving = trio.Lock()
+        self._installing: trio.Event | None = None  # set once a complete one is installed
+        self._outbound: dict[str, Outbound] = {}
+        self._sha256: tuple[Snapshot, str] | None = None
 
     # -- the core's state, read-only here ------------------------------------------------
 
@@ -652,6 +669,7 @@ class RaftNode:
             pass  # recorded in self.failure, raised below
         finally:
             self._stopped = True
+            self._receiver.close()
             self._stopped_event.set()
             self._notify()
             self._applied_send.close()
@@ -862,8 +880,10 @@ class RaftNode:
         async with self._lock:
             await self._execute(self._core.step_newer_term(term))
 
-    async def _call(self, peer: str, method: str, args: Any, reply_type: type) -> Any:
-        with trio.move_on_after(self.config.rpc_timeout):
+    async def _call(
+        self, peer: str, method: str, args: Any, reply_type: type, wait: float | None = None
+    ) -> Any:
+        with trio.move_on_after(self.config.rpc_timeout if wait is None else wait):
             return await self._transport.call(peer, method, args, reply_type)
         return None
 
@@ -888,6 +908,11 @@ class RaftNode:
             await trio.sleep_until(core.election_deadline)
             if trio.current_time() < core.election_deadline:
                 continue  # pushed back by a leader's message meanwhile
+            installing = self._installing
+            if installing is not None:
+                # The leader's last chunk came in: the snapshot is being checked and saved.
+                await installing.wait()
+                continue
             async with self._lock:
                 await self._execute(core.tick(trio.current_time()))
             await self._campaign()
@@ -1002,6 +1027,7 @@ class RaftNode:
                     else:
                         await trio.sleep_forever()  # a failed peer is retried once an interval
         finally:
+            self._outbound.pop(peer, None)  # a later replicator starts its transfer over
             if self._leads(term):
                 self._replicating.discard(peer)
 
@@ -1039,31 +1065,45 @@ class RaftNode:
         return True
 
     async def _send_snapshot(self, peer: str, sent: Outgoing) -> bool:
+        """One chunk of the snapshot to ``peer``, from where it wants the next (see
+        :mod:`trioraft.raft.transfer`); whether it answered. The last chunk's call may
+        take ``longest_call``: the follower checks and saves the whole snapshot first."""
         snapshot = self._snapshot
         assert snapshot is not None
-        data = base64.b64encode(snapshot.data).decode()
-        configuration = snapshot.configuration
-        args = InstallSnapshotArgs(
-            sent.term,
-            self.id,
-            snapshot.index,
-            snapshot.term,
-            data,
-            zlib.crc32(snapshot.data),
-            "" if configuration is None else json.dumps(configuration.to_json()),
-        )
-        self.metrics.snapshots_sent += 1
-        reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply)
+        outbound = self._outbound.get(peer)
+        if outbound is None or outbound.snapshot is not snapshot:
+            outbound = Outbound(snapshot, await self._sha256_of(snapshot))
+            self._outbound[peer] = outbound
+        args = outbound.chunk(sent.term, self.id, self.config.chunk_bytes)
+        wait = self.config.longest_call if args.done else None
+        reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply, wait)
         if reply is None:
-            return False
+            return False  # the same chunk goes again: a follower that has it says so
         core = self._core
-        await self._step_reply(
-            reply.term,
-            lambda: core.step_snapshot_reply(
-                peer, sent, snapshot.index, reply, trio.current_time()
-            ),
-        )
+        now = trio.current_time()
+        if reply.installed:
+            if self._outbound.get(peer) is outbound:
+                del self._outbound[peer]
+                self.metrics.snapshots_sent += 1  # a whole transfer, however many chunks
+            index = snapshot.index
+            step = lambda: core.step_snapshot_reply(peer, sent, index, reply, now)  # noqa: E731
+        else:
+            wanted = reply.next_offset
+            outbound.offset = wanted if 0 <= wanted <= args.total else 0
+            step = lambda: core.step_snapshot_chunk_reply(peer, sent, reply, now)  # noqa: E731
+        await self._step_reply(reply.term, step)
         return self._leads(sent.term)
+
+    async def _sha256_of(self, snapshot: Snapshot) -> str:
+        """The SHA-256 of ``snapshot``'s data, computed once per snapshot."""
+        cached = self._sha256
+        if cached is None or cached[0] is not snapshot:
+            if len(snapshot.data) >= _THREAD_BYTES:
+                digest = await trio.to_thread.run_sync(sha256_of, snapshot.data)
+            else:
+                digest = sha256_of(snapshot.data)
+            cached = self._sha256 = (snapshot, digest)
+        return cached[1]
 
     async def _step_reply(self, reply_term: int, step: Callable[[], list[Action]]) -> None:
         """Step the core with a follower's reply: under the lock only if it brings a newer
@@ -1087,39 +1127,78 @@ class RaftNode:
             return reply
 
     async def handle_install_snapshot(self, args: InstallSnapshotArgs) -> InstallSnapshotReply:
+        """One chunk of a snapshot (see :mod:`trioraft.raft.transfer`). Anything a chunk
+        cannot be is refused (400) before anything changes; chunks are handled one at a
+        time, each counting as contact from the leader; the last one, once the bytes match
+        their SHA-256 and the application's check, installs the snapshot durably."""
         self._refuse_if_failed()
         if args.leader == self.id:
             raise BadRequest("leader: a peer cannot speak for this node")
         try:
-            data = base64.b64decode(args.data, validate=True)
+            data = binascii.a2b_base64(args.chunk, strict_mode=True)
         except (binascii.Error, ValueError):
-            raise BadRequest("data: expected base64") from None
+            raise BadRequest("chunk: expected base64") from None
         if zlib.crc32(data) != args.crc32:
-            raise BadRequest("data: the snapshot fails its CRC-32")
+            raise BadRequest("chunk: the chunk fails its CRC-32")
+        check_chunk(args, len(data), self.config)
         configuration = None
         if args.configuration:
             try:
                 configuration = Configuration.from_json(json.loads(args.configuration))
-            except ValueError as exc:
+            except (ValueError, TypeError, RecursionError) as exc:
                 raise BadRequest(f"configuration: {exc}") from None
-        if self._check_snapshot is not None:
-            try:
-                self._check_snapshot(data)
-            except ValueError as exc:
-                raise BadRequest(f"data: the snapshot cannot be restored: {exc}") from None
+        async with self._receiving:
+            return await self._take_chunk(args, data, configuration)
+
+    async def _take_chunk(
+        self, args: InstallSnapshotArgs, data: bytes, configuration: Configuration | None
+    ) -> InstallSnapshotReply:
+        core = self._core
         async with self._lock:
-            actions = self._core.step_install_snapshot(
-                args.term,
-                args.leader,
-                args.last_included_index,
-                args.last_included_term,
-                trio.current_time(),
-                configuration,
+            reply = await self._execute(
+                core.step_snapshot_chunk(args.term, args.leader, trio.current_time())
             )
-            reply = await self._execute(actions, snapshot_data=data)
-            if reply.term == args.term:
-                self._core.heard_from_leader(trio.current_time())
+        if reply.term != args.term:
+            return reply  # a deposed leader's chunk: nothing kept
+        receiving = self._receiver.receiving
+        if receiving is not None and receiving.index <= self.commit_index:
+            self._receiver.drop()  # this node has moved past it
+        if args.last_included_index <= self.commit_index:
+            return InstallSnapshotReply(self.term)  # it holds that state or a later one
+        with self._writing("writing a snapshot chunk from the leader"):
+            next_offset, complete = await self._receiver.take(args, data)
+        if self.term == args.term:
+            core.heard_from_leader(trio.current_time())  # the disk may have been slow
+        if not complete:
+            return InstallSnapshotReply(self.term, installed=False, next_offset=next_offset)
+        installing = self._installing = trio.Event()
+        try:
+            data = await self._receiver.finish()
+            if self._check_snapshot is not None:
+                try:
+                    if len(data) >= _THREAD_BYTES:
+                        await trio.to_thread.run_sync(self._check_snapshot, data)
+                    else:
+                        self._check_snapshot(data)
+                except ValueError as exc:
+                    raise BadRequest(f"chunk: the snapshot cannot be restored: {exc}") from None
+            async with self._lock:
+                actions = core.step_install_snapshot(
+                    args.term,
+                    args.leader,
+                    args.last_included_index,
+                    args.last_included_term,
+                    trio.current_time(),
+                    configuration,
+                )
+                reply = await self._execute(actions, snapshot_data=data)
+                if reply.term == args.term:
+                    core.heard_from_leader(trio.current_time())
             return reply
+        finally:
+            self._receiver.drop()
+            self._installing = None
+            installing.set()
 
     async def _install_snapshot(self, action: SaveSnapshot, data: bytes) -> None:
         snapshot = Snapshot(action.index, action.term, data, action.configuration)

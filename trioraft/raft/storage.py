@@ -39,6 +39,11 @@ kept, or restored from a backup) has no magic: ``u64 index, u64 term``, then the
 static configuration the node is given at start applies. The magic, read as an index,
 would be about 1.4e16: never a real one.
 
+A snapshot arriving from the leader in chunks (:mod:`trioraft.raft.transfer`) is written
+to ``snapshot.incoming`` (:meth:`FileStorage.open_incoming`), never fsynced nor read at
+start: opening the storage deletes one a crash left; once complete and checked, the
+snapshot is saved through ``save_snapshot`` like any other.
+
 Invariants:
 - Nothing appended is durable until ``sync`` or ``sync_blocking`` returns;
   ``save_hard_state`` and ``save_snapshot`` are durable when they return; what ``load``
@@ -63,6 +68,7 @@ import json
 import os
 import stat
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +94,8 @@ _LOG_HEAD = struct.Struct("<8sQQ")  # magic, base index, base term
 _LOG_CRC = struct.Struct("<I")  # crc32 of the head
 LOG_HEADER_SIZE = _LOG_HEAD.size + _LOG_CRC.size
 DIRECTORY_MODE = 0o700
+#: Where a snapshot arriving in chunks from the leader is written until it is complete.
+INCOMING_SNAPSHOT = "snapshot.incoming"
 _FILE_NAMES = (
     "log",
     "log.tmp",
@@ -95,12 +103,14 @@ _FILE_NAMES = (
     "hardstate.tmp",
     "snapshot",
     "snapshot.tmp",
+    INCOMING_SNAPSHOT,
     "lock",
     "owner",
 )
 
-#: The operations a ``fault`` hook sees, each before its write.
-FAULT_OPERATIONS = ("append", "truncate", "sync", "hardstate", "snapshot", "rewrite")
+#: The operations a ``fault`` hook sees, each before its write (``incoming``: a chunk of a
+#: snapshot arriving from the leader).
+FAULT_OPERATIONS = ("append", "truncate", "sync", "hardstate", "snapshot", "rewrite", "incoming")
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,27 @@ class Loaded:
     log: Log
 
 
+class IncomingSnapshot(Protocol):
+    """A snapshot arriving in chunks, kept apart from the durable state until complete
+    (see :mod:`trioraft.raft.transfer`): nothing in it is durable or read at start."""
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data``; raises OSError if the write fails."""
+        ...
+
+    async def read(self) -> bytes:
+        """Everything written so far."""
+        ...
+
+    def discard(self) -> None:
+        """Drop what was written (idempotent)."""
+        ...
+
+    def close(self) -> None:
+        """Stop writing but leave what was written, as a crash would (idempotent)."""
+        ...
+
+
 class Storage(Protocol):
     def load(self) -> Loaded: ...
 
@@ -146,6 +177,8 @@ class Storage(Protocol):
     def raft_state_size(self) -> int: ...
 
     def snapshot_size(self) -> int: ...
+
+    def open_incoming(self) -> IncomingSnapshot: ...
 
 
 #: ``fault(operation, nbytes)`` is called before each write and may raise OSError (a test
@@ -371,6 +404,9 @@ class FileStorage:
         self._first_index = 1  # index of the first record in the file
         self._log_end = LOG_HEADER_SIZE  # the log file's size as far as writes succeeded
         self._failure: OSError | None = None  # the first write that failed
+        self._incoming_path = self.directory / INCOMING_SNAPSHOT
+        # A transfer cut short by a crash or a stop is never resumed: the leader starts over.
+        self._incoming_path.unlink(missing_ok=True)
 
     def load(self) -> Loaded:
         """The durable state; raises StorageCorrupt (one line) if it cannot be trusted."""
@@ -580,6 +616,12 @@ class FileStorage:
     def snapshot_size(self) -> int:
         return self._snapshot.size()
 
+    def open_incoming(self) -> IncomingSnapshot:
+        """A new, empty ``snapshot.incoming`` (replacing any): written without fsync, as
+        the snapshot is saved durably through :meth:`save_snapshot` once complete."""
+        self._refuse_if_failed()
+        return _IncomingFile(self._incoming_path, self._fault)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -587,6 +629,43 @@ class FileStorage:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = -1
+
+
+class _IncomingFile:
+    """:class:`IncomingSnapshot` in a file of the data directory (mode 0600). A write (in a
+    worker thread) and closing the descriptor exclude each other, so a write never lands
+    in a file that reused a closed descriptor's number."""
+
+    def __init__(self, path: Path, fault: Fault | None) -> None:
+        self._path = path
+        self._fault = fault
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
+        self._fd_lock = threading.Lock()
+
+    async def write(self, data: bytes) -> None:
+        if self._fault is not None:
+            self._fault("incoming", len(data))
+        await trio.to_thread.run_sync(self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        with self._fd_lock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, f"{self._path}: closed")
+            _write_all(self._fd, data)
+
+    async def read(self) -> bytes:
+        return await trio.to_thread.run_sync(self._path.read_bytes)
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            self.close()
+            self._path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _claim(directory: Path, owner: str) -> int:
@@ -704,9 +783,31 @@ class MemoryStorage:
     def snapshot_size(self) -> int:
         return len(self._snapshot.data) if self._snapshot else 0
 
+    def open_incoming(self) -> IncomingSnapshot:
+        return _IncomingMemory()
+
     def crashed(self) -> MemoryStorage:
         """The storage a restarted node finds: the durable state only."""
         return MemoryStorage(self._hard_state, self._snapshot, self._durable)
+
+
+class _IncomingMemory:
+    """:class:`IncomingSnapshot` in memory: a crash loses it, as it does a partial file."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self._data += data
+
+    async def read(self) -> bytes:
+        return bytes(self._data)
+
+    def discard(self) -> None:
+        self._data = bytearray()
+
+    def close(self) -> None:
+        pass
 
 
 def _numbered(log: Log) -> list[tuple[int, Entry]]:

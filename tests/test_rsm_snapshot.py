@@ -1,0 +1,119 @@
+"""The replicated state machine snapshots off its applier: a copy of the machine is
+serialized in a worker thread while entries keep being applied (real time: threads)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import trio
+
+from trioraft.kv.rsm import THREAD_SNAPSHOT_BYTES, ReplicatedStateMachine
+from trioraft.raft.node import RaftConfig, RaftNode
+from trioraft.raft.storage import MemoryStorage
+from trioraft.rpc.transport import HttpTransport
+
+PADDING = "x" * THREAD_SNAPSHOT_BYTES  # every snapshot is large enough for a thread
+
+
+class Gate:
+    """Holds a copy's serialization in its worker thread until the test opens it."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = trio.Event()
+        self.open = threading.Event()
+
+    def pass_through(self) -> None:
+        if self.armed:
+            assert threading.current_thread() is not threading.main_thread(), (
+                "the snapshot is serialized on the event loop's thread, holding up applies"
+            )
+            trio.from_thread.run_sync(self.entered.set)
+            self.open.wait()
+
+
+class Counter:
+    def __init__(self, gate: Gate, n: int = 0) -> None:
+        self.n = n
+        self.gate = gate
+        self.copies = 0
+
+    def apply(self, op: str, index: int) -> int:
+        self.n += 1
+        return self.n
+
+    def copy(self) -> Counter:
+        self.copies += 1
+        return Counter(self.gate, self.n)
+
+    def snapshot(self) -> bytes:
+        self.gate.pass_through()
+        return json.dumps({"n": self.n, "padding": PADDING}).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.n = json.loads(data)["n"]
+
+
+class PlainCounter(Counter):
+    """A machine without ``copy()``: serialized on the applier, as before."""
+
+    copy = None  # type: ignore[assignment]
+
+
+async def start(nursery: trio.Nursery, machine: Counter) -> ReplicatedStateMachine:
+    node = RaftNode("a", ["a"], MemoryStorage(), HttpTransport("a", {}), config=RaftConfig())
+    rsm = ReplicatedStateMachine(node, machine, max_raft_state=2000)
+    await nursery.start(node.run)
+    await nursery.start(rsm.run)
+    with trio.fail_after(5):
+        await node.wait_until(lambda n: n.is_leader)
+    return rsm
+
+
+async def test_applies_keep_flowing_while_a_snapshot_is_serialized(
+    nursery: trio.Nursery,
+) -> None:
+    gate = Gate()
+    machine = Counter(gate)
+    rsm = await start(nursery, machine)
+    node = rsm.node
+    with trio.fail_after(20):
+        while node.snapshot_size() < THREAD_SNAPSHOT_BYTES:  # the first one, on the applier
+            await rsm.submit("inc")
+        gate.armed = True
+        while not gate.entered.is_set():  # the log grows past the limit: a job starts
+            await rsm.submit("inc")
+        job = rsm.snapshotting
+        assert job is not None
+        compacted_at = node.log.snapshot_index
+        applied_before = rsm.applied_index
+        for _ in range(50):  # the serialization is stuck in its thread; applies go on
+            await rsm.submit("inc")
+        assert rsm.applied_index == applied_before + 50
+        assert node.log.snapshot_index == compacted_at  # not compacted yet
+        assert machine.copies == 1  # every apply is over the limit, but one job at a time
+        gate.armed = False
+        gate.open.set()
+        await job.wait()
+        index = node.log.snapshot_index  # where the job's copy was taken
+        assert compacted_at < index <= applied_before
+        # The state as of that index (one op per entry), not as of the end of the job.
+        assert json.loads(node._snapshot.data)["n"] == index  # type: ignore[union-attr]
+        assert rsm.snapshotting is None
+        await rsm.submit("inc")
+    assert machine.n == applied_before + 51
+
+
+async def test_a_machine_without_copy_is_snapshotted_on_the_applier(
+    nursery: trio.Nursery,
+) -> None:
+    machine = PlainCounter(Gate())
+    rsm = await start(nursery, machine)
+    node = rsm.node
+    with trio.fail_after(20):
+        for _ in range(200):
+            await rsm.submit("inc")
+            assert rsm.snapshotting is None
+    assert node.log.snapshot_index > 0
+    assert node.raft_state_size() < 4000
