@@ -65,6 +65,7 @@ async def test_malformed_input_gets_4xx_and_changes_nothing(
             "err": "OK",
             "mod_index": 1,
             "create_index": 1,
+            "index": single_kv.server.index,  # of the state it was read from
         }
     assert len(single_kv.server.state) == 1
 
@@ -168,6 +169,7 @@ async def test_kv_protocol_over_plain_http(single_kv: SingleKV) -> None:
             "err": "NoKey",
             "mod_index": 0,
             "create_index": 0,
+            "index": single_kv.server.index,
         }
         put = {"key": "a", "value": "1", "version": 0}
         assert (await h.post("/put", json=put)).json() == {"err": "OK"}
