@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from trioraft import MemoryStorage
-from trioraft.raft import core
+from trioraft.raft import core, quorum
 from trioraft.testing import simulate
 
 
@@ -87,6 +87,13 @@ async def _no_sync(self: MemoryStorage) -> None:
     """Acknowledges appends without making them durable: a crash loses them."""
 
 
+def figure8_commit(
+    match_indexes: list[int], term_at: object, current_term: int, old_commit: int
+) -> int:
+    """Commits whatever a majority holds, of any term: the rule Figure 8 shows unsafe."""
+    return max(quorum.quorum_index(match_indexes), old_commit)
+
+
 BROKEN_RULES = {
     # A voter grants its vote without checking that the candidate's log is up to date.
     "vote-without-log-check": (core, "is_up_to_date", lambda *args: True),
@@ -94,6 +101,8 @@ BROKEN_RULES = {
     "ack-before-fsync": (MemoryStorage, "sync", _no_sync),
     # A node that believes it leads answers reads without confirming it still does.
     "read-on-deposed-leader": (simulate, "call", deposed_leader_reads),
+    # A leader commits an older term's entry once a majority holds it (Raft Figure 8).
+    "commit-older-term-by-counting": (core, "committed_index", figure8_commit),
 }
 
 #: Seeds (of 5 simulated seconds each) the simulator may take to find each broken rule.
@@ -103,9 +112,8 @@ SEED_BUDGET = 200
 @pytest.mark.parametrize("rule", BROKEN_RULES)
 def test_the_simulator_finds_a_broken_rule(monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
     """Each rule broken alone makes some seed fail a check within the budget (the first
-    failing seed is the same in every run: runs depend on their seed alone). Not found
-    yet: committing an older term's entry by counting replicas (Figure 8), which needs a
-    rarer schedule than this nemesis makes."""
+    failing seed is the same in every run: runs depend on their seed alone). The Figure-8
+    rule is found through the nemesis's Figure-8 episodes (``figure8_episode``)."""
     owner, name, broken = BROKEN_RULES[rule]
     monkeypatch.setattr(owner, name, broken)
     if owner is MemoryStorage:

@@ -10,9 +10,11 @@ One seed's run: ``nodes`` Raft nodes, each running the replicated KV machine
 that loses unsynced writes on a crash; ``clients`` clients that get keys and put them at
 the version they last read, reaching the nodes through the same seeded MIT-unreliable
 :class:`Network` (drops, delays, reordering); and a nemesis that, every 0.2-1 s of virtual
-time, crashes a node (a majority stays up), restarts one, partitions the nodes at random or
-heals them. After ``seconds`` everything heals and restarts, and every key is read once
-more, so a lost acknowledged write shows in the history.
+time, crashes a node (a majority stays up), restarts one, partitions the nodes at random,
+heals them, or plays the schedule of the Raft paper's Figure 8 (:func:`figure8_episode`:
+partitions and a crash timed on who leads). After ``seconds`` everything heals and
+restarts, and every key is read once more, so a lost acknowledged write shows in the
+history.
 
 Checks, per seed:
 - the history is linearizable (:data:`VERSIONED_KV_MODEL`); a client op that failed with
@@ -228,13 +230,15 @@ def record_output(call_input: KVInput, reply: Any) -> KVOutput:
 
 
 async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
+    """Every 0.2-1 s, one of: crash a node (a majority stays up), restart one, partition
+    the nodes at random, heal, or a Figure-8 episode (:func:`figure8_episode`)."""
     rng = random.Random(f"{seed}-nemesis")
     majority = len(c.ids) // 2 + 1
     while not stop.is_set():
         await trio.sleep(rng.uniform(0.2, 1.0))
         up = [i for i in c.ids if c.alive(i)]
         down = [i for i in c.ids if not c.alive(i)]
-        action = rng.choice(["crash", "restart", "partition", "heal"])
+        action = rng.choice(["crash", "restart", "partition", "heal", "figure8"])
         if action == "crash" and len(up) > majority:
             c.crash(rng.choice(up))
         elif action == "restart" and down:
@@ -244,8 +248,62 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
             rng.shuffle(shuffled)
             cut = rng.randrange(1, len(shuffled))
             c.partition(shuffled[:cut], shuffled[cut:])
+        elif action == "figure8":
+            await figure8_episode(c, rng)
         else:
             c.heal()
+
+
+#: How long a Figure-8 episode waits for each election before it gives up.
+ELECTION_WAIT = 2.0
+
+
+async def figure8_episode(c: KVSimCluster, rng: random.Random) -> None:
+    """The schedule of the Raft paper's Figure 8, which an unsafe commit rule (committing
+    an older term's entry by counting its replicas) turns into a lost committed entry:
+
+    1. the leader ``L`` and one follower ``F`` are cut off from the rest: ``L`` appends
+       the clients' ops of its term and replicates them to ``F`` only;
+    2. the rest elect ``L2`` (a newer term), which is cut off alone at once: it appends
+       ops of its own term at the same indexes, replicated nowhere;
+    3. the four others elect ``L3`` (``L`` or ``F``: their logs are the longest), which
+       brings the others up to date with ``L``'s entries (older than ``L2``'s);
+    4. shortly after, ``L3`` crashes (losing what it had not synced) and everything heals:
+       ``L2`` may now win the votes of nodes whose last entry is ``L``'s, and overwrite
+       those entries, committed or not.
+
+    Each step waits for its election (on the nodes' events, at most :data:`ELECTION_WAIT`)
+    and the episode ends early if one does not come. Every node is up and connected first,
+    so a majority stays up when ``L3`` crashes."""
+    for i in c.ids:
+        if not c.alive(i):
+            await c.start(i)
+    c.heal()
+    leader = await elected(c, c.ids)
+    if leader is None:
+        return
+    others = [i for i in c.ids if i != leader]
+    follower = rng.choice(others)
+    rest = [i for i in others if i != follower]
+    c.partition([leader, follower], rest)
+    await trio.sleep(rng.uniform(0.05, 0.3))
+    second = await elected(c, rest)
+    if second is None:
+        return
+    c.partition([second], [i for i in c.ids if i != second])
+    await trio.sleep(rng.uniform(0.05, 0.3))
+    third = await elected(c, [i for i in c.ids if i != second])
+    await trio.sleep(rng.uniform(0.0, 0.1))
+    if third is not None and c.alive(third) and c.node(third).is_leader:
+        c.crash(third)
+    c.heal()
+
+
+async def elected(c: KVSimCluster, among: list[str]) -> str | None:
+    """A node of ``among`` that leads, once one does (``None`` after :data:`ELECTION_WAIT`)."""
+    with trio.move_on_after(ELECTION_WAIT):
+        return await c.wait_leader(among=among)
+    return None
 
 
 async def final_reads(c: KVSimCluster, outcome: Outcome) -> None:
