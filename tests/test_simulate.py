@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from trioraft import MemoryStorage
+from trioraft.kv.machine import KVMachine
+from trioraft.kv.messages import OK, AppendReply
 from trioraft.raft import core, quorum
 from trioraft.testing import simulate
 
@@ -15,15 +17,21 @@ from trioraft.testing import simulate
 def test_seeds_pass_and_do_real_work(seed: int) -> None:
     """Three seeds in a row. One seed's faults can keep its cluster without a leader for
     most of its 5 s (of 300 seeds, the fewest ops answered were 19; the median, 122), so
-    the work is counted over the three."""
-    answered, puts_applied = 0, 0
+    the work is counted over the three: puts and appends applied, and snapshots restored
+    (installed from a leader, or a node's own at its restart)."""
+    answered, puts_applied, appends_applied, restores = 0, 0, 0, 0
     for s in range(seed % 1000, seed % 1000 + 3):
         outcome = simulate.check_seed(s, seconds=5.0)
         assert outcome.ok, f"seed {s}:\n" + "\n".join(outcome.problems)
-        done = [op for op in outcome.operations if op.ret is not None]
+        done = [op for op in outcome.operations if op.ret is not None and op.output is not None]
         answered += len(done)
         puts_applied += sum(op.input.op == "put" and op.output.err == "OK" for op in done)
-    assert answered > 150 and puts_applied > 0, f"{answered} answered, {puts_applied} puts"
+        appends_applied += sum(op.input.op == "append" and op.output.err == "OK" for op in done)
+        restores += outcome.restores
+    assert answered > 150 and puts_applied > 0 and appends_applied > 0 and restores > 0, (
+        f"{answered} answered, {puts_applied} puts, {appends_applied} appends, "
+        f"{restores} snapshots restored"
+    )
 
 
 #: The seeds CI runs (issue 16): 200 of 5 simulated seconds each, in chunks that keep each
@@ -94,6 +102,24 @@ def figure8_commit(
     return max(quorum.quorum_index(match_indexes), old_commit)
 
 
+def _append_without_dedup(
+    self: KVMachine, key: str, value: str, session: str, seq: int, index: int
+) -> AppendReply:
+    """Applies every append, a retry of one already applied too (the session's sequence
+    number is recorded, never checked)."""
+    self._remember(session, (seq, OK))
+    return self.kv.append(key, value, index)
+
+
+_restore = KVMachine.restore
+
+
+def _restore_without_sessions(self: KVMachine, data: bytes) -> None:
+    """Restores a snapshot but not its session table."""
+    _restore(self, data)
+    self.sessions = {}
+
+
 BROKEN_RULES = {
     # A voter grants its vote without checking that the candidate's log is up to date.
     "vote-without-log-check": (core, "is_up_to_date", lambda *args: True),
@@ -103,6 +129,10 @@ BROKEN_RULES = {
     "read-on-deposed-leader": (simulate, "call", deposed_leader_reads),
     # A leader commits an older term's entry once a majority holds it (Raft Figure 8).
     "commit-older-term-by-counting": (core, "committed_index", figure8_commit),
+    # A session applies a retried append again.
+    "append-retry-applied-twice": (KVMachine, "_append", _append_without_dedup),
+    # A snapshot restored (installed from the leader, or at a restart) loses the sessions.
+    "snapshot-drops-sessions": (KVMachine, "restore", _restore_without_sessions),
 }
 
 #: Seeds (of 5 simulated seconds each) the simulator may take to find each broken rule.

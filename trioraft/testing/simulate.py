@@ -7,33 +7,36 @@ virtual time, over the in-memory network; every seed's history is checked.
 One seed's run: ``nodes`` Raft nodes, each running the replicated KV machine
 (:class:`~trioraft.kv.machine.KVMachine` in a
 :class:`~trioraft.kv.rsm.ReplicatedStateMachine`) on a :class:`~trioraft.MemoryStorage`
-that loses unsynced writes on a crash; ``clients`` clients that get keys and put them at
-the version they last read, reaching the nodes through the same seeded MIT-unreliable
-:class:`Network` (drops, delays, reordering); and a nemesis that, every 0.2-1 s of virtual
-time, crashes a node (a majority stays up), restarts one, partitions the nodes at random,
-heals them, or plays the schedule of the Raft paper's Figure 8 (:func:`figure8_episode`:
-partitions and a crash timed on who leads). After ``seconds`` everything heals and
-restarts, and every key is read once more, so a lost acknowledged write shows in the
-history.
+that loses unsynced writes on a crash, snapshotting past :data:`MAX_RAFT_STATE` bytes of
+Raft state (so nodes that lag install the leader's snapshot); ``clients`` clients that
+get keys, put them at the version they last read, and append to them in a session (an
+append whose fate is unknown is retried with its sequence number until it is answered),
+reaching the nodes through the same seeded MIT-unreliable :class:`Network` (drops,
+delays, reordering); and a nemesis that, every 0.2-1 s of virtual time, crashes a node (a
+majority stays up), restarts one, partitions the nodes at random, heals them, or plays
+the schedule of the Raft paper's Figure 8 (:func:`figure8_episode`: partitions and a
+crash timed on who leads). After ``seconds`` everything heals and restarts, and every key
+is read once more, so a lost acknowledged write shows in the history.
 
 Checks, per seed:
-- the history is linearizable (:data:`VERSIONED_KV_MODEL`); a client op that failed with
-  ``NotLeader`` never took effect and is left out, one whose fate is unknown (lost,
-  timed out, leadership lost) is recorded as never returned;
+- the history is linearizable (:func:`~trioraft.testing.check_kv_ops`: gets, puts and
+  appends); a client op that failed with ``NotLeader`` never took effect and is left out,
+  one whose fate is unknown (lost, timed out, leadership lost) is recorded as never
+  returned, an append answered ``SessionExpired`` as optional;
 - at most one leader per term;
-- log matching (at the end, between every two running nodes): logs that hold an entry of
-  the same index and term hold the same entries up to it;
+- log matching (at the end, between every two running nodes, past their snapshots): logs
+  that hold an entry of the same index and term hold the same entries up to it;
 - leader completeness: a node that becomes leader of term T holds every entry seen
-  committed in a term before T;
+  committed in a term before T (in its log or its snapshot);
 - state machine safety: no two nodes see different entries committed at one index, and
-  every node (each incarnation, which replays its log from the start) applied the same
-  ops in the same order, each a prefix of the longest.
+  every replica (each incarnation, from the log's start or from a snapshot) applied the
+  same op at each log index and answered it the same way (so a snapshot restores the
+  whole state, sessions included).
 
 Invariants: a run depends on its seed alone (:func:`run_simulation`: virtual time, Trio
 scheduled from the seed; every random choice from a ``random.Random`` seeded from it), so
-a failing seed replays with the command printed. Not covered yet: appends (client
-sessions), snapshots (so every log starts at index 1), membership changes and leadership
-transfers.
+a failing seed replays with the command printed. Not covered yet: membership changes,
+leadership transfers and stale reads.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ import trio
 
 from .._errors import NotLeader, RaftError
 from ..kv.machine import KVMachine
+from ..kv.messages import OK, SESSION_EXPIRED
 from ..kv.rsm import ReplicatedStateMachine
 from ..raft.log import Entry
 from ..raft.node import RaftNode
 from ._cluster import RaftCluster
-from ._linearizability import Operation, Result, check_operations
-from ._models import VERSIONED_KV_MODEL, KVInput, KVOutput
+from ._kv_model import check_kv_ops
+from ._linearizability import Operation, Result
+from ._models import KVInput, KVOutput
 from ._network import MIT_UNRELIABLE
 from ._replay import run_simulation
 
@@ -69,20 +74,32 @@ OP_TIMEOUT = 1.0
 SETTLE_TIMEOUT = 60.0
 #: How long the linearizability check of one history may take.
 CHECK_TIMEOUT = 60.0
+#: How often (against 1 for each other action) the nemesis plays a Figure-8 episode.
+FIGURE8_WEIGHT = 0.4
+#: Bytes of Raft state past which a node snapshots: low, so that every seed snapshots
+#: (every 30-odd entries) and nodes that lag behind install the leader's snapshot.
+MAX_RAFT_STATE = 4096
 #: Problems printed for a failing seed.
 SHOWN_PROBLEMS = 10
 
 
 class RecordingMachine(KVMachine):
-    """The replicated KV machine, keeping every op it applied (as JSON), in order."""
+    """The replicated KV machine, keeping every op it applied with its log index and its
+    reply (both as text), in order, and counting the snapshots it restored."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.applied: list[str] = []
+        self.applied: list[tuple[int, str, str]] = []
+        self.restores = 0
 
     def apply(self, op: Any, index: int = 0) -> Any:
-        self.applied.append(json.dumps(op, sort_keys=True))
-        return super().apply(op, index)
+        reply = super().apply(op, index)
+        self.applied.append((index, json.dumps(op, sort_keys=True), repr(reply)))
+        return reply
+
+    def restore(self, data: bytes) -> None:
+        super().restore(data)
+        self.restores += 1
 
 
 class KVSimCluster(RaftCluster):
@@ -91,6 +108,8 @@ class KVSimCluster(RaftCluster):
 
     def __init__(self, nursery: trio.Nursery, n: int, seed: int) -> None:
         super().__init__(nursery, n, seed, profile=MIT_UNRELIABLE)
+        #: Each node snapshots once its Raft state passes this (so lagging ones install).
+        self.max_raft_state = MAX_RAFT_STATE
         self.rsms: dict[str, ReplicatedStateMachine | None] = dict.fromkeys(self.ids)
         self.machines: list[tuple[str, RecordingMachine]] = []  # every incarnation's
         self.leaders_by_term: dict[int, set[str]] = defaultdict(set)
@@ -102,7 +121,9 @@ class KVSimCluster(RaftCluster):
     def prepare(self, i: str, node: RaftNode) -> None:
         machine = RecordingMachine()
         self.machines.append((f"{i}#{self.starts}", machine))
-        self.rsms[i] = ReplicatedStateMachine(node, machine, op_timeout=OP_TIMEOUT)
+        self.rsms[i] = ReplicatedStateMachine(
+            node, machine, op_timeout=OP_TIMEOUT, max_raft_state=self.max_raft_state
+        )
 
     async def consume(self, i: str, node: RaftNode) -> None:
         rsm = self.rsms[i]
@@ -119,11 +140,12 @@ class KVSimCluster(RaftCluster):
 
     async def _watch_commits(self, i: str, node: RaftNode) -> None:
         """Record what ``i`` sees committed; two different entries at one index is a
-        violation of state machine safety. (No snapshots here: the log is all there.)"""
+        violation of state machine safety. (Entries a snapshot replaced are not seen here:
+        the replicas' agreement on what they applied covers them.)"""
         seen = node.log.snapshot_index
         while True:
             await node.wait_until(lambda n, s=seen: n.commit_index > s)
-            for index in range(seen + 1, node.commit_index + 1):
+            for index in range(max(seen, node.log.snapshot_index) + 1, node.commit_index + 1):
                 entry = node.log.entry(index)
                 known, term = self.committed.get(index, (entry, node.term))
                 if known != entry:
@@ -134,10 +156,13 @@ class KVSimCluster(RaftCluster):
             seen = node.commit_index
 
     def _check_leader_completeness(self, i: str, node: RaftNode) -> None:
-        """A leader of term T holds every entry committed in a term before T."""
+        """A leader of term T holds every entry committed in a term before T (in its log,
+        or in its snapshot, which holds only committed state)."""
         for index, (entry, term) in sorted(self.committed.items()):
-            if term < node.term and (
-                node.log.term_at(index) != entry.term or node.log.entry(index) != entry
+            if (
+                term < node.term
+                and index > node.log.snapshot_index
+                and (node.log.term_at(index) != entry.term or node.log.entry(index) != entry)
             ):
                 self.problems.append(
                     f"node {i} leads term {node.term} without entry {index} ({entry}), "
@@ -159,6 +184,8 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     result: Result[Any, KVInput, KVOutput] | None = None
     virtual_seconds: float = 0.0
+    #: Snapshots the replicas restored (installed from the leader, or their own at a restart).
+    restores: int = 0
 
     @property
     def ok(self) -> bool:
@@ -188,39 +215,99 @@ async def call(c: KVSimCluster, client: str, server: str, op: dict[str, Any]) ->
 async def run_client(
     c: KVSimCluster, me: int, seed: int, stop: trio.Event, outcome: Outcome
 ) -> None:
-    """Gets and puts (at the version last read) on random keys until ``stop``, recorded."""
+    """Gets, puts (at the version last read) and appends (in a session, once it has one)
+    on random keys until ``stop``, recorded. An append whose fate is unknown is retried,
+    with the same sequence number, until it has an answer: the session must apply it once."""
     rng = random.Random(f"{seed}-client-{me}")
-    name = f"client-{me}"
+    client = SimClient(c, f"client-{me}", rng, stop)
     versions: dict[str, int] = {}
-    server = rng.choice(c.ids)
+    session: str | None = None
+    seq = 0
     count = 0
     while not stop.is_set():
         count += 1
         key = rng.choice(KEYS)
-        if rng.random() < 0.5:
-            op = {"op": "get", "key": key}
+        draw = rng.random()
+        if session is None and draw < 0.1:
+            reply = await client.call({"op": "open", "key": "", "nonce": client.name})
+            if reply is not None and not isinstance(reply, NotLeader) and reply.err == OK:
+                session = reply.session
+            continue
+        if draw < 0.45:
+            op: dict[str, Any] = {"op": "get", "key": key}
             call_input = KVInput("get", key)
-        else:
+        elif draw < 0.8 or session is None:
             version = versions.get(key, 0)
             value = f"{me}.{count}"
             op = {"op": "put", "key": key, "value": value, "version": version}
             call_input = KVInput("put", key, value, version)
-        start = trio.current_time()
-        reply = await call(c, name, server, op)
-        if isinstance(reply, NotLeader):
-            server = reply.leader if reply.leader in c.ids else rng.choice(c.ids)
-            await trio.sleep(rng.uniform(0.01, 0.05))
+        else:
+            seq += 1
+            value = f"{me}.{count};"
+            op = {"op": "append", "key": key, "value": value, "session": session, "seq": seq}
+            await client.append(op, KVInput("append", key, value), stop, outcome)
             continue
+        start = trio.current_time()
+        reply = await client.call(op)
+        if isinstance(reply, NotLeader):
+            continue  # it never took effect
         if reply is None:
-            outcome.operations.append(Operation(name, call_input, start, None, None))
-            server = rng.choice(c.ids)
-            await trio.sleep(rng.uniform(0.01, 0.05))
+            outcome.operations.append(Operation(client.name, call_input, start, None, None))
             continue
         output = record_output(call_input, reply)
-        outcome.operations.append(Operation(name, call_input, start, output, trio.current_time()))
+        outcome.operations.append(
+            Operation(client.name, call_input, start, output, trio.current_time())
+        )
         if call_input.op == "get":
             versions[key] = output.version
         await trio.sleep(rng.uniform(0.0, 0.02))
+
+
+class SimClient:
+    """One client's calls: to the node it believes leads, following ``NotLeader`` hints
+    (a random node when there is none, or after an unknown fate)."""
+
+    def __init__(self, c: KVSimCluster, name: str, rng: random.Random, stop: trio.Event) -> None:
+        self.c, self.name, self.rng, self.stop = c, name, rng, stop
+        self.server = rng.choice(c.ids)
+
+    async def call(self, op: dict[str, Any]) -> Any:
+        """The machine's reply to ``op``, or ``None`` if its fate is unknown; an op refused
+        with ``NotLeader`` (it never took effect) is sent again to the next server, until
+        ``stop``: then the ``NotLeader`` is returned."""
+        while True:
+            reply = await call(self.c, self.name, self.server, op)
+            if isinstance(reply, NotLeader) and not self.stop.is_set():
+                hint = reply.leader
+                self.server = hint if hint in self.c.ids else self.rng.choice(self.c.ids)
+                await trio.sleep(self.rng.uniform(0.01, 0.05))
+                continue
+            if reply is None:
+                self.server = self.rng.choice(self.c.ids)
+                await trio.sleep(self.rng.uniform(0.01, 0.05))
+            return reply
+
+    async def append(
+        self, op: dict[str, Any], call_input: KVInput, stop: trio.Event, outcome: Outcome
+    ) -> None:
+        """``op`` (an append in a session) until it has an answer, recorded as one
+        operation from the first attempt: ``OK`` applied once; ``SessionExpired`` may or
+        may not have (optional); no answer before ``stop``: never returned."""
+        start = trio.current_time()
+        while not stop.is_set():
+            reply = await self.call(op)
+            if reply is None or isinstance(reply, NotLeader):
+                continue  # unknown, or (at stop) refused: recorded as never returned below
+            end = trio.current_time()
+            if reply.err == SESSION_EXPIRED:
+                outcome.operations.append(
+                    Operation(self.name, call_input, start, None, end, optional=True)
+                )
+            else:
+                output = KVOutput(err=reply.err)
+                outcome.operations.append(Operation(self.name, call_input, start, output, end))
+            return
+        outcome.operations.append(Operation(self.name, call_input, start, None, None))
 
 
 def record_output(call_input: KVInput, reply: Any) -> KVOutput:
@@ -238,7 +325,7 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
         await trio.sleep(rng.uniform(0.2, 1.0))
         up = [i for i in c.ids if c.alive(i)]
         down = [i for i in c.ids if not c.alive(i)]
-        action = rng.choice(["crash", "restart", "partition", "heal", "figure8"])
+        (action,) = rng.choices(NEMESIS_ACTIONS, NEMESIS_WEIGHTS)
         if action == "crash" and len(up) > majority:
             c.crash(rng.choice(up))
         elif action == "restart" and down:
@@ -254,6 +341,10 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
             c.heal()
 
 
+#: The nemesis's actions and how often it picks each: a Figure-8 episode takes a few
+#: seconds of partitions, so it is picked a tenth as often as the others.
+NEMESIS_ACTIONS = ("crash", "restart", "partition", "heal", "figure8")
+NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT)
 #: How long a Figure-8 episode waits for each election before it gives up.
 ELECTION_WAIT = 2.0
 
@@ -346,6 +437,7 @@ async def simulate_run(seed: int, nodes: int, clients: int, seconds: float) -> O
         if settle.cancelled_caught:
             outcome.problems.append(f"no final read within {SETTLE_TIMEOUT} s of healing")
         outcome.problems += invariant_problems(c)
+        outcome.restores = sum(machine.restores for _, machine in c.machines)
         outcome.virtual_seconds = trio.current_time()
         nursery.cancel_scope.cancel()
     return outcome
@@ -359,27 +451,43 @@ def invariant_problems(c: KVSimCluster) -> list[str]:
         if len(who) > 1
     ]
     problems += log_matching_problems(c)
-    longest_name, longest = max(c.machines, key=lambda m: len(m[1].applied))
+    problems += replica_agreement_problems(c)
+    return problems
+
+
+def replica_agreement_problems(c: KVSimCluster) -> list[str]:
+    """Every replica (each incarnation) applied the same op at each log index and answered
+    it the same way: the state machine is deterministic and every replica's state, restored
+    from a snapshot or not, is the one the log prefix makes."""
+    problems = []
+    first: dict[tuple[int, int], tuple[str, str, str]] = {}  # (index, nth op) -> who, op, reply
     for name, machine in c.machines:
-        ops = machine.applied
-        if ops != longest.applied[: len(ops)]:
-            at = next(k for k, op in enumerate(ops) if op != longest.applied[k])
-            problems.append(
-                f"{name} applied {ops[at]} as op {at + 1}, {longest_name} applied "
-                f"{longest.applied[at]}"
-            )
+        nth = 0
+        last_index = -1
+        for index, op, reply in machine.applied:
+            nth = nth + 1 if index == last_index else 0
+            last_index = index
+            who, known_op, known_reply = first.setdefault((index, nth), (name, op, reply))
+            if (known_op, known_reply) != (op, reply):
+                problems.append(
+                    f"{name} applied {op} -> {reply} as op {nth + 1} of entry {index}, "
+                    f"{who} applied {known_op} -> {known_reply}"
+                )
+                break  # the first difference says enough for one replica
     return problems
 
 
 def log_matching_problems(c: KVSimCluster) -> list[str]:
-    """Two logs with an entry of the same index and term hold the same entries up to it."""
+    """Two logs with an entry of the same index and term hold the same entries up to it
+    (compared from past the later of their snapshots)."""
     problems = []
     logs = {i: c.node(i).log for i in c.ids if c.alive(i)}
     for a, b in itertools.combinations(sorted(logs), 2):
         la, lb = logs[a], logs[b]
+        start = max(la.snapshot_index, lb.snapshot_index) + 1
         shared = min(la.last_index, lb.last_index)
-        same_term = [k for k in range(1, shared + 1) if la.term_at(k) == lb.term_at(k)]
-        if same_term and la.slice(1, same_term[-1] + 1) != lb.slice(1, same_term[-1] + 1):
+        same_term = [k for k in range(start, shared + 1) if la.term_at(k) == lb.term_at(k)]
+        if same_term and la.slice(start, same_term[-1] + 1) != lb.slice(start, same_term[-1] + 1):
             problems.append(f"logs of {a} and {b} agree at {same_term[-1]} but differ before")
     return problems
 
@@ -387,7 +495,7 @@ def log_matching_problems(c: KVSimCluster) -> list[str]:
 def check_seed(seed: int, *, nodes: int = 5, clients: int = 4, seconds: float = 10.0) -> Outcome:
     """Run one seed and check it (see the module docstring)."""
     outcome = run_simulation(simulate_run, seed, nodes, clients, seconds, seed=seed)
-    outcome.result = check_operations(VERSIONED_KV_MODEL, outcome.operations, CHECK_TIMEOUT)
+    outcome.result = check_kv_ops(outcome.operations, timeout=CHECK_TIMEOUT)
     if outcome.result.ok is False:
         outcome.problems.append(outcome.result.account)
     elif outcome.result.ok is None:
@@ -414,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"seed {seed}: {'ok' if outcome.ok else 'FAILED'} "
             f"({len(outcome.operations)} ops, {settled} answered, "
-            f"{outcome.virtual_seconds:.1f} virtual s)",
+            f"{outcome.virtual_seconds:.1f} virtual s, {outcome.restores} snapshots restored)",
             flush=True,
         )
         if not outcome.ok:
