@@ -11,12 +11,14 @@ that loses unsynced writes on a crash, snapshotting past :data:`MAX_RAFT_STATE` 
 Raft state (so nodes that lag install the leader's snapshot); ``clients`` clients that
 get keys, put them at the version they last read, and append to them in a session (an
 append whose fate is unknown is retried with its sequence number until it is answered),
-reaching the nodes through the same seeded MIT-unreliable :class:`Network` (drops,
-delays, reordering); and a nemesis that, every 0.2-1 s of virtual time, crashes a node (a
-majority stays up), restarts one, partitions the nodes at random, heals them, or plays
-the schedule of the Raft paper's Figure 8 (:func:`figure8_episode`: partitions and a
-crash timed on who leads). After ``seconds`` everything heals and restarts, and every key
-is read once more, so a lost acknowledged write shows in the history.
+and read stale (from whichever node they reach, what it applied), reaching the nodes
+through the same seeded MIT-unreliable :class:`Network` (drops, delays, reordering); and
+a nemesis that, every 0.2-1 s of virtual time, crashes a node (a majority stays up),
+restarts one, partitions the nodes at random, heals them, has the leader hand its
+leadership to another voter (:func:`transfer`), or plays the schedule of the Raft
+paper's Figure 8 (:func:`figure8_episode`: partitions and a crash timed on who leads).
+After ``seconds`` everything heals and restarts, and every key is read once more, so a
+lost acknowledged write shows in the history.
 
 Checks, per seed:
 - the history is linearizable (:func:`~trioraft.testing.check_kv_ops`: gets, puts and
@@ -31,12 +33,14 @@ Checks, per seed:
 - state machine safety: no two nodes see different entries committed at one index, and
   every replica (each incarnation, from the log's start or from a snapshot) applied the
   same op at each log index and answered it the same way (so a snapshot restores the
-  whole state, sessions included).
+  whole state, sessions included);
+- stale reads (not linearizable by design, so not in the history): each answers the state
+  the log makes up to the index it reflects, and on one incarnation that index never goes
+  back (:func:`stale_read_problems`).
 
 Invariants: a run depends on its seed alone (:func:`run_simulation`: virtual time, Trio
 scheduled from the seed; every random choice from a ``random.Random`` seeded from it), so
-a failing seed replays with the command printed. Not covered yet: membership changes,
-leadership transfers and stale reads.
+a failing seed replays with the command printed. Not covered yet: membership changes.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ OP_TIMEOUT = 1.0
 SETTLE_TIMEOUT = 60.0
 #: How long the linearizability check of one history may take.
 CHECK_TIMEOUT = 60.0
-#: How often (against 1 for each other action) the nemesis plays a Figure-8 episode.
+#: How often (against 1 for each other action) the nemesis plays a Figure-8 episode: it
+#: takes seconds of partitions, so about one action in fourteen.
 FIGURE8_WEIGHT = 0.4
 #: Bytes of Raft state past which a node snapshots: low, so that every seed snapshots
 #: (every 30-odd entries) and nodes that lag behind install the leader's snapshot.
@@ -117,10 +122,16 @@ class KVSimCluster(RaftCluster):
         #: saw that (at least the term it was committed in).
         self.committed: dict[int, tuple[Entry, int]] = {}
         self.problems: list[str] = []
+        #: Leadership transfers that completed, and stale reads answered.
+        self.transfers = 0
+        self.stale_reads = 0
+        #: The name of each node's incarnation (``"id#start number"``).
+        self.incarnations: dict[str, str] = {}
 
     def prepare(self, i: str, node: RaftNode) -> None:
         machine = RecordingMachine()
-        self.machines.append((f"{i}#{self.starts}", machine))
+        self.incarnations[i] = f"{i}#{self.starts}"
+        self.machines.append((self.incarnations[i], machine))
         self.rsms[i] = ReplicatedStateMachine(
             node, machine, op_timeout=OP_TIMEOUT, max_raft_state=self.max_raft_state
         )
@@ -175,6 +186,20 @@ class KVSimCluster(RaftCluster):
         self.rsms[i] = None
 
 
+@dataclass(frozen=True)
+class StaleRead:
+    """A get answered by one replica from what it has applied, whatever its role: the
+    incarnation that answered, the log index its state reflected, and the answer; ``order``
+    numbers the stale reads in the order the replicas answered them."""
+
+    order: int
+    incarnation: str
+    applied_index: int
+    key: str
+    value: str
+    version: int
+
+
 @dataclass
 class Outcome:
     """One seed's run: its history and what the checks found."""
@@ -186,6 +211,10 @@ class Outcome:
     virtual_seconds: float = 0.0
     #: Snapshots the replicas restored (installed from the leader, or their own at a restart).
     restores: int = 0
+    #: Leadership transfers that completed.
+    transfers: int = 0
+    #: Stale reads: not linearizable by design, checked by :func:`stale_read_problems`.
+    stale_reads: list[StaleRead] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -232,6 +261,12 @@ async def run_client(
             reply = await client.call({"op": "open", "key": "", "nonce": client.name})
             if reply is not None and not isinstance(reply, NotLeader) and reply.err == OK:
                 session = reply.session
+            continue
+        if draw < 0.15:
+            read = await stale_read(c, client.name, rng.choice(c.ids), key)
+            if read is not None:
+                outcome.stale_reads.append(read)
+            await trio.sleep(rng.uniform(0.0, 0.02))
             continue
         if draw < 0.45:
             op: dict[str, Any] = {"op": "get", "key": key}
@@ -310,6 +345,24 @@ class SimClient:
         outcome.operations.append(Operation(self.name, call_input, start, None, None))
 
 
+async def stale_read(c: KVSimCluster, client: str, server: str, key: str) -> StaleRead | None:
+    """``key`` read at ``server`` from what it has applied (no round through the leader),
+    through the network; ``None`` if the call failed."""
+
+    async def send() -> StaleRead | None:
+        rsm = c.rsms.get(server)
+        if rsm is None:
+            return None
+        reply = rsm.machine.kv.get(key)
+        c.stale_reads += 1
+        order, incarnation = c.stale_reads, c.incarnations[server]
+        return StaleRead(order, incarnation, rsm.applied_index, key, reply.value, reply.version)
+
+    with trio.move_on_after(OP_TIMEOUT * 2):
+        return await c.network.deliver(client, server, send)
+    return None
+
+
 def record_output(call_input: KVInput, reply: Any) -> KVOutput:
     if call_input.op == "get":
         return KVOutput(reply.value, reply.version, reply.err)
@@ -335,16 +388,35 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
             rng.shuffle(shuffled)
             cut = rng.randrange(1, len(shuffled))
             c.partition(shuffled[:cut], shuffled[cut:])
+        elif action == "transfer":
+            await transfer(c, rng)
         elif action == "figure8":
             await figure8_episode(c, rng)
         else:
             c.heal()
 
 
-#: The nemesis's actions and how often it picks each: a Figure-8 episode takes a few
-#: seconds of partitions, so it is picked a tenth as often as the others.
-NEMESIS_ACTIONS = ("crash", "restart", "partition", "heal", "figure8")
-NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT)
+#: The nemesis's actions and how often it picks each.
+NEMESIS_ACTIONS = ("crash", "restart", "partition", "heal", "transfer", "figure8")
+NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT)
+
+
+async def transfer(c: KVSimCluster, rng: random.Random) -> None:
+    """The leader (if one runs) hands its leadership to a voter, the most caught-up one or
+    one at random; given up after an election timeout (the node abandons it itself)."""
+    leaders = c.leaders()
+    if not leaders:
+        return
+    node = c.node(leaders[0])
+    to = rng.choice([i for i in c.ids if i != leaders[0]]) if rng.random() < 0.5 else None
+    with trio.move_on_after(c.config.election_timeout[1] * 2):
+        try:
+            await node.transfer_leadership(to)
+            c.transfers += 1
+        except RaftError:
+            pass  # not leading any more, abandoned, or the target is down: the run goes on
+
+
 #: How long a Figure-8 episode waits for each election before it gives up.
 ELECTION_WAIT = 2.0
 
@@ -438,6 +510,8 @@ async def simulate_run(seed: int, nodes: int, clients: int, seconds: float) -> O
             outcome.problems.append(f"no final read within {SETTLE_TIMEOUT} s of healing")
         outcome.problems += invariant_problems(c)
         outcome.restores = sum(machine.restores for _, machine in c.machines)
+        outcome.transfers = c.transfers
+        outcome.problems += stale_read_problems(c, outcome.stale_reads)
         outcome.virtual_seconds = trio.current_time()
         nursery.cancel_scope.cancel()
     return outcome
@@ -474,6 +548,44 @@ def replica_agreement_problems(c: KVSimCluster) -> list[str]:
                     f"{who} applied {known_op} -> {known_reply}"
                 )
                 break  # the first difference says enough for one replica
+    return problems
+
+
+def stale_read_problems(c: KVSimCluster, reads: list[StaleRead]) -> list[str]:
+    """Stale reads: on one incarnation, the index a read reflects never goes back; and each
+    read answers the state the log's ops (as the replicas applied them) make up to its
+    index. Every committed index was applied by some replica (a snapshot is taken by one
+    that applied everything before it), so replaying what they applied rebuilds each
+    prefix."""
+    problems = []
+    latest: dict[str, int] = {}
+    for read in sorted(reads, key=lambda r: r.order):
+        if read.applied_index < latest.get(read.incarnation, 0):
+            problems.append(
+                f"{read.incarnation} answered a stale read at index {read.applied_index} "
+                f"after one at {latest[read.incarnation]}"
+            )
+        latest[read.incarnation] = max(read.applied_index, latest.get(read.incarnation, 0))
+    ops: dict[tuple[int, int], str] = {}
+    for _, machine in c.machines:
+        nth, last_index = 0, -1
+        for index, op, _ in machine.applied:
+            nth = nth + 1 if index == last_index else 0
+            last_index = index
+            ops.setdefault((index, nth), op)
+    replay = KVMachine()
+    pending = sorted(ops.items())
+    for read in sorted(reads, key=lambda r: r.applied_index):
+        while pending and pending[0][0][0] <= read.applied_index:
+            (index, _), op = pending.pop(0)
+            replay.apply(json.loads(op), index)
+        expected = replay.kv.get(read.key)
+        if (expected.value, expected.version) != (read.value, read.version):
+            problems.append(
+                f"{read.incarnation} answered a stale read of {read.key!r} at index "
+                f"{read.applied_index} with ({read.value!r}, {read.version}); the log up to "
+                f"there makes it ({expected.value!r}, {expected.version})"
+            )
     return problems
 
 
