@@ -3,7 +3,10 @@ a cluster that serves stale reads is caught, with the command replaying it."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import subprocess
+import sys
+from typing import Any, ClassVar
 
 import pytest
 import trio
@@ -63,6 +66,57 @@ def test_a_seed_replays_the_same_history(seed: int) -> None:
     first = simulate.check_seed(seed % 1000, seconds=3.0)
     again = simulate.check_seed(seed % 1000, seconds=3.0)
     assert first.operations == again.operations
+
+
+def test_a_seed_replays_exactly_in_fresh_processes(seed: int) -> None:
+    """The whole history (clients' ops, stale reads, problems found) of one seed is the
+    same in two fresh processes with different hash seeds, and another seed's differs."""
+
+    def digest(s: int, hash_seed: int) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
+        done = subprocess.run(
+            [sys.executable, "-c", REPLAY_SCRIPT, str(s)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    first = digest(seed % 1000, hash_seed=1)
+    assert digest(seed % 1000, hash_seed=2) == first, f"seed {seed % 1000} ran differently"
+    assert digest(seed % 1000 + 1, hash_seed=1) != first, "the run does not follow the seed"
+
+
+REPLAY_SCRIPT = """
+import hashlib, sys
+from trioraft.testing import simulate
+o = simulate.check_seed(int(sys.argv[1]), seconds=3.0)
+print(hashlib.sha256(repr((o.operations, o.stale_reads, o.problems)).encode()).hexdigest())
+"""
+
+
+def test_stale_read_checks_catch_a_read_going_back_or_off_the_log() -> None:
+    """The stale-read invariants on a made-up record: a replica whose reads reflect index 2
+    then index 1, and a read at index 1 answering what only index 2 wrote."""
+
+    class Applied:
+        machines: ClassVar[list[tuple[str, KVMachine]]] = []
+
+    machine = simulate.RecordingMachine()
+    machine.apply({"op": "put", "key": "a", "value": "x", "version": 0}, 1)
+    machine.apply({"op": "put", "key": "a", "value": "y", "version": 1}, 2)
+    Applied.machines.append(("0#1", machine))
+    good = [
+        simulate.StaleRead(1, "0#1", 1, "a", "x", 1),
+        simulate.StaleRead(2, "0#1", 2, "a", "y", 2),
+    ]
+    assert simulate.stale_read_problems(Applied, good) == []  # type: ignore[arg-type]
+    back = [good[1], simulate.StaleRead(3, "0#1", 1, "a", "x", 1)]
+    assert "after one at 2" in simulate.stale_read_problems(Applied, back)[0]  # type: ignore[arg-type]
+    off = [simulate.StaleRead(1, "0#1", 1, "a", "y", 2)]
+    assert "makes it ('x', 1)" in simulate.stale_read_problems(Applied, off)[0]  # type: ignore[arg-type]
 
 
 async def stale_call(c: simulate.KVSimCluster, client: str, server: str, op: dict) -> Any:
