@@ -186,11 +186,11 @@ async def stale_read_at_log_end(
         if rsm is None:
             return None
         reply = rsm.machine.kv.get(key)
-        c.stale_reads += 1
+        c.stale_reads_answered += 1
         index = rsm.node.log.last_index
         incarnation = c.incarnations[server]
         return simulate.StaleRead(
-            c.stale_reads, incarnation, index, key, reply.value, reply.version
+            c.stale_reads_answered, incarnation, index, key, reply.value, reply.version
         )
 
     with trio.move_on_after(simulate.OP_TIMEOUT * 2):

@@ -52,6 +52,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ class KVSimCluster(RaftCluster):
         self.problems: list[str] = []
         #: Leadership transfers that completed, and stale reads answered.
         self.transfers = 0
-        self.stale_reads = 0
+        self.stale_reads_answered = 0
         #: The name of each node's incarnation (``"id#start number"``).
         self.incarnations: dict[str, str] = {}
 
@@ -244,9 +245,10 @@ async def call(c: KVSimCluster, client: str, server: str, op: dict[str, Any]) ->
 async def run_client(
     c: KVSimCluster, me: int, seed: int, stop: trio.Event, outcome: Outcome
 ) -> None:
-    """Gets, puts (at the version last read) and appends (in a session, once it has one)
-    on random keys until ``stop``, recorded. An append whose fate is unknown is retried,
-    with the same sequence number, until it has an answer: the session must apply it once."""
+    """Gets, puts (at the version last read), appends (in a session, once it has one) and
+    stale reads on random keys until ``stop``, recorded. An append whose fate is unknown
+    is retried, with the same sequence number, until it has an answer: the session must
+    apply it once."""
     rng = random.Random(f"{seed}-client-{me}")
     client = SimClient(c, f"client-{me}", rng, stop)
     versions: dict[str, int] = {}
@@ -280,7 +282,7 @@ async def run_client(
             seq += 1
             value = f"{me}.{count};"
             op = {"op": "append", "key": key, "value": value, "session": session, "seq": seq}
-            await client.append(op, KVInput("append", key, value), stop, outcome)
+            await client.append(op, KVInput("append", key, value), outcome)
             continue
         start = trio.current_time()
         reply = await client.call(op)
@@ -322,14 +324,12 @@ class SimClient:
                 await trio.sleep(self.rng.uniform(0.01, 0.05))
             return reply
 
-    async def append(
-        self, op: dict[str, Any], call_input: KVInput, stop: trio.Event, outcome: Outcome
-    ) -> None:
+    async def append(self, op: dict[str, Any], call_input: KVInput, outcome: Outcome) -> None:
         """``op`` (an append in a session) until it has an answer, recorded as one
         operation from the first attempt: ``OK`` applied once; ``SessionExpired`` may or
         may not have (optional); no answer before ``stop``: never returned."""
         start = trio.current_time()
-        while not stop.is_set():
+        while not self.stop.is_set():
             reply = await self.call(op)
             if reply is None or isinstance(reply, NotLeader):
                 continue  # unknown, or (at stop) refused: recorded as never returned below
@@ -354,8 +354,8 @@ async def stale_read(c: KVSimCluster, client: str, server: str, key: str) -> Sta
         if rsm is None:
             return None
         reply = rsm.machine.kv.get(key)
-        c.stale_reads += 1
-        order, incarnation = c.stale_reads, c.incarnations[server]
+        c.stale_reads_answered += 1
+        order, incarnation = c.stale_reads_answered, c.incarnations[server]
         return StaleRead(order, incarnation, rsm.applied_index, key, reply.value, reply.version)
 
     with trio.move_on_after(OP_TIMEOUT * 2):
@@ -371,7 +371,8 @@ def record_output(call_input: KVInput, reply: Any) -> KVOutput:
 
 async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
     """Every 0.2-1 s, one of: crash a node (a majority stays up), restart one, partition
-    the nodes at random, heal, or a Figure-8 episode (:func:`figure8_episode`)."""
+    the nodes at random, heal, a leadership transfer (:func:`transfer`) or a Figure-8
+    episode (:func:`figure8_episode`)."""
     rng = random.Random(f"{seed}-nemesis")
     majority = len(c.ids) // 2 + 1
     while not stop.is_set():
@@ -536,11 +537,7 @@ def replica_agreement_problems(c: KVSimCluster) -> list[str]:
     problems = []
     first: dict[tuple[int, int], tuple[str, str, str]] = {}  # (index, nth op) -> who, op, reply
     for name, machine in c.machines:
-        nth = 0
-        last_index = -1
-        for index, op, reply in machine.applied:
-            nth = nth + 1 if index == last_index else 0
-            last_index = index
+        for (index, nth), op, reply in numbered(machine.applied):
             who, known_op, known_reply = first.setdefault((index, nth), (name, op, reply))
             if (known_op, known_reply) != (op, reply):
                 problems.append(
@@ -549,6 +546,18 @@ def replica_agreement_problems(c: KVSimCluster) -> list[str]:
                 )
                 break  # the first difference says enough for one replica
     return problems
+
+
+def numbered(
+    applied: list[tuple[int, str, str]],
+) -> Iterator[tuple[tuple[int, int], str, str]]:
+    """A replica's applied ops, each with its place in the log: (index, nth op of that
+    entry, from 0)."""
+    nth, last_index = 0, -1
+    for index, op, reply in applied:
+        nth = nth + 1 if index == last_index else 0
+        last_index = index
+        yield (index, nth), op, reply
 
 
 def stale_read_problems(c: KVSimCluster, reads: list[StaleRead]) -> list[str]:
@@ -568,17 +577,16 @@ def stale_read_problems(c: KVSimCluster, reads: list[StaleRead]) -> list[str]:
         latest[read.incarnation] = max(read.applied_index, latest.get(read.incarnation, 0))
     ops: dict[tuple[int, int], str] = {}
     for _, machine in c.machines:
-        nth, last_index = 0, -1
-        for index, op, _ in machine.applied:
-            nth = nth + 1 if index == last_index else 0
-            last_index = index
-            ops.setdefault((index, nth), op)
+        for place, op, _ in numbered(machine.applied):
+            ops.setdefault(place, op)
     replay = KVMachine()
-    pending = sorted(ops.items())
+    in_order = sorted(ops.items())
+    done = 0  # ops of in_order replayed
     for read in sorted(reads, key=lambda r: r.applied_index):
-        while pending and pending[0][0][0] <= read.applied_index:
-            (index, _), op = pending.pop(0)
+        while done < len(in_order) and in_order[done][0][0] <= read.applied_index:
+            (index, _), op = in_order[done]
             replay.apply(json.loads(op), index)
+            done += 1
         expected = replay.kv.get(read.key)
         if (expected.value, expected.version) != (read.value, read.version):
             problems.append(
