@@ -40,11 +40,14 @@ def test_seeds_pass_and_do_real_work(seed: int) -> None:
     )
 
 
-def test_leadership_transfers_complete() -> None:
-    """The nemesis's transfers complete in some seeds (runs depend on their seed alone, so
-    these ten always do the same; 14 transfers completed in 20 seeds measured)."""
-    transfers = sum(simulate.check_seed(s, seconds=5.0).transfers for s in range(10))
-    assert transfers > 0
+def test_transfers_and_membership_changes_complete() -> None:
+    """The nemesis's leadership transfers and membership changes (a voter removed, the
+    leader included; a new node added as a learner, then promoted) complete in some seeds
+    (runs depend on their seed alone, so these ten always do the same)."""
+    outcomes = [simulate.check_seed(s, seconds=5.0) for s in range(10)]
+    assert all(outcome.ok for outcome in outcomes)
+    assert sum(outcome.transfers for outcome in outcomes) > 0
+    assert sum(outcome.membership_changes for outcome in outcomes) > 0
 
 
 #: The seeds CI runs (issue 16): 200 of 5 simulated seconds each, in chunks that keep each

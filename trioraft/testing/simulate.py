@@ -13,9 +13,11 @@ get keys, put them at the version they last read, and append to them in a sessio
 append whose fate is unknown is retried with its sequence number until it is answered),
 and read stale (from whichever node they reach, what it applied), reaching the nodes
 through the same seeded MIT-unreliable :class:`Network` (drops, delays, reordering); and
-a nemesis that, every 0.2-1 s of virtual time, crashes a node (a majority stays up),
-restarts one, partitions the nodes at random, heals them, has the leader hand its
-leadership to another voter (:func:`transfer`), or plays the schedule of the Raft
+a nemesis that, every 0.2-1 s of virtual time, crashes a node (a majority of the voters
+stays up), restarts one, partitions the nodes at random, heals them, has the leader hand
+its leadership to another voter (:func:`transfer`), changes the membership
+(:func:`reconfigure`: removes a voter, the leader too, adds a new node as a learner,
+promotes it), or plays the schedule of the Raft
 paper's Figure 8 (:func:`figure8_episode`: partitions and a crash timed on who leads).
 After ``seconds`` everything heals and restarts, and every key is read once more, so a
 lost acknowledged write shows in the history.
@@ -25,7 +27,8 @@ Checks, per seed:
   appends); a client op that failed with ``NotLeader`` never took effect and is left out,
   one whose fate is unknown (lost, timed out, leadership lost) is recorded as never
   returned, an append answered ``SessionExpired`` as optional;
-- at most one leader per term;
+- at most one leader per term, and a node becomes leader only as a voter of the
+  configuration it has;
 - log matching (at the end, between every two running nodes, past their snapshots): logs
   that hold an entry of the same index and term hold the same entries up to it;
 - leader completeness: a node that becomes leader of term T holds every entry seen
@@ -40,7 +43,7 @@ Checks, per seed:
 
 Invariants: a run depends on its seed alone (:func:`run_simulation`: virtual time, Trio
 scheduled from the seed; every random choice from a ``random.Random`` seeded from it), so
-a failing seed replays with the command printed. Not covered yet: membership changes.
+a failing seed replays with the command printed.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from typing import Any
 
 import trio
 
-from .._errors import NotLeader, RaftError
+from .._errors import BadRequest, NotLeader, RaftError
 from ..kv.machine import KVMachine
 from ..kv.messages import OK, SESSION_EXPIRED
 from ..kv.rsm import ReplicatedStateMachine
@@ -80,8 +83,8 @@ SETTLE_TIMEOUT = 60.0
 #: How long the linearizability check of one history may take.
 CHECK_TIMEOUT = 60.0
 #: How often (against 1 for each other action) the nemesis plays a Figure-8 episode: it
-#: takes seconds of partitions, so about one action in fourteen.
-FIGURE8_WEIGHT = 0.4
+#: takes seconds of partitions, so about one action in eleven.
+FIGURE8_WEIGHT = 0.6
 #: Bytes of Raft state past which a node snapshots: low, so that every seed snapshots
 #: (every 30-odd entries) and nodes that lag behind install the leader's snapshot.
 MAX_RAFT_STATE = 4096
@@ -126,6 +129,9 @@ class KVSimCluster(RaftCluster):
         #: Leadership transfers that completed, and stale reads answered.
         self.transfers = 0
         self.stale_reads_answered = 0
+        #: Membership changes that committed, and the voters the run started with.
+        self.membership_changes = 0
+        self.initial_voters = n
         #: The name of each node's incarnation (``"id#start number"``).
         self.incarnations: dict[str, str] = {}
 
@@ -148,6 +154,8 @@ class KVSimCluster(RaftCluster):
                 await node.wait_until(lambda n, t=term: n.is_leader and n.term > t)
                 term = node.term
                 self.leaders_by_term[term].add(i)
+                if i not in node.configuration.voters:
+                    self.problems.append(f"node {i} leads term {term} but is not a voter")
                 self._check_leader_completeness(i, node)
 
     async def _watch_commits(self, i: str, node: RaftNode) -> None:
@@ -186,6 +194,14 @@ class KVSimCluster(RaftCluster):
         super().crash(i)
         self.rsms[i] = None
 
+    def voters(self) -> tuple[str, ...]:
+        """The voters as the running node that has committed the most sees them (the
+        latest configuration in its log, committed or not)."""
+        running = [self.node(i) for i in self.ids if self.alive(i)]
+        if not running:
+            return tuple(self.ids)
+        return max(running, key=lambda n: (n.commit_index, n.id)).configuration.voters
+
 
 @dataclass(frozen=True)
 class StaleRead:
@@ -214,6 +230,8 @@ class Outcome:
     restores: int = 0
     #: Leadership transfers that completed.
     transfers: int = 0
+    #: Membership changes that committed.
+    membership_changes: int = 0
     #: Stale reads: not linearizable by design, checked by :func:`stale_read_problems`.
     stale_reads: list[StaleRead] = field(default_factory=list)
 
@@ -370,18 +388,22 @@ def record_output(call_input: KVInput, reply: Any) -> KVOutput:
 
 
 async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
-    """Every 0.2-1 s, one of: crash a node (a majority stays up), restart one, partition
-    the nodes at random, heal, a leadership transfer (:func:`transfer`) or a Figure-8
-    episode (:func:`figure8_episode`)."""
+    """Every 0.2-1 s, one of: crash a node (a majority of the voters stays up), restart
+    one, partition the nodes at random, heal, a leadership transfer (:func:`transfer`), a
+    membership change (:func:`reconfigure`) or a Figure-8 episode
+    (:func:`figure8_episode`)."""
     rng = random.Random(f"{seed}-nemesis")
-    majority = len(c.ids) // 2 + 1
     while not stop.is_set():
         await trio.sleep(rng.uniform(0.2, 1.0))
         up = [i for i in c.ids if c.alive(i)]
         down = [i for i in c.ids if not c.alive(i)]
         (action,) = rng.choices(NEMESIS_ACTIONS, NEMESIS_WEIGHTS)
-        if action == "crash" and len(up) > majority:
-            c.crash(rng.choice(up))
+        if action == "crash" and up:
+            victim = rng.choice(up)
+            voters = c.voters()
+            up_voters = [i for i in voters if c.alive(i)]
+            if victim not in voters or len(up_voters) > len(voters) // 2 + 1:
+                c.crash(victim)
         elif action == "restart" and down:
             await c.start(rng.choice(down))
         elif action == "partition":
@@ -391,6 +413,8 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
             c.partition(shuffled[:cut], shuffled[cut:])
         elif action == "transfer":
             await transfer(c, rng)
+        elif action == "reconfigure":
+            await reconfigure(c, rng)
         elif action == "figure8":
             await figure8_episode(c, rng)
         else:
@@ -398,8 +422,11 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
 
 
 #: The nemesis's actions and how often it picks each.
-NEMESIS_ACTIONS = ("crash", "restart", "partition", "heal", "transfer", "figure8")
-NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT)
+NEMESIS_ACTIONS = ("crash", "restart", "partition", "heal", "transfer", "reconfigure", "figure8")
+NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT)
+#: At most this many nodes are ever added to a run (each membership change that adds one
+#: starts a new, empty node).
+MAX_ADDED = 3
 
 
 async def transfer(c: KVSimCluster, rng: random.Random) -> None:
@@ -409,13 +436,44 @@ async def transfer(c: KVSimCluster, rng: random.Random) -> None:
     if not leaders:
         return
     node = c.node(leaders[0])
-    to = rng.choice([i for i in c.ids if i != leaders[0]]) if rng.random() < 0.5 else None
+    others = [i for i in node.configuration.voters if i != leaders[0]]
+    if not others:
+        return
+    to = rng.choice(others) if rng.random() < 0.5 else None
     with trio.move_on_after(c.config.election_timeout[1] * 2):
         try:
             await node.transfer_leadership(to)
             c.transfers += 1
         except RaftError:
             pass  # not leading any more, abandoned, or the target is down: the run goes on
+
+
+async def reconfigure(c: KVSimCluster, rng: random.Random) -> None:
+    """One membership change by the leader (if one runs), bounded in time: promote a
+    learner if there is one; else, with all of the run's first voter count, remove a voter
+    (the leader itself, maybe: it leads until its removal commits); else add a new, empty
+    node as a learner (at most :data:`MAX_ADDED` in a run). A removed node keeps running
+    (it stops campaigning once it learns of its removal)."""
+    leaders = c.leaders()
+    if not leaders:
+        return
+    node = c.node(leaders[0])
+    configuration = node.configuration
+    with trio.move_on_after(c.config.election_timeout[1] * 2):
+        try:
+            if configuration.learners:
+                await node.change_membership(promote=configuration.learners[0])
+            elif len(configuration.voters) >= c.initial_voters:
+                await node.change_membership(remove=rng.choice(configuration.voters))
+            elif len(c.ids) < c.initial_voters + MAX_ADDED:
+                new = str(len(c.ids))
+                await c.add(new)
+                await node.change_membership(add_learner=(new, f"mem://{new}"))
+            else:
+                return
+            c.membership_changes += 1
+        except (RaftError, BadRequest):
+            pass  # refused for now, not leading, or its fate unknown: the run goes on
 
 
 #: How long a Figure-8 episode waits for each election before it gives up.
@@ -446,9 +504,11 @@ async def figure8_episode(c: KVSimCluster, rng: random.Random) -> None:
     leader = await elected(c, c.ids)
     if leader is None:
         return
-    others = [i for i in c.ids if i != leader]
-    follower = rng.choice(others)
-    rest = [i for i in others if i != follower]
+    voters = [i for i in c.node(leader).configuration.voters if i != leader]
+    if not voters:
+        return
+    follower = rng.choice(voters)
+    rest = [i for i in c.ids if i not in (leader, follower)]
     c.partition([leader, follower], rest)
     await trio.sleep(rng.uniform(0.05, 0.3))
     second = await elected(c, rest)
@@ -512,6 +572,7 @@ async def simulate_run(seed: int, nodes: int, clients: int, seconds: float) -> O
         outcome.problems += invariant_problems(c)
         outcome.restores = sum(machine.restores for _, machine in c.machines)
         outcome.transfers = c.transfers
+        outcome.membership_changes = c.membership_changes
         outcome.problems += stale_read_problems(c, outcome.stale_reads)
         outcome.virtual_seconds = trio.current_time()
         nursery.cancel_scope.cancel()
