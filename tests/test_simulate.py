@@ -225,6 +225,8 @@ BROKEN_RULES = {
     "snapshot-drops-sessions": (KVMachine, "restore", _restore_without_sessions),
     # A stale read claims a read point (its log's end) past what it applied.
     "stale-read-past-applied": (simulate, "stale_read", stale_read_at_log_end),
+    # Every node counts itself a voter: learners and removed nodes campaign too.
+    "non-voter-campaigns": (core.RaftCore, "is_voter", property(lambda self: True)),
 }
 
 #: Seeds (of 5 simulated seconds each) the simulator may take to find each broken rule.
