@@ -61,9 +61,11 @@ class PlainCounter(Counter):
     copy = None  # type: ignore[assignment]
 
 
-async def start(nursery: trio.Nursery, machine: Counter) -> ReplicatedStateMachine:
+async def start(
+    nursery: trio.Nursery, machine: Counter, max_raft_state: int = 2000
+) -> ReplicatedStateMachine:
     node = RaftNode("a", ["a"], MemoryStorage(), HttpTransport("a", {}), config=RaftConfig())
-    rsm = ReplicatedStateMachine(node, machine, max_raft_state=2000)
+    rsm = ReplicatedStateMachine(node, machine, max_raft_state=max_raft_state)
     await nursery.start(node.run)
     await nursery.start(rsm.run)
     with trio.fail_after(5):
@@ -103,6 +105,26 @@ async def test_applies_keep_flowing_while_a_snapshot_is_serialized(
         assert rsm.snapshotting is None
         await rsm.submit("inc")
     assert machine.n == applied_before + 51
+
+
+async def test_the_first_snapshot_of_a_large_log_is_serialized_off_the_applier(
+    nursery: trio.Nursery,
+) -> None:
+    """No snapshot yet, but a log past THREAD_SNAPSHOT_BYTES (a large max_raft_state): the
+    state it holds is large too, so the first snapshot is taken off the applier as well."""
+    gate = Gate()
+    gate.armed = True
+    machine = Counter(gate)
+    rsm = await start(nursery, machine, max_raft_state=THREAD_SNAPSHOT_BYTES)
+    with trio.fail_after(20):
+        while not gate.entered.is_set():
+            await rsm.submit("inc " + "x" * 100_000)
+        job = rsm.snapshotting
+        assert job is not None and rsm.node.snapshot_size() == 0
+        gate.armed = False
+        gate.open.set()
+        await job.wait()
+    assert rsm.node.log.snapshot_index > 0
 
 
 async def test_a_machine_without_copy_is_snapshotted_on_the_applier(

@@ -20,8 +20,8 @@ Invariants:
   the oldest one unanswered is always the next to expire).
 - When the persisted Raft state exceeds ``max_raft_state`` bytes, the machine is
   snapshotted and Raft compacts its log; ``-1`` disables snapshots. A machine with
-  ``copy()`` whose last snapshot was large (:data:`THREAD_SNAPSHOT_BYTES`) is copied on the
-  applier (the state as of that entry's index) and the copy serialized in a worker thread
+  ``copy()`` whose last snapshot, or log, is large (:data:`THREAD_SNAPSHOT_BYTES`) is copied
+  on the applier (the state as of that entry's index) and the copy serialized in a thread
   while the applier goes on applying; at most one such job runs at a time. Otherwise (a
   small state, or a machine without ``copy()``), the applier serializes it at once.
 - Every entry fits a message to the peers: ops are encoded when submitted, an entry takes
@@ -294,7 +294,10 @@ class ReplicatedStateMachine:
             return None  # one at a time: the log is compacted when it ends
         copy = getattr(self.machine, "copy", None)
         nursery = self._nursery
-        if copy is None or nursery is None or self.node.snapshot_size() < THREAD_SNAPSHOT_BYTES:
+        # The state's size, guessed: its last snapshot, or (the first one) the log that
+        # holds it, which a large max_raft_state lets grow large before any snapshot.
+        size = max(self.node.snapshot_size(), self.node.raft_state_size())
+        if copy is None or nursery is None or size < THREAD_SNAPSHOT_BYTES:
             return self.machine.snapshot()
         done = self.snapshotting = trio.Event()
         nursery.start_soon(self._snapshot_job, index, copy(), done)
