@@ -121,7 +121,12 @@ class Cluster:
             transport = HttpTransport(i, {}, timeout=self.config.longest_call, peer_auth=self.auth)
         self.transports[i] = transport
         node = RaftNode(
-            i, self.ids, storage, transport, config=self.config, rng=random.Random(self.seed)
+            i,
+            self.ids,
+            storage,
+            transport,
+            config=self.config,
+            rng=random.Random(f"{self.seed}-{i}"),
         )
         machine = BytesMachine(node)
         scope, stopped = trio.CancelScope(), trio.Event()
