@@ -345,6 +345,14 @@ async def installed(f: Follower, index: int) -> None:
         await f.member.node.wait_applied(index)
 
 
+async def deliver(f: Follower, parts: list[dict], data: bytes) -> None:
+    """Send ``parts`` in order; the follower then holds ``data``, installed at 50."""
+    for part in parts:
+        await f.send(part)
+    await installed(f, 50)
+    assert f.member.machine.state == data
+
+
 async def test_chunks_in_order_install_the_snapshot(nursery: trio.Nursery, tmp_path: Path) -> None:
     data = state(1)
     async with follower(nursery, tmp_path) as f:
@@ -375,10 +383,7 @@ async def test_an_out_of_order_chunk_is_answered_with_the_offset_wanted(
         # A chunk of a transfer the follower does not have: start again.
         other = chunks(state(3), index=60)
         assert (await f.send(other[1]))["next_offset"] == 0
-        for part in parts[1:]:
-            await f.send(part)
-        await installed(f, 50)
-        assert f.member.machine.state == data
+        await deliver(f, parts[1:], data)
 
 
 async def test_a_lost_reply_means_the_chunk_is_sent_again_and_taken_once(
@@ -411,10 +416,7 @@ async def test_a_snapshot_failing_its_checksum_is_refused_and_dropped(
         assert not f.incoming.exists()
         assert f.member.node.log.snapshot_index == 0
         assert (await f.send(bad[-1]))["next_offset"] == 0  # the leader starts again
-        for part in chunks(data):
-            await f.send(part)
-        await installed(f, 50)
-        assert f.member.machine.state == data
+        await deliver(f, chunks(data), data)
 
 
 async def test_a_new_leader_replaces_the_transfer_and_the_old_one_is_refused(
@@ -431,10 +433,7 @@ async def test_a_new_leader_replaces_the_transfer_and_the_old_one_is_refused(
         # The deposed leader goes on: told the newer term, nothing of it is kept.
         assert await f.send(old_parts[4]) == {"term": 2, "installed": False, "next_offset": 0}
         assert f.incoming.stat().st_size == CHUNK
-        for part in new_parts[1:]:
-            await f.send(part)
-        await installed(f, 50)
-        assert f.member.machine.state == new
+        await deliver(f, new_parts[1:], new)
         assert f.member.node.term == 2
 
 
@@ -451,10 +450,7 @@ async def test_a_restart_mid_transfer_deletes_the_partial_file(
     async with follower(nursery, tmp_path) as f:
         assert not f.incoming.exists()
         assert (await f.send(parts[5]))["next_offset"] == 0  # start again
-        for part in parts:
-            await f.send(part)
-        await installed(f, 50)
-        assert f.member.machine.state == data
+        await deliver(f, parts, data)
 
 
 async def test_hostile_chunks_are_refused_and_change_nothing(

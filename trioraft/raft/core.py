@@ -556,12 +556,9 @@ class RaftCore:
         configuration: Configuration | None = None,
     ) -> list[Action]:
         """The InstallSnapshot receiver rules (the data was checked by the driver)."""
-        if leader == self.id:
-            raise BadRequest("leader: a peer cannot speak for this node")
-        if term < self.term:
+        actions = self._from_snapshot_sender(term, leader, now)
+        if actions is None:
             return [Reply(InstallSnapshotReply(self.term, installed=False))]
-        actions = self._become_follower(term, leader)
-        self.heard_from_leader(now)
         if index > self.commit_index:
             actions.append(SaveSnapshot(index, snapshot_term, configuration))
         return [*actions, Reply(InstallSnapshotReply(self.term))]
@@ -570,13 +567,19 @@ class RaftCore:
         """A chunk of a snapshot that is not complete yet (the driver keeps the chunks):
         the same term and leader rules as a whole InstallSnapshot, and contact from the
         leader, without installing anything. The reply carries the term."""
+        actions = self._from_snapshot_sender(term, leader, now) or []
+        return [*actions, Reply(InstallSnapshotReply(self.term, installed=False))]
+
+    def _from_snapshot_sender(self, term: int, leader: str, now: float) -> list[Action] | None:
+        """The rules every InstallSnapshot message (chunk or whole) follows: ``None`` if it
+        is from an older term, else what hearing from ``term``'s leader ``leader`` takes."""
         if leader == self.id:
             raise BadRequest("leader: a peer cannot speak for this node")
         if term < self.term:
-            return [Reply(InstallSnapshotReply(self.term, installed=False))]
+            return None
         actions = self._become_follower(term, leader)
         self.heard_from_leader(now)
-        return [*actions, Reply(InstallSnapshotReply(self.term, installed=False))]
+        return actions
 
     def snapshot_installed(
         self, index: int, term: int, configuration: Configuration | None = None
