@@ -203,13 +203,18 @@ async def start_cluster(nursery: trio.Nursery, n: int, seed: int, **kwargs) -> R
 
 
 class SlowSnapshotDisk(MemoryStorage):
-    """Like the file storage's worker thread: reads the log when the save starts, and
-    finishes a second later, while the leader goes on appending."""
+    """Like the file storage's worker threads, slowly: the snapshot's bytes take a second to
+    write (the node goes on meanwhile), and a log rewrite reads the log when it starts and
+    finishes half a second later, while the leader goes on appending."""
 
-    async def save_snapshot(self, snapshot, log) -> None:
-        seen = log.copy()
+    async def save_snapshot_file(self, snapshot) -> bool:
         await trio.sleep(1)
-        await super().save_snapshot(snapshot, seen)
+        return await super().save_snapshot_file(snapshot)
+
+    async def compact_log(self, log) -> None:
+        seen = log.copy()
+        await trio.sleep(0.5)
+        await super().compact_log(seen)
 
 
 def rand_cmd(c: RaftCluster) -> str:

@@ -220,9 +220,13 @@ class FailingDisk(MemoryStorage):
         self._check()
         super().sync_blocking()
 
-    async def save_snapshot(self, snapshot, log) -> None:
+    async def save_snapshot_file(self, snapshot) -> bool:
         self._check()
-        await super().save_snapshot(snapshot, log)
+        return await super().save_snapshot_file(snapshot)
+
+    async def compact_log(self, log) -> None:
+        self._check()
+        await super().compact_log(log)
 
     async def save_hard_state(self, state) -> None:
         self._check()

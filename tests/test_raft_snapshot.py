@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 from tests.raft_harness import SNAPSHOT_INTERVAL, RaftCluster, SlowSnapshotDisk, rand_cmd
+from trioraft import MemoryStorage
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
@@ -146,4 +147,47 @@ async def test_follower_catches_up_while_the_leader_saves_a_snapshot(
     c.connect(lagging)
     last = await c.one("after", 3, retry=True)
     assert c.logs[lagging][last] == "after"
+    c.check_errors()
+
+
+class SlowSnapshotFile(MemoryStorage):
+    """A snapshot's bytes take 5 s to write (a large state on a slow disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = trio.Event()
+
+    async def save_snapshot_file(self, snapshot) -> bool:
+        self.writing.set()
+        await trio.sleep(5)
+        return await super().save_snapshot_file(snapshot)
+
+
+async def test_a_node_writing_its_snapshot_goes_on_answering_and_committing(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Every node's own snapshot takes 5 s to write, over ten times an election timeout.
+    With one follower cut off, the leader commits only with the other one's replies:
+    both are writing their snapshots, and the leader must still commit (and lead) at
+    once. (When the save held the node's lock, neither answered nor committed for 5 s,
+    and the leader stepped down for want of a quorum.)"""
+    c = RaftCluster(nursery, 3, seed, snapshot=True)
+    c.storages = {i: SlowSnapshotFile() for i in c.ids}
+    await c.start_all()
+    leader = await c.check_one_leader()
+    writer, cut = [i for i in c.ids if i != leader]
+    c.disconnect(cut)
+    for k in range(SNAPSHOT_INTERVAL - 2):
+        await c.one(f"cmd-{k}", 2, retry=True)
+    node = c.node(leader)
+    term = node.term
+    assert node.submit("the entry each node snapshots at")[2]
+    with trio.fail_after(1):
+        for i in (leader, writer):
+            await c.storages[i].writing.wait()  # type: ignore[attr-defined]
+    with trio.fail_after(1):  # well inside the 5 s writes
+        index, at_term, ok = node.submit("during the writes")
+        assert ok and at_term == term
+        await node.wait_committed(index, term)
+    assert node.is_leader and node.term == term
     c.check_errors()

@@ -710,14 +710,31 @@ class EmbeddedClient(OpsClient):
         return result, why
 
 
+#: Where :func:`free_ports` looks: below Linux's ephemeral range (32768-60999 by default),
+#: whose ports the kernel hands to outgoing connections.
+_LOCAL_PORTS = (10_000, 32_768)
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` ports free right now (the OS picks them; another process could take one before
-    it is bound again, so use this for local clusters only)."""
-    sockets = []
+    """``n`` ports free right now, for local clusters only: another process could bind one
+    before the cluster does. They are drawn below the ephemeral range, so that no outgoing
+    connection is given one meanwhile (a node restarted on its port would find it taken)."""
+    low, high = _LOCAL_PORTS
+    try:  # the kernel's own range, if it starts lower than usual
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = min(high, int(f.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        pass
+    draw = random.Random(secrets.randbits(64))  # where to look; nothing replays it
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(n):
+        while len(sockets) < n:
             sock = socket.socket()
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, draw.randrange(low, high) if high > low else 0))
+            except OSError:
+                sock.close()  # taken: draw another
+                continue
             sockets.append(sock)
         return [s.getsockname()[1] for s in sockets]
     finally:

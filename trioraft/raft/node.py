@@ -582,7 +582,14 @@ class RaftNode:
         raise NotLeader(self.leader_id)
 
     async def snapshot(self, index: int, data: bytes) -> None:
-        """The application's state up to ``index`` is ``data``: discard the log before it."""
+        """The application's state up to ``index`` is ``data``: discard the log before it.
+
+        The snapshot's bytes are written without the node's lock (a large state takes
+        seconds to write, and meanwhile this node goes on answering its peers and, leading,
+        committing): only compacting the log file takes the lock. Until then the log file
+        still holds the snapshot's prefix, which a restart after a crash drops. The save
+        runs to the end even if the caller is cancelled.
+        """
         async with self._lock:
             if index <= self.log.snapshot_index:
                 return
@@ -594,26 +601,28 @@ class RaftNode:
             configuration = self._core.configuration_at(index)
             term = self._core.compact(index)
             snapshot = Snapshot(index, term, data, configuration)
-            started = time.perf_counter()
-            await self._save_snapshot(snapshot)
-            self.metrics.snapshot_seconds["taken"].observe(time.perf_counter() - started)
-            self.metrics.snapshot_bytes["taken"].observe(len(data))
-
-    async def _save_snapshot(self, snapshot: Snapshot) -> None:
-        """Persist ``snapshot`` and the compacted log; the save runs to the end even if the
-        caller is cancelled.
-
-        The storage writes a frozen copy: a leader keeps appending proposals to ``self.log``
-        while the save runs in a worker thread, and those must be left to the syncer.
-        """
-        frozen = self.log.copy()
-        # Replicators see the compacted log at once, so they must see the snapshot that
-        # replaces its prefix at once too; it holds committed state only, so sending it
-        # before our own copy is on disk is safe.
-        self._snapshot = snapshot
-        try:
+            # Replicators see the compacted log at once, so they must see the snapshot that
+            # replaces its prefix at once too; it holds committed state only, so sending it
+            # before our own copy is on disk is safe.
+            self._snapshot = snapshot
+        started = time.perf_counter()
+        with trio.CancelScope(shield=True):
             with self._writing("saving a snapshot"):
-                await self._storage.save_snapshot(snapshot, frozen)
+                await self._storage.save_snapshot_file(snapshot)
+            async with self._lock:
+                if self.log.snapshot_index == index:  # else a newer one replaced it meanwhile
+                    await self._compact_log_file()
+        self.metrics.snapshot_seconds["taken"].observe(time.perf_counter() - started)
+        self.metrics.snapshot_bytes["taken"].observe(len(data))
+
+    async def _compact_log_file(self) -> None:
+        """Rewrite the log file as the (compacted) log is now. The storage writes a frozen
+        copy: a leader keeps appending proposals to ``self.log`` while the rewrite runs in a
+        worker thread, and those must be left to the syncer. Caller holds ``_lock``."""
+        frozen = self.log.copy()
+        try:
+            with self._writing("compacting the log"):
+                await self._storage.compact_log(frozen)
         finally:
             self._written_index = frozen.last_index
         await self._execute(self._core.persisted(frozen.last_index))
@@ -1066,8 +1075,10 @@ class RaftNode:
 
     async def _send_snapshot(self, peer: str, sent: Outgoing) -> bool:
         """One chunk of the snapshot to ``peer``, from where it wants the next (see
-        :mod:`trioraft.raft.transfer`); whether it answered. The last chunk's call may
-        take ``longest_call``: the follower checks and saves the whole snapshot first."""
+        :mod:`trioraft.raft.transfer`); whether it answered. The last chunk's call of a
+        large snapshot may take ``longest_call``: the follower checks and saves the whole
+        snapshot first. (Not a small one's: meanwhile this follower hears no heartbeat,
+        and a lost call would silence it for that long.)"""
         snapshot = self._snapshot
         assert snapshot is not None
         outbound = self._outbound.get(peer)
@@ -1075,7 +1086,7 @@ class RaftNode:
             outbound = Outbound(snapshot, await self._sha256_of(snapshot))
             self._outbound[peer] = outbound
         args = outbound.chunk(sent.term, self.id, self.config.chunk_bytes)
-        wait = self.config.longest_call if args.done else None
+        wait = self.config.longest_call if args.done and args.total >= _THREAD_BYTES else None
         reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply, wait)
         if reply is None:
             return False  # the same chunk goes again: a follower that has it says so

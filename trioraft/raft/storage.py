@@ -48,8 +48,12 @@ Invariants:
 - Nothing appended is durable until ``sync`` or ``sync_blocking`` returns;
   ``save_hard_state`` and ``save_snapshot`` are durable when they return; what ``load``
   returns is durable (it fsyncs the log and the directory once).
-- ``save_snapshot`` makes the snapshot durable first, then replaces the log with the
-  compacted one.
+- ``save_snapshot`` makes the snapshot durable first (``save_snapshot_file``), then replaces
+  the log with the compacted one (``compact_log``). The two may be called apart, other
+  writes between them (a node's own snapshot is written without its lock): the log then
+  still holds the snapshot's prefix, which ``load`` drops. A snapshot file is never
+  replaced by an older one: ``save_snapshot_file`` of an index at or before the saved
+  snapshot's writes nothing (else the log, compacted past it, would start after it).
 - A failed write or fsync raises its OSError, and no bookkeeping moves before a write
   succeeds; after one failure every later write raises too (after a failed fsync the page
   cache can no longer be trusted): reopen the storage (restart the node) to go on.
@@ -173,6 +177,10 @@ class Storage(Protocol):
     def sync_blocking(self) -> None: ...
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None: ...
+
+    async def save_snapshot_file(self, snapshot: Snapshot) -> bool: ...
+
+    async def compact_log(self, log: Log) -> None: ...
 
     def raft_state_size(self) -> int: ...
 
@@ -398,6 +406,8 @@ class FileStorage:
             self.directory / "snapshot",
             after_step=lambda step: self._after_step(f"snapshot-{step}"),
         )
+        self._snapshot_saves = trio.Lock()
+        self._saved_snapshot_index = 0  # the snapshot file's (known once loaded)
         self._log_path = self.directory / "log"
         self._fd = -1
         self._offsets: list[int] = []  # file offset of the record of each entry in the log
@@ -413,6 +423,7 @@ class FileStorage:
         hard_raw = self._hard_state.read()
         hard_state = decode_hard_state(hard_raw, str(self._hard_state.path))
         snapshot = decode_snapshot(self._snapshot.read(), str(self._snapshot.path))
+        self._saved_snapshot_index = 0 if snapshot is None else snapshot.index
         try:
             raw = self._log_path.read_bytes()
         except FileNotFoundError:
@@ -587,20 +598,43 @@ class FileStorage:
             raise
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
-        self._refuse_if_failed()
-        data = encode_snapshot(snapshot)
+        await self.save_snapshot_file(snapshot)  # durable before the log changes
+        await self.compact_log(log)
 
-        def save() -> None:
+    async def save_snapshot_file(self, snapshot: Snapshot) -> bool:
+        """Make ``snapshot`` durable, unless one at or past its index already is (then
+        nothing is written: ``False``). One save at a time."""
+        self._refuse_if_failed()
+        async with self._snapshot_saves:
+            if snapshot.index <= self._saved_snapshot_index:
+                return False
+            data = encode_snapshot(snapshot)
+
+            def save() -> None:
+                try:
+                    if self._fault is not None:
+                        self._fault("snapshot", len(data))
+                    self._snapshot.save(data)
+                except OSError as exc:
+                    self._failure = exc
+                    raise
+
+            await trio.to_thread.run_sync(save)
+            self._saved_snapshot_index = snapshot.index
+            return True
+
+    async def compact_log(self, log: Log) -> None:
+        """Replace the log with ``log`` (compacted at a saved snapshot), durably."""
+        self._refuse_if_failed()
+
+        def rewrite() -> None:
             try:
-                if self._fault is not None:
-                    self._fault("snapshot", len(data))
-                self._snapshot.save(data)  # durable before the log changes
                 self._rewrite(log)
             except OSError as exc:
                 self._failure = exc
                 raise
 
-        await trio.to_thread.run_sync(save)
+        await trio.to_thread.run_sync(rewrite)
 
     def _refuse_if_failed(self) -> None:
         if self._failure is not None:
@@ -769,7 +803,16 @@ class MemoryStorage:
         self._durable = list(self._volatile)
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
+        await self.save_snapshot_file(snapshot)
+        await self.compact_log(log)
+
+    async def save_snapshot_file(self, snapshot: Snapshot) -> bool:
+        if self._snapshot is not None and snapshot.index <= self._snapshot.index:
+            return False
         self._snapshot = snapshot
+        return True
+
+    async def compact_log(self, log: Log) -> None:
         self._durable = _numbered(log)
         self._volatile = list(self._durable)
 
