@@ -74,7 +74,8 @@ import stat
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -527,18 +528,25 @@ class FileStorage:
         self._open_log(log.snapshot_index + 1, offsets)
         self._log_end = pos
 
+    @contextmanager
+    def _write(self, operation: str | None, nbytes: int = 0) -> Iterator[None]:
+        """Around one write: the fault seam first (``operation``, if any), and an OSError
+        fails the storage before it is raised (see the module docstring)."""
+        try:
+            if self._fault is not None and operation is not None:
+                self._fault(operation, nbytes)
+            yield
+        except OSError as exc:
+            self._failure = exc
+            raise
+
     async def save_hard_state(self, state: HardState) -> None:
         self._refuse_if_failed()
         data = encode_hard_state(state)
 
         def save() -> None:
-            try:
-                if self._fault is not None:
-                    self._fault("hardstate", len(data))
+            with self._write("hardstate", len(data)):
                 self._hard_state.save(data)
-            except OSError as exc:
-                self._failure = exc
-                raise
 
         await trio.to_thread.run_sync(save)
 
@@ -552,13 +560,8 @@ class FileStorage:
             pos += len(record)
             chunks.append(record)
         data = b"".join(chunks)
-        try:
-            if self._fault is not None:
-                self._fault("append", len(data))
+        with self._write("append", len(data)):
             _write_all(self._fd, data)
-        except OSError as exc:
-            self._failure = exc
-            raise
         self._offsets += offsets
         self._log_end = pos
 
@@ -567,35 +570,20 @@ class FileStorage:
         keep = index - self._first_index
         if keep < len(self._offsets):
             end = self._offsets[keep]
-            try:
-                if self._fault is not None:
-                    self._fault("truncate", self._log_end - end)
+            with self._write("truncate", self._log_end - end):
                 os.ftruncate(self._fd, end)
-            except OSError as exc:
-                self._failure = exc
-                raise
             self._log_end = end
             del self._offsets[keep:]
 
     async def sync(self) -> None:
         self._refuse_if_failed()
-        try:
-            if self._fault is not None:
-                self._fault("sync", self._log_end)
+        with self._write("sync", self._log_end):
             await trio.to_thread.run_sync(os.fsync, self._fd)
-        except OSError as exc:
-            self._failure = exc
-            raise
 
     def sync_blocking(self) -> None:
         self._refuse_if_failed()
-        try:
-            if self._fault is not None:
-                self._fault("sync", self._log_end)
+        with self._write("sync", self._log_end):
             os.fsync(self._fd)
-        except OSError as exc:
-            self._failure = exc
-            raise
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
         await self.save_snapshot_file(snapshot)  # durable before the log changes
@@ -611,13 +599,8 @@ class FileStorage:
             data = encode_snapshot(snapshot)
 
             def save() -> None:
-                try:
-                    if self._fault is not None:
-                        self._fault("snapshot", len(data))
+                with self._write("snapshot", len(data)):
                     self._snapshot.save(data)
-                except OSError as exc:
-                    self._failure = exc
-                    raise
 
             await trio.to_thread.run_sync(save)
             self._saved_snapshot_index = snapshot.index
@@ -628,11 +611,8 @@ class FileStorage:
         self._refuse_if_failed()
 
         def rewrite() -> None:
-            try:
+            with self._write(None):
                 self._rewrite(log)
-            except OSError as exc:
-                self._failure = exc
-                raise
 
         await trio.to_thread.run_sync(rewrite)
 
