@@ -113,11 +113,14 @@ async def test_unreliable_agreement_over_http(
     nursery: trio.Nursery, seed: int, tmp_path: Path
 ) -> None:
     c = await cluster(nursery, 5, seed, tmp_path, profile=MIT_UNRELIABLE)
-    for round_ in range(6):
+    # Batching makes few calls (about 37 for six rounds), and at 10% loss none is lost for
+    # 2% of seeds: go on until one was, so the test always tries what it names.
+    round_ = 0
+    while round_ < 6 or not c.network.lost:
         async with trio.open_nursery() as ones:
             for j in range(4):
                 ones.start_soon(c.one, f"{round_}-{j}", 1, True)
+        round_ += 1
     c.network.set_profile(RELIABLE)
     await c.one("final", 5, retry=True)
-    assert c.network.rpc_total > sum(c.network.rpc_count.values()), "nothing was lost"
     c.check_errors()

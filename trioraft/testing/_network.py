@@ -17,8 +17,9 @@ Calls in flight are kept in the order they were made (never in an order of objec
 identity), so cutting them off wakes their tasks in a replayable order.
 
 Counters follow the seeds: ``rpc_total`` counts every call; ``rpc_count[server]`` counts calls
-whose handler ran; ``bytes_total`` adds request bytes at send and reply bytes at delivery,
-and ``bytes_count[server]`` does the same per server.
+whose handler ran; ``lost`` counts calls that failed (a request or a reply lost, or the pair
+cut off), so a test can ask that its faults happened; ``bytes_total`` adds request bytes at
+send and reply bytes at delivery, and ``bytes_count[server]`` does the same per server.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Network:
         self._calls = 0
         self.rpc_total = 0
         self.rpc_count: Counter[str] = Counter()
+        self.lost = 0
         self.bytes_total = 0
         self.bytes_count: Counter[str] = Counter()
 
@@ -193,10 +195,12 @@ class Network:
         if self._log is not None:
             self._log(f"call {call_number} {caller}->{server}: {fate}")
         if not self.reachable(caller, server):
+            self.lost += 1
             await trio.sleep(fate.fail_delay)
             return None
         await trio.sleep(fate.delay)
         if fate.drop_request or not self.reachable(caller, server):
+            self.lost += 1
             await trio.sleep(fate.fail_delay)
             return None
         self.rpc_count[server] += 1
@@ -208,10 +212,12 @@ class Network:
         finally:
             del self._in_flight[call_number]
         if call.scope.cancelled_caught or fate.drop_reply:
+            self.lost += 1
             return None
         if fate.reply_delay:
             await trio.sleep(fate.reply_delay)
         if not self.reachable(caller, server):
+            self.lost += 1
             return None
         self._count_bytes(server, reply_bytes(result))
         return result
