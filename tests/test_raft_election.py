@@ -13,7 +13,7 @@ import trio.testing
 from tests.raft_harness import ELECTION_TIMEOUT, start_cluster
 from trioraft import MemoryStorage, RaftNode
 from trioraft.rpc.transport import MemoryNetwork, MemoryTransport
-from trioraft.testing import RELIABLE, Network
+from trioraft.testing import RELIABLE, Network, Profile
 
 #: Virtual time (pytest-trio installs a clock only if the test takes it as an argument).
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
@@ -113,6 +113,27 @@ async def test_isolated_leader_steps_down(
     assert node.submit("x")[2] is False
     new_leader = await c.check_one_leader()
     assert new_leader != leader
+
+
+async def test_lost_calls_neither_silence_a_follower_nor_depose_the_leader(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """A lost call holds its replicator for ``rpc_timeout`` (0.5 s, most of an election
+    timeout): heartbeats go beside it, so neither side counts the other silent."""
+    c = await start_cluster(nursery, 3, seed)
+    leader = await c.check_one_leader()
+    term = c.node(leader).term
+    lose_everything = Profile(request_drop=1.0, fail_delay=(10.0, 10.0))
+    for _ in range(5):
+        # Every call made in a heartbeat interval (and a bit) is lost, so each replicator
+        # waits on a lost one: without heartbeats beside it, followers hear nothing for
+        # 0.6 s and campaign, and the leader hears from no majority and steps down.
+        c.network.set_profile(lose_everything)
+        await trio.sleep(c.config.heartbeat_interval * 1.1)
+        c.network.set_profile(RELIABLE)
+        await trio.sleep(2 * ELECTION_TIMEOUT)
+        assert c.node(leader).is_leader, "the leader stepped down"
+        assert {c.node(i).term for i in c.ids} == {term}, "a follower campaigned"
 
 
 async def test_many_elections_five(nursery: trio.Nursery, seed: int, autojump_clock: Clock) -> None:

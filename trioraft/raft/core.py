@@ -12,8 +12,9 @@ Nothing here imports Trio, reads a clock or does I/O (:mod:`trioraft.raft.node` 
                            (and step_snapshot_chunk before the last chunk), step_timeout_now,
                            tick (campaign: pre-vote, then vote), step_vote_reply
     leader:                propose, replication_message, step_append_reply,
-                           step_snapshot_reply (step_snapshot_chunk_reply before the last
-                           chunk), persisted, check_quorum, read rounds,
+                           step_snapshot_reply, heartbeat_message, step_progressless_reply
+                           (a heartbeat's, or a snapshot chunk's before the last),
+                           persisted, check_quorum, read rounds,
                            leadership transfer, propose_membership_change
 
 Invariants:
@@ -650,10 +651,19 @@ class RaftCore:
         self._round_sent = True
         if progress.next <= self.log.snapshot_index:
             return Outgoing(None, self.term, self.read_round, now)
-        prev_index = progress.next - 1
+        return self._append_message(progress.next - 1, self._batch(progress.next), now)
+
+    def heartbeat_message(self, peer: str, now: float) -> Outgoing:
+        """A heartbeat for ``peer`` sent beside the replication message still in flight
+        (one lost holds its sender for the call's timeout). Only its sender's term and the
+        time it was sent count in its reply (see :meth:`step_progressless_reply`)."""
+        self._round_sent = True
+        prev_index = max(self.progress[peer].next - 1, self.log.snapshot_index)
+        return self._append_message(prev_index, [], now)
+
+    def _append_message(self, prev_index: int, entries: list[Entry], now: float) -> Outgoing:
         prev_term = self.log.term_at(prev_index)
         assert prev_term is not None
-        entries = self._batch(progress.next)
         args = AppendEntriesArgs(
             self.term, self.id, prev_index, prev_term, entries, self.commit_index
         )
@@ -729,14 +739,16 @@ class RaftCore:
             actions.append(StateChanged())
         return actions
 
-    def step_snapshot_chunk_reply(
-        self, peer: str, sent: Outgoing, reply: InstallSnapshotReply, now: float
+    def step_progressless_reply(
+        self, peer: str, sent: Outgoing, reply_term: int, now: float
     ) -> list[Action]:
-        """A follower took a chunk of a snapshot sent as ``sent`` (it wants more): it is
-        alive and follows this leader (check-quorum, read rounds), its log has not moved."""
-        if reply.term > self.term:
-            return self.step_newer_term(reply.term)
-        if not self._leads(sent.term) or reply.term != sent.term or peer not in self.progress:
+        """A follower answered ``sent``, a message that moves no progress: a chunk of a
+        snapshot (before the last), or a heartbeat sent beside the replication message in
+        flight (whose answer it may overtake: only that one moves ``next`` and ``match``).
+        So it is alive and follows this leader: check-quorum, read rounds, the lease."""
+        if reply_term > self.term:
+            return self.step_newer_term(reply_term)
+        if not self._leads(sent.term) or reply_term != sent.term or peer not in self.progress:
             return []
         before_round = self.confirmed_round()
         self._acknowledged(peer, sent, now)

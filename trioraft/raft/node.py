@@ -70,6 +70,7 @@ from __future__ import annotations
 import binascii
 import collections
 import json
+import math
 import random
 import time
 import zlib
@@ -303,6 +304,10 @@ class RaftNode:
         self._installing: trio.Event | None = None  # set once a complete one is installed
         self._outbound: dict[str, Outbound] = {}
         self._sha256: tuple[Snapshot, str] | None = None
+        #: When each follower's replicator sent the call it waits on, and when the follower
+        #: was last sent anything (that call or a heartbeat beside it): see _keep_alive.
+        self._waiting_since: dict[str, float] = {}
+        self._last_sent: dict[str, float] = {}
 
     # -- the core's state, read-only here ------------------------------------------------
 
@@ -1018,27 +1023,64 @@ class RaftNode:
                     await self._execute(self._core.check_quorum(trio.current_time()))
 
     async def _replicate(self, peer: str, term: int) -> None:
-        """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval."""
+        """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval;
+        one call at a time, and heartbeats beside a call that takes longer (_keep_alive)."""
         interval = self.config.heartbeat_interval
         core = self._core
         try:
-            while True:
-                self._propose()
-                grew = self._log_grew
-                ok = await self._send_to(peer, term)
-                if not self._leads(term) or peer not in core.progress:
-                    return  # leadership over, or the peer left the cluster
-                if ok and core.progress[peer].next <= self.log.last_index:
-                    continue  # more to send right away
-                with trio.move_on_after(interval):
-                    if ok:
-                        await grew.wait()
-                    else:
-                        await trio.sleep_forever()  # a failed peer is retried once an interval
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_alive, peer, term)
+                while True:
+                    self._propose()
+                    grew = self._log_grew
+                    ok = await self._send_to(peer, term)
+                    if not self._leads(term) or peer not in core.progress:
+                        break  # leadership over, or the peer left the cluster
+                    if ok and core.progress[peer].next <= self.log.last_index:
+                        continue  # more to send right away
+                    with trio.move_on_after(interval):
+                        if ok:
+                            await grew.wait()
+                        else:
+                            await trio.sleep_forever()  # a failed peer is retried per interval
+                nursery.cancel_scope.cancel()
         finally:
             self._outbound.pop(peer, None)  # a later replicator starts its transfer over
+            self._waiting_since.pop(peer, None)
+            self._last_sent.pop(peer, None)
             if self._leads(term):
                 self._replicating.discard(peer)
+
+    async def _keep_alive(self, peer: str, term: int) -> None:
+        """While ``peer``'s replicator waits on a call for longer than an interval, send
+        the peer a heartbeat each interval. A lost call holds the replicator for
+        ``rpc_timeout``: without these the follower would hear nothing for that long (and
+        campaign), nor the leader from it (check-quorum counts it silent). Heartbeats in
+        flight are bounded: one per interval, each bounded by ``rpc_timeout``."""
+        interval = self.config.heartbeat_interval
+        core = self._core
+        async with trio.open_nursery() as heartbeats:
+            while True:
+                await trio.sleep(interval)
+                now = trio.current_time()
+                waiting_since = self._waiting_since.get(peer)
+                if waiting_since is None or now - waiting_since < interval:
+                    continue
+                if now - self._last_sent.get(peer, -math.inf) < interval:
+                    continue
+                if not self._leads(term) or peer not in core.progress:
+                    return
+                self._last_sent[peer] = now
+                heartbeats.start_soon(self._heartbeat, peer, core.heartbeat_message(peer, now))
+
+    async def _heartbeat(self, peer: str, sent: Outgoing) -> None:
+        reply = await self._call(peer, "append_entries", sent.args, AppendEntriesReply)
+        if reply is not None:
+            core = self._core
+            now = trio.current_time()
+            await self._step_reply(
+                reply.term, lambda: core.step_progressless_reply(peer, sent, reply.term, now)
+            )
 
     async def _send_to(self, peer: str, term: int) -> bool:
         """One AppendEntries (or InstallSnapshot) to ``peer``; whether it answered."""
@@ -1056,7 +1098,8 @@ class RaftNode:
         if args.entries:
             metrics.entries_per_append.observe(len(args.entries))
         started = time.perf_counter()
-        reply = await self._call(peer, "append_entries", args, AppendEntriesReply)
+        with self._waiting_on(peer, sent.sent_at):
+            reply = await self._call(peer, "append_entries", args, AppendEntriesReply)
         if reply is None:
             metrics.append_entries_lost[peer] += 1
             return False
@@ -1087,7 +1130,8 @@ class RaftNode:
             self._outbound[peer] = outbound
         args = outbound.chunk(sent.term, self.id, self.config.chunk_bytes)
         wait = self.config.longest_call if args.done and args.total >= _THREAD_BYTES else None
-        reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply, wait)
+        with self._waiting_on(peer, sent.sent_at):
+            reply = await self._call(peer, "install_snapshot", args, InstallSnapshotReply, wait)
         if reply is None:
             return False  # the same chunk goes again: a follower that has it says so
         core = self._core
@@ -1101,9 +1145,18 @@ class RaftNode:
         else:
             wanted = reply.next_offset
             outbound.offset = wanted if 0 <= wanted <= args.total else 0
-            step = lambda: core.step_snapshot_chunk_reply(peer, sent, reply, now)  # noqa: E731
+            step = lambda: core.step_progressless_reply(peer, sent, reply.term, now)  # noqa: E731
         await self._step_reply(reply.term, step)
         return self._leads(sent.term)
+
+    @contextmanager
+    def _waiting_on(self, peer: str, sent_at: float) -> Iterator[None]:
+        """Mark ``peer``'s replicator as waiting on a call sent at ``sent_at``."""
+        self._waiting_since[peer] = self._last_sent[peer] = sent_at
+        try:
+            yield
+        finally:
+            self._waiting_since.pop(peer, None)
 
     async def _sha256_of(self, snapshot: Snapshot) -> str:
         """The SHA-256 of ``snapshot``'s data, computed once per snapshot."""
