@@ -111,15 +111,18 @@ def instrument() -> None:
 
     around_async(RaftNode, "handle_append_entries", "follower_append", append_detail)
 
-    original_advance = RaftNode._advance_commit
+    # The core moves the commit index and reports it with a StateChanged action.
+    original_state_changed = RaftNode._state_changed
+    stamped_commit = 0
 
-    def advance(self: RaftNode) -> None:
-        before = self.commit_index
-        original_advance(self)
-        if self.commit_index > before:
-            stamp("commit", self.commit_index)
+    def state_changed(self: RaftNode, term_changed: bool) -> None:
+        nonlocal stamped_commit
+        if self.commit_index > stamped_commit:
+            stamped_commit = self.commit_index
+            stamp("commit", stamped_commit)
+        original_state_changed(self, term_changed)
 
-    RaftNode._advance_commit = advance  # type: ignore[method-assign]
+    RaftNode._state_changed = state_changed  # type: ignore[method-assign]
 
     original_apply = ReplicatedStateMachine._apply_entry
 

@@ -246,6 +246,54 @@ async def test_a_long_run_of_applies_lets_other_tasks_in(autojump_clock: Clock) 
         nursery.cancel_scope.cancel()
 
 
+async def test_the_leader_applies_in_the_task_that_commits(autojump_clock: Clock) -> None:
+    """No hand-off to the applier task between the commit and the apply on the leader."""
+    node = single_node(MemoryStorage())
+    appliers: list[str] = []
+    node.apply_with(lambda message: appliers.append(trio.lowlevel.current_task().name))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        for k in range(5):
+            index, term, ok = node.submit(f"c{k}")
+            assert ok
+            await node.wait_committed(index, term)
+            assert node.last_applied == index  # applied along with the commit
+        assert len(appliers) == 5
+        assert not any(name.endswith("._applier") for name in appliers), appliers
+        nursery.cancel_scope.cancel()
+
+
+async def test_applies_on_the_leader_stay_in_order_around_the_snapshots_they_ask_for(
+    autojump_clock: Clock,
+) -> None:
+    """Each entry once, in order, and the log compacted at an entry that asked for it
+    before the next one is applied, whichever task applies them."""
+    node = single_node(MemoryStorage())
+    applied: list[int] = []
+
+    def apply(message: Applied | SnapshotApplied) -> bytes | None:
+        assert isinstance(message, Applied)
+        if applied and applied[-1] % 3 == 0:
+            assert node.log.snapshot_index == applied[-1]  # compacted before this one
+        applied.append(message.index)
+        return f"state@{message.index}".encode() if message.index % 3 == 0 else None
+
+    node.apply_with(apply)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        last = 0
+        for k in range(20):  # alone, and in runs that commit together
+            first, term = node.submit_many([f"c{k}-{i}" for i in range(k % 4 + 1)])
+            last = first + k % 4
+            if k % 2:
+                await node.wait_committed(last, term)
+        await node.wait_applied(last)
+        assert applied == list(range(1, last + 1))
+        nursery.cancel_scope.cancel()
+
+
 async def test_wait_term_change_returns_once_the_term_moves(autojump_clock: Clock) -> None:
     node = single_node(MemoryStorage())
     async with trio.open_nursery() as nursery:

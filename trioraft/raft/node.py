@@ -3,7 +3,9 @@
     RaftNode.run                    lives as long as the node
     ├─ election timer               sleeps to the core's election deadline, which valid leader
     │                               contact pushes back; ticks the core when it passes
-    ├─ applier                      hands committed entries, in order, to ``applied``
+    ├─ applier                      hands committed entries, in order, to ``applied`` (on
+    │                               the leader with ``apply_with``, the task that commits
+    │                               them applies a run at once: one hand-off less)
     ├─ message senders              one per vote request or TimeoutNow the core sends
     └─ leader term t                a new CancelScope per term, cancelled on step-down
        ├─ syncer                    writes the leader's new entries, a batch at a time, and
@@ -35,6 +37,8 @@ Invariants:
 - Entries reach ``applied`` exactly once, in index order, after they are committed; a
   snapshot (installed from the leader, or found at start) is delivered before any entry
   after it. A leader's no-op entry is never handed out (``applied`` skips its index).
+  Entries go to ``apply_with``'s callback only from code that never awaits, and snapshot
+  data it returns is taken (the log compacted) before the next entry goes to it.
 - Every message fits the peers' limit (``RaftConfig.max_message_bytes``): AppendEntries
   carries as many entries as fit in ``max_batch_bytes`` (at least one), ``submit``
   refuses a command that could never fit, and a snapshot chunk fits by construction
@@ -273,6 +277,8 @@ class RaftNode:
         self._snapshot_to_deliver = loaded.snapshot
         self.last_applied = 0  # the snapshot found at start is delivered first
         self._handing_out = 0  # the index being handed to ``applied`` right now
+        #: Snapshot data ``apply_with``'s callback returned at an index, until it is taken.
+        self._snapshot_due: tuple[int, bytes] | None = None
         self._written_index = self.log.last_index
         self._lock = _Lock()
         self._changed = trio.Event()  # commit, term, role or applied moved: re-check
@@ -753,6 +759,8 @@ class RaftNode:
                     action.acknowledged,
                     action.resent_from,
                 )
+        if self.last_applied < self._core.commit_index:
+            self._apply_at_once()
         return reply
 
     def _configuration_changed(self, configuration: Configuration) -> None:
@@ -1312,17 +1320,68 @@ class RaftNode:
                         self._apply(message)
                     self.last_applied = max(self.last_applied, snapshot.index)
                     self._notify()
+            elif self._snapshot_due is not None:
+                index, data = self._snapshot_due
+                try:
+                    await self.snapshot(index, data)
+                finally:
+                    self._snapshot_due = None
+                self._notify()
             elif self.last_applied < self.commit_index:
                 await self._deliver_committed()
                 self._notify()
             else:
                 await changed.wait()
 
+    def _apply_at_once(self) -> None:
+        """On the leader, once the commit index moved: apply what committed in the calling
+        task, through ``apply_with``'s callback, instead of waking the applier for it (one
+        task hand-off less between a follower's reply and the client's answer). Not while a
+        snapshot waits to be delivered or taken: the applier does those, in order. At most
+        a run of ``_APPLY_RUN`` entries: the applier, which yields, takes the rest."""
+        if (
+            self._apply is not None
+            and self.last_applied < self.commit_index
+            and self._core.role is Role.LEADER
+            and self._snapshot_to_deliver is None
+            and self._snapshot_due is None
+        ):
+            self._apply_committed(self.last_applied + _APPLY_RUN)
+            self._notify()
+
+    def _apply_committed(self, limit: int) -> None:
+        """Apply the committed entries up to ``limit`` not yet applied, in order, through
+        ``apply_with``'s callback; stops early at an entry whose callback returned snapshot
+        data, left in ``_snapshot_due`` for the applier to take before anything else. A
+        leader's no-op is skipped. Never awaits, so two tasks never interleave in it."""
+        apply = self._apply
+        assert apply is not None
+        limit = min(limit, self.commit_index)
+        while self.last_applied < limit:
+            index = self.last_applied + 1
+            entry = self.log.entry(index)
+            if entry.command == NOOP_COMMAND or is_configuration_command(entry.command):
+                self.last_applied = index  # Raft's own: never the application's
+                continue
+            # The consumer may snapshot at ``index`` as soon as it has received it.
+            self._handing_out = index
+            snapshot = apply(Applied(index, entry.term, entry.command))
+            self.last_applied = index
+            if snapshot is not None:
+                self._snapshot_due = (index, snapshot)
+                return
+
     async def _deliver_committed(self) -> None:
         """Hand out the committed entries not yet handed out, in order: to ``apply_with``'s
-        callback, or straight into the channel's buffer while it has room (the reader wakes
-        once for the whole run), else waiting for the reader. A leader's no-op is skipped.
-        The caller notifies once the run is out."""
+        callback (a run of ``_APPLY_RUN`` entries at a time; the applier loop takes a
+        snapshot the callback asked for), or straight into the channel's buffer while it has
+        room (the reader wakes once for the whole run), else waiting for the reader. A
+        leader's no-op is skipped. The caller notifies once the run is out."""
+        if self._apply is not None:
+            self._apply_committed(self.last_applied + _APPLY_RUN)
+            if self.last_applied < self.commit_index and self._snapshot_due is None:
+                await trio.lowlevel.checkpoint()  # a long replay must not starve the loop
+            return
         while self.last_applied < self.commit_index and self._snapshot_to_deliver is None:
             index = self.last_applied + 1
             entry = self.log.entry(index)
@@ -1332,14 +1391,6 @@ class RaftNode:
             message = Applied(index, entry.term, entry.command)
             # The consumer may snapshot at ``index`` as soon as it has received it.
             self._handing_out = index
-            if self._apply is not None:
-                snapshot = self._apply(message)
-                self.last_applied = index
-                if snapshot is not None:
-                    await self.snapshot(index, snapshot)
-                elif index % _APPLY_RUN == 0:
-                    await trio.lowlevel.checkpoint()  # a long replay must not starve the loop
-                continue
             try:
                 self._applied_send.send_nowait(message)
             except trio.WouldBlock:
