@@ -52,9 +52,7 @@ class RaftConfig:
     #: count ourselves towards a quorum only up to what we fsynced. The syncer waits only
     #: while enough followers are answering and caught up, and have lately been holding
     #: batches within the grace (slower peers, e.g. over HTTP, would make every batch wait
-    #: in vain). A lone batch, one proposed when everything before it had committed (one
-    #: client at a time), never waits: fsynced beside the followers, it commits with the
-    #: faster of them. 0 fsyncs every batch at once.
+    #: in vain). 0 fsyncs every batch at once.
     leader_sync_grace: float = 0.005
     #: The largest message a peer accepts (its peer listener's body limit): every member of
     #: a cluster must use the same value. ``submit`` refuses a command that would not fit.

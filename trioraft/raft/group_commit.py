@@ -5,21 +5,13 @@ A batch the followers commit needs no fsync on the leader: it is durable on a ma
 without it, and the leader counts itself towards a quorum only up to what it fsynced. But
 waiting is worth it only while the followers lately came to hold batches within the grace;
 slower peers (over HTTP, say) would make every batch wait in vain. :class:`GroupCommit`
-keeps that estimate. Pure: times and indexes are arguments.
-
-Nor is it worth it for a lone batch, one whose first entry was proposed when every entry
-before it had committed (one client at a time, say): the leader has nothing else to write,
-and while it waits its commit needs both followers in a cluster of three, that is the slower
-one; fsyncing beside them, it needs only the faster. Under concurrent load a batch's first
-entry is proposed while the batch before it is in flight, so the grace still saves the
-leader's fsyncs there.
+keeps that estimate. Pure: times are arguments.
 
 Invariants:
 - The estimate is a moving average over the batches the followers came to hold; a batch
   they never come to hold is forgotten once ``KEPT`` newer ones are timed.
 - It decides only how long to wait, never whether to fsync: a batch not committed after
   the wait is fsynced.
-- A lone batch waits for nothing; it is timed like any other.
 """
 
 from __future__ import annotations
@@ -40,29 +32,16 @@ class GroupCommit:
         self.follower_delay = 0.0
         #: Batches the leader wrote, (last index, when), until followers hold them on a majority.
         self._unvouched: collections.deque[tuple[int, float]] = collections.deque(maxlen=KEPT)
-        #: The index of the last entry proposed when every entry before it had committed.
-        self._lone_from = 0
 
     def new_term(self) -> None:
         self._unvouched.clear()
-        self._lone_from = 0
 
-    def proposing(self, index: int, commit_index: int) -> None:
-        """Entries are about to be appended from ``index`` on; the leader's commit index is
-        ``commit_index``."""
-        if commit_index >= index - 1:
-            self._lone_from = index
-
-    def wait_for_followers(
-        self, first: int, last: int, now: float, followers_can_commit: bool
-    ) -> float:
-        """The batch from ``first`` up to ``last`` was written at ``now``: how long to wait
-        for the followers to commit it before fsyncing it (0: fsync at once)."""
+    def wait_for_followers(self, last: int, now: float, followers_can_commit: bool) -> float:
+        """The batch up to ``last`` was written at ``now``: how long to wait for the
+        followers to commit it before fsyncing it (0: fsync at once)."""
         if not followers_can_commit:
             return 0.0
         self._unvouched.append((last, now))
-        if first == self._lone_from:
-            return 0.0
         return self.grace if self.follower_delay < self.grace else 0.0
 
     def followers_hold(self, index: int, now: float) -> None:

@@ -415,7 +415,6 @@ class RaftNode:
         if core.role is not Role.LEADER or core.transfer is not None or self._stopped:
             return 0, self.term, False
         self._check_fits(command)
-        self._group_commit.proposing(core.log.last_index + 1, core.commit_index)
         index = core.propose([command])
         self.metrics.entries_proposed += 1
         self._wake_leader_tasks()
@@ -427,9 +426,7 @@ class RaftNode:
             raise NotLeader(self.leader_id)
         for command in commands:
             self._check_fits(command)
-        core = self._core
-        self._group_commit.proposing(core.log.last_index + 1, core.commit_index)
-        first = core.propose(commands)
+        first = self._core.propose(commands)
         self.metrics.entries_proposed += len(commands)
         self._wake_leader_tasks()
         return first, self.term
@@ -1003,14 +1000,13 @@ class RaftNode:
             async with self._lock:
                 if not self._leads(term):
                     return
-                first = self._written_index + 1
                 last = self._write_unwritten()
             self._written_at.append((last, time.perf_counter()))
             now = trio.current_time()
             followers_can_commit = core.followers_form_quorum(
                 now, 2 * self.config.heartbeat_interval
             )
-            grace = self._group_commit.wait_for_followers(first, last, now, followers_can_commit)
+            grace = self._group_commit.wait_for_followers(last, now, followers_can_commit)
             if grace > 0:
                 with trio.move_on_after(grace):
                     while self.commit_index < last and self._leads(term):
