@@ -1353,7 +1353,7 @@ class RaftNode:
         apply = self._apply
         assert apply is not None
         limit = min(limit, self.commit_index)
-        while self.last_applied < limit:
+        while self.last_applied < limit and self._snapshot_due is None:
             index = self.last_applied + 1
             entry = self.log.entry(index)
             if entry.command == NOOP_COMMAND or is_configuration_command(entry.command):
@@ -1365,7 +1365,6 @@ class RaftNode:
             self.last_applied = index
             if snapshot is not None:
                 self._snapshot_due = (index, snapshot)
-                return
 
     async def _deliver_committed(self) -> None:
         """Hand out the committed entries not yet handed out, in order: to ``apply_with``'s
