@@ -15,8 +15,9 @@ Every system runs at once, each as its own processes on loopback, fsync on:
 - ``etcd``: a 3-member etcd cluster (``etcd`` on the PATH, its defaults: fsync on), one put
   per request through its JSON gateway (``POST /v3/kv/put``); skipped with a note when
   ``etcd`` is absent;
-- ``trioraft-http``: three ``trioraft node`` processes in their default configuration (peers
-  over HTTP, an authenticated cluster); ``trioraft-tcp``: the same with ``tcp://`` peers;
+- ``trioraft-tcp``: three ``trioraft node`` processes as the README starts them (an
+  authenticated cluster, ``tcp://`` peers: the recommended transport, the one ``trioraft
+  cluster`` uses); ``trioraft-http``: the same with ``http://`` peers;
 - ``--against DIR`` adds ``trioraft-http@B`` (and ``trioraft-tcp@B`` if asked for): the same
   nodes run from another checkout of the library (``DIR`` holds its ``trioraft`` package),
   for a change's A/B in the same run; their Python client rows use that checkout's client.
