@@ -87,6 +87,44 @@ class Member:
     stopped: trio.Event
 
 
+async def start_member(
+    nursery: trio.Nursery,
+    node: RaftNode,
+    storage: FileStorage,
+    calls: TcpTransport | HttpTransport,
+    *,
+    may_fail_stop: bool = False,
+    **serve_options: Any,
+) -> Member:
+    """Serve ``node`` (``serve_node`` with ``serve_options``) and apply what it hands out,
+    until the member's scope is cancelled; then close ``calls`` (its outgoing transport)
+    and its storage. With ``may_fail_stop``, a node failing on its storage
+    (``StorageFailed``) just stops (``node.failure`` says why); otherwise that fails the
+    test."""
+    machine = BytesMachine(node)
+    scope, stopped = trio.CancelScope(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[str]) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(machine.run)
+                    task_status.started(
+                        await inner.start(partial(serve_node, node, **serve_options))
+                    )
+        except* StorageFailed:
+            if not may_fail_stop:
+                raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await calls.aclose()
+            storage.close()
+            stopped.set()
+
+    url = await nursery.start(run)
+    return Member(node, machine, storage, url, scope, stopped)
+
+
 class Cluster:
     """Raft nodes ``ids`` over ``transport`` on loopback, each with its own data directory."""
 
@@ -128,29 +166,13 @@ class Cluster:
             config=self.config,
             rng=random.Random(f"{self.seed}-{i}"),
         )
-        machine = BytesMachine(node)
-        scope, stopped = trio.CancelScope(), trio.Event()
-
-        async def run(task_status: trio.TaskStatus[str]) -> None:
-            try:
-                with scope:
-                    async with trio.open_nursery() as inner:
-                        url = await inner.start(
-                            partial(serve_node, node, transport=self.kind, peer_auth=self.auth)
-                        )
-                        inner.start_soon(machine.run)
-                        task_status.started(url)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await transport.aclose()
-                storage.close()
-                stopped.set()
-
-        url = await self.nursery.start(run)
-        member = self.members[i] = Member(node, machine, storage, url, scope, stopped)
+        member = await start_member(
+            self.nursery, node, storage, transport, transport=self.kind, peer_auth=self.auth
+        )
+        self.members[i] = member
         for j, other in self.members.items():  # everyone learns everyone's address
             if j != i:
-                self.transports[j].set_peer_address(i, url)
+                self.transports[j].set_peer_address(i, member.url)
                 transport.set_peer_address(j, other.url)
         return member
 
@@ -275,32 +297,17 @@ async def follower(
 ) -> AsyncIterator[Follower]:
     """Node "f" of the cluster f, x, y (x and y never run: the tests speak for them)."""
     storage = FileStorage(directory, fault=fault)
-    node = RaftNode("f", ["f", "x", "y"], storage, HttpTransport("f", {}), config=config)
+    transport = HttpTransport("f", {})
+    node = RaftNode("f", ["f", "x", "y"], storage, transport, config=config)
     if check is not None:
         node.check_snapshot_with(check)
-    machine = BytesMachine(node)
-    scope, stopped = trio.CancelScope(), trio.Event()
-
-    async def run(task_status: trio.TaskStatus[str]) -> None:
-        try:
-            with scope:
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(machine.run)
-                    task_status.started(await inner.start(serve_node, node))
-        except* StorageFailed:
-            pass  # fail-stop: recorded in node.failure
-        finally:
-            storage.close()
-            stopped.set()
-
-    url = await nursery.start(run)
-    member = Member(node, machine, storage, url, scope, stopped)
+    member = await start_member(nursery, node, storage, transport, may_fail_stop=True)
     async with httpx.AsyncClient(timeout=10) as client:
         try:
             yield Follower(member, client, directory)
         finally:
-            scope.cancel()
-            await stopped.wait()
+            member.scope.cancel()
+            await member.stopped.wait()
 
 
 def chunks(
