@@ -22,6 +22,7 @@ from trioraft.raft.core import (
     Reply,
     Role,
     Send,
+    StateChanged,
     StepDown,
 )
 from trioraft.raft.log import Entry, Log
@@ -238,6 +239,37 @@ def test_rejection_below_the_acknowledged_index_is_reported() -> None:
     actions = a.step_append_reply("b", sent, AppendEntriesReply(1, False, 0, 0, 1), 10.1)
     assert of_type(actions, LostEntries) == [LostEntries("b", 2, 1)]
     assert a.progress["b"].match == 0 and a.progress["b"].next == 1
+
+
+def test_a_heartbeat_beside_a_call_confirms_contact_and_moves_no_progress() -> None:
+    """What ``RaftNode._keep_alive`` sends while a replication message is in flight: its
+    answer counts for check-quorum and read rounds, and moves neither ``match`` nor
+    ``next``, whether it comes before or after the message's own answer."""
+    a, b, c = make_core("a"), make_core("b"), make_core("c")
+    elect(a, [b, c], 10.0)
+    a.propose(["x", "y"])
+    in_flight = a.replication_message("b", 10.0)  # entries 1-2, answer not in yet
+    round_ = a.queue_read()
+    beat = a.heartbeat_message("b", 10.5)
+    assert beat.args is not None and beat.args.entries == []
+    assert beat.args.prev_log_index == 0  # the progress the leader knows: nothing yet
+    beat_reply = reply_of(b.step_append_entries(beat.args, 10.5))
+    assert beat_reply.success and b.leader_id == "a"
+    actions = a.step_progressless_reply("b", beat, beat_reply.term, 10.5)
+    assert (a.progress["b"].match, a.progress["b"].next) == (0, 1)
+    assert a.progress["b"].last_ack == 10.5 and a.confirmed_round() >= round_
+    assert actions == [StateChanged()]  # the read round it confirmed wakes the readers
+    assert a.check_quorum(11.9) == []  # b counts as heard at 10.5
+    # The message's answer moves the progress; a heartbeat's arriving after it (it was
+    # sent before, with the older progress) does not move it back.
+    assert in_flight.args is not None
+    a.step_append_reply("b", in_flight, reply_of(b.step_append_entries(in_flight.args, 11)), 11)
+    assert (a.progress["b"].match, a.progress["b"].next) == (2, 3)
+    a.step_progressless_reply("b", beat, beat_reply.term, 11.1)
+    assert (a.progress["b"].match, a.progress["b"].next) == (2, 3)
+    # An answer from a newer term deposes the leader, as any answer does.
+    a.step_progressless_reply("b", a.heartbeat_message("b", 12.0), a.term + 1, 12.0)
+    assert a.role is Role.FOLLOWER
 
 
 def test_leader_noop_is_appended_in_its_term() -> None:
