@@ -2,8 +2,8 @@
 
     python benchmarks/sidebyside.py [--seconds 1] [--rounds 3] [--loads 1 16 64]
                                     [--systems echo raw-echo etcd trioraft-http trioraft-tcp]
-                                    [--against DIR] [--no-python-clients] [--data DIR]
-                                    [--out DIR]
+                                    [--against DIR] [--no-python-clients] [--no-gets]
+                                    [--data DIR] [--out DIR]
     python benchmarks/sidebyside.py --table REPORT.json     # a saved run's tables
 
 Every system runs at once, each as its own processes on loopback, fsync on:
@@ -18,6 +18,7 @@ Every system runs at once, each as its own processes on loopback, fsync on:
 - ``trioraft-tcp``: three ``trioraft node`` processes as the README starts them (an
   authenticated cluster, ``tcp://`` peers: the recommended transport, the one ``trioraft
   cluster`` uses); ``trioraft-http``: the same with ``http://`` peers;
+  ``trioraft-tcp-lease`` (only when named): ``trioraft-tcp`` with ``--lease-reads 0.25``;
 - ``--against DIR`` adds ``trioraft-http@B`` (and ``trioraft-tcp@B`` if asked for): the same
   nodes run from another checkout of the library (``DIR`` holds its ``trioraft`` package),
   for a change's A/B in the same run; their Python client rows use that checkout's client.
@@ -27,10 +28,13 @@ sequential latency) for ``--seconds``. A round runs every load on every system, 
 order rotated from round to round; the rows are the medians over rounds of ops/s, p50 and
 p99, and the cluster's CPU seconds per op (the sum of its processes' CPU time deltas over the
 sample, divided by the ops). A sample in which wrk saw a failed request (a leader change)
-is left out of its row's medians. In each round, after the wrk loads, the Python clients,
-one task doing one op at a time, in the same rotated order: ``ClusterClient`` against each
-trioraft cluster, and a bare httpx client against the echo endpoint, with the client
-process's own CPU per op.
+is left out of its row's medians. After the put loads, each round runs ``get c=1`` on every
+trioraft cluster (unless ``--no-gets``): one connection, one linearizable get per request
+(ReadIndex: a heartbeat round; with lease reads, none) of 100 keys written before the first
+round, for the sequential get's p50 beside the echo endpoint's. In each round, after the
+wrk loads, the Python clients, one task doing one op at a time, in the same rotated order:
+``ClusterClient`` against each trioraft cluster, and a bare httpx client against the echo
+endpoint, with the client process's own CPU per op.
 Then every trioraft node is killed (SIGKILL) and restarted, and a sample of the puts wrk
 saw acknowledged must read back. Finally the median of many appends + fsync of a small record
 in the data directory's filesystem. Prints a Markdown table and writes the JSON into ``--out``.
@@ -61,6 +65,13 @@ from trioraft.kv.node import free_ports
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
+
+#: ``trioraft-tcp`` with lease reads (``trioraft node --lease-reads``): gets skip the
+#: heartbeat round while the lease holds.
+LEASE_SYSTEM = "trioraft-tcp-lease"
+LEASE = ("--lease-reads", "0.25")
+#: Keys the get loads read (written once, before the first round).
+GET_KEYS = 100
 
 
 @dataclass
@@ -284,13 +295,16 @@ def start_together(stack: ExitStack, managers: list) -> list[System]:
     return systems
 
 
-def run_wrk(system: System, connections: int, seconds: float, prefix: str, value: int) -> dict:
+def run_wrk(
+    system: System, connections: int, seconds: float, prefix: str, value: int, op: str = ""
+) -> dict:
+    """One wrk sample of ``system``'s op (or ``op``: ``get`` reads keys ``PREFIX-1..100``)."""
     url = system.target()
     script = HERE / system.wrk_script
     extra = (
         [prefix, str(value)]
         if system.wrk_script == "wrk_etcd.lua"
-        else [system.wrk_op, prefix, str(value)]
+        else [op or system.wrk_op, prefix, str(value)]
     )
     before = system.cpu()
     result = subprocess.run(
@@ -469,6 +483,8 @@ def run(opts: argparse.Namespace) -> dict:
                 managers.append(echo_server("raw_echo.py", name, "echo"))
             elif name == "etcd":
                 managers.append(etcd_cluster(root))
+            elif name == LEASE_SYSTEM:
+                managers.append(trioraft_cluster(root / name, name, "tcp", None, extra=LEASE))
             elif name.startswith("trioraft-"):
                 transport = name.removeprefix("trioraft-")
                 managers.append(trioraft_cluster(root / name, name, transport, None))
@@ -478,6 +494,14 @@ def run(opts: argparse.Namespace) -> dict:
         systems = start_together(stack, managers)
         with ThreadPoolExecutor(len(systems)) as pool:  # warm up, all at once: connections,
             list(pool.map(lambda s: run_wrk(s, 4, 1, "warm", opts.value), systems))  # caches
+        readers = [s for s in systems if s.name.startswith("trioraft") and opts.gets]
+        for system in readers:  # the keys the get loads read
+            for k in range(1, GET_KEYS + 1):
+                httpx.post(
+                    f"{system.target()}/put",
+                    json={"key": f"g-{k}", "value": "x" * opts.value, "version": 0},
+                    timeout=10,
+                ).raise_for_status()
         python_clients: dict[int, PythonClient] = {}
         for k, system in enumerate(systems if opts.python_clients else []):
             if system.name.startswith("trioraft") or system.name == "echo":
@@ -501,6 +525,18 @@ def run(opts: argparse.Namespace) -> dict:
                         + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
                         flush=True,
                     )
+            for k in rotated if opts.gets else []:
+                system = systems[k]
+                if system not in readers:
+                    continue
+                summary = run_wrk(system, 1, opts.seconds, "g", opts.value, op="get")
+                samples.setdefault((system.name, "wrk get c=1"), []).append(summary)
+                print(
+                    f"round {r} {system.name:>16} get c=1 {summary['ops_per_s']:>9.1f}/s "
+                    f"p50 {summary['p50_ms']:.3f} ms cpu/op {summary['cpu_ms_per_op']:.3f} ms"
+                    + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
+                    flush=True,
+                )
             for k in rotated:
                 if k not in python_clients:
                     continue
@@ -597,6 +633,12 @@ def table(report: dict) -> str:
             "p99_ms",
         )
         ratio(
+            f"{name} sequential get p50 / echo's sequential p50 (target ≤ 1.2)",
+            (name, "wrk get c=1"),
+            ("echo", "wrk c=1"),
+            "p50_ms",
+        )
+        ratio(
             f"{name} puts/s, 16 connections / echo's (target ≥ 0.9)",
             (name, "wrk c=16"),
             ("echo", "wrk c=16"),
@@ -647,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--value", type=int, default=16, help="value bytes")
     parser.add_argument("--against", type=Path, default=None, help="checkout B (its trioraft/)")
     parser.add_argument("--no-python-clients", dest="python_clients", action="store_false")
+    parser.add_argument("--no-gets", dest="gets", action="store_false", help="no get rows")
     parser.add_argument("--data", type=Path, default=None, help="data directories (a real disk)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--table", type=Path, default=None, help="print a saved report's table")

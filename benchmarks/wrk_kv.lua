@@ -1,5 +1,6 @@
 -- wrk script: one KV op per HTTP request, fresh keys; counts replies that are not "OK".
--- wrk -s wrk_kv.lua URL -- OP PREFIX VALUE_BYTES   (OP: put, get or echo)
+-- wrk -s wrk_kv.lua URL -- OP PREFIX VALUE_BYTES   (OP: put, get or echo; get reads the
+-- keys PREFIX-1 .. PREFIX-100, which must exist)
 local op, prefix, value = "put", "w", "x"
 local counter = 0
 thread_id = 0
@@ -22,8 +23,8 @@ end
 function request()
   counter = counter + 1
   local key = string.format("%s-%d-%d", prefix, thread_id, counter)
-  if op == "get" then
-    key = string.format("%s-%d", prefix, counter % 1000)
+  if op == "get" then  -- the keys PREFIX-1 .. PREFIX-100, which must exist
+    key = string.format("%s-%d", prefix, counter % 100 + 1)
     return wrk.format(nil, "/get", nil, string.format('{"key":"%s"}', key))
   end
   local body = string.format('{"key":"%s","value":"%s","version":0}', key, value)
