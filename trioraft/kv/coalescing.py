@@ -5,8 +5,8 @@
 
 Every task's call joins a queue; one sender task takes everything queued into one ``/batch``
 request while no other is in flight (up to what a server takes in one: ``max_ops_per_request``
-ops, of them at most ``MAX_BATCH_RANGES`` ranges, stale gets included), so N concurrent
-callers cost about one HTTP round trip, not N. It speaks to a replicated cluster (finding
+ops, of them at most ``MAX_BATCH_RANGES`` ranges), so N concurrent callers cost about one
+HTTP round trip, not N. It speaks to a replicated cluster (finding
 the leader as :class:`ClusterClient` does) or to a single :class:`KVServer` (all but
 append). Its ops are :class:`OpsClient`'s.
 

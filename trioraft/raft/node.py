@@ -756,8 +756,7 @@ class RaftNode:
                     action.acknowledged,
                     action.resent_from,
                 )
-        if self.last_applied < self._core.commit_index:
-            self._apply_at_once()
+        self._apply_at_once()
         return reply
 
     def _configuration_changed(self, configuration: Configuration) -> None:
