@@ -61,9 +61,13 @@ class RawClient:
 
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("http://").rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.address = (host, int(port))
         self.host = f"{host}:{port}"
+        self.connect()
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection(self.address)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
 
     def post(self, path: str, body: bytes) -> bytes:
@@ -73,17 +77,30 @@ class RawClient:
         ).encode()
         self.sock.sendall(head + body)
         while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self.sock.recv(65536)
+            self.buffer += self.receive()
         header, _, rest = self.buffer.partition(b"\r\n\r\n")
         length = 0
+        close = False
         for line in header.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            name = name.strip().lower()
+            if name == b"content-length":
                 length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True  # Hypercorn ends a connection after keep_alive_max_requests
         while len(rest) < length:
-            rest += self.sock.recv(65536)
+            rest += self.receive()
         self.buffer = rest[length:]
+        if close:
+            self.sock.close()
+            self.connect()
         return rest[:length]
+
+    def receive(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the node closed the connection")
+        return data
 
 
 def start_nodes(
