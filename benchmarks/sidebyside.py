@@ -19,6 +19,8 @@ Every system runs at once, each as its own processes on loopback, fsync on:
   authenticated cluster, ``tcp://`` peers: the recommended transport, the one ``trioraft
   cluster`` uses); ``trioraft-http``: the same with ``http://`` peers;
   ``trioraft-tcp-lease`` (only when named): ``trioraft-tcp`` with ``--lease-reads 0.25``;
+  ``trioraft-tcp-insecure`` (only when named): ``trioraft-tcp`` with ``--insecure`` (no peer
+  authentication), for what authentication costs;
 - ``--against DIR`` adds ``trioraft-http@B`` (and ``trioraft-tcp@B`` if asked for): the same
   nodes run from another checkout of the library (``DIR`` holds its ``trioraft`` package),
   for a change's A/B in the same run; their Python client rows use that checkout's client.
@@ -28,10 +30,11 @@ sequential latency) for ``--seconds``. A round runs every load on every system, 
 order rotated from round to round; the rows are the medians over rounds of ops/s, p50 and
 p99, and the cluster's CPU seconds per op (the sum of its processes' CPU time deltas over the
 sample, divided by the ops). A sample in which wrk saw a failed request (a leader change)
-is left out of its row's medians. After the put loads, each round runs ``get c=1`` on every
-trioraft cluster (unless ``--no-gets``): one connection, one linearizable get per request
-(ReadIndex: a heartbeat round; with lease reads, none) of 100 keys written before the first
-round, for the sequential get's p50 beside the echo endpoint's. In each round, after the
+is left out of its row's medians. After the put loads, each round runs ``get c=1`` and
+``get c=16`` on every trioraft cluster (unless ``--no-gets``; 16 only if it is among the
+loads): one linearizable get per request (ReadIndex: a heartbeat round, shared by the gets
+waiting for it; with lease reads, none) of 100 keys written before the first round, for the
+sequential get's p50 and the gets per second beside the echo endpoint's. In each round, after the
 wrk loads, the Python clients, one task doing one op at a time, in the same rotated order:
 ``ClusterClient`` against each trioraft cluster, and a bare httpx client against the echo
 endpoint, with the client process's own CPU per op.
@@ -66,10 +69,16 @@ from trioraft.kv.node import free_ports
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 
+#: The systems run unless ``--systems`` names others.
+DEFAULT_SYSTEMS = ["echo", "raw-echo", "etcd", "trioraft-http", "trioraft-tcp"]
 #: ``trioraft-tcp`` with lease reads (``trioraft node --lease-reads``): gets skip the
 #: heartbeat round while the lease holds.
 LEASE_SYSTEM = "trioraft-tcp-lease"
 LEASE = ("--lease-reads", "0.25")
+#: ``trioraft-tcp`` without peer authentication (``trioraft node --insecure``).
+INSECURE_SYSTEM = "trioraft-tcp-insecure"
+#: The get loads' connections (those among ``--loads``).
+GET_LOADS = (1, 16)
 #: Keys the get loads read (written once, before the first round).
 GET_KEYS = 100
 
@@ -208,10 +217,11 @@ def trioraft_cluster(
     library: Path | None,
     n: int = 3,
     extra: tuple[str, ...] = (),
+    authenticated: bool = True,
 ) -> Iterator[System]:
     """``n`` ``trioraft node`` processes, as the README starts them (an authenticated
-    cluster); peers over ``transport``; run from the checkout ``library`` if given; each
-    node with the flags ``extra`` too."""
+    cluster, unless not ``authenticated``: ``--insecure``); peers over ``transport``; run
+    from the checkout ``library`` if given; each node with the flags ``extra`` too."""
     ids = [str(i + 1) for i in range(n)]
     ports = free_ports(2 * n)
     client = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports[:n], strict=True)}
@@ -229,7 +239,8 @@ def trioraft_cluster(
             args = ["--id", i, "--listen", client[i].removeprefix("http://")]
             args += ["--peer-listen", f"127.0.0.1:{peer_port[i]}"]
             args += ["--data-dir", str(directory / f"node-{i}")]
-            args += ["--cluster-token-file", str(token), "--log-level", "warning", *extra]
+            args += ["--cluster-token-file", str(token)] if authenticated else ["--insecure"]
+            args += ["--log-level", "warning", *extra]
             for j in ids:
                 if j != i:
                     args += [f"--peer={j}={transport}://127.0.0.1:{peer_port[j]}"]
@@ -485,6 +496,10 @@ def run(opts: argparse.Namespace) -> dict:
                 managers.append(etcd_cluster(root))
             elif name == LEASE_SYSTEM:
                 managers.append(trioraft_cluster(root / name, name, "tcp", None, extra=LEASE))
+            elif name == INSECURE_SYSTEM:
+                managers.append(
+                    trioraft_cluster(root / name, name, "tcp", None, authenticated=False)
+                )
             elif name.startswith("trioraft-"):
                 transport = name.removeprefix("trioraft-")
                 managers.append(trioraft_cluster(root / name, name, transport, None))
@@ -525,18 +540,19 @@ def run(opts: argparse.Namespace) -> dict:
                         + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
                         flush=True,
                     )
-            for k in rotated if opts.gets else []:
-                system = systems[k]
-                if system not in readers:
-                    continue
-                summary = run_wrk(system, 1, opts.seconds, "g", opts.value, op="get")
-                samples.setdefault((system.name, "wrk get c=1"), []).append(summary)
-                print(
-                    f"round {r} {system.name:>16} get c=1 {summary['ops_per_s']:>9.1f}/s "
-                    f"p50 {summary['p50_ms']:.3f} ms cpu/op {summary['cpu_ms_per_op']:.3f} ms"
-                    + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
-                    flush=True,
-                )
+            for connections in [c for c in GET_LOADS if c in opts.loads]:
+                for system in [systems[k] for k in rotated if systems[k] in readers]:
+                    summary = run_wrk(system, connections, opts.seconds, "g", opts.value, "get")
+                    samples.setdefault((system.name, f"wrk get c={connections}"), []).append(
+                        summary
+                    )
+                    print(
+                        f"round {r} {system.name:>16} get c={connections:<3}"
+                        f"{summary['ops_per_s']:>9.1f}/s p50 {summary['p50_ms']:.3f} ms "
+                        f"cpu/op {summary['cpu_ms_per_op']:.3f} ms"
+                        + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
+                        flush=True,
+                    )
             for k in rotated:
                 if k not in python_clients:
                     continue
@@ -645,6 +661,12 @@ def table(report: dict) -> str:
             "ops_per_s",
         )
         ratio(
+            f"{name} gets/s, 16 connections / echo's (target ≥ 0.9)",
+            (name, "wrk get c=16"),
+            ("echo", "wrk c=16"),
+            "ops_per_s",
+        )
+        ratio(
             f"{name} puts/s, 16 connections / etcd's",
             (name, "wrk c=16"),
             ("etcd", "wrk c=16"),
@@ -662,6 +684,15 @@ def table(report: dict) -> str:
             ("etcd", "wrk c=16"),
             "cpu_ms_per_op",
         )
+    insecure = [r["load"] for r in report["rows"] if r["system"] == INSECURE_SYSTEM]
+    for load in insecure:  # what peer authentication costs (issue 17: at most 5 % of a row)
+        for key, what in (("ops_per_s", "ops/s"), ("cpu_ms_per_op", "CPU/op")):
+            ratio(
+                f"authenticated / not (trioraft-tcp / {INSECURE_SYSTEM}), {load}, {what}",
+                ("trioraft-tcp", load),
+                (INSECURE_SYSTEM, load),
+                key,
+            )
     for name in dict.fromkeys(r["system"] for r in report["rows"] if r["system"].endswith("@B")):
         a = name.removesuffix("@B")
         for load in sorted({r["load"] for r in report["rows"] if r["system"] == name}):
@@ -684,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--systems",
         nargs="+",
-        default=["echo", "raw-echo", "etcd", "trioraft-http", "trioraft-tcp"],
+        default=DEFAULT_SYSTEMS,
     )
     parser.add_argument("--value", type=int, default=16, help="value bytes")
     parser.add_argument("--against", type=Path, default=None, help="checkout B (its trioraft/)")

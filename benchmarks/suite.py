@@ -16,8 +16,8 @@ Scenarios, for each cluster size, value size and number of concurrent clients (f
 - ``reads``: gets through the coalescing client.
 - references: ``echo`` (wrk against the echo endpoint) and ``pysyncobj`` (a 3-node
   ``ReplDict``; the leader's process drives it, as the embedded load does).
-Then the open-loop latency at 1/8, 1/4 and 1/2 of the embedded peak, and PySyncObj's at
-half of it. The echo reference is measured again beside each remote row (the machine's speed
+Then the open-loop latency at 1/8, 1/4, 1/2 and 3/4 of the embedded peak, and PySyncObj's
+at half of it. The echo reference is measured again beside each remote row (the machine's speed
 drifts over a run); for the rows of the one-op target (3 nodes, smallest value) remote and
 echo are measured alternately ``--pairs`` times and their medians compared. Finally every
 node is killed (SIGKILL) and restarted, and a sample of the acknowledged keys of every write
@@ -29,8 +29,9 @@ saturated load generator shows. Writes JSON and PNG plots into ``--out``.
 Last, the side-by-side rows (``sidebyside.py``, ``--pairs`` alternating rounds of
 ``--seconds``; ``--no-side-by-side`` leaves them out): the echo endpoint, a raw trio TCP
 echo, a 3-member etcd (skipped with a note when ``etcd`` is absent) and ``trioraft node``
-clusters over HTTP and TCP peers under the same wrk loads (1, 16 and 64 connections, one put
-per request), the Python clients one op at a time, and one fsync.
+clusters over HTTP and TCP peers (and over TCP with lease reads, and without peer
+authentication: what it costs) under the same wrk loads (1, 16 and 64 connections, one put
+per request; gets with 1 and 16), the Python clients one op at a time, and one fsync.
 
 ``--quick`` runs only those side-by-side rows, short (3 rounds of 1 s samples, about 90 s);
 with ``--against DIR`` (a checkout of the baseline: ``git archive BASE trioraft | tar -x -C
@@ -465,9 +466,9 @@ def main() -> None:
                     default=None,
                 )
                 if peak is not None:
-                    # Open loop at fractions of the peak: the target is p50 at half of it.
+                    # Open loop at fractions of the peak: the targets are p50 at 1/2 and 3/4.
                     url = cluster.urls[cluster.leader()]
-                    for fraction in (0.125, 0.25, 0.5):
+                    for fraction in (0.125, 0.25, 0.5, 0.75):
                         rate = round(peak["ops_per_s"] * fraction)
                         prefix = f"open-{n}-{fraction}"
                         with measured(cluster) as cpu:
@@ -521,10 +522,17 @@ def main() -> None:
 
     side_by_side = None
     if opts.side_by_side:
-        side_args = ["--seconds", str(seconds), "--rounds", str(opts.pairs)]
+        side_args = ["--seconds", str(seconds), "--rounds", str(opts.pairs), "--systems"]
+        side_args += [*sidebyside.DEFAULT_SYSTEMS, sidebyside.LEASE_SYSTEM]
+        side_args += [sidebyside.INSECURE_SYSTEM]  # what peer authentication costs
         side_args += ["--data", str(opts.data)] if opts.data else []
         side_by_side = sidebyside.run(sidebyside.build_parser().parse_args(side_args))
 
+    etcd_best = None
+    if side_by_side is not None:
+        etcd_best = max(
+            (r["ops_per_s"] for r in side_by_side["rows"] if r["system"] == "etcd"), default=None
+        )
     report = {
         "suite": "trioraft",
         "time": stamp,
@@ -533,7 +541,7 @@ def main() -> None:
         "rows": rows,
         "latency_at_half_peak": latency_at_half,
         "durability": durability,
-        "ratios": {t: ratios(rows, latency_at_half, t) for t in opts.peer_transport},
+        "ratios": {t: ratios(rows, latency_at_half, t, etcd_best) for t in opts.peer_transport},
         "side_by_side": side_by_side,
     }
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -592,9 +600,12 @@ def best(
     return max((r["ops_per_s"] for r in candidates), default=None)
 
 
-def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dict:
-    """The issue's targets, as measured side by side in this run (3 nodes, smallest value,
-    peers over ``transport``)."""
+def ratios(
+    rows: list[dict], latency_at_half: list[dict], transport: str, etcd_best: float | None = None
+) -> dict:
+    """The issues' targets, as measured side by side in this run (3 nodes, smallest value,
+    peers over ``transport``); ``etcd_best``: etcd's most puts per second in the side-by-side
+    rows (any number of connections), if they ran."""
     values = sorted({r["value_bytes"] for r in rows})
     if not values:
         return {}
@@ -604,17 +615,22 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
     embedded = best(rows, "embedded", 3, v, transport=transport)
     remote = best(rows, "remote", 3, v, transport=transport)
     coalesced = best(rows, "coalesced", 3, v, clients=256, transport=transport)
-    half = next(
-        (
-            r
-            for r in latency_at_half
-            if r["system"] == "trioraft embedded"
-            and r["nodes"] == 3
-            and r["peer_transport"] == transport
-            and r.get("fraction_of_peak", 0.5) == 0.5
-        ),
-        None,
-    )
+    reads = best(rows, "reads", 3, v, clients=256, transport=transport)
+
+    def open_loop(fraction: float) -> dict | None:
+        return next(
+            (
+                r
+                for r in latency_at_half
+                if r["system"] == "trioraft embedded"
+                and r["nodes"] == 3
+                and r["peer_transport"] == transport
+                and r.get("fraction_of_peak", 0.5) == fraction
+            ),
+            None,
+        )
+
+    half, three_quarters = open_loop(0.5), open_loop(0.75)
     pso_half = next((r for r in latency_at_half if r["system"] == "pysyncobj"), None)
 
     def ratio(a, b):
@@ -646,6 +662,7 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
         "embedded_peak_per_s": embedded,
         "embedded_vs_pysyncobj": ratio(embedded, pso),
         "embedded_p50_ms_at_half_peak": half and half["p50_ms"],
+        "embedded_p50_ms_at_three_quarters_peak": three_quarters and three_quarters["p50_ms"],
         "embedded_open_loop_p50_ms_by_rate": {
             r["offered_per_s"]: r["p50_ms"]
             for r in latency_at_half
@@ -658,6 +675,10 @@ def ratios(rows: list[dict], latency_at_half: list[dict], transport: str) -> dic
         "echo_peak_beside_remote_per_s": adjacent_echo,
         "remote_one_op_per_request_vs_echo_beside_it": ratio(remote_median, adjacent_echo),
         "coalesced_256_vs_echo": ratio(coalesced, echo),
+        "reads_256_vs_writes_256_coalesced": ratio(reads, coalesced),
+        "etcd_best_per_s": etcd_best,
+        "coalesced_256_vs_etcd_best": ratio(coalesced, etcd_best),
+        "embedded_peak_vs_etcd_best": ratio(embedded, etcd_best),
     }
 
 
