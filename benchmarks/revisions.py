@@ -27,8 +27,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import httpx
-from sidebyside import PYTHON, System, run_wrk, stop_all, wait_for
+from sidebyside import PYTHON, System, run_wrk, stop_all, trioraft_leader, wait_for
 
 from trioraft.kv.node import free_ports
 
@@ -86,13 +85,7 @@ def cluster(directory: Path, name: str, library: Path | None) -> Iterator[System
     urls = list(client.values())
 
     def leader() -> str:
-        for url in urls:
-            try:
-                if httpx.get(f"{url}/status", timeout=1).json().get("role") == "leader":
-                    return url
-            except httpx.HTTPError:
-                continue
-        raise ValueError(f"no leader of {name} yet")
+        return trioraft_leader(urls)
 
     try:
         wait_for(leader, 60, f"a leader of {name}")

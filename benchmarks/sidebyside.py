@@ -524,35 +524,29 @@ def run(opts: argparse.Namespace) -> dict:
                 python_clients[k] = PythonClient(system, kind, opts.value)
                 stack.callback(python_clients[k].close)
         order = list(range(len(systems)))
+
+        def sample(r: int, system: System, connections: int, prefix: str, op: str = "") -> None:
+            """One wrk sample of ``system`` (``op``: ``get``, or its own op), kept and shown."""
+            summary = run_wrk(system, connections, opts.seconds, prefix, opts.value, op)
+            load = f"wrk {op} c={connections}" if op else f"wrk c={connections}"
+            samples.setdefault((system.name, load), []).append(summary)
+            print(
+                f"round {r} {system.name:>16} {load:<12} {summary['ops_per_s']:>9.1f}/s "
+                f"p50 {summary['p50_ms']:.3f} ms p99 {summary['p99_ms']:.3f} ms "
+                f"cpu/op {summary['cpu_ms_per_op']:.3f} ms"
+                + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
+                flush=True,
+            )
+
         for r in range(opts.rounds):
             rotated = order[r % len(order) :] + order[: r % len(order)]
             for connections in opts.loads:
                 for k in rotated:
-                    system = systems[k]
-                    summary = run_wrk(
-                        system, connections, opts.seconds, f"r{r}c{connections}", opts.value
-                    )
-                    samples.setdefault((system.name, f"wrk c={connections}"), []).append(summary)
-                    print(
-                        f"round {r} {system.name:>16} c={connections:<3} "
-                        f"{summary['ops_per_s']:>9.1f}/s p50 {summary['p50_ms']:.3f} ms "
-                        f"p99 {summary['p99_ms']:.3f} ms cpu/op {summary['cpu_ms_per_op']:.3f} ms"
-                        + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
-                        flush=True,
-                    )
+                    sample(r, systems[k], connections, f"r{r}c{connections}")
             for connections in [c for c in GET_LOADS if c in opts.loads]:
-                for system in [systems[k] for k in rotated if systems[k] in readers]:
-                    summary = run_wrk(system, connections, opts.seconds, "g", opts.value, "get")
-                    samples.setdefault((system.name, f"wrk get c={connections}"), []).append(
-                        summary
-                    )
-                    print(
-                        f"round {r} {system.name:>16} get c={connections:<3}"
-                        f"{summary['ops_per_s']:>9.1f}/s p50 {summary['p50_ms']:.3f} ms "
-                        f"cpu/op {summary['cpu_ms_per_op']:.3f} ms"
-                        + (f" NOT OK {summary['not_ok']}" if summary["not_ok"] else ""),
-                        flush=True,
-                    )
+                for k in rotated:
+                    if systems[k] in readers:
+                        sample(r, systems[k], connections, "g", "get")
             for k in rotated:
                 if k not in python_clients:
                     continue
