@@ -33,7 +33,7 @@ clusters over HTTP and TCP peers (and over TCP with lease reads, and without pee
 authentication: what it costs) under the same wrk loads (1, 16 and 64 connections, one put
 per request; gets with 1 and 16), the Python clients one op at a time, and one fsync.
 
-``--quick`` runs only those side-by-side rows, short (3 rounds of 1 s samples, about 90 s);
+``--quick`` runs only those side-by-side rows, short (3 rounds of 1 s samples, 2-3 minutes);
 with ``--against DIR`` (a checkout of the baseline: ``git archive BASE trioraft | tar -x -C
 DIR``) the nodes of both trees alternate in the same run, which is a change's A/B.
 """
