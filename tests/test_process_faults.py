@@ -31,8 +31,26 @@ async def write_and_stop(cluster: ProcessCluster, nursery: trio.Nursery, n: int)
         with trio.fail_after(20):
             for key, value in written.items():
                 await kv.put(key, value, 0)
+    with trio.fail_after(20):
+        await every_node_holds_the_whole_log(cluster)
     await cluster.stop_all()
     return written
+
+
+async def every_node_holds_the_whole_log(cluster: ProcessCluster) -> None:
+    """Return once every node holds the same log and knows all of it committed. A write is
+    acknowledged once a majority made it durable, so a node stopped before the slowest
+    follower caught up may be one of the two that alone hold the last write; damaging its
+    tail (which a crash does only to what was never fsynced, never to what it vouched for)
+    would then take the write from a majority."""
+    while True:
+        statuses = [await cluster.status(i) for i in cluster.ids]
+        if all(statuses):
+            last = max(status["last_index"] for status in statuses)
+            if all(status["commit_index"] == status["last_index"] == last for status in statuses):
+                return
+        # Their /status is the only signal other processes give.
+        await trio.sleep(0.05)
 
 
 def flip_byte(path: Path, offset: int) -> None:
