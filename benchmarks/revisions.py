@@ -18,18 +18,13 @@ revision two or three times before reading a difference.
 from __future__ import annotations
 
 import argparse
-import base64
-import os
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
-from sidebyside import PYTHON, System, run_wrk, stop_all, trioraft_leader, wait_for
-
-from trioraft.kv.node import free_ports
+from sidebyside import run_wrk, trioraft_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,54 +39,6 @@ def checkout(rev: str, into: Path) -> Path | None:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
-
-
-@contextmanager
-def cluster(directory: Path, name: str, library: Path | None) -> Iterator[System]:
-    """Three ``trioraft node`` processes of the package in ``library`` (or this tree), TCP
-    peers, each with the command line its revision takes."""
-    source = (library or REPO) / "trioraft" / "cli.py"
-    hardened = "--peer-listen" in source.read_text()
-    ids = ["1", "2", "3"]
-    ports = free_ports(6)
-    client = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports[:3], strict=True)}
-    peer = dict(zip(ids, ports[3:], strict=True))
-    directory.mkdir(parents=True)
-    token = directory / "cluster-token"
-    token.write_text(base64.b64encode(os.urandom(32)).decode())
-    env = dict(os.environ)
-    if library is not None:
-        env["PYTHONPATH"] = str(library)
-    procs = []
-    for i in ids:
-        args = ["--id", i, "--listen", client[i].removeprefix("http://")]
-        args += ["--data-dir", str(directory / f"node-{i}")]
-        if hardened:
-            args += ["--peer-listen", f"127.0.0.1:{peer[i]}", "--cluster-token-file", str(token)]
-        else:
-            args += [f"--peer-port={peer[i]}"]
-        for j in ids:
-            if j != i:
-                args += [f"--peer={j}=tcp://127.0.0.1:{peer[j]}", f"--client-url={j}={client[j]}"]
-        procs.append(
-            subprocess.Popen(
-                [PYTHON, "-m", "trioraft.cli", "node", *args],
-                env=env,
-                cwd=directory,  # so that only ``library`` (or the installed tree) is imported
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    urls = list(client.values())
-
-    def leader() -> str:
-        return trioraft_leader(urls)
-
-    try:
-        wait_for(leader, 60, f"a leader of {name}")
-        yield System(name, leader(), "wrk_kv.lua", "put", [p.pid for p in procs], urls, leader)
-    finally:
-        stop_all(procs)
 
 
 def main() -> None:
@@ -110,7 +57,9 @@ def main() -> None:
         root = Path(tmp)
         systems = [
             stack.enter_context(
-                cluster(root / f"cluster-{k}", name, checkout(rev, root / f"tree-{k}"))
+                trioraft_cluster(
+                    root / f"cluster-{k}", name, "tcp", checkout(rev, root / f"tree-{k}")
+                )
             )
             for k, (name, rev) in enumerate(zip(names, opts.revisions, strict=True))
         ]

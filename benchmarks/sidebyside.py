@@ -221,7 +221,10 @@ def trioraft_cluster(
 ) -> Iterator[System]:
     """``n`` ``trioraft node`` processes, as the README starts them (an authenticated
     cluster, unless not ``authenticated``: ``--insecure``); peers over ``transport``; run
-    from the checkout ``library`` if given; each node with the flags ``extra`` too."""
+    from the checkout ``library`` if given; each node with the flags ``extra`` too. A
+    checkout from before the hardening (no ``--peer-listen``) gets the command line it
+    took then: ``--peer-port``, no authentication, no ``--log-level``."""
+    hardened = "--peer-listen" in ((library or HERE.parent) / "trioraft" / "cli.py").read_text()
     ids = [str(i + 1) for i in range(n)]
     ports = free_ports(2 * n)
     client = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports[:n], strict=True)}
@@ -237,10 +240,12 @@ def trioraft_cluster(
     def launch() -> None:
         for i in ids:
             args = ["--id", i, "--listen", client[i].removeprefix("http://")]
-            args += ["--peer-listen", f"127.0.0.1:{peer_port[i]}"]
-            args += ["--data-dir", str(directory / f"node-{i}")]
-            args += ["--cluster-token-file", str(token)] if authenticated else ["--insecure"]
-            args += ["--log-level", "warning", *extra]
+            args += ["--data-dir", str(directory / f"node-{i}"), *extra]
+            if hardened:
+                args += ["--peer-listen", f"127.0.0.1:{peer_port[i]}", "--log-level", "warning"]
+                args += ["--cluster-token-file", str(token)] if authenticated else ["--insecure"]
+            else:
+                args += [f"--peer-port={peer_port[i]}"]
             for j in ids:
                 if j != i:
                     args += [f"--peer={j}={transport}://127.0.0.1:{peer_port[j]}"]
