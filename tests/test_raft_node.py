@@ -264,6 +264,63 @@ async def test_the_leader_applies_in_the_task_that_commits(autojump_clock: Clock
         nursery.cancel_scope.cancel()
 
 
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps (wake-ups) of every task whose name ends with ``suffix``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+async def test_the_leader_s_applier_sleeps_while_the_leader_applies_as_it_commits(
+    autojump_clock: Clock,
+) -> None:
+    node = single_node(MemoryStorage())
+    node.apply_with(lambda message: None)
+    applier = TaskSteps("._applier")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await node.wait_until(lambda n: n.is_leader)
+        await node.wait_applied(node.commit_index)
+        trio.lowlevel.add_instrument(applier)
+        for k in range(20):
+            index, term, ok = node.submit(f"c{k}")
+            assert ok
+            await node.wait_committed(index, term)
+        trio.lowlevel.remove_instrument(applier)
+        assert applier.steps == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_waiting_to_lead_does_not_wake_for_each_commit(autojump_clock: Clock) -> None:
+    async def wait_to_lead(node: RaftNode, led: list[str]) -> None:
+        await node.wait_leading()
+        led.append(node.id)
+
+    waiter = TaskSteps(".wait_to_lead")
+    led: list[str] = []
+    async with trio.open_nursery() as nursery:
+        cluster = await start_cluster(nursery, 3, 6)
+        leader = await cluster.check_one_leader()
+        follower = next(i for i in cluster.ids if i != leader)
+        trio.lowlevel.add_instrument(waiter)
+        nursery.start_soon(wait_to_lead, cluster.node(follower), led)
+        for k in range(20):
+            await cluster.one(f"c{k}", 3, retry=False)
+        assert waiter.steps == 1 and led == []  # its start only
+        await cluster.node(leader).transfer_leadership(follower)
+        with trio.fail_after(5):
+            while not led:
+                await trio.sleep(0.01)
+        assert led == [follower]
+        trio.lowlevel.remove_instrument(waiter)
+        nursery.cancel_scope.cancel()
+
+
 async def test_applies_on_the_leader_stay_in_order_around_the_snapshots_they_ask_for(
     autojump_clock: Clock,
 ) -> None:

@@ -52,7 +52,7 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         while True:
-            await self.raft.wait_until(lambda raft: raft.is_leader)
+            await self.raft.wait_leading()
             term = self.raft.term
             table = self._leases()
             ttls = {lease: entry.ttl for lease, entry in table.leases.items()}

@@ -282,6 +282,10 @@ class RaftNode:
         self._written_index = self.log.last_index
         self._lock = _Lock()
         self._changed = trio.Event()  # commit, term, role or applied moved: re-check
+        #: Set (and replaced) by ``_notify`` only when the applier has work: it does not wake
+        #: for every change (a leader applies in the task that commits, see _apply_at_once).
+        self._applier_due = trio.Event()
+        self._leading = trio.Event()  # set (and replaced) when this node starts leading a term
         self._term_moved = trio.Event()  # set (and replaced) when the term changes
         self._log_grew = trio.Event()  # the leader appended: replicators and syncer wake
         self._leader_scope: trio.CancelScope | None = None
@@ -455,6 +459,12 @@ class RaftNode:
     async def wait_applied(self, index: int) -> None:
         """Return once the entry at ``index`` has been handed to ``applied``."""
         await self.wait_until(lambda node: node.last_applied >= index)
+
+    async def wait_leading(self) -> None:
+        """Return once this node leads (at once if it does): unlike ``wait_until``, a
+        follower waiting here does not wake for every entry it commits."""
+        while not self.is_leader:
+            await self._leading.wait()
 
     async def wait_term_change(self, term: int) -> None:
         """Return once the node's term is no longer ``term``."""
@@ -756,7 +766,8 @@ class RaftNode:
                     action.acknowledged,
                     action.resent_from,
                 )
-        self._apply_at_once()
+        if self._apply_at_once():
+            self._notify()
         return reply
 
     def _configuration_changed(self, configuration: Configuration) -> None:
@@ -824,6 +835,7 @@ class RaftNode:
             now = time.perf_counter()
             while written_at and written_at[0][0] <= core.commit_index:
                 self.metrics.commit_seconds.observe(now - written_at.popleft()[1])
+        self._apply_at_once()  # before the notification, so the applier is not woken for it
         self._notify()
 
     async def _persist_log(self, action: PersistLog) -> None:
@@ -913,6 +925,13 @@ class RaftNode:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        if (
+            self.last_applied < self.commit_index
+            or self._snapshot_to_deliver is not None
+            or self._snapshot_due is not None
+        ):
+            self._applier_due.set()
+            self._applier_due = trio.Event()
 
     def _wake_leader_tasks(self) -> None:
         self._log_grew.set()
@@ -968,6 +987,8 @@ class RaftNode:
         scope = trio.CancelScope()
         self._leader_scope = scope
         self._nursery.start_soon(self._lead, term, scope)
+        self._leading.set()
+        self._leading = trio.Event()
         if self.log.last_index > self._written_index:
             self._wake_leader_tasks()  # the no-op entry
 
@@ -1303,7 +1324,7 @@ class RaftNode:
 
     async def _applier(self) -> None:
         while True:
-            changed = self._changed
+            due = self._applier_due
             snapshot = self._snapshot_to_deliver
             if snapshot is not None:
                 self._snapshot_to_deliver = None
@@ -1326,14 +1347,15 @@ class RaftNode:
                 await self._deliver_committed()
                 self._notify()
             else:
-                await changed.wait()
+                await due.wait()
 
-    def _apply_at_once(self) -> None:
+    def _apply_at_once(self) -> bool:
         """On the leader, once the commit index moved: apply what committed in the calling
         task, through ``apply_with``'s callback, instead of waking the applier for it (one
         task hand-off less between a follower's reply and the client's answer). Not while a
         snapshot waits to be delivered or taken: the applier does those, in order. At most
-        a run of ``_APPLY_RUN`` entries: the applier, which yields, takes the rest."""
+        a run of ``_APPLY_RUN`` entries: the applier, which yields, takes the rest. Whether
+        it applied any: the caller notifies."""
         if (
             self._apply is not None
             and self.last_applied < self.commit_index
@@ -1342,7 +1364,8 @@ class RaftNode:
             and self._snapshot_due is None
         ):
             self._apply_committed(self.last_applied + _APPLY_RUN)
-            self._notify()
+            return True
+        return False
 
     def _apply_committed(self, limit: int) -> None:
         """Apply the committed entries up to ``limit`` not yet applied, in order, through
