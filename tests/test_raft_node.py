@@ -321,6 +321,23 @@ async def test_waiting_to_lead_does_not_wake_for_each_commit(autojump_clock: Clo
         nursery.cancel_scope.cancel()
 
 
+async def test_an_idle_leader_sends_each_follower_a_heartbeat_per_interval(
+    autojump_clock: Clock,
+) -> None:
+    config = RaftConfig()
+    async with trio.open_nursery() as nursery:
+        cluster = await start_cluster(nursery, 3, 7, config=config)
+        leader = await cluster.check_one_leader()
+        await cluster.one("warm", 3, retry=False)
+        before = dict(cluster.network.rpc_count)
+        await trio.sleep(20 * config.heartbeat_interval)
+        for follower in (i for i in cluster.ids if i != leader):
+            calls = cluster.network.rpc_count[follower] - before.get(follower, 0)
+            assert 18 <= calls <= 21, (follower, calls)
+        assert await cluster.check_one_leader() == leader  # nobody campaigned meanwhile
+        nursery.cancel_scope.cancel()
+
+
 async def test_applies_on_the_leader_stay_in_order_around_the_snapshots_they_ask_for(
     autojump_clock: Clock,
 ) -> None:

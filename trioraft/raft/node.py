@@ -78,8 +78,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -168,6 +167,41 @@ class _Lock:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()
+
+
+class _FailStop:
+    """``RaftNode._writing``'s context manager. A class, not a generator: several are
+    entered per put, and a generator-based one costs four times as much."""
+
+    __slots__ = ("_node", "_what")
+
+    def __init__(self, node: RaftNode, what: str) -> None:
+        self._node = node
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, OSError):
+            raise self._node._fail_stop(self._what, exc) from exc
+
+
+class _WaitingOn:
+    """``RaftNode._waiting_on``'s context manager: on the way out, the replicator no longer
+    waits on a call."""
+
+    __slots__ = ("_peer", "_waiting_since")
+
+    def __init__(self, waiting_since: dict[str, float], peer: str) -> None:
+        self._waiting_since = waiting_since
+        self._peer = peer
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._waiting_since.pop(self._peer, None)
 
 
 @dataclass(frozen=True)
@@ -318,6 +352,9 @@ class RaftNode:
         #: was last sent anything (that call or a heartbeat beside it): see _keep_alive.
         self._waiting_since: dict[str, float] = {}
         self._last_sent: dict[str, float] = {}
+        #: Per peer, what its idle replicator waits on: set when the log grows (or a read
+        #: wants a round), and by its _keep_alive when a heartbeat is due.
+        self._replicator_wake: dict[str, trio.Event] = {}
 
     # -- the core's state, read-only here ------------------------------------------------
 
@@ -706,20 +743,20 @@ class RaftNode:
         if self.failure is not None:
             raise self.failure
 
-    @contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
+    def _writing(self, what: str) -> _FailStop:
+        """Around a write or fsync (``what``): a failure of it is the node's fail-stop."""
+        return _FailStop(self, what)
+
+    def _fail_stop(self, what: str, exc: OSError) -> StorageFailed:
         """Turn a failed write or fsync into a fail-stop: the node cannot know what reached
-        the disk, so it stops before acknowledging anything more."""
-        try:
-            yield
-        except OSError as exc:
-            if self.failure is None:
-                self.failure = StorageFailed(f"node {self.id}: {what} failed: {exc}")
-                logger.critical("%s; the node stops (fail-stop)", self.failure)
-            self._stopped = True
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
-            raise self.failure from exc
+        the disk, so it stops before acknowledging anything more. The error to raise."""
+        if self.failure is None:
+            self.failure = StorageFailed(f"node {self.id}: {what} failed: {exc}")
+            logger.critical("%s; the node stops (fail-stop)", self.failure)
+        self._stopped = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        return self.failure
 
     def _refuse_if_failed(self) -> None:
         if self.failure is not None:
@@ -936,6 +973,8 @@ class RaftNode:
     def _wake_leader_tasks(self) -> None:
         self._log_grew.set()
         self._log_grew = trio.Event()
+        for wake in self._replicator_wake.values():
+            wake.set()
 
     def _leads(self, term: int) -> bool:
         return self.term == term and self.role is Role.LEADER
@@ -1051,8 +1090,10 @@ class RaftNode:
                     await self._execute(self._core.check_quorum(trio.current_time()))
 
     async def _replicate(self, peer: str, term: int) -> None:
-        """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval;
-        one call at a time, and heartbeats beside a call that takes longer (_keep_alive)."""
+        """Keep ``peer`` caught up: send what it lacks at once, else a heartbeat per interval
+        (_keep_alive wakes it for that: an idle wait under a timeout of its own would cost a
+        cancel scope per put); one call at a time, and heartbeats beside a call that takes
+        longer (_keep_alive)."""
         interval = self.config.heartbeat_interval
         core = self._core
         try:
@@ -1060,28 +1101,27 @@ class RaftNode:
                 nursery.start_soon(self._keep_alive, peer, term)
                 while True:
                     self._propose()
-                    grew = self._log_grew
+                    wake = self._replicator_wake[peer] = trio.Event()
                     ok = await self._send_to(peer, term)
                     if not self._leads(term) or peer not in core.progress:
                         break  # leadership over, or the peer left the cluster
-                    if ok and core.progress[peer].next <= self.log.last_index:
-                        continue  # more to send right away
-                    with trio.move_on_after(interval):
-                        if ok:
-                            await grew.wait()
-                        else:
-                            await trio.sleep_forever()  # a failed peer is retried per interval
+                    if not ok:
+                        await trio.sleep(interval)  # a failed peer is retried per interval
+                    elif core.progress[peer].next > self.log.last_index:
+                        await wake.wait()  # the log grew, a read wants a round, or a heartbeat
                 nursery.cancel_scope.cancel()
         finally:
             self._outbound.pop(peer, None)  # a later replicator starts its transfer over
             self._waiting_since.pop(peer, None)
             self._last_sent.pop(peer, None)
+            self._replicator_wake.pop(peer, None)
             if self._leads(term):
                 self._replicating.discard(peer)
 
     async def _keep_alive(self, peer: str, term: int) -> None:
-        """While ``peer``'s replicator waits on a call for longer than an interval, send
-        the peer a heartbeat each interval. A lost call holds the replicator for
+        """Once nothing went to ``peer`` for an interval: wake its replicator if it is idle
+        (it sends what the peer lacks, else a heartbeat), or, while it waits on a call,
+        send the peer a heartbeat beside it. A lost call holds the replicator for
         ``rpc_timeout``: without these the follower would hear nothing for that long (and
         campaign), nor the leader from it (check-quorum counts it silent). Heartbeats in
         flight are bounded: one per interval, each bounded by ``rpc_timeout``."""
@@ -1089,17 +1129,19 @@ class RaftNode:
         core = self._core
         async with trio.open_nursery() as heartbeats:
             while True:
-                await trio.sleep(interval)
+                await trio.sleep_until(self._last_sent.get(peer, trio.current_time()) + interval)
                 now = trio.current_time()
-                waiting_since = self._waiting_since.get(peer)
-                if waiting_since is None or now - waiting_since < interval:
-                    continue
-                if now - self._last_sent.get(peer, -math.inf) < interval:
-                    continue
+                # The same sum as the deadline just slept to (``now - last < interval`` can
+                # hold at that very deadline, by rounding: a loop that never sleeps).
+                if self._last_sent.get(peer, -math.inf) + interval > now:
+                    continue  # something went meanwhile
                 if not self._leads(term) or peer not in core.progress:
                     return
                 self._last_sent[peer] = now
-                heartbeats.start_soon(self._heartbeat, peer, core.heartbeat_message(peer, now))
+                if peer in self._waiting_since:
+                    heartbeats.start_soon(self._heartbeat, peer, core.heartbeat_message(peer, now))
+                elif (wake := self._replicator_wake.get(peer)) is not None:
+                    wake.set()
 
     async def _heartbeat(self, peer: str, sent: Outgoing) -> None:
         reply = await self._call(peer, "append_entries", sent.args, AppendEntriesReply)
@@ -1177,14 +1219,10 @@ class RaftNode:
         await self._step_reply(reply.term, step)
         return self._leads(sent.term)
 
-    @contextmanager
-    def _waiting_on(self, peer: str, sent_at: float) -> Iterator[None]:
+    def _waiting_on(self, peer: str, sent_at: float) -> _WaitingOn:
         """Mark ``peer``'s replicator as waiting on a call sent at ``sent_at``."""
         self._waiting_since[peer] = self._last_sent[peer] = sent_at
-        try:
-            yield
-        finally:
-            self._waiting_since.pop(peer, None)
+        return _WaitingOn(self._waiting_since, peer)
 
     async def _sha256_of(self, snapshot: Snapshot) -> str:
         """The SHA-256 of ``snapshot``'s data, computed once per snapshot."""

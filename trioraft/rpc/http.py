@@ -216,15 +216,19 @@ class _HTTPConnection(TrioASGIHTTPConnection):
     413, a 408, a refusal), Hypercorn, from inside that very send, reports the request
     disconnected and then closes the connection. quart-trio answers the disconnect by
     cancelling the send, so the close was cancelled too: the connection stayed open,
-    answering nothing more, until the client gave up on it.
+    answering nothing more, until the client gave up on it. A successful answer to a POST
+    goes unshielded: its handler read the whole body first (a cancel scope costs ~17 us
+    here, a few per cent of a put's CPU on the leader).
     """
 
     async def _send_response(self, send: Any, response: Any) -> None:
         if isinstance(getattr(response, "response", None), IterableBody):
             await super()._send_response(send, response)  # a stream: the disconnect ends it
-            return
-        with trio.CancelScope(shield=True):
+        elif self.scope["method"] == "POST" and response.status_code < 400:
             await super()._send_response(send, response)
+        else:
+            with trio.CancelScope(shield=True):
+                await super()._send_response(send, response)
 
 
 class _App(QuartTrio):
