@@ -297,12 +297,12 @@ async def test_the_leader_s_applier_sleeps_while_the_leader_applies_as_it_commit
 
 
 async def test_waiting_to_lead_does_not_wake_for_each_commit(autojump_clock: Clock) -> None:
-    async def wait_to_lead(node: RaftNode, led: list[str]) -> None:
+    async def wait_to_lead(node: RaftNode, led: trio.Event) -> None:
         await node.wait_leading()
-        led.append(node.id)
+        led.set()
 
     waiter = TaskSteps(".wait_to_lead")
-    led: list[str] = []
+    led = trio.Event()
     async with trio.open_nursery() as nursery:
         cluster = await start_cluster(nursery, 3, 6)
         leader = await cluster.check_one_leader()
@@ -311,12 +311,11 @@ async def test_waiting_to_lead_does_not_wake_for_each_commit(autojump_clock: Clo
         nursery.start_soon(wait_to_lead, cluster.node(follower), led)
         for k in range(20):
             await cluster.one(f"c{k}", 3, retry=False)
-        assert waiter.steps == 1 and led == []  # its start only
+        assert waiter.steps == 1 and not led.is_set()  # its start only
         await cluster.node(leader).transfer_leadership(follower)
         with trio.fail_after(5):
-            while not led:
-                await trio.sleep(0.01)
-        assert led == [follower]
+            await led.wait()
+        assert cluster.node(follower).is_leader
         trio.lowlevel.remove_instrument(waiter)
         nursery.cancel_scope.cancel()
 
