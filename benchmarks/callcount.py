@@ -26,7 +26,6 @@ import cProfile
 import json
 import os
 import pstats
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,43 +60,16 @@ def function_name(path: str, line: int, name: str) -> str:
     return f"{path}:{name}" if path != "~" else name
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def node_argv(cli_source: str, directory: Path, i: str, ids: list[str], ports: list[int]) -> list:
-    """``trioraft node`` arguments for node ``i``, in the form this revision's CLI takes."""
-    n = len(ids)
-    client, peer = dict(zip(ids, ports[:n], strict=True)), dict(zip(ids, ports[n:], strict=True))
-    argv = ["node", "--id", i, "--listen", f"127.0.0.1:{client[i]}"]
-    argv += ["--data-dir", str(directory / f"node-{i}")]
-    if "--peer-listen" in cli_source:  # since the hardening
-        token = directory / "cluster-token"
-        token.write_text(base64.b64encode(b"callcount cluster secret, 32 B..").decode())
-        argv += ["--peer-listen", f"127.0.0.1:{peer[i]}", "--cluster-token-file", str(token)]
-    else:
-        argv += [f"--peer-port={peer[i]}"]
-    for j in ids:
-        if j != i:
-            argv += [f"--peer={j}=tcp://127.0.0.1:{peer[j]}"]
-            argv += [f"--client-url={j}=http://127.0.0.1:{client[j]}"]
-    return argv
-
-
 def worker(ops: int, out: Path) -> None:
-    """Run the cluster in this process, profile ``ops`` puts, write the counts to ``out``."""
+    """Run the cluster ``out`` describes (as ``measure`` wrote it: each node's command line,
+    and the client URLs) in this process, profile ``ops`` puts, write the counts to
+    ``out``. Imports nothing of the benchmarks': this process runs the revision's package."""
     import httpx
     import trio
 
     from trioraft import cli
 
-    cli_source = Path(cli.__file__).read_text()
+    cluster = json.loads(out.read_text())
     client_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     async def puts(url: str, count: int, prefix: str) -> None:
@@ -105,16 +77,11 @@ def worker(ops: int, out: Path) -> None:
         await trio.run_process(command, env=client_env)
 
     async def main() -> cProfile.Profile:
-        directory = Path(tempfile.mkdtemp(prefix="trioraft-calls-"))
-        ids, ports = ["1", "2", "3"], free_ports(6)
-        urls = [f"http://127.0.0.1:{p}" for p in ports[:3]]
+        urls = cluster["urls"]
         profile = cProfile.Profile()
         async with trio.open_nursery() as nursery:
-            for i in ids:
-                args = cli.build_parser().parse_args(
-                    node_argv(cli_source, directory, i, ids, ports)
-                )
-                nursery.start_soon(cli.run_node, args)
+            for argv in cluster["argvs"]:
+                nursery.start_soon(cli.run_node, cli.build_parser().parse_args(argv))
             leader = None
             async with httpx.AsyncClient() as http:
                 with trio.fail_after(60):
@@ -153,13 +120,31 @@ def client(url: str, count: int, prefix: str) -> None:
 
 
 def measure(rev: str, root: Path, ops: int) -> dict:
+    """Run ``rev``'s cluster in a worker process; the calls it counted."""
     from revisions import checkout
+    from sidebyside import node_args
 
-    tree = checkout(rev, root / f"tree-{len(list(root.iterdir()))}")
+    from trioraft.kv.node import free_ports
+
+    k = len(list(root.iterdir()))
+    tree = checkout(rev, root / f"tree-{k}")
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
-    out = root / f"counts-{len(list(root.iterdir()))}.json"
+    directory = root / f"cluster-{k}"
+    directory.mkdir()
+    hardened = "--peer-listen" in ((tree or HERE.parent) / "trioraft" / "cli.py").read_text()
+    token = directory / "cluster-token"
+    token.write_text(base64.b64encode(os.urandom(32)).decode())
+    ports = free_ports(6)
+    client = {i: f"http://127.0.0.1:{p}" for i, p in zip("123", ports[:3], strict=True)}
+    peer_port = dict(zip("123", ports[3:], strict=True))
+    argvs = [
+        ["node", *node_args(i, client, peer_port, directory, "tcp", hardened, token)]
+        for i in client
+    ]
+    out = root / f"counts-{k}.json"
+    out.write_text(json.dumps({"argvs": argvs, "urls": list(client.values())}))
     command = [sys.executable, __file__, "--worker", str(out), "--ops", str(ops)]
     subprocess.run(command, env=env, cwd=root, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())

@@ -209,6 +209,33 @@ def trioraft_leader(urls: list[str]) -> str:
     raise ValueError("no trioraft leader yet")
 
 
+def node_args(
+    i: str,
+    client: dict[str, str],
+    peer_port: dict[str, int],
+    directory: Path,
+    transport: str,
+    hardened: bool,
+    token: Path | None,
+) -> list[str]:
+    """``trioraft node`` arguments for node ``i`` of the nodes ``client`` names (their
+    client URLs), on loopback, data under ``directory``, in the form its checkout takes:
+    since the hardening (``hardened``), ``--peer-listen``, ``--log-level`` and the cluster
+    token file ``token`` (``None``: ``--insecure``); before it, ``--peer-port`` alone."""
+    args = ["--id", i, "--listen", client[i].removeprefix("http://")]
+    args += ["--data-dir", str(directory / f"node-{i}")]
+    if hardened:
+        args += ["--peer-listen", f"127.0.0.1:{peer_port[i]}", "--log-level", "warning"]
+        args += ["--cluster-token-file", str(token)] if token is not None else ["--insecure"]
+    else:
+        args += [f"--peer-port={peer_port[i]}"]
+    for j in client:
+        if j != i:
+            args += [f"--peer={j}={transport}://127.0.0.1:{peer_port[j]}"]
+            args += [f"--client-url={j}={client[j]}"]
+    return args
+
+
 @contextmanager
 def trioraft_cluster(
     directory: Path,
@@ -239,17 +266,9 @@ def trioraft_cluster(
 
     def launch() -> None:
         for i in ids:
-            args = ["--id", i, "--listen", client[i].removeprefix("http://")]
-            args += ["--data-dir", str(directory / f"node-{i}"), *extra]
-            if hardened:
-                args += ["--peer-listen", f"127.0.0.1:{peer_port[i]}", "--log-level", "warning"]
-                args += ["--cluster-token-file", str(token)] if authenticated else ["--insecure"]
-            else:
-                args += [f"--peer-port={peer_port[i]}"]
-            for j in ids:
-                if j != i:
-                    args += [f"--peer={j}={transport}://127.0.0.1:{peer_port[j]}"]
-                    args += [f"--client-url={j}={client[j]}"]
+            cluster_token = token if authenticated else None
+            args = node_args(i, client, peer_port, directory, transport, hardened, cluster_token)
+            args += extra
             log = open(directory / f"node-{i}.log", "ab")  # noqa: SIM115 (closed with the process)
             procs.append(
                 subprocess.Popen(
