@@ -33,9 +33,11 @@ clusters over HTTP and TCP peers (and over TCP with lease reads, and without pee
 authentication: what it costs) under the same wrk loads (1, 16 and 64 connections, one put
 per request; gets with 1 and 16), the Python clients one op at a time, and one fsync.
 
-``--quick`` runs only those side-by-side rows, short (3 rounds of 1 s samples, 2-3 minutes);
-with ``--against DIR`` (a checkout of the baseline: ``git archive BASE trioraft | tar -x -C
-DIR``) the nodes of both trees alternate in the same run, which is a change's A/B.
+``--quick`` runs only side-by-side rows, short, for a change's A/B in under two minutes:
+the default configuration (TCP peers) beside the echo endpoint, the raw echo and etcd, with
+1 and 16 connections (``QUICK``; 3 rounds of 1 s samples), unless ``--systems`` or
+``--loads`` say otherwise; with ``--against DIR`` (a checkout of the baseline: ``git
+archive BASE trioraft | tar -x -C DIR``) the nodes of both trees alternate in the same run.
 """
 
 from __future__ import annotations
@@ -316,6 +318,17 @@ def start_echo() -> tuple[subprocess.Popen, str]:
     wait_line(proc)
     time.sleep(0.3)
     return proc, f"http://127.0.0.1:{port}"
+
+
+#: ``--quick``'s systems and loads, unless given: the default configuration only, without
+#: 64 connections, so that an A/B (``--against``) stays under two minutes here.
+QUICK = {"--systems": ["echo", "raw-echo", "etcd", "trioraft-tcp"], "--loads": ["1", "16"]}
+
+
+def quick_args(argv: list[str]) -> list[str]:
+    """``sidebyside.py``'s arguments for ``--quick ARGV``: ``QUICK``'s where ARGV is silent."""
+    defaults = [[option, *values] for option, values in QUICK.items() if option not in argv]
+    return [*argv, *(arg for group in defaults for arg in group)]
 
 
 def main() -> None:
@@ -780,6 +793,6 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "--table":
         print(table(json.loads(Path(sys.argv[2]).read_text())))
     elif len(sys.argv) >= 2 and sys.argv[1] == "--quick":
-        sidebyside.main(sys.argv[2:])
+        sidebyside.main(quick_args(sys.argv[2:]))
     else:
         main()
