@@ -21,9 +21,10 @@ Every system runs at once, each as its own processes on loopback, fsync on:
   ``trioraft-tcp-lease`` (only when named): ``trioraft-tcp`` with ``--lease-reads 0.25``;
   ``trioraft-tcp-insecure`` (only when named): ``trioraft-tcp`` with ``--insecure`` (no peer
   authentication), for what authentication costs;
-- ``--against DIR`` adds ``trioraft-http@B`` (and ``trioraft-tcp@B`` if asked for): the same
-  nodes run from another checkout of the library (``DIR`` holds its ``trioraft`` package),
-  for a change's A/B in the same run; their Python client rows use that checkout's client.
+- ``--against DIR`` adds ``trioraft-http@B`` and ``trioraft-tcp@B`` beside whichever of the
+  two runs: the same nodes run from another checkout of the library (``DIR`` holds its
+  ``trioraft`` package), for a change's A/B in the same run; their Python client rows use
+  that checkout's client.
 
 Every load is wrk sending one op per request to the leader with ``C`` connections (``1``:
 sequential latency) for ``--seconds``. A round runs every load on every system, in an
