@@ -321,7 +321,7 @@ class RaftNode:
         self._applier_due = trio.Event()
         self._leading = trio.Event()  # set (and replaced) when this node starts leading a term
         self._term_moved = trio.Event()  # set (and replaced) when the term changes
-        self._log_grew = trio.Event()  # the leader appended: replicators and syncer wake
+        self._log_grew = trio.Event()  # the leader appended: its syncer wakes
         self._leader_scope: trio.CancelScope | None = None
         self._vote_requests: list[Send] = []  # what the core's campaign asks, to be sent
         self._nursery: trio.Nursery | None = None
