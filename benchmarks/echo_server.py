@@ -4,7 +4,10 @@ the request body, configured as trioraft serves its apps.
     python benchmarks/echo_server.py --listen 127.0.0.1:9100 [--bare]
 
 ``--bare`` serves a plain ASGI callable instead of the Quart app (Hypercorn alone), so that
-the two rows side by side show what Quart adds to each request.
+the two rows side by side show what Quart adds to each request. ``--ours`` serves the same
+Quart app through ``trioraft.rpc.http.serve``, Hypercorn's parts as trioraft's nodes run
+them (replies written on the spot, one idle timer per connection): the floor of a request
+to a node.
 """
 
 from __future__ import annotations
@@ -46,7 +49,14 @@ async def bare(scope: dict, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def main(host: str, port: int, plain: bool) -> None:
+async def main(host: str, port: int, plain: bool, ours: bool) -> None:
+    if ours:
+        from trioraft.rpc.http import serve as serve_ours
+
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_ours, app, host, port)
+            print(f"echo listening on {url}", flush=True)
+        return
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
@@ -60,6 +70,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:9100")
     parser.add_argument("--bare", action="store_true", help="Hypercorn alone, no Quart")
+    parser.add_argument("--ours", action="store_true", help="through trioraft.rpc.http.serve")
     options = parser.parse_args()
     host, port = options.listen.rsplit(":", 1)
-    trio.run(main, host, int(port), options.bare)
+    trio.run(main, host, int(port), options.bare, options.ours)

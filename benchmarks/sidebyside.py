@@ -1,13 +1,17 @@
 """trioraft side by side with etcd and the machine's limits, in alternating rounds.
 
     python benchmarks/sidebyside.py [--seconds 1] [--rounds 3] [--loads 1 16 64]
-                                    [--systems echo raw-echo etcd trioraft-http trioraft-tcp]
+                                    [--systems echo echo-ours raw-echo etcd trioraft-http
+                                               trioraft-tcp]
                                     [--against DIR] [--no-python-clients] [--no-gets]
                                     [--data DIR] [--out DIR]
     python benchmarks/sidebyside.py --table REPORT.json     # a saved run's tables
 
 Every system runs at once, each as its own processes on loopback, fsync on:
 - ``echo``: the quart-trio echo endpoint (``echo_server.py``), this HTTP stack's floor;
+- ``echo-ours``: the same Quart echo served as trioraft serves its nodes' apps
+  (``echo_server.py --ours``: replies written on the spot, one idle timer per connection),
+  the floor of one request to a node;
 - ``asgi-echo``: the same echo as a plain ASGI app on Hypercorn, no Quart (not run unless
   named in ``--systems``);
 - ``raw-echo``: a raw trio TCP server answering each HTTP request with its body
@@ -71,7 +75,7 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 
 #: The systems run unless ``--systems`` names others.
-DEFAULT_SYSTEMS = ["echo", "raw-echo", "etcd", "trioraft-http", "trioraft-tcp"]
+DEFAULT_SYSTEMS = ["echo", "echo-ours", "raw-echo", "etcd", "trioraft-http", "trioraft-tcp"]
 #: ``trioraft-tcp`` with lease reads (``trioraft node --lease-reads``): gets skip the
 #: heartbeat round while the lease holds.
 LEASE_SYSTEM = "trioraft-tcp-lease"
@@ -513,6 +517,8 @@ def run(opts: argparse.Namespace) -> dict:
         for name in systems_wanted:
             if name == "echo":
                 managers.append(echo_server("echo_server.py", name, "echo"))
+            elif name == "echo-ours":
+                managers.append(echo_server("echo_server.py", name, "echo", "--ours"))
             elif name == "asgi-echo":
                 managers.append(echo_server("echo_server.py", name, "echo", "--bare"))
             elif name == "raw-echo":
@@ -684,6 +690,18 @@ def table(report: dict) -> str:
             (name, "wrk get c=16"),
             ("echo", "wrk c=16"),
             "ops_per_s",
+        )
+        ratio(
+            f"{name} puts/s, 16 connections / echo-ours's (the echo served as nodes serve)",
+            (name, "wrk c=16"),
+            ("echo-ours", "wrk c=16"),
+            "ops_per_s",
+        )
+        ratio(
+            f"{name} sequential put p50 / echo-ours's sequential p50",
+            (name, "wrk c=1"),
+            ("echo-ours", "wrk c=1"),
+            "p50_ms",
         )
         ratio(
             f"{name} puts/s, 16 connections / etcd's",

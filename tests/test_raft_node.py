@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from tests.raft_harness import SlowSnapshotDisk, start_cluster
+from tests.task_steps import TaskSteps
 from trioraft import (
     Applied,
     LeadershipLost,
@@ -264,24 +265,12 @@ async def test_the_leader_applies_in_the_task_that_commits(autojump_clock: Clock
         nursery.cancel_scope.cancel()
 
 
-class TaskSteps(trio.abc.Instrument):
-    """Counts the steps (wake-ups) of every task whose name ends with ``suffix``."""
-
-    def __init__(self, suffix: str) -> None:
-        self.suffix = suffix
-        self.steps = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name.endswith(self.suffix):
-            self.steps += 1
-
-
 async def test_the_leader_s_applier_sleeps_while_the_leader_applies_as_it_commits(
     autojump_clock: Clock,
 ) -> None:
     node = single_node(MemoryStorage())
     node.apply_with(lambda message: None)
-    applier = TaskSteps("._applier")
+    applier = TaskSteps(lambda name: name.endswith("._applier"))
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         await node.wait_until(lambda n: n.is_leader)
@@ -301,7 +290,7 @@ async def test_waiting_to_lead_does_not_wake_for_each_commit(autojump_clock: Clo
         await node.wait_leading()
         led.set()
 
-    waiter = TaskSteps(".wait_to_lead")
+    waiter = TaskSteps(lambda name: name.endswith(".wait_to_lead"))
     led = trio.Event()
     async with trio.open_nursery() as nursery:
         cluster = await start_cluster(nursery, 3, 6)

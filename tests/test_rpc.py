@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -13,12 +14,14 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quart import Response
 
 from tests.kvtest import SingleKV
 from tests.strategies import bodies, objects_with
+from tests.task_steps import TaskSteps
 from trioraft import BadRequest, KVServer, Route, RpcClient, Versioned, make_app, serve
 from trioraft.kv.messages import GetArgs, GetReply, PutArgs, PutReply
-from trioraft.rpc.http import dispatch
+from trioraft.rpc.http import GetRoute, StreamRoute, bytes_response, dispatch
 
 #: Bodies every endpoint must reject: (body, status, part of the error message).
 MALFORMED_ANY = [
@@ -289,6 +292,139 @@ async def test_connection_cap_bounds_descriptors(nursery: trio.Nursery) -> None:
             assert open_descriptors() <= before + len(idle) + 4 + 1
         for stream in idle:
             await stream.aclose()
+
+
+def server_task(name: str) -> bool:
+    return name.startswith(("hypercorn.", "quart", "trioraft."))
+
+
+async def echo_over(stream: trio.SocketStream, text: str) -> bytes:
+    """One ``POST /echo`` on a kept-alive connection; the reply's body."""
+    body = json.dumps({"text": text}).encode()
+    await stream.send_all(post_head("/echo", len(body)) + body)
+    reply = b""
+    while not reply.endswith(body):
+        chunk = await stream.receive_some(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
+async def test_a_small_reply_costs_few_passes_of_the_scheduler(nursery: trio.Nursery) -> None:
+    """Hypercorn sent each piece of a reply under a lock and a send that each yield, and
+    restarted its idle timer as a new task per request: 23 steps of the server's tasks per
+    request. Written on the spot, with one idle watcher per connection: 12."""
+    app = make_app({"echo": Route(Echo, echo_route)})
+    url = await nursery.start(serve, app)
+    steps = TaskSteps(server_task)
+    with trio.fail_after(10):
+        async with await connect(url) as stream:
+            await echo_over(stream, "warm")
+            trio.lowlevel.add_instrument(steps)
+            for k in range(50):
+                await echo_over(stream, f"t{k}")
+            trio.lowlevel.remove_instrument(steps)
+    assert steps.steps / 50 <= 14
+
+
+async def test_a_kept_alive_connection_is_closed_once_idle_and_never_mid_request(
+    nursery: trio.Nursery,
+) -> None:
+    """The idle timer restarts at each reply and stops while a request is handled: requests
+    closer together than the timeout keep a connection; a handler slower than it is
+    answered; a connection then left idle is closed after the timeout, not before."""
+
+    async def slow(args: Echo) -> Echo:
+        await trio.sleep(float(args.text))
+        return args
+
+    app = make_app({"echo": Route(Echo, echo_route), "slow": Route(Echo, slow)})
+    url = await nursery.start(partial(serve, app, keep_alive_timeout=0.5))
+    with trio.fail_after(10):
+        async with await connect(url) as stream:
+            for k in range(8):  # 1.6 s on one connection, more than three timeouts
+                await echo_over(stream, f"t{k}")
+                await trio.sleep(0.2)
+            body = json.dumps({"text": "1.0"}).encode()
+            await stream.send_all(post_head("/slow", len(body)) + body)
+            assert body in await read_reply(stream)
+            idle_since = trio.current_time()
+            assert await closed_by_server(stream)
+            assert trio.current_time() - idle_since >= 0.5
+
+
+async def test_a_connection_is_closed_once_idle_after_a_streamed_reply(
+    nursery: trio.Nursery,
+) -> None:
+    """A stream keeps its connection while it lasts; once it ends, the idle timer runs."""
+
+    async def count(args: Echo) -> AsyncIterator[Echo]:
+        for k in range(int(args.text)):
+            await trio.sleep(0.3)
+            yield Echo(str(k))
+
+    app = make_app({}, stream_routes={"count": StreamRoute(Echo, count)})
+    url = await nursery.start(partial(serve, app, keep_alive_timeout=0.5))
+    with trio.fail_after(10):
+        async with await connect(url) as stream:
+            body = json.dumps({"text": "3"}).encode()
+            await stream.send_all(post_head("/count", len(body)) + body)
+            reply = b""
+            while not reply.endswith(b"\r\n0\r\n\r\n"):  # the last chunk
+                reply += await stream.receive_some(65536)
+            assert reply.count(b'{"text": ') == 3
+            idle_since = trio.current_time()
+            assert await closed_by_server(stream)
+            assert trio.current_time() - idle_since >= 0.5
+
+
+async def read_reply(stream: trio.SocketStream) -> bytes:
+    """A whole reply whose head gives its length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = await stream.receive_some(1 << 20)
+        assert chunk
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+BIG = bytes(range(256)) * (1 << 17)  # 32 MiB: more than loopback's socket buffers hold
+
+
+def big_page() -> GetRoute:
+    async def page() -> Response:
+        return bytes_response(BIG, "application/octet-stream")
+
+    return GetRoute(page)
+
+
+async def test_a_reply_larger_than_the_socket_takes_arrives_whole(nursery: trio.Nursery) -> None:
+    """What the socket does not take at once follows, in order, with the next reply after."""
+    app = make_app({"echo": Route(Echo, echo_route)}, get_routes={"big": big_page()})
+    url = await nursery.start(serve, app)
+    with trio.fail_after(20):
+        async with await connect(url) as stream:
+            await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # the server waits on us
+            reply = await read_reply(stream)
+            assert reply.endswith(BIG) and reply.startswith(b"HTTP/1.1 200")
+            assert b"next" in await echo_over(stream, "next")
+
+
+async def test_a_client_that_stops_reading_loses_its_connection(nursery: trio.Nursery) -> None:
+    """Hypercorn waited for ever on a client that takes no more of a reply, holding its
+    connection slot: it is closed after ``send_timeout``."""
+    app = make_app({"echo": Route(Echo, echo_route)}, get_routes={"big": big_page()})
+    url = await nursery.start(partial(serve, app, max_connections=1, send_timeout=0.5))
+    with trio.fail_after(10):
+        async with await connect(url) as stuck:
+            await stuck.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # never read
+            async with RpcClient(url, "c", timeout=8) as rpc:  # behind it in the backlog
+                assert await rpc.call("echo", Echo("x"), Echo) == Echo("x")
 
 
 async def test_handler_exceptions_are_500_logged_and_survived(

@@ -49,16 +49,25 @@ class BytesMachine:
     installed: list[int] = field(default_factory=list)  # indexes of snapshots installed
     snapshot_index: int = 0  # of the last snapshot taken here
     _taken: trio.Event = field(default_factory=trio.Event)
+    _installing: trio.Event = field(default_factory=trio.Event)
 
     async def wait_snapshot(self, index: int) -> None:
         while self.snapshot_index < index:
             await self._taken.wait()
+
+    async def wait_installed(self, index: int) -> None:
+        """Return once this machine holds the snapshot at ``index`` (the node's
+        ``wait_applied`` returns once it is handed out, which may be before)."""
+        while index not in self.installed:
+            await self._installing.wait()
 
     async def run(self) -> None:
         async for message in self.node.applied:
             if isinstance(message, SnapshotApplied):
                 self.state = message.data
                 self.installed.append(message.index)
+                self._installing.set()
+                self._installing = trio.Event()
                 continue
             assert isinstance(message, Applied)
             _, size, seed = message.command.split(":")
@@ -349,7 +358,7 @@ def state(seed: int, size: int = 10 * CHUNK + 123) -> bytes:
 
 async def installed(f: Follower, index: int) -> None:
     with trio.fail_after(5):
-        await f.member.node.wait_applied(index)
+        await f.member.machine.wait_installed(index)
 
 
 async def deliver(f: Follower, parts: list[dict], data: bytes) -> None:

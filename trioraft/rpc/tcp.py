@@ -67,6 +67,7 @@ from .http import (
     parse_json,
     serve_bounded,
 )
+from .stall import StallClock
 from .tls import ClientTls, ServerTls, client_context
 
 T = TypeVar("T")
@@ -216,7 +217,7 @@ class _Server:
         """Answer the frames of one connection until it closes, breaks, stalls or misbehaves.
         The caller closes ``stream``."""
         framed = FramedStream(stream, self.max_frame_bytes)
-        clock = _StallClock(self.idle_timeout)
+        clock = StallClock(self.idle_timeout)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(clock.watch, nursery.cancel_scope)
             try:
@@ -258,40 +259,6 @@ class _Server:
 
     def _unsigned(self, reply: bytes) -> tuple[bytes, ...]:
         return (reply,) if self.peer_auth is None else (_NO_TAG, reply)
-
-
-class _StallClock:
-    """Cancels a connection whose current step (waiting for a frame, receiving one, sending
-    a reply) outlasts its limit.
-
-    A step only records when it began and its limit, so a message costs a few attribute
-    stores, not the rescheduling of a Trio deadline (~5 us, several times a message). The
-    watcher sleeps until the expiry it last computed, then looks again; it is woken sooner
-    only by a step that would expire before that (rare: steps start later and later).
-    """
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.since = trio.current_time()
-        self._planned = math.inf
-        self._replan = trio.Event()
-
-    def restart(self, limit: float) -> None:
-        self.limit = limit
-        self.since = now = trio.current_time()
-        if now + limit < self._planned:
-            self._replan.set()
-
-    async def watch(self, scope: trio.CancelScope) -> None:
-        while True:
-            expiry = self.since + self.limit
-            if trio.current_time() >= expiry:
-                scope.cancel()
-                return
-            self._planned = expiry
-            self._replan = trio.Event()
-            with trio.move_on_at(expiry):
-                await self._replan.wait()
 
 
 def _remote(stream: trio.abc.Stream) -> str:
