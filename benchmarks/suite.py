@@ -322,10 +322,7 @@ def start_echo() -> tuple[subprocess.Popen, str]:
 
 #: ``--quick``'s systems and loads, unless given: the default configuration only, without
 #: 64 connections, so that an A/B (``--against``) stays under two minutes here.
-QUICK = {
-    "--systems": ["echo", "echo-ours", "raw-echo", "etcd", "trioraft-tcp"],
-    "--loads": ["1", "16"],
-}
+QUICK = {"--systems": ["echo", "raw-echo", "etcd", "trioraft-tcp"], "--loads": ["1", "16"]}
 
 
 def quick_args(argv: list[str]) -> list[str]:
