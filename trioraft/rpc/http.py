@@ -19,10 +19,11 @@ Invariants:
 - Every listener is bounded: at most ``max_connections`` connections at once (beyond that,
   new ones wait in the kernel's backlog, holding no descriptor of ours); request headers
   must arrive within ``keep_alive_timeout`` of the connection opening or of the previous
-  reply, and the body within ``body_timeout`` (else 408); a connection whose client takes
-  no part of a reply for ``send_timeout`` is closed. A reply that leaves a request
-  body unread (401, 408, 413, any other error found before the body) carries
-  ``Connection: close`` and the connection is then closed, so the client never waits on it.
+  reply, and the body within ``body_timeout`` (else 408); a connection is closed when a
+  piece of a reply that the socket did not take at once is not all taken within
+  ``send_timeout``. A reply that leaves a request body unread (401, 408, 413, any other
+  error found before the body) carries ``Connection: close`` and the connection is then
+  closed, so the client never waits on it.
 - :meth:`RpcClient.call` returns the decoded reply, or ``None`` on any network failure,
   timeout, 408 or 5xx status, undecodable reply or (with ``peer_auth``) a reply whose tag
   is not the answer to this very request; it never raises for those. A refusal of the
@@ -406,7 +407,8 @@ async def serve(
 
     At most ``max_connections`` connections are served at once; an idle one (no request
     headers) is closed after ``keep_alive_timeout``, as is a TLS handshake not done by then,
-    and one whose client leaves a piece of a reply untaken for ``send_timeout``.
+    and one whose client has not taken a piece of a reply within ``send_timeout`` of the
+    socket's buffer filling.
     With ``tls``, the URL is ``https://`` (and with ``tls.ca_file``, clients need a
     certificate signed by it).
 
