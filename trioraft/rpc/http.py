@@ -465,8 +465,9 @@ class _Connection(TCPServer):
       at once waits, under Hypercorn's lock. An empty piece (the end of a reply whose length
       was given) is not sent at all.
     - The idle timer was a task of its own, stopped at each request and started anew after
-      each reply (a spawn and a few passes of the scheduler per request): here it is one
-      watcher per connection on a :class:`~trioraft.rpc.stall.StallClock`.
+      each reply (a spawn and a few passes of the scheduler per request), and in Hypercorn
+      0.18 it never closed a connection after that connection's first request: here it is
+      one watcher per connection on a :class:`~trioraft.rpc.stall.StallClock`.
     - Hypercorn waited without limit for a client to take a reply (shielded): a client that
       stops reading held its connection for good. A piece that waits over ``send_timeout``
       closes the connection.
