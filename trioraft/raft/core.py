@@ -46,7 +46,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -691,68 +691,77 @@ class RaftCore:
             progress.acked_round = sent.read_round
         return progress
 
+    def _on_reply(
+        self,
+        peer: str,
+        sent: Outgoing,
+        reply_term: int,
+        now: float,
+        moves: Callable[[Progress], list[Action]] | None = None,
+    ) -> list[Action]:
+        """What every reply to this leader does. A newer term deposes it; a stale reply
+        (from an earlier term or leadership, or a removed peer) changes nothing. Otherwise
+        the peer is alive and follows this leader (check-quorum, read rounds, the lease),
+        ``moves`` applies what the reply says of its progress, and a read round it
+        confirmed wakes the readers."""
+        if reply_term > self.term:
+            return self.step_newer_term(reply_term)
+        if not self._leads(sent.term) or reply_term != sent.term or peer not in self.progress:
+            return []
+        before_round = self.confirmed_round()
+        progress = self._acknowledged(peer, sent, now)
+        actions = [] if moves is None else moves(progress)
+        if self.confirmed_round() > before_round:
+            actions.append(StateChanged())
+        return actions
+
     def step_append_reply(
         self, peer: str, sent: Outgoing, reply: AppendEntriesReply, now: float
     ) -> list[Action]:
         """A follower answered the AppendEntries ``sent``."""
         args = sent.args
         assert args is not None
-        if reply.term > self.term:
-            return self.step_newer_term(reply.term)
-        if not self._leads(sent.term) or reply.term != sent.term or peer not in self.progress:
-            return []  # a stale reply: from an earlier term or leadership, or a removed peer
-        before_round = self.confirmed_round()
-        progress = self._acknowledged(peer, sent, now)
-        actions: list[Action] = []
-        if reply.success:
-            match = min(reply.match_index, args.prev_log_index + len(args.entries))
-            if match > progress.match:
-                progress.match = match
-                actions += self._advance_commit()
-            progress.next = max(progress.next, progress.match + 1)
-        else:
-            hint = next_index_after_reject(self.log, reply.conflict_term, reply.conflict_index)
-            if hint <= progress.match:
-                # A follower never rejects below what it acknowledged unless it lost it (its
-                # data directory wiped or damaged by hand): count it as holding nothing.
-                actions.append(LostEntries(peer, progress.match, hint))
-                progress.match = 0
-            progress.next = max(progress.match + 1, min(hint, self.log.last_index + 1))
-        if self.confirmed_round() > before_round:
-            actions.append(StateChanged())
-        return actions + self._maybe_timeout_now(peer)
+
+        def moves(progress: Progress) -> list[Action]:
+            actions: list[Action] = []
+            if reply.success:
+                match = min(reply.match_index, args.prev_log_index + len(args.entries))
+                if match > progress.match:
+                    progress.match = match
+                    actions += self._advance_commit()
+                progress.next = max(progress.next, progress.match + 1)
+            else:
+                hint = next_index_after_reject(self.log, reply.conflict_term, reply.conflict_index)
+                if hint <= progress.match:
+                    # A follower never rejects below what it acknowledged unless it lost it
+                    # (its data directory wiped or damaged by hand): count it as holding
+                    # nothing.
+                    actions.append(LostEntries(peer, progress.match, hint))
+                    progress.match = 0
+                progress.next = max(progress.match + 1, min(hint, self.log.last_index + 1))
+            return actions + self._maybe_timeout_now(peer)
+
+        return self._on_reply(peer, sent, reply.term, now, moves)
 
     def step_snapshot_reply(
         self, peer: str, sent: Outgoing, index: int, reply: InstallSnapshotReply, now: float
     ) -> list[Action]:
         """A follower answered an InstallSnapshot up to ``index`` sent as ``sent``."""
-        if reply.term > self.term:
-            return self.step_newer_term(reply.term)
-        if not self._leads(sent.term) or reply.term != sent.term or peer not in self.progress:
-            return []  # a stale reply: from an earlier term or leadership, or a removed peer
-        before_round = self.confirmed_round()
-        progress = self._acknowledged(peer, sent, now)
-        progress.match = max(progress.match, index)
-        progress.next = max(progress.next, index + 1)
-        actions = self._advance_commit()
-        if self.confirmed_round() > before_round:
-            actions.append(StateChanged())
-        return actions
+
+        def moves(progress: Progress) -> list[Action]:
+            progress.match = max(progress.match, index)
+            progress.next = max(progress.next, index + 1)
+            return self._advance_commit()
+
+        return self._on_reply(peer, sent, reply.term, now, moves)
 
     def step_progressless_reply(
         self, peer: str, sent: Outgoing, reply_term: int, now: float
     ) -> list[Action]:
         """A follower answered ``sent``, a message that moves no progress: a chunk of a
         snapshot (before the last), or a heartbeat sent beside the replication message in
-        flight (whose answer it may overtake: only that one moves ``next`` and ``match``).
-        So it is alive and follows this leader: check-quorum, read rounds, the lease."""
-        if reply_term > self.term:
-            return self.step_newer_term(reply_term)
-        if not self._leads(sent.term) or reply_term != sent.term or peer not in self.progress:
-            return []
-        before_round = self.confirmed_round()
-        self._acknowledged(peer, sent, now)
-        return [StateChanged()] if self.confirmed_round() > before_round else []
+        flight (whose answer it may overtake: only that one moves ``next`` and ``match``)."""
+        return self._on_reply(peer, sent, reply_term, now)
 
     def _advance_commit(self) -> list[Action]:
         if self.role is not Role.LEADER:
