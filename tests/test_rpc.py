@@ -378,6 +378,79 @@ async def test_a_connection_is_closed_once_idle_after_a_streamed_reply(
             assert trio.current_time() - idle_since >= 0.9
 
 
+@pytest.mark.parametrize("closing", ["Connection: close", "HTTP/1.0"])
+async def test_a_reply_that_closes_its_connection_closes_it(
+    nursery: trio.Nursery, closing: str
+) -> None:
+    """A request that asks for its connection to close (``Connection: close``, or HTTP/1.0)
+    gets a reply and then a closed connection, not one held open until the client leaves:
+    with every slot so held, nobody else was served. (The close, cancelled by the request's
+    own ending, was cut short.)"""
+    app = make_app({"echo": Route(Echo, echo_route)})
+    url = await nursery.start(partial(serve, app, max_connections=2, keep_alive_timeout=30))
+    body = b'{"text": "bye"}'
+    head = post_head("/echo", len(body))
+    if closing == "HTTP/1.0":
+        head = head.replace(b"HTTP/1.1", b"HTTP/1.0")
+    else:
+        head = head.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
+    with trio.fail_after(5):
+        held = [await connect(url) for _ in range(2)]
+        for stream in held:
+            await stream.send_all(head + body)
+        for stream in held:
+            reply = b""
+            while chunk := await stream.receive_some(65536):  # to the server's close
+                reply += chunk
+            assert reply.endswith(body)
+        async with RpcClient(url, "c", timeout=4) as rpc:
+            assert await rpc.call("echo", Echo("next"), Echo) == Echo("next")
+        for stream in held:
+            await stream.aclose()
+
+
+async def test_a_slow_reader_gets_a_large_reply_whole(nursery: trio.Nursery) -> None:
+    """``send_timeout`` bounds a stall, not a reply's whole time: a client that reads the
+    32 MiB steadily, slower than ``send_timeout`` allows for all of it, is not cut off."""
+    app = make_app({}, get_routes={"big": big_page()})
+    url = await nursery.start(partial(serve, app, send_timeout=0.5))
+    with trio.fail_after(30):
+        async with await connect(url) as stream:
+            await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            started = trio.current_time()
+            while len(data) < len(BIG):
+                chunk = await stream.receive_some(1 << 20)
+                assert chunk, "cut off"
+                data += chunk
+                await trio.sleep(0.02)  # ~50 MiB/s at most
+            assert data.endswith(BIG)
+            assert trio.current_time() - started > 0.5
+
+
+async def test_a_stream_handler_that_fails_is_logged(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reply is cut short, and the handler's exception is logged (Hypercorn's own log
+    is off)."""
+
+    async def fails(args: Echo) -> AsyncIterator[Echo]:
+        yield Echo("first")
+        raise RuntimeError(f"stream broke {args.text}")
+
+    app = make_app({}, stream_routes={"fails": StreamRoute(Echo, fails)})
+    url = await nursery.start(serve, app)
+    with trio.fail_after(5):
+        async with await connect(url) as stream:
+            body = json.dumps({"text": "here"}).encode()
+            await stream.send_all(post_head("/fails", len(body)) + body)
+            reply = b""
+            while chunk := await stream.receive_some(65536):
+                reply += chunk
+    assert b'{"text": "first"}' in reply and not reply.endswith(b"\r\n0\r\n\r\n")
+    assert "stream broke here" in caplog.text
+
+
 async def read_reply(stream: trio.SocketStream) -> bytes:
     """A whole reply whose head gives its length."""
     data = b""

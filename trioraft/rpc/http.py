@@ -19,11 +19,11 @@ Invariants:
 - Every listener is bounded: at most ``max_connections`` connections at once (beyond that,
   new ones wait in the kernel's backlog, holding no descriptor of ours); request headers
   must arrive within ``keep_alive_timeout`` of the connection opening or of the previous
-  reply, and the body within ``body_timeout`` (else 408); a connection is closed when a
-  piece of a reply that the socket did not take at once is not all taken within
-  ``send_timeout``. A reply that leaves a request body unread (401, 408, 413, any other
-  error found before the body) carries ``Connection: close`` and the connection is then
-  closed, so the client never waits on it.
+  reply, and the body within ``body_timeout`` (else 408); a connection is closed when its
+  client takes less than ``SEND_STEP_BYTES`` (64 KiB) of a reply within ``send_timeout``.
+  A reply that leaves a request body unread (401, 408, 413, any other error found before
+  the body) carries ``Connection: close`` and the connection is then closed, so the client
+  never waits on it; so is one whose request said ``Connection: close`` (or HTTP/1.0).
 - :meth:`RpcClient.call` returns the decoded reply, or ``None`` on any network failure,
   timeout, 408 or 5xx status, undecodable reply or (with ``peer_auth``) a reply whose tag
   is not the answer to this very request; it never raises for those. A refusal of the
@@ -76,8 +76,10 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
-#: A client that takes none of a reply's pieces for this long is gone or hostile.
+#: A client that takes less than ``SEND_STEP_BYTES`` of a reply in this long is gone or
+#: hostile (2 KiB/s: a slow link is fine).
 DEFAULT_SEND_TIMEOUT = 30.0
+SEND_STEP_BYTES = 64 << 10
 INTERNAL_ERROR = {"error": "internal error"}
 STORAGE_FAILED = {"error": "this node's storage failed: it is stopping"}
 UNAUTHENTICATED_PEER = {"error": "unauthenticated peer message"}
@@ -318,8 +320,14 @@ def make_app(
 
         async def lines() -> AsyncIterator[bytes]:
             async with aclosing(messages):
-                async for message in messages:
-                    yield json.dumps(encode(message)).encode() + b"\n"
+                try:
+                    async for message in messages:
+                        yield json.dumps(encode(message)).encode() + b"\n"
+                except Exception:
+                    # The reply is under way: cut short, it tells the client something
+                    # broke; the log (Hypercorn's own is off) tells the operator what.
+                    log_error("a stream's handler failed:\n%s", traceback.format_exc())
+                    raise
 
         response = Response(lines(), 200, content_type="application/x-ndjson")
         response.timeout = None  # the handler bounds the stream
@@ -407,8 +415,7 @@ async def serve(
 
     At most ``max_connections`` connections are served at once; an idle one (no request
     headers) is closed after ``keep_alive_timeout``, as is a TLS handshake not done by then,
-    and one whose client has not taken a piece of a reply within ``send_timeout`` of the
-    socket's buffer filling.
+    and one whose client takes less than 64 KiB of a reply within ``send_timeout``.
     With ``tls``, the URL is ``https://`` (and with ``tls.ca_file``, clients need a
     certificate signed by it).
 
@@ -469,8 +476,8 @@ class _Connection(TCPServer):
       0.18 it never closed a connection after that connection's first request: here it is
       one watcher per connection on a :class:`~trioraft.rpc.stall.StallClock`.
     - Hypercorn waited without limit for a client to take a reply (shielded): a client that
-      stops reading held its connection for good. A piece that waits over ``send_timeout``
-      closes the connection.
+      stops reading held its connection for good. One that takes less than
+      ``SEND_STEP_BYTES`` within ``send_timeout`` loses its connection.
 
     Together the first two halve the scheduler's passes per request (23 to 12 for a small
     POST).
@@ -483,6 +490,14 @@ class _Connection(TCPServer):
         self._send_timeout = send_timeout
 
     async def protocol_send(self, event: Event) -> None:
+        if type(event) is Closed:
+            # Hypercorn closes a connection whose reply said ``Connection: close`` from the
+            # task that sent it, which the request's own ending then cancels (an unshielded
+            # reply, see _HTTPConnection): a close cut short left the connection open for
+            # good, the idle timer being stopped.
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
+            return
         if type(event) is not RawData:
             await super().protocol_send(event)
             return
@@ -501,20 +516,24 @@ class _Connection(TCPServer):
             await self._send_waiting(data)
 
     async def _send_waiting(self, data: bytes) -> None:
-        """Send ``data`` once the sends ahead of it are done, within ``send_timeout``."""
+        """Send ``data`` once the sends ahead of it are done, each ``SEND_STEP_BYTES`` of
+        it within ``send_timeout`` (a slow client is fine, one that stalls is not)."""
         async with self.send_lock:
             # Shielded as Hypercorn's own send is: a piece cut halfway would leave the
             # client reading the next reply from the middle of this one.
-            with trio.CancelScope(shield=True), trio.move_on_after(self._send_timeout) as bound:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.protocol.handle(Closed())
-                    return
-            if bound.cancelled_caught:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self.stream)
-                    await self.protocol.handle(Closed())
+            with trio.CancelScope(shield=True):
+                view = memoryview(data)
+                for start in range(0, len(view), SEND_STEP_BYTES):
+                    with trio.move_on_after(self._send_timeout) as bound:
+                        try:
+                            await self.stream.send_all(view[start : start + SEND_STEP_BYTES])
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            await self.protocol.handle(Closed())
+                            return
+                    if bound.cancelled_caught:
+                        await trio.aclose_forcefully(self.stream)
+                        await self.protocol.handle(Closed())
+                        return
 
     async def _read_data(self) -> None:
         try:
