@@ -57,9 +57,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from quart import Response, request
-from quart.wrappers.response import IterableBody
 from quart_trio import QuartTrio
-from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from .._errors import BadRequest, StorageFailed
@@ -219,32 +217,6 @@ def unhex(value: str | None) -> bytes | None:
         return None
 
 
-class _HTTPConnection(TrioASGIHTTPConnection):
-    """quart-trio's connection, with each response sent out of reach of the disconnect.
-
-    When the last byte of a response goes out before the request's body has all arrived (a
-    413, a 408, a refusal), Hypercorn, from inside that very send, reports the request
-    disconnected and then closes the connection. quart-trio answers the disconnect by
-    cancelling the send, so the close was cancelled too: the connection stayed open,
-    answering nothing more, until the client gave up on it. A successful answer to a POST
-    goes unshielded: its handler read the whole body first (a cancel scope costs ~17 us
-    here, a few per cent of a put's CPU on the leader).
-    """
-
-    async def _send_response(self, send: Any, response: Any) -> None:
-        if isinstance(getattr(response, "response", None), IterableBody):
-            await super()._send_response(send, response)  # a stream: the disconnect ends it
-        elif self.scope["method"] == "POST" and response.status_code < 400:
-            await super()._send_response(send, response)
-        else:
-            with trio.CancelScope(shield=True):
-                await super()._send_response(send, response)
-
-
-class _App(QuartTrio):
-    asgi_http_class = _HTTPConnection
-
-
 def make_app(
     routes: Mapping[str, Route],
     *,
@@ -269,7 +241,7 @@ def make_app(
     """
     if client_token is not None and not _header_safe(client_token):
         raise ValueError("the client token must be non-empty printable ASCII without spaces")
-    app = _App(name)
+    app = QuartTrio(name)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["BODY_TIMEOUT"] = body_timeout
     log_error = Throttled(logger, logging.ERROR)
@@ -491,10 +463,11 @@ class _Connection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if type(event) is Closed:
-            # Hypercorn closes a connection whose reply said ``Connection: close`` from the
-            # task that sent it, which the request's own ending then cancels (an unshielded
-            # reply, see _HTTPConnection): a close cut short left the connection open for
-            # good, the idle timer being stopped.
+            # Hypercorn closes a connection whose reply said ``Connection: close`` (or that
+            # left the request's body unread: a 413, a 408) from the task sending the reply,
+            # and quart-trio cancels that task as the request ends or is reported
+            # disconnected: a close cut short left the connection open for good, answering
+            # nothing, its idle timer stopped.
             with trio.CancelScope(shield=True):
                 await super().protocol_send(event)
             return
