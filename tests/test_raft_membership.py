@@ -279,6 +279,28 @@ async def test_removing_the_leader_hands_over_first_and_the_new_leader_removes_i
     check_acknowledged(c, acknowledged, rest)
 
 
+async def test_a_new_leader_asked_for_a_change_waits_for_its_first_commit(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """A leader that has not yet committed an entry of its term makes a change once its
+    no-op commits, rather than refusing it: a client sent on by ``NotLeader`` (as when the
+    old leader removes itself) reaches the new leader at just that moment."""
+    c = await start(nursery, seed)
+    with trio.fail_after(LIMIT):
+        await commit(c, "first", c.ids)
+        old_id = await c.wait_leader()
+        new_id = next(i for i in c.ids if i != old_id)
+        new = c.node(new_id)
+        async with trio.open_nursery() as handover:
+            handover.start_soon(c.node(old_id).transfer_leadership, new_id)
+            await new.wait_leading()
+            assert not new._core.committed_in_term()  # else this test shows nothing
+            after = await new.change_membership(remove=old_id)
+        assert after.voters == tuple(i for i in c.ids if i != old_id)
+        assert new.is_leader and new._core.committed_in_term()
+    c.check_errors()
+
+
 async def test_a_crashed_node_is_replaced_by_a_fresh_one(
     nursery: trio.Nursery, seed: int, autojump_clock: Clock
 ) -> None:

@@ -527,13 +527,7 @@ class RaftNode:
         """
         core = self._core
         term = self.term
-        while True:
-            changed = self._changed
-            if not self._leads(term) or self._stopped:
-                raise NotLeader(self.leader_id)
-            if core.committed_in_term():
-                break
-            await changed.wait()
+        await self._wait_commit_in_term(term)
         index = core.commit_index
         if lease and core.lease_valid(trio.current_time()):
             self.metrics.reads["lease"] += 1
@@ -547,6 +541,17 @@ class RaftNode:
             if core.confirmed_round() >= read_round:
                 self.metrics.reads["read_index"] += 1
                 return index
+            await changed.wait()
+
+    async def _wait_commit_in_term(self, term: int) -> None:
+        """Return once an entry of ``term`` has committed here, this node leading it;
+        raise :class:`NotLeader` if it stops leading ``term`` (or stops) first."""
+        while True:
+            changed = self._changed
+            if not self._leads(term) or self._stopped:
+                raise NotLeader(self.leader_id)
+            if self._core.committed_in_term():
+                return
             await changed.wait()
 
     async def transfer_leadership(self, to: str | None = None) -> str:
@@ -596,9 +601,13 @@ class RaftNode:
         there, as after any ``NotLeader``, and the new leader removes this node. (Checked
         first, so a change that would be refused or does not apply moves nothing.)
 
-        Raises :class:`MembershipChangeRefused` while another change is uncommitted, before
-        an entry of this leader's term has committed (``RaftConfig.leader_noop`` commits one
-        at once) or during a leadership transfer; :class:`NotLeader` if this node does not
+        A new leader first waits (an election timeout at most) for an entry of its term to
+        commit (``RaftConfig.leader_noop`` commits one at once): a caller sent here by a
+        ``NotLeader`` often arrives before that.
+
+        Raises :class:`MembershipChangeRefused` while another change is uncommitted, if no
+        entry of this leader's term committed within that wait, or during a leadership
+        transfer; :class:`NotLeader` if this node does not
         lead; :class:`BadRequest` if the change does not apply (adding a member twice, or at
         an address this node's transport cannot reach; promoting a voter, removing the last
         voter); :class:`LeadershipLost` if leadership
@@ -613,6 +622,9 @@ class RaftNode:
                 self._transport.check_peer_address(change.add_learner[1])
             except ValueError as exc:
                 raise BadRequest(f"peer address: {exc}") from None
+        if self.is_leader and not self._core.committed_in_term():
+            with trio.move_on_after(self.config.election_timeout[1]):
+                await self._wait_commit_in_term(self.term)
         removing_self = change.remove == self.id
         async with self._lock:
             self._refuse_if_failed()
