@@ -105,8 +105,9 @@ def made(configuration: Configuration, **kwargs) -> bool:
 
 async def change(c: RaftCluster, **kwargs) -> Configuration:
     """Make one membership change through whichever node leads, retrying while the leader
-    is new (nothing of its term committed yet) or changes; an attempt whose outcome was
-    unknown may have committed, so the leader's committed configuration is checked first."""
+    changes or refuses; an attempt whose outcome was unknown may have committed, so the
+    leader's committed configuration is checked first, and a retry that finds the change
+    made (``BadRequest``, once the new leader's first commit brought it) returns it."""
     while True:
         leader = c.node(await c.wait_leader(among=[i for i in c.ids if c.alive(i)]))
         committed = leader._core.configuration_at(leader.commit_index)
@@ -118,6 +119,9 @@ async def change(c: RaftCluster, **kwargs) -> Configuration:
             pass
         except MembershipChangeRefused:
             await trio.sleep(0.05)
+        except BadRequest:
+            if not made(leader._core.configuration_at(leader.commit_index), **kwargs):
+                raise
 
 
 async def commit(c: RaftCluster, command: str, members: list[str]) -> int:

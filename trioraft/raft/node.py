@@ -602,8 +602,10 @@ class RaftNode:
         first, so a change that would be refused or does not apply moves nothing.)
 
         A new leader first waits (an election timeout at most) for an entry of its term to
-        commit (``RaftConfig.leader_noop`` commits one at once): a caller sent here by a
-        ``NotLeader`` often arrives before that.
+        commit (``RaftConfig.leader_noop`` commits one at once): a caller sent on by another
+        node's ``NotLeader`` often arrives before that. A retried change that committed
+        meanwhile is then found made: removing a member that is gone raises
+        :class:`BadRequest`.
 
         Raises :class:`MembershipChangeRefused` while another change is uncommitted, if no
         entry of this leader's term committed within that wait, or during a leadership
