@@ -55,7 +55,7 @@ class HttpRaftCluster(RaftCluster):
         self.storages[i] = storage  # type: ignore[assignment]
         peers = {j: self.proxy_urls[j] for j in self.ids if j != i}
         transport = HttpTransport(
-            i, peers, timeout=self.config.longest_call, peer_auth=self.peer_auth
+            i, peers, timeout=self.config.transport_timeout, peer_auth=self.peer_auth
         )
         node = RaftNode(
             i,

@@ -3,6 +3,7 @@ real clock: election, agreement, failures, persistence, snapshots, partitions, l
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -42,6 +43,24 @@ async def test_election_and_agreement_over_http(
         assert (await http.get(c.proxy_urls[leader2] + "/status")).status_code in (404, 405)
     status = c.node(leader2).statistics()
     assert status.role == "leader" and status.commit_index >= 5
+    c.check_errors()
+
+
+async def test_an_entry_slower_to_send_than_rpc_timeout_commits(
+    nursery: trio.Nursery, seed: int, tmp_path: Path
+) -> None:
+    """Over a link of 2 MiB/s, one AppendEntries carrying a 1.5 MB entry takes 0.7 s to
+    cross, above ``rpc_timeout`` (0.5 s): the leader's wait grows with the entries' size,
+    so it commits. (Cut off at ``rpc_timeout``, the call was sent again forever.)"""
+    c = await cluster(
+        nursery, 3, seed, tmp_path, profile=replace(RELIABLE, bytes_per_second=2 << 20)
+    )
+    leader = await c.check_one_leader()
+    assert c.config.rpc_timeout < 1_500_000 / (2 << 20)  # else this test shows nothing
+    big = "x" * 1_500_000
+    index = await c.one(big, 3, retry=True)
+    assert c.n_committed(index) == (3, big)
+    assert await c.check_one_leader() == leader  # and no election meanwhile
     c.check_errors()
 
 

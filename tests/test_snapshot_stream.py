@@ -165,7 +165,9 @@ class Cluster:
                 i, {}, network=self.network, peer_auth=self.auth
             )
         else:
-            transport = HttpTransport(i, {}, timeout=self.config.longest_call, peer_auth=self.auth)
+            transport = HttpTransport(
+                i, {}, timeout=self.config.transport_timeout, peer_auth=self.auth
+            )
         self.transports[i] = transport
         node = RaftNode(
             i,

@@ -186,7 +186,7 @@ class KVNode:
                 else HttpTransport(
                     node_id,
                     peers,
-                    timeout=self.config.longest_call,
+                    timeout=self.config.transport_timeout,
                     peer_auth=self.peer_auth,
                     tls=peer_tls,
                 )

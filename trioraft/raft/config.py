@@ -21,6 +21,11 @@ ENTRY_OVERHEAD_BYTES = 40
 CAMPAIGN_BACKOFF_CAP = 4
 #: The size of a snapshot chunk unless told otherwise (``RaftConfig.snapshot_chunk_bytes``).
 DEFAULT_CHUNK_BYTES = 1 << 20
+#: The slowest rate at which a live peer takes in AppendEntries (both sides encode, tag,
+#: send, check, decode and write it): a call waits a second more per this many bytes of
+#: entries, so that a large entry on a loaded machine is not cut off, and sent again, each
+#: time (6 MB took over ``rpc_timeout`` with two busy processes per core).
+SLOWEST_PEER_BYTES_PER_SECOND = 2 << 20
 
 
 def base64_bytes(n: int) -> int:
@@ -97,9 +102,21 @@ class RaftConfig:
     def longest_call(self) -> float:
         """The longest a node waits for one call: a vote request, for its whole campaign
         (up to :data:`CAMPAIGN_BACKOFF_CAP` election timeouts); any other call,
-        ``rpc_timeout``. The node bounds every call itself: a transport's own timeout must
-        not be shorter than this."""
+        ``rpc_timeout`` (an AppendEntries, more: :meth:`append_wait`)."""
         return max(self.rpc_timeout, self.election_timeout[1] * CAMPAIGN_BACKOFF_CAP)
+
+    def append_wait(self, entry_bytes: int) -> float:
+        """How long the leader waits for the answer to an AppendEntries carrying
+        ``entry_bytes`` of entries (as sent): ``rpc_timeout``, and a second more per
+        :data:`SLOWEST_PEER_BYTES_PER_SECOND`."""
+        return self.rpc_timeout + entry_bytes / SLOWEST_PEER_BYTES_PER_SECOND
+
+    @property
+    def transport_timeout(self) -> float:
+        """The longest any call may take: :attr:`longest_call`, or an AppendEntries of
+        ``max_message_bytes``. The node bounds every call itself: a transport's own
+        timeout must not be shorter than this."""
+        return max(self.longest_call, self.append_wait(self.max_message_bytes))
 
     @property
     def chunk_bytes(self) -> int:

@@ -206,6 +206,8 @@ class Outgoing:
     term: int
     read_round: int
     sent_at: float
+    #: The entries' size as sent (the call's time bound grows with it).
+    entry_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -651,7 +653,7 @@ class RaftCore:
         self._round_sent = True
         if progress.next <= self.log.snapshot_index:
             return Outgoing(None, self.term, self.read_round, now)
-        return self._append_message(progress.next - 1, self._batch(progress.next), now)
+        return self._append_message(progress.next - 1, *self._batch(progress.next), now)
 
     def heartbeat_message(self, peer: str, now: float) -> Outgoing:
         """A heartbeat for ``peer`` sent beside the replication message still in flight
@@ -659,29 +661,33 @@ class RaftCore:
         time it was sent count in its reply (see :meth:`step_progressless_reply`)."""
         self._round_sent = True
         prev_index = max(self.progress[peer].next - 1, self.log.snapshot_index)
-        return self._append_message(prev_index, [], now)
+        return self._append_message(prev_index, [], 0, now)
 
-    def _append_message(self, prev_index: int, entries: list[Entry], now: float) -> Outgoing:
+    def _append_message(
+        self, prev_index: int, entries: list[Entry], entry_bytes: int, now: float
+    ) -> Outgoing:
         prev_term = self.log.term_at(prev_index)
         assert prev_term is not None
         args = AppendEntriesArgs(
             self.term, self.id, prev_index, prev_term, entries, self.commit_index
         )
-        return Outgoing(args, self.term, self.read_round, now)
+        return Outgoing(args, self.term, self.read_round, now, entry_bytes)
 
-    def _batch(self, start: int) -> list[Entry]:
+    def _batch(self, start: int) -> tuple[list[Entry], int]:
         """Entries from ``start``, as many as fit in ``max_batch_bytes`` as sent (at least
-        one, which fits a message: the driver's ``submit`` saw to that)."""
+        one, which fits a message: the driver's ``submit`` saw to that), and their size."""
         entries = self.log.entries
         first = start - self.log.snapshot_index - 1
-        budget = min(self.config.max_batch_bytes, self.config.max_command_bytes)
+        limit = min(self.config.max_batch_bytes, self.config.max_command_bytes)
+        size = 0
         end = first
         while end < len(entries):
-            budget -= command_wire_bytes(entries[end].command) + ENTRY_OVERHEAD_BYTES
-            if end > first and budget < 0:
+            entry_bytes = command_wire_bytes(entries[end].command) + ENTRY_OVERHEAD_BYTES
+            if end > first and size + entry_bytes > limit:
                 break
+            size += entry_bytes
             end += 1
-        return entries[first:end]
+        return entries[first:end], size
 
     def _acknowledged(self, peer: str, sent: Outgoing, now: float) -> Progress:
         progress = self.progress[peer]

@@ -1183,7 +1183,8 @@ class RaftNode:
             metrics.entries_per_append.observe(len(args.entries))
         started = time.perf_counter()
         with self._waiting_on(peer, sent.sent_at):
-            reply = await self._call(peer, "append_entries", args, AppendEntriesReply)
+            wait = self.config.append_wait(sent.entry_bytes)
+            reply = await self._call(peer, "append_entries", args, AppendEntriesReply, wait)
         if reply is None:
             metrics.append_entries_lost[peer] += 1
             return False

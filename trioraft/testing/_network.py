@@ -5,13 +5,15 @@ draws every random decision up front from one seeded ``random.Random`` (a fixed 
 draws per call), so the same seed and the same sequence of calls replay the same fates:
 
 1. if the pair is blocked or the server is down, the call fails after ``fail_delay``;
-2. the request waits ``delay``; it is dropped with probability ``request_drop``
-   (the handler never runs; the call fails after ``fail_delay``);
+2. the request waits ``delay`` (and, with ``bytes_per_second`` set, its size over that rate:
+   a link's bandwidth, where the caller passes the size); it is dropped with probability
+   ``request_drop`` (the handler never runs; the call fails after ``fail_delay``);
 3. the handler runs; if the pair is blocked or the server crashes meanwhile, the call is
    cancelled and fails at once: no reply from a server cut off mid-call is ever delivered;
 4. the reply is dropped with probability ``reply_drop`` (the handler *did* run);
 5. with probability ``long_reorder`` the reply is held ``long_delay`` (reordering);
-6. the pair is checked again, and the reply delivered.
+6. the reply waits its size over ``bytes_per_second`` (when set); the pair is checked
+   again, and the reply delivered.
 
 Calls in flight are kept in the order they were made (never in an order of object
 identity), so cutting them off wakes their tasks in a replayable order.
@@ -45,6 +47,9 @@ class Profile:
     long_reorder: float = 0.0
     long_delay: tuple[float, float] = (0.2, 2.2)
     fail_delay: tuple[float, float] = (0.0, 0.1)
+    #: A link's bandwidth (None: unlimited): a request or reply of ``n`` bytes takes
+    #: ``n / bytes_per_second`` more seconds to cross. Draws nothing.
+    bytes_per_second: float | None = None
 
     def with_long_reordering(self) -> Profile:
         """This profile plus the seeds' long reordering (~2/3 of replies held 0.2-2.2 s)."""
@@ -198,7 +203,7 @@ class Network:
             self.lost += 1
             await trio.sleep(fate.fail_delay)
             return None
-        await trio.sleep(fate.delay)
+        await trio.sleep(fate.delay + self._crossing(request_bytes))
         if fate.drop_request or not self.reachable(caller, server):
             self.lost += 1
             await trio.sleep(fate.fail_delay)
@@ -214,13 +219,19 @@ class Network:
         if call.scope.cancelled_caught or fate.drop_reply:
             self.lost += 1
             return None
-        if fate.reply_delay:
-            await trio.sleep(fate.reply_delay)
+        size = reply_bytes(result)
+        if fate.reply_delay or self.profile.bytes_per_second:
+            await trio.sleep(fate.reply_delay + self._crossing(size))
         if not self.reachable(caller, server):
             self.lost += 1
             return None
-        self._count_bytes(server, reply_bytes(result))
+        self._count_bytes(server, size)
         return result
+
+    def _crossing(self, size: int) -> float:
+        """How long ``size`` bytes take over the profile's bandwidth."""
+        rate = self.profile.bytes_per_second
+        return size / rate if rate else 0.0
 
     def _count_bytes(self, server: str, n: int) -> None:
         self.bytes_total += n
