@@ -23,6 +23,7 @@ from trioraft import BadRequest, LeadershipLost, MemoryStorage, RaftConfig, Stor
 from trioraft.kv.clients import OpsClient
 from trioraft.kv.machine import KVMachine
 from trioraft.kv.messages import (
+    MAX_REPLY_CHARS,
     AppendArgs,
     BatchArgs,
     BatchOp,
@@ -30,6 +31,7 @@ from trioraft.kv.messages import (
     OpenSessionArgs,
     OpResult,
     PutArgs,
+    bound_reply,
 )
 from trioraft.kv.node import EmbeddedClient, KVNode
 from trioraft.raft.log import Entry
@@ -365,6 +367,24 @@ async def test_over_the_quota_writes_answer_no_space_and_reads_work(
     assert status["storage_bytes"] > status["quota_bytes"]
     leader.quota_bytes = 2 << 30
     assert (await leader.handle_put(PutArgs("k", "w", 1))).err == "OK"
+
+
+async def test_a_replicated_batch_reply_is_bounded_and_its_first_read_is_whole(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    kv = MemoryKV(nursery, seed)
+    await kv.start_all()
+    leader = await kv.leader()
+    big = "v" * (1 << 20)
+    assert (await leader.handle_put(PutArgs("big", big, 0))).err == "OK"
+    gets = [BatchOp("get", "big")] * 20
+    results = (await leader.handle_batch(BatchArgs(gets))).results
+    assert [r.err for r in results] == ["OK"] * 16 + ["ReplyTooLarge"] * 4
+    assert all(r.value == big for r in results[:16]) and results[16].value == ""
+    # One read larger than the whole bound (a server that takes larger bodies) is whole.
+    huge = OpResult("OK", "h" * (MAX_REPLY_CHARS + 1))
+    bounded = bound_reply([BatchOp("get", "h")] * 2, [huge, huge])
+    assert [r.err for r in bounded] == ["OK", "ReplyTooLarge"] and bounded[0] is huge
 
 
 async def test_an_evicted_session_answers_session_expired_through_the_node(

@@ -411,6 +411,8 @@ class OpsClient:
         it, leader or not (no round trip to the leader; it may be behind), with the index
         it reflects in ``.index``."""
         result, _ = await self.run(BatchOp("get", key, stale=stale))
+        if result.err not in (OK, NO_KEY):
+            raise ValueError(f"unexpected get error {result.err!r}")
         return Versioned(
             result.value,
             result.version,

@@ -23,6 +23,8 @@ Invariants:
   carries ``retry_after``, which can cross a size limit) raises
   :class:`~trioraft.MaybeApplied` for its writes (never sent again unmarked) and sends its
   reads again.
+- A read answered ``ReplyTooLarge`` (its reply had no room for it: ``MAX_REPLY_CHARS``) goes
+  back to the head of the queue; each reply holds at least one read whole, so reads progress.
 - A caller that is cancelled before its op is sent removes it; once sent, the op may apply.
 - When the client closes, every call still waiting raises ``trio.ClosedResourceError``.
 """
@@ -38,7 +40,15 @@ import trio
 from .._errors import BadRequest, MaybeApplied
 from ..rpc.tls import ClientTls
 from .clients import OpsClient, Servers
-from .messages import MAX_BATCH_RANGES, READ_OPS, BatchOp, OpResult, WatchArgs, WatchReply
+from .messages import (
+    MAX_BATCH_RANGES,
+    READ_OPS,
+    REPLY_TOO_LARGE,
+    BatchOp,
+    OpResult,
+    WatchArgs,
+    WatchReply,
+)
 
 
 @dataclass(eq=False)
@@ -150,9 +160,14 @@ class CoalescingClient(OpsClient):
     async def _send(self, batch: list[_Queued]) -> None:
         results, failures = await self.servers.call([q.op for q in batch])
         why = ", ".join(failures)
+        again = []
         for queued, result in zip(batch, results, strict=True):
+            if result.err == REPLY_TOO_LARGE:
+                again.append(queued)  # a read the reply had no room for: it goes next
+                continue
             queued.result, queued.why = result, why
             queued.done.set()
+        self._queue[:0] = again
 
     async def aclose(self) -> None:
         self._closed = True

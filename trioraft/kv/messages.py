@@ -24,8 +24,9 @@ Error strings on the wire are ``OK``, ``NoKey``, ``Version`` and, from a replica
 ``WrongLeader`` (it cannot serve the call: try another; such a reply is
 :class:`WrongLeaderReply`, whose ``leader`` names the leader's client URL when the server
 knows it), ``NoSpace`` (its storage quota is used up: writes are
-refused) and ``SessionExpired`` (an append's session is not, or no longer, known: open a new
-one); ``Maybe`` never travels (only a client reports it). Version 0 means "the key does not
+refused), ``SessionExpired`` (an append's session is not, or no longer, known: open a new
+one) and ``ReplyTooLarge`` (a read its reply had no room for: :func:`bound_reply`);
+``Maybe`` never travels (only a client reports it). Version 0 means "the key does not
 exist"; ``mod_index`` is the log index of the entry that last changed the key,
 ``create_index`` that of the entry that created it (0 for both when absent). Keys are at
 most :data:`MAX_KEY_BYTES` bytes.
@@ -50,6 +51,8 @@ SESSION_EXPIRED: Final = "SessionExpired"
 NO_SPACE: Final = "NoSpace"
 #: The answer to a logged op that is not one (only a faulty peer could have logged it).
 BAD_OP: Final = "BadOp"
+#: A read whose data did not fit its reply (:data:`MAX_REPLY_CHARS`): ask again.
+REPLY_TOO_LARGE: Final = "ReplyTooLarge"
 
 #: The longest key any KV server accepts, in UTF-8 bytes.
 MAX_KEY_BYTES = 4096
@@ -61,6 +64,10 @@ MAX_RANGE_LIMIT = 10_000
 MAX_RANGE_CHARS = 1 << 20
 #: Most range ops in one ``/batch`` (each answers up to :data:`MAX_RANGE_CHARS`).
 MAX_BATCH_RANGES = 16
+#: A reply (``/batch``, ``/txn``) carries at most this many characters of keys and values,
+#: what its range pages may: past them, gets, ranges and a transaction's gets answer
+#: :data:`REPLY_TOO_LARGE` without their data (see :func:`bound_reply`).
+MAX_REPLY_CHARS = MAX_BATCH_RANGES * MAX_RANGE_CHARS
 #: Most compares, and most ops per branch, of one transaction.
 MAX_TXN_COMPARES = 64
 MAX_TXN_OPS = 256
@@ -444,6 +451,45 @@ def as_result(reply: Reply | None) -> OpResult:
     if isinstance(reply, LeaseReply):
         return OpResult(reply.err, lease=reply.lease, ttl=reply.ttl)
     return OpResult(reply.err)
+
+
+def bound_reply(ops: list[BatchOp], results: list[OpResult]) -> list[OpResult]:
+    """``results`` (of ``ops``) with at most :data:`MAX_REPLY_CHARS` of keys and values: in
+    op order, each get, range page and transaction get that would cross it answers
+    :data:`REPLY_TOO_LARGE` instead (a transaction's writes keep their results). The first
+    of them is always whole, so sending the rest again makes progress. A small request
+    asking the same large value many times would otherwise build a reply hundreds of
+    times its size."""
+    budget = MAX_REPLY_CHARS
+    first = True
+    bounded: list[OpResult] | None = None
+    for i, (op, result) in enumerate(zip(ops, results, strict=True)):
+        if op.op == "get":
+            size = len(result.value)
+        elif op.op == "range" and result.range is not None:
+            size = sum(len(item.key) + len(item.value) for item in result.range.items)
+        elif op.op == "txn" and result.txn is not None and any(r.value for r in result.txn.results):
+            kept: list[KeyResult] = []
+            for item in result.txn.results:
+                size = len(item.value)
+                if size and not first and size > budget:
+                    item = KeyResult(REPLY_TOO_LARGE)
+                elif size:
+                    budget, first = budget - size, False
+                kept.append(item)
+            if kept != result.txn.results:
+                bounded = bounded or list(results)
+                txn = dataclasses.replace(result.txn, results=kept)
+                bounded[i] = dataclasses.replace(result, txn=txn)
+            continue
+        else:
+            continue
+        if first or size <= budget:
+            budget, first = budget - size, False
+        else:
+            bounded = bounded or list(results)
+            bounded[i] = OpResult(REPLY_TOO_LARGE, index=result.index)
+    return results if bounded is None else bounded
 
 
 def range_reply(result: OpResult) -> RangeReply:

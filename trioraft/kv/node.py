@@ -107,6 +107,7 @@ from .messages import (
     WatchReply,
     WrongLeaderReply,
     as_result,
+    bound_reply,
     check_key,
     json_size_bound,
     log_op,
@@ -486,6 +487,8 @@ class KVNode:
                 else as_result(next(answers))
                 for op in ops
             ]
+            if len(ops) > 1 or (ops and ops[0].op == "txn"):
+                results = bound_reply(ops, results)
         for op, result in zip(ops, results, strict=True):
             if op.op == "lease_keepalive" and result.err == OK:
                 # The read just confirmed this node leads and the lease exists.

@@ -36,6 +36,7 @@ from .messages import (
     TxnArgs,
     TxnReply,
     as_result,
+    bound_reply,
     check_key,
     log_op,
     range_reply,
@@ -65,7 +66,8 @@ class KVServer:
     def run_batch(self, ops: list[BatchOp]) -> list[OpResult]:
         """Apply validated ``ops``, in order, at the next index."""
         self.index += 1
-        results = [as_result(self.machine.apply(log_op(op), self.index)) for op in ops]
+        answers = [as_result(self.machine.apply(log_op(op), self.index)) for op in ops]
+        results = bound_reply(ops, answers)
         for op, result in zip(ops, results, strict=True):
             self.metrics.count_op(op.op, result.err)
         return results
