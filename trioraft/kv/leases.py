@@ -16,6 +16,9 @@ Invariants:
   lease) detaches it, and deleting it detaches it.
 - Revoking or expiring a lease removes it and returns its keys in sorted order (the order in
   which the machine deletes them, the same on every replica).
+- A client session is attached to at most one lease, and only while the machine remembers
+  it: a session it forgets (the least recently used, past its bound) is detached.
+- The clock's heap holds at most twice the current deadlines, plus a little.
 - The clock knows a lease only after the leader saw it applied (``grant``/``restart_all``);
   ``expired(now)`` lists leases whose deadline has passed, earliest first, ties by id.
 - Safety of a holder: a keepalive is answered only after the leader confirmed its leadership
@@ -27,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import heapq
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 #: Most leases one replica keeps (a grant beyond it answers ``NoSpace``).
@@ -47,6 +51,7 @@ class LeaseTable:
         self.max_leases = max_leases
         self.leases: dict[int, Lease] = {}
         self.owner: dict[str, int] = {}  # key -> its lease
+        self.session_owner: dict[str, int] = {}  # client session -> the lease it ends with
         self.granted = 0  # leases ever granted: numbers the next one
 
     def grant(self, ttl: int) -> int | None:
@@ -71,6 +76,19 @@ class LeaseTable:
     def attach_session(self, session: str, lease: int) -> None:
         """End client ``session`` with ``lease`` (which must exist)."""
         self.leases[lease].sessions.add(session)
+        self.session_owner[session] = lease
+
+    def detach_session(self, session: str) -> None:
+        """``session`` was forgotten: its lease no longer ends it (nor keeps its name)."""
+        lease = self.session_owner.pop(session, None)
+        if lease is not None:
+            self.leases[lease].sessions.discard(session)
+
+    def keep_sessions(self, sessions: Container[str]) -> None:
+        """Detach every session not in ``sessions`` (a snapshot written before forgotten
+        sessions were detached still names them)."""
+        for session in [s for s in self.session_owner if s not in sessions]:
+            self.detach_session(session)
 
     def revoke(self, lease: int) -> Lease | None:
         """Remove ``lease`` and return it, for the caller to delete its keys (in sorted
@@ -79,6 +97,8 @@ class LeaseTable:
         if gone is not None:
             for key in gone.keys:
                 del self.owner[key]
+            for session in gone.sessions:
+                del self.session_owner[session]
         return gone
 
     def to_wire(self) -> dict[str, object]:
@@ -102,6 +122,7 @@ class LeaseTable:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a lease table: {exc!r}") from None
         owner: dict[str, int] = {}
+        session_owner: dict[str, int] = {}
         for id_, lease in leases.items():
             names = (*lease.keys, *lease.sessions)
             if type(lease.ttl) is not int or not all(type(name) is str for name in names):
@@ -110,9 +131,18 @@ class LeaseTable:
                 if key in owner:
                     raise ValueError(f"not a lease table: {key!r} is in two leases")
                 owner[key] = id_
+            for session in lease.sessions:
+                if session in session_owner:
+                    raise ValueError(f"not a lease table: session {session!r} in two leases")
+                session_owner[session] = id_
         if type(granted) is not int or any(id_ > granted or id_ < 1 for id_ in leases):
             raise ValueError("not a lease table: a lease id out of range")
         self.granted, self.leases, self.owner = granted, leases, owner
+        self.session_owner = session_owner
+
+
+#: Stale heap pairs tolerated beyond the current ones (a rebuild is linear: amortized).
+_STALE_SLACK = 64
 
 
 class LeaseClock:
@@ -132,9 +162,19 @@ class LeaseClock:
         deadline = now + ttl
         self.deadlines[lease] = deadline
         heapq.heappush(self._heap, (deadline, lease))
+        self._drop_stale()
 
     def forget(self, lease: int) -> None:
         self.deadlines.pop(lease, None)
+        self._drop_stale()
+
+    def _drop_stale(self) -> None:
+        """Rebuild the heap once stale pairs outnumber the current ones: a lease kept alive
+        leaves its old deadline behind, and while an earlier deadline heads the heap
+        nothing pops it (keepalives would grow the heap without bound)."""
+        if len(self._heap) > 2 * len(self.deadlines) + _STALE_SLACK:
+            self._heap = [(deadline, id_) for id_, deadline in self.deadlines.items()]
+            heapq.heapify(self._heap)
 
     def expired(self, now: float) -> list[int]:
         """Leases past their deadline, earliest first (they stay until :meth:`forget`)."""

@@ -450,7 +450,9 @@ class KVMachine:
     def _remember(self, session: str, last: tuple[int, str]) -> None:
         self.sessions[session] = last
         if len(self.sessions) > self.max_sessions:
-            del self.sessions[next(iter(self.sessions))]  # the least recently used
+            forgotten = next(iter(self.sessions))  # the least recently used
+            del self.sessions[forgotten]
+            self.leases.detach_session(forgotten)
 
     def copy(self) -> KVMachine:
         """A machine in the same state (no watch history), to snapshot away from this one."""
@@ -484,6 +486,7 @@ class KVMachine:
         self.sessions = sessions
         self.opened = opened
         self.leases = leases
+        leases.keep_sessions(sessions)
         self.changed_at = changed_at
         self.history.reset(changed_at)
 
