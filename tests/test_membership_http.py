@@ -158,6 +158,28 @@ async def test_removing_the_leader_transfers_first_and_loses_no_acknowledged_wri
             assert (await clerk.get(f"k{k}")).value == f"v{k}"
 
 
+async def test_a_second_learner_is_refused_with_409_until_the_first_leaves(
+    make_kv_cluster,
+) -> None:
+    """One learner at a time by default (etcd's ``--max-learners``): a client adding
+    hundreds of unreachable learners made the leader miss its heartbeats."""
+    c: KVCluster = await make_kv_cluster(3)
+    with trio.fail_after(30):
+        leader = await wait_leader(c)
+        first = {"id": "8", "peer_url": "tcp://127.0.0.1:1"}
+        assert (await post(c.urls[leader], "member_add", first)).json()["learners"] == ["8"]
+        reply = await post(
+            c.urls[leader], "member_add", {"id": "9", "peer_url": "tcp://127.0.0.1:2"}
+        )
+        assert reply.status_code == 409 and "learners already" in reply.json()["error"], reply.text
+        assert (await post(c.urls[leader], "member_add", first)).status_code == 200  # a retry
+        await post(c.urls[leader], "member_remove", {"id": "8"})
+        reply = await post(
+            c.urls[leader], "member_add", {"id": "9", "peer_url": "tcp://127.0.0.1:2"}
+        )
+        assert reply.json()["learners"] == ["9"], reply.text
+
+
 async def test_transfer_leader_to_a_given_id(make_kv_cluster) -> None:
     c: KVCluster = await make_kv_cluster(3)
     with trio.fail_after(30):

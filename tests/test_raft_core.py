@@ -406,6 +406,23 @@ def test_a_second_membership_change_is_refused_while_one_is_uncommitted() -> Non
     assert index == 3 and a.voters == ("a", "b")
 
 
+def test_a_learner_past_max_learners_is_refused_until_one_is_promoted_or_removed() -> None:
+    a, b, _c = elected_with_noop_committed()
+    a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    a.persisted(2)
+    replicate(a, b, 10.1)
+    assert a.commit_index == 2 and a.config.max_learners == 1
+    with pytest.raises(MembershipChangeRefused, match="1 learners already"):
+        a.propose_membership_change(MembershipChange(add_learner=("e", "mem://e")))
+    with pytest.raises(BadRequest, match="member already"):  # not refused: wrong
+        a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    index, _ = a.propose_membership_change(MembershipChange(remove="d"))
+    a.persisted(index)
+    replicate(a, b, 10.2)
+    index, _ = a.propose_membership_change(MembershipChange(add_learner=("e", "mem://e")))
+    assert a.configuration.learners == ("e",)
+
+
 def test_checking_a_membership_change_changes_nothing() -> None:
     """What ``RaftNode.change_membership`` asks before a leader removing itself hands over:
     the configuration it would make, or the refusal, with the log and peers untouched."""

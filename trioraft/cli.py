@@ -5,7 +5,7 @@
                   --cluster-token-file FILE | --insecure
                   [--tls-cert F --tls-key F [--tls-ca F]] [--client-token-file F]
                   [--max-request-bytes N] [--quota-bytes N] [--max-raft-state N]
-                  [--lease-reads SECONDS] [--join]
+                  [--lease-reads SECONDS] [--max-learners N] [--join]
                   [--log-level LEVEL] [--log-format text|json]
                                                one server of a replicated KV cluster
     trioraft cluster --nodes N [--data-dir DIR] [--base-port P]
@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve reads without a heartbeat round for this long after a majority answered "
         "the leader (below the shortest election timeout, 0.3 s; assumes the members' clocks "
         "run at rates within that margin)",
+    )
+    node.add_argument(
+        "--max-learners",
+        type=int,
+        default=1,
+        help="the most learners the cluster holds at once (as etcd's default: 1)",
     )
     node.add_argument(
         "--join",
@@ -377,12 +383,11 @@ def build_node(args: argparse.Namespace) -> KVNode:
     token = None
     if args.client_token_file is not None:
         token = read_secret(args.client_token_file, "client token").decode()
-    config = None
-    if args.lease_reads is not None:
-        try:
-            config = RaftConfig(lease_duration=args.lease_reads)
-        except ValueError as exc:
-            raise SystemExit(f"trioraft node: --lease-reads: {exc}") from None
+    try:
+        config = RaftConfig(lease_duration=args.lease_reads, max_learners=args.max_learners)
+    except ValueError as exc:
+        flag = "--lease-reads" if "lease" in str(exc) else "--max-learners"
+        raise SystemExit(f"trioraft node: {flag}: {exc}") from None
     return KVNode(
         args.id,
         dict(args.peer),

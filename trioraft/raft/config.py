@@ -81,8 +81,14 @@ class RaftConfig:
     #: The largest snapshot a follower takes from its leader (what it writes to its data
     #: directory while the chunks arrive): a transfer announcing more is refused (400).
     max_snapshot_bytes: int = 2 << 30
+    #: The most learners a configuration holds at once (etcd's default too): adding one
+    #: more is refused until one is promoted or removed. Each costs the leader a replicator
+    #: (hundreds of unreachable learners made it miss its heartbeats).
+    max_learners: int = 1
 
     def __post_init__(self) -> None:
+        if self.max_learners < 0:
+            raise ValueError("max_learners must not be negative")
         if self.lease_duration is not None:
             if not 0 < self.lease_duration < self.election_timeout[0]:
                 raise ValueError("lease_duration must be positive and below election_timeout[0]")

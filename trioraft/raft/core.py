@@ -333,8 +333,9 @@ class RaftCore:
         """The configuration ``change`` would make now, changing nothing.
 
         Refused (:class:`MembershipChangeRefused`) while another change is uncommitted,
-        before an entry of this leader's term has committed, or during a leadership
-        transfer; :class:`NotLeader` off the leader; ``BadRequest`` if it does not apply."""
+        before an entry of this leader's term has committed, during a leadership transfer,
+        or adding a learner past ``max_learners``; :class:`NotLeader` off the leader;
+        ``BadRequest`` if it does not apply."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
         if self.transfer is not None:
@@ -349,7 +350,16 @@ class RaftCore:
                 f"no entry of term {self.term} has committed yet (a new leader must "
                 "commit one before it changes the membership)"
             )
-        return apply_change(self.history.latest, change)
+        latest = self.history.latest
+        adding = change.add_learner
+        learners = len(latest.learners)
+        # (Adding a member twice is apply_change's error, not a refusal.)
+        if adding and adding[0] not in latest.members and learners >= self.config.max_learners:
+            raise MembershipChangeRefused(
+                f"{learners} learners already (at most {self.config.max_learners}): "
+                "promote or remove one first"
+            )
+        return apply_change(latest, change)
 
     # -- shared rules --------------------------------------------------------------------
 
