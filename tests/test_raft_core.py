@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -382,8 +383,10 @@ def joining(node_id: str) -> RaftCore:
     return core
 
 
-def elected_with_noop_committed(now: float = 10.0) -> tuple[RaftCore, RaftCore, RaftCore]:
-    a, b, c = (make_core(i, config=NOOP_CONFIG) for i in VOTERS)
+def elected_with_noop_committed(
+    now: float = 10.0, config: RaftConfig = NOOP_CONFIG
+) -> tuple[RaftCore, RaftCore, RaftCore]:
+    a, b, c = (make_core(i, config=config) for i in VOTERS)
     elect(a, [b, c], now)
     a.persisted(1)
     replicate(a, b, now)
@@ -464,7 +467,7 @@ def test_only_single_server_changes_apply() -> None:
 
 
 def test_a_learner_is_not_asked_to_vote_and_its_ack_does_not_commit() -> None:
-    a, b, c = elected_with_noop_committed()
+    a, b, c = elected_with_noop_committed(config=replace(NOOP_CONFIG, max_learners=2))
     a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
     d = joining("d")
     assert d.voters == () and d.tick(100.0) == []  # nobody to be: it never campaigns
