@@ -27,13 +27,18 @@ from trioraft.kv.messages import (
     AppendArgs,
     BatchArgs,
     BatchOp,
+    DeleteArgs,
     GetArgs,
+    LeaseArgs,
+    LeaseGrantArgs,
     OpenSessionArgs,
     OpResult,
     PutArgs,
+    TxnArgs,
+    TxnOp,
     bound_reply,
 )
-from trioraft.kv.node import EmbeddedClient, KVNode
+from trioraft.kv.node import QUOTA_HEADROOM, EmbeddedClient, KVNode
 from trioraft.raft.log import Entry
 from trioraft.raft.messages import AppendEntriesArgs, InstallSnapshotArgs
 from trioraft.raft.node import RaftNode
@@ -367,6 +372,52 @@ async def test_over_the_quota_writes_answer_no_space_and_reads_work(
     assert status["storage_bytes"] > status["quota_bytes"]
     leader.quota_bytes = 2 << 30
     assert (await leader.handle_put(PutArgs("k", "w", 1))).err == "OK"
+
+
+async def test_past_the_quota_removals_still_run_within_the_headroom(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """etcd's way back from a full quota: deletes, lease revocations and txns that put
+    nothing still run past it (with snapshots on, they shrink what is kept), up to
+    QUOTA_HEADROOM more; puts do not. Without them a full store could never be emptied."""
+    kv = MemoryKV(nursery, seed)
+    await kv.start_all()
+    leader = await kv.leader()
+    for key in ("a", "b", "c"):
+        assert (await leader.handle_put(PutArgs(key, "v" * 2000, 0))).err == "OK"
+    lease = (await leader.handle_lease_grant(LeaseGrantArgs(60))).lease
+    leader.quota_bytes = leader.storage_bytes() - 1
+    assert (await leader.handle_put(PutArgs("d", "v", 0))).err == "NoSpace"
+    assert (await leader.handle_delete(DeleteArgs("a", 1))).err == "OK"
+    gone = TxnArgs([], [TxnOp("delete", "b"), TxnOp("get", "c")])
+    assert (await leader.handle_txn(gone)).succeeded
+    assert (await leader.handle_txn(TxnArgs([], [TxnOp("put", "e", "v")]))).err == "NoSpace"
+    assert (await leader.handle_lease_revoke(LeaseArgs(lease))).err == "OK"
+    leader.quota_bytes = int(leader.storage_bytes() / (1 + QUOTA_HEADROOM)) - 1
+    assert (await leader.handle_delete(DeleteArgs("c", 1))).err == "NoSpace"
+    assert (await leader.handle_get(GetArgs("c"))).value == "v" * 2000
+
+
+async def test_concurrent_writes_cannot_all_pass_the_quota_at_once(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """The quota counts the writes admitted and not yet answered: 50 puts of 2,000
+    characters sent together with 20 kB left all passed it before (1.5 x the quota in
+    the probe's run); about 20 kB of them pass now."""
+    kv = MemoryKV(nursery, seed)
+    await kv.start_all()
+    leader = await kv.leader()
+    leader.quota_bytes = leader.storage_bytes() + 20_000
+    answers: list[str] = []
+
+    async def put(k: int) -> None:
+        answers.append((await leader.handle_put(PutArgs(f"k{k}", "v" * 2000, 0))).err)
+
+    async with trio.open_nursery() as puts:
+        for k in range(50):
+            puts.start_soon(put, k)
+    assert 5 <= answers.count("OK") <= 10 and answers.count("NoSpace") >= 40, answers
+    assert leader.storage_bytes() < leader.quota_bytes + 4 * 2200
 
 
 async def test_a_replicated_batch_reply_is_bounded_and_its_first_read_is_whole(

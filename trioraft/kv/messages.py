@@ -390,6 +390,16 @@ READ_OPS = frozenset({"get", "range", "lease_keepalive"})
 RETRIED_WRITES = frozenset({"put", "delete", "txn"})
 
 
+def frees_space(op: BatchOp) -> bool:
+    """Whether ``op`` only removes (a delete, a lease revocation, a txn that puts nothing):
+    what still runs a little past the storage quota, the way back under it."""
+    if op.op in ("delete", "lease_revoke"):
+        return True
+    if op.op == "txn" and op.txn is not None:
+        return all(t.op != "put" for t in (*op.txn.success, *op.txn.failure))
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class BatchArgs:
     ops: list[BatchOp]
@@ -508,22 +518,23 @@ def txn_reply(result: OpResult) -> TxnReply:
     return TxnReply(result.err, outcome.succeeded, outcome.results, outcome.index)
 
 
-def json_size_bound(ops: list[BatchOp]) -> int:
+def json_size_bound(ops: list[BatchOp], per_char: int = 12) -> int:
     """At least the bytes ``ops`` take as logged JSON: a character escapes to 12 bytes at
-    most (a non-BMP one, as two \\u escapes); the rest is bounded per op."""
-    return sum(_size_bound(op) for op in ops)
+    most (a non-BMP one, as two \\u escapes); the rest is bounded per op. With
+    ``per_char=1``, about what they take when JSON escapes none of their characters."""
+    return sum(_size_bound(op, per_char) for op in ops)
 
 
-def _size_bound(op: BatchOp) -> int:
-    bound = 12 * (len(op.key) + len(op.value) + len(op.session)) + 128
+def _size_bound(op: BatchOp, per_char: int) -> int:
+    bound = per_char * (len(op.key) + len(op.value) + len(op.session)) + 128
     if op.range is not None:
-        bound += 12 * (len(op.range.prefix) + len(op.range.start) + len(op.range.end)) + 64
+        bound += per_char * (len(op.range.prefix) + len(op.range.start) + len(op.range.end)) + 64
     if op.txn is not None:
         for compare in op.txn.compare:
             operand = compare.value or ""
-            bound += 12 * (len(compare.key) + len(operand)) + 96
+            bound += per_char * (len(compare.key) + len(operand)) + 96
         for txn_op in (*op.txn.success, *op.txn.failure):
-            bound += 12 * (len(txn_op.key) + len(txn_op.value)) + 64
+            bound += per_char * (len(txn_op.key) + len(txn_op.value)) + 64
     return bound
 
 

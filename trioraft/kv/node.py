@@ -23,8 +23,10 @@ the leader's client URL when it knows it) and the client tries another.
 
 Limits: client requests over ``max_request_bytes`` answer 413, keys over
 :data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never fit one log entry 413;
-once the data directory holds more than ``quota_bytes``, writes (put, delete, txn, open,
-append) answer ``NoSpace`` (gets and ranges keep working).
+once the data directory, with the writes admitted and not yet written, holds more than
+``quota_bytes``, writes (put, delete, txn, open, append) answer ``NoSpace`` (gets and ranges
+keep working), but for those that only remove (:func:`~trioraft.kv.messages.frees_space`)
+up to :data:`QUOTA_HEADROOM` past it.
 
 Membership routes: ``/member_list`` is answered by any server from the configuration it
 knows (the latest in its log, committed or not); the others only by the leader (elsewhere
@@ -42,7 +44,7 @@ import dataclasses
 import random
 import secrets
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
 from functools import partial
@@ -109,6 +111,7 @@ from .messages import (
     as_result,
     bound_reply,
     check_key,
+    frees_space,
     json_size_bound,
     log_op,
     range_reply,
@@ -123,6 +126,9 @@ from .watch import WatchHub
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 #: Bytes of Raft state (log, hard state, snapshot) past which writes answer ``NoSpace``.
 DEFAULT_QUOTA_BYTES = 2 << 30
+#: Past the quota, ops that only remove still run until the data directory holds this
+#: fraction more (they are logged too): with snapshots on, the way back under the quota.
+QUOTA_HEADROOM = 1 / 16
 
 
 class KVNode:
@@ -176,6 +182,9 @@ class KVNode:
         self.client_token = client_token
         self.max_request_bytes = max_request_bytes
         self.quota_bytes = quota_bytes
+        #: About the bytes of the writes proposed here and not answered yet: counted
+        #: against the quota, so concurrent requests cannot all pass it at once.
+        self._admitted_bytes = 0
         if isinstance(storage, str | Path):
             storage = FileStorage(storage, owner=node_id)
         self.storage = storage
@@ -224,7 +233,17 @@ class KVNode:
         return self.raft.raft_state_size() + self.raft.snapshot_size()
 
     def over_quota(self) -> bool:
-        return self.storage_bytes() > self.quota_bytes
+        return self.storage_bytes() + self._admitted_bytes > self.quota_bytes
+
+    def _quota_allows(self) -> Callable[[BatchOp], bool] | None:
+        """``None`` under the quota; past it, which ops still run: reads, and ops that only
+        remove while the data directory is within :data:`QUOTA_HEADROOM` of it."""
+        used = self.storage_bytes() + self._admitted_bytes
+        if used <= self.quota_bytes:
+            return None
+        if used <= self.quota_bytes * (1 + QUOTA_HEADROOM):
+            return lambda op: op.op in READ_OPS or frees_space(op)
+        return lambda op: op.op in READ_OPS
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` answers."""
@@ -270,6 +289,8 @@ class KVNode:
         :class:`~trioraft.NotLeader` if it refused them before proposing them (they did not
         apply)."""
         logged = [log_op(op) for op in ops]
+        admitted = json_size_bound(ops, per_char=1)
+        self._admitted_bytes += admitted
         try:
             results = await self.rsm.submit_many(logged, size_bound=json_size_bound(ops))
         except NotLeader:
@@ -281,6 +302,8 @@ class KVNode:
         except EntryTooLarge:
             self.metrics.proposals_failed["too_large"] += 1
             raise
+        finally:
+            self._admitted_bytes -= admitted
         self.metrics.proposals_applied += 1
         return results
 
@@ -462,8 +485,9 @@ class KVNode:
         """Run validated ``ops`` in one entry: reads always, writes unless over the quota.
         Their results (either every one is ``WrongLeader`` or none is), and whether this
         node refused them all before proposing any, so that none applied."""
-        no_space = self.over_quota()
-        logged = [op for op in ops if op.op in READ_OPS] if no_space else ops
+        allowed = self._quota_allows()
+        no_space = allowed is not None
+        logged = [op for op in ops if allowed(op)] if allowed is not None else ops
         refused = False
         if not logged:
             replies: list[Any] | None = []
@@ -483,7 +507,7 @@ class KVNode:
             answers = iter(replies)
             results = [
                 OpResult(NO_SPACE)
-                if no_space and op.op not in READ_OPS
+                if allowed is not None and not allowed(op)
                 else as_result(next(answers))
                 for op in ops
             ]
