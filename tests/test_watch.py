@@ -9,7 +9,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioraft.kv.changes import Change, Compacted, WatchHistory
+from trioraft.kv.changes import MAX_ANSWER_CHARS, Change, Compacted, WatchHistory
 from trioraft.kv.watch import WatchHub
 
 
@@ -62,6 +62,24 @@ def test_an_answer_ends_at_an_entry_boundary():
     assert through == 2
     changes, through = history.since("k", through, limit=2)
     assert [c.key for c in changes] == ["k5"] and through == 3
+
+
+def test_an_answer_stops_at_max_answer_chars_at_an_entry_boundary():
+    """Many watchers of large values each got the whole history in one answer (up to the
+    history's 64 MiB): an answer stops past MAX_ANSWER_CHARS, as a range page does."""
+    history = WatchHistory()
+    big = "v" * (MAX_ANSWER_CHARS // 3)
+    for index in range(1, 11):
+        history.record(index, [put(index, f"k{index}", big)])
+    history.record(11, [put(11, "a", big), put(11, "b", big), put(11, "c", big), put(11, "d", big)])
+    seen: list[str] = []
+    through = 0
+    while through < 11:
+        changes, through = history.since("", through, limit=10_000)
+        assert sum(len(c.value) for c in changes) <= MAX_ANSWER_CHARS + 4 * len(big)
+        seen += [c.key for c in changes]
+    assert seen == [f"k{i}" for i in range(1, 11)] + ["a", "b", "c", "d"]
+    assert [c.key for c in history.since("", 10)[0]] == ["a", "b", "c", "d"]  # one entry, whole
 
 
 def test_bounds_compact_whole_entries_and_a_watch_before_them_is_refused():
