@@ -265,6 +265,37 @@ async def test_connection_cap_bounds_descriptors(nursery: trio.Nursery) -> None:
             await stream.aclose()
 
 
+async def was_closed(stream: trio.SocketStream) -> bool:
+    """Whether the server closed ``stream`` (it reads nothing but the end)."""
+    with trio.move_on_after(0.5):
+        return await stream.receive_some(65536) == b""
+    return False
+
+
+async def test_strangers_hold_at_most_max_unproven_slots_and_peers_get_through(
+    nursery: trio.Nursery,
+) -> None:
+    """Connections that sent no frame with a valid tag hold at most ``max_unproven`` slots:
+    past that the oldest is closed. Strangers used to fill every slot for the idle timeout
+    (30 s by default) while the peers waited in the backlog, and failover slowed to ~10 s."""
+    auth = PeerAuth(b"k" * 32)
+    serve = partial(
+        serve_tcp, ROUTES, peer_auth=auth, max_connections=6, max_unproven=2, idle_timeout=60
+    )
+    url = await nursery.start(serve)
+    transport = TcpTransport("me", {"peer": url}, peer_auth=auth)
+    with trio.fail_after(10):
+        strangers = [await connect(url) for _ in range(12)]  # twice the slots, silent
+        await strangers[-1].send_all(framed(b'{"m": "get", "a": {"key": "k"}}'))  # no tag
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        assert await transport.call("peer", "get", GetArgs("a"), GetReply) == GetReply("A", 1, "OK")
+        closed = [await was_closed(stream) for stream in strangers]
+        assert sum(closed) >= 8, closed  # all but the newest few were closed
+        for stream in strangers:
+            await stream.aclose()
+    await transport.aclose()
+
+
 REQUESTS = st.fixed_dictionaries(
     {"m": st.sampled_from(["get", "boom", "nope"]) | JSON_VALUES},
     optional={"a": st.fixed_dictionaries({"key": st.text()}) | JSON_VALUES},

@@ -31,9 +31,11 @@ Invariants:
   No input reaches a handler unchecked; a handler's unexpected exception is answered 500,
   logged, and the connection and the server carry on.
 - The server is bounded: at most ``max_connections`` connections at once (others wait in the
-  kernel's backlog); a connection is closed when no frame starts within ``idle_timeout`` of
-  the last reply (or of connecting, TLS handshake included), or when a frame, or the reply
-  to it, takes over ``frame_timeout`` to cross.
+  kernel's backlog), of which at most ``max_unproven`` (with peer authentication) have not
+  yet sent a frame with a valid tag: past that, the oldest of those is closed. A connection
+  is closed when no frame starts within ``idle_timeout`` of the last reply (or of
+  connecting, TLS handshake included), or when a frame, or the reply to it, takes over
+  ``frame_timeout`` to cross.
 - :meth:`TcpTransport.call` never raises for network trouble: it returns ``None``, as it
   does for a reply whose tag does not answer this very request.
 """
@@ -81,6 +83,10 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 #: Time for one frame to cross, once started: the largest (64 MiB) needs ~2.2 MB/s.
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_MAX_IDLE = 10.0
+#: With peer authentication, connections that have not yet sent a frame with a valid tag:
+#: past this many, the oldest is closed. A peer's first frame follows its connect at once,
+#: so strangers hold at most these of the ``max_connections`` slots (and bodies in memory).
+DEFAULT_MAX_UNPROVEN = 16
 _IDLE_CONNECTIONS_PER_PEER = 2
 _NO_TAG = bytes(TAG_BYTES)
 _NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -177,6 +183,7 @@ async def serve_tcp(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+    max_unproven: int = DEFAULT_MAX_UNPROVEN,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer framed calls to ``routes`` until cancelled; ``task_status`` gets ``tcp://...``
@@ -187,7 +194,9 @@ async def serve_tcp(
     listeners: list[trio.abc.Listener[Any]] = list(sockets)
     if ssl_context is not None:
         listeners = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
-    server = _Server(routes, max_frame_bytes, peer_auth, idle_timeout, frame_timeout)
+    if max_unproven < 1:
+        raise ValueError("max_unproven must be at least 1")
+    server = _Server(routes, max_frame_bytes, peer_auth, idle_timeout, frame_timeout, max_unproven)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_bounded, server.serve_connection, listeners, max_connections)
@@ -205,6 +214,7 @@ class _Server:
         peer_auth: PeerAuth | None,
         idle_timeout: float,
         frame_timeout: float,
+        max_unproven: int = DEFAULT_MAX_UNPROVEN,
     ) -> None:
         self.routes = routes
         self.max_frame_bytes = max_frame_bytes
@@ -212,6 +222,23 @@ class _Server:
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.log_error = Throttled(logger, logging.ERROR)
+        self.max_unproven = max_unproven
+        #: Connections yet to send a frame with a valid tag, oldest first: each one's
+        #: scope, by the number of its arrival (never by object identity).
+        self._unproven: dict[int, trio.CancelScope] = {}
+        self._arrivals = 0
+
+    def _admit_unproven(self, scope: trio.CancelScope) -> int | None:
+        """Count a new connection as unproven (with peer authentication; ``None``
+        without), closing the oldest unproven one past ``max_unproven``."""
+        if self.peer_auth is None:
+            return None
+        self._arrivals += 1
+        self._unproven[self._arrivals] = scope
+        if len(self._unproven) > self.max_unproven:
+            oldest = next(iter(self._unproven))
+            self._unproven.pop(oldest).cancel()
+        return self._arrivals
 
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         """Answer the frames of one connection until it closes, breaks, stalls or misbehaves.
@@ -220,6 +247,7 @@ class _Server:
         clock = StallClock(self.idle_timeout)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(clock.watch, nursery.cancel_scope)
+            unproven = self._admit_unproven(nursery.cancel_scope)
             try:
                 if isinstance(stream, trio.SSLStream):
                     await stream.do_handshake()
@@ -228,6 +256,9 @@ class _Server:
                     frame = await framed.read_frame()
                     clock.restart(math.inf)  # a handler is bounded by its own logic
                     reply, keep_open = await self.answer(frame, stream)
+                    if unproven is not None and keep_open:  # its tag was valid
+                        self._unproven.pop(unproven, None)
+                        unproven = None
                     clock.restart(self.frame_timeout)
                     await framed.send(*reply)
                     if not keep_open:
@@ -241,6 +272,9 @@ class _Server:
                     pass
             except _NETWORK_ERRORS:
                 pass  # the caller went away
+            finally:
+                if unproven is not None:
+                    self._unproven.pop(unproven, None)
             nursery.cancel_scope.cancel()
 
     async def answer(self, frame: bytes, stream: trio.abc.Stream) -> tuple[tuple[bytes, ...], bool]:
