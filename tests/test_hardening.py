@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +43,7 @@ from trioraft.kv.node import QUOTA_HEADROOM, EmbeddedClient, KVNode
 from trioraft.raft.log import Entry
 from trioraft.raft.messages import AppendEntriesArgs, InstallSnapshotArgs
 from trioraft.raft.node import RaftNode
+from trioraft.raft.storage import FileStorage
 from trioraft.rpc.transport import MemoryNetwork
 from trioraft.testing import RELIABLE, Network
 
@@ -396,6 +398,32 @@ async def test_past_the_quota_removals_still_run_within_the_headroom(
     leader.quota_bytes = int(leader.storage_bytes() / (1 + QUOTA_HEADROOM)) - 1
     assert (await leader.handle_delete(DeleteArgs("c", 1))).err == "NoSpace"
     assert (await leader.handle_get(GetArgs("c"))).value == "v" * 2000
+
+
+async def test_past_the_quota_deleting_with_snapshots_on_gets_back_under_it(
+    nursery: trio.Nursery, seed: int, tmp_path: Path
+) -> None:
+    """Deletions past the quota free nothing until a snapshot: with a large
+    ``max_raft_state`` the log never grew enough to take one, and a store emptied past its
+    quota still refused every put. Now deletions of 1/64 of the quota take one."""
+    kv = MemoryKV(nursery, seed)
+    kv.storages = {i: FileStorage(tmp_path / i) for i in kv.ids}  # sizes as on disk
+    await kv.start_all()
+    leader = await kv.leader()
+    for node in kv.nodes.values():
+        node.rsm.max_raft_state = 1 << 30  # snapshots on, never by the log's size here
+    for k in range(10):
+        assert (await leader.handle_put(PutArgs(f"k{k}", "v" * 20_000, 0))).err == "OK"
+    leader.quota_bytes = leader.storage_bytes() - 1
+    assert (await leader.handle_put(PutArgs("new", "v", 0))).err == "NoSpace"
+    left = [f"k{k}" for k in range(10)]
+    for _ in range(100):  # while a snapshot is saved and its log not yet cut, both count
+        left = [k for k in left if (await leader.handle_delete(DeleteArgs(k, 1))).err != "OK"]
+        if not left and not leader.over_quota():
+            break
+        await trio.sleep(0.05)
+    assert not left and leader.raft.log.snapshot_index > 0 and not leader.over_quota()
+    assert (await leader.handle_put(PutArgs("new", "v", 0))).err == "OK"
 
 
 async def test_concurrent_writes_cannot_all_pass_the_quota_at_once(

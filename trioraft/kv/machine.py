@@ -107,7 +107,15 @@ class VersionedKV:
     """The KV state machine. Its methods return the wire replies; ``index`` is the index
     the change is made at (see the module docstring)."""
 
-    __slots__ = ("_data", "_sorted", "changes", "forgotten_through", "max_tombstones", "tombstones")
+    __slots__ = (
+        "_data",
+        "_sorted",
+        "changes",
+        "forgotten_through",
+        "max_tombstones",
+        "removed_chars",
+        "tombstones",
+    )
 
     def __init__(self, max_tombstones: int = DEFAULT_MAX_TOMBSTONES) -> None:
         self._data: dict[str, KeyState] = {}
@@ -120,6 +128,9 @@ class VersionedKV:
         self._sorted: list[str] | None = None
         #: When a list, every change made is appended to it (for watches and leases).
         self.changes: list[Change] | None = None
+        #: Characters of keys and values deleted, for the owner to reset (what a snapshot
+        #: would win back: see ``KVNode``'s quota).
+        self.removed_chars = 0
 
     def get(self, key: str, index: int = 0) -> GetReply:
         """The key as of ``index`` (this state's, which the reply repeats)."""
@@ -239,7 +250,7 @@ class VersionedKV:
         return self.forgotten_through > index or self.tombstones.get(key, -1) > index
 
     def _remove(self, key: str, index: int) -> None:
-        del self._data[key]
+        self.removed_chars += len(key) + len(self._data.pop(key)[0])
         self.tombstones.pop(key, None)
         self.tombstones[key] = index
         if len(self.tombstones) > self.max_tombstones:

@@ -127,7 +127,8 @@ DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 #: Bytes of Raft state (log, hard state, snapshot) past which writes answer ``NoSpace``.
 DEFAULT_QUOTA_BYTES = 2 << 30
 #: Past the quota, ops that only remove still run until the data directory holds this
-#: fraction more (they are logged too): with snapshots on, the way back under the quota.
+#: fraction more (they are logged too): with snapshots on, the way back under the quota
+#: (their freed space is snapshotted as soon as it is 1/64 of the quota).
 QUOTA_HEADROOM = 1 / 16
 
 
@@ -216,6 +217,7 @@ class KVNode:
         self.rsm = ReplicatedStateMachine(
             self.raft, self.machine, max_raft_state=max_raft_state, op_timeout=op_timeout
         )
+        self.rsm.snapshot_due = self._reclaim_due
         self.watches = WatchHub(self.machine.history, self.rsm.wait_next_apply)
         self.lease_keeper = LeaseKeeper(self.raft, lambda: self.machine.leases, self._expire)
         self.client_urls = dict(client_urls if client_urls is not None else peers)
@@ -234,6 +236,16 @@ class KVNode:
 
     def over_quota(self) -> bool:
         return self.storage_bytes() + self._admitted_bytes > self.quota_bytes
+
+    def _reclaim_due(self) -> bool:
+        """Past the quota, with snapshots on: whether deletions since the last such
+        snapshot freed 1/64 of the quota. The log (and the snapshot it holds) shrinks
+        only at a snapshot, which the log's own growth may not bring soon."""
+        kv = self.machine.kv
+        if kv.removed_chars < self.quota_bytes // 64 or not self.over_quota():
+            return False
+        kv.removed_chars = 0
+        return True
 
     def _quota_allows(self) -> Callable[[BatchOp], bool] | None:
         """``None`` under the quota; past it, which ops still run: reads, and ops that only

@@ -136,6 +136,9 @@ class ReplicatedStateMachine:
         self.node = node
         self.machine = machine
         self.max_raft_state = max_raft_state
+        #: The application's own reason to snapshot now, with snapshots on (``KVNode``:
+        #: deletions past the storage quota, which only a snapshot turns into free space).
+        self.snapshot_due: Callable[[], bool] = lambda: False
         self.op_timeout = op_timeout
         #: Room for the ops of one entry (what the JSON around them needs is kept apart):
         #: within half the peers' message limit (escaping can double JSON text), and within
@@ -283,7 +286,9 @@ class ReplicatedStateMachine:
             return None  # the log is already compacted at an installed snapshot
         self._apply_entry(message)
         self._announce_applied()
-        if 0 <= self.max_raft_state < self.node.raft_state_size():
+        if self.max_raft_state >= 0 and (
+            self.max_raft_state < self.node.raft_state_size() or self.snapshot_due()
+        ):
             return self._snapshot(message.index)
         return None
 
