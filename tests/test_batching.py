@@ -15,7 +15,7 @@ from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import SingleKV, check_put_concurrent, one_client_put, run_clients
 from trioraft import VersionConflict, Versioned
 from trioraft.kv.coalescing import open_coalescing_client
-from trioraft.kv.messages import MAX_BATCH_RANGES, MAX_REPLY_CHARS
+from trioraft.kv.messages import MAX_BATCH_RANGES, MAX_REPLY_BYTES
 from trioraft.testing import MIT_UNRELIABLE, History
 
 
@@ -172,7 +172,7 @@ async def test_coalescing_client_sends_many_ranges_in_batches_a_server_takes(
 
 async def test_a_reply_carries_at_most_max_reply_chars_of_data(single_kv: SingleKV) -> None:
     """A small request naming one large value many times (a batch of gets, a txn's gets,
-    ranges) answers at most MAX_REPLY_CHARS of keys and values: the reads past them answer
+    ranges) answers at most MAX_REPLY_BYTES of keys and values: the reads past them answer
     ReplyTooLarge without their data, the first read is whole, a txn's writes apply. The
     coalescing client sends such reads again, so each of its callers gets its value."""
     big = "v" * (512 << 10)
@@ -180,10 +180,10 @@ async def test_a_reply_carries_at_most_max_reply_chars_of_data(single_kv: Single
         await http.post("/put", json={"key": "big", "value": big, "version": 0})
         gets = [{"op": "get", "key": "big"}] * 100  # 3 kB asking 50 MiB
         reply = await http.post("/batch", json={"ops": gets})
-        assert reply.status_code == 200 and len(reply.content) < MAX_REPLY_CHARS + 100_000
+        assert reply.status_code == 200 and len(reply.content) < MAX_REPLY_BYTES + 100_000
         errs = [r["err"] for r in reply.json()["results"]]
-        assert errs == ["OK"] * (MAX_REPLY_CHARS // len(big)) + ["ReplyTooLarge"] * (
-            100 - MAX_REPLY_CHARS // len(big)
+        assert errs == ["OK"] * (MAX_REPLY_BYTES // len(big)) + ["ReplyTooLarge"] * (
+            100 - MAX_REPLY_BYTES // len(big)
         )
         ranges = [{"op": "range", "key": "", "range": {"prefix": "big"}}] * MAX_BATCH_RANGES
         reply = await http.post("/batch", json={"ops": [*gets[:30], *ranges]})
@@ -193,9 +193,15 @@ async def test_a_reply_carries_at_most_max_reply_chars_of_data(single_kv: Single
         reply = await http.post("/txn", json={"compare": [], "success": success})
         txn = reply.json()
         assert txn["succeeded"] and [r["err"] for r in txn["results"]] == ["OK"] * (
-            1 + MAX_REPLY_CHARS // len(big)
-        ) + ["ReplyTooLarge"] * (40 - MAX_REPLY_CHARS // len(big))
+            1 + MAX_REPLY_BYTES // len(big)
+        ) + ["ReplyTooLarge"] * (40 - MAX_REPLY_BYTES // len(big))
         assert (await http.post("/get", json={"key": "w"})).json()["value"] == "1"
+        # The bound is on the reply as sent: an emoji is sent as 12 bytes (two \u escapes).
+        await http.post("/put", json={"key": "emoji", "value": "😀" * 50_000, "version": 0})
+        reply = await http.post("/batch", json={"ops": [{"op": "get", "key": "emoji"}] * 100})
+        assert len(reply.content) < MAX_REPLY_BYTES + 100_000
+        errs = [r["err"] for r in reply.json()["results"]]
+        assert errs.count("OK") == MAX_REPLY_BYTES // 600_000, errs
     async with open_coalescing_client([single_kv.url], rpc_timeout=30) as kv:
         values: list[str] = []
 
@@ -207,7 +213,7 @@ async def test_a_reply_carries_at_most_max_reply_chars_of_data(single_kv: Single
                 for _ in range(100):
                     nursery.start_soon(read)
         assert values == [big] * 100
-        assert kv.requests >= 100 // (MAX_REPLY_CHARS // len(big))
+        assert kv.requests >= 100 // (MAX_REPLY_BYTES // len(big))
 
 
 async def test_coalescing_client_reports_conflicts_and_closes_cleanly(

@@ -24,7 +24,7 @@ from trioraft import BadRequest, LeadershipLost, MemoryStorage, RaftConfig, Stor
 from trioraft.kv.clients import OpsClient
 from trioraft.kv.machine import KVMachine
 from trioraft.kv.messages import (
-    MAX_REPLY_CHARS,
+    MAX_REPLY_BYTES,
     AppendArgs,
     BatchArgs,
     BatchOp,
@@ -461,7 +461,7 @@ async def test_a_replicated_batch_reply_is_bounded_and_its_first_read_is_whole(
     assert [r.err for r in results] == ["OK"] * 16 + ["ReplyTooLarge"] * 4
     assert all(r.value == big for r in results[:16]) and results[16].value == ""
     # One read larger than the whole bound (a server that takes larger bodies) is whole.
-    huge = OpResult("OK", "h" * (MAX_REPLY_CHARS + 1))
+    huge = OpResult("OK", "h" * (MAX_REPLY_BYTES + 1))
     bounded = bound_reply([BatchOp("get", "h")] * 2, [huge, huge])
     assert [r.err for r in bounded] == ["OK", "ReplyTooLarge"] and bounded[0] is huge
 

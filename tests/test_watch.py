@@ -9,7 +9,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioraft.kv.changes import MAX_ANSWER_CHARS, Change, Compacted, WatchHistory
+from trioraft.kv.changes import MAX_ANSWER_BYTES, Change, Compacted, WatchHistory
 from trioraft.kv.watch import WatchHub
 
 
@@ -66,9 +66,9 @@ def test_an_answer_ends_at_an_entry_boundary():
 
 def test_an_answer_stops_at_max_answer_chars_at_an_entry_boundary():
     """Many watchers of large values each got the whole history in one answer (up to the
-    history's 64 MiB): an answer stops past MAX_ANSWER_CHARS, as a range page does."""
+    history's 64 MiB): an answer stops past MAX_ANSWER_BYTES, as a range page does."""
     history = WatchHistory()
-    big = "v" * (MAX_ANSWER_CHARS // 3)
+    big = "v" * (MAX_ANSWER_BYTES // 3)
     for index in range(1, 11):
         history.record(index, [put(index, f"k{index}", big)])
     history.record(11, [put(11, "a", big), put(11, "b", big), put(11, "c", big), put(11, "d", big)])
@@ -76,10 +76,16 @@ def test_an_answer_stops_at_max_answer_chars_at_an_entry_boundary():
     through = 0
     while through < 11:
         changes, through = history.since("", through, limit=10_000)
-        assert sum(len(c.value) for c in changes) <= MAX_ANSWER_CHARS + 4 * len(big)
+        assert sum(len(c.value) for c in changes) <= MAX_ANSWER_BYTES + 4 * len(big)
         seen += [c.key for c in changes]
     assert seen == [f"k{i}" for i in range(1, 11)] + ["a", "b", "c", "d"]
     assert [c.key for c in history.since("", 10)[0]] == ["a", "b", "c", "d"]  # one entry, whole
+    # Bytes as sent: an emoji takes 12 (two \u escapes).
+    emoji = WatchHistory()
+    for index in range(1, 11):
+        emoji.record(index, [put(index, f"e{index}", "😀" * (MAX_ANSWER_BYTES // 36))])
+    changes, through = emoji.since("", 0, limit=10_000)
+    assert len(changes) == 3 and through == 3
 
 
 def test_bounds_compact_whole_entries_and_a_watch_before_them_is_refused():

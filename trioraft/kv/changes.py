@@ -26,15 +26,17 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..rpc.codec import json_string_bytes
+
 #: Changes kept for watchers by default (each costs its key and value in memory).
 DEFAULT_MAX_CHANGES = 100_000
 #: Bytes of keys and values kept for watchers by default.
 DEFAULT_MAX_BYTES = 64 << 20
 #: Most changes in one answer (an answer may hold more to end at an entry boundary).
 DEFAULT_LIMIT = 1000
-#: An answer stops once its keys and values reach this many characters, as a range page
-#: does (at an entry boundary): watchers of large values get several smaller answers.
-MAX_ANSWER_CHARS = 1 << 20
+#: An answer stops once its keys and values reach this many bytes as sent (JSON-escaped),
+#: at an entry boundary: watchers of large values get several smaller answers.
+MAX_ANSWER_BYTES = 1 << 20
 
 
 class Compacted(Exception):
@@ -115,24 +117,24 @@ class WatchHistory:
     ) -> tuple[list[Change], int]:
         """The changes under ``prefix`` with index > ``after``, and the index they run through.
 
-        At most ``limit`` changes, and keys and values of at most :data:`MAX_ANSWER_CHARS`
-        (as a range page), plus the rest of the last one's entry. The second value is the
+        At most ``limit`` changes, and keys and values of at most :data:`MAX_ANSWER_BYTES` as
+        sent, plus the rest of the last one's entry. The second value is the
         ``after`` to ask with next: the last applied index when the answer is complete.
         Raises :class:`Compacted` when changes after ``after`` are no longer all kept.
         """
         self.check(after)
         found: list[Change] = []
-        chars = 0
+        size = 0
         position = bisect.bisect_right(self._indexes, after, lo=self._start)
         end = len(self._changes)
         while position < end:
             change = self._changes[position]
-            full = len(found) >= limit or chars >= MAX_ANSWER_CHARS
+            full = len(found) >= limit or size >= MAX_ANSWER_BYTES
             if found and full and change.index != found[-1].index:
                 return found, found[-1].index
             if change.key.startswith(prefix):
                 found.append(change)
-                chars += len(change.key) + len(change.value)
+                size += json_string_bytes(change.key) + json_string_bytes(change.value)
             position += 1
         return found, max(after, self.applied)
 

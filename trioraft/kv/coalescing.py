@@ -23,7 +23,7 @@ Invariants:
   carries ``retry_after``, which can cross a size limit) raises
   :class:`~trioraft.MaybeApplied` for its writes (never sent again unmarked) and sends its
   reads again.
-- A read answered ``ReplyTooLarge`` (its reply had no room for it: ``MAX_REPLY_CHARS``) goes
+- A read answered ``ReplyTooLarge`` (its reply had no room for it: ``MAX_REPLY_BYTES``) goes
   back to the head of the queue; each reply holds at least one read whole, so reads progress.
 - A caller that is cancelled before its op is sent removes it; once sent, the op may apply.
 - When the client closes, every call still waiting raises ``trio.ClosedResourceError``.

@@ -41,7 +41,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from .._errors import BadRequest
-from ..rpc.codec import non_negative
+from ..rpc.codec import json_string_bytes, non_negative
 
 OK: Final = "OK"
 NO_KEY: Final = "NoKey"
@@ -51,7 +51,7 @@ SESSION_EXPIRED: Final = "SessionExpired"
 NO_SPACE: Final = "NoSpace"
 #: The answer to a logged op that is not one (only a faulty peer could have logged it).
 BAD_OP: Final = "BadOp"
-#: A read whose data did not fit its reply (:data:`MAX_REPLY_CHARS`): ask again.
+#: A read whose data did not fit its reply (:data:`MAX_REPLY_BYTES`): ask again.
 REPLY_TOO_LARGE: Final = "ReplyTooLarge"
 
 #: The longest key any KV server accepts, in UTF-8 bytes.
@@ -64,10 +64,11 @@ MAX_RANGE_LIMIT = 10_000
 MAX_RANGE_CHARS = 1 << 20
 #: Most range ops in one ``/batch`` (each answers up to :data:`MAX_RANGE_CHARS`).
 MAX_BATCH_RANGES = 16
-#: A reply (``/batch``, ``/txn``) carries at most this many characters of keys and values,
-#: what its range pages may: past them, gets, ranges and a transaction's gets answer
-#: :data:`REPLY_TOO_LARGE` without their data (see :func:`bound_reply`).
-MAX_REPLY_CHARS = MAX_BATCH_RANGES * MAX_RANGE_CHARS
+#: A reply (``/batch``, ``/txn``) carries at most this many bytes of keys and values as
+#: sent (JSON-escaped: see :func:`~trioraft.rpc.codec.json_string_bytes`): past them, gets,
+#: ranges and a transaction's gets answer :data:`REPLY_TOO_LARGE` without their data (see
+#: :func:`bound_reply`).
+MAX_REPLY_BYTES = 16 << 20
 #: Most compares, and most ops per branch, of one transaction.
 MAX_TXN_COMPARES = 64
 MAX_TXN_OPS = 256
@@ -464,24 +465,27 @@ def as_result(reply: Reply | None) -> OpResult:
 
 
 def bound_reply(ops: list[BatchOp], results: list[OpResult]) -> list[OpResult]:
-    """``results`` (of ``ops``) with at most :data:`MAX_REPLY_CHARS` of keys and values: in
+    """``results`` (of ``ops``) with at most :data:`MAX_REPLY_BYTES` of keys and values: in
     op order, each get, range page and transaction get that would cross it answers
     :data:`REPLY_TOO_LARGE` instead (a transaction's writes keep their results). The first
     of them is always whole, so sending the rest again makes progress. A small request
     asking the same large value many times would otherwise build a reply hundreds of
     times its size."""
-    budget = MAX_REPLY_CHARS
+    budget = MAX_REPLY_BYTES
     first = True
     bounded: list[OpResult] | None = None
     for i, (op, result) in enumerate(zip(ops, results, strict=True)):
         if op.op == "get":
-            size = len(result.value)
+            size = json_string_bytes(result.value)
         elif op.op == "range" and result.range is not None:
-            size = sum(len(item.key) + len(item.value) for item in result.range.items)
+            size = sum(
+                json_string_bytes(item.key) + json_string_bytes(item.value)
+                for item in result.range.items
+            )
         elif op.op == "txn" and result.txn is not None and any(r.value for r in result.txn.results):
             kept: list[KeyResult] = []
             for item in result.txn.results:
-                size = len(item.value)
+                size = json_string_bytes(item.value)
                 if size and not first and size > budget:
                     item = KeyResult(REPLY_TOO_LARGE)
                 elif size:

@@ -18,12 +18,23 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 from .._errors import BadRequest
 
 T = TypeVar("T")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def json_string_bytes(text: str) -> int:
+    """The bytes ``text`` takes inside a JSON string as our replies send it (``json.dumps``,
+    ASCII-escaped): a non-ASCII character takes 6 bytes, one beyond the BMP 12. Cheap for
+    printable ASCII, which escapes only quotes and backslashes."""
+    if text.isascii() and text.isprintable():
+        return len(text) + text.count('"') + text.count("\\")
+    return len(encode_basestring_ascii(text)) - 2
+
 
 _Decoder = Callable[[Any], Any]
 #: Per message class: (field name, decoder, factory of its default or None if required).
