@@ -170,9 +170,9 @@ async def test_coalescing_client_sends_many_ranges_in_batches_a_server_takes(
         assert requests <= 64 // MAX_BATCH_RANGES + 2, f"{requests} requests for 64 ranges"
 
 
-async def test_a_reply_carries_at_most_max_reply_chars_of_data(single_kv: SingleKV) -> None:
+async def test_a_reply_carries_at_most_max_reply_bytes_of_data(single_kv: SingleKV) -> None:
     """A small request naming one large value many times (a batch of gets, a txn's gets,
-    ranges) answers at most MAX_REPLY_BYTES of keys and values: the reads past them answer
+    ranges) answers at most MAX_REPLY_BYTES of keys and values as sent: the reads past them answer
     ReplyTooLarge without their data, the first read is whole, a txn's writes apply. The
     coalescing client sends such reads again, so each of its callers gets its value."""
     big = "v" * (512 << 10)
