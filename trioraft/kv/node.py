@@ -33,7 +33,8 @@ knows (the latest in its log, committed or not); the others only by the leader (
 ``WrongLeader`` with the hint, and nothing changes). Every field is validated before
 anything is proposed (400). A change already in effect answers OK with nothing proposed, so
 a client may retry one whose reply was lost. A refused change (another one in flight, a
-transfer under way, no entry of this term committed yet, a transfer abandoned) answers 409.
+transfer under way, no entry of this term committed yet, a transfer abandoned, a learner
+past ``RaftConfig.max_learners``) answers 409.
 ``/member_remove`` of the leader itself hands leadership over first and then answers
 ``WrongLeader`` naming the new leader, which removes it when the client retries there.
 """

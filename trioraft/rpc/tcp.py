@@ -255,10 +255,9 @@ class _Server:
                     clock.restart(self.frame_timeout)
                     frame = await framed.read_frame()
                     clock.restart(math.inf)  # a handler is bounded by its own logic
-                    reply, keep_open = await self.answer(frame, stream)
-                    if unproven is not None and keep_open:  # its tag was valid
-                        self._unproven.pop(unproven, None)
-                        unproven = None
+                    reply, keep_open = await self.answer(frame, stream, unproven)
+                    if keep_open:
+                        unproven = None  # its tag was valid: answer counted it proven
                     clock.restart(self.frame_timeout)
                     await framed.send(*reply)
                     if not keep_open:
@@ -277,8 +276,12 @@ class _Server:
                     self._unproven.pop(unproven, None)
             nursery.cancel_scope.cancel()
 
-    async def answer(self, frame: bytes, stream: trio.abc.Stream) -> tuple[tuple[bytes, ...], bool]:
-        """The reply's payload parts for ``frame``, and whether the connection stays open."""
+    async def answer(
+        self, frame: bytes, stream: trio.abc.Stream, unproven: int | None = None
+    ) -> tuple[tuple[bytes, ...], bool]:
+        """The reply's payload parts for ``frame``, and whether the connection stays open.
+        A valid tag proves the connection (``unproven``, its key) before the handler runs,
+        so a newcomer can no longer close it under the handler."""
         auth = self.peer_auth
         if auth is None:
             return (await _answer_bytes(self.routes, frame, self.log_error),), True
@@ -288,6 +291,8 @@ class _Server:
             auth.refuse(_remote(stream), "a frame without a valid tag")
             refusal = json.dumps({"s": 401, "p": UNAUTHENTICATED_PEER}).encode()
             return (_NO_TAG, refusal), False
+        if unproven is not None:
+            self._unproven.pop(unproven, None)
         reply = await _answer_bytes(self.routes, body, self.log_error)
         return (auth.sign_reply(request_tag, 0, reply), reply), True
 
