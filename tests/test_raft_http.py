@@ -11,6 +11,8 @@ import pytest
 import trio
 
 from tests.raft_http_harness import HttpRaftCluster
+from trioraft.raft.config import RaftConfig
+from trioraft.rpc.transport import HttpTransport
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE
 
 #: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)
@@ -62,6 +64,13 @@ async def test_an_entry_slower_to_send_than_rpc_timeout_commits(
     assert c.n_committed(index) == (3, big)
     assert await c.check_one_leader() == leader  # and no election meanwhile
     c.check_errors()
+
+
+def test_an_http_transport_waits_as_long_as_the_node_may() -> None:
+    """Its default timeout covers a node's longest call (the largest AppendEntries): at
+    1 s it cut off what ``RaftConfig.append_wait`` allows, for users who built their own."""
+    transport = HttpTransport("a", {"b": "http://127.0.0.1:1"})
+    assert transport._timeout >= RaftConfig().transport_timeout
 
 
 async def test_persistence_over_http(nursery: trio.Nursery, seed: int, tmp_path: Path) -> None:

@@ -54,11 +54,18 @@ class PeerDirectory(Protocol):
         ...
 
 
+#: An HTTP peer call's own time bound, behind the node's (see :class:`HttpTransport`).
+DEFAULT_PEER_TIMEOUT = 60.0
+
+
 class HttpTransport:
     """Peers reached over HTTP at the given URLs (which may be fault proxies).
 
     ``peer_auth`` signs every request and checks every reply; ``tls`` sets how ``https://``
-    peers are verified and the certificate shown to them.
+    peers are verified and the certificate shown to them. ``timeout`` only backs up the
+    node, which bounds every call itself: keep it at least
+    ``RaftConfig.transport_timeout`` (the default, 60 s, is: a shorter one cut off the
+    AppendEntries of large entries, sent again forever).
     """
 
     def __init__(
@@ -66,7 +73,7 @@ class HttpTransport:
         node_id: str,
         peer_urls: Mapping[str, str],
         *,
-        timeout: float = 1.0,
+        timeout: float = DEFAULT_PEER_TIMEOUT,
         peer_auth: PeerAuth | None = None,
         tls: ClientTls | None = None,
     ) -> None:
