@@ -522,24 +522,32 @@ def txn_reply(result: OpResult) -> TxnReply:
     return TxnReply(result.err, outcome.succeeded, outcome.results, outcome.index)
 
 
-def json_size_bound(ops: list[BatchOp], per_char: int = 12) -> int:
-    """At least the bytes ``ops`` take as logged JSON: a character escapes to 12 bytes at
-    most (a non-BMP one, as two \\u escapes); the rest is bounded per op. With
-    ``per_char=1``, about what they take when JSON escapes none of their characters."""
-    return sum(_size_bound(op, per_char) for op in ops)
+def json_sizes(ops: list[BatchOp]) -> tuple[int, int]:
+    """About the bytes ``ops`` take as logged JSON when JSON escapes none of their
+    characters, and at least the bytes they take: a character escapes to 12 bytes at most
+    (a non-BMP one, as two \\u escapes); the rest is bounded per op. One pass for both."""
+    chars = fixed = 0
+    for op in ops:
+        op_chars, op_fixed = _size_parts(op)
+        chars += op_chars
+        fixed += op_fixed
+    return chars + fixed, 12 * chars + fixed
 
 
-def _size_bound(op: BatchOp, per_char: int) -> int:
-    bound = per_char * (len(op.key) + len(op.value) + len(op.session)) + 128
+def _size_parts(op: BatchOp) -> tuple[int, int]:
+    """The characters of ``op``'s strings, and a bound on the rest of its JSON."""
+    chars, fixed = len(op.key) + len(op.value) + len(op.session), 128
     if op.range is not None:
-        bound += per_char * (len(op.range.prefix) + len(op.range.start) + len(op.range.end)) + 64
+        chars += len(op.range.prefix) + len(op.range.start) + len(op.range.end)
+        fixed += 64
     if op.txn is not None:
         for compare in op.txn.compare:
-            operand = compare.value or ""
-            bound += per_char * (len(compare.key) + len(operand)) + 96
+            chars += len(compare.key) + len(compare.value or "")
+            fixed += 96
         for txn_op in (*op.txn.success, *op.txn.failure):
-            bound += per_char * (len(txn_op.key) + len(txn_op.value)) + 64
-    return bound
+            chars += len(txn_op.key) + len(txn_op.value)
+            fixed += 64
+    return chars, fixed
 
 
 def log_op(op: BatchOp) -> dict[str, object]:

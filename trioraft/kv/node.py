@@ -113,7 +113,7 @@ from .messages import (
     bound_reply,
     check_key,
     frees_space,
-    json_size_bound,
+    json_sizes,
     log_op,
     range_reply,
     txn_reply,
@@ -235,8 +235,12 @@ class KVNode:
         """Bytes of Raft state on disk: the log, the hard state and the snapshot."""
         return self.raft.raft_state_size() + self.raft.snapshot_size()
 
+    def _quota_used(self) -> int:
+        """What counts against the quota: the data directory, and the writes admitted."""
+        return self.storage_bytes() + self._admitted_bytes
+
     def over_quota(self) -> bool:
-        return self.storage_bytes() + self._admitted_bytes > self.quota_bytes
+        return self._quota_used() > self.quota_bytes
 
     def _reclaim_due(self) -> bool:
         """Past the quota, with snapshots on: whether deletions since the last such
@@ -251,7 +255,7 @@ class KVNode:
     def _quota_allows(self) -> Callable[[BatchOp], bool] | None:
         """``None`` under the quota; past it, which ops still run: reads, and ops that only
         remove while the data directory is within :data:`QUOTA_HEADROOM` of it."""
-        used = self.storage_bytes() + self._admitted_bytes
+        used = self._quota_used()
         if used <= self.quota_bytes:
             return None
         if used <= self.quota_bytes * (1 + QUOTA_HEADROOM):
@@ -302,10 +306,10 @@ class KVNode:
         :class:`~trioraft.NotLeader` if it refused them before proposing them (they did not
         apply)."""
         logged = [log_op(op) for op in ops]
-        admitted = json_size_bound(ops, per_char=1)
+        admitted, size_bound = json_sizes(ops)
         self._admitted_bytes += admitted
         try:
-            results = await self.rsm.submit_many(logged, size_bound=json_size_bound(ops))
+            results = await self.rsm.submit_many(logged, size_bound=size_bound)
         except NotLeader:
             self.metrics.proposals_failed["not_leader"] += 1
             raise
