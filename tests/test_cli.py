@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.processes import ProcessCluster
@@ -170,6 +171,17 @@ async def test_a_node_started_with_join_is_added_promoted_and_the_leader_removed
             assert leader not in after["voters"] and after["leader"] in after["voters"]
             assert await kv.get("before") == Versioned("v", 1)
     await cluster.stop_all()
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "", "1e3"])
+async def test_max_learners_must_be_a_non_negative_integer(tmp_path: Path, value: str) -> None:
+    node = ["node", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+            "--data-dir", str(tmp_path / "d"), "--insecure"]  # fmt: skip
+    result = await trio.run_process(
+        [*TRIORAFT, *node, "--max-learners", value], capture_stderr=True, check=False
+    )
+    assert result.returncode == 2 and b"--max-learners" in result.stderr, result.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was made
 
 
 async def test_a_node_started_with_lease_reads_serves_reads_by_lease(

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--max-learners",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="the most learners the cluster holds at once (as etcd's default: 1)",
     )
@@ -290,6 +290,12 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -385,9 +391,8 @@ def build_node(args: argparse.Namespace) -> KVNode:
         token = read_secret(args.client_token_file, "client token").decode()
     try:
         config = RaftConfig(lease_duration=args.lease_reads, max_learners=args.max_learners)
-    except ValueError as exc:
-        flag = "--lease-reads" if "lease" in str(exc) else "--max-learners"
-        raise SystemExit(f"trioraft node: {flag}: {exc}") from None
+    except ValueError as exc:  # --max-learners is checked as it is parsed
+        raise SystemExit(f"trioraft node: --lease-reads: {exc}") from None
     return KVNode(
         args.id,
         dict(args.peer),
