@@ -98,7 +98,9 @@ def instrument() -> None:
     around_async(FileStorage, "sync", "leader_fsync")
     around_sync(FileStorage, "sync_blocking", "follower_fsync")
 
-    def call_detail(self: RaftNode, peer: str, method: str, args: Any, reply_type: Any) -> Any:
+    def call_detail(
+        self: RaftNode, peer: str, method: str, args: Any, reply_type: Any, wait: Any = None
+    ) -> Any:
         entries = getattr(args, "entries", None)
         if not entries:
             return [peer, method, None]

@@ -1,4 +1,7 @@
-"""The KV wire protocol: one frozen dataclass per request and reply body.
+"""The KV wire protocol: one dataclass per request and reply body, frozen but for the two
+made and read once per op of every batch (:class:`BatchOp`, :class:`OpResult`), whose
+construction costs a seventh of a frozen one's; those are never changed once made either
+(``dataclasses.replace`` makes a changed copy), and are not hashable.
 
 ``POST /get {"key"}`` → ``{"value", "version", "mod_index", "create_index", "err"}``;
 ``POST /put {"key", "value", "version"}`` → ``{"err"}``;
@@ -324,7 +327,7 @@ class TxnOutcome:
 MAX_BATCH_OPS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchOp:
     """One op of any client, the vocabulary every KV client speaks: ``get`` uses ``key``;
     ``put`` adds ``value`` and ``version``; ``delete`` adds ``version``; ``append`` adds
@@ -416,7 +419,7 @@ class BatchArgs:
             raise BadRequest(f"ops: {ranges} ranges, at most {MAX_BATCH_RANGES} per batch")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpResult:
     err: str
     value: str = ""
