@@ -1,7 +1,8 @@
-"""The KV wire protocol: one dataclass per request and reply body, frozen but for the two
-made and read once per op of every batch (:class:`BatchOp`, :class:`OpResult`), whose
-construction costs a seventh of a frozen one's; those are never changed once made either
-(``dataclasses.replace`` makes a changed copy), and are not hashable.
+"""The KV wire protocol: one dataclass per request and reply body, frozen but for the three
+made once per op of every batch (:class:`BatchOp`, :class:`OpResult` and the
+:class:`GetReply` a get's result is made from), whose construction costs a seventh of a
+frozen one's; those are never changed once made either (``dataclasses.replace`` makes a
+changed copy), and are not hashable.
 
 ``POST /get {"key"}`` → ``{"value", "version", "mod_index", "create_index", "err"}``;
 ``POST /put {"key", "value", "version"}`` → ``{"err"}``;
@@ -102,7 +103,7 @@ class GetArgs:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetReply:
     value: str
     version: int
