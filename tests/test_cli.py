@@ -173,6 +173,50 @@ async def test_a_node_started_with_join_is_added_promoted_and_the_leader_removed
     await cluster.stop_all()
 
 
+@pytest.mark.parametrize("server", ["kvserver", "node"])
+async def test_an_address_s_connections_past_its_share_are_closed(
+    tmp_path: Path, server: str
+) -> None:
+    """``--max-connections-per-address``: one address holds that many connections to the
+    client listener; its next one is closed at once, while those it holds are served."""
+    async with trio.open_nursery() as nursery:
+        command = [*TRIORAFT, server, "--listen", "127.0.0.1:0"]
+        if server == "node":  # a cluster of one
+            command += ["--id", "1", "--peer-listen", "127.0.0.1:0", "--insecure"]
+            command += ["--data-dir", str(tmp_path / "d")]
+        command += ["--max-connections-per-address", "2"]
+        process = await nursery.start(
+            partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        )
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await process.stdout.receive_some(1)
+        url = line.decode().split()[-1] if server == "kvserver" else line.decode().split()[5]
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with trio.fail_after(10):
+            held = [await trio.open_tcp_stream(host, int(port)) for _ in range(2)]
+            extra = await trio.open_tcp_stream(host, int(port))
+            assert await extra.receive_some(1) == b""  # closed by the server at once
+            body = b'{"key": "k"}'
+            head = f"POST /get HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            await held[0].send_all(head.encode() + body)
+            assert (await held[0].receive_some(65536)).startswith(b"HTTP/1.1 200")
+        for stream in [*held, extra]:
+            await stream.aclose()
+        process.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+async def test_max_connections_per_address_must_be_a_positive_integer(value: str) -> None:
+    result = await trio.run_process(
+        [*TRIORAFT, "kvserver", "--max-connections-per-address", value],
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert b"--max-connections-per-address" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("value", ["-1", "x", "", "1e3"])
 async def test_max_learners_must_be_a_non_negative_integer(tmp_path: Path, value: str) -> None:
     node = ["node", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",

@@ -294,6 +294,42 @@ async def test_connection_cap_bounds_descriptors(nursery: trio.Nursery) -> None:
             await stream.aclose()
 
 
+async def connect_from(source: str, url: str) -> trio.SocketStream:
+    """A connection to ``url`` from the loopback address ``source`` (any of 127.0.0.0/8)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect((host, int(port)))
+    return trio.SocketStream(sock)
+
+
+async def test_one_address_holds_at_most_its_share_of_the_connections(
+    nursery: trio.Nursery,
+) -> None:
+    """A client that keeps opening connections and sending nothing (a slowloris) gets
+    ``max_connections_per_address`` of them; its next ones are closed at once, and a client
+    at another address is served as soon as it connects."""
+    app = make_app({"echo": Route(Echo, echo_route)})
+    url = await nursery.start(
+        partial(serve, app, max_connections=8, max_connections_per_address=3, keep_alive_timeout=30)
+    )
+    with trio.fail_after(10):
+        held = [await connect_from("127.0.0.1", url) for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        for _ in range(6):  # would fill the other five slots and queue in the backlog
+            refused = await connect_from("127.0.0.1", url)
+            assert await refused.receive_some(1) == b""  # closed by the server at once
+            await refused.aclose()
+        async with await connect_from("127.0.0.2", url) as other:
+            assert b'"text": "other"' in await echo_over(other, "other")
+        await held.pop().aclose()  # its share frees up as its connections close
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        async with await connect_from("127.0.0.1", url) as again:
+            assert b'"text": "again"' in await echo_over(again, "again")
+        for stream in held:
+            await stream.aclose()
+
+
 def server_task(name: str) -> bool:
     return name.startswith(("hypercorn.", "quart", "trioraft."))
 

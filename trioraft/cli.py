@@ -101,7 +101,7 @@ from .kv.status import fetch_statuses, render_table
 from .raft.config import RaftConfig
 from .raft.inspect import Inspection, inspect_data_dir
 from .rpc.codec import decode, encode
-from .rpc.http import serve
+from .rpc.http import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, serve
 from .rpc.tls import ClientTls, ServerTls
 
 
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--tls-ca", help="CA bundle: verify peers, and require their certs")
     node.add_argument("--client-token-file", help="require this bearer token of clients")
     node.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES)
+    add_connections_per_address(node)
     node.add_argument("--quota-bytes", type=positive_int, default=DEFAULT_QUOTA_BYTES)
     node.add_argument("--max-raft-state", type=int, default=-1)
     node.add_argument(
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     kvserver.add_argument(
         "--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES
     )
+    add_connections_per_address(kvserver)
     add_log_level(kvserver)
 
     def client_command(
@@ -306,6 +308,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_connections_per_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-connections-per-address",
+        type=positive_int,
+        default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        metavar="N",
+        help="client connections one address may hold at once; its next ones are closed "
+        f"(default {DEFAULT_MAX_CONNECTIONS_PER_ADDRESS}, of the listener's "
+        f"{DEFAULT_MAX_CONNECTIONS}; raise it behind a proxy)",
+    )
+
+
 def add_log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
@@ -356,11 +370,21 @@ async def stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
-async def run_kvserver(host: str, port: int, max_body_bytes: int) -> None:
+async def run_kvserver(
+    host: str, port: int, max_body_bytes: int, max_connections_per_address: int
+) -> None:
     server = KVServer(max_body_bytes=max_body_bytes)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-        url = await nursery.start(serve, server.app(), host, port)
+        url = await nursery.start(
+            partial(
+                serve,
+                server.app(),
+                host,
+                port,
+                max_connections_per_address=max_connections_per_address,
+            )
+        )
         print(f"trioraft kvserver listening on {url}", flush=True)
 
 
@@ -405,6 +429,7 @@ def build_node(args: argparse.Namespace) -> KVNode:
         peer_tls=peer_tls,
         client_token=token,
         max_request_bytes=args.max_request_bytes,
+        max_connections_per_address=args.max_connections_per_address,
         quota_bytes=args.quota_bytes,
         max_raft_state=args.max_raft_state,
         joining=args.join,
@@ -761,7 +786,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "kvserver":
-            trio.run(run_kvserver, *args.listen, args.max_request_bytes)
+            trio.run(
+                run_kvserver, *args.listen, args.max_request_bytes, args.max_connections_per_address
+            )
         elif args.command == "node":
             trio.run(run_node, args)
         elif args.command == "cluster":

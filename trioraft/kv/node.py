@@ -21,12 +21,13 @@ stale read). A server that is not the leader, or cannot tell whether the operati
 committed (or the read was confirmed) within ``op_timeout``, answers ``WrongLeader`` (with
 the leader's client URL when it knows it) and the client tries another.
 
-Limits: client requests over ``max_request_bytes`` answer 413, keys over
-:data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never fit one log entry 413;
-once the data directory, with the writes admitted and not yet written, holds more than
-``quota_bytes``, writes (put, delete, txn, open, append) answer ``NoSpace`` (gets and ranges
-keep working), but for those that only remove (:func:`~trioraft.kv.messages.frees_space`)
-up to :data:`QUOTA_HEADROOM` past it.
+Limits: one client address holds at most ``max_connections_per_address`` connections to
+the client listener (``None``: no such bound); client requests over ``max_request_bytes``
+answer 413, keys over :data:`~trioraft.kv.messages.MAX_KEY_BYTES` 400; ops that could never
+fit one log entry 413; once the data directory, with the writes admitted and not yet
+written, holds more than ``quota_bytes``, writes (put, delete, txn, open, append) answer
+``NoSpace`` (gets and ranges keep working), but for those that only remove
+(:func:`~trioraft.kv.messages.frees_space`) up to :data:`QUOTA_HEADROOM` past it.
 
 Membership routes: ``/member_list`` is answered by any server from the configuration it
 knows (the latest in its log, committed or not); the others only by the leader (elsewhere
@@ -63,7 +64,13 @@ from ..raft.node import RaftConfig, RaftNode, TransferAbandoned
 from ..raft.serve import serve_node
 from ..raft.storage import FileStorage, Storage
 from ..rpc.auth import PeerAuth
-from ..rpc.http import Route, StreamRoute, make_app, serve
+from ..rpc.http import (
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    Route,
+    StreamRoute,
+    make_app,
+    serve,
+)
 from ..rpc.tcp import TcpTransport
 from ..rpc.tls import ClientTls, ServerTls
 from ..rpc.transport import HttpTransport, Transport
@@ -161,6 +168,7 @@ class KVNode:
         client_token: str | None = None,
         max_raft_state: int = -1,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         quota_bytes: int = DEFAULT_QUOTA_BYTES,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         config: RaftConfig | None = None,
@@ -183,6 +191,7 @@ class KVNode:
         self.peer_tls = peer_tls
         self.client_token = client_token
         self.max_request_bytes = max_request_bytes
+        self.max_connections_per_address = max_connections_per_address
         self.quota_bytes = quota_bytes
         #: About the bytes of the writes proposed here and not answered yet: counted
         #: against the quota, so concurrent requests cannot all pass it at once.
@@ -696,7 +705,16 @@ class KVNode:
                         max_body_bytes=self.config.max_message_bytes,
                     )
                 )
-                self.url = await nursery.start(partial(serve, app, host, port, tls=self.tls))
+                self.url = await nursery.start(
+                    partial(
+                        serve,
+                        app,
+                        host,
+                        port,
+                        tls=self.tls,
+                        max_connections_per_address=self.max_connections_per_address,
+                    )
+                )
                 task_status.started(self.url)
         finally:
             with trio.CancelScope(shield=True):

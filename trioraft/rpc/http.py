@@ -17,7 +17,9 @@ Invariants:
   ``Authorization: Bearer <token>`` is answered 401 before its body is read. ``GET`` routes
   are open, except a :class:`GetRoute` marked ``private``, which needs the token too.
 - Every listener is bounded: at most ``max_connections`` connections at once (beyond that,
-  new ones wait in the kernel's backlog, holding no descriptor of ours); request headers
+  new ones wait in the kernel's backlog, holding no descriptor of ours), of which one
+  client address holds at most ``max_connections_per_address`` (its next one is closed at
+  once: no one address, however slowly it sends, can take all the slots); request headers
   must arrive within ``keep_alive_timeout`` of the connection opening or of the previous
   reply, and the body within ``body_timeout`` (else 408); a connection is closed when its
   client takes less than ``SEND_STEP_BYTES`` (64 KiB) of a reply within ``send_timeout``.
@@ -45,6 +47,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -73,6 +76,9 @@ CLIENT_ID_HEADER = "X-Client-Id"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
+#: A quarter of the client listener's slots: one address (a runaway client, or one that
+#: holds connections open by sending slowly) leaves the others three quarters of them.
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256
 DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
 #: A client that takes less than ``SEND_STEP_BYTES`` of a reply in this long is gone or
 #: hostile (2 KiB/s: a slow link is fine).
@@ -379,13 +385,16 @@ async def serve(
     *,
     tls: ServerTls | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` with Hypercorn until cancelled; ``task_status`` gets the bound URL.
 
-    At most ``max_connections`` connections are served at once; an idle one (no request
+    At most ``max_connections`` connections are served at once, at most
+    ``max_connections_per_address`` of them from one client address (``None``: no such
+    bound; see :func:`serve_bounded`); an idle one (no request
     headers) is closed after ``keep_alive_timeout``, as is a TLS handshake not done by then,
     and one whose client takes less than 64 KiB of a reply within ``send_timeout``.
     With ``tls``, the URL is ``https://`` (and with ``tls.ca_file``, clients need a
@@ -426,7 +435,12 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
-            await nursery.start(serve_bounded, connection, listeners, max_connections)
+            await nursery.start(
+                partial(serve_bounded, max_per_address=max_connections_per_address),
+                connection,
+                listeners,
+                max_connections,
+            )
             task_status.started(url)
     finally:
         for listener in listeners:
@@ -555,6 +569,7 @@ def _url(scheme: str, sock: trio.socket.SocketType) -> str:
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _log_accept_error = Throttled(logger, logging.ERROR)
 _log_connection_error = Throttled(logger, logging.ERROR)
+_log_address_full = Throttled(logger)
 
 
 async def serve_bounded(
@@ -562,6 +577,7 @@ async def serve_bounded(
     listeners: Sequence[trio.abc.Listener[Any]],
     max_connections: int,
     *,
+    max_per_address: int | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``handler(stream)`` on each connection accepted from ``listeners``, at most
@@ -569,19 +585,32 @@ async def serve_bounded(
 
     At the limit nothing more is accepted: new connections wait in the kernel's backlog
     (and beyond it, their SYNs are dropped and retried by the client), using no descriptor
-    here. A handler's unexpected exception is logged and ends its connection only. Each
-    stream is closed when its handler returns.
+    here. With ``max_per_address``, a connection from an address that already holds that
+    many is closed as soon as it is accepted (logged, rate-limited): the backlog cannot
+    tell addresses apart, so waiting there would hold up everyone else's. A handler's
+    unexpected exception is logged and ends its connection only. Each stream is closed
+    when its handler returns.
     """
     if max_connections < 1:
         raise ValueError("max_connections must be at least 1")
+    if max_per_address is not None and max_per_address < 1:
+        raise ValueError("max_per_address must be at least 1")
     slots = trio.Semaphore(max_connections)
+    #: Connections open per client address (only addresses with one, so at most
+    #: ``max_connections`` entries).
+    per_address: dict[str, int] = {}
 
-    async def run(stream: trio.abc.AsyncResource) -> None:
+    async def run(stream: trio.abc.AsyncResource, address: str | None) -> None:
         try:
             await handler(stream)
         except Exception:
             _log_connection_error("a connection's handler failed:\n%s", traceback.format_exc())
         finally:
+            if address is not None:
+                if per_address[address] == 1:
+                    del per_address[address]
+                else:
+                    per_address[address] -= 1
             slots.release()
             await trio.aclose_forcefully(stream)
 
@@ -604,12 +633,39 @@ async def serve_bounded(
             except BaseException:
                 slots.release()
                 raise
-            nursery.start_soon(run, stream)
+            address = None
+            if max_per_address is not None:
+                address = (remote_address(stream) or ("?", 0))[0]
+                held = per_address.get(address, 0)
+                if held >= max_per_address:
+                    slots.release()
+                    _log_address_full(
+                        "closed a connection from %s: it holds %d already (the most one "
+                        "address may)",
+                        address,
+                        held,
+                    )
+                    await trio.aclose_forcefully(stream)
+                    continue
+                per_address[address] = held + 1
+            nursery.start_soon(run, stream, address)
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(accept, listener, nursery)
         task_status.started()
+
+
+def remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The (host, port) a connection comes from, through any TLS layers; ``None`` if the
+    stream has no socket or the socket no peer any more."""
+    try:
+        while not isinstance(stream, trio.SocketStream):
+            stream = stream.transport_stream  # type: ignore[attr-defined]
+        host, port = stream.socket.getpeername()[:2]
+    except (AttributeError, OSError):
+        return None
+    return host, port
 
 
 class RpcClient:

@@ -67,6 +67,7 @@ from .http import (
     default_error_log,
     dispatch_parsed,
     parse_json,
+    remote_address,
     serve_bounded,
 )
 from .stall import StallClock
@@ -301,13 +302,8 @@ class _Server:
 
 
 def _remote(stream: trio.abc.Stream) -> str:
-    try:
-        while not isinstance(stream, trio.SocketStream):
-            stream = stream.transport_stream  # type: ignore[attr-defined]
-        host, port = stream.socket.getpeername()[:2]
-    except (AttributeError, OSError):
-        return "?"
-    return f"{host}:{port}"
+    address = remote_address(stream)
+    return "?" if address is None else f"{address[0]}:{address[1]}"
 
 
 async def _answer(
