@@ -81,7 +81,13 @@ def _near_valid(cls: type) -> st.SearchStrategy[object]:
     return st.dictionaries(st.sampled_from(names), shaped) | json_values
 
 
-MESSAGES = [Outer, Inner, PutArgs, BatchOp, BatchArgs, OpResult, TxnArgs, AppendEntriesArgs]
+@dataclass(frozen=True)
+class Tree:
+    name: str
+    children: list[Tree] = field(default_factory=list)
+
+
+MESSAGES = [Tree, Outer, Inner, PutArgs, BatchOp, BatchArgs, OpResult, TxnArgs, AppendEntriesArgs]
 
 
 @pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.__name__)
@@ -97,6 +103,13 @@ def test_compiled_decoder_agrees_with_the_reference_decoder(cls: type, data: st.
             compiled(value)
         return
     assert compiled(value) == expected
+
+
+def test_a_message_nested_in_itself_decodes() -> None:
+    tree = Tree("a", [Tree("b"), Tree("c", [Tree("d")])])
+    assert decode(Tree, encode(tree)) == tree
+    with pytest.raises(BadRequest, match=r"children\[1\]\.children\[0\]\.name"):
+        decode(Tree, {"name": "a", "children": [{"name": "b"}, {"name": "c", "children": [{}]}]})
 
 
 def test_compiled_codec_round_trips_nested_messages() -> None:

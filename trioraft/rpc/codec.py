@@ -170,31 +170,31 @@ _MISSING = object()
 def _compile_decoder(cls: type) -> Callable[[Any], Any]:
     """Straight-line code checking and converting each field of ``cls`` as its decoder in
     :func:`_plan` does (the same types, bounds and defaults), then building the message."""
-    hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    namespace: dict[str, Any] = {"_Invalid": _Invalid, "MISSING": _MISSING, "cls": cls}
-    lines = ["if not isinstance(data, dict):", "    raise _Invalid('')", "get = data.get"]
-    for i, f in enumerate(fields):
-        value = f"v{i}"
-        lines += [f"{value} = get({f.name!r}, MISSING)", f"if {value} is MISSING:"]
-        if f.default is not dataclasses.MISSING:
-            namespace[f"d{i}"] = f.default
-            lines.append(f"    {value} = d{i}")
-        elif f.default_factory is not dataclasses.MISSING:
-            namespace[f"d{i}"] = f.default_factory
-            lines.append(f"    {value} = d{i}()")
-        else:
-            lines.append("    raise _Invalid('')")
-        lines.append("else:")
-        lines += _indent(_check(hints[f.name], f.metadata, value, str(i), namespace))
-    if all(f.init and not f.kw_only for f in fields):
-        arguments = ", ".join(f"v{i}" for i in range(len(fields)))
-    else:
-        arguments = ", ".join(f"{f.name}=v{i}" for i, f in enumerate(fields))
-    lines.append(f"return cls({arguments})")
-    source = "def decode_message(data):\n" + "\n".join(_indent(lines)) + "\n"
-    _compiling.add(cls)
+    _compiling.add(cls)  # before its fields are looked at: one may nest ``cls`` itself
     try:
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        namespace: dict[str, Any] = {"_Invalid": _Invalid, "MISSING": _MISSING, "cls": cls}
+        lines = ["if not isinstance(data, dict):", "    raise _Invalid('')", "get = data.get"]
+        for i, f in enumerate(fields):
+            value = f"v{i}"
+            lines += [f"{value} = get({f.name!r}, MISSING)", f"if {value} is MISSING:"]
+            if f.default is not dataclasses.MISSING:
+                namespace[f"d{i}"] = f.default
+                lines.append(f"    {value} = d{i}")
+            elif f.default_factory is not dataclasses.MISSING:
+                namespace[f"d{i}"] = f.default_factory
+                lines.append(f"    {value} = d{i}()")
+            else:
+                lines.append("    raise _Invalid('')")
+            lines.append("else:")
+            lines += _indent(_check(hints[f.name], f.metadata, value, str(i), namespace))
+        if all(f.init and not f.kw_only for f in fields):
+            arguments = ", ".join(f"v{i}" for i in range(len(fields)))
+        else:
+            arguments = ", ".join(f"{f.name}=v{i}" for i, f in enumerate(fields))
+        lines.append(f"return cls({arguments})")
+        source = "def decode_message(data):\n" + "\n".join(_indent(lines)) + "\n"
         exec(source, namespace)  # its names are the class's own fields' names only
     finally:
         _compiling.discard(cls)
