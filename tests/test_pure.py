@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioraft import BadRequest, VersionedKV
-from trioraft.kv.messages import BatchArgs, BatchOp, GetReply, OpResult, PutArgs, PutReply, TxnArgs
+from trioraft.kv.messages import (
+    BatchArgs,
+    BatchOp,
+    GetReply,
+    OpResult,
+    PutArgs,
+    PutReply,
+    TxnArgs,
+    WatchArgs,
+)
 from trioraft.raft.messages import AppendEntriesArgs
 from trioraft.rpc import codec
 from trioraft.rpc.codec import decode, encode, non_negative
@@ -76,7 +85,7 @@ def _near_valid(cls: type) -> st.SearchStrategy[object]:
     """Objects with (some of) ``cls``'s field names, each holding any JSON value or a value
     shaped like the field's own (a list of objects for ``list[Inner]``, and so on)."""
     names = [f.name for f in codec.dataclasses.fields(cls)]
-    near = st.integers(-2, 2) | st.sampled_from(["", "get", "put"])
+    near = st.integers(-2, 2) | st.sampled_from(["", "get", "put", 10**309, -(10**309), 2**63])
     shaped = near | json_values | st.lists(st.dictionaries(st.text(max_size=5), near), max_size=3)
     return st.dictionaries(st.sampled_from(names), shaped) | json_values
 
@@ -87,7 +96,18 @@ class Tree:
     children: list[Tree] = field(default_factory=list)
 
 
-MESSAGES = [Tree, Outer, Inner, PutArgs, BatchOp, BatchArgs, OpResult, TxnArgs, AppendEntriesArgs]
+MESSAGES = [
+    Tree,
+    Outer,
+    Inner,
+    PutArgs,
+    BatchOp,
+    BatchArgs,
+    OpResult,
+    TxnArgs,
+    WatchArgs,
+    AppendEntriesArgs,
+]
 
 
 @pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.__name__)
@@ -98,11 +118,53 @@ def test_compiled_decoder_agrees_with_the_reference_decoder(cls: type, data: st.
     compiled = codec._decoders.get(cls) or codec._compile_decoder(cls)
     try:
         expected = codec._decode_slowly(cls, value)
-    except codec._Invalid:
-        with pytest.raises(codec._Invalid):
+    except codec._Invalid as refused:
+        with pytest.raises(codec._Invalid) as compiled_refused:
             compiled(value)
+        assert compiled_refused.value.describe() == refused.describe()
         return
     assert compiled(value) == expected
+
+
+def test_a_number_past_a_float_s_range_is_refused() -> None:
+    """``float(10**309)`` overflows: the decoder must refuse it, not raise OverflowError."""
+    with pytest.raises(BadRequest, match="wait: a number out of range"):
+        decode(WatchArgs, {"prefix": "", "wait": 10**309})
+    with pytest.raises(BadRequest, match="ratio: a number out of range"):
+        decode(Outer, {"name": "a", "items": [], "ratio": -(10**400)})
+
+
+#: How many ``Counted`` messages were built.
+counted_built = [0]
+
+
+@dataclass(frozen=True)
+class Counted:
+    n: int = non_negative()
+
+    def __post_init__(self) -> None:
+        counted_built[0] += 1
+
+
+@dataclass(frozen=True)
+class Holder:
+    items: list[Counted]
+
+
+@dataclass(frozen=True)
+class Outermost:
+    holder: Holder
+
+
+def test_an_invalid_item_late_in_a_long_list_costs_one_pass() -> None:
+    """A refusal is described from the one value refused: decoding a list whose last item
+    is invalid builds each earlier item once, never again per nesting level nor by the
+    reference decoder."""
+    items = [{"n": k} for k in range(1000)] + [{"n": -1}]
+    counted_built[0] = 0
+    with pytest.raises(BadRequest, match=r"holder\.items\[1000\]\.n: -1 is out of range"):
+        decode(Outermost, {"holder": {"items": items}})
+    assert counted_built[0] == 1000
 
 
 def test_a_message_nested_in_itself_decodes() -> None:

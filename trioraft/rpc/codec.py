@@ -12,9 +12,10 @@ Invariants:
   ``field(metadata={"min": m})`` rejects values below ``m``. Unknown keys are ignored.
 - Each message class gets one decoder and one encoder compiled from its fields on first
   use (straight-line code: a generic loop over the fields cost three times as much per
-  message). The compiled decoder only accepts or refuses; a refusal is explained by the
-  field-by-field decoder (:func:`_decode_slowly`), which names the offending field, so
-  both always agree on what is valid.
+  message). :func:`_decode_slowly`, field by field, is the reference: the compiled decoder
+  accepts what it accepts, and refuses the rest with the same description. To describe a
+  refusal it asks the reference about the one value refused, so an invalid body costs
+  about what a valid one does up to its fault.
 """
 
 from __future__ import annotations
@@ -133,14 +134,12 @@ def _decode_message(cls: type[T], data: object) -> T:
     decoder = _decoders.get(cls)
     if decoder is None:
         decoder = _compile_decoder(cls)
-    try:
-        return decoder(data)  # type: ignore[no-any-return]
-    except _Invalid:
-        return _decode_slowly(cls, data)  # raises again, naming the field at fault
+    return decoder(data)  # type: ignore[no-any-return]
 
 
 def _decode_slowly(cls: type[T], data: object) -> T:
-    """The reference decoder: field by field, naming the path to a value it refuses."""
+    """The reference decoder: field by field (nested messages too), naming the path to a
+    value it refuses."""
     if not isinstance(data, dict):
         raise _Invalid("expected a JSON object")
     kwargs = {}
@@ -160,22 +159,33 @@ def _decode_slowly(cls: type[T], data: object) -> T:
     return cls(**kwargs)
 
 
-#: Per message class: its compiled decoder (see :func:`_compile_decoder`), which raises a
-#: bare :class:`_Invalid` for anything :func:`_decode_slowly` refuses, and only then.
+#: Per message class: its compiled decoder (see :func:`_compile_decoder`).
 _decoders: dict[type, Callable[[Any], Any]] = {}
 _compiling: set[type] = set()
 _MISSING = object()
 
 
 def _compile_decoder(cls: type) -> Callable[[Any], Any]:
-    """Straight-line code checking and converting each field of ``cls`` as its decoder in
-    :func:`_plan` does (the same types, bounds and defaults), then building the message."""
+    """Straight-line code checking and converting each field of ``cls`` as the reference
+    decoder does (the same types, bounds and defaults), then building the message. A value
+    refused raises :class:`_Invalid` described as the reference describes it (see
+    :func:`_explain`)."""
     _compiling.add(cls)  # before its fields are looked at: one may nest ``cls`` itself
     try:
         hints = typing.get_type_hints(cls)
         fields = dataclasses.fields(cls)
-        namespace: dict[str, Any] = {"_Invalid": _Invalid, "MISSING": _MISSING, "cls": cls}
-        lines = ["if not isinstance(data, dict):", "    raise _Invalid('')", "get = data.get"]
+        namespace: dict[str, Any] = {
+            "_Invalid": _Invalid,
+            "MISSING": _MISSING,
+            "cls": cls,
+            "_explain": _explain,
+            "_missing": _missing,
+        }
+        lines = [
+            "if not isinstance(data, dict):",
+            "    raise _Invalid('expected a JSON object')",
+            "get = data.get",
+        ]
         for i, f in enumerate(fields):
             value = f"v{i}"
             lines += [f"{value} = get({f.name!r}, MISSING)", f"if {value} is MISSING:"]
@@ -186,9 +196,14 @@ def _compile_decoder(cls: type) -> Callable[[Any], Any]:
                 namespace[f"d{i}"] = f.default_factory
                 lines.append(f"    {value} = d{i}()")
             else:
-                lines.append("    raise _Invalid('')")
-            lines.append("else:")
-            lines += _indent(_check(hints[f.name], f.metadata, value, str(i), namespace))
+                lines.append(f"    raise _missing({f.name!r})")
+            namespace[f"r{i}"] = _decoder_for(hints[f.name], f.metadata)  # the reference
+            check = _check(hints[f.name], f.metadata, value, str(i), namespace)
+            lines += ["else:", "    try:", *_indent(_indent(check))]
+            lines += [
+                "    except _Invalid as exc:",
+                f"        raise _explain(exc, {f.name!r}, {value}, r{i})",
+            ]
         if all(f.init and not f.kw_only for f in fields):
             arguments = ", ".join(f"v{i}" for i in range(len(fields)))
         else:
@@ -202,11 +217,33 @@ def _compile_decoder(cls: type) -> Callable[[Any], Any]:
     return decoder
 
 
+def _explain(exc: _Invalid, name: str, value: Any, reference: _Decoder) -> _Invalid:
+    """``exc``, raised for field ``name`` holding ``value``, with the path to that field.
+    A bare one (the field's own value refused) gets the reference decoder's description."""
+    if not exc.problem:
+        try:
+            reference(value)
+        except _Invalid as described:
+            exc = described
+        else:  # the compiled check refused what the reference takes: refuse it still
+            exc = _Invalid("refused")
+    exc.within(name)
+    return exc
+
+
+def _missing(name: str) -> _Invalid:
+    invalid = _Invalid("missing field")
+    invalid.within(name)
+    return invalid
+
+
 def _check(
     tp: Any, metadata: typing.Mapping[str, Any], value: str, tag: str, namespace: dict[str, Any]
 ) -> list[str]:
     """Statements that refuse ``value`` (a local) unless it fits ``tp`` as
-    :func:`_decoder_for` would, converting it in place as that decoder does."""
+    :func:`_decoder_for` would, converting it in place as that decoder does. A refusal of
+    the value itself is a bare :class:`_Invalid`; one inside it (a list's item, a nested
+    message's field) comes described, with its path."""
     refuse = "    raise _Invalid('')"
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -220,7 +257,14 @@ def _check(
         return [
             f"if not isinstance({value}, list):",
             refuse,
-            f"{value} = [i{tag}(x) for x in {value}]",
+            f"items{tag} = []",
+            "try:",
+            f"    for x in {value}:",
+            f"        items{tag}.append(i{tag}(x))",
+            "except _Invalid as exc:",
+            f"    exc.within(len(items{tag}))  # the index of the item refused",
+            "    raise",
+            f"{value} = items{tag}",
         ]
     elif dataclasses.is_dataclass(tp):
         namespace[f"c{tag}"] = _nested_decoder(tp)
@@ -232,10 +276,8 @@ def _check(
         namespace["INT64_MAX"] = INT64_MAX
         bad_type = f"isinstance({value}, bool) or not isinstance({value}, int)"
         return [f"if {bad_type} or not low{tag} <= {value} <= INT64_MAX:", refuse]
-    elif tp is float:
-        bad_type = f"isinstance({value}, bool) or not isinstance({value}, (int, float))"
-        return [f"if {bad_type}:", refuse, f"{value} = float({value})"]
-    namespace[f"s{tag}"] = _decoder_for(tp, metadata)  # anything else: the generic decoder
+    # Anything else (a float, a dict, a union of several types): the reference decoder.
+    namespace[f"s{tag}"] = _decoder_for(tp, metadata)
     return [f"{value} = s{tag}({value})"]
 
 
@@ -290,11 +332,14 @@ def _decoder_for(tp: Any, metadata: typing.Mapping[str, Any]) -> _Decoder:
         def decode_list(v: Any) -> list[Any]:
             if not isinstance(v, list):
                 raise _Invalid("expected a list")
-            try:
-                return [item(x) for x in v]
-            except _Invalid as exc:
-                exc.within(next(i for i, x in enumerate(v) if not _valid(item, x)))
-                raise
+            decoded = []
+            for index, x in enumerate(v):
+                try:
+                    decoded.append(item(x))
+                except _Invalid as exc:
+                    exc.within(index)
+                    raise
+            return decoded
 
         return decode_list
     if origin is dict:
@@ -315,7 +360,7 @@ def _decoder_for(tp: Any, metadata: typing.Mapping[str, Any]) -> _Decoder:
 
         return decode_dict
     if dataclasses.is_dataclass(tp):
-        return lambda v: _decode_message(tp, v)
+        return lambda v: _decode_slowly(tp, v)
     if tp is str:
         return _expect(str, "a string")
     if tp is bool:
@@ -325,7 +370,10 @@ def _decoder_for(tp: Any, metadata: typing.Mapping[str, Any]) -> _Decoder:
         def decode_float(v: Any) -> float:
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise _Invalid("expected a number")
-            return float(v)
+            try:
+                return float(v)
+            except OverflowError:  # an integer past a float's range
+                raise _Invalid("a number out of range") from None
 
         return decode_float
     if tp is int:
@@ -340,14 +388,6 @@ def _decoder_for(tp: Any, metadata: typing.Mapping[str, Any]) -> _Decoder:
 
         return decode_int
     raise TypeError(f"unsupported field type {tp!r}")
-
-
-def _valid(decoder: _Decoder, value: Any) -> bool:
-    try:
-        decoder(value)
-    except _Invalid:
-        return False
-    return True
 
 
 def _expect(kind: type, description: str) -> _Decoder:
