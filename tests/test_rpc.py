@@ -330,6 +330,50 @@ async def test_one_address_holds_at_most_its_share_of_the_connections(
             await stream.aclose()
 
 
+async def test_http2_without_tls_carries_one_request_at_a_time(nursery: trio.Nursery) -> None:
+    """A plain listener speaks HTTP/2 to a client that starts with its preface (h2c): one
+    such connection must not carry more requests at once than an HTTP/1.1 one does, or the
+    bounds on connections would bound nothing (Hypercorn allowed 100 streams each)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    holding, most_held, release = 0, 0, trio.Event()
+
+    async def hold(args: Echo) -> Echo:
+        nonlocal holding, most_held
+        holding += 1
+        most_held = max(most_held, holding)
+        await release.wait()
+        holding -= 1
+        return args
+
+    app = make_app({"hold": Route(Echo, hold)})
+    url = await nursery.start(serve, app)
+    with trio.fail_after(10):
+        stream = await connect(url)
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        body = json.dumps({"text": "x"}).encode()
+        for stream_id in (1, 3, 5):  # sent before the server's settings limit them
+            headers = [(":method", "POST"), (":path", "/hold"), (":scheme", "http")]
+            headers += [(":authority", "x"), ("content-length", str(len(body)))]
+            h2c.send_headers(stream_id, headers)
+            h2c.send_data(stream_id, body, end_stream=True)
+        await stream.send_all(h2c.data_to_send())
+        settings: list[h2.events.RemoteSettingsChanged] = []
+        while not settings:
+            data = await stream.receive_some(65536)
+            assert data
+            events = h2c.receive_data(data)
+            settings += [e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)]
+        assert h2c.remote_settings.max_concurrent_streams == 1
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert most_held <= 1
+        release.set()
+        await stream.aclose()
+
+
 def server_task(name: str) -> bool:
     return name.startswith(("hypercorn.", "quart", "trioraft."))
 

@@ -411,6 +411,10 @@ async def serve(
     config.keep_alive_timeout = keep_alive_timeout
     config.ssl_handshake_timeout = keep_alive_timeout
     config.alpn_protocols = ["http/1.1"]  # error replies close connections the HTTP/1 way
+    # Hypercorn still speaks HTTP/2 to a client that opens a plain connection with its
+    # preface (h2c): one request at a time there too, or one connection would carry 100
+    # and the connection bounds bound nothing.
+    config.h2_max_concurrent_streams = 1
     if tls is not None:
         config.certfile, config.keyfile = tls.cert_file, tls.key_file
         if tls.ca_file is not None:
