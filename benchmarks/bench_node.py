@@ -67,8 +67,8 @@ async def main(args: argparse.Namespace) -> None:
         args.data_dir,
         client_urls=dict(args.client_url) or None,
         cluster_secret=bytes.fromhex(args.secret_hex),
-        # Every load generator here connects from 127.0.0.1, and the 256-client rows with
-        # more than the default share of one address (256) would lose connections.
+        # Every load generator here connects from 127.0.0.1: the rows with 256 clients
+        # would meet the bound of one address (256 connections) and lose connections.
         max_connections_per_address=None,
     )
     async with trio.open_nursery() as nursery:
