@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pytest
 from hypothesis import given, settings
@@ -84,7 +84,7 @@ def test_codec_rejects_anything_invalid_with_bad_request(data: object) -> None:
 def _near_valid(cls: type) -> st.SearchStrategy[object]:
     """Objects with (some of) ``cls``'s field names, each holding any JSON value or a value
     shaped like the field's own (a list of objects for ``list[Inner]``, and so on)."""
-    names = [f.name for f in codec.dataclasses.fields(cls)]
+    names = [f.name for f in fields(cls)]
     near = st.integers(-2, 2) | st.sampled_from(["", "get", "put", 10**309, -(10**309), 2**63])
     shaped = near | json_values | st.lists(st.dictionaries(st.text(max_size=5), near), max_size=3)
     return st.dictionaries(st.sampled_from(names), shaped) | json_values
