@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 import trustme
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -111,6 +112,54 @@ async def test_http_peers_need_the_tag_checked_before_the_body_is_parsed(
             assert (await http.get("/status")).json() == {"up": True}  # GET stays open
     assert server.calls == 1 and auth.refused == 3
     assert caplog.text.count("refused a peer request from 127.0.0.1") == 1  # rate-limited
+
+
+async def test_http_strangers_hold_at_most_max_unproven_slots_and_peers_get_through(
+    nursery: trio.Nursery,
+) -> None:
+    """As on framed TCP: connections to an HTTP peer listener that sent no request with a
+    valid tag hold at most ``max_unproven`` of its slots, past that the oldest is closed;
+    one that did is never closed for a newcomer. Strangers used to fill all 128 slots
+    while the peers waited in the backlog."""
+    auth, server = PeerAuth(SECRET), Counted()
+    app = make_app(server.routes, peer_auth=auth)
+    url = await nursery.start(
+        partial(serve, app, max_connections=6, max_unproven=2, keep_alive_timeout=60)
+    )
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    signer = PeerAuth(SECRET)
+
+    async def signed_echo(stream: trio.SocketStream, text: str) -> bytes:
+        body = json.dumps({"text": text}).encode()
+        credential, _ = signer.sign_request("echo", body)
+        head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        head += f"{AUTH_HEADER}: {credential.hex()}\r\n\r\n"
+        await stream.send_all(head.encode() + body)
+        reply = b""
+        while body not in reply:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return reply  # closed
+            reply += chunk
+        return reply
+
+    with trio.fail_after(10):
+        proven = await trio.open_tcp_stream(host, int(port))
+        assert (await signed_echo(proven, "early")).startswith(b"HTTP/1.1 200")
+        strangers = [await trio.open_tcp_stream(host, int(port)) for _ in range(12)]
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        reply = await signed_echo(proven, "still open")
+        assert reply.startswith(b"HTTP/1.1 200")  # the proven connection stayed open
+        async with RpcClient(url, "b", peer_auth=PeerAuth(SECRET)) as newcomer:
+            assert await newcomer.call("echo", Echo("new"), Echo) == Echo("new")
+        closed = 0
+        for stream in strangers:
+            with trio.move_on_after(0.5):
+                closed += await stream.receive_some(1) == b""
+            await stream.aclose()
+        assert closed >= 8, closed  # all but the newest few were closed
+        await proven.aclose()
+    assert server.calls == 3
 
 
 async def test_forged_or_replayed_replies_count_as_lost(nursery: trio.Nursery) -> None:

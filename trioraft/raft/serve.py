@@ -27,7 +27,7 @@ import trio
 
 from ..rpc.auth import PeerAuth
 from ..rpc.http import make_app, serve
-from ..rpc.tcp import serve_tcp
+from ..rpc.tcp import DEFAULT_MAX_UNPROVEN, serve_tcp
 from ..rpc.tls import ServerTls
 from .node import RaftConfig, RaftNode
 
@@ -73,6 +73,14 @@ async def serve_node(
                 peer_auth=peer_auth,
             )
             url = await nursery.start(
-                partial(serve, app, host, port, tls=tls, max_connections=MAX_PEER_CONNECTIONS)
+                partial(
+                    serve,
+                    app,
+                    host,
+                    port,
+                    tls=tls,
+                    max_connections=MAX_PEER_CONNECTIONS,
+                    max_unproven=None if peer_auth is None else DEFAULT_MAX_UNPROVEN,
+                )
             )
         task_status.started(url)

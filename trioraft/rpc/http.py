@@ -19,7 +19,9 @@ Invariants:
 - Every listener is bounded: at most ``max_connections`` connections at once (beyond that,
   new ones wait in the kernel's backlog, holding no descriptor of ours), of which one
   client address holds at most ``max_connections_per_address`` (its next one is closed at
-  once: no one address, however slowly it sends, can take all the slots); request headers
+  once: no one address, however slowly it sends, can take all the slots), and, with
+  ``max_unproven``, at most that many that have yet to send a validly tagged peer request
+  (the oldest of those is closed for a newcomer; one proven never is); request headers
   must arrive within ``keep_alive_timeout`` of the connection opening or of the previous
   reply, and the body within ``body_timeout`` (else 408); a connection is closed when its
   client takes less than ``SEND_STEP_BYTES`` (64 KiB) of a reply within ``send_timeout``.
@@ -88,6 +90,9 @@ INTERNAL_ERROR = {"error": "internal error"}
 STORAGE_FAILED = {"error": "this node's storage failed: it is stopping"}
 UNAUTHENTICATED_PEER = {"error": "unauthenticated peer message"}
 UNAUTHENTICATED_CLIENT = {"error": "missing or wrong client token"}
+#: Where a connection's state (the ASGI scope's ``state``) holds what marks the connection
+#: proven once a request on it carries a valid peer tag (``serve(max_unproven=)``).
+PROVE_STATE_KEY = "trioraft.prove"
 
 #: Logs a handler's unexpected exception with its traceback (rate-limited per server).
 ErrorLog = Callable[..., None]
@@ -285,6 +290,9 @@ def make_app(
         if request_tag is None:
             auth.refuse(request.remote_addr, f"a wrong tag on {method!r}")
             return _refusal(UNAUTHENTICATED_PEER)
+        prove = request.scope.get("state", {}).get(PROVE_STATE_KEY)
+        if prove is not None:
+            prove()  # before the handler runs: a newcomer can no longer close it under it
         status, content = await answer(method, body)
         tag = auth.sign_reply(request_tag, status, content)
         return Response(content, status, {AUTH_HEADER: tag.hex()}, content_type="application/json")
@@ -386,6 +394,7 @@ async def serve(
     tls: ServerTls | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_connections_per_address: int | None = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    max_unproven: int | None = None,
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -394,7 +403,9 @@ async def serve(
 
     At most ``max_connections`` connections are served at once, at most
     ``max_connections_per_address`` of them from one client address (``None``: no such
-    bound; see :func:`serve_bounded`); an idle one (no request
+    bound; see :func:`serve_bounded`), and, for an app with ``peer_auth``, at most
+    ``max_unproven`` (if given) that have yet to send a request with a valid peer tag:
+    past that the oldest of those is closed (see :class:`Unproven`); an idle one (no request
     headers) is closed after ``keep_alive_timeout``, as is a TLS handshake not done by then,
     and one whose client takes less than 64 KiB of a reply within ``send_timeout``.
     With ``tls``, the URL is ``https://`` (and with ``tls.ca_file``, clients need a
@@ -431,9 +442,20 @@ async def serve(
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
 
+    unproven = None if max_unproven is None else Unproven(max_unproven)
+
     async def connection(stream: trio.abc.Stream) -> None:
         state = ConnectionState(lifespan_state.copy())
-        await _Connection(asgi, config, context, state, stream, send_timeout=send_timeout)  # type: ignore[arg-type]
+        with trio.CancelScope() as scope:
+            key = None
+            if unproven is not None:
+                key = unproven.admit(scope)
+                state[PROVE_STATE_KEY] = partial(unproven.prove, key)  # type: ignore[literal-required]
+            try:
+                await _Connection(asgi, config, context, state, stream, send_timeout=send_timeout)  # type: ignore[arg-type]
+            finally:
+                if key is not None:
+                    unproven.prove(key)  # type: ignore[union-attr]
 
     try:
         async with trio.open_nursery() as nursery:
@@ -574,6 +596,32 @@ _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 _log_accept_error = Throttled(logger, logging.ERROR)
 _log_connection_error = Throttled(logger, logging.ERROR)
 _log_address_full = Throttled(logger)
+
+
+class Unproven:
+    """The connections of a peer listener that have yet to prove their sender (a message
+    with a valid peer tag), oldest first: at most ``limit`` at once; admitting one more
+    cancels the oldest one's scope (closing it). Each is known by the number of its
+    arrival, never by object identity."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("max_unproven must be at least 1")
+        self.limit = limit
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._arrivals = 0
+
+    def admit(self, scope: trio.CancelScope) -> int:
+        """Count a new connection (cancelled through ``scope``) as unproven; its key."""
+        self._arrivals += 1
+        self._scopes[self._arrivals] = scope
+        if len(self._scopes) > self.limit:
+            self._scopes.pop(next(iter(self._scopes))).cancel()
+        return self._arrivals
+
+    def prove(self, key: int) -> None:
+        """The connection ``key`` proved its sender (or is gone): no newcomer closes it."""
+        self._scopes.pop(key, None)
 
 
 async def serve_bounded(

@@ -63,6 +63,7 @@ from .http import (
     UNAUTHENTICATED_PEER,
     ErrorLog,
     Route,
+    Unproven,
     decode_reply,
     default_error_log,
     dispatch_parsed,
@@ -195,8 +196,6 @@ async def serve_tcp(
     listeners: list[trio.abc.Listener[Any]] = list(sockets)
     if ssl_context is not None:
         listeners = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
-    if max_unproven < 1:
-        raise ValueError("max_unproven must be at least 1")
     server = _Server(routes, max_frame_bytes, peer_auth, idle_timeout, frame_timeout, max_unproven)
     try:
         async with trio.open_nursery() as nursery:
@@ -223,23 +222,17 @@ class _Server:
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.log_error = Throttled(logger, logging.ERROR)
-        self.max_unproven = max_unproven
-        #: Connections yet to send a frame with a valid tag, oldest first: each one's
-        #: scope, by the number of its arrival (never by object identity).
-        self._unproven: dict[int, trio.CancelScope] = {}
-        self._arrivals = 0
+        #: Connections yet to send a frame with a valid tag (with peer authentication).
+        self._unproven = Unproven(max_unproven)
 
     def _admit_unproven(self, scope: trio.CancelScope) -> int | None:
         """Count a new connection as unproven (with peer authentication; ``None``
         without), closing the oldest unproven one past ``max_unproven``."""
-        if self.peer_auth is None:
-            return None
-        self._arrivals += 1
-        self._unproven[self._arrivals] = scope
-        if len(self._unproven) > self.max_unproven:
-            oldest = next(iter(self._unproven))
-            self._unproven.pop(oldest).cancel()
-        return self._arrivals
+        return None if self.peer_auth is None else self._unproven.admit(scope)
+
+    def _proven(self, key: int | None) -> None:
+        if key is not None:
+            self._unproven.prove(key)
 
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         """Answer the frames of one connection until it closes, breaks, stalls or misbehaves.
@@ -273,8 +266,7 @@ class _Server:
             except _NETWORK_ERRORS:
                 pass  # the caller went away
             finally:
-                if unproven is not None:
-                    self._unproven.pop(unproven, None)
+                self._proven(unproven)
             nursery.cancel_scope.cancel()
 
     async def answer(
@@ -292,8 +284,7 @@ class _Server:
             auth.refuse(_remote(stream), "a frame without a valid tag")
             refusal = json.dumps({"s": 401, "p": UNAUTHENTICATED_PEER}).encode()
             return (_NO_TAG, refusal), False
-        if unproven is not None:
-            self._unproven.pop(unproven, None)
+        self._proven(unproven)
         reply = await _answer_bytes(self.routes, body, self.log_error)
         return (auth.sign_reply(request_tag, 0, reply), reply), True
 
