@@ -115,7 +115,7 @@ MESSAGES = [
 @given(data=st.data())
 def test_compiled_decoder_agrees_with_the_reference_decoder(cls: type, data: st.DataObject) -> None:
     value = data.draw(_near_valid(cls))
-    compiled = codec._decoders.get(cls) or codec._compile_decoder(cls)
+    compiled = codec._decoder_of(cls)
     try:
         expected = codec._decode_slowly(cls, value)
     except codec._Invalid as refused:

@@ -50,7 +50,7 @@ _plans: dict[type, list[tuple[str, _Decoder, Callable[[], Any] | None]]] = {}
 def decode(cls: type[T], data: object) -> T:
     """Validate ``data`` (parsed JSON) against message class ``cls`` and build it."""
     try:
-        return _decode_message(cls, data)
+        return _decoder_of(cls)(data)  # type: ignore[no-any-return]
     except _Invalid as exc:
         raise BadRequest(exc.describe()) from None
 
@@ -130,11 +130,9 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
-def _decode_message(cls: type[T], data: object) -> T:
-    decoder = _decoders.get(cls)
-    if decoder is None:
-        decoder = _compile_decoder(cls)
-    return decoder(data)  # type: ignore[no-any-return]
+def _decoder_of(cls: type) -> Callable[[Any], Any]:
+    """The compiled decoder of message class ``cls``, compiled on first use."""
+    return _decoders.get(cls) or _compile_decoder(cls)
 
 
 def _decode_slowly(cls: type[T], data: object) -> T:
@@ -289,7 +287,7 @@ def _nested_decoder(tp: Any) -> Callable[[Any], Any]:
         return _decoder_for(tp, {})
     if tp in _compiling:  # a message nested in itself: look its decoder up when called
         return lambda v: _decoders[tp](v)
-    return _decoders.get(tp) or _compile_decoder(tp)
+    return _decoder_of(tp)
 
 
 def _indent(lines: list[str]) -> list[str]:
