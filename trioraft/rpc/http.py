@@ -447,15 +447,15 @@ async def serve(
     async def connection(stream: trio.abc.Stream) -> None:
         state = ConnectionState(lifespan_state.copy())
         with trio.CancelScope() as scope:
-            key = None
+            prove = None
             if unproven is not None:
-                key = unproven.admit(scope)
-                state[PROVE_STATE_KEY] = partial(unproven.prove, key)  # type: ignore[literal-required]
+                prove = partial(unproven.prove, unproven.admit(scope))
+                state[PROVE_STATE_KEY] = prove  # type: ignore[literal-required]
             try:
                 await _Connection(asgi, config, context, state, stream, send_timeout=send_timeout)  # type: ignore[arg-type]
             finally:
-                if key is not None:
-                    unproven.prove(key)  # type: ignore[union-attr]
+                if prove is not None:
+                    prove()  # the connection is gone: no longer counted
 
     try:
         async with trio.open_nursery() as nursery:
