@@ -20,7 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trioraft import BadRequest
-from trioraft.rpc.auth import AUTH_HEADER, TAG_BYTES, PeerAuth
+from trioraft.rpc.auth import AUTH_HEADER, CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
 from trioraft.rpc.http import Route, RpcClient, make_app, serve
 from trioraft.rpc.tcp import TcpTransport, serve_tcp
 from trioraft.rpc.tls import ClientTls, ServerTls, client_context
@@ -75,6 +75,25 @@ def test_tags_bind_secret_method_body_and_request() -> None:
     assert not signer.check_reply(tag, 200, b"replY", reply_tag)
 
 
+def test_a_head_tag_binds_nonce_method_and_the_body_length() -> None:
+    """What a listener checks before it reads a body: only the secret's holder can announce
+    a body, of this length, for this method, once."""
+    signer, checker = PeerAuth(SECRET), PeerAuth(SECRET)
+    credential, tag = signer.sign_request("echo", b"body")
+    assert checker.check_head(credential, "echo", 4)
+    for method, length in [("echo", 3), ("echo", 5), ("echo", 64 << 20), ("echoo", 4)]:
+        assert not checker.check_head(credential, method, length)
+    for length in (-1, 1 << 63, 10**30):
+        assert not checker.check_head(credential, "echo", length)
+    assert not checker.check_head(credential[:-1], "echo", 4)
+    assert not PeerAuth(OTHER).check_head(credential, "echo", 4)
+    forged_body_tag = credential[:-TAG_BYTES] + bytes(TAG_BYTES)
+    assert checker.check_head(forged_body_tag, "echo", 4)  # the head holds...
+    assert checker.check_request(forged_body_tag, "echo", b"body") is None  # ...the body not
+    assert checker.check_request(credential, "echo", b"body") == tag
+    assert not checker.check_head(credential, "echo", 4)  # a replay: its nonce was used
+
+
 def test_a_replayed_request_is_refused_and_reordered_ones_are_not() -> None:
     signer, checker = PeerAuth(SECRET), PeerAuth(SECRET)
     signed = [signer.sign_request("append_entries", b"heartbeat") for _ in range(5)]
@@ -104,7 +123,7 @@ async def test_http_peers_need_the_tag_checked_before_the_body_is_parsed(
             async with stranger:
                 assert await refusal(stranger.call("echo", Echo("hi"), Echo)) == 401
         async with httpx.AsyncClient(base_url=url) as http:
-            forged = {AUTH_HEADER: "00" * 48}
+            forged = {AUTH_HEADER: "00" * CREDENTIAL_BYTES}
             response = await http.post("/echo", content=b"{not json", headers=forged)
             assert response.status_code == 401  # not 400: the JSON was never looked at
             assert response.json() == {"error": "unauthenticated peer message"}
@@ -112,6 +131,30 @@ async def test_http_peers_need_the_tag_checked_before_the_body_is_parsed(
             assert (await http.get("/status")).json() == {"up": True}  # GET stays open
     assert server.calls == 1 and auth.refused == 3
     assert caplog.text.count("refused a peer request from 127.0.0.1") == 1  # rate-limited
+
+
+async def test_http_peers_refuse_a_wrong_head_before_reading_the_body(
+    nursery: trio.Nursery,
+) -> None:
+    """A request announcing a large body with a credential that is not right for that
+    length is refused at once, its body never read: strangers used to make the listener
+    wait for (and hold) up to 64 MiB each before the tag was checked."""
+    auth, server = PeerAuth(SECRET), Counted()
+    url = await nursery.start(serve, make_app(server.routes, peer_auth=auth))
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    signed_for_short_body, _ = PeerAuth(SECRET).sign_request("echo", b"{}")
+    forged = bytes(CREDENTIAL_BYTES)
+    with trio.fail_after(5):  # the body timeout is 10 s: waiting for the body fails this
+        for credential in (signed_for_short_body, forged):
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {32 << 20}\r\n"
+                head += f"{AUTH_HEADER}: {credential.hex()}\r\n\r\n"
+                await stream.send_all(head.encode() + b"{")  # then nothing more
+                reply = b""
+                while chunk := await stream.receive_some(65536):
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.1 401"), reply[:100]
+    assert server.calls == 0 and auth.refused == 2
 
 
 async def test_http_strangers_hold_at_most_max_unproven_slots_and_peers_get_through(
@@ -287,6 +330,31 @@ async def test_tcp_peers_need_the_tag_and_check_every_reply(nursery: trio.Nurser
         ):
             assert await transport.call("p", "echo", Echo("hi"), Echo) is None
             await transport.aclose()
+
+
+async def test_tcp_peers_refuse_a_wrong_head_before_reading_the_body(
+    nursery: trio.Nursery,
+) -> None:
+    """A frame announcing a large body whose head tag is not right for its length is
+    answered 401 at once and its connection closed, its body never read."""
+    auth, server = PeerAuth(SECRET), Counted()
+    url = await nursery.start(partial(serve_tcp, server.routes, peer_auth=auth))
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    signed_for_short_body, _ = PeerAuth(SECRET).sign_request("", b"{}")
+    with trio.fail_after(5):  # the frame timeout is 30 s: waiting for the body fails this
+        for credential in (signed_for_short_body, bytes(CREDENTIAL_BYTES), b"short"):
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                announced = 32 << 20 if len(credential) == CREDENTIAL_BYTES else len(credential)
+                await stream.send_all(struct.pack(">I", announced) + credential)
+                reply = await read_frame(stream)
+                assert reply is not None
+                assert json.loads(reply[TAG_BYTES:])["s"] == 401
+                assert await read_frame(stream) is None  # closed
+        genuine_body = b'{"m": "echo", "a": {"text": "hi"}}'
+        credential, _ = PeerAuth(SECRET).sign_request("", genuine_body)
+        reply, _ = await exchange(url, credential + genuine_body)
+        assert reply is not None and json.loads(reply[TAG_BYTES:])["s"] == 200
+    assert server.calls == 1 and auth.refused == 3
 
 
 @dataclass

@@ -1,17 +1,21 @@
 """Peer authentication: an HMAC-SHA256 tag, keyed by the cluster secret, on every peer
 request and on its reply.
 
-A request carries a credential: a nonce (16 bytes) then a tag over (nonce, method, body).
-Its reply carries a tag over (the request's tag, status, reply body), so a reply verifies
-only as the answer to the very request it answers: a forged reply, or one recorded earlier
-and replayed, is rejected (the caller treats it as a lost call). Over HTTP the credential
-and the reply tag travel hex-encoded in the ``X-Trioraft-Auth`` header; over framed TCP, as
-raw bytes ahead of the JSON (see :mod:`trioraft.rpc.tcp`).
+A request carries a credential: a nonce (16 bytes), a head tag over (nonce, method, the
+body's length in bytes), then a tag over (nonce, method, body). The head tag lets a listener
+refuse a stranger's message from its first bytes, before it reads (and holds) the body; the
+tag over the body authenticates the message itself. A reply carries a tag over (the
+request's tag, status, reply body), so a reply verifies only as the answer to the very
+request it answers: a forged reply, or one recorded earlier and replayed, is rejected (the
+caller treats it as a lost call). Over HTTP the credential and the reply tag travel
+hex-encoded in the ``X-Trioraft-Auth`` header; over framed TCP, as raw bytes ahead of the
+JSON (see :mod:`trioraft.rpc.tcp`).
 
 Invariants:
 - Tags are compared in constant time (:func:`hmac.compare_digest`), and a request is
   checked before its body is parsed: no byte of an unauthenticated message reaches the JSON
-  parser or a handler.
+  parser or a handler. Listeners check the head (:meth:`PeerAuth.check_head`) before they
+  read the body, so a stranger cannot make them hold a body at all.
 - Requests and replies are MACed under distinct prefixes and every variable-length part is
   length-prefixed or last, so no tag can be reused for a different message or role.
 - Nonces never repeat within a process (a random prefix and a counter), so every request of
@@ -21,10 +25,8 @@ Invariants:
   1,024 most recently heard prefixes. Raft would tolerate a duplicate for safety, but a
   replayed heartbeat of a dead leader would keep its followers from electing another.
 - Not covered: a request recorded from a sender whose prefix has since been forgotten (a
-  process 1,024 restarts ago) is accepted once; nothing is secret from a wire observer
-  (use TLS for that); and since a tag covers the whole body, a stranger can still make a
-  listener buffer one body of up to its size limit per connection before refusing it (the
-  listener's connection cap bounds the total).
+  process 1,024 restarts ago) is accepted once; and nothing is secret from a wire observer
+  (use TLS for that).
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from .._logging import Throttled, logger
 AUTH_HEADER = "X-Trioraft-Auth"
 NONCE_BYTES = 16
 TAG_BYTES = 32
-CREDENTIAL_BYTES = NONCE_BYTES + TAG_BYTES
+CREDENTIAL_BYTES = NONCE_BYTES + 2 * TAG_BYTES  # nonce, head tag, tag
 MIN_SECRET_BYTES = 16
 
 _REQUEST = b"trioraft-request\x00"
+_HEAD = b"trioraft-head\x00"
 _REPLY = b"trioraft-reply\x00"
 _LENGTH = struct.Struct(">I")
 _STATUS = struct.Struct(">i")
@@ -67,16 +70,29 @@ class PeerAuth:
         self._seen = _ReplayWindows()
 
     def sign_request(self, method: str, body: Bytes) -> tuple[bytes, bytes]:
-        """A fresh credential (nonce + tag) for a request, and its tag (for its reply)."""
+        """A fresh credential (nonce, head tag, tag) for a request, and its tag (for its
+        reply)."""
         nonce = self._nonce_prefix + next(self._counter).to_bytes(8, "big")
         tag = self._request_tag(nonce, method, body)
-        return nonce + tag, tag
+        return nonce + self._head_tag(nonce, method, len(body)) + tag, tag
 
-    def check_request(self, credential: bytes, method: str, body: Bytes) -> bytes | None:
+    def check_head(self, credential: Bytes, method: str, body_bytes: int) -> bool:
+        """Whether ``credential`` can be right for a ``method`` request whose body is
+        ``body_bytes`` long: its head tag is, and its nonce was not used yet. Checked before
+        the body is read; :meth:`check_request` checks the body once it is in."""
+        if len(credential) != CREDENTIAL_BYTES or not 0 <= body_bytes < 1 << 63:
+            return False
+        nonce = bytes(credential[:NONCE_BYTES])
+        head_tag = credential[NONCE_BYTES : NONCE_BYTES + TAG_BYTES]
+        if not hmac.compare_digest(self._head_tag(nonce, method, body_bytes), head_tag):
+            return False
+        return self._seen.fresh(nonce[:-8], int.from_bytes(nonce[-8:], "big"))
+
+    def check_request(self, credential: Bytes, method: str, body: Bytes) -> bytes | None:
         """The request's tag if ``credential`` is right for it, else ``None``."""
         if len(credential) != CREDENTIAL_BYTES:
             return None
-        nonce, tag = credential[:NONCE_BYTES], credential[NONCE_BYTES:]
+        nonce, tag = bytes(credential[:NONCE_BYTES]), bytes(credential[-TAG_BYTES:])
         if not hmac.compare_digest(self._request_tag(nonce, method, body), tag):
             return None
         prefix, counter = nonce[:-8], int.from_bytes(nonce[-8:], "big")
@@ -99,11 +115,20 @@ class PeerAuth:
         self._log_refusal("refused a peer request from %s: %s", remote or "?", reason)
 
     def _request_tag(self, nonce: bytes, method: str, body: Bytes) -> bytes:
-        name = method.encode("utf-8", "surrogatepass")
         mac = self._mac.copy()
-        mac.update(_REQUEST + nonce + _LENGTH.pack(len(name)) + name)
+        mac.update(_REQUEST + nonce + _named(method))
         mac.update(body)
         return mac.digest()
+
+    def _head_tag(self, nonce: bytes, method: str, body_bytes: int) -> bytes:
+        mac = self._mac.copy()
+        mac.update(_HEAD + nonce + _named(method) + body_bytes.to_bytes(8, "big"))
+        return mac.digest()
+
+
+def _named(method: str) -> bytes:
+    name = method.encode("utf-8", "surrogatepass")
+    return _LENGTH.pack(len(name)) + name
 
 
 class _ReplayWindows:
@@ -115,6 +140,14 @@ class _ReplayWindows:
 
     def __init__(self) -> None:
         self._windows: dict[bytes, tuple[int, int]] = {}  # prefix -> (highest, bitmap)
+
+    def fresh(self, prefix: bytes, counter: int) -> bool:
+        """Whether :meth:`first_time` would accept ``counter`` for ``prefix`` now."""
+        window = self._windows.get(prefix)
+        if window is None or counter > window[0]:
+            return True
+        highest, seen = window
+        return highest - counter < self.WINDOW and not seen & (1 << (highest - counter))
 
     def first_time(self, prefix: bytes, counter: int) -> bool:
         """Record ``counter`` for ``prefix``; False if it was seen or is too old to tell."""

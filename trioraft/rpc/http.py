@@ -67,7 +67,7 @@ from werkzeug.exceptions import HTTPException
 
 from .._errors import BadRequest, StorageFailed
 from .._logging import Throttled, logger
-from .auth import AUTH_HEADER, CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
+from .auth import AUTH_HEADER, TAG_BYTES, PeerAuth
 from .codec import decode, encode
 from .http1 import DEFAULT_KEEP_ALIVE_FOR, DEFAULT_MAX_REPLY_BYTES, Pool
 from .stall import StallClock
@@ -282,7 +282,9 @@ def make_app(
 
     async def answer_peer(auth: PeerAuth, method: str) -> Response:
         credential = unhex(request.headers.get(AUTH_HEADER))
-        if credential is None or len(credential) != CREDENTIAL_BYTES:
+        length = request.content_length
+        if credential is None or length is None or not auth.check_head(credential, method, length):
+            # Refused before the body is read: a stranger cannot make the node hold one.
             auth.refuse(request.remote_addr, f"no valid {AUTH_HEADER} header on {method!r}")
             return _refusal(UNAUTHENTICATED_PEER)
         body = await request.get_data(cache=False)

@@ -10,8 +10,9 @@ request's payload is the UTF-8 JSON ``{"m": method, "a": args}``; its reply's is
 (``dispatch`` produces both). With peer authentication (:mod:`trioraft.rpc.auth`; the
 server and all its callers must agree on it), raw bytes come ahead of the JSON:
 
-    request payload:  nonce (16 bytes) | tag (32 bytes) | JSON
-                      tag = request tag over (method "", JSON): the method is in the JSON
+    request payload:  credential (80 bytes) | JSON
+                      credential = nonce | head tag over (method "", the JSON's length) |
+                      tag over (method "", JSON): the method is in the JSON
     reply payload:    tag (32 bytes) | JSON
                       tag = reply tag over (the request's tag, status 0, JSON): the status
                       is in the JSON; 32 zero bytes on a reply to an unauthenticated request
@@ -27,7 +28,8 @@ Invariants:
 - The server checks every request as the HTTP app does (same routes, same ``dispatch``); a
   malformed request gets a 4xx reply; a frame over ``max_frame_bytes`` gets a 413 and the
   connection is closed (its tail cannot be trusted). With peer authentication, a frame
-  without a valid tag gets a 401 and the connection is closed, before any JSON is parsed.
+  without a valid tag gets a 401 and the connection is closed, before any JSON is parsed;
+  one whose head tag is wrong for its length, before its body is read.
   No input reaches a handler unchecked; a handler's unexpected exception is answered 500,
   logged, and the connection and the server carry on.
 - The server is bounded: at most ``max_connections`` connections at once (others wait in the
@@ -87,10 +89,12 @@ DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_MAX_IDLE = 10.0
 #: With peer authentication, connections that have not yet sent a frame with a valid tag:
 #: past this many, the oldest is closed. A peer's first frame follows its connect at once,
-#: so strangers hold at most these of the ``max_connections`` slots (and bodies in memory).
+#: so strangers hold at most these of the ``max_connections`` slots, each with at most the
+#: first 64 KiB of a frame in memory (a frame's body is read only after its head tag).
 DEFAULT_MAX_UNPROVEN = 16
 _IDLE_CONNECTIONS_PER_PEER = 2
 _NO_TAG = bytes(TAG_BYTES)
+_REFUSAL = (_NO_TAG, json.dumps({"s": 401, "p": UNAUTHENTICATED_PEER}).encode())
 _NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -143,15 +147,27 @@ class FramedStream:
             await trio.lowlevel.checkpoint()
         return await self._fill(_LENGTH.size)
 
+    async def read_head(self, size: int) -> tuple[int, bytes]:
+        """The length of the frame :meth:`wait_frame` saw start, and its first ``size``
+        bytes (all of it if shorter); the rest stays to read or to leave unread."""
+        length = self._announced_length()
+        end = _LENGTH.size + min(size, length)
+        await self._fill(end)
+        return length, bytes(self._buffer[_LENGTH.size : end])
+
     async def read_frame(self) -> bytes:
         """The rest of the frame :meth:`wait_frame` saw start."""
-        (length,) = _LENGTH.unpack_from(self._buffer)
-        if length > self.max_frame_bytes:
-            raise FrameError(f"a frame of {length} bytes; the limit is {self.max_frame_bytes}")
+        length = self._announced_length()
         await self._fill(_LENGTH.size + length)
         frame = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
         del self._buffer[: _LENGTH.size + length]
         return frame
+
+    def _announced_length(self) -> int:
+        (length,) = _LENGTH.unpack_from(self._buffer)
+        if length > self.max_frame_bytes:
+            raise FrameError(f"a frame of {length} bytes; the limit is {self.max_frame_bytes}")
+        return length
 
     async def _fill(self, size: int) -> bool:
         while len(self._buffer) < size:
@@ -247,9 +263,12 @@ class _Server:
                     await stream.do_handshake()
                 while await framed.wait_frame():
                     clock.restart(self.frame_timeout)
-                    frame = await framed.read_frame()
-                    clock.restart(math.inf)  # a handler is bounded by its own logic
-                    reply, keep_open = await self.answer(frame, stream, unproven)
+                    if await self._head_is_valid(framed, stream):
+                        frame = await framed.read_frame()
+                        clock.restart(math.inf)  # a handler is bounded by its own logic
+                        reply, keep_open = await self.answer(frame, stream, unproven)
+                    else:
+                        reply, keep_open = _REFUSAL, False  # its body is never read
                     if keep_open:
                         unproven = None  # its tag was valid: answer counted it proven
                     clock.restart(self.frame_timeout)
@@ -269,6 +288,17 @@ class _Server:
                 self._proven(unproven)
             nursery.cancel_scope.cancel()
 
+    async def _head_is_valid(self, framed: FramedStream, stream: trio.abc.Stream) -> bool:
+        """Without peer authentication, always; with it, whether the frame starting on
+        ``framed`` carries a head tag right for its length (read before its body)."""
+        if self.peer_auth is None:
+            return True
+        frame_bytes, head = await framed.read_head(CREDENTIAL_BYTES)
+        if self.peer_auth.check_head(head, "", frame_bytes - CREDENTIAL_BYTES):
+            return True
+        self.peer_auth.refuse(_remote(stream), "a frame without a valid head tag")
+        return False
+
     async def answer(
         self, frame: bytes, stream: trio.abc.Stream, unproven: int | None = None
     ) -> tuple[tuple[bytes, ...], bool]:
@@ -282,8 +312,7 @@ class _Server:
         request_tag = auth.check_request(frame[:CREDENTIAL_BYTES], "", body)
         if request_tag is None:
             auth.refuse(_remote(stream), "a frame without a valid tag")
-            refusal = json.dumps({"s": 401, "p": UNAUTHENTICATED_PEER}).encode()
-            return (_NO_TAG, refusal), False
+            return _REFUSAL, False
         self._proven(unproven)
         reply = await _answer_bytes(self.routes, body, self.log_error)
         return (auth.sign_reply(request_tag, 0, reply), reply), True
