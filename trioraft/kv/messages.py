@@ -45,7 +45,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from .._errors import BadRequest
-from ..rpc.codec import json_string_bytes, non_negative
+from ..rpc.codec import json_string_bytes, non_negative, omit_defaults
 
 OK: Final = "OK"
 NO_KEY: Final = "NoKey"
@@ -328,6 +328,7 @@ class TxnOutcome:
 MAX_BATCH_OPS = 10_000
 
 
+@omit_defaults  # a get sends its key, not the ten fields other kinds use
 @dataclass(slots=True)
 class BatchOp:
     """One op of any client, the vocabulary every KV client speaks: ``get`` uses ``key``;
@@ -420,6 +421,7 @@ class BatchArgs:
             raise BadRequest(f"ops: {ranges} ranges, at most {MAX_BATCH_RANGES} per batch")
 
 
+@omit_defaults  # a put's result is {"err": "OK"} (the README's wire protocol)
 @dataclass(slots=True)
 class OpResult:
     err: str

@@ -16,6 +16,8 @@ Invariants:
   accepts what it accepts, and refuses the rest with the same description. To describe a
   refusal it asks the reference about the one value refused, so an invalid body costs
   about what a valid one does up to its fault.
+- A class marked :func:`omit_defaults` is encoded without the fields that equal their
+  defaults; decoding puts them back, so the round trip still holds.
 """
 
 from __future__ import annotations
@@ -86,21 +88,44 @@ _Encoder = Callable[[Any], Any]
 _encoders: dict[type, Callable[[Any], dict[str, Any]]] = {}
 
 
+#: Message classes encoded without their fields at default values (:func:`omit_defaults`).
+_omitting_defaults: set[type] = set()
+
+
+def omit_defaults(cls: type[T]) -> type[T]:
+    """Mark message class ``cls`` (a decorator): its encoding leaves out every field equal
+    to its default. For a request whose kinds each use few of many fields (a batch's ops):
+    the receiver parses a fraction of the bytes."""
+    _omitting_defaults.add(cls)
+    _encoders.pop(cls, None)
+    return cls
+
+
 def _compile_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
     """One dict display reading each field of ``cls``: as it is when JSON takes it so,
-    else through the field's encoder."""
+    else through the field's encoder; for a class marked :func:`omit_defaults`, the
+    fields with a default each added only when they differ from it."""
     hints = typing.get_type_hints(cls)
     namespace: dict[str, Any] = {}
-    items = []
+    items, optional = [], []
     for i, f in enumerate(dataclasses.fields(cls)):
         encoder = _encoder_for(hints[f.name])
-        if encoder is None:
-            items.append(f"{f.name!r}: m.{f.name}")
-        else:
+        value = f"m.{f.name}"
+        if encoder is not None:
             namespace[f"e{i}"] = encoder
-            items.append(f"{f.name!r}: e{i}(m.{f.name})")
-    source = f"def encode_message(m):\n    return {{{', '.join(items)}}}\n"
-    exec(source, namespace)  # its names are the class's own fields' names only
+            value = f"e{i}({value})"
+        if cls in _omitting_defaults and f.default is not dataclasses.MISSING:
+            namespace[f"d{i}"] = f.default
+            differs = "is not" if f.default is None else "!="
+            optional.append(f"    if m.{f.name} {differs} d{i}: d[{f.name!r}] = {value}\n")
+        else:
+            items.append(f"{f.name!r}: {value}")
+    display = f"{{{', '.join(items)}}}"
+    if optional:
+        body = f"    d = {display}\n{''.join(optional)}    return d\n"
+    else:
+        body = f"    return {display}\n"
+    exec(f"def encode_message(m):\n{body}", namespace)  # names: the class's fields only
     encoder = _encoders[cls] = namespace["encode_message"]
     return encoder
 
