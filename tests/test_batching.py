@@ -6,16 +6,27 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tests.kv_cluster import KVCluster, wait_leader
 from tests.kvtest import SingleKV, check_put_concurrent, one_client_put, run_clients
 from trioraft import VersionConflict, Versioned
-from trioraft.kv.coalescing import open_coalescing_client
-from trioraft.kv.messages import MAX_BATCH_RANGES, MAX_REPLY_BYTES
+from trioraft.kv.coalescing import CoalescingClient, _Queued, open_coalescing_client
+from trioraft.kv.messages import (
+    MAX_BATCH_RANGES,
+    MAX_REPLY_BYTES,
+    BatchArgs,
+    BatchOp,
+    BatchReply,
+    OpResult,
+)
+from trioraft.rpc.http import Route, make_app, serve
 from trioraft.testing import MIT_UNRELIABLE, History
 
 
@@ -224,6 +235,82 @@ async def test_coalescing_client_reports_conflicts_and_closes_cleanly(
         assert await kv.get("k") == Versioned("1", 1)
     with pytest.raises(trio.ClosedResourceError):
         await kv.get("k")
+
+
+class HeldBatches:
+    """A ``/batch`` route that holds each request until the test lets it go
+    (``let_go(i)``, by arrival) and answers every op ``OK``; it records each request's ops
+    and how many were in at once."""
+
+    def __init__(self) -> None:
+        self.arrived = trio.Event()  # set, and made anew, whenever a request comes in
+        self.requests: list[list[str]] = []
+        self._held: list[trio.Event] = []
+        self.in_at_once = self.most_at_once = 0
+
+    async def batch(self, args: BatchArgs) -> BatchReply:
+        self.requests.append([op.op for op in args.ops])
+        held = trio.Event()
+        self._held.append(held)
+        self.in_at_once += 1
+        self.most_at_once = max(self.most_at_once, self.in_at_once)
+        self.arrived.set()
+        self.arrived = trio.Event()
+        await held.wait()
+        self.in_at_once -= 1
+        return BatchReply([OpResult("OK") for _ in args.ops])
+
+    def let_go(self, i: int) -> None:
+        self._held[i].set()
+
+
+async def test_coalescing_client_has_two_requests_in_flight_but_appends_go_alone(
+    nursery: trio.Nursery,
+) -> None:
+    """While one request is out, the next goes (the client works on one request's answers
+    while the server works on the other's); but a request with an append goes only when no
+    other is out, and none goes beside it: the server's duplicate table, which keeps only a
+    client's last sequence number, would take an earlier append applied late for a retry."""
+    server = HeldBatches()
+    url = await nursery.start(serve, make_app({"batch": Route(BatchArgs, server.batch)}))
+
+    async def sent(call: Callable[[], Awaitable[object]], requests: int) -> None:
+        """Start ``call`` and wait until the client is idle; ``requests`` are then in."""
+        callers.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(server.requests) == requests
+
+    async with open_coalescing_client([url], rpc_timeout=30) as kv:
+        kv._session = "s"  # as if opened (without a lease): appends need one
+        with trio.fail_after(10):
+            async with trio.open_nursery() as callers:
+                await sent(partial(kv.get, "a"), 1)
+                await sent(partial(kv.get, "b"), 2)  # beside the first
+                await sent(partial(kv.append, "log", "x"), 2)  # waits: two are out
+                server.let_go(0)
+                await sent(partial(kv.get, "c"), 2)  # behind the append, which waits still
+                server.let_go(1)
+                await trio.testing.wait_all_tasks_blocked()
+                assert server.requests[2] == ["append", "get"]  # alone, once both ended
+                await sent(partial(kv.get, "d"), 3)  # waits for the append's request
+                server.let_go(2)
+                await trio.testing.wait_all_tasks_blocked()
+                server.let_go(3)
+        assert server.requests == [["get"], ["get"], ["append", "get"], ["get"]]
+        assert server.most_at_once == 2
+
+
+def test_coalescing_client_splits_queued_reads_among_free_requests_not_writes() -> None:
+    """Queued reads are shared among the requests that may go out now, so that they
+    overlap; queued writes go in one request (one log entry)."""
+    kv = CoalescingClient(["http://127.0.0.1:1"])  # never called
+    kv._queue = [_Queued(BatchOp("get", key)) for key in "abcde"]
+    assert [q.op.key for q in kv._take_batch()] == ["a", "b", "c"]  # two requests free
+    kv._in_flight.append([])
+    assert [q.op.key for q in kv._take_batch()] == ["d", "e"]  # one free: all the rest
+    kv._in_flight.clear()
+    kv._queue = [_Queued(BatchOp("put" if key == "a" else "get", key)) for key in "abcde"]
+    assert len(kv._take_batch()) == 5  # a write among them: one request
 
 
 pytestmark_cluster = pytest.mark.xdist_group("http-cluster")
