@@ -300,6 +300,32 @@ async def test_coalescing_client_has_two_requests_in_flight_but_appends_go_alone
         assert server.most_at_once == 2
 
 
+async def test_callers_in_flight_when_the_coalescing_client_closes_are_told(
+    nursery: trio.Nursery,
+) -> None:
+    """Callers whose ops are out in either request when the client's block exits raise
+    ClosedResourceError; they used to wait for ever (a hostile probe found it)."""
+    server = HeldBatches()  # never lets a request go
+    url = await nursery.start(serve, make_app({"batch": Route(BatchArgs, server.batch)}))
+    told: list[str] = []
+
+    async def get(kv: CoalescingClient, key: str) -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await kv.get(key)
+        told.append(key)
+
+    with trio.fail_after(10):
+        async with (
+            trio.open_nursery() as callers,
+            open_coalescing_client([url], rpc_timeout=30) as kv,
+        ):
+            for key in "abcd":
+                callers.start_soon(get, kv, key)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(server.requests) == 2
+    assert sorted(told) == ["a", "b", "c", "d"]
+
+
 def test_coalescing_client_splits_queued_reads_among_free_requests_not_writes() -> None:
     """Queued reads are shared among the requests that may go out now, so that they
     overlap; queued writes go in one request (one log entry)."""

@@ -142,7 +142,15 @@ class CoalescingClient(OpsClient):
         return not self._ordered_in_flight and all(q.op.op != "append" for q in head)
 
     async def _carry(self, batch: list[_Queued]) -> None:
-        """Send ``batch`` and settle its callers; then let the sender go on."""
+        """Send ``batch`` and settle its callers; then let the sender go on. Cancelled (the
+        client is closing), it leaves the batch in flight, for :meth:`aclose` to settle."""
+        await self._settle(batch)
+        self._in_flight = [b for b in self._in_flight if b is not batch]
+        if not self._in_flight:
+            self._ordered_in_flight = False
+        self._changed.set()
+
+    async def _settle(self, batch: list[_Queued]) -> None:
         try:
             await self._send(batch)
         except MaybeApplied as exc:
@@ -163,11 +171,6 @@ class CoalescingClient(OpsClient):
                 except (BadRequest, MaybeApplied) as alone:
                     queued.error = alone
                     queued.done.set()
-        finally:
-            self._in_flight = [b for b in self._in_flight if b is not batch]
-            if not self._in_flight:
-                self._ordered_in_flight = False
-            self._changed.set()
 
     def _take_batch(self) -> list[_Queued]:
         """Take the next batch off the queue's head: at most ``max_ops_per_request`` ops and
