@@ -80,18 +80,24 @@ def test_a_head_tag_binds_nonce_method_and_the_body_length() -> None:
     a body, of this length, for this method, once."""
     signer, checker = PeerAuth(SECRET), PeerAuth(SECRET)
     credential, tag = signer.sign_request("echo", b"body")
-    assert checker.check_head(credential, "echo", 4)
     for method, length in [("echo", 3), ("echo", 5), ("echo", 64 << 20), ("echoo", 4)]:
         assert not checker.check_head(credential, method, length)
     for length in (-1, 1 << 63, 10**30):
         assert not checker.check_head(credential, "echo", length)
     assert not checker.check_head(credential[:-1], "echo", 4)
     assert not PeerAuth(OTHER).check_head(credential, "echo", 4)
-    forged_body_tag = credential[:-TAG_BYTES] + bytes(TAG_BYTES)
-    assert checker.check_head(forged_body_tag, "echo", 4)  # the head holds...
-    assert checker.check_request(forged_body_tag, "echo", b"body") is None  # ...the body not
-    assert checker.check_request(credential, "echo", b"body") == tag
-    assert not checker.check_head(credential, "echo", 4)  # a replay: its nonce was used
+    assert checker.check_head(credential, "echo", 4)  # right: its nonce is used up
+    assert checker.check_body(credential, "echo", b"bodY") is None
+    assert checker.check_body(credential, "echo", b"body") == tag
+    assert not checker.check_head(credential, "echo", 4)  # replayed: refused, body unread
+    assert checker.check_request(credential, "echo", b"body") is None
+    # A credential seen on the wire, sent again with another body of its length: the
+    # head holds once, the body not; the genuine request after it is refused as a replay.
+    other, _ = signer.sign_request("echo", b"body")
+    forged_body_tag = other[:-TAG_BYTES] + bytes(TAG_BYTES)
+    assert checker.check_head(forged_body_tag, "echo", 4)
+    assert checker.check_body(forged_body_tag, "echo", b"body") is None
+    assert checker.check_request(other, "echo", b"body") is None
 
 
 def test_a_replayed_request_is_refused_and_reordered_ones_are_not() -> None:
@@ -144,17 +150,29 @@ async def test_http_peers_refuse_a_wrong_head_before_reading_the_body(
     host, port = url.removeprefix("http://").rsplit(":", 1)
     signed_for_short_body, _ = PeerAuth(SECRET).sign_request("echo", b"{}")
     forged = bytes(CREDENTIAL_BYTES)
+    heard = 512 << 10  # a body the listener takes (its limit is 1 MiB)
+    replayed, _ = PeerAuth(SECRET).sign_request("echo", b"x" * heard)
+
+    def request_head(credential: bytes, length: int) -> bytes:
+        head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+        return f"{head}{AUTH_HEADER}: {credential.hex()}\r\n\r\n".encode()
+
+    async with await trio.open_tcp_stream(host, int(port)) as stream:  # heard once, whole
+        await stream.send_all(request_head(replayed, heard) + b"y" * heard)  # another body
+        assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 401")
     with trio.fail_after(5):  # the body timeout is 10 s: waiting for the body fails this
-        for credential in (signed_for_short_body, forged):
+        for credential, length in [
+            (signed_for_short_body, 32 << 20),
+            (forged, 32 << 20),
+            (replayed, heard),  # seen on the wire: the listener must not read another body
+        ]:
             async with await trio.open_tcp_stream(host, int(port)) as stream:
-                head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {32 << 20}\r\n"
-                head += f"{AUTH_HEADER}: {credential.hex()}\r\n\r\n"
-                await stream.send_all(head.encode() + b"{")  # then nothing more
+                await stream.send_all(request_head(credential, length) + b"{")  # then nothing
                 reply = b""
                 while chunk := await stream.receive_some(65536):
                     reply += chunk
                 assert reply.startswith(b"HTTP/1.1 401"), reply[:100]
-    assert server.calls == 0 and auth.refused == 2
+    assert server.calls == 0 and auth.refused == 4
 
 
 async def test_http_strangers_hold_at_most_max_unproven_slots_and_peers_get_through(
@@ -354,7 +372,17 @@ async def test_tcp_peers_refuse_a_wrong_head_before_reading_the_body(
         credential, _ = PeerAuth(SECRET).sign_request("", genuine_body)
         reply, _ = await exchange(url, credential + genuine_body)
         assert reply is not None and json.loads(reply[TAG_BYTES:])["s"] == 200
-    assert server.calls == 1 and auth.refused == 3
+        # A credential seen on the wire, sent with another body of its length (read once,
+        # refused), then again with no body: refused at once, the body never awaited.
+        heard = 1 << 20
+        replayed, _ = PeerAuth(SECRET).sign_request("", b"x" * heard)
+        for body in (b"y" * heard, b""):
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                frame = struct.pack(">I", CREDENTIAL_BYTES + heard) + replayed + body
+                await stream.send_all(frame)
+                reply = await read_frame(stream)
+                assert reply is not None and json.loads(reply[TAG_BYTES:])["s"] == 401
+    assert server.calls == 1 and auth.refused == 5
 
 
 @dataclass

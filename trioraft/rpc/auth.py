@@ -15,7 +15,8 @@ Invariants:
 - Tags are compared in constant time (:func:`hmac.compare_digest`), and a request is
   checked before its body is parsed: no byte of an unauthenticated message reaches the JSON
   parser or a handler. Listeners check the head (:meth:`PeerAuth.check_head`) before they
-  read the body, so a stranger cannot make them hold a body at all.
+  read the body, so a stranger cannot make them hold a body at all; the head check uses
+  the nonce up, so a credential seen on the wire cannot make them read another body.
 - Requests and replies are MACed under distinct prefixes and every variable-length part is
   length-prefixed or last, so no tag can be reused for a different message or role.
 - Nonces never repeat within a process (a random prefix and a counter), so every request of
@@ -78,25 +79,31 @@ class PeerAuth:
 
     def check_head(self, credential: Bytes, method: str, body_bytes: int) -> bool:
         """Whether ``credential`` can be right for a ``method`` request whose body is
-        ``body_bytes`` long: its head tag is, and its nonce was not used yet. Checked before
-        the body is read; :meth:`check_request` checks the body once it is in."""
+        ``body_bytes`` long: its head tag is, and its nonce is used for the first time
+        (from now on it is used: a credential replayed with another body is refused here,
+        its body unread). Checked before the body is read; :meth:`check_body` checks the
+        body once it is in."""
         if len(credential) != CREDENTIAL_BYTES or not 0 <= body_bytes < 1 << 63:
             return False
         nonce = bytes(credential[:NONCE_BYTES])
         head_tag = credential[NONCE_BYTES : NONCE_BYTES + TAG_BYTES]
         if not hmac.compare_digest(self._head_tag(nonce, method, body_bytes), head_tag):
             return False
-        return self._seen.fresh(nonce[:-8], int.from_bytes(nonce[-8:], "big"))
+        return self._seen.first_time(nonce[:-8], int.from_bytes(nonce[-8:], "big"))
+
+    def check_body(self, credential: Bytes, method: str, body: Bytes) -> bytes | None:
+        """The request's tag if ``credential``, whose head :meth:`check_head` accepted, is
+        right for ``body``, else ``None``."""
+        tag = bytes(credential[-TAG_BYTES:])
+        nonce = bytes(credential[:NONCE_BYTES])
+        return tag if hmac.compare_digest(self._request_tag(nonce, method, body), tag) else None
 
     def check_request(self, credential: Bytes, method: str, body: Bytes) -> bytes | None:
-        """The request's tag if ``credential`` is right for it, else ``None``."""
-        if len(credential) != CREDENTIAL_BYTES:
+        """The request's tag if ``credential`` is right for it (head and body), else
+        ``None``: :meth:`check_head` then :meth:`check_body`, for a body already in."""
+        if not self.check_head(credential, method, len(body)):
             return None
-        nonce, tag = bytes(credential[:NONCE_BYTES]), bytes(credential[-TAG_BYTES:])
-        if not hmac.compare_digest(self._request_tag(nonce, method, body), tag):
-            return None
-        prefix, counter = nonce[:-8], int.from_bytes(nonce[-8:], "big")
-        return tag if self._seen.first_time(prefix, counter) else None
+        return self.check_body(credential, method, body)
 
     def sign_reply(self, request_tag: bytes, status: int, body: Bytes) -> bytes:
         """The tag of a reply (``status``, ``body``) to the request tagged ``request_tag``."""
@@ -140,14 +147,6 @@ class _ReplayWindows:
 
     def __init__(self) -> None:
         self._windows: dict[bytes, tuple[int, int]] = {}  # prefix -> (highest, bitmap)
-
-    def fresh(self, prefix: bytes, counter: int) -> bool:
-        """Whether :meth:`first_time` would accept ``counter`` for ``prefix`` now."""
-        window = self._windows.get(prefix)
-        if window is None or counter > window[0]:
-            return True
-        highest, seen = window
-        return highest - counter < self.WINDOW and not seen & (1 << (highest - counter))
 
     def first_time(self, prefix: bytes, counter: int) -> bool:
         """Record ``counter`` for ``prefix``; False if it was seen or is too old to tell."""

@@ -288,7 +288,7 @@ def make_app(
             auth.refuse(request.remote_addr, f"no valid {AUTH_HEADER} header on {method!r}")
             return _refusal(UNAUTHENTICATED_PEER)
         body = await request.get_data(cache=False)
-        request_tag = auth.check_request(credential, method, body)
+        request_tag = auth.check_body(credential, method, body)
         if request_tag is None:
             auth.refuse(request.remote_addr, f"a wrong tag on {method!r}")
             return _refusal(UNAUTHENTICATED_PEER)

@@ -309,7 +309,7 @@ class _Server:
         if auth is None:
             return (await _answer_bytes(self.routes, frame, self.log_error),), True
         body = memoryview(frame)[CREDENTIAL_BYTES:]
-        request_tag = auth.check_request(frame[:CREDENTIAL_BYTES], "", body)
+        request_tag = auth.check_body(frame[:CREDENTIAL_BYTES], "", body)  # its head held
         if request_tag is None:
             auth.refuse(_remote(stream), "a frame without a valid tag")
             return _REFUSAL, False
