@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.kvtest import InMemoryKV
-from trioraft import Compare, TxnOp, VersionConflict
+from trioraft import Compare, MaybeApplied, TxnOp, VersionConflict
 from trioraft.kv.machine import VersionedKV
 from trioraft.kv.messages import RangeArgs
 from trioraft.testing import (
@@ -495,10 +495,13 @@ class _Dict(InMemoryKV):
     def __init__(self) -> None:
         super().__init__()
         self.hang = False
+        self.refuse_retry = False  # answer Maybe without applying: a retry refused whole
 
     async def put(self, key: str, value: str, version: int) -> None:
         if self.hang:
             await trio.sleep_forever()
+        if self.refuse_retry:
+            raise MaybeApplied("a retry was refused (400); an earlier attempt may have applied")
         await super().put(key, value, version)
 
 
@@ -520,6 +523,21 @@ async def test_history_records_outcomes_and_cancelled_calls() -> None:
         ("get", KVOutput("x", 1, "OK"), False),
         ("put", None, True),
     ]
+    assert history.check().ok is True
+
+
+async def test_history_records_a_maybe_put_as_one_that_may_never_apply() -> None:
+    """A put answered Maybe because its retry was refused whole may not have applied even
+    though its version matched throughout: recorded optional, that history checks."""
+    history = History()
+    store = _Dict()
+    kv = history.recording(store, "c1")
+    store.refuse_retry = True
+    with pytest.raises(MaybeApplied):
+        await kv.put("k", "x", 0)
+    store.refuse_retry = False
+    assert await kv.get("k") == ("", 0)
+    assert [op.optional for op in history.operations] == [True, False]
     assert history.check().ok is True
 
 

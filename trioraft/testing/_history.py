@@ -4,7 +4,9 @@
 :class:`~trioraft.KeyValue` client; each wrapper times every call on one monotonic clock and
 appends an :class:`~trioraft.testing.Operation` of the versioned KV model
 (:class:`KVInput` / :class:`KVOutput`). An operation cancelled before it returned is
-recorded with ``ret=None`` and ``output=None`` (it may or may not have taken effect).
+recorded with ``ret=None`` and ``output=None`` (it may or may not have taken effect). A put
+that answered ``Maybe`` is recorded optional: it applies where its version matches, or
+never (a retry refused whole, say, leaves even a matching put unapplied).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from .._errors import KVError
+from .._errors import KVError, MaybeApplied
 from ..kv.clients import KeyValue, Versioned
 from ._linearizability import Operation, Result
 from ._models import NO_KEY, OK, KVInput, KVOperation, KVOutput, VersionedState, check
@@ -60,6 +62,9 @@ class RecordingKV:
         start = self.history.clock()
         try:
             await self.kv.put(key, value, version)
+        except MaybeApplied as exc:
+            self._record(call, start, KVOutput(err=exc.wire), self.history.clock(), True)
+            raise
         except KVError as exc:
             self._record(call, start, KVOutput(err=exc.wire), self.history.clock())
             raise
@@ -69,6 +74,12 @@ class RecordingKV:
         self._record(call, start, KVOutput(err=OK), self.history.clock())
 
     def _record(
-        self, call: KVInput, start: float, output: KVOutput | None, ret: float | None
+        self,
+        call: KVInput,
+        start: float,
+        output: KVOutput | None,
+        ret: float | None,
+        optional: bool = False,
     ) -> None:
-        self.history.operations.append(Operation(self.client, call, start, output, ret))
+        operation = Operation(self.client, call, start, output, ret, optional)
+        self.history.operations.append(operation)
