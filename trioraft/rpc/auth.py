@@ -26,8 +26,10 @@ Invariants:
   1,024 most recently heard prefixes. Raft would tolerate a duplicate for safety, but a
   replayed heartbeat of a dead leader would keep its followers from electing another.
 - Not covered: a request recorded from a sender whose prefix has since been forgotten (a
-  process 1,024 restarts ago) is accepted once; and nothing is secret from a wire observer
-  (use TLS for that).
+  process 1,024 restarts ago) is accepted once; a request recorded on its way to one member
+  is accepted once by each other member (tags name no receiver: Raft takes a leader's
+  message meant for another follower as a duplicate would be, by its term and log
+  checks); and nothing is secret from a wire observer (use TLS for that).
 """
 
 from __future__ import annotations
