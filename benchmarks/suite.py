@@ -19,7 +19,8 @@ Scenarios, for each cluster size, value size and number of concurrent clients (f
 Then the open-loop latency at 1/8, 1/4, 1/2 and 3/4 of the embedded peak, and PySyncObj's
 at half of it. The echo reference is measured again beside each remote row (the machine's speed
 drifts over a run); for the rows of the one-op target (3 nodes, smallest value) remote and
-echo are measured alternately ``--pairs`` times and their medians compared. Finally every
+echo are measured alternately ``--pairs`` times and their medians compared, and so are the
+coalescing client's writes and reads at 256 tasks (the reads target). Finally every
 node is killed (SIGKILL) and restarted, and a sample of the acknowledged keys of every write
 scenario must read back: the runs were durable.
 
@@ -308,6 +309,34 @@ def alternating(
     }
 
 
+def reads_against_writes(
+    writes: dict,
+    reads: dict,
+    urls: list[str],
+    n: int,
+    clients: int,
+    seconds: float,
+    value: int,
+    pairs: int,
+) -> dict:
+    """The coalescing client's writes and reads (of the keys the reads row reads), measured
+    alternately ``pairs`` times (the first pair is the rows' own samples): the median of
+    each, for the reads target."""
+    put_rates, get_rates = [writes["ops_per_s"]], [reads["ops_per_s"]]
+    for k in range(1, pairs):
+        prefix, read_prefix = f"coalesced-{n}-{value}-{clients}-pair{k}", f"coalesced-{n}-{value}-1"
+        put_rates.append(run_coalesced(urls, "put", prefix, clients, seconds, value)["ops_per_s"])
+        get_rates.append(
+            run_coalesced(urls, "get", read_prefix, clients, seconds, value)["ops_per_s"]
+        )
+    return {
+        "writes_samples_per_s": put_rates,
+        "reads_samples_per_s": get_rates,
+        "writes_median_per_s": round(statistics.median(put_rates), 1),
+        "reads_median_per_s": round(statistics.median(get_rates), 1),
+    }
+
+
 def start_echo() -> tuple[subprocess.Popen, str]:
     (port,) = free_ports(1)
     proc = subprocess.Popen(
@@ -348,7 +377,8 @@ def main() -> None:
         "--pairs",
         type=int,
         default=3,
-        help="remote/echo samples, alternating, for the one-op ratio (3 nodes, smallest value)",
+        help="alternating samples for the one-op ratio (remote/echo) and the reads target "
+        "(coalesced writes/reads), 3 nodes, smallest value",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--data", type=Path, default=None, help="data directories (a real disk)")
@@ -450,6 +480,23 @@ def main() -> None:
                         # the rows the target uses, in several alternating pairs.
                         pairs = opts.pairs if n == 3 and v == opts.values[0] else 1
                         summary.update(alternating(summary, url, prefix, c, seconds, v, pairs))
+                    if scenario == "reads" and n == 3 and v == opts.values[0]:
+                        # The reads target's ratio, from several alternating pairs.
+                        writes = next(
+                            (
+                                r
+                                for r in reversed(rows)
+                                if (r["scenario"], r["nodes"], r["value_bytes"], r["clients"])
+                                == ("coalesced", n, v, c)
+                                and r["peer_transport"] == transport
+                            ),
+                            None,
+                        )
+                        if writes is not None:
+                            paired = reads_against_writes(
+                                writes, summary, urls, n, c, seconds, v, opts.pairs
+                            )
+                            summary.update(paired)
                     sample = summary.get("acknowledged_op")  # embedded and coalesced loads
                     if scenario == "remote" and summary["not_ok"] == 0:  # else: which were OK?
                         acknowledged.append((f"{prefix}-0-{summary['requests'] // 2}", "x" * v))
@@ -629,6 +676,21 @@ def ratios(
     remote = best(rows, "remote", 3, v, transport=transport)
     coalesced = best(rows, "coalesced", 3, v, clients=256, transport=transport)
     reads = best(rows, "reads", 3, v, clients=256, transport=transport)
+    paired = [
+        r
+        for r in rows
+        if r["scenario"] == "reads"
+        and r["nodes"] == 3
+        and r["clients"] == 256
+        and r.get("peer_transport") == transport
+        and "reads_median_per_s" in r
+    ]
+    # Alternating medians where the run has them (a run from before: the best samples).
+    reads_and_writes = (
+        (paired[-1]["reads_median_per_s"], paired[-1]["writes_median_per_s"])
+        if paired
+        else (reads, coalesced)
+    )
 
     def open_loop(fraction: float) -> dict | None:
         return next(
@@ -688,7 +750,7 @@ def ratios(
         "echo_peak_beside_remote_per_s": adjacent_echo,
         "remote_one_op_per_request_vs_echo_beside_it": ratio(remote_median, adjacent_echo),
         "coalesced_256_vs_echo": ratio(coalesced, echo),
-        "reads_256_vs_writes_256_coalesced": ratio(reads, coalesced),
+        "reads_256_vs_writes_256_coalesced": ratio(*reads_and_writes),
         "etcd_best_per_s": etcd_best,
         "coalesced_256_vs_etcd_best": ratio(coalesced, etcd_best),
         "embedded_peak_vs_etcd_best": ratio(embedded, etcd_best),
