@@ -243,7 +243,6 @@ class HeldBatches:
     and how many were in at once."""
 
     def __init__(self) -> None:
-        self.arrived = trio.Event()  # set, and made anew, whenever a request comes in
         self.requests: list[list[str]] = []
         self._held: list[trio.Event] = []
         self.in_at_once = self.most_at_once = 0
@@ -254,8 +253,6 @@ class HeldBatches:
         self._held.append(held)
         self.in_at_once += 1
         self.most_at_once = max(self.most_at_once, self.in_at_once)
-        self.arrived.set()
-        self.arrived = trio.Event()
         await held.wait()
         self.in_at_once -= 1
         return BatchReply([OpResult("OK") for _ in args.ops])
