@@ -451,8 +451,7 @@ async def serve(
         with trio.CancelScope() as scope:
             prove = None
             if unproven is not None:
-                prove = partial(unproven.prove, unproven.admit(scope))
-                state[PROVE_STATE_KEY] = prove  # type: ignore[literal-required]
+                prove = state[PROVE_STATE_KEY] = unproven.admit(scope)  # type: ignore[literal-required]
             try:
                 await _Connection(asgi, config, context, state, stream, send_timeout=send_timeout)  # type: ignore[arg-type]
             finally:
@@ -613,17 +612,15 @@ class Unproven:
         self._scopes: dict[int, trio.CancelScope] = {}
         self._arrivals = 0
 
-    def admit(self, scope: trio.CancelScope) -> int:
-        """Count a new connection (cancelled through ``scope``) as unproven; its key."""
+    def admit(self, scope: trio.CancelScope) -> Callable[[], None]:
+        """Count a new connection (cancelled through ``scope``) as unproven; what to call
+        once it proved its sender, or is gone (no newcomer closes it then; calling it again
+        does nothing)."""
         self._arrivals += 1
         self._scopes[self._arrivals] = scope
         if len(self._scopes) > self.limit:
             self._scopes.pop(next(iter(self._scopes))).cancel()
-        return self._arrivals
-
-    def prove(self, key: int) -> None:
-        """The connection ``key`` proved its sender (or is gone): no newcomer closes it."""
-        self._scopes.pop(key, None)
+        return partial(self._scopes.pop, self._arrivals, None)
 
 
 async def serve_bounded(

@@ -50,7 +50,7 @@ import math
 import os
 import struct
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -96,6 +96,10 @@ _IDLE_CONNECTIONS_PER_PEER = 2
 _NO_TAG = bytes(TAG_BYTES)
 _REFUSAL = (_NO_TAG, json.dumps({"s": 401, "p": UNAUTHENTICATED_PEER}).encode())
 _NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _nothing() -> None:
+    """Proves nothing: a connection without peer authentication is never unproven."""
 
 
 class FrameError(Exception):
@@ -241,14 +245,10 @@ class _Server:
         #: Connections yet to send a frame with a valid tag (with peer authentication).
         self._unproven = Unproven(max_unproven)
 
-    def _admit_unproven(self, scope: trio.CancelScope) -> int | None:
-        """Count a new connection as unproven (with peer authentication; ``None``
-        without), closing the oldest unproven one past ``max_unproven``."""
-        return None if self.peer_auth is None else self._unproven.admit(scope)
-
-    def _proven(self, key: int | None) -> None:
-        if key is not None:
-            self._unproven.prove(key)
+    def _admit(self, scope: trio.CancelScope) -> Callable[[], None]:
+        """Count a new connection as unproven (with peer authentication), closing the
+        oldest unproven one past ``max_unproven``; what marks it proven, or gone."""
+        return _nothing if self.peer_auth is None else self._unproven.admit(scope)
 
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         """Answer the frames of one connection until it closes, breaks, stalls or misbehaves.
@@ -257,7 +257,7 @@ class _Server:
         clock = StallClock(self.idle_timeout)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(clock.watch, nursery.cancel_scope)
-            unproven = self._admit_unproven(nursery.cancel_scope)
+            prove = self._admit(nursery.cancel_scope)
             try:
                 if isinstance(stream, trio.SSLStream):
                     await stream.do_handshake()
@@ -266,11 +266,9 @@ class _Server:
                     if await self._head_is_valid(framed, stream):
                         frame = await framed.read_frame()
                         clock.restart(math.inf)  # a handler is bounded by its own logic
-                        reply, keep_open = await self.answer(frame, stream, unproven)
+                        reply, keep_open = await self.answer(frame, stream, prove)
                     else:
                         reply, keep_open = _REFUSAL, False  # its body is never read
-                    if keep_open:
-                        unproven = None  # its tag was valid: answer counted it proven
                     clock.restart(self.frame_timeout)
                     await framed.send(*reply)
                     if not keep_open:
@@ -285,7 +283,7 @@ class _Server:
             except _NETWORK_ERRORS:
                 pass  # the caller went away
             finally:
-                self._proven(unproven)
+                prove()
             nursery.cancel_scope.cancel()
 
     async def _head_is_valid(self, framed: FramedStream, stream: trio.abc.Stream) -> bool:
@@ -300,11 +298,11 @@ class _Server:
         return False
 
     async def answer(
-        self, frame: bytes, stream: trio.abc.Stream, unproven: int | None = None
+        self, frame: bytes, stream: trio.abc.Stream, prove: Callable[[], None] = _nothing
     ) -> tuple[tuple[bytes, ...], bool]:
         """The reply's payload parts for ``frame``, and whether the connection stays open.
-        A valid tag proves the connection (``unproven``, its key) before the handler runs,
-        so a newcomer can no longer close it under the handler."""
+        A valid tag proves the connection (``prove``) before the handler runs, so a
+        newcomer can no longer close it under the handler."""
         auth = self.peer_auth
         if auth is None:
             return (await _answer_bytes(self.routes, frame, self.log_error),), True
@@ -313,7 +311,7 @@ class _Server:
         if request_tag is None:
             auth.refuse(_remote(stream), "a frame without a valid tag")
             return _REFUSAL, False
-        self._proven(unproven)
+        prove()
         reply = await _answer_bytes(self.routes, body, self.log_error)
         return (auth.sign_reply(request_tag, 0, reply), reply), True
 
