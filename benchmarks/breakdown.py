@@ -158,6 +158,21 @@ def raw_puts(
     return times, cpu_self() - cpu
 
 
+def raw_gets(url: str, ops: int, prefix: str = "raw") -> list[tuple[float, float]]:
+    """``ops`` sequential gets of the keys ``raw_puts`` wrote (ReadIndex: no log write)."""
+    client = RawClient(url)
+    for k in range(50):
+        client.post("/get", json.dumps({"key": f"{prefix}-warm-{k}"}).encode())
+    times = []
+    for k in range(ops):
+        body = json.dumps({"key": f"{prefix}-{k}"}).encode()
+        sent = time.perf_counter()
+        reply = client.post("/get", body)
+        times.append((sent, time.perf_counter()))
+        assert b'"OK"' in reply, reply
+    return times
+
+
 def cluster_client_puts(urls: list[str], ops: int, value: int) -> tuple[list[float], float]:
     async def run() -> tuple[list[float], float]:
         async with ClusterClient(urls) as kv:
@@ -214,6 +229,10 @@ def analyse(
         if start is None or submit is None:
             continue
         index = submit[1]
+        asgi = lead.first_after("asgi:start", sent, "/put", received)
+        at("leader: Hypercorn has the request's head (the ASGI app is called)", asgi and asgi[0])
+        view = lead.first_after("view:start", asgi[0] if asgi else sent, ..., received)
+        at("leader: Quart's view starts", view and view[0])
         at("leader: request reaches our code (dispatch)", start[0])
         at("leader: handle_put starts", (lead.first_after("handle_put:start", sent) or [None])[0])
         at("leader: entry appended to the Raft log (submit)", submit[0])
@@ -286,6 +305,69 @@ def analyse(
         "leader_fsynced_in_ops": leader_fsyncs,
         "commit_followed": committed_by,
     }
+
+
+def analyse_gets(
+    times: list[tuple[float, float]], traces: dict[str, Events], leader: str
+) -> list[dict[str, Any]]:
+    """The timeline of sequential ReadIndex gets: the request's path on the leader beside
+    the heartbeat round it started as it arrived (``RaftNode.start_read``)."""
+    lead = traces[leader]
+    followers = [i for i in traces if i != leader]
+    milestones: dict[str, list[float]] = {}
+    for sent, received in times:
+
+        def at(name: str, t: float | None, sent: float = sent) -> None:
+            if t is not None:
+                milestones.setdefault(name, []).append(1000 * (t - sent))
+
+        asgi = lead.first_after("asgi:start", sent, "/get", received)
+        started = lead.first_after("start_read", sent, ..., received)
+        if asgi is None or started is None:
+            continue
+        at("leader: Hypercorn has the request's head (the ASGI app is called)", asgi[0])
+        at("leader: the read's heartbeat round starts (start_read)", started[0])
+        calls = []
+        for peer in followers:
+            call = lead.first_after("peer_call:start", started[0], [peer, "append_entries", None])
+            if call is None or call[0] > received:
+                continue
+            end = lead.first_after("peer_call:end", call[0], [peer, "append_entries", None])
+            f = traces[peer]
+            f_start = f.first_after("follower_append:start", call[0], None)
+            f_end = f.first_after("follower_append:end", call[0], None)
+            calls.append((end[0] if end else 1e18, call, f_start, f_end, end))
+        calls.sort(key=lambda c: c[0])
+        for rank, (_, call, f_start, f_end, end) in enumerate(calls):
+            who = f"follower answering {'first' if rank == 0 else 'second'}"
+            at(f"{who}: leader sends the heartbeat", call[0])
+            at(f"{who}: handle_append_entries starts", f_start and f_start[0])
+            at(f"{who}: handle_append_entries returns", f_end and f_end[0])
+            at(f"{who}: leader has the reply", end and end[0])
+        view = lead.first_after("view:start", asgi[0], ..., received)
+        at("leader: Quart's view starts", view and view[0])
+        at(
+            "leader: request reaches our code (dispatch)",
+            (lead.first_after("dispatch:start", asgi[0], "get", received) or [None])[0],
+        )
+        at(
+            "leader: read_index starts",
+            (lead.first_after("read_index:start", asgi[0], ..., received) or [None])[0],
+        )
+        at(
+            "leader: read_index returns (round confirmed)",
+            (lead.first_after("read_index:end", asgi[0], ..., received) or [None])[0],
+        )
+        at(
+            "leader: dispatch returns (reply encoded)",
+            (lead.first_after("dispatch:end", asgi[0], "get", received) or [None])[0],
+        )
+        milestones.setdefault("client has the whole reply", []).append(1000 * (received - sent))
+    timeline = sorted(
+        ((name, statistics.median(v), len(v)) for name, v in milestones.items()),
+        key=lambda x: x[1],
+    )
+    return [{"step": name, "median_ms": round(m, 3), "ops": n} for name, m, n in timeline]
 
 
 #: Where a CPU sample is spent: the innermost frame that matches one of these (file part,
@@ -429,6 +511,7 @@ def main() -> None:
             cpu_before = [pid_cpu(p.pid) for p in procs]
             times, raw_cpu = raw_puts(leader_url, opts.ops, opts.value)
             cpu_after = [pid_cpu(p.pid) for p in procs]
+            get_times = raw_gets(leader_url, opts.ops)
             cc_latencies, cc_cpu = cluster_client_puts(urls, opts.ops, opts.value)
         finally:
             for proc in procs:
@@ -440,6 +523,12 @@ def main() -> None:
             for i in range(3)
         }
     result = analyse(times, traces, leader)
+    result["get_timeline_ms_from_send"] = analyse_gets(get_times, traces, leader)
+    gets = sorted(r - s for s, r in get_times)
+    result["raw_client_gets"] = {
+        "p50_ms": round(1000 * gets[len(gets) // 2], 3),
+        "p99_ms": round(1000 * gets[int(0.99 * len(gets))], 3),
+    }
     raw = sorted(r - s for s, r in times)
     cc = sorted(cc_latencies)
     result["peer_transport"] = opts.peer_transport
@@ -464,6 +553,12 @@ def main() -> None:
     print("|---:|---|")
     for row in result["timeline_ms_from_send"]:
         print(f"| {row['median_ms']:.3f} | {row['step']} ({row['ops']} ops) |")
+    print(f"\n{opts.ops} sequential gets (ReadIndex), medians over ops:")
+    print("| ms after the client's send | step |")
+    print("|---:|---|")
+    for row in result["get_timeline_ms_from_send"]:
+        print(f"| {row['median_ms']:.3f} | {row['step']} ({row['ops']} ops) |")
+    print(f"raw client gets: {result['raw_client_gets']}\n")
     print(f"leader fsynced itself in {result['leader_fsynced_in_ops']} of {opts.ops} ops")
     print(f"commit came nearest to: {result['commit_followed']}")
     print(f"server CPU per op (raw phase, warm-up included): {result['server_cpu_ms_per_op']}")

@@ -27,6 +27,8 @@ import sys
 import time
 from typing import Any
 
+from quart_trio import QuartTrio
+
 import trioraft.rpc.http as http
 from trioraft.cli import main
 from trioraft.kv.node import KVNode
@@ -84,7 +86,33 @@ def instrument() -> None:
             stamp("dispatch:end", method)
 
     http.dispatch = dispatch  # answer() looks it up in the module at each call
+
+    # Hypercorn has parsed a request's head and calls the app; Quart's view starts.
+    original_wrap_app = http.wrap_app
+
+    def wrap_app(app: Any, *args: Any) -> Any:
+        asgi = original_wrap_app(app, *args)
+
+        async def stamped(scope: Any, receive: Any, send: Any, *rest: Any) -> None:
+            if scope.get("type") == "http":
+                stamp("asgi:start", scope.get("path"))
+            await asgi(scope, receive, send, *rest)
+
+        return stamped
+
+    http.wrap_app = wrap_app  # serve() looks it up in the module
+    around_async(QuartTrio, "dispatch_request", "view")
     around_async(KVNode, "handle_put", "handle_put")
+    around_async(RaftNode, "read_index", "read_index")
+
+    original_start_read = RaftNode.start_read
+
+    def start_read(self: RaftNode) -> Any:
+        started = original_start_read(self)
+        stamp("start_read", started and started.round)
+        return started
+
+    RaftNode.start_read = start_read  # type: ignore[method-assign]
 
     original_submit = RaftNode.submit
 

@@ -8,7 +8,9 @@ import trio
 
 from tests.kv_cluster import partitioner
 from tests.kvtest import ClientResult, check_put_concurrent, one_client_put, run_clients
-from trioraft import VersionConflict, Versioned
+from trioraft import RpcClient, VersionConflict, Versioned
+from trioraft.kv.messages import GetArgs, GetReply, RangeArgs, RangeReply
+from trioraft.raft.node import ReadStart
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, History
 
 #: Real clusters over HTTP are timing-sensitive: they share one xdist worker (--dist loadgroup)
@@ -34,6 +36,34 @@ async def test_basic_put_get_append_and_failover(make_kv_cluster) -> None:
     await ck.put("a", "3", 2)
     assert await ck.get("a") == Versioned("3", 3)
     await c.start(leader)
+
+
+async def test_get_and_range_use_the_read_round_started_as_their_request_arrived(
+    make_kv_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/get`` and ``/range`` start the leader's heartbeat round before their body is
+    read (``Route.on_arrival``), and their read waits for that round, not a later one."""
+    c = await make_kv_cluster(3)
+    await c.clerk().put("a", "1", 0)
+    leader_id = c.leader()
+    assert leader_id is not None
+    leader = c.nodes[leader_id]
+    assert leader is not None
+    seen: list[ReadStart | None] = []
+    read_index = leader.raft.read_index
+
+    async def recorded(*, lease: bool = False, started: ReadStart | None = None) -> int:
+        seen.append(started)
+        return await read_index(lease=lease, started=started)
+
+    monkeypatch.setattr(leader.raft, "read_index", recorded)
+    async with RpcClient(c.urls[leader_id], "reader") as rpc:
+        reply = await rpc.call("get", GetArgs("a"), GetReply)
+        assert reply is not None and (reply.value, reply.version) == ("1", 1)
+        ranged = await rpc.call("range", RangeArgs(start="a", end="b"), RangeReply)
+        assert ranged is not None and [item.key for item in ranged.items] == ["a"]
+    assert len(seen) == 2
+    assert all(s is not None and s.term == leader.raft.term for s in seen)
 
 
 # -- GenericTest (docs/scenarios.md: kvraft-generic) ---------------------------------------

@@ -8,6 +8,7 @@ import trio.testing
 
 from tests.raft_harness import RaftCluster, start_cluster
 from trioraft import NotLeader, RaftConfig, RaftNode
+from trioraft.raft.node import ReadStart
 
 pytestmark = pytest.mark.usefixtures("seeded_scheduler")
 Clock = trio.testing.MockClock
@@ -132,3 +133,61 @@ async def test_lease_reads_skip_the_round_until_the_lease_lapses(
     with pytest.raises(NotLeader), trio.fail_after(2):
         await leader.read_index(lease=True)  # falls back to a round nobody answers
     assert leader.statistics().reads == {"read_index": 0, "lease": 2}
+
+
+async def test_a_read_started_early_answers_from_its_start(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """``start_read`` notes the commit index and queues the round when the read arrives;
+    ``read_index(started=)`` then waits for that round only and answers that index, even
+    if writes committed in between (they came after the read: either answer is fine, the
+    earlier one is what it promised)."""
+    c = await start_cluster(nursery, 3, seed, config=READS)
+    leader = await leader_with_noop_committed(c)
+    await c.one("x", 3, retry=True)
+    started = leader.start_read()
+    assert started is not None
+    assert (started.term, started.index) == (leader.term, leader.commit_index)
+    later = await c.one("y", 3, retry=True)
+    assert later > started.index
+    with trio.fail_after(1):
+        assert await leader.read_index(started=started) == started.index
+    assert leader._core.read_round == started.round  # no second round
+    assert leader.statistics().reads == {"read_index": 1, "lease": 0}
+
+
+async def test_nothing_is_started_where_no_round_is_needed_or_could_answer(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """A follower starts nothing, nor does a leader whose lease holds (it needs no round)."""
+    c = await start_cluster(nursery, 3, seed, config=LEASE)
+    leader = await leader_with_noop_committed(c)
+    await c.one("x", 3, retry=True)
+    follower = next(c.node(i) for i in c.ids if i != leader.id)
+    assert follower.start_read() is None
+    assert leader.start_read() is None  # the lease holds
+    assert await leader.read_index(lease=True) == leader.commit_index
+
+
+async def test_a_round_started_in_another_term_is_not_used(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await start_cluster(nursery, 3, seed, config=READS)
+    leader = await leader_with_noop_committed(c)
+    index = await c.one("x", 3, retry=True)
+    older = ReadStart(leader.term - 1, index - 1, leader._core.read_round)
+    with trio.fail_after(1):
+        assert await leader.read_index(started=older) == index  # a round of its own
+
+
+async def test_a_round_started_on_a_partitioned_leader_is_never_answered(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    c = await start_cluster(nursery, 5, seed, config=READS)
+    old = await leader_with_noop_committed(c)
+    c.disconnect(old.id)
+    started = old.start_read()
+    assert started is not None  # it still believes it leads
+    with pytest.raises(NotLeader), trio.fail_after(10):
+        await old.read_index(started=started)  # until it learns it does not
+    assert old.statistics().reads == {"read_index": 0, "lease": 0}

@@ -620,3 +620,41 @@ def test_dispatch_answers_any_bytes(method: str, body: bytes) -> None:
     assert status in (200, 400, 404), payload
     assert status == 200 or isinstance(payload["error"], str)
     json.dumps(payload)
+
+
+async def test_on_arrival_runs_before_the_body_and_its_result_reaches_the_handler(
+    nursery: trio.Nursery,
+) -> None:
+    """A route's ``on_arrival`` runs once the request's head is in, before its body has
+    come; the handler gets what it returned. A request without the client token runs
+    nothing ahead, and one dispatched another way gets ``None``."""
+    arrived = trio.Event()
+    handed: list[object] = []
+
+    def on_arrival() -> str:
+        arrived.set()
+        return "started"
+
+    async def handler(args: Echo, started: object) -> Echo:
+        handed.append(started)
+        return args
+
+    routes = {"echo": Route(Echo, handler, on_arrival=on_arrival)}
+    url = await nursery.start(serve, make_app(routes, client_token="secret"))
+    body = json.dumps({"text": "hi"}).encode()
+    head = post_head("/echo", len(body)).replace(b"\r\n\r\n", b"\r\n")
+    with trio.fail_after(5):
+        async with await connect(url) as stream:
+            await stream.send_all(head + b"Authorization: Bearer secret\r\n\r\n")
+            await arrived.wait()  # with the body still unsent
+            assert handed == []
+            await stream.send_all(body)
+            assert (await read_reply(stream)).endswith(body)
+        assert handed == ["started"]
+        arrived = trio.Event()
+        async with await connect(url) as stream:
+            await stream.send_all(head + b"\r\n" + body)  # no token
+            assert (await read_reply(stream)).startswith(b"HTTP/1.1 401")
+        assert not arrived.is_set() and handed == ["started"]
+    assert await dispatch(routes, "echo", body) == (200, {"text": "hi"})
+    assert handed == ["started", None]

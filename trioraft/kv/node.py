@@ -60,7 +60,7 @@ from .._logging import log_context
 from ..metrics import new_registry
 from ..raft.membership import Configuration, MembershipChangeRefused
 from ..raft.metrics import RaftCollector
-from ..raft.node import RaftConfig, RaftNode, TransferAbandoned
+from ..raft.node import RaftConfig, RaftNode, ReadStart, TransferAbandoned
 from ..raft.serve import serve_node
 from ..raft.storage import FileStorage, Storage
 from ..rpc.auth import PeerAuth
@@ -333,7 +333,7 @@ class KVNode:
         self.metrics.proposals_applied += 1
         return results
 
-    async def read(self, ops: list[BatchOp]) -> list[Any] | None:
+    async def read(self, ops: list[BatchOp], started: ReadStart | None = None) -> list[Any] | None:
         """Run read-only ops (gets, ranges, lease checks) without the log: the one way reads
         are served. ReadIndex: the leader notes its commit index, confirms with one
         heartbeat round (shared by the reads queued meanwhile) that it still leads, waits
@@ -341,10 +341,12 @@ class KVNode:
         ``RaftConfig.lease_duration`` set, the round is skipped while the leader's lease
         holds (lease reads, under that setting's clock assumption). Their replies,
         or ``None`` as :meth:`execute_many` answers (not the leader, or no answer within
-        ``op_timeout``)."""
+        ``op_timeout``). ``started``: the round :meth:`RaftNode.start_read` started as the
+        request arrived, if any."""
         with trio.move_on_after(self.op_timeout):
             try:
-                index = await self.raft.read_index(lease=True)  # if configured
+                # (The lease is used only where RaftConfig.lease_duration is set.)
+                index = await self.raft.read_index(lease=True, started=started)
             except NotLeader:
                 return None
             await self.raft.wait_applied(index)
@@ -374,17 +376,21 @@ class KVNode:
             return ""
         return self.client_url_of(leader)
 
-    async def run_one(self, op: BatchOp) -> OpResult | WrongLeaderReply:
+    async def run_one(
+        self, op: BatchOp, started: ReadStart | None = None
+    ) -> OpResult | WrongLeaderReply:
         """Run one validated op (as :meth:`run_batch`); its result, or the reply to send
         when that is ``WrongLeader``."""
-        (result,), _ = await self.run_batch([op])
+        (result,), _ = await self.run_batch([op], started)
         if result.err == WRONG_LEADER:
             return WrongLeaderReply(WRONG_LEADER, self.leader_hint())
         return result
 
-    async def handle_get(self, args: GetArgs) -> GetReply | WrongLeaderReply:
+    async def handle_get(
+        self, args: GetArgs, started: ReadStart | None = None
+    ) -> GetReply | WrongLeaderReply:
         check_key(args.key)
-        r = await self.run_one(BatchOp("get", args.key))
+        r = await self.run_one(BatchOp("get", args.key), started)
         if isinstance(r, WrongLeaderReply):
             return r
         return GetReply(r.value, r.version, r.err, r.mod_index, r.create_index, r.index)
@@ -400,9 +406,11 @@ class KVNode:
         r = await self.run_one(BatchOp("delete", args.key, version=args.version))
         return r if isinstance(r, WrongLeaderReply) else DeleteReply(r.err)
 
-    async def handle_range(self, args: RangeArgs) -> RangeReply | WrongLeaderReply:
+    async def handle_range(
+        self, args: RangeArgs, started: ReadStart | None = None
+    ) -> RangeReply | WrongLeaderReply:
         args.validate()
-        r = await self.run_one(BatchOp("range", "", range=args))
+        r = await self.run_one(BatchOp("range", "", range=args), started)
         return r if isinstance(r, WrongLeaderReply) else range_reply(r)
 
     async def handle_txn(self, args: TxnArgs) -> TxnReply | WrongLeaderReply:
@@ -507,10 +515,13 @@ class KVNode:
         hint = self.leader_hint() if wrong_leader else ""
         return BatchReply(results, hint, self.rsm.applied_index, refused)
 
-    async def run_batch(self, ops: list[BatchOp]) -> tuple[list[OpResult], bool]:
+    async def run_batch(
+        self, ops: list[BatchOp], started: ReadStart | None = None
+    ) -> tuple[list[OpResult], bool]:
         """Run validated ``ops`` in one entry: reads always, writes unless over the quota.
         Their results (either every one is ``WrongLeader`` or none is), and whether this
-        node refused them all before proposing any, so that none applied."""
+        node refused them all before proposing any, so that none applied. ``started``: a
+        read round started for them as their request arrived (:meth:`read`)."""
         allowed = self._quota_allows()
         no_space = allowed is not None
         logged = [op for op in ops if allowed(op)] if allowed is not None else ops
@@ -520,7 +531,7 @@ class KVNode:
         elif all(op.stale for op in logged):
             replies = self.read_stale(logged)
         elif all(op.op in READ_OPS for op in logged):
-            replies = await self.read(logged)
+            replies = await self.read(logged, started)
             refused = replies is None  # reads change nothing
         else:
             try:
@@ -556,10 +567,11 @@ class KVNode:
 
     def routes(self) -> dict[str, Route]:
         return {
-            "get": Route(GetArgs, self.handle_get),
+            # A read's heartbeat round starts as its request arrives (see Route.on_arrival).
+            "get": Route(GetArgs, self.handle_get, on_arrival=self.raft.start_read),
             "put": Route(PutArgs, self.handle_put),
             "delete": Route(DeleteArgs, self.handle_delete),
-            "range": Route(RangeArgs, self.handle_range),
+            "range": Route(RangeArgs, self.handle_range, on_arrival=self.raft.start_read),
             "txn": Route(TxnArgs, self.handle_txn),
             "append": Route(AppendArgs, self.handle_append),
             "open_session": Route(OpenSessionArgs, self.handle_open_session),

@@ -46,7 +46,15 @@ import math
 import os
 import ssl
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -93,6 +101,8 @@ UNAUTHENTICATED_CLIENT = {"error": "missing or wrong client token"}
 #: Where a connection's state (the ASGI scope's ``state``) holds what marks the connection
 #: proven once a request on it carries a valid peer tag (``serve(max_unproven=)``).
 PROVE_STATE_KEY = "trioraft.prove"
+#: Where a request's scope keeps what its route's ``on_arrival`` returned.
+ARRIVAL_SCOPE_KEY = "trioraft.arrived"
 
 #: Logs a handler's unexpected exception with its traceback (rate-limited per server).
 ErrorLog = Callable[..., None]
@@ -100,10 +110,16 @@ ErrorLog = Callable[..., None]
 
 @dataclass(frozen=True)
 class Route:
-    """One RPC method: the argument message type and the handler that answers it."""
+    """One RPC method: the argument message type and the handler that answers it.
+
+    With ``on_arrival``, the client app calls it as a request for the method arrives
+    (its head parsed, its client token checked, its body not yet read) and the handler is
+    called as ``handler(args, arrived)`` with what it returned (``None`` for a request
+    that came another way): for work that can overlap the request's parsing."""
 
     args: type
-    handler: Callable[[Any], Awaitable[Any]]
+    handler: Callable[..., Awaitable[Any]]
+    on_arrival: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -162,8 +178,10 @@ async def dispatch(
     body: bytes,
     *,
     log_error: ErrorLog = default_error_log,
+    arrived: Any = None,
 ) -> tuple[int, Any]:
-    """Answer one call: validate ``body`` for ``method`` and run its handler.
+    """Answer one call: validate ``body`` for ``method`` and run its handler (with
+    ``arrived``, what the route's ``on_arrival`` returned, if it has one).
 
     Returns the HTTP status and the JSON-ready payload (the reply, or ``{"error": ...}``).
     Never raises for any input, nor for a handler's exception (500, logged to ``log_error``).
@@ -174,7 +192,7 @@ async def dispatch(
         if method not in routes:
             return 404, {"error": f"unknown method {method!r}"}
         return exc.status, {"error": exc.message}
-    return await dispatch_parsed(routes, method, data, log_error=log_error)
+    return await dispatch_parsed(routes, method, data, log_error=log_error, arrived=arrived)
 
 
 async def dispatch_parsed(
@@ -183,6 +201,7 @@ async def dispatch_parsed(
     data: Any,
     *,
     log_error: ErrorLog = default_error_log,
+    arrived: Any = None,
 ) -> tuple[int, Any]:
     """:func:`dispatch` for an already parsed JSON body."""
     route = routes.get(method)
@@ -190,7 +209,10 @@ async def dispatch_parsed(
         return 404, {"error": f"unknown method {method!r}"}
     try:
         args = decode(route.args, data)
-        reply = await route.handler(args)
+        if route.on_arrival is None:
+            reply = await route.handler(args)
+        else:
+            reply = await route.handler(args, arrived)
         return 200, encode(reply)
     except BadRequest as exc:
         return exc.status, {"error": exc.message}
@@ -266,18 +288,22 @@ def make_app(
     if status is not None and "status" in pages:
         raise ValueError("GET /status is given twice: as status and in get_routes")
 
+    def has_token(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether raw ``headers`` (an ASGI scope's) carry the client token, if one is set."""
+        if bearer is None:
+            return True
+        given = next((value for name, value in headers if name == b"authorization"), b"")
+        return hmac.compare_digest(given, bearer)
+
     def client_refused() -> Response | None:
         """The 401 for a request without the client token, or ``None`` if it has it."""
-        if bearer is None:
-            return None
-        given = request.headers.get("Authorization", "").encode("latin-1")
-        if hmac.compare_digest(given, bearer):
+        if has_token(request.scope["headers"]):
             return None
         log_refused_client("refused a client request from %s", request.remote_addr)
         return _refusal(UNAUTHENTICATED_CLIENT, {"WWW-Authenticate": "Bearer"})
 
-    async def answer(method: str, body: bytes) -> tuple[int, bytes]:
-        status, payload = await dispatch(routes, method, body, log_error=log_error)
+    async def answer(method: str, body: bytes, arrived: Any = None) -> tuple[int, bytes]:
+        status, payload = await dispatch(routes, method, body, log_error=log_error, arrived=arrived)
         return render(status, payload, log_error)
 
     async def answer_peer(auth: PeerAuth, method: str) -> Response:
@@ -333,8 +359,26 @@ def make_app(
         stream = streams.get(method)
         if stream is not None:
             return await answer_stream(stream, await request.get_data(cache=False))
-        status, content = await answer(method, await request.get_data(cache=False))
+        arrived = request.scope.get(ARRIVAL_SCOPE_KEY)
+        status, content = await answer(method, await request.get_data(cache=False), arrived)
         return Response(content, status, content_type="application/json")
+
+    arriving = {name: route.on_arrival for name, route in routes.items() if route.on_arrival}
+    if peer_auth is not None:  # peer methods never have it: their tag is checked first
+        arriving = {m: f for m, f in arriving.items() if peers_only and m not in peers_only}
+    if arriving:
+        inner = app.asgi_app
+
+        async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+            # Hypercorn calls the app once a request's head is parsed: ~0.5 ms (on this
+            # stack, here) before Quart's view starts and reads the body.
+            if scope["type"] == "http" and scope["method"] == "POST":
+                on_arrival = arriving.get(scope["path"][1:])
+                if on_arrival is not None and has_token(scope["headers"]):
+                    scope[ARRIVAL_SCOPE_KEY] = on_arrival()
+            await inner(scope, receive, send)
+
+        app.asgi_app = asgi_app  # type: ignore[method-assign]
 
     if status is not None:
 
