@@ -1,4 +1,4 @@
-"""Where one sequential put's time goes: a timeline of its steps, from timestamps.
+"""Where one sequential put's (and get's) time goes: a timeline of its steps, from timestamps.
 
     python benchmarks/breakdown.py [--ops 400] [--peer-transport http|tcp] [--out DIR]
     python benchmarks/breakdown.py --profile [--ops 1000] [--peer-transport http|tcp]
@@ -7,9 +7,11 @@ Starts three ``trace_node.py`` processes (``trioraft node`` with every step of a
 stamped, see that file) in their default configuration (HTTP peers unless told ``tcp``),
 finds the leader, and from this process sends ``--ops`` puts one at a time (16 B values,
 fresh keys) over one kept-alive connection with a minimal blocking HTTP client, stamping
-each send and each complete reply; then the same number through ``ClusterClient`` (one task),
-timing the call. The nodes are stopped, their stamps read back and matched to each op by its
-log index (``time.perf_counter`` is the system-wide monotonic clock on Linux, so stamps of
+each send and each complete reply; then as many gets of the keys it wrote (ReadIndex: their
+heartbeat round starts as the request's head arrives, ``RaftNode.start_read``); then the
+same number of puts through ``ClusterClient`` (one task), timing the call. The nodes are
+stopped, their stamps read back and matched to each op (a put by its log index, a get by
+its time; ``time.perf_counter`` is the system-wide monotonic clock on Linux, so stamps of
 different processes compare). Prints, for the raw client, the median time from the send to
 each step and the median length of each segment, and for ``ClusterClient`` its p50 and its
 process's CPU per op beside the raw client's; writes the JSON into ``--out``.
