@@ -260,6 +260,10 @@ class HeldBatches:
     def let_go(self, i: int) -> None:
         self._held[i].set()
 
+    def routes(self) -> dict[str, Route]:
+        """``/batch``, and ``/read`` for batches of reads only."""
+        return {"batch": Route(BatchArgs, self.batch), "read": Route(BatchArgs, self.batch)}
+
 
 async def test_coalescing_client_has_two_requests_in_flight_but_appends_go_alone(
     nursery: trio.Nursery,
@@ -269,7 +273,7 @@ async def test_coalescing_client_has_two_requests_in_flight_but_appends_go_alone
     other is out, and none goes beside it: the server's duplicate table, which keeps only a
     client's last sequence number, would take an earlier append applied late for a retry."""
     server = HeldBatches()
-    url = await nursery.start(serve, make_app({"batch": Route(BatchArgs, server.batch)}))
+    url = await nursery.start(serve, make_app(server.routes()))
 
     async def sent(call: Callable[[], Awaitable[object]], requests: int) -> None:
         """Start ``call`` and wait until the client is idle; ``requests`` are then in."""
@@ -303,7 +307,7 @@ async def test_callers_in_flight_when_the_coalescing_client_closes_are_told(
     """Callers whose ops are out in either request when the client's block exits raise
     ClosedResourceError; they used to wait for ever (a hostile probe found it)."""
     server = HeldBatches()  # never lets a request go
-    url = await nursery.start(serve, make_app({"batch": Route(BatchArgs, server.batch)}))
+    url = await nursery.start(serve, make_app(server.routes()))
     told: list[str] = []
 
     async def get(kv: CoalescingClient, key: str) -> None:

@@ -8,8 +8,16 @@ import trio
 
 from tests.kv_cluster import partitioner
 from tests.kvtest import ClientResult, check_put_concurrent, one_client_put, run_clients
-from trioraft import RpcClient, VersionConflict, Versioned
-from trioraft.kv.messages import GetArgs, GetReply, RangeArgs, RangeReply
+from trioraft import BadRequest, RpcClient, VersionConflict, Versioned
+from trioraft.kv.messages import (
+    BatchArgs,
+    BatchOp,
+    BatchReply,
+    GetArgs,
+    GetReply,
+    RangeArgs,
+    RangeReply,
+)
 from trioraft.raft.node import ReadStart
 from trioraft.testing import MIT_UNRELIABLE, RELIABLE, History
 
@@ -38,11 +46,12 @@ async def test_basic_put_get_append_and_failover(make_kv_cluster) -> None:
     await c.start(leader)
 
 
-async def test_get_and_range_use_the_read_round_started_as_their_request_arrived(
+async def test_reads_use_the_read_round_started_as_their_request_arrived(
     make_kv_cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``/get`` and ``/range`` start the leader's heartbeat round before their body is
-    read (``Route.on_arrival``), and their read waits for that round, not a later one."""
+    """``/get``, ``/range`` and ``/read`` (the clients' batches of reads) start the
+    leader's heartbeat round before their body is read (``Route.on_arrival``), and their
+    read waits for that round, not a later one. ``/read`` refuses a write."""
     c = await make_kv_cluster(3)
     await c.clerk().put("a", "1", 0)
     leader_id = c.leader()
@@ -62,8 +71,15 @@ async def test_get_and_range_use_the_read_round_started_as_their_request_arrived
         assert reply is not None and (reply.value, reply.version) == ("1", 1)
         ranged = await rpc.call("range", RangeArgs(start="a", end="b"), RangeReply)
         assert ranged is not None and [item.key for item in ranged.items] == ["a"]
-    assert len(seen) == 2
+        with pytest.raises(BadRequest, match="not a read"):
+            await rpc.call("read", BatchArgs([BatchOp("put", "a", "2", 1)]), BatchReply)
+    clerk = c.clerk()
+    assert await clerk.get("a") == Versioned("1", 1)
+    assert [item.key for item in (await clerk.range(prefix="a")).items] == ["a"]
+    assert len(seen) == 4
     assert all(s is not None and s.term == leader.raft.term for s in seen)
+    assert await clerk.get("a", stale=True) == Versioned("1", 1)  # no round: /batch
+    assert len(seen) == 4
 
 
 # -- GenericTest (docs/scenarios.md: kvraft-generic) ---------------------------------------

@@ -20,7 +20,17 @@ from tests.kvtest import SingleKV
 from tests.strategies import bodies, objects_with
 from tests.task_steps import TaskSteps
 from trioraft import BadRequest, KVServer, Route, RpcClient, Versioned, make_app, serve
-from trioraft.kv.messages import GetArgs, GetReply, PutArgs, PutReply
+from trioraft.kv.clients import Servers
+from trioraft.kv.messages import (
+    BatchArgs,
+    BatchOp,
+    BatchReply,
+    GetArgs,
+    GetReply,
+    OpResult,
+    PutArgs,
+    PutReply,
+)
 from trioraft.rpc.http import GetRoute, StreamRoute, bytes_response, dispatch
 
 #: Bodies every endpoint must reject: (body, status, part of the error message).
@@ -180,6 +190,12 @@ async def test_kv_protocol_over_plain_http(single_kv: SingleKV) -> None:
         missing = {"key": "b", "value": "1", "version": 3}
         assert (await h.post("/put", json=missing)).json() == {"err": "NoKey"}
         assert (await h.post("/get", json={"key": "a"})).json()["version"] == 1
+        reads = {"ops": [{"op": "get", "key": "a"}, {"op": "get", "key": "b"}]}
+        answered = (await h.post("/read", json=reads)).json()
+        assert [r["err"] for r in answered["results"]] == ["OK", "NoKey"]
+        write = {"ops": [{"op": "get", "key": "a"}, {"op": "delete", "key": "a", "version": 1}]}
+        refused = await h.post("/read", json=write)
+        assert refused.status_code == 400 and "ops[1].op" in refused.json()["error"]
     assert isinstance(PutArgs("a", "1", 0), PutArgs) and PutReply("OK").err == "OK"
     assert Versioned("", 0).exists is False
 
@@ -658,3 +674,25 @@ async def test_on_arrival_runs_before_the_body_and_its_result_reaches_the_handle
         assert not arrived.is_set() and handed == ["started"]
     assert await dispatch(routes, "echo", body) == (200, {"text": "hi"})
     assert handed == ["started", None]
+
+
+async def test_a_client_sends_its_reads_as_a_batch_to_a_server_without_read(
+    nursery: trio.Nursery,
+) -> None:
+    """A server from before ``/read`` answers it 404: the client then sends reads to
+    ``/batch``, at once and from then on."""
+    seen: list[list[str]] = []
+
+    async def batch(args: BatchArgs) -> BatchReply:
+        seen.append([op.op for op in args.ops])
+        return BatchReply([OpResult("OK", "v", 1) for _ in args.ops])
+
+    url = await nursery.start(serve, make_app({"batch": Route(BatchArgs, batch)}))
+    servers = Servers([url], "c")
+    with trio.fail_after(10):
+        for requests in (2, 3):
+            results, _ = await servers.call([BatchOp("get", "k")])
+            assert [r.value for r in results] == ["v"]
+            assert servers.requests == requests  # the 404 once, then /batch only
+    await servers.aclose()
+    assert seen == [["get"], ["get"]] and not servers.read_route

@@ -265,15 +265,19 @@ class Servers:
         self.leader = 0  # index of the server that last answered as leader
         self.requests = 0  # requests sent, for statistics
         self.seen = 0  # the greatest index a reply has carried (BatchReply.index)
+        #: Whether batches of reads go to ``/read`` (until a server answers it 404).
+        self.read_route = True
 
     async def call(self, ops: list[BatchOp]) -> tuple[list[OpResult], list[str]]:
-        """Run ``ops`` in one ``/batch`` request: their results, the first that are not
+        """Run ``ops`` in one ``/batch`` request (``/read`` for reads: see
+        :meth:`BatchArgs.reads_with_round`): their results, the first that are not
         ``WrongLeader``; and how the last attempts before it failed (a few: a call may retry
         for as long as the cluster is down), if any of them may have applied: empty when
         every one was refused before it was proposed. Raises :class:`~trioraft.BadRequest`
         if a server refuses the request for what it is, or :class:`~trioraft.MaybeApplied`
         if it refuses a retry of writes after an attempt that may have applied them."""
         args = BatchArgs(ops)
+        method = "read" if self.read_route and args.reads_with_round() else "batch"
         failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_KEPT)
         backoff = Backoff()
         attempts = 0
@@ -294,8 +298,11 @@ class Servers:
             rpc = self.rpcs[server]
             self.requests += 1
             try:
-                reply = await rpc.call("batch", args, BatchReply)
+                reply = await rpc.call(method, args, BatchReply)
             except BadRequest as exc:
+                if method == "read" and exc.status == 404:  # a server older than /read
+                    self.read_route, method = False, "batch"
+                    continue
                 # (An op marked before the call, alone, is the retry of one that may have
                 # applied: the embedded client's after a local attempt.)
                 retried = uncertain or (len(ops) == 1 and ops[0].retry_after is not None)

@@ -420,6 +420,18 @@ class BatchArgs:
         if ranges > MAX_BATCH_RANGES:
             raise BadRequest(f"ops: {ranges} ranges, at most {MAX_BATCH_RANGES} per batch")
 
+    def validate_reads(self) -> None:
+        """:meth:`validate`, for ``/read``: every op a read."""
+        self.validate()
+        for i, op in enumerate(self.ops):
+            if op.op not in READ_OPS:
+                raise BadRequest(f"ops[{i}].op: {op.op!r} is not a read (send it to /batch)")
+
+    def reads_with_round(self) -> bool:
+        """Whether these ops go to ``/read``, whose heartbeat round starts as the request
+        arrives: reads only, not every one of them stale (a stale read needs no round)."""
+        return all(op.op in READ_OPS for op in self.ops) and not all(op.stale for op in self.ops)
+
 
 @omit_defaults  # a put's result is {"err": "OK"} (the README's wire protocol)
 @dataclass(slots=True)

@@ -508,9 +508,14 @@ class KVNode:
         all kept."""
         return self.watches.watch(prefix, after=after)
 
-    async def handle_batch(self, args: BatchArgs) -> BatchReply:
+    async def handle_read(self, args: BatchArgs, started: ReadStart | None) -> BatchReply:
+        """``/read``: a batch of reads only, whose round started as the request arrived."""
+        args.validate_reads()
+        return await self.handle_batch(args, started)
+
+    async def handle_batch(self, args: BatchArgs, started: ReadStart | None = None) -> BatchReply:
         args.validate()
-        results, refused = await self.run_batch(args.ops)
+        results, refused = await self.run_batch(args.ops, started)
         wrong_leader = bool(results) and results[0].err == WRONG_LEADER
         hint = self.leader_hint() if wrong_leader else ""
         return BatchReply(results, hint, self.rsm.applied_index, refused)
@@ -576,6 +581,7 @@ class KVNode:
             "append": Route(AppendArgs, self.handle_append),
             "open_session": Route(OpenSessionArgs, self.handle_open_session),
             "batch": Route(BatchArgs, self.handle_batch),
+            "read": Route(BatchArgs, self.handle_read, on_arrival=self.raft.start_read),
             "lease_grant": Route(LeaseGrantArgs, self.handle_lease_grant),
             "lease_keepalive": Route(LeaseArgs, self.handle_lease_keepalive),
             "lease_revoke": Route(LeaseArgs, self.handle_lease_revoke),

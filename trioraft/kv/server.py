@@ -106,6 +106,10 @@ class KVServer:
                 raise BadRequest(f"ops[{i}].op: the single-server KV has no {op.op}")
         return BatchReply(self.run_batch(args.ops), index=self.index)
 
+    async def handle_read(self, args: BatchArgs) -> BatchReply:
+        args.validate_reads()
+        return await self.handle_batch(args)
+
     def routes(self) -> dict[str, Route]:
         return {
             "get": Route(GetArgs, self.handle_get),
@@ -114,6 +118,7 @@ class KVServer:
             "range": Route(RangeArgs, self.handle_range),
             "txn": Route(TxnArgs, self.handle_txn),
             "batch": Route(BatchArgs, self.handle_batch),
+            "read": Route(BatchArgs, self.handle_read),
         }
 
     def pages(self) -> dict[str, GetRoute]:
