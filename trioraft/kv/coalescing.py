@@ -4,9 +4,10 @@
         await kv.put("k", "v", 0)
 
 Every task's call joins a queue; one sender task takes everything queued into one ``/batch``
-request (up to what a server takes in one: ``max_ops_per_request`` ops, of them at most
-``MAX_BATCH_RANGES`` ranges) whenever fewer than ``max_in_flight`` (2) are in flight, so N
-concurrent callers cost about one HTTP round trip, not N. Queued reads are shared among the
+request (``/read`` when it only reads) of up to what a server takes in one
+(``max_ops_per_request`` ops, of them at most ``MAX_BATCH_RANGES`` ranges) whenever fewer
+than ``max_in_flight`` (2) are in flight, so N concurrent callers cost about one HTTP round
+trip, not N. Queued reads are shared among the
 requests free to go, so the client works on one request's answers while the leader answers
 the other's (with 256 callers on two cores, 30 % more reads a second than one at a time).
 It speaks to a replicated cluster (finding the leader as :class:`ClusterClient` does) or to
