@@ -148,8 +148,11 @@ async def test_a_read_started_early_answers_from_its_start(
     started = leader.start_read()
     assert started is not None
     assert (started.term, started.index) == (leader.term, leader.commit_index)
-    later = await c.one("y", 3, retry=True)
+    later, _, _ = leader.submit("y")
+    with trio.fail_after(1):
+        await leader.wait_until(lambda n: n.commit_index >= later)
     assert later > started.index
+    assert trio.current_time() - started.at <= READS.heartbeat_interval  # not asked late
     with trio.fail_after(1):
         assert await leader.read_index(started=started) == started.index
     assert leader._core.read_round == started.round  # no second round
@@ -175,7 +178,7 @@ async def test_a_round_started_in_another_term_is_not_used(
     c = await start_cluster(nursery, 3, seed, config=READS)
     leader = await leader_with_noop_committed(c)
     index = await c.one("x", 3, retry=True)
-    older = ReadStart(leader.term - 1, index - 1, leader._core.read_round)
+    older = ReadStart(leader.term - 1, index - 1, leader._core.read_round, trio.current_time())
     with trio.fail_after(1):
         assert await leader.read_index(started=older) == index  # a round of its own
 
@@ -191,3 +194,26 @@ async def test_a_round_started_on_a_partitioned_leader_is_never_answered(
     with pytest.raises(NotLeader), trio.fail_after(10):
         await old.read_index(started=started)  # until it learns it does not
     assert old.statistics().reads == {"read_index": 0, "lease": 0}
+
+
+async def test_a_read_asked_for_late_gets_a_round_of_its_own(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """A request whose body comes more than a heartbeat interval after its head (a slow
+    client, a proxy) does not use the round its head started: that round was confirmed,
+    then the leader was cut off and a new one committed a write; the old leader (no
+    check-quorum here, so it never learns) must not answer the read from before."""
+    config = RaftConfig(leader_noop=True, check_quorum=False)
+    c = await start_cluster(nursery, 3, seed, config=config)
+    old = await leader_with_noop_committed(c)
+    started = old.start_read()
+    assert started is not None
+    with trio.fail_after(1):
+        await old.wait_until(lambda n: n._core.confirmed_round() >= started.round)
+    c.disconnect(old.id)
+    await c.check_one_leader()  # another, on the other side
+    await c.one("after", 2, retry=True)
+    assert old.is_leader  # as far as it knows
+    with trio.move_on_after(5) as unanswered:
+        await old.read_index(started=started)
+    assert unanswered.cancelled_caught

@@ -248,11 +248,13 @@ class TransferAbandoned(RaftError):
 @dataclass(frozen=True, slots=True)
 class ReadStart:
     """A read's heartbeat round, started ahead of the read (:meth:`RaftNode.start_read`):
-    the leader's term and commit index when it started, and the round that confirms them."""
+    the leader's term and commit index when it started, the round that confirms them, and
+    when (``trio.current_time()``)."""
 
     term: int
     index: int
     round: int
+    at: float
 
 
 @dataclass(frozen=True)
@@ -534,14 +536,17 @@ class RaftNode:
         As safe as a round started by :meth:`read_index` itself: the commit index is noted
         after the read arrived, so it covers every write acknowledged before, and the round
         confirms leadership with messages sent after that. A round started for a request
-        that turns out not to read is one heartbeat round wasted.
+        that turns out not to read is one heartbeat round wasted. A read asked for more
+        than a heartbeat interval after its round started (a request whose body came
+        late) gets a round of its own, so that its answer is never older than that.
         """
         core = self._core
         if self._stopped or not core.committed_in_term():
             return None
-        if core.lease_valid(trio.current_time()):
+        now = trio.current_time()
+        if core.lease_valid(now):
             return None
-        started = ReadStart(self.term, core.commit_index, core.queue_read())
+        started = ReadStart(self.term, core.commit_index, core.queue_read(), now)
         self._wake_leader_tasks()
         return started
 
@@ -559,7 +564,12 @@ class RaftNode:
         """
         core = self._core
         term = self.term
-        if started is not None and started.term == term and self._leads(term):
+        if (
+            started is not None
+            and started.term == term
+            and self._leads(term)
+            and trio.current_time() - started.at <= self.config.heartbeat_interval
+        ):
             index, read_round = started.index, started.round
         else:
             await self._wait_commit_in_term(term)
