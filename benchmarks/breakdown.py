@@ -212,19 +212,37 @@ class Events:
         return None
 
 
+class Milestones:
+    """When each named step of an op came, in ms after the op's send; their medians."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, list[float]] = {}
+
+    def at(self, name: str, t: float | None, sent: float) -> None:
+        if t is not None:
+            self.by_name.setdefault(name, []).append(1000 * (t - sent))
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """The steps in the order of their medians."""
+        rows = ((name, statistics.median(v), len(v)) for name, v in self.by_name.items())
+        return [
+            {"step": name, "median_ms": round(m, 3), "ops": n}
+            for name, m, n in sorted(rows, key=lambda row: row[1])
+        ]
+
+
 def analyse(
     times: list[tuple[float, float]], traces: dict[str, Events], leader: str
 ) -> dict[str, Any]:
     lead = traces[leader]
     followers = [i for i in traces if i != leader]
-    milestones: dict[str, list[float]] = {}
+    milestones = Milestones()
     leader_fsyncs = 0
     committed_by: dict[str, int] = {}
     for sent, received in times:
 
         def at(name: str, t: float | None, sent: float = sent) -> None:
-            if t is not None:
-                milestones.setdefault(name, []).append(1000 * (t - sent))
+            milestones.at(name, t, sent)
 
         start = lead.first_after("dispatch:start", sent, "put", received)
         submit = lead.first_after("raft_submit", sent, ..., received)
@@ -294,16 +312,10 @@ def analyse(
             "leader: dispatch returns (reply encoded)",
             (lead.first_after("dispatch:end", submit[0], "put") or [None])[0],
         )
-        milestones.setdefault("client has the whole reply", []).append(1000 * (received - sent))
-    timeline = sorted(
-        ((name, statistics.median(v), len(v)) for name, v in milestones.items()),
-        key=lambda x: x[1],
-    )
+        milestones.at("client has the whole reply", received, sent)
     return {
         "ops": len(times),
-        "timeline_ms_from_send": [
-            {"step": name, "median_ms": round(m, 3), "ops": n} for name, m, n in timeline
-        ],
+        "timeline_ms_from_send": milestones.timeline(),
         "leader_fsynced_in_ops": leader_fsyncs,
         "commit_followed": committed_by,
     }
@@ -316,12 +328,11 @@ def analyse_gets(
     the heartbeat round it started as it arrived (``RaftNode.start_read``)."""
     lead = traces[leader]
     followers = [i for i in traces if i != leader]
-    milestones: dict[str, list[float]] = {}
+    milestones = Milestones()
     for sent, received in times:
 
         def at(name: str, t: float | None, sent: float = sent) -> None:
-            if t is not None:
-                milestones.setdefault(name, []).append(1000 * (t - sent))
+            milestones.at(name, t, sent)
 
         asgi = lead.first_after("asgi:start", sent, "/get", received)
         started = lead.first_after("start_read", sent, ..., received)
@@ -364,12 +375,8 @@ def analyse_gets(
             "leader: dispatch returns (reply encoded)",
             (lead.first_after("dispatch:end", asgi[0], "get", received) or [None])[0],
         )
-        milestones.setdefault("client has the whole reply", []).append(1000 * (received - sent))
-    timeline = sorted(
-        ((name, statistics.median(v), len(v)) for name, v in milestones.items()),
-        key=lambda x: x[1],
-    )
-    return [{"step": name, "median_ms": round(m, 3), "ops": n} for name, m, n in timeline]
+        milestones.at("client has the whole reply", received, sent)
+    return milestones.timeline()
 
 
 #: Where a CPU sample is spent: the innermost frame that matches one of these (file part,
