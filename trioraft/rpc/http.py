@@ -12,6 +12,9 @@ Invariants:
   A handler may itself raise :class:`BadRequest` (before changing anything) for checks the
   types cannot express; any other exception it raises is answered 500
   ``{"error": "internal error"}`` and logged (rate-limited), and the server carries on.
+  The one thing that runs on unvalidated input is a route's ``on_arrival``, once a client
+  request's head is in and its token checked: it takes no argument and must change no
+  state a reply depends on (``KVNode``'s starts a read's heartbeat round).
 - With ``peer_auth`` (see :mod:`trioraft.rpc.auth`), a request without a valid tag is
   answered 401 before its body is parsed; with ``client_token``, one without
   ``Authorization: Bearer <token>`` is answered 401 before its body is read. ``GET`` routes
