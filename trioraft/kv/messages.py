@@ -410,22 +410,18 @@ def frees_space(op: BatchOp) -> bool:
 class BatchArgs:
     ops: list[BatchOp]
 
-    def validate(self) -> None:
+    def validate(self, *, reads_only: bool = False) -> None:
+        """Check the batch's bounds and each op; ``reads_only`` (``/read``): every op a read."""
         if len(self.ops) > MAX_BATCH_OPS:
             raise BadRequest(f"ops: {len(self.ops)} ops, at most {MAX_BATCH_OPS} per batch")
         ranges = 0
         for i, op in enumerate(self.ops):
             op.validate(f"ops[{i}]")
+            if reads_only and op.op not in READ_OPS:
+                raise BadRequest(f"ops[{i}].op: {op.op!r} is not a read (send it to /batch)")
             ranges += op.op == "range"
         if ranges > MAX_BATCH_RANGES:
             raise BadRequest(f"ops: {ranges} ranges, at most {MAX_BATCH_RANGES} per batch")
-
-    def validate_reads(self) -> None:
-        """:meth:`validate`, for ``/read``: every op a read."""
-        self.validate()
-        for i, op in enumerate(self.ops):
-            if op.op not in READ_OPS:
-                raise BadRequest(f"ops[{i}].op: {op.op!r} is not a read (send it to /batch)")
 
     def reads_with_round(self) -> bool:
         """Whether these ops go to ``/read``, whose heartbeat round starts as the request

@@ -510,11 +510,12 @@ class KVNode:
 
     async def handle_read(self, args: BatchArgs, started: ReadStart | None) -> BatchReply:
         """``/read``: a batch of reads only, whose round started as the request arrived."""
-        args.validate_reads()
-        return await self.handle_batch(args, started)
+        return await self.handle_batch(args, started, reads_only=True)
 
-    async def handle_batch(self, args: BatchArgs, started: ReadStart | None = None) -> BatchReply:
-        args.validate()
+    async def handle_batch(
+        self, args: BatchArgs, started: ReadStart | None = None, *, reads_only: bool = False
+    ) -> BatchReply:
+        args.validate(reads_only=reads_only)
         results, refused = await self.run_batch(args.ops, started)
         wrong_leader = bool(results) and results[0].err == WRONG_LEADER
         hint = self.leader_hint() if wrong_leader else ""

@@ -99,16 +99,15 @@ class KVServer:
         (r,) = self.run_batch([BatchOp("txn", "", txn=args)])
         return txn_reply(r)
 
-    async def handle_batch(self, args: BatchArgs) -> BatchReply:
-        args.validate()
+    async def handle_batch(self, args: BatchArgs, *, reads_only: bool = False) -> BatchReply:
+        args.validate(reads_only=reads_only)
         for i, op in enumerate(args.ops):
             if op.op in _REPLICATED_ONLY:
                 raise BadRequest(f"ops[{i}].op: the single-server KV has no {op.op}")
         return BatchReply(self.run_batch(args.ops), index=self.index)
 
     async def handle_read(self, args: BatchArgs) -> BatchReply:
-        args.validate_reads()
-        return await self.handle_batch(args)
+        return await self.handle_batch(args, reads_only=True)
 
     def routes(self) -> dict[str, Route]:
         return {
