@@ -228,6 +228,41 @@ async def test_max_learners_must_be_a_non_negative_integer(tmp_path: Path, value
     assert not (tmp_path / "d").exists()  # refused before anything was made
 
 
+@pytest.mark.parametrize(
+    "flags", [["--heartbeat-interval", "300"], ["--election-timeout", "0"], ["--lease-reads", "1"]]
+)
+async def test_timing_flags_out_of_range_exit_naming_the_flag(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    """The heartbeat interval must be below the election timeout (300 ms by default), and
+    a lease below the election timeout; nothing is made before the refusal."""
+    node = ["node", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+            "--data-dir", str(tmp_path / "d"), "--insecure"]  # fmt: skip
+    result = await trio.run_process([*TRIORAFT, *node, *flags], capture_stderr=True, check=False)
+    assert result.returncode in (1, 2) and flags[0].encode() in result.stderr, result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+async def test_a_cluster_started_with_a_long_election_timeout_waits_it_out(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """With ``--election-timeout 1500``, once the leader is killed no follower campaigns
+    for 1.5 s after it last heard from it (heartbeats every 50 ms: within 1.45 s of the
+    kill); then one leads. (With the default 300 ms a new leader is in within ~0.7 s.)"""
+    flags = ["--heartbeat-interval", "50", "--election-timeout", "1500"]
+    cluster = ProcessCluster(3, tmp_path, extra=flags)
+    with trio.fail_after(60):
+        await cluster.start_all(nursery)
+        old = await cluster.wait_leader()
+        await cluster.nodes[old].kill()
+        killed = trio.current_time()
+        cluster.ids.remove(old)
+        new = await cluster.wait_leader()
+        assert trio.current_time() - killed >= 1.45, "a follower campaigned early"
+        assert new != old
+        await cluster.stop_all()
+
+
 async def test_a_node_started_with_lease_reads_serves_reads_by_lease(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 
 import pytest
@@ -21,7 +22,7 @@ from trioraft.kv.messages import (
 )
 from trioraft.raft.messages import AppendEntriesArgs
 from trioraft.rpc import codec
-from trioraft.rpc.codec import decode, encode, non_negative
+from trioraft.rpc.codec import decode, encode, json_string_bytes, non_negative
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,17 @@ class Sparse:
     note: str | None = None
     flag: bool = False
     tags: list[str] = field(default_factory=list)
+
+
+@given(st.text(), st.sampled_from(["", "a", "\\", '"', "\n", "\x7f", "é", "😀"]))
+def test_json_string_bytes_is_what_json_dumps_sends(text: str, filler: str) -> None:
+    """Exact for any string, short or long (a long one's size is remembered: asked
+    twice, and for an equal string, the answer is the same)."""
+    for candidate in (text, text + filler * (1 << 16)):
+        expected = len(json.dumps(candidate)) - 2
+        assert json_string_bytes(candidate) == expected
+        assert json_string_bytes(candidate) == expected
+        assert json_string_bytes("".join([candidate])) == expected
 
 
 def test_a_class_marked_omit_defaults_sends_only_what_differs() -> None:

@@ -322,6 +322,19 @@ def test_lease_holds_only_within_its_duration_after_a_majority_answered() -> Non
         RaftConfig(election_timeout=(1.0, 2.0), lease_duration=1.0)
 
 
+@pytest.mark.parametrize(
+    ("election_timeout", "heartbeat_interval"),
+    [((0.3, 0.6), 0.3), ((0.3, 0.6), 0.0), ((0.6, 0.3), 0.1), ((0.0, 0.6), 0.1)],
+)
+def test_config_refuses_timings_that_would_elect_under_a_live_leader(
+    election_timeout: tuple[float, float], heartbeat_interval: float
+) -> None:
+    """A heartbeat interval at or past the shortest election timeout (or an empty or
+    reversed range) would let followers of a healthy leader campaign."""
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        RaftConfig(election_timeout=election_timeout, heartbeat_interval=heartbeat_interval)
+
+
 def test_leadership_transfer_transcript() -> None:
     a, b, c = make_core("a"), make_core("b"), make_core("c")
     elect(a, [b, c], 10.0)

@@ -142,11 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--quota-bytes", type=positive_int, default=DEFAULT_QUOTA_BYTES)
     node.add_argument("--max-raft-state", type=int, default=-1)
     node.add_argument(
+        "--heartbeat-interval",
+        type=positive_int,
+        default=100,
+        metavar="MS",
+        help="how often the leader sends to an idle follower (default 100 ms)",
+    )
+    node.add_argument(
+        "--election-timeout",
+        type=positive_int,
+        default=300,
+        metavar="MS",
+        help="a follower that hears no leader for a time drawn from MS..2*MS campaigns "
+        "(default 300 ms; above the heartbeat interval; the same on every member)",
+    )
+    node.add_argument(
         "--lease-reads",
         type=float,
         metavar="SECONDS",
         help="serve reads without a heartbeat round for this long after a majority answered "
-        "the leader (below the shortest election timeout, 0.3 s; assumes the members' clocks "
+        "the leader (below the shortest election timeout; assumes the members' clocks "
         "run at rates within that margin)",
     )
     node.add_argument(
@@ -413,9 +428,20 @@ def build_node(args: argparse.Namespace) -> KVNode:
     token = None
     if args.client_token_file is not None:
         token = read_secret(args.client_token_file, "client token").decode()
+    shortest = args.election_timeout / 1000
+    if args.heartbeat_interval / 1000 >= shortest:
+        raise SystemExit(
+            f"trioraft node: --heartbeat-interval {args.heartbeat_interval} must be below "
+            f"--election-timeout {args.election_timeout}"
+        )
     try:
-        config = RaftConfig(lease_duration=args.lease_reads, max_learners=args.max_learners)
-    except ValueError as exc:  # --max-learners is checked as it is parsed
+        config = RaftConfig(
+            election_timeout=(shortest, 2 * shortest),
+            heartbeat_interval=args.heartbeat_interval / 1000,
+            lease_duration=args.lease_reads,
+            max_learners=args.max_learners,
+        )
+    except ValueError as exc:  # the others are checked as they are parsed
         raise SystemExit(f"trioraft node: --lease-reads: {exc}") from None
     return KVNode(
         args.id,

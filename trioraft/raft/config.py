@@ -2,6 +2,7 @@
 
 Invariants:
 - Nothing here imports Trio or the HTTP stack: :mod:`trioraft.raft.core` reads it.
+- ``0 < heartbeat_interval < election_timeout[0] <= election_timeout[1]``.
 - ``lease_duration`` (when set) is shorter than the shortest election timeout, and lease
   reads need ``check_quorum`` (a voter's leader stickiness is what makes the lease hold).
 - A snapshot chunk, as base64 with its envelope, fits ``max_message_bytes``; so a snapshot
@@ -87,6 +88,11 @@ class RaftConfig:
     max_learners: int = 1
 
     def __post_init__(self) -> None:
+        shortest, longest = self.election_timeout
+        if not 0 < self.heartbeat_interval < shortest <= longest:
+            raise ValueError(
+                "need 0 < heartbeat_interval < election_timeout[0] <= election_timeout[1]"
+            )
         if self.max_learners < 0:
             raise ValueError("max_learners must not be negative")
         if self.lease_duration is not None:

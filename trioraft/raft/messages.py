@@ -14,10 +14,9 @@ the snapshot now (``installed``), else from which byte it wants the next chunk
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from ..rpc.codec import non_negative
+from ..rpc.codec import json_string_bytes, non_negative
 from .log import Entry
 
 
@@ -101,11 +100,5 @@ class TimeoutNowReply:
 
 
 def command_wire_bytes(command: str) -> int:
-    """The bytes ``command`` takes as a JSON string in a message (quotes included).
-
-    Exact, and cheap for what the replicated state machine logs (printable ASCII JSON,
-    where only ``"`` and backslash are escaped); anything else is encoded to be measured.
-    """
-    if command.isascii() and command.isprintable():
-        return len(command) + command.count('"') + command.count("\\") + 2
-    return len(json.dumps(command))
+    """The bytes ``command`` takes as a JSON string in a message (quotes included)."""
+    return json_string_bytes(command) + 2
