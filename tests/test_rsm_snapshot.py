@@ -139,3 +139,39 @@ async def test_a_machine_without_copy_is_snapshotted_on_the_applier(
             assert rsm.snapshotting is None
     assert node.log.snapshot_index > 0
     assert node.raft_state_size() < 4000
+
+
+async def test_a_backlog_of_committed_entries_is_not_snapshotted_entry_by_entry(
+    nursery: trio.Nursery,
+) -> None:
+    """A node that finds many committed entries to apply at once (here: restarted on a log
+    of 300 entries, ~30 times ``max_raft_state``) cannot compact the entries it has not
+    applied yet, so the log stays over the limit however often it snapshots. It snapshots
+    once a snapshot would free half the limit, not after every entry: under a slow disk,
+    a snapshot per entry made applying slower than committing, and the backlog (and the
+    clients' waits) grew without end."""
+    op = "inc " + "x" * 80
+    storage = MemoryStorage()
+    first = RaftNode("a", ["a"], storage, HttpTransport("a", {}), config=RaftConfig())
+    rsm = ReplicatedStateMachine(first, PlainCounter(Gate()), max_raft_state=-1)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as inner:
+            await inner.start(first.run)
+            await inner.start(rsm.run)
+            await first.wait_until(lambda n: n.is_leader)
+            for _ in range(300):
+                await rsm.submit(op)
+            inner.cancel_scope.cancel()
+    config = RaftConfig(leader_noop=True)  # commits the old term's entries at once
+    restarted = RaftNode("a", ["a"], storage.crashed(), HttpTransport("a", {}), config=config)
+    machine = PlainCounter(Gate())
+    rsm = ReplicatedStateMachine(restarted, machine, max_raft_state=1000)
+    await nursery.start(restarted.run)
+    await nursery.start(rsm.run)
+    with trio.fail_after(20):
+        await restarted.wait_until(lambda n: n.last_applied >= 300)
+    assert machine.n == 300
+    taken = restarted.metrics.snapshot_seconds["taken"].count
+    # ~100 bytes an entry: one snapshot per ~5 entries applied, not one per entry.
+    assert 0 < taken <= 300 // 4, taken
+    assert restarted.raft_state_size() <= 2 * 1000

@@ -170,3 +170,25 @@ async def test_sizes(tmp_path: Path) -> None:
     assert storage.snapshot_size() == 116  # index and term, then the data
     assert storage.raft_state_size() < 100
     storage.close()
+
+
+async def test_log_bytes_through_is_what_compacting_there_frees(tmp_path: Path) -> None:
+    """On disk and in memory alike: the records up to an index, before and after a
+    compaction (whose records are gone)."""
+    ends = record_ends()
+    on_disk = await written(tmp_path)
+    in_memory = MemoryStorage()
+    in_memory.append(1, ENTRIES)
+    await in_memory.sync()
+    for storage in (on_disk, in_memory):
+        assert storage.log_bytes_through(0) == 0
+        for index in (1, 5, 12):
+            assert storage.log_bytes_through(index) == ends[index] - LOG_HEADER_SIZE
+        assert storage.log_bytes_through(99) == ends[12] - LOG_HEADER_SIZE
+        log = Log()
+        log.append(ENTRIES)
+        log.compact(5, ENTRIES[4].term)
+        await storage.compact_log(log)
+        assert storage.log_bytes_through(5) == 0
+        assert storage.log_bytes_through(7) == ends[7] - ends[5]
+    on_disk.close()

@@ -19,7 +19,8 @@ Invariants:
   :class:`ProposalTimedOut` (one timer task serves every waiter: entries open in order, so
   the oldest one unanswered is always the next to expire).
 - When the persisted Raft state exceeds ``max_raft_state`` bytes, the machine is
-  snapshotted and Raft compacts its log; ``-1`` disables snapshots. A machine with
+  snapshotted and Raft compacts its log, once that frees at least half the limit (not
+  while the log holds mostly entries still to apply); ``-1`` disables snapshots. A machine with
   ``copy()`` whose last snapshot, or log, is large (:data:`THREAD_SNAPSHOT_BYTES`) is copied
   on the applier (the state as of that entry's index) and the copy serialized in a thread
   while the applier goes on applying; at most one such job runs at a time. Otherwise (a
@@ -286,11 +287,20 @@ class ReplicatedStateMachine:
             return None  # the log is already compacted at an installed snapshot
         self._apply_entry(message)
         self._announce_applied()
-        if self.max_raft_state >= 0 and (
-            self.max_raft_state < self.node.raft_state_size() or self.snapshot_due()
-        ):
+        if self.max_raft_state >= 0 and (self._log_too_large(message.index) or self.snapshot_due()):
             return self._snapshot(message.index)
         return None
+
+    def _log_too_large(self, index: int) -> bool:
+        """Whether the Raft state is over ``max_raft_state`` and a snapshot at ``index``
+        would free at least half of that. A snapshot frees only what has been applied: with
+        a backlog of committed entries (a restart, a slow disk) the log can stay over the
+        limit after any snapshot, and one per entry applied made applying slower than
+        committing, the backlog ever longer."""
+        limit = self.max_raft_state
+        return (
+            self.node.raft_state_size() > limit and self.node.log_bytes_through(index) >= limit // 2
+        )
 
     def _snapshot(self, index: int) -> bytes | None:
         """The machine's snapshot at ``index`` for the applier to hand to Raft, or ``None``

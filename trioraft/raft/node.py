@@ -747,6 +747,10 @@ class RaftNode:
     def raft_state_size(self) -> int:
         return self._storage.raft_state_size()
 
+    def log_bytes_through(self, index: int) -> int:
+        """The bytes the log file holds up to ``index``: what a snapshot there would free."""
+        return self._storage.log_bytes_through(index)
+
     def snapshot_size(self) -> int:
         return self._storage.snapshot_size()
 

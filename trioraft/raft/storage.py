@@ -69,6 +69,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import stat
 import struct
@@ -183,6 +184,8 @@ class Storage(Protocol):
     async def compact_log(self, log: Log) -> None: ...
 
     def raft_state_size(self) -> int: ...
+
+    def log_bytes_through(self, index: int) -> int: ...
 
     def snapshot_size(self) -> int: ...
 
@@ -619,6 +622,14 @@ class FileStorage:
     def raft_state_size(self) -> int:
         return self._hard_state.size() + self._log_end - LOG_HEADER_SIZE
 
+    def log_bytes_through(self, index: int) -> int:
+        """The bytes of the log's records up to ``index``: what compacting there frees."""
+        records = index - self._first_index + 1
+        if records <= 0:
+            return 0
+        end = self._offsets[records] if records < len(self._offsets) else self._log_end
+        return end - LOG_HEADER_SIZE
+
     def snapshot_size(self) -> int:
         return self._snapshot.size()
 
@@ -814,11 +825,14 @@ class MemoryStorage:
         self._volatile = list(self._durable)
 
     def raft_state_size(self) -> int:
-        entries = sum(
+        return len(encode_hard_state(self._hard_state)) + self.log_bytes_through(math.inf)
+
+    def log_bytes_through(self, index: float) -> int:
+        return sum(
             _RECORD_HEADER.size + _ENTRY_HEAD.size + len(e.command.encode())
-            for _, e in self._durable
+            for i, e in self._durable
+            if i <= index
         )
-        return len(encode_hard_state(self._hard_state)) + entries
 
     def snapshot_size(self) -> int:
         return len(self._snapshot.data) if self._snapshot else 0
