@@ -441,7 +441,7 @@ def build_node(args: argparse.Namespace) -> KVNode:
             lease_duration=args.lease_reads,
             max_learners=args.max_learners,
         )
-    except ValueError as exc:  # the others are checked as they are parsed
+    except ValueError as exc:  # the others are checked above, or as they are parsed
         raise SystemExit(f"trioraft node: --lease-reads: {exc}") from None
     return KVNode(
         args.id,

@@ -20,11 +20,12 @@ Invariants:
   the oldest one unanswered is always the next to expire).
 - When the persisted Raft state exceeds ``max_raft_state`` bytes, the machine is
   snapshotted and Raft compacts its log, once that frees at least half the limit (not
-  while the log holds mostly entries still to apply); ``-1`` disables snapshots. A machine with
-  ``copy()`` whose last snapshot, or log, is large (:data:`THREAD_SNAPSHOT_BYTES`) is copied
-  on the applier (the state as of that entry's index) and the copy serialized in a thread
-  while the applier goes on applying; at most one such job runs at a time. Otherwise (a
-  small state, or a machine without ``copy()``), the applier serializes it at once.
+  while the log holds mostly entries still to apply); ``-1`` disables snapshots. A
+  machine with ``copy()`` whose last snapshot, or log, is large
+  (:data:`THREAD_SNAPSHOT_BYTES`) is copied on the applier (the state as of that entry's
+  index) and the copy serialized in a thread while the applier goes on applying; at most
+  one such job runs at a time. Otherwise (a small state, or a machine without
+  ``copy()``), the applier serializes it at once.
 - Every entry fits a message to the peers: ops are encoded when submitted, an entry takes
   ops only while its command stays within ``max_entry_bytes`` (4 MiB, and at most half the
   node's message limit: escaping can double JSON text), and ops that alone exceed it are
