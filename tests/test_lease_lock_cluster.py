@@ -94,7 +94,9 @@ async def test_holders_never_overlap_while_partitions_come_and_go(make_kv_cluste
                     contenders.start_soon(contender, f"c{k}")
             nursery.cancel_scope.cancel()
     c.heal()
-    assert len(resource.uses) == 9
+    # Each contender finished three uses; a use whose lock was lost before the block's end
+    # (LockLost on the way out, on a loaded machine) was made again.
+    assert 9 <= len(resource.uses) <= 9 + lost, (resource.uses, lost)
     assert resource.uses == sorted(resource.uses)
 
 
