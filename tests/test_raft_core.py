@@ -308,6 +308,45 @@ def test_reads_queued_before_a_message_share_its_round() -> None:
     del old
 
 
+def heartbeat_answered(leader: RaftCore, follower: RaftCore, sent_at: float, now: float) -> None:
+    beat = leader.heartbeat_message(follower.id, sent_at)
+    assert beat.args is not None
+    reply = reply_of(follower.step_append_entries(beat.args, sent_at))
+    leader.step_progressless_reply(follower.id, beat, reply.term, now)
+
+
+def test_a_read_round_goes_to_the_quickest_followers_that_make_a_majority() -> None:
+    names = ("a", "b", "c", "d", "e")
+    a, *others = (make_core(i, voters=names) for i in names)
+    elect(a, others, 10.0)
+    assert a.read_round_peers(10.0) == ["b", "c", "d", "e"]  # before any answer: every one
+    b, c, d, e = others
+    for follower, delay in ((b, 0.004), (c, 0.001), (d, 0.002), (e, 0.003)):
+        heartbeat_answered(a, follower, 10.0, 10.0 + delay)
+    # Two followers and the leader are a majority of five: the two quickest.
+    assert a.read_round_peers(10.01) == ["c", "d"]
+    # A follower with a call in flight goes last; ties go by id.
+    assert a.read_round_peers(10.01, busy=["c"]) == ["d", "e"]
+    heartbeat_answered(a, e, 10.05, 10.051)
+    assert a.read_round_peers(10.06) == ["c", "e"]
+    # Who has not answered within a heartbeat interval and a half is not asked alone; with
+    # too few left, a round goes to every voter.
+    heartbeat_answered(a, b, 10.1, 10.11)
+    assert a.read_round_peers(10.155) == ["e", "b"]  # c and d answered 0.15 s ago or more
+    assert a.read_round_peers(10.3) == ["b", "c", "d", "e"]
+    # A learner is never asked, however quick: its answer does not count.
+    a, b, c = elected_with_noop_committed(config=replace(NOOP_CONFIG, max_learners=1))
+    a.propose_membership_change(MembershipChange(add_learner=("d", "mem://d")))
+    d = joining("d")
+    a.persisted(2)
+    replicate(a, b, 10.1)  # the change commits (a and b)
+    for _ in range(3):
+        replicate(a, d, 10.2)  # answered at once
+    heartbeat_answered(a, b, 10.2, 10.24)
+    heartbeat_answered(a, c, 10.2, 10.25)
+    assert a.read_round_peers(10.25) == ["b"]
+
+
 def test_lease_holds_only_within_its_duration_after_a_majority_answered() -> None:
     config = RaftConfig(election_timeout=(1.0, 2.0), leader_noop=True, lease_duration=0.9)
     a, b, c = (make_core(i, config=config) for i in VOTERS)

@@ -217,3 +217,43 @@ async def test_a_read_asked_for_late_gets_a_round_of_its_own(
     with trio.move_on_after(5) as unanswered:
         await old.read_index(started=started)
     assert unanswered.cancelled_caught
+
+
+async def test_a_round_goes_to_the_quickest_follower_and_to_every_one_if_it_is_slow(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Of three voters, a read round needs one follower's answer: it is sent to the one
+    that answered quickest lately. Cut off from it, the round goes to the other follower
+    half a heartbeat interval later, not at that follower's next heartbeat."""
+    config = RaftConfig(heartbeat_interval=0.5, election_timeout=(1.0, 2.0), leader_noop=True)
+    c = await start_cluster(nursery, 3, seed, config=config)
+    leader = await leader_with_noop_committed(c)
+    await c.one("x", 3, retry=True)
+
+    async def just_after_a_heartbeat_to(peer: str) -> float:
+        """Sleep until ``peer`` was just sent a heartbeat and answered it; when it is sent
+        the next one (if nothing else goes to it)."""
+        await trio.sleep_until(leader._last_sent[peer] + config.heartbeat_interval + 0.05)
+        return leader._last_sent[peer] + config.heartbeat_interval
+
+    (quickest,) = leader._core.read_round_peers(trio.current_time(), leader._waiting_since)
+    other = next(p for p in leader.peers if p != quickest)
+    next_beat = await just_after_a_heartbeat_to(other)
+    assert leader._core.read_round_peers(trio.current_time(), leader._waiting_since) == [quickest]
+    calls = c.network.rpc_count.copy()
+    with trio.fail_after(0.1):
+        await leader.read_index()
+    assert trio.current_time() < next_beat
+    assert c.network.rpc_count[other] == calls[other]  # not asked
+    assert c.network.rpc_count[quickest] == calls[quickest] + 1
+
+    next_beat = await just_after_a_heartbeat_to(other)
+    # (Calls take no time here: every follower answers as quickly, the first by id goes.)
+    assert leader._core.read_round_peers(trio.current_time(), leader._waiting_since) == [quickest]
+    c.network.block(leader.id, quickest)
+    asked = trio.current_time()
+    index = await leader.read_index()
+    answered = trio.current_time()
+    assert index == leader.commit_index
+    patience = config.heartbeat_interval / 2
+    assert asked + patience <= answered < min(next_beat, asked + patience + 0.1)

@@ -196,6 +196,9 @@ class Progress:
     acked_round: int = 0
     #: When the latest message it answered was sent (lease reads count from there).
     acked_sent_at: float = -math.inf
+    #: How long its latest answer took, from the message's sending (read rounds go to the
+    #: quickest followers first).
+    ack_delay: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,6 +706,7 @@ class RaftCore:
         progress = self.progress[peer]
         progress.last_ack = now
         progress.acked_sent_at = max(progress.acked_sent_at, sent.sent_at)
+        progress.ack_delay = now - sent.sent_at
         if sent.read_round > progress.acked_round:
             progress.acked_round = sent.read_round
         return progress
@@ -868,6 +872,29 @@ class RaftCore:
             return 0
         leader = [self.read_round] if self.is_voter else []
         return quorum_index([*leader, *(p.acked_round for p in self._voter_progress())])
+
+    def read_round_peers(self, now: float, busy: Iterable[str] = ()) -> list[str]:
+        """The followers a read round should be sent to: as few as make a majority with the
+        leader, the quickest to answer first (a follower in ``busy``, whose replicator has a
+        call in flight, last); every voting follower if too few have answered in this term
+        and within a heartbeat interval and a half. A round sent to fewer followers than it needs is
+        only slower (whoever gets its messages later confirms it), never wrong: the
+        confirmation still counts a majority of acknowledgements (:meth:`confirmed_round`).
+        """
+        voters = [p for p in self.voting_peers if p in self.progress]
+        leader_votes = 1 if self.is_voter else 0
+        needed = majority(len(voters) + leader_votes) - leader_votes
+        recent = now - 1.5 * self.config.heartbeat_interval
+        answering = [
+            p
+            for p in voters
+            if self.progress[p].last_ack >= recent and self.progress[p].ack_delay < math.inf
+        ]
+        if len(answering) < needed:
+            return voters
+        waiting = set(busy)
+        answering.sort(key=lambda p: (p in waiting, self.progress[p].ack_delay, p))
+        return answering[:needed]
 
     def lease_valid(self, now: float) -> bool:
         """Whether the leader holds a lease: a majority acknowledged a message it sent less

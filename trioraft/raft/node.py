@@ -148,6 +148,9 @@ __all__ = [
 _APPLY_RUN = 256
 #: Snapshot data of at least this many bytes is hashed and checked in a worker thread.
 _THREAD_BYTES = 1 << 20
+#: A read round unconfirmed this fraction of a heartbeat interval after it was sent to the
+#: quickest followers goes to every follower.
+_READ_ROUND_PATIENCE = 0.5
 
 _log_lost_entries = Throttled(logger)
 
@@ -547,7 +550,7 @@ class RaftNode:
         if core.lease_valid(now):
             return None
         started = ReadStart(self.term, core.commit_index, core.queue_read(), now)
-        self._wake_leader_tasks()
+        self._send_read_round(now)
         return started
 
     async def read_index(self, *, lease: bool = False, started: ReadStart | None = None) -> int:
@@ -557,28 +560,35 @@ class RaftNode:
 
         The leader notes its commit index once an entry of its term has committed
         (``RaftConfig.leader_noop`` commits one at once), then confirms it still leads with
-        one heartbeat round, shared by every read queued meanwhile. With ``lease`` (and
+        one heartbeat round, shared by every read queued meanwhile, sent to the quickest
+        followers that make a majority (to every follower once it has waited half a
+        heartbeat interval). With ``lease`` (and
         ``RaftConfig.lease_duration`` set) it skips the round while its lease holds (see
         the clock assumption there). Raises :class:`NotLeader` (with the leader it knows)
         if this node does not lead, or stops leading first.
         """
         core = self._core
         term = self.term
+        now = trio.current_time()
         if (
             started is not None
             and started.term == term
             and self._leads(term)
-            and trio.current_time() - started.at <= self.config.heartbeat_interval
+            and now - started.at <= self.config.heartbeat_interval
         ):
-            index, read_round = started.index, started.round
+            index, read_round, sent_at = started.index, started.round, started.at
         else:
             await self._wait_commit_in_term(term)
             index = core.commit_index
-            if lease and core.lease_valid(trio.current_time()):
+            now = trio.current_time()
+            if lease and core.lease_valid(now):
                 self.metrics.reads["lease"] += 1
                 return index
-            read_round = core.queue_read()
-            self._wake_leader_tasks()
+            read_round, sent_at = core.queue_read(), now
+            self._send_read_round(now)
+        # A round goes to the quickest followers only; if they are slow to confirm it, to
+        # every follower (see RaftCore.read_round_peers).
+        widen_at = sent_at + self.config.heartbeat_interval * _READ_ROUND_PATIENCE
         while True:
             changed = self._changed
             if not self._leads(term) or self._stopped:
@@ -586,7 +596,11 @@ class RaftNode:
             if core.confirmed_round() >= read_round:
                 self.metrics.reads["read_index"] += 1
                 return index
-            await changed.wait()
+            with trio.move_on_at(widen_at) as waited:
+                await changed.wait()
+            if waited.cancelled_caught:
+                widen_at = math.inf
+                self._wake_leader_tasks()
 
     async def _wait_commit_in_term(self, term: int) -> None:
         """Return once an entry of ``term`` has committed here, this node leading it;
@@ -1038,6 +1052,14 @@ class RaftNode:
         self._log_grew = trio.Event()
         for wake in self._replicator_wake.values():
             wake.set()
+
+    def _send_read_round(self, now: float) -> None:
+        """Wake the replicators of the followers a read round needs (they send it as a
+        heartbeat if they have nothing else to send)."""
+        for peer in self._core.read_round_peers(now, self._waiting_since):
+            wake = self._replicator_wake.get(peer)
+            if wake is not None:
+                wake.set()
 
     def _leads(self, term: int) -> bool:
         return self.term == term and self.role is Role.LEADER
