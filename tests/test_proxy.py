@@ -57,7 +57,7 @@ async def test_reliable_forwarding_and_counters(nursery: trio.Nursery) -> None:
         for i in range(1, 6):
             assert await rpc.call("bump", Bump(1), Count) == Count(i)
     assert (network.rpc_total, network.rpc_count["srv"]) == (5, 5)
-    assert network.bytes_total == 5 * (len('{"by": 1}') + len('{"value": 1}'))
+    assert network.bytes_total == 5 * (len('{"by":1}') + len('{"value":1}'))
     assert counter.value == 5
 
 

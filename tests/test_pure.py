@@ -21,7 +21,7 @@ from trioraft.kv.messages import (
     WatchArgs,
 )
 from trioraft.raft.messages import AppendEntriesArgs
-from trioraft.rpc import codec
+from trioraft.rpc import codec, http
 from trioraft.rpc.codec import decode, encode, json_string_bytes, non_negative
 
 
@@ -210,6 +210,63 @@ def test_json_string_bytes_is_what_json_dumps_sends(text: str, filler: str) -> N
         assert json_string_bytes(candidate) == expected
         assert json_string_bytes(candidate) == expected
         assert json_string_bytes("".join([candidate])) == expected
+
+
+def stdlib_parse(body: bytes) -> object:
+    """What the standard library's parser makes of ``body`` (NaN and Infinity refused)."""
+
+    def refuse(name: str) -> float:
+        raise ValueError(name)
+
+    return json.loads(str(body, "utf-8"), parse_constant=refuse)
+
+
+#: JSON values as bodies carry them, with what orjson alone refuses or writes otherwise:
+#: lone surrogates, integers past 64 bits, non-ASCII text.
+body_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=())),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(body_values)
+def test_dump_json_writes_what_parses_back_never_longer_than_the_escaped_form(value) -> None:
+    body = http.dump_json(value)
+    assert stdlib_parse(body) == value
+    assert http.parse_json(body) == value
+    assert len(body) <= len(json.dumps(value, separators=(",", ":")).encode())
+
+
+@given(st.binary(max_size=40) | body_values.map(lambda v: json.dumps(v).encode()))
+def test_parse_json_takes_exactly_what_the_standard_library_takes(body: bytes) -> None:
+    try:
+        expected = stdlib_parse(body)
+    except (ValueError, RecursionError):
+        with pytest.raises(BadRequest):
+            http.parse_json(body)
+        return
+    assert http.parse_json(body) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'"\\ud800"', b"18446744073709551616", b'{"a": 1, "a": 2}', b"[1.5e308, -0]"],
+)
+def test_parse_json_takes_what_orjson_refuses_as_the_standard_library_does(body: bytes) -> None:
+    assert http.parse_json(body) == stdlib_parse(body)
+
+
+@pytest.mark.parametrize(
+    "body", [b"NaN", b"[Infinity]", b"\xff", b"", b'{"a": }', b"\xef\xbb\xbf1"]
+)
+def test_parse_json_refuses_what_is_not_json(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        http.parse_json(body)
 
 
 def test_a_class_marked_omit_defaults_sends_only_what_differs() -> None:

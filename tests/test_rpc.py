@@ -31,7 +31,7 @@ from trioraft.kv.messages import (
     PutArgs,
     PutReply,
 )
-from trioraft.rpc.http import GetRoute, StreamRoute, bytes_response, dispatch
+from trioraft.rpc.http import GetRoute, StreamRoute, bytes_response, dispatch, dump_json
 
 #: Bodies every endpoint must reject: (body, status, part of the error message).
 MALFORMED_ANY = [
@@ -337,11 +337,11 @@ async def test_one_address_holds_at_most_its_share_of_the_connections(
             assert await refused.receive_some(1) == b""  # closed by the server at once
             await refused.aclose()
         async with await connect_from("127.0.0.2", url) as other:
-            assert b'"text": "other"' in await echo_over(other, "other")
+            assert b'"text":"other"' in await echo_over(other, "other")
         await held.pop().aclose()  # its share frees up as its connections close
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         async with await connect_from("127.0.0.1", url) as again:
-            assert b'"text": "again"' in await echo_over(again, "again")
+            assert b'"text":"again"' in await echo_over(again, "again")
         for stream in held:
             await stream.aclose()
 
@@ -370,7 +370,7 @@ async def test_http2_without_tls_carries_one_request_at_a_time(nursery: trio.Nur
         stream = await connect(url)
         h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         h2c.initiate_connection()
-        body = json.dumps({"text": "x"}).encode()
+        body = dump_json({"text": "x"})
         for stream_id in (1, 3, 5):  # sent before the server's settings limit them
             headers = [(":method", "POST"), (":path", "/hold"), (":scheme", "http")]
             headers += [(":authority", "x"), ("content-length", str(len(body)))]
@@ -396,7 +396,7 @@ def server_task(name: str) -> bool:
 
 async def echo_over(stream: trio.SocketStream, text: str) -> bytes:
     """One ``POST /echo`` on a kept-alive connection; the reply's body."""
-    body = json.dumps({"text": text}).encode()
+    body = dump_json({"text": text})
     await stream.send_all(post_head("/echo", len(body)) + body)
     reply = b""
     while not reply.endswith(body):
@@ -441,7 +441,7 @@ async def test_a_kept_alive_connection_is_closed_once_idle_and_never_mid_request
             for k in range(8):  # 1.6 s on one connection, more than the timeout
                 await echo_over(stream, f"t{k}")
                 await trio.sleep(0.2)
-            body = json.dumps({"text": "2.0"}).encode()
+            body = dump_json({"text": "2.0"})
             await stream.send_all(post_head("/slow", len(body)) + body)
             assert body in await read_reply(stream)
             idle_since = trio.current_time()  # a little after the server's own start
@@ -463,12 +463,12 @@ async def test_a_connection_is_closed_once_idle_after_a_streamed_reply(
     url = await nursery.start(partial(serve, app, keep_alive_timeout=1.0))
     with trio.fail_after(15):
         async with await connect(url) as stream:
-            body = json.dumps({"text": "4"}).encode()  # 1.6 s: more than the timeout
+            body = dump_json({"text": "4"})  # 1.6 s: more than the timeout
             await stream.send_all(post_head("/count", len(body)) + body)
             reply = b""
             while not reply.endswith(b"\r\n0\r\n\r\n"):  # the last chunk
                 reply += await stream.receive_some(65536)
-            assert reply.count(b'{"text": ') == 4
+            assert reply.count(b'{"text":') == 4
             idle_since = trio.current_time()  # a little after the server's own start
             assert await closed_by_server(stream)
             assert trio.current_time() - idle_since >= 0.9
@@ -484,7 +484,7 @@ async def test_a_reply_that_closes_its_connection_closes_it(
     own ending, was cut short.)"""
     app = make_app({"echo": Route(Echo, echo_route)})
     url = await nursery.start(partial(serve, app, max_connections=2, keep_alive_timeout=30))
-    body = b'{"text": "bye"}'
+    body = b'{"text":"bye"}'  # as the reply will carry it
     head = post_head("/echo", len(body))
     if closing == "HTTP/1.0":
         head = head.replace(b"HTTP/1.1", b"HTTP/1.0")
@@ -538,12 +538,12 @@ async def test_a_stream_handler_that_fails_is_logged(
     url = await nursery.start(serve, app)
     with trio.fail_after(5):
         async with await connect(url) as stream:
-            body = json.dumps({"text": "here"}).encode()
+            body = dump_json({"text": "here"})
             await stream.send_all(post_head("/fails", len(body)) + body)
             reply = b""
             while chunk := await stream.receive_some(65536):
                 reply += chunk
-    assert b'{"text": "first"}' in reply and not reply.endswith(b"\r\n0\r\n\r\n")
+    assert b'{"text":"first"}' in reply and not reply.endswith(b"\r\n0\r\n\r\n")
     assert "stream broke here" in caplog.text
 
 
@@ -657,7 +657,7 @@ async def test_on_arrival_runs_before_the_body_and_its_result_reaches_the_handle
 
     routes = {"echo": Route(Echo, handler, on_arrival=on_arrival)}
     url = await nursery.start(serve, make_app(routes, client_token="secret"))
-    body = json.dumps({"text": "hi"}).encode()
+    body = dump_json({"text": "hi"})
     head = post_head("/echo", len(body)).replace(b"\r\n\r\n", b"\r\n")
     with trio.fail_after(5):
         async with await connect(url) as stream:

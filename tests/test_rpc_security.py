@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 
 from trioraft import BadRequest
 from trioraft.rpc.auth import AUTH_HEADER, CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
-from trioraft.rpc.http import Route, RpcClient, make_app, serve
+from trioraft.rpc.http import Route, RpcClient, dump_json, make_app, serve
 from trioraft.rpc.tcp import TcpTransport, serve_tcp
 from trioraft.rpc.tls import ClientTls, ServerTls, client_context
 from trioraft.rpc.transport import HttpTransport
@@ -191,7 +191,7 @@ async def test_http_strangers_hold_at_most_max_unproven_slots_and_peers_get_thro
     signer = PeerAuth(SECRET)
 
     async def signed_echo(stream: trio.SocketStream, text: str) -> bytes:
-        body = json.dumps({"text": text}).encode()
+        body = dump_json({"text": text})
         credential, _ = signer.sign_request("echo", body)
         head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
         head += f"{AUTH_HEADER}: {credential.hex()}\r\n\r\n"

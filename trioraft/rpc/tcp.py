@@ -44,7 +44,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -69,6 +68,7 @@ from .http import (
     decode_reply,
     default_error_log,
     dispatch_parsed,
+    dump_json,
     parse_json,
     remote_address,
     serve_bounded,
@@ -94,7 +94,7 @@ DEFAULT_MAX_IDLE = 10.0
 DEFAULT_MAX_UNPROVEN = 16
 _IDLE_CONNECTIONS_PER_PEER = 2
 _NO_TAG = bytes(TAG_BYTES)
-_REFUSAL = (_NO_TAG, json.dumps({"s": 401, "p": UNAUTHENTICATED_PEER}).encode())
+_REFUSAL = (_NO_TAG, dump_json({"s": 401, "p": UNAUTHENTICATED_PEER}))
 _NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -275,7 +275,7 @@ class _Server:
                         break
                     clock.restart(self.idle_timeout)
             except FrameError as exc:
-                reply_json = json.dumps({"s": 413, "p": {"error": str(exc)}}).encode()
+                reply_json = dump_json({"s": 413, "p": {"error": str(exc)}})
                 try:
                     await framed.send(*self._unsigned(reply_json))
                 except _NETWORK_ERRORS:
@@ -344,10 +344,10 @@ async def _answer_bytes(
 ) -> bytes:
     status, payload = await _answer(routes, frame, log_error)
     try:
-        return json.dumps({"s": status, "p": payload}).encode()
+        return dump_json({"s": status, "p": payload})
     except (TypeError, ValueError):
         log_error("a reply is not JSON:\n%s", traceback.format_exc())
-        return json.dumps({"s": 500, "p": INTERNAL_ERROR}).encode()
+        return dump_json({"s": 500, "p": INTERNAL_ERROR})
 
 
 def parse_tcp_url(url: str) -> tuple[str, int]:
@@ -409,7 +409,7 @@ class TcpTransport:
     async def call(self, peer: str, method: str, args: Any, reply_type: type[T]) -> T | None:
         if peer not in self._addresses:
             return None  # not (or no longer) a peer
-        request = json.dumps({"m": method, "a": encode(args)}).encode()
+        request = dump_json({"m": method, "a": encode(args)})
         if self._network is None:
             raw = await self._round_trip(peer, request)
         else:
