@@ -877,10 +877,9 @@ class RaftCore:
         """The followers a read round should be sent to: as few as make a majority with the
         leader, the quickest to answer first (a follower in ``busy``, whose replicator has a
         call in flight, last); every voting follower if too few have answered in this term
-        and within a heartbeat interval and a half. A round sent to fewer followers than it needs is
-        only slower (whoever gets its messages later confirms it), never wrong: the
-        confirmation still counts a majority of acknowledgements (:meth:`confirmed_round`).
-        """
+        and within a heartbeat interval and a half. A round sent to fewer followers than it
+        needs is only slower (whoever gets its messages later confirms it), never wrong:
+        its confirmation still counts a majority's answers (:meth:`confirmed_round`)."""
         voters = [p for p in self.voting_peers if p in self.progress]
         leader_votes = 1 if self.is_voter else 0
         needed = majority(len(voters) + leader_votes) - leader_votes
