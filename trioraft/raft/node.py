@@ -562,10 +562,10 @@ class RaftNode:
         (``RaftConfig.leader_noop`` commits one at once), then confirms it still leads with
         one heartbeat round, shared by every read queued meanwhile, sent to the quickest
         followers that make a majority (to every follower once it has waited half a
-        heartbeat interval). With ``lease`` (and
-        ``RaftConfig.lease_duration`` set) it skips the round while its lease holds (see
-        the clock assumption there). Raises :class:`NotLeader` (with the leader it knows)
-        if this node does not lead, or stops leading first.
+        heartbeat interval). With ``lease`` (and ``RaftConfig.lease_duration`` set) it
+        skips the round while its lease holds (see the clock assumption there). Raises
+        :class:`NotLeader` (with the leader it knows) if this node does not lead, or stops
+        leading first.
         """
         core = self._core
         term = self.term
