@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import re
 import ssl
 import traceback
 from collections.abc import (
@@ -154,7 +153,9 @@ def parse_json(body: bytes | bytearray | memoryview) -> Any:
     past 64 bits as a float); a body orjson refuses (a lone surrogate's escape) or does not
     get is parsed by the standard library, so exactly what that parser takes is taken, as
     the same values. Neither takes NaN or Infinity."""
-    if _LONG_DIGITS.search(body) is None:
+    if not isinstance(body, bytes | bytearray):
+        body = bytes(body)
+    if _LONG_DIGITS not in body.translate(_DIGITS_AS_ZEROS):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -181,8 +182,11 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-#: Digits enough to be an integer orjson cannot hold (it reads those as floats).
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+#: Digits enough to be an integer orjson cannot hold (it reads those as floats), once every
+#: digit is a zero: a translation and a substring search cost ~1 ms a MiB, a regular
+#: expression ~20.
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
 #: One decoder for every body (``json.loads`` with an option builds a new one per call).
 _JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
