@@ -48,9 +48,11 @@ class Compacted(Exception):
         self.compacted_through = compacted_through
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change:
-    """One key changed by the entry at ``index``: its new value, or its deletion."""
+    """One key changed by the entry at ``index``: its new value, or its deletion. Made by
+    every replica for every write, so not frozen (a frozen one costs five times as much to
+    build); never changed once made, and not hashable."""
 
     index: int
     key: str
