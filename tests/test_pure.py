@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trioraft import BadRequest, VersionedKV
@@ -267,6 +267,28 @@ def test_parse_json_takes_what_orjson_refuses_as_the_standard_library_does(body:
 def test_parse_json_refuses_what_is_not_json(body: bytes) -> None:
     with pytest.raises(BadRequest):
         http.parse_json(body)
+
+
+#: Values as a log entry's ops hold them (no floats), with any text: control characters,
+#: DEL, non-ASCII, lone surrogates; and integers past 64 bits.
+tricky = st.sampled_from(["\x7f", "\x00", "\x1f", "\n", '"', "\\", "/", "é", "\u2028", "\ud800"])
+ops_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.text(st.characters(max_codepoint=127))  # ASCII: orjson's text is kept unless DEL
+    | st.text(st.characters(blacklist_categories=()) | tricky),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(ops_values)
+@example(["del \x7f", 1])  # ASCII that the standard library escapes and orjson does not
+@example({"k": 2**64, "v": "x"})
+def test_compact_json_is_the_standard_library_s_text(value) -> None:
+    """The log's commands keep their form, character for character."""
+    assert codec.compact_json(value) == json.dumps(value, separators=(",", ":"))
 
 
 def test_a_class_marked_omit_defaults_sends_only_what_differs() -> None:

@@ -60,6 +60,7 @@ from .._errors import (
 )
 from .._logging import Throttled, logger
 from ..raft.node import Applied, RaftNode, SnapshotApplied
+from ..rpc.codec import compact_json
 
 #: Most ops packed into one log entry (a bound on entry size, not on throughput).
 MAX_OPS_PER_ENTRY = 4096
@@ -70,8 +71,6 @@ DEFAULT_MAX_ENTRY_BYTES = 4 << 20
 #: A submission whose size bound is under this part of ``max_entry_bytes`` shares an entry
 #: and is encoded with it; a larger one is encoded (measured) at once, in an entry of its own.
 _SMALL_PART = 64
-#: JSON without the spaces: an entry is written, sent to every follower and parsed by each.
-_COMPACT = (",", ":")
 #: A machine whose last snapshot was at least this large is serialized in a worker thread
 #: (if it has ``copy()``); below it, serializing costs less than the hand-off.
 THREAD_SNAPSHOT_BYTES = 1 << 20
@@ -190,7 +189,7 @@ class ReplicatedStateMachine:
             # empty has had its wake-up since that last look: only the first caller wakes.
             self.node.wake_leader()
         if size_bound is None or size_bound > self.max_entry_bytes // _SMALL_PART:
-            encoded = json.dumps(ops, separators=_COMPACT)[1:-1]
+            encoded = compact_json(ops)[1:-1]
             if len(encoded) + 1 > self.max_entry_bytes:
                 raise EntryTooLarge(len(encoded) + 1, self.max_entry_bytes)
             proposal = self._open_proposal()  # an entry of its own: nothing joins it
@@ -267,7 +266,7 @@ class ReplicatedStateMachine:
             origin = json.dumps(self.node.id)
             ops = proposal.encoded
             if ops is None:
-                ops = json.dumps(proposal.ops, separators=_COMPACT)[1:-1]
+                ops = compact_json(proposal.ops)[1:-1]
             command = f'{{"o":{origin},"t":{proposal.tag},"ops":[{ops}]}}'
             index, proposal.term, ok = self.node.submit(command)
             if not ok:

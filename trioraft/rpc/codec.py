@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import types
 import typing
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar
+
+import orjson
 
 from .._errors import BadRequest
 
@@ -50,6 +53,21 @@ def _measure_json_string(text: str) -> int:
     if text.isascii() and text.isprintable():
         return len(text) + text.count('"') + text.count("\\")
     return len(encode_basestring_ascii(text)) - 2
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as the standard library writes it compact (``separators=(",", ":")``) and
+    ASCII-escaped, character for character (the log's commands are in this form): orjson's
+    text where it is the same (ASCII without DEL, which the standard library escapes; no
+    integer past 64 bits), a tenth of the time; the standard library's otherwise. Only for
+    values without floats (orjson writes some differently)."""
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    if text.isascii() and b"\x7f" not in text:
+        return text.decode("ascii")
+    return json.dumps(value, separators=(",", ":"))
 
 
 #: Strings this long or longer have their size remembered: measuring costs ~6 ns a
