@@ -168,10 +168,12 @@ def parse_json(body: bytes | bytearray | memoryview) -> Any:
 
 def dump_json(payload: Any) -> bytes:
     """``payload`` (JSON-able: dicts with string keys, lists, strings, numbers, booleans,
-    ``None``) as a UTF-8 JSON body: orjson's (compact, non-ASCII characters as UTF-8, never
-    longer than the ASCII-escaped form the size bounds count), or for what orjson refuses
-    (a string with a lone surrogate, an integer past 64 bits) the standard library's.
-    Raises ``TypeError`` or ``ValueError`` for what is not JSON-able."""
+    ``None``) as a UTF-8 JSON body: orjson's (compact, non-ASCII characters as UTF-8, so
+    its strings are never longer than the ASCII-escaped form the size bounds count; a
+    float may take a byte or two more than the standard library's, and replies hold none),
+    or for what orjson refuses (a string with a lone surrogate, an integer past 64 bits)
+    the standard library's. Raises ``TypeError`` or ``ValueError`` for what is not
+    JSON-able."""
     try:
         return orjson.dumps(payload)
     except orjson.JSONEncodeError:
