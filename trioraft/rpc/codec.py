@@ -59,8 +59,8 @@ def compact_json(value: Any) -> str:
     """``value`` as the standard library writes it compact (``separators=(",", ":")``) and
     ASCII-escaped, character for character (the log's commands are in this form): orjson's
     text where it is the same (ASCII without DEL, which the standard library escapes; no
-    integer past 64 bits), a tenth of the time; the standard library's otherwise. Only for
-    values without floats (orjson writes some differently)."""
+    integer past 64 bits), a tenth of the time; the standard library's otherwise. A float
+    may be written otherwise (the same value, a byte or two longer): the ops hold none."""
     try:
         text = orjson.dumps(value)
     except orjson.JSONEncodeError:
