@@ -55,16 +55,28 @@ def _measure_json_string(text: str) -> int:
     return len(encode_basestring_ascii(text)) - 2
 
 
+def dump_json(payload: Any) -> bytes:
+    """``payload`` (JSON-able: dicts with string keys, lists, strings, numbers, booleans,
+    ``None``) as a UTF-8 JSON body: orjson's (compact, non-ASCII characters as UTF-8, so
+    its strings are never longer than the ASCII-escaped form the size bounds count; a
+    float may take a byte or two more than the standard library's, and replies hold none),
+    or for what orjson refuses (a string with a lone surrogate, an integer past 64 bits)
+    the standard library's. Raises ``TypeError`` or ``ValueError`` for what is not
+    JSON-able."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def compact_json(value: Any) -> str:
     """``value`` as the standard library writes it compact (``separators=(",", ":")``) and
-    ASCII-escaped, character for character (the log's commands are in this form): orjson's
-    text where it is the same (ASCII without DEL, which the standard library escapes; no
-    integer past 64 bits), a tenth of the time; the standard library's otherwise. A float
-    may be written otherwise (the same value, a byte or two longer): the ops hold none."""
-    try:
-        text = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return json.dumps(value, separators=(",", ":"))
+    ASCII-escaped, character for character (the log's commands are in this form):
+    :func:`dump_json`'s text where it is the same (ASCII without DEL, which only the
+    standard library escapes), a tenth of the time; the standard library's otherwise. A
+    float may be written otherwise (the same value, a byte or two longer): the ops hold
+    none."""
+    text = dump_json(value)
     if text.isascii() and b"\x7f" not in text:
         return text.decode("ascii")
     return json.dumps(value, separators=(",", ":"))

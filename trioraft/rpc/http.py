@@ -80,7 +80,7 @@ from werkzeug.exceptions import HTTPException
 from .._errors import BadRequest, StorageFailed
 from .._logging import Throttled, logger
 from .auth import AUTH_HEADER, TAG_BYTES, PeerAuth
-from .codec import decode, encode
+from .codec import decode, dump_json, encode
 from .http1 import DEFAULT_KEEP_ALIVE_FOR, DEFAULT_MAX_REPLY_BYTES, Pool
 from .stall import StallClock
 from .tls import ClientTls, ServerTls, client_context
@@ -164,20 +164,6 @@ def parse_json(body: bytes | bytearray | memoryview) -> Any:
         return _JSON.decode(str(body, "utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest(f"malformed JSON: {exc}") from None
-
-
-def dump_json(payload: Any) -> bytes:
-    """``payload`` (JSON-able: dicts with string keys, lists, strings, numbers, booleans,
-    ``None``) as a UTF-8 JSON body: orjson's (compact, non-ASCII characters as UTF-8, so
-    its strings are never longer than the ASCII-escaped form the size bounds count; a
-    float may take a byte or two more than the standard library's, and replies hold none),
-    or for what orjson refuses (a string with a lone surrogate, an integer past 64 bits)
-    the standard library's. Raises ``TypeError`` or ``ValueError`` for what is not
-    JSON-able."""
-    try:
-        return orjson.dumps(payload)
-    except orjson.JSONEncodeError:
-        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _reject_constant(name: str) -> float:

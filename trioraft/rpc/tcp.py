@@ -58,7 +58,7 @@ import trio
 from .._errors import BadRequest
 from .._logging import Throttled, logger
 from .auth import CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
-from .codec import encode
+from .codec import dump_json, encode
 from .http import (
     INTERNAL_ERROR,
     UNAUTHENTICATED_PEER,
@@ -68,7 +68,6 @@ from .http import (
     decode_reply,
     default_error_log,
     dispatch_parsed,
-    dump_json,
     parse_json,
     remote_address,
     serve_bounded,
