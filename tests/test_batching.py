@@ -301,6 +301,45 @@ async def test_coalescing_client_has_two_requests_in_flight_but_appends_go_alone
         assert server.most_at_once == 2
 
 
+async def test_a_cancelled_caller_s_op_is_not_sent_and_one_cancelled_in_flight_is_forgotten(
+    nursery: trio.Nursery,
+) -> None:
+    """A caller cancelled while its op waits in the queue takes it out (it is never sent);
+    one cancelled while its op is out leaves, and the answer that arrives later wakes no
+    one: the client goes on serving the others."""
+    server = HeldBatches()
+    url = await nursery.start(serve, make_app(server.routes()))
+    answered: list[str] = []
+
+    async def get(kv: CoalescingClient, key: str, scope: trio.CancelScope) -> None:
+        with scope:
+            await kv.get(key)
+            answered.append(key)
+
+    with trio.fail_after(10):
+        async with (
+            trio.open_nursery() as callers,
+            open_coalescing_client([url], rpc_timeout=30, max_in_flight=1) as kv,
+        ):
+            out, queued, kept = trio.CancelScope(), trio.CancelScope(), trio.CancelScope()
+            callers.start_soon(get, kv, "out", out)
+            await trio.testing.wait_all_tasks_blocked()
+            callers.start_soon(get, kv, "queued", queued)
+            callers.start_soon(get, kv, "kept", kept)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.requests == [["get"]]  # "out" is out; the other two wait
+            out.cancel()
+            queued.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            server.let_go(0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.requests == [["get"], ["get"]]  # "kept" alone
+            server.let_go(1)
+            await trio.testing.wait_all_tasks_blocked()
+    assert answered == ["kept"]
+    assert out.cancelled_caught and queued.cancelled_caught
+
+
 async def test_callers_in_flight_when_the_coalescing_client_closes_are_told(
     nursery: trio.Nursery,
 ) -> None:

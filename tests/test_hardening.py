@@ -35,9 +35,12 @@ from trioraft.kv.messages import (
     OpenSessionArgs,
     OpResult,
     PutArgs,
+    RangeArgs,
     TxnArgs,
     TxnOp,
+    as_result,
     bound_reply,
+    log_op,
 )
 from trioraft.kv.node import QUOTA_HEADROOM, EmbeddedClient, KVNode
 from trioraft.raft.log import Entry
@@ -464,6 +467,48 @@ async def test_a_replicated_batch_reply_is_bounded_and_its_first_read_is_whole(
     huge = OpResult("OK", "h" * (MAX_REPLY_BYTES + 1))
     bounded = bound_reply([BatchOp("get", "h")] * 2, [huge, huge])
     assert [r.err for r in bounded] == ["OK", "ReplyTooLarge"] and bounded[0] is huge
+    # Escaped, a character beyond the BMP takes 12 bytes: two values that fit the bound as
+    # characters, or at 6 bytes a character, do not fit it as JSON.
+    wide = OpResult("OK", "😀" * (MAX_REPLY_BYTES // 24 + 1))
+    bounded = bound_reply([BatchOp("get", "w")] * 2, [wide, wide])
+    assert [r.err for r in bounded] == ["OK", "ReplyTooLarge"]
+
+
+async def test_reads_answer_what_the_machine_answers_the_same_ops_logged(
+    nursery: trio.Nursery, seed: int, autojump_clock: Clock
+) -> None:
+    """Reads skip the log, and a get skips the machine's dispatch too (the hot path of
+    reads): every read, by ReadIndex or stale, on the leader or a follower, answers what the
+    machine answers the same op logged at the same index."""
+    kv = MemoryKV(nursery, seed)
+    await kv.start_all()
+    leader = await kv.leader()
+    lease = (await leader.handle_lease_grant(LeaseGrantArgs(60))).lease
+    assert (await leader.handle_put(PutArgs("a", "1", 0))).err == "OK"
+    assert (await leader.handle_put(PutArgs("a", "é😀", 1))).err == "OK"
+    assert (await leader.handle_put(PutArgs("b", "", 0, lease))).err == "OK"
+    assert (await leader.handle_delete(DeleteArgs("b", 1))).err == "OK"
+    await kv.wait_applied(leader.raft.commit_index)
+    ops = [
+        BatchOp("get", "a"),
+        BatchOp("get", "missing"),
+        BatchOp("get", "b"),
+        BatchOp("range", "", range=RangeArgs(prefix="")),
+        BatchOp("lease_keepalive", "", lease=lease),
+        BatchOp("lease_keepalive", "", lease=lease + 1),
+        BatchOp("get", "a"),
+    ]
+
+    def logged(node: KVNode) -> list[OpResult]:
+        applied = node.raft.last_applied
+        return [as_result(node.machine.apply(log_op(op), applied)) for op in ops]
+
+    expected = logged(leader)
+    assert [r.err for r in expected] == ["OK", "NoKey", "NoKey", "OK", "OK", "NoLease", "OK"]
+    assert (expected[0].value, expected[0].version) == ("é😀", 2)
+    assert (await leader.handle_read(BatchArgs(ops), None)).results == expected
+    for node in kv.nodes.values():
+        assert node.read_stale(ops) == logged(node)
 
 
 async def test_an_evicted_session_answers_session_expired_through_the_node(

@@ -204,9 +204,11 @@ class Sparse:
 @given(st.text(), st.sampled_from(["", "a", "\\", '"', "\n", "\x7f", "é", "😀"]))
 def test_json_string_bytes_is_what_json_dumps_sends(text: str, filler: str) -> None:
     """Exact for any string, short or long (a long one's size is remembered: asked
-    twice, and for an equal string, the answer is the same)."""
+    twice, and for an equal string, the answer is the same), and never more than 12 bytes
+    a character (what ``bound_reply``'s quick check counts on)."""
     for candidate in (text, text + filler * (1 << 16)):
         expected = len(json.dumps(candidate)) - 2
+        assert expected <= 12 * len(candidate)
         assert json_string_bytes(candidate) == expected
         assert json_string_bytes(candidate) == expected
         assert json_string_bytes("".join([candidate])) == expected

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -59,11 +59,24 @@ from .messages import (
 @dataclass(eq=False)
 class _Queued:
     op: BatchOp
+    #: The caller's task while it waits for the op's answer, ``None`` once it was woken or
+    #: went away. (Parked directly, not on a ``trio.Event``: one op, one waiter, and an
+    #: Event and its parking lot cost ~7 % of the client's CPU per read.)
+    waiter: trio.lowlevel.Task | None = None
     why: str = ""  # how the attempts before the answered one failed
     abandoned: bool = False
     result: OpResult | None = None
     error: BadRequest | MaybeApplied | None = None
-    done: trio.Event = field(default_factory=trio.Event)
+
+    def wake(self) -> None:
+        """Wake the caller, which then reads ``result`` or ``error`` (at most once)."""
+        if self.waiter is not None:
+            trio.lowlevel.reschedule(self.waiter)
+            self.waiter = None
+
+    def _abandon(self, _: object) -> trio.lowlevel.Abort:
+        self.abandoned, self.waiter = True, None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class CoalescingClient(OpsClient):
@@ -104,14 +117,10 @@ class CoalescingClient(OpsClient):
     async def run(self, op: BatchOp) -> tuple[OpResult, str]:
         if self._closed:
             raise trio.ClosedResourceError("the coalescing client is closed")
-        queued = _Queued(op)
+        queued = _Queued(op, trio.lowlevel.current_task())
         self._queue.append(queued)
         self._changed.set()
-        try:
-            await queued.done.wait()
-        except BaseException:
-            queued.abandoned = True
-            raise
+        await trio.lowlevel.wait_task_rescheduled(queued._abandon)
         if queued.error is not None:
             raise queued.error
         if queued.result is None:
@@ -160,18 +169,18 @@ class CoalescingClient(OpsClient):
             for queued in batch:
                 if queued.op.op not in READ_OPS:
                     queued.error = MaybeApplied(str(exc))
-                    queued.done.set()
+                    queued.wake()
         except BadRequest as exc:
             # Refused whole, before any op ran: find the culprits, one op at a time.
             if len(batch) == 1:
                 batch[0].error = exc
-                batch[0].done.set()
+                batch[0].wake()
             for queued in batch if len(batch) > 1 else []:
                 try:
                     await self._send([queued])
                 except (BadRequest, MaybeApplied) as alone:
                     queued.error = alone
-                    queued.done.set()
+                    queued.wake()
 
     def _take_batch(self) -> list[_Queued]:
         """Take the next batch off the queue's head: at most ``max_ops_per_request`` ops and
@@ -205,13 +214,13 @@ class CoalescingClient(OpsClient):
                 again.append(queued)  # a read the reply had no room for: it goes next
                 continue
             queued.result, queued.why = result, why
-            queued.done.set()
+            queued.wake()
         self._queue[:0] = again
 
     async def aclose(self) -> None:
         self._closed = True
         for queued in [*(q for batch in self._in_flight for q in batch), *self._queue]:
-            queued.done.set()  # with no result: the caller raises ClosedResourceError
+            queued.wake()  # with no result: the caller raises ClosedResourceError
         self._in_flight, self._queue = [], []
         await self.servers.aclose()
 

@@ -135,6 +135,10 @@ class VersionedKV:
         #: would win back: see ``KVNode``'s quota).
         self.removed_chars = 0
 
+    def lookup(self, key: str) -> KeyState | None:
+        """The key's state (value, version, mod_index, create_index), ``None`` if absent."""
+        return self._data.get(key)
+
     def get(self, key: str, index: int = 0) -> GetReply:
         """The key as of ``index`` (this state's, which the reply repeats)."""
         entry = self._data.get(key)

@@ -485,6 +485,12 @@ def bound_reply(ops: list[BatchOp], results: list[OpResult]) -> list[OpResult]:
     of them is always whole, so sending the rest again makes progress. A small request
     asking the same large value many times would otherwise build a reply hundreds of
     times its size."""
+    # JSON escaping makes a character at most 12 bytes (beyond the BMP: two \uXXXX):
+    # results that could not reach the bound, whatever they hold, need no measuring.
+    if all(result.range is None and result.txn is None for result in results) and (
+        sum(len(result.value) for result in results) * 12 <= MAX_REPLY_BYTES
+    ):
+        return results
     budget = MAX_REPLY_BYTES
     first = True
     bounded: list[OpResult] | None = None

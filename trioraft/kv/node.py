@@ -81,6 +81,7 @@ from .lease_keeper import LeaseKeeper
 from .machine import DEFAULT_MAX_SESSIONS, KVMachine
 from .messages import (
     COMPACTED,
+    NO_KEY,
     NO_LEADER,
     NO_SPACE,
     OK,
@@ -333,7 +334,9 @@ class KVNode:
         self.metrics.proposals_applied += 1
         return results
 
-    async def read(self, ops: list[BatchOp], started: ReadStart | None = None) -> list[Any] | None:
+    async def read(
+        self, ops: list[BatchOp], started: ReadStart | None = None
+    ) -> list[OpResult] | None:
         """Run read-only ops (gets, ranges, lease checks) without the log: the one way reads
         are served. ReadIndex: the leader notes its commit index, confirms with one
         heartbeat round (shared by the reads queued meanwhile) that it still leads, waits
@@ -351,16 +354,31 @@ class KVNode:
                 return None
             await self.raft.wait_applied(index)
             # No checkpoint from here on: the replies reflect one applied index.
-            applied = self.raft.last_applied
-            return [self.machine.apply(log_op(op), applied) for op in ops]
+            return self._answer_reads(ops, self.raft.last_applied)
         return None
 
-    def read_stale(self, ops: list[BatchOp]) -> list[Any]:
+    def read_stale(self, ops: list[BatchOp]) -> list[OpResult]:
         """Answer gets and ranges from what this node has applied, whatever its role: no
         round trip, but the answer may be behind the leader's (a range says the index it
         reflects). On one node the index never goes back while it runs."""
-        applied = self.raft.last_applied
-        return [self.machine.apply(log_op(op), applied) for op in ops]
+        return self._answer_reads(ops, self.raft.last_applied)
+
+    def _answer_reads(self, ops: list[BatchOp], applied: int) -> list[OpResult]:
+        """Read-only ``ops`` answered from the state machine, which has applied ``applied``.
+        A get looks its key up directly: what the machine would answer a logged get,
+        without building the logged op and the reply (the hot path of reads)."""
+        lookup, machine = self.machine.kv.lookup, self.machine
+        results = []
+        for op in ops:
+            if op.op == "get":
+                state = lookup(op.key)
+                if state is None:
+                    results.append(OpResult(NO_KEY, index=applied))
+                else:
+                    results.append(OpResult(OK, *state, index=applied))
+            else:
+                results.append(as_result(machine.apply(log_op(op), applied)))
+        return results
 
     def client_url_of(self, member: str) -> str:
         """Where clients reach ``member`` ("" if unknown): the client URL its configuration
@@ -532,28 +550,28 @@ class KVNode:
         no_space = allowed is not None
         logged = [op for op in ops if allowed(op)] if allowed is not None else ops
         refused = False
+        answered: list[OpResult] | None
         if not logged:
-            replies: list[Any] | None = []
+            answered = []
         elif all(op.stale for op in logged):
-            replies = self.read_stale(logged)
+            answered = self.read_stale(logged)
         elif all(op.op in READ_OPS for op in logged):
-            replies = await self.read(logged, started)
-            refused = replies is None  # reads change nothing
+            answered = await self.read(logged, started)
+            refused = answered is None  # reads change nothing
         else:
             try:
                 replies = await self.execute_many(logged)
             except NotLeader:
                 replies, refused = None, True
-        if replies is None:
+            answered = None if replies is None else [as_result(reply) for reply in replies]
+        if answered is None:
             results = [OpResult(WRONG_LEADER)] * len(ops)
         else:
-            answers = iter(replies)
-            results = [
-                OpResult(NO_SPACE)
-                if allowed is not None and not allowed(op)
-                else as_result(next(answers))
-                for op in ops
-            ]
+            if allowed is None:
+                results = answered
+            else:
+                answers = iter(answered)
+                results = [next(answers) if allowed(op) else OpResult(NO_SPACE) for op in ops]
             if len(ops) > 1 or (ops and ops[0].op == "txn"):
                 results = bound_reply(ops, results)
         for op, result in zip(ops, results, strict=True):
