@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import trio
 
+from . import sockio
+
 #: The status line and the header lines of a reply, together, at most.
 MAX_HEAD_BYTES = 16 * 1024
 #: How long an idle connection may be reused: half the servers' default keep-alive timeout.
@@ -102,7 +104,15 @@ class Pool:
         """Send ``request`` (a whole HTTP/1.1 request: head and body) and read its reply;
         ``None`` if no well-formed reply came within ``limit`` seconds."""
         with trio.move_on_after(max(limit, 0.0)):
-            async with self._slots:
+            # The socket is read and written without a pass of the scheduler when ready
+            # (:mod:`trioraft.rpc.sockio`), and a free slot is taken without one too: a call
+            # is a checkpoint for cancellation here, and for scheduling when it waits.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                await self._slots.acquire()
+            try:
                 stream = self._take()
                 try:
                     if stream is None:
@@ -120,6 +130,8 @@ class Pool:
                 else:
                     _close(stream)
                 return reply
+            finally:
+                self._slots.release()
         return None
 
     def _take(self) -> trio.SocketStream | None:
@@ -139,9 +151,10 @@ class Pool:
 
     async def _exchange(self, stream: trio.SocketStream, request: bytes) -> tuple[Reply, bool]:
         sent = True
+        sock = stream.socket
         try:
-            await stream.send_all(request)
-        except trio.BrokenResourceError:
+            await sockio.send_all(sock, request)
+        except (BrokenPipeError, ConnectionResetError):
             # It may have answered already (a 413 before reading the body): read that, but
             # never reuse the connection, whatever the reply says: part of the request is
             # unsent, and the server would read its next request from the middle of it.
@@ -152,7 +165,7 @@ class Pool:
             if len(buffer) > MAX_HEAD_BYTES:
                 raise _Malformed("the reply's head is too large")
             scanned = max(0, len(buffer) - 3)
-            chunk = await stream.receive_some(_READ)
+            chunk = await sockio.receive_some(sock, _READ)
             if not chunk:
                 raise _Malformed("closed before the reply's head")
             buffer += chunk
@@ -162,7 +175,7 @@ class Pool:
         start = end + 4
         need = start + length
         while len(buffer) < need:
-            chunk = await stream.receive_some(_READ)
+            chunk = await sockio.receive_some(sock, _READ)
             if not chunk:
                 raise _Malformed("closed in the reply's body")
             buffer += chunk

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
 import traceback
 from collections.abc import Callable, Mapping
@@ -57,6 +56,7 @@ import trio
 
 from .._errors import BadRequest
 from .._logging import Throttled, logger
+from . import sockio
 from .auth import CREDENTIAL_BYTES, TAG_BYTES, PeerAuth
 from .codec import dump_json, encode
 from .http import (
@@ -109,12 +109,11 @@ class FramedStream:
     """Length-prefixed frames over a connected Trio stream.
 
     Over a plain socket it reads and writes the socket itself (one reader and one writer at
-    a time) instead of through ``SocketStream``, whose every send and receive ends with a
-    pass of the scheduler even when the socket was ready: on a busy leader each such pass
-    delays the reply it just read by a whole batch of other tasks. There a call waits (and
-    is cancellable) only when the socket is not ready. (``os.read`` and ``os.write`` on the
-    socket's descriptor: POSIX only, as is trioraft's storage, which fsyncs directories.)
-    Over any other stream (TLS), it goes through the stream's own methods.
+    a time, through :mod:`trioraft.rpc.sockio`) instead of through ``SocketStream``, whose
+    every send and receive ends with a pass of the scheduler even when the socket was
+    ready: on a busy leader each such pass delays the reply it just read by a whole batch
+    of other tasks. There a call waits (and is cancellable) only when the socket is not
+    ready. Over any other stream (TLS), it goes through the stream's own methods.
     """
 
     def __init__(self, stream: trio.abc.Stream, max_frame_bytes: int) -> None:
@@ -128,13 +127,8 @@ class FramedStream:
         payload = b"".join((_LENGTH.pack(sum(map(len, parts))), *parts))
         if self._socket is None:
             await self.stream.send_all(payload)
-            return
-        data = memoryview(payload)
-        while data:
-            try:
-                data = data[os.write(self._socket.fileno(), data) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._socket)
+        else:
+            await sockio.send_all(self._socket, payload)
 
     async def receive(self) -> bytes | None:
         """The next frame, or ``None`` if the peer closed cleanly between frames."""
@@ -178,11 +172,7 @@ class FramedStream:
             if self._socket is None:
                 data = await self.stream.receive_some(want)
             else:
-                try:
-                    data = os.read(self._socket.fileno(), want)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self._socket)
-                    continue
+                data = await sockio.receive_some(self._socket, want)
             if not data:
                 if self._buffer:
                     raise FrameError("the connection closed in the middle of a frame")
