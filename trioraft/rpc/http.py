@@ -69,7 +69,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
@@ -79,6 +79,7 @@ from werkzeug.exceptions import HTTPException
 
 from .._errors import BadRequest, StorageFailed
 from .._logging import Throttled, logger
+from . import sockio
 from .auth import AUTH_HEADER, TAG_BYTES, PeerAuth
 from .codec import decode, dump_json, encode
 from .http1 import DEFAULT_KEEP_ALIVE_FOR, DEFAULT_MAX_REPLY_BYTES, Pool
@@ -616,9 +617,26 @@ class _Connection(TCPServer):
 
     async def _read_data(self) -> None:
         try:
-            await super()._read_data()
+            if self._socket is None or self.config.read_timeout is not None:
+                await super()._read_data()
+            else:
+                await self._read_socket(self._socket)
         finally:
             self.idle_task.close()  # the connection is over: so is its idle timer
+
+    async def _read_socket(self, sock: trio.socket.SocketType) -> None:
+        """Hypercorn's read loop over a plain socket and without a read timeout (ours: the
+        idle timer bounds the wait), less its pass of the scheduler after each read and its
+        cancel scope per read (:mod:`trioraft.rpc.sockio`)."""
+        while True:
+            try:
+                data = await sockio.receive_some(sock, MAX_RECV)
+            except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+                break  # reset by the client, or closed here (idle, a stalled reply)
+            await self.protocol.handle(RawData(data))
+            if not data:
+                break
+        await self.protocol.handle(Closed())
 
 
 class _IdleTimer:
