@@ -423,6 +423,28 @@ async def test_a_small_reply_costs_few_passes_of_the_scheduler(nursery: trio.Nur
     assert steps.steps / 50 <= 14
 
 
+async def test_a_client_gone_mid_request_has_its_handler_cancelled(nursery: trio.Nursery) -> None:
+    """A client that closes its connection while its request is handled is reported gone to
+    the app, which cancels the handler: nothing waits on for an answer no one will read."""
+    started, cancelled = trio.Event(), trio.Event()
+
+    async def hang(args: Echo) -> Echo:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    url = await nursery.start(serve, make_app({"hang": Route(Echo, hang)}))
+    with trio.fail_after(10):
+        stream = await connect(url)
+        body = dump_json({"text": "x"})
+        await stream.send_all(post_head("/hang", len(body)) + body)
+        await started.wait()
+        await stream.aclose()
+        await cancelled.wait()
+
+
 async def test_a_kept_alive_connection_is_closed_once_idle_and_never_mid_request(
     nursery: trio.Nursery,
 ) -> None:
