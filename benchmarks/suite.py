@@ -361,7 +361,11 @@ def quick_args(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Also: suite.py --quick [--against DIR] [sidebyside.py's options] (a change's "
+        "A/B in under two minutes), suite.py --table FILE, suite.py --plot FILE.",
+    )
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--nodes", type=int, nargs="+", default=[3, 5])
     parser.add_argument(
