@@ -301,7 +301,7 @@ async def test_coalescing_client_has_two_requests_in_flight_but_appends_go_alone
         assert server.most_at_once == 2
 
 
-async def test_a_cancelled_caller_s_op_is_not_sent_and_one_cancelled_in_flight_is_forgotten(
+async def test_cancelled_callers_ops_are_dropped_if_queued_and_forgotten_if_in_flight(
     nursery: trio.Nursery,
 ) -> None:
     """A caller cancelled while its op waits in the queue takes it out (it is never sent);
