@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import trio
@@ -30,8 +31,6 @@ _REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY
 
 def serve(port: int) -> None:
     """The trivial server: every request on a connection gets the one reply."""
-    import threading
-
     listener = socket.create_server(("127.0.0.1", port))
     print("ready", flush=True)
 

@@ -46,7 +46,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import ssl
 import traceback
 from collections.abc import (
@@ -584,10 +583,7 @@ class _Connection(TCPServer):
         data = event.data
         if self._socket is not None and not self.send_lock.locked():
             try:
-                # fileno() is -1 once the stream is closed: EBADF, never another descriptor.
-                written = os.write(self._socket.fileno(), data) if data else 0
-            except BlockingIOError:
-                written = 0
+                written = sockio.write_now(self._socket, data) if data else 0
             except OSError:
                 await self.protocol.handle(Closed())  # as Hypercorn does for a broken stream
                 return
