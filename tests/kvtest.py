@@ -9,10 +9,10 @@ checks, clients running for a while until told to stop, and the concurrent-put c
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -24,7 +24,6 @@ from trioraft import (
     KVError,
     KVServer,
     MaybeApplied,
-    SessionExpired,
     VersionConflict,
     Versioned,
     VersionedKV,
@@ -32,20 +31,16 @@ from trioraft import (
 )
 from trioraft.kv.clients import OpsClient, raise_put_error
 from trioraft.kv.machine import KVMachine
-from trioraft.kv.messages import BatchOp, Compare, OpResult, RangeArgs, TxnOp, as_result, log_op
+from trioraft.kv.messages import BatchOp, Compare, OpResult, TxnOp, as_result, log_op
 from trioraft.testing import (
     RELIABLE,
+    History,
     HttpProxy,
-    KVInput,
-    KVOutput,
     Network,
-    Operation,
     Profile,
+    RecordingKV,
     Result,
-    Txn,
-    check_kv_ops,
 )
-from trioraft.testing._models import NO_KEY, OK, KVOperation
 
 
 @dataclass
@@ -237,113 +232,6 @@ class InMemoryKV:
 # -- Histories of every op, checked against trioraft.testing.KV_OPS_MODEL -----------------
 
 
-class OpsHistory:
-    """Records every op (get, put, delete, append, range, txn) of any client with those ops,
-    as :class:`~trioraft.testing.Operation` records of :data:`~trioraft.testing.KV_OPS_MODEL`:
-    an append that answered ``SessionExpired`` and a write that answered ``Maybe`` are
-    recorded as optional, of unknown output (they may or may not have applied), and a
-    cancelled call as never returned."""
-
-    def __init__(self) -> None:
-        self.operations: list[KVOperation] = []
-
-    def recording(self, kv: OpsClient, client: str) -> RecordingOps:
-        return RecordingOps(self, kv, client)
-
-    def check(self, *, timeout: float = 60.0) -> Result:
-        """Raise AssertionError unless the history is linearizable."""
-        result = check_kv_ops(self.operations, timeout=timeout)
-        assert result.ok is not None, f"the check ran out of time ({timeout} s)"
-        assert result.ok, result.account
-        return result
-
-
-class RecordingOps:
-    """An :class:`OpsClient`'s ops, recorded; write ops answer their outcome (``err``)."""
-
-    def __init__(self, history: OpsHistory, kv: OpsClient, client: str) -> None:
-        self.history, self.kv, self.client = history, kv, client
-
-    async def _record(self, call: KVInput, run: Callable[[], Awaitable[KVOutput]]) -> KVOutput:
-        start = time.monotonic()
-        try:
-            output = await run()
-        except trio.Cancelled:
-            self._add(call, start, None, None)
-            raise
-        except (SessionExpired, MaybeApplied) as exc:
-            if call.op != "get":  # it may have applied, or not
-                self._add(call, start, None, time.monotonic(), optional=True)
-                return KVOutput(err=exc.wire)
-            output = KVOutput(err=exc.wire)
-        except KVError as exc:
-            output = KVOutput(err=exc.wire)
-        self._add(call, start, output, time.monotonic())
-        return output
-
-    def _add(
-        self,
-        call: KVInput,
-        start: float,
-        output: KVOutput | None,
-        ret: float | None,
-        optional: bool = False,
-    ) -> None:
-        operation = Operation(self.client, call, start, output, ret, optional)
-        self.history.operations.append(operation)
-
-    async def get(self, key: str) -> Versioned:
-        async def run() -> KVOutput:
-            got = await self.kv.get(key)
-            return KVOutput(got.value, got.version, OK if got.version else NO_KEY)
-
-        out = await self._record(KVInput("get", key), run)
-        return Versioned(out.value, out.version)
-
-    async def put(self, key: str, value: str, version: int) -> str:
-        async def run() -> KVOutput:
-            await self.kv.put(key, value, version)
-            return KVOutput()
-
-        return (await self._record(KVInput("put", key, value, version), run)).err
-
-    async def delete(self, key: str, version: int) -> str:
-        async def run() -> KVOutput:
-            await self.kv.delete(key, version)
-            return KVOutput()
-
-        return (await self._record(KVInput("delete", key, "", version), run)).err
-
-    async def append(self, key: str, value: str) -> str:
-        async def run() -> KVOutput:
-            await self.kv.append(key, value)
-            return KVOutput()
-
-        return (await self._record(KVInput("append", key, value), run)).err
-
-    async def range(self, *, prefix: str = "", start: str = "", end: str = "", limit: int = 100):
-        query = RangeArgs(prefix, start, end, limit)
-
-        async def run() -> KVOutput:
-            page = await self.kv.range(prefix=prefix, start=start, end=end, limit=limit)
-            items = tuple((item.key, item.value, item.version) for item in page.items)
-            return KVOutput(items=items, more=page.more, next=page.next)
-
-        return await self._record(KVInput("range", "", range=query), run)
-
-    async def txn(
-        self, compare: list[Compare], success: list[TxnOp], failure: list[TxnOp] | None = None
-    ) -> KVOutput:
-        request = Txn(tuple(compare), tuple(success), tuple(failure or ()))
-
-        async def run() -> KVOutput:
-            outcome = await self.kv.txn(compare, success, failure)
-            results = tuple((r.err, r.value, r.version) for r in outcome.results)
-            return KVOutput(succeeded=outcome.succeeded, results=results)
-
-        return await self._record(KVInput("txn", "", txn=request), run)
-
-
 class InMemoryStore:
     """The replicated KV's machine with no I/O, for :class:`InMemoryOps` clients to share.
     ``stale_ranges`` makes it a broken server: ranges answer from a copy of the store
@@ -401,8 +289,16 @@ class InMemoryOps(OpsClient):
         return store.apply(op), ""
 
 
+def assert_linearizable(history: History, *, timeout: float = 60.0) -> Result:
+    """Check ``history``; fail unless it is linearizable (or if the check ran out of time)."""
+    result = history.check(timeout=timeout)
+    assert result.ok is not None, f"the check ran out of time ({timeout} s)"
+    assert result.ok, result.account
+    return result
+
+
 async def ops_client(
-    kv: RecordingOps,
+    kv: RecordingKV,
     rng: random.Random,
     keys: list[str],
     stop: trio.Event,
@@ -412,31 +308,40 @@ async def ops_client(
 ) -> None:
     """Until ``stop``: read a key, then put, delete or append it; with ``multi_key``, also
     ranges over the keys and txns that write two keys at once (their failure branches only
-    read, so a txn of unknown outcome is modelled). ``after_each`` runs after each round."""
+    read, so a txn of unknown outcome is modelled). ``after_each`` runs after each round.
+    A write that did not apply, or may not have, is recorded as such and the client goes on."""
     while not stop.is_set():
-        key, other = rng.sample(keys, 2)
-        got = await kv.get(key)
-        choice = rng.random() if multi_key else 1.0
-        if choice < 0.2:
-            if rng.random() < 0.5:
-                await kv.range()
-            else:
-                await kv.range(start=rng.choice(keys), limit=rng.choice([1, 2, 100]))
-        elif choice < 0.4:
-            tag = f"{rng.randrange(1000)}"
-            if rng.random() < 0.5:  # both keys at once, if ``key`` did not change
-                compare = [Compare(key, "=", version=got.version)]
-                success = [TxnOp("put", key, tag), TxnOp("put", other, tag)]
-            else:  # create ``other`` if absent, and delete ``key``
-                compare = [Compare(other, "=", create_index=0)]
-                success = [TxnOp("put", other, tag), TxnOp("delete", key)]
-            await kv.txn(compare, success, [TxnOp("get", key), TxnOp("get", other)])
-        else:
-            write = rng.random()
-            if write < 0.4:
-                await kv.put(key, f"{rng.randrange(1000)}", got.version)
-            elif write < 0.7:
-                await kv.delete(key, got.version if rng.random() < 0.8 else got.version + 1)
-            else:
-                await kv.append(key, rng.choice("abc"))
+        with contextlib.suppress(KVError):
+            await _ops_round(kv, rng, keys, multi_key=multi_key)
         after_each()
+
+
+async def _ops_round(
+    kv: RecordingKV, rng: random.Random, keys: list[str], *, multi_key: bool
+) -> None:
+    """One round of :func:`ops_client`: a get, then a range, a txn or a write."""
+    key, other = rng.sample(keys, 2)
+    got = await kv.get(key)
+    choice = rng.random() if multi_key else 1.0
+    if choice < 0.2:
+        if rng.random() < 0.5:
+            await kv.range()
+        else:
+            await kv.range(start=rng.choice(keys), limit=rng.choice([1, 2, 100]))
+    elif choice < 0.4:
+        tag = f"{rng.randrange(1000)}"
+        if rng.random() < 0.5:  # both keys at once, if ``key`` did not change
+            compare = [Compare(key, "=", version=got.version)]
+            success = [TxnOp("put", key, tag), TxnOp("put", other, tag)]
+        else:  # create ``other`` if absent, and delete ``key``
+            compare = [Compare(other, "=", create_index=0)]
+            success = [TxnOp("put", other, tag), TxnOp("delete", key)]
+        await kv.txn(compare, success, [TxnOp("get", key), TxnOp("get", other)])
+    else:
+        write = rng.random()
+        if write < 0.4:
+            await kv.put(key, f"{rng.randrange(1000)}", got.version)
+        elif write < 0.7:
+            await kv.delete(key, got.version if rng.random() < 0.8 else got.version + 1)
+        else:
+            await kv.append(key, rng.choice("abc"))

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from tests.kv_cluster import KVCluster, partitioner, wait_leader
-from tests.kvtest import OpsHistory, ops_client
+from tests.kvtest import assert_linearizable, ops_client
 from trioraft import (
     ClusterClient,
     Compare,
@@ -29,7 +29,7 @@ from trioraft import (
 from trioraft.kv.clients import OpsClient
 from trioraft.kv.coalescing import open_coalescing_client
 from trioraft.kv.messages import BatchOp
-from trioraft.testing import MIT_UNRELIABLE, check_kv_ops
+from trioraft.testing import MIT_UNRELIABLE, History, check_kv_ops
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
 
@@ -280,12 +280,12 @@ async def test_a_write_only_followers_refused_is_no_retry(make_kv_cluster) -> No
         assert (result.err, why) == ("OK", "")
 
 
-async def run_histories_under_faults(make_kv_cluster, *, multi_key: bool) -> OpsHistory:
+async def run_histories_under_faults(make_kv_cluster, *, multi_key: bool) -> History:
     """Six clients run :func:`~tests.kvtest.ops_client` on three keys through lossy links
     while partitions come and go, for 8 s and until every kind of op has answered twice;
     the history is checked with KV_OPS_MODEL."""
     c = await make_kv_cluster(3, profile=MIT_UNRELIABLE)
-    history = OpsHistory()
+    history = History()
     wanted = ["get", "put", "delete", "append", *(["range", "txn"] if multi_key else [])]
     stop, every_kind = trio.Event(), trio.Event()
 
@@ -309,7 +309,7 @@ async def run_histories_under_faults(make_kv_cluster, *, multi_key: bool) -> Ops
     kinds = collections.Counter(op.input.op for op in history.operations)
     assert min(kinds[kind] for kind in wanted) >= 2, kinds
     started = time.monotonic()
-    result = history.check(timeout=60)
+    result = assert_linearizable(history)
     took = time.monotonic() - started
     unknown = sum(op.output is None or op.output.err == "Maybe" for op in history.operations)
     print(f"{len(history.operations)} ops {dict(kinds)} ({unknown} of unknown outcome), "

@@ -12,11 +12,12 @@ import time
 import pytest
 import trio
 
-from tests.kvtest import InMemoryOps, InMemoryStore, OpsHistory, ops_client
+from tests.kvtest import InMemoryOps, InMemoryStore, assert_linearizable, ops_client
 from trioraft import Compare, TxnOp
 from trioraft.kv.messages import RangeArgs
 from trioraft.testing import (
     KV_OPS_MODEL,
+    History,
     KVInput,
     KVOutput,
     Operation,
@@ -262,8 +263,8 @@ def test_histories_split_by_the_keys_their_ops_touch() -> None:
     assert len(parts) == 2 and parts[-1] == [nothing]  # b and c are joined by the range
 
 
-def run_workload(store: InMemoryStore, seed: int, seconds: float) -> OpsHistory:
-    history = OpsHistory()
+def run_workload(store: InMemoryStore, seed: int, seconds: float) -> History:
+    history = History()
 
     async def main() -> None:
         stop = trio.Event()
@@ -287,7 +288,7 @@ def test_a_correct_server_passes_and_one_with_stale_ranges_is_caught(seed: int) 
     good = run_workload(InMemoryStore(), seed, 0.2)
     kinds = {o.input.op for o in good.operations}
     assert kinds == {"get", "put", "delete", "append", "range", "txn"}
-    good.check(timeout=30)
+    assert_linearizable(good, timeout=30)
     stale = run_workload(InMemoryStore(stale_ranges=True), seed, 0.2)
     result = check_kv_ops(stale.operations, timeout=30)
     assert result.ok is False
@@ -303,7 +304,7 @@ def test_lost_replies_make_many_outcomes_unknown_and_still_check_fast(seed: int)
     unknown = sum(o.output is None or o.output.err == "Maybe" for o in ops)
     assert len(ops) > 500 and unknown > 20, (len(ops), unknown)
     started = time.monotonic()
-    history.check(timeout=30)
+    assert_linearizable(history, timeout=30)
     assert time.monotonic() - started < 10
 
 

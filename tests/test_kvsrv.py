@@ -14,6 +14,7 @@ import trio
 
 from tests.kvtest import (
     SingleKV,
+    assert_linearizable,
     check_put_concurrent,
     lost_reply_then_delete,
     one_client_put,
@@ -39,11 +40,6 @@ async def clerks(stack: AsyncExitStack, url: str, n: int, history: History | Non
         client = await stack.enter_async_context(KVClient(url, client_id=f"c{i}"))
         out.append(history.recording(client, f"c{i}") if history else client)
     return out
-
-
-def assert_linearizable(history: History) -> None:
-    result = history.check(timeout=60)
-    assert result.ok is True, result.account
 
 
 async def test_reliable_put(single_kv: SingleKV) -> None:

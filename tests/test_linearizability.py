@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from tests.kvtest import InMemoryKV
-from trioraft import Compare, MaybeApplied, TxnOp, VersionConflict
+from tests.kvtest import InMemoryKV, InMemoryOps, InMemoryStore
+from trioraft import Compare, KeyNotFound, MaybeApplied, NoSpace, TxnOp, VersionConflict
 from trioraft.kv.machine import VersionedKV
 from trioraft.kv.messages import RangeArgs
 from trioraft.testing import (
@@ -538,6 +538,57 @@ async def test_history_records_a_maybe_put_as_one_that_may_never_apply() -> None
     store.refuse_retry = False
     assert await kv.get("k") == ("", 0)
     assert [op.optional for op in history.operations] == [True, False]
+    assert history.check().ok is True
+
+
+async def test_history_records_every_op_and_checks_them_with_the_model_of_every_op() -> None:
+    """Deletes, txns and ranges are recorded too (answered and raised as the client does),
+    and such a history is checked with KV_OPS_MODEL: a correct one passes, a get of a
+    deleted key is caught."""
+    history = History()
+    kv = history.recording(InMemoryOps(InMemoryStore()), "c1")
+    await kv.put("a", "1", 0)
+    await kv.delete("a", 1)
+    with pytest.raises(KeyNotFound):
+        await kv.delete("a", 1)
+    outcome = await kv.txn([Compare("b", "=", create_index=0)], [TxnOp("put", "b", "2")])
+    assert outcome.succeeded
+    page = await kv.range()
+    assert [(item.key, item.value) for item in page.items] == [("b", "2")]
+    await kv.append("b", "3")
+    assert await kv.get("b") == ("23", 2)
+    kinds = [op.input.op for op in history.operations]
+    assert kinds == ["put", "delete", "delete", "txn", "range", "append", "get"]
+    assert history.operations[2].output == KVOutput(err="NoKey")
+    assert history.check().ok is True
+    stale = KVInput("get", "a")
+    history.operations.append(
+        Operation("c2", stale, history.clock(), KVOutput("1", 1), history.clock())
+    )
+    assert history.check().ok is False
+
+
+class _Failing:
+    """A client whose every call fails: a write refused for no space, a read in error."""
+
+    async def get(self, key: str) -> None:
+        raise ValueError("unexpected get error")
+
+    async def put(self, key: str, value: str, version: int) -> None:
+        raise NoSpace()
+
+
+async def test_history_records_a_write_that_failed_otherwise_as_never_returned() -> None:
+    """A write that raised something other than its outcome may or may not apply, at any
+    time: never returned. A read that raised observed nothing: not recorded."""
+    history = History()
+    kv = history.recording(_Failing(), "c1")
+    with pytest.raises(NoSpace):
+        await kv.put("k", "x", 0)
+    with pytest.raises(ValueError):
+        await kv.get("k")
+    [put] = history.operations
+    assert (put.input.op, put.output, put.ret) == ("put", None, None)
     assert history.check().ok is True
 
 

@@ -25,13 +25,13 @@ from typing import TypeVar
 import pytest
 import trio
 
-from tests.kvtest import OpsHistory, ops_client
+from tests.kvtest import assert_linearizable, ops_client
 from tests.processes import ProcessCluster
 from trioraft import BadRequest, ClusterClient
 from trioraft.kv.admin import AdminClient, open_admin_client
 from trioraft.kv.clients import Backoff
 from trioraft.kv.messages import MembershipReply
-from trioraft.testing import MIT_UNRELIABLE, Network
+from trioraft.testing import MIT_UNRELIABLE, History, Network
 
 #: Real clusters are timing-sensitive: they share one xdist worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("http-cluster")
@@ -104,7 +104,7 @@ async def test_membership_changes_under_faults_keep_the_history_linearizable(
     four = await cluster.add_node("4", nursery)
     five = await cluster.add_node("5", nursery)
     urls = [cluster.urls[i] for i in cluster.ids]  # the clients know every server
-    history = OpsHistory()
+    history = History()
     stop_load, stop_partitions = trio.Event(), trio.Event()
     cuts: list[str] = []
     try:
@@ -175,7 +175,7 @@ async def test_membership_changes_under_faults_keep_the_history_linearizable(
     writes = [op for op in history.operations if op.input.op != "get" and op.output is not None]
     assert len(writes) >= 30, f"too few writes answered to judge: {len(writes)}"
     started = time.monotonic()
-    history.check(timeout=60)
+    assert_linearizable(history)
     unknown = sum(op.output is None for op in history.operations)
     print(
         f"{len(history.operations)} ops ({len(writes)} writes answered, {unknown} of unknown "
