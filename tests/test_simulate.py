@@ -227,6 +227,8 @@ BROKEN_RULES = {
     "stale-read-past-applied": (simulate, "stale_read", stale_read_at_log_end),
     # Every node counts itself a voter: learners and removed nodes campaign too.
     "non-voter-campaigns": (core.RaftCore, "is_voter", property(lambda self: True)),
+    # A leader starts a membership change while the last one is uncommitted.
+    "two-membership-changes-at-once": (core, "uncommitted_change", lambda *args: 0),
 }
 
 #: Seeds (of 5 simulated seconds each) the simulator may take to find each broken rule.

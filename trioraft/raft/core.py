@@ -61,6 +61,7 @@ from .membership import (
     MembershipChangeRefused,
     apply_change,
     encode_configuration,
+    uncommitted_change,
 )
 from .messages import (
     AppendEntriesArgs,
@@ -343,8 +344,8 @@ class RaftCore:
             raise NotLeader(self.leader_id)
         if self.transfer is not None:
             raise MembershipChangeRefused("leadership is being transferred; retry after")
-        pending = self.history.latest_index
-        if pending > self.commit_index:
+        pending = uncommitted_change(self.history, self.commit_index)
+        if pending:
             raise MembershipChangeRefused(
                 f"another membership change (entry {pending}) is not committed yet"
             )

@@ -154,6 +154,16 @@ class MembershipChange:
         return f"remove {self.remove}"
 
 
+def uncommitted_change(history: ConfigurationHistory, commit_index: int) -> int:
+    """The index of the configuration entry not committed yet as of ``commit_index``, or 0:
+    a leader starts a change only once the last one committed. Consecutive single-server
+    changes keep majorities overlapping only pairwise: with two in flight, a node still on
+    the first configuration and one already on the third can make disjoint majorities
+    (voters 1-3, two of them removed: 2 and 3 elect one leader while 1 alone is another)."""
+    latest = history.latest_index
+    return latest if latest > commit_index else 0
+
+
 def apply_change(current: Configuration, change: MembershipChange) -> Configuration:
     """The configuration after ``change``; raises :class:`BadRequest` if it does not apply."""
     addresses = dict(current.addresses)

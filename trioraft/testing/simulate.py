@@ -17,8 +17,9 @@ a nemesis that, every 0.2-1 s of virtual time, crashes a node (a majority of the
 stays up), restarts one, partitions the nodes at random, heals them, has the leader hand
 its leadership to another voter (:func:`transfer`), changes the membership
 (:func:`reconfigure`: removes a voter, the leader too, adds a new node as a learner,
-promotes it), or plays the schedule of the Raft
-paper's Figure 8 (:func:`figure8_episode`: partitions and a crash timed on who leads).
+promotes it), plays the schedule of the Raft paper's Figure 8 (:func:`figure8_episode`:
+partitions and a crash timed on who leads), or has the leader start two membership changes
+at once, cut off where that would make two majorities (:func:`overlapping_changes_episode`).
 After ``seconds`` everything heals and restarts, and every key is read once more, so a
 lost acknowledged write shows in the history.
 
@@ -49,6 +50,8 @@ a failing seed replays with the command printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import itertools
 import json
 import random
@@ -68,6 +71,7 @@ from ..kv.messages import OK, SESSION_EXPIRED
 from ..kv.rsm import ReplicatedStateMachine
 from ..raft.log import Entry
 from ..raft.node import RaftNode
+from ..raft.quorum import majority
 from ._cluster import RaftCluster
 from ._kv_model import check_kv_ops
 from ._linearizability import Operation, Result
@@ -85,6 +89,8 @@ CHECK_TIMEOUT = 60.0
 #: How often (against 1 for each other action) the nemesis plays a Figure-8 episode: it
 #: takes seconds of partitions, so about one action in eleven.
 FIGURE8_WEIGHT = 0.6
+#: How often the nemesis plays an episode of two membership changes at once.
+OVERLAPPING_WEIGHT = 0.5
 #: Bytes of Raft state past which a node snapshots: low, so that every seed snapshots
 #: (every 30-odd entries) and nodes that lag behind install the leader's snapshot.
 MAX_RAFT_STATE = 4096
@@ -417,13 +423,24 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
             await reconfigure(c, rng)
         elif action == "figure8":
             await figure8_episode(c, rng)
+        elif action == "overlapping":
+            await overlapping_changes_episode(c, rng)
         else:
             c.heal()
 
 
 #: The nemesis's actions and how often it picks each.
-NEMESIS_ACTIONS = ("crash", "restart", "partition", "heal", "transfer", "reconfigure", "figure8")
-NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT)
+NEMESIS_ACTIONS = (
+    "crash",
+    "restart",
+    "partition",
+    "heal",
+    "transfer",
+    "reconfigure",
+    "figure8",
+    "overlapping",
+)
+NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT, OVERLAPPING_WEIGHT)
 #: At most this many nodes are ever added to a run (each membership change that adds one
 #: starts a new, empty node).
 MAX_ADDED = 3
@@ -520,6 +537,45 @@ async def figure8_episode(c: KVSimCluster, rng: random.Random) -> None:
     await trio.sleep(rng.uniform(0.0, 0.1))
     if third is not None and c.alive(third) and c.node(third).is_leader:
         c.crash(third)
+    c.heal()
+
+
+async def overlapping_changes_episode(c: KVSimCluster, rng: random.Random) -> None:
+    """Two membership changes at once, in the schedule that makes them unsafe: the leader
+    ``L`` removes two other voters at once, cut off with just enough of the voters left to
+    commit the configuration without both, while the rest of the nodes hold a majority of
+    the voters before. One change at a time, the second is refused and the first cannot
+    commit on ``L``'s side (it needs a majority of the voters without only one): the rest
+    elect a leader, and ``L`` gives way once healed. With both in its log, ``L``'s side
+    commits the second configuration while the rest, which never heard of either, elect
+    a leader of their own: two leaders take writes, and one's are lost at the heal.
+    Healed after a few election timeouts."""
+    leaders = c.leaders()
+    if not leaders:
+        return
+    leader = leaders[0]
+    node = c.node(leader)
+    voters = node.configuration.voters
+    others = [i for i in voters if i != leader]
+    if len(others) < 2:
+        return
+    removed = rng.sample(others, 2)
+    staying = [i for i in others if i not in removed]
+    side = [leader, *rng.sample(staying, majority(len(staying) + 1) - 1)]
+    rest = [i for i in c.ids if i not in side]
+    if sum(i in voters for i in rest) < majority(len(voters)):
+        return  # the rest could not elect a leader: nothing would happen
+    c.partition(side, rest)
+
+    async def remove(voter: str) -> None:
+        with contextlib.suppress(RaftError, BadRequest):
+            await node.change_membership(remove=voter)
+
+    with trio.move_on_after(c.config.election_timeout[1] * 2):
+        async with trio.open_nursery() as changes:
+            for voter in removed:
+                changes.start_soon(functools.partial(remove, voter))
+    await trio.sleep(rng.uniform(0.0, c.config.election_timeout[1] * 2))
     c.heal()
 
 
