@@ -25,13 +25,13 @@ async def run_lock_clients(
     rng: random.Random,
     *,
     hold: float = 0.01,
-    every_client_works: bool = True,
 ) -> list[ClientResult]:
-    """Each client warms up on two named locks, then loops on the probe under one lock.
-
-    Every client must return once the time is up (no deadlock) and, if
-    ``every_client_works`` (the C port's rule), have passed the probe at least once; MIT's
-    runs ask only the former."""
+    """Each client warms up on two named locks, then runs the probe under one lock: at
+    least once, and again until ``duration`` has passed. So every client returns (no
+    deadlock) having passed the probe at least once (the C port's rule); one that never
+    gets the lock fails the test by its time limit. (A first pass is waited for, not asked
+    for within ``duration``: on a machine loaded far past its cores, 32 clients' warm-ups
+    once outlasted the 6 s of their run.)"""
     lock_name, check_key = random_name(rng), f"mutex-check-{random_name(rng)}"
     await put_at_least_once(clerks[0], check_key, "", 0)
     in_critical_section = 0
@@ -47,7 +47,7 @@ async def run_lock_clients(
         await second.release()
         lock = Lock(kv, lock_name, holder=f"client-{me}")
         result = ClientResult()
-        while not done.is_set():
+        while result.ok == 0 or not done.is_set():
             async with lock:
                 assert in_critical_section == 0, "two clients inside the critical section"
                 in_critical_section += 1
@@ -64,7 +64,4 @@ async def run_lock_clients(
             result.ok += 1
         return result
 
-    results = await run_clients(len(clerks), duration, client)
-    if every_client_works:
-        assert all(r.ok > 0 for r in results), f"a client did no work: {results}"
-    return results
+    return await run_clients(len(clerks), duration, client)
