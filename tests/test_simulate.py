@@ -229,6 +229,8 @@ BROKEN_RULES = {
     "non-voter-campaigns": (core.RaftCore, "is_voter", property(lambda self: True)),
     # A leader starts a membership change while the last one is uncommitted.
     "two-membership-changes-at-once": (core, "uncommitted_change", lambda *args: 0),
+    # A new leader changes the membership before an entry of its term has committed.
+    "membership-change-before-term-settles": (core, "settled_in_term", lambda *args: True),
 }
 
 #: Seeds (of 5 simulated seconds each) the simulator may take to find each broken rule.

@@ -61,6 +61,7 @@ from .membership import (
     MembershipChangeRefused,
     apply_change,
     encode_configuration,
+    settled_in_term,
     uncommitted_change,
 )
 from .messages import (
@@ -333,6 +334,11 @@ class RaftCore:
         self.history.appended(index, [entry])
         return index, [*self._configuration_moved(), *self._advance_commit()]
 
+    def term_settled(self) -> bool:
+        """Whether this leader may start a membership change as far as its term goes (see
+        :func:`~trioraft.raft.membership.settled_in_term`)."""
+        return settled_in_term(self.log.term_at(self.commit_index), self.term)
+
     def check_membership_change(self, change: MembershipChange) -> Configuration:
         """The configuration ``change`` would make now, changing nothing.
 
@@ -349,7 +355,7 @@ class RaftCore:
             raise MembershipChangeRefused(
                 f"another membership change (entry {pending}) is not committed yet"
             )
-        if not self.committed_in_term():
+        if not self.term_settled():
             raise MembershipChangeRefused(
                 f"no entry of term {self.term} has committed yet (a new leader must "
                 "commit one before it changes the membership)"

@@ -164,6 +164,17 @@ def uncommitted_change(history: ConfigurationHistory, commit_index: int) -> int:
     return latest if latest > commit_index else 0
 
 
+def settled_in_term(commit_term: int, term: int) -> bool:
+    """Whether a leader of ``term``, whose commit index is an entry of ``commit_term``, may
+    start a membership change: only once an entry of its own term has committed. Until
+    then its log may lack an earlier leader's change, and a change of its own, made from
+    another configuration, could have a majority that misses that one's (Ongaro's
+    counterexample, raft-dev 2015: of voters a-d, a adds e, an entry only a and e hold; b,
+    elected by b-d, removes d, committed by b and c alone; a, elected by a, d and e, then
+    overwrites it)."""
+    return commit_term == term
+
+
 def apply_change(current: Configuration, change: MembershipChange) -> Configuration:
     """The configuration after ``change``; raises :class:`BadRequest` if it does not apply."""
     addresses = dict(current.addresses)

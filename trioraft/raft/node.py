@@ -683,7 +683,7 @@ class RaftNode:
                 self._transport.check_peer_address(change.add_learner[1])
             except ValueError as exc:
                 raise BadRequest(f"peer address: {exc}") from None
-        if self.is_leader and not self._core.committed_in_term():
+        if self.is_leader and not self._core.term_settled():
             with trio.move_on_after(self.config.election_timeout[1]):
                 await self._wait_commit_in_term(self.term)
         removing_self = change.remove == self.id

@@ -18,8 +18,10 @@ stays up), restarts one, partitions the nodes at random, heals them, has the lea
 its leadership to another voter (:func:`transfer`), changes the membership
 (:func:`reconfigure`: removes a voter, the leader too, adds a new node as a learner,
 promotes it), plays the schedule of the Raft paper's Figure 8 (:func:`figure8_episode`:
-partitions and a crash timed on who leads), or has the leader start two membership changes
-at once, cut off where that would make two majorities (:func:`overlapping_changes_episode`).
+partitions and a crash timed on who leads), has the leader start two membership changes
+at once, cut off where that would make two majorities (:func:`overlapping_changes_episode`),
+or plays Ongaro's schedule of two changes by two leaders in turn
+(:func:`changes_across_leaders_episode`).
 After ``seconds`` everything heals and restarts, and every key is read once more, so a
 lost acknowledged write shows in the history.
 
@@ -91,6 +93,8 @@ CHECK_TIMEOUT = 60.0
 FIGURE8_WEIGHT = 0.6
 #: How often the nemesis plays an episode of two membership changes at once.
 OVERLAPPING_WEIGHT = 0.5
+#: How often it plays an episode of membership changes by two leaders in turn.
+ACROSS_LEADERS_WEIGHT = 0.25
 #: Bytes of Raft state past which a node snapshots: low, so that every seed snapshots
 #: (every 30-odd entries) and nodes that lag behind install the leader's snapshot.
 MAX_RAFT_STATE = 4096
@@ -425,6 +429,8 @@ async def nemesis(c: KVSimCluster, seed: int, stop: trio.Event) -> None:
             await figure8_episode(c, rng)
         elif action == "overlapping":
             await overlapping_changes_episode(c, rng)
+        elif action == "across-leaders":
+            await changes_across_leaders_episode(c, rng)
         else:
             c.heal()
 
@@ -439,8 +445,14 @@ NEMESIS_ACTIONS = (
     "reconfigure",
     "figure8",
     "overlapping",
+    "across-leaders",
 )
-NEMESIS_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, FIGURE8_WEIGHT, OVERLAPPING_WEIGHT)
+NEMESIS_WEIGHTS = (
+    *(1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
+    FIGURE8_WEIGHT,
+    OVERLAPPING_WEIGHT,
+    ACROSS_LEADERS_WEIGHT,
+)
 #: At most this many nodes are ever added to a run (each membership change that adds one
 #: starts a new, empty node).
 MAX_ADDED = 3
@@ -577,6 +589,75 @@ async def overlapping_changes_episode(c: KVSimCluster, rng: random.Random) -> No
                 changes.start_soon(functools.partial(remove, voter))
     await trio.sleep(rng.uniform(0.0, c.config.election_timeout[1] * 2))
     c.heal()
+
+
+async def changes_across_leaders_episode(c: KVSimCluster, rng: random.Random) -> None:
+    """Two membership changes by two leaders, in Ongaro's schedule (raft-dev, 2015), which
+    only the rule that a new leader first commits an entry of its own term makes safe:
+
+    1. with four voters and a learner ``E`` (made so first: voters removed, a node added),
+       the leader ``L``, cut off with ``E``, promotes it: an entry only they hold;
+    2. the other three voters elect ``B``, which is cut off at once with one of them and
+       asked to remove the third, ``D``;
+    3. ``L``, ``E`` and ``D`` elect a leader of the five voters; then everything heals.
+
+    With the rule, ``B`` refuses (its term's first entry cannot commit: two of four voters)
+    and nothing committed is lost. Without it, ``B`` and its partner commit the three-voter
+    configuration while ``L``, ``E`` and ``D`` are a majority of the five-voter one: the
+    heal overwrites what ``B`` committed."""
+    for i in c.ids:
+        if not c.alive(i):
+            await c.start(i)
+    c.heal()
+    leader = await elected(c, c.ids)
+    if leader is None:
+        return
+    node = c.node(leader)
+    bound = c.config.election_timeout[1] * 2
+
+    async def change(by: RaftNode, **what: Any) -> None:
+        with trio.move_on_after(bound), contextlib.suppress(RaftError, BadRequest):
+            await by.change_membership(**what)
+
+    for _ in range(len(node.configuration.voters) - 4):  # one try each: it may be refused
+        others = [i for i in node.configuration.voters if i != leader]
+        await change(node, remove=rng.choice(others))
+    if not node.configuration.learners and len(c.ids) < c.initial_voters + MAX_ADDED:
+        new = str(len(c.ids))
+        await c.add(new)
+        await change(node, add_learner=(new, f"mem://{new}"))
+    configuration = node.configuration
+    if not node.is_leader or len(configuration.voters) != 4 or not configuration.learners:
+        return
+    await trio.sleep(c.config.heartbeat_interval * 2)  # the followers learn what committed
+    learner = configuration.learners[0]
+    rest = [i for i in configuration.voters if i != leader]
+    async with trio.open_nursery() as changes:
+        c.partition([leader, learner], [i for i in c.ids if i not in (leader, learner)])
+        changes.start_soon(functools.partial(change, node, promote=learner))
+        second = await elected(c, rest)
+        if second is not None:
+            partner, removed = rng.sample([i for i in rest if i != second], 2)
+            c.partition([second, partner], [i for i in c.ids if i not in (second, partner)])
+            term = c.node(second).term
+            changes.start_soon(functools.partial(change, c.node(second), remove=removed))
+            with trio.move_on_after(ELECTION_WAIT):
+                await elected_after(c, [leader, learner, removed], term)
+            await trio.sleep(rng.uniform(0.0, bound))
+        c.heal()
+
+
+async def elected_after(c: KVSimCluster, among: list[str], term: int) -> None:
+    """Return once a node of ``among`` leads a term after ``term`` (bound it)."""
+    async with trio.open_nursery() as watchers:
+
+        async def watch(node: RaftNode) -> None:
+            await node.wait_until(lambda n: n.is_leader and n.term > term)
+            watchers.cancel_scope.cancel()
+
+        for i in among:
+            if c.alive(i):
+                watchers.start_soon(watch, c.node(i))
 
 
 async def elected(c: KVSimCluster, among: list[str]) -> str | None:
