@@ -526,11 +526,7 @@ async def figure8_episode(c: KVSimCluster, rng: random.Random) -> None:
     Each step waits for its election (on the nodes' events, at most :data:`ELECTION_WAIT`)
     and the episode ends early if one does not come. Every node is up and connected first,
     so a majority stays up when ``L3`` crashes."""
-    for i in c.ids:
-        if not c.alive(i):
-            await c.start(i)
-    c.heal()
-    leader = await elected(c, c.ids)
+    leader = await everyone_up_and_led(c)
     if leader is None:
         return
     voters = [i for i in c.node(leader).configuration.voters if i != leader]
@@ -605,11 +601,7 @@ async def changes_across_leaders_episode(c: KVSimCluster, rng: random.Random) ->
     and nothing committed is lost. Without it, ``B`` and its partner commit the three-voter
     configuration while ``L``, ``E`` and ``D`` are a majority of the five-voter one: the
     heal overwrites what ``B`` committed."""
-    for i in c.ids:
-        if not c.alive(i):
-            await c.start(i)
-    c.heal()
-    leader = await elected(c, c.ids)
+    leader = await everyone_up_and_led(c)
     if leader is None:
         return
     node = c.node(leader)
@@ -645,6 +637,16 @@ async def changes_across_leaders_episode(c: KVSimCluster, rng: random.Random) ->
                 await elected_after(c, [leader, learner, removed], term)
             await trio.sleep(rng.uniform(0.0, bound))
         c.heal()
+
+
+async def everyone_up_and_led(c: KVSimCluster) -> str | None:
+    """Start every node that is down and heal the network; the leader they elect (``None``
+    after :data:`ELECTION_WAIT`)."""
+    for i in c.ids:
+        if not c.alive(i):
+            await c.start(i)
+    c.heal()
+    return await elected(c, c.ids)
 
 
 async def elected_after(c: KVSimCluster, among: list[str], term: int) -> None:
