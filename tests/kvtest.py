@@ -21,9 +21,9 @@ import trio
 from trioraft import (
     KeyNotFound,
     KeyValue,
-    KVError,
     KVServer,
     MaybeApplied,
+    SessionExpired,
     VersionConflict,
     Versioned,
     VersionedKV,
@@ -311,7 +311,7 @@ async def ops_client(
     read, so a txn of unknown outcome is modelled). ``after_each`` runs after each round.
     A write that did not apply, or may not have, is recorded as such and the client goes on."""
     while not stop.is_set():
-        with contextlib.suppress(KVError):
+        with contextlib.suppress(VersionConflict, KeyNotFound, MaybeApplied, SessionExpired):
             await _ops_round(kv, rng, keys, multi_key=multi_key)
         after_each()
 

@@ -164,7 +164,7 @@ def uncommitted_change(history: ConfigurationHistory, commit_index: int) -> int:
     return latest if latest > commit_index else 0
 
 
-def settled_in_term(commit_term: int, term: int) -> bool:
+def settled_in_term(commit_term: int | None, term: int) -> bool:
     """Whether a leader of ``term``, whose commit index is an entry of ``commit_term``, may
     start a membership change: only once an entry of its own term has committed. Until
     then its log may lack an earlier leader's change, and a change of its own, made from

@@ -9,8 +9,8 @@ an :class:`~trioraft.testing.Operation` of :data:`~trioraft.testing.KV_OPS_MODEL
 (:class:`KVInput` / :class:`KVOutput`).
 
 Invariants: what a call's outcome tells is recorded, and never more.
-- A call that returned, or a write that raised ``Version`` or ``NoKey`` (it did not apply):
-  its output.
+- A call that returned, or a put or delete that raised ``Version`` or ``NoKey`` (it did
+  not apply): its output.
 - A write that raised :class:`~trioraft.MaybeApplied`, or an append that raised
   :class:`~trioraft.SessionExpired`: of unknown output, optional (it applied at some point
   between its call and its return, or never).
@@ -33,13 +33,15 @@ import trio
 
 from .._errors import KeyNotFound, MaybeApplied, SessionExpired, VersionConflict
 from ..kv.clients import Versioned
-from ..kv.messages import Compare, RangeArgs, TxnOp
+from ..kv.messages import DEFAULT_RANGE_LIMIT, Compare, RangeArgs, TxnOp
 from ._kv_model import check_kv_ops
 from ._linearizability import Operation, Result
 from ._models import NO_KEY, OK, KVInput, KVOperation, KVOutput, Txn, check
 
 T = TypeVar("T")
 
+#: Writes whose condition (a version) can fail: ``Version`` and ``NoKey`` are outcomes.
+_CONDITIONAL_WRITES = frozenset({"put", "delete"})
 #: Ops the versioned-KV model knows (it decides histories of only these faster).
 _VERSIONED_OPS = frozenset({"get", "put", "append"})
 
@@ -86,7 +88,7 @@ class RecordingKV:
         await self._write(KVInput("append", key, value), lambda: self.kv.append(key, value))
 
     async def range(
-        self, *, prefix: str = "", start: str = "", end: str = "", limit: int = 100
+        self, *, prefix: str = "", start: str = "", end: str = "", limit: int = DEFAULT_RANGE_LIMIT
     ) -> Any:
         """The wrapped client's range page (see :meth:`trioraft.ClusterClient.range`)."""
         query = RangeArgs(prefix, start, end, limit)
@@ -117,6 +119,9 @@ class RecordingKV:
         try:
             answer = await run()
         except (KeyNotFound, VersionConflict) as refused:
+            if call.op not in _CONDITIONAL_WRITES:  # no such outcome: as any other error
+                self._record(call, start, None, None)
+                raise
             self._record(call, start, KVOutput(err=refused.wire), self.history.clock())
             raise
         except (MaybeApplied, SessionExpired):

@@ -561,17 +561,20 @@ async def overlapping_changes_episode(c: KVSimCluster, rng: random.Random) -> No
     leaders = c.leaders()
     if not leaders:
         return
-    leader = leaders[0]
+    leader = max(leaders, key=lambda i: (c.node(i).term, i))  # not a deposed one
     node = c.node(leader)
     voters = node.configuration.voters
     others = [i for i in voters if i != leader]
     if len(others) < 2:
         return
     removed = rng.sample(others, 2)
-    staying = [i for i in others if i not in removed]
-    side = [leader, *rng.sample(staying, majority(len(staying) + 1) - 1)]
+    staying = [i for i in others if i not in removed and c.alive(i)]
+    needed = majority(len(others) - 1) - 1  # with the leader, a majority of those left
+    if len(staying) < needed:
+        return
+    side = [leader, *rng.sample(staying, needed)]
     rest = [i for i in c.ids if i not in side]
-    if sum(i in voters for i in rest) < majority(len(voters)):
+    if sum(i in voters and c.alive(i) for i in rest) < majority(len(voters)):
         return  # the rest could not elect a leader: nothing would happen
     c.partition(side, rest)
 
