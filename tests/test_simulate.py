@@ -65,6 +65,18 @@ def test_the_ci_seed_budget_passes(seed: int, chunk: int) -> None:
         assert outcome.ok, f"seed {s} failed (replay: {replay}):\n" + "\n".join(outcome.problems)
 
 
+def test_seeds_pass_with_the_leader_noop_kv_nodes_run_with(seed: int) -> None:
+    """A KVNode's Raft runs with ``leader_noop`` (a new leader commits its term at once), the
+    simulator without it unless told: 25 seeds in a row with it."""
+    first = seed % 1_000_000
+    for s in range(first, first + 25):
+        outcome = simulate.check_seed(s, seconds=5.0, leader_noop=True)
+        replay = (
+            f"python -m trioraft.testing.simulate --seeds 1 --from {s} --seconds 5 --leader-noop"
+        )
+        assert outcome.ok, f"seed {s} failed (replay: {replay}):\n" + "\n".join(outcome.problems)
+
+
 def test_a_seed_replays_the_same_history(seed: int) -> None:
     first = simulate.check_seed(seed % 1000, seconds=3.0)
     again = simulate.check_seed(seed % 1000, seconds=3.0)

@@ -2,7 +2,7 @@
 virtual time, over the in-memory network; every seed's history is checked.
 
     python -m trioraft.testing.simulate --seeds N [--from S] [--nodes 5] [--clients 4]
-                                        [--seconds 10] [--html DIR]
+                                        [--seconds 10] [--html DIR] [--leader-noop]
 
 One seed's run: ``nodes`` Raft nodes, each running the replicated KV machine
 (:class:`~trioraft.kv.machine.KVMachine` in a
@@ -71,6 +71,7 @@ from .._errors import BadRequest, NotLeader, RaftError
 from ..kv.machine import KVMachine
 from ..kv.messages import OK, SESSION_EXPIRED
 from ..kv.rsm import ReplicatedStateMachine
+from ..raft.config import RaftConfig
 from ..raft.log import Entry
 from ..raft.node import RaftNode
 from ..raft.quorum import majority
@@ -125,8 +126,11 @@ class KVSimCluster(RaftCluster):
     """The test kit's cluster with the replicated KV machine on every node, and watchers
     that record who led each term."""
 
-    def __init__(self, nursery: trio.Nursery, n: int, seed: int) -> None:
-        super().__init__(nursery, n, seed, profile=MIT_UNRELIABLE)
+    def __init__(
+        self, nursery: trio.Nursery, n: int, seed: int, *, leader_noop: bool = False
+    ) -> None:
+        config = RaftConfig(leader_noop=leader_noop)
+        super().__init__(nursery, n, seed, config=config, profile=MIT_UNRELIABLE)
         #: Each node snapshots once its Raft state passes this (so lagging ones install).
         self.max_raft_state = MAX_RAFT_STATE
         self.rsms: dict[str, ReplicatedStateMachine | None] = dict.fromkeys(self.ids)
@@ -691,11 +695,13 @@ async def final_reads(c: KVSimCluster, outcome: Outcome) -> None:
             await trio.sleep(0.05)
 
 
-async def simulate_run(seed: int, nodes: int, clients: int, seconds: float) -> Outcome:
+async def simulate_run(
+    seed: int, nodes: int, clients: int, seconds: float, leader_noop: bool = False
+) -> Outcome:
     outcome = Outcome(seed)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        c = KVSimCluster(nursery, nodes, seed)
+        c = KVSimCluster(nursery, nodes, seed, leader_noop=leader_noop)
         await c.start_all()
         async with trio.open_nursery() as load:
             load.start_soon(nemesis, c, seed, stop)
@@ -815,9 +821,14 @@ def log_matching_problems(c: KVSimCluster) -> list[str]:
     return problems
 
 
-def check_seed(seed: int, *, nodes: int = 5, clients: int = 4, seconds: float = 10.0) -> Outcome:
-    """Run one seed and check it (see the module docstring)."""
-    outcome = run_simulation(simulate_run, seed, nodes, clients, seconds, seed=seed)
+def check_seed(
+    seed: int, *, nodes: int = 5, clients: int = 4, seconds: float = 10.0, leader_noop: bool = False
+) -> Outcome:
+    """Run one seed and check it (see the module docstring). ``leader_noop``: every new
+    leader appends a no-op entry at once (``RaftConfig.leader_noop``, as
+    :class:`~trioraft.KVNode` runs), rather than committing its term with the clients'
+    first write."""
+    outcome = run_simulation(simulate_run, seed, nodes, clients, seconds, leader_noop, seed=seed)
     outcome.result = check_kv_ops(outcome.operations, timeout=CHECK_TIMEOUT)
     if outcome.result.ok is False:
         outcome.problems.append(outcome.result.account)
@@ -836,11 +847,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0, help="virtual seconds of load")
     parser.add_argument("--html", type=Path, help="draw a failing history into this folder")
+    parser.add_argument(
+        "--leader-noop",
+        action="store_true",
+        help="new leaders append a no-op at once (as a KVNode runs)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     failed = 0
     for seed in range(args.first, args.first + args.seeds):
-        outcome = check_seed(seed, nodes=args.nodes, clients=args.clients, seconds=args.seconds)
+        outcome = check_seed(
+            seed,
+            nodes=args.nodes,
+            clients=args.clients,
+            seconds=args.seconds,
+            leader_noop=args.leader_noop,
+        )
         settled = sum(op.ret is not None for op in outcome.operations)
         print(
             f"seed {seed}: {'ok' if outcome.ok else 'FAILED'} "
@@ -857,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
             replay = (
                 f"python -m trioraft.testing.simulate --seeds 1 --from {seed} "
                 f"--nodes {args.nodes} --clients {args.clients} --seconds {args.seconds}"
+                f"{' --leader-noop' if args.leader_noop else ''}"
             )
             print(f"replay: {replay}")
             if args.html is not None and outcome.result is not None:
