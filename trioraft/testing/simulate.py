@@ -557,8 +557,8 @@ async def overlapping_changes_episode(c: KVSimCluster, rng: random.Random) -> No
     ``L`` removes two other voters at once, cut off with just enough of the voters left to
     commit the configuration without both, while the rest of the nodes hold a majority of
     the voters before. One change at a time, the second is refused and the first cannot
-    commit on ``L``'s side (it needs a majority of the voters without only one): the rest
-    elect a leader, and ``L`` gives way once healed. With both in its log, ``L``'s side
+    commit on ``L``'s side (too few of the voters less one are there): the rest elect a
+    leader, and ``L`` gives way once healed. With both in its log, ``L``'s side
     commits the second configuration while the rest, which never heard of either, elect
     a leader of their own: two leaders take writes, and one's are lost at the heal.
     Healed after a few election timeouts."""
