@@ -582,14 +582,9 @@ async def overlapping_changes_episode(c: KVSimCluster, rng: random.Random) -> No
         return  # the rest could not elect a leader: nothing would happen
     c.partition(side, rest)
 
-    async def remove(voter: str) -> None:
-        with contextlib.suppress(RaftError, BadRequest):
-            await node.change_membership(remove=voter)
-
-    with trio.move_on_after(c.config.election_timeout[1] * 2):
-        async with trio.open_nursery() as changes:
-            for voter in removed:
-                changes.start_soon(functools.partial(remove, voter))
+    async with trio.open_nursery() as changes:
+        for voter in removed:
+            changes.start_soon(functools.partial(try_change, c, node, remove=voter))
     await trio.sleep(rng.uniform(0.0, c.config.election_timeout[1] * 2))
     c.heal()
 
@@ -613,18 +608,13 @@ async def changes_across_leaders_episode(c: KVSimCluster, rng: random.Random) ->
         return
     node = c.node(leader)
     bound = c.config.election_timeout[1] * 2
-
-    async def change(by: RaftNode, **what: Any) -> None:
-        with trio.move_on_after(bound), contextlib.suppress(RaftError, BadRequest):
-            await by.change_membership(**what)
-
     for _ in range(len(node.configuration.voters) - 4):  # one try each: it may be refused
         others = [i for i in node.configuration.voters if i != leader]
-        await change(node, remove=rng.choice(others))
+        await try_change(c, node, remove=rng.choice(others))
     if not node.configuration.learners and len(c.ids) < c.initial_voters + MAX_ADDED:
         new = str(len(c.ids))
         await c.add(new)
-        await change(node, add_learner=(new, f"mem://{new}"))
+        await try_change(c, node, add_learner=(new, f"mem://{new}"))
     configuration = node.configuration
     if not node.is_leader or len(configuration.voters) != 4 or not configuration.learners:
         return
@@ -633,17 +623,25 @@ async def changes_across_leaders_episode(c: KVSimCluster, rng: random.Random) ->
     rest = [i for i in configuration.voters if i != leader]
     async with trio.open_nursery() as changes:
         c.partition([leader, learner], [i for i in c.ids if i not in (leader, learner)])
-        changes.start_soon(functools.partial(change, node, promote=learner))
+        changes.start_soon(functools.partial(try_change, c, node, promote=learner))
         second = await elected(c, rest)
         if second is not None:
             partner, removed = rng.sample([i for i in rest if i != second], 2)
             c.partition([second, partner], [i for i in c.ids if i not in (second, partner)])
             term = c.node(second).term
-            changes.start_soon(functools.partial(change, c.node(second), remove=removed))
+            changes.start_soon(functools.partial(try_change, c, c.node(second), remove=removed))
             with trio.move_on_after(ELECTION_WAIT):
                 await elected_after(c, [leader, learner, removed], term)
             await trio.sleep(rng.uniform(0.0, bound))
         c.heal()
+
+
+async def try_change(c: KVSimCluster, node: RaftNode, **change: Any) -> None:
+    """``node.change_membership(**change)``, given up after two election timeouts; refused,
+    not leading, or of unknown fate, the episode goes on."""
+    with trio.move_on_after(c.config.election_timeout[1] * 2):
+        with contextlib.suppress(RaftError, BadRequest):
+            await node.change_membership(**change)
 
 
 async def everyone_up_and_led(c: KVSimCluster) -> str | None:
