@@ -16,7 +16,7 @@ import trio
 from tests.processes import ProcessCluster
 from trioraft import ClusterClient, FileStorage, Versioned
 from trioraft.raft.log import Entry
-from trioraft.raft.storage import HardState
+from trioraft.raft.storage import HardState, parse_log
 from trioraft.testing import RELIABLE, Network
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
@@ -164,23 +164,30 @@ async def test_backup_during_writes_restores_into_a_new_cluster(
         await cluster.stop_all()
 
 
-async def make_data_dir(directory: Path, entries: int) -> None:
-    """A data directory as a node leaves it: a hard state and ``entries`` log records."""
+async def make_data_dir(directory: Path, entries: int, unsynced: int = 0) -> None:
+    """A data directory as a node leaves it: a hard state and ``entries`` log records, the
+    last ``unsynced`` of them appended after the last fsync."""
     storage = FileStorage(directory)
     storage.load()
     await storage.save_hard_state(HardState(2, "1"))
-    storage.append(
-        1,
-        [
-            Entry(
-                1 if k < 3 else 2,
-                json.dumps({"o": "1", "t": k, "ops": [{"op": "get", "key": f"k{k}"}]}),
-            )
-            for k in range(entries)
-        ],
-    )
+    records = [
+        Entry(
+            1 if k < 3 else 2,
+            json.dumps({"o": "1", "t": k, "ops": [{"op": "get", "key": f"k{k}"}]}),
+        )
+        for k in range(entries)
+    ]
+    synced = entries - unsynced
+    storage.append(1, records[:synced])
     storage.sync_blocking()
+    storage.append(synced + 1, records[synced:])
     storage.close()
+
+
+def entries_bytes(directory: Path, entries: int) -> bytes:
+    """The first bytes of ``directory``'s log, through its ``entries``-th record."""
+    raw = (directory / "log").read_bytes()
+    return raw[: parse_log(raw, "log").offsets[entries]]
 
 
 def unchanged(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -195,6 +202,7 @@ async def test_inspect_a_clean_a_torn_and_a_flipped_data_directory(tmp_path: Pat
     code, out, err = await cli("inspect", str(clean))
     assert code == 0 and err == ""
     assert "term 2, voted for 1" in out and "entries 1..10 (10), terms 1..2" in out
+    assert "synced through index 10" in out
     code, out, _ = await cli("inspect", str(clean), "--dump")
     dumped = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert code == 0 and [e["index"] for e in dumped] == list(range(1, 11))
@@ -202,7 +210,7 @@ async def test_inspect_a_clean_a_torn_and_a_flipped_data_directory(tmp_path: Pat
     assert unchanged(clean) == seen
 
     torn = tmp_path / "torn"
-    await make_data_dir(torn, 10)
+    await make_data_dir(torn, 10, unsynced=1)
     log = torn / "log"
     size = log.stat().st_size
     os.truncate(log, size - 5)  # the last append cut short by a crash
@@ -212,6 +220,15 @@ async def test_inspect_a_clean_a_torn_and_a_flipped_data_directory(tmp_path: Pat
     assert code == 3 and report["verdict"] == "torn" and report["log"]["last_index"] == 9
     assert report["log"]["file_bytes"] - report["log"]["valid_bytes"] > 0
     assert unchanged(torn) == seen  # reported, not cut
+
+    # Synced records cut off at a record boundary: a well-formed log, but shorter than the
+    # node had synced (and acknowledged).
+    cut = tmp_path / "cut"
+    await make_data_dir(cut, 10)
+    os.truncate(cut / "log", len(entries_bytes(cut, 7)))
+    code, out, err = await cli("inspect", str(cut))
+    assert code == 1 and "CORRUPT" in out and len(err.splitlines()) == 1
+    assert "the records end at index 7, but this node had synced them through index 10" in err
 
     flipped = tmp_path / "flipped"
     await make_data_dir(flipped, 10)

@@ -18,6 +18,8 @@ import trio
 
 from tests.processes import NodeProcess, ProcessCluster
 from trioraft import BadRequest, ClusterClient, MaybeApplied
+from trioraft.raft.log import Entry
+from trioraft.raft.storage import encode_record, parse_log
 
 #: Real clusters are timing-sensitive: they share one xdist worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("http-cluster")
@@ -101,12 +103,46 @@ async def test_a_node_with_damaged_storage_refuses_to_start(tmp_path: Path, dama
         assert "wipe its data directory" in lines[0] or "backup" in lines[0]
 
 
+async def test_a_node_whose_log_lost_synced_records_refuses_to_start(tmp_path: Path) -> None:
+    """Synced records cut from a follower's log at a record boundary leave a well-formed,
+    shorter log: the sync mark tells, and the node refuses to start rather than run (and
+    perhaps lead) without writes it acknowledged."""
+    cluster = ProcessCluster(3, tmp_path)
+    async with trio.open_nursery() as nursery:
+        await cluster.start_all(nursery)
+        async with ClusterClient(list(cluster.urls.values())) as kv:
+            with trio.fail_after(20):
+                for k in range(30):
+                    await kv.put(f"k{k}", "v", 0)
+        with trio.fail_after(20):
+            await every_node_holds_the_whole_log(cluster)
+            statuses = {i: await cluster.status(i) for i in cluster.ids}
+        follower = next(i for i, s in statuses.items() if s and s["role"] == "follower")
+        await cluster.stop_all()
+        log = cluster.data_dirs[follower] / "log"
+        raw = log.read_bytes()
+        records = parse_log(raw, str(log))
+        os.truncate(log, records.offsets[-10])  # its last ten records, at a record boundary
+        node = cluster.nodes[follower]
+        with trio.fail_after(20):
+            assert not await node.start(nursery), "a node that lost synced records served"
+        stderr = node.stderr.decode()
+        assert node.exit == 1 and "Traceback" not in stderr, stderr
+        lines = [line for line in stderr.splitlines() if "storage corrupt" in line]
+        assert len(lines) == 1 and str(log) in lines[0], stderr
+        last = records.last_index
+        assert f"the records end at index {last - 10}, but this node had synced them " in lines[0]
+        assert f"through index {last}" in lines[0]
+
+
 async def test_a_torn_tail_is_cut_and_the_node_rejoins(tmp_path: Path) -> None:
     cluster = ProcessCluster(3, tmp_path)
     async with trio.open_nursery() as nursery:
         written = await write_and_stop(cluster, nursery, 30)
         log = cluster.data_dirs["1"] / "log"
-        os.truncate(log, log.stat().st_size - 5)  # a crash in the middle of the last append
+        # A crash in the middle of an append that was never synced: a record cut short.
+        with log.open("ab") as tail:
+            tail.write(encode_record(10**6, Entry(1, "never synced"))[:-5])
         await cluster.start_all(nursery)
         async with ClusterClient(list(cluster.urls.values())) as kv:
             with trio.fail_after(20):

@@ -24,11 +24,18 @@ from trioraft.raft.storage import (
 ENTRIES = [Entry(1 + i // 3, f"command-{i}" * (1 + i % 4)) for i in range(12)]
 
 
-async def written(directory: Path, entries: list[Entry] = ENTRIES) -> FileStorage:
+async def written(
+    directory: Path, entries: list[Entry] = ENTRIES, *, unsynced: int = 0
+) -> FileStorage:
+    """A storage holding ``entries`` and a hard state, left open; all synced but the last
+    ``unsynced`` (appended after the last fsync, as a crash in an append finds them)."""
     storage = FileStorage(directory)
     storage.load()
-    storage.append(1, entries)
+    synced = len(entries) - unsynced
+    storage.append(1, entries[:synced])
     await storage.sync()
+    if unsynced:
+        storage.append(synced + 1, entries[synced:])
     await storage.save_hard_state(HardState(4, "n2"))
     return storage
 
@@ -61,7 +68,7 @@ def record_ends(entries: list[Entry] = ENTRIES) -> list[int]:
 async def test_every_torn_tail_recovers_a_valid_prefix(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    storage = await written(tmp_path)
+    storage = await written(tmp_path, unsynced=3)
     storage.close()
     raw = (tmp_path / "log").read_bytes()
     ends = record_ends()
@@ -78,8 +85,8 @@ async def test_every_torn_tail_recovers_a_valid_prefix(
 
 async def test_every_corrupt_byte_is_caught(tmp_path: Path) -> None:
     """A damaged byte anywhere is refused, except in the last record, where it looks exactly
-    like a torn append: that record alone is cut."""
-    storage = await written(tmp_path)
+    like a torn append (if it was never synced): that record alone is cut."""
+    storage = await written(tmp_path, unsynced=1)
     storage.close()
     raw = (tmp_path / "log").read_bytes()
     ends = record_ends()

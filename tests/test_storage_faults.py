@@ -31,18 +31,22 @@ for _i, _entry in enumerate(ENTRIES):
     ENDS.append(ENDS[-1] + len(encode_record(_i + 1, _entry)))
 
 
-async def written(directory: Path, **options: object) -> FileStorage:
-    """A storage holding ENTRIES (synced) and a hard state, left open."""
+async def written(directory: Path, unsynced: int = 0, **options: object) -> FileStorage:
+    """A storage holding ENTRIES and a hard state, left open; all synced but the last
+    ``unsynced`` entries (appended after the last fsync, as a crash in an append finds them)."""
     storage = FileStorage(directory, **options)  # type: ignore[arg-type]
     storage.load()
     await storage.save_hard_state(HardState(3, "n1"))
-    storage.append(1, ENTRIES)
+    synced = len(ENTRIES) - unsynced
+    storage.append(1, ENTRIES[:synced])
     await storage.sync()
+    if unsynced:
+        storage.append(synced + 1, ENTRIES[synced:])
     return storage
 
 
-async def closed(directory: Path) -> Path:
-    (await written(directory)).close()
+async def closed(directory: Path, unsynced: int = 0) -> Path:
+    (await written(directory, unsynced)).close()
     return directory / "log"
 
 
@@ -82,7 +86,7 @@ def flip(path: Path, offset: int) -> None:
 async def test_torn_tail_is_cut_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, cut: int, tail: bytes
 ) -> None:
-    log = await closed(tmp_path)
+    log = await closed(tmp_path, unsynced=1)
     log.write_bytes(log.read_bytes()[:cut] + tail)
     entries = FileStorage(tmp_path).load().log.entries
     kept = max(k for k, end in enumerate(ENDS) if end <= cut)
@@ -92,6 +96,86 @@ async def test_torn_tail_is_cut_with_a_warning(
     caplog.clear()
     assert FileStorage(tmp_path).load().log.entries == ENTRIES[:kept]
     assert "torn" not in caplog.text  # cut once, for good
+
+
+# -- synced records lost --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(ENDS[7], id="at-a-record-boundary"),
+        pytest.param(ENDS[-1] - 7, id="mid-record"),
+        pytest.param(LOG_HEADER_SIZE, id="every-record"),
+    ],
+)
+async def test_a_log_that_lost_synced_records_is_refused(tmp_path: Path, cut: int) -> None:
+    """Records cut after they were synced (and perhaps acknowledged): at a record boundary
+    the rest is a well-formed log, mid-record it looks like a torn append, and only the sync
+    mark tells either from a log that never held them."""
+    log = await closed(tmp_path)
+    log.write_bytes(log.read_bytes()[:cut])
+    kept = max(k for k, end in enumerate(ENDS) if end <= cut)
+    message = refusal(tmp_path)
+    assert message.startswith(
+        f"{log}: offset {ENDS[kept]}: the records end at index {kept}, but this node had "
+        f"synced them through index {len(ENTRIES)} ({tmp_path / 'synced'})"
+    )
+
+
+async def test_records_dropped_on_purpose_lower_the_sync_mark_first(tmp_path: Path) -> None:
+    """A follower's conflicting entries, and a log rewritten to end earlier (a snapshot that
+    replaces a conflicting history), leave a log that loads, whatever else reached the disk."""
+    storage = await written(tmp_path)
+    storage.truncate_from(7)  # no sync after it: the cut is in the file all the same
+    storage.close()
+    assert FileStorage(tmp_path).load().log.entries == ENTRIES[:6]
+
+    storage = FileStorage(tmp_path)
+    storage.load()
+    storage.append(7, ENTRIES[6:])
+    await storage.sync()
+    log = Log()
+    log.compact(4, 9)  # a snapshot of another history at index 4
+    await storage.save_snapshot(Snapshot(4, 9, b"theirs"), log)
+    storage.close()
+    loaded = FileStorage(tmp_path).load()
+    assert loaded.log.last_index == 4 and loaded.snapshot == Snapshot(4, 9, b"theirs")
+
+
+async def test_a_data_directory_without_a_sync_mark_loads_and_gains_one(tmp_path: Path) -> None:
+    """Directories written before the mark was kept load as before; the mark is then set."""
+    log = await closed(tmp_path)
+    (tmp_path / "synced").unlink()
+    storage = FileStorage(tmp_path)
+    assert storage.load().log.entries == ENTRIES
+    storage.close()
+    log.write_bytes(log.read_bytes()[: ENDS[7]])
+    assert "the records end at index 7" in refusal(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"\x01\x02\x03", "3 bytes, not the 12 of a sync mark"),
+        (b"\x0a" + bytes(11), "the sync mark fails its checksum"),
+    ],
+)
+async def test_a_damaged_sync_mark_is_refused(tmp_path: Path, content: bytes, what: str) -> None:
+    await closed(tmp_path)
+    (tmp_path / "synced").write_bytes(content)
+    assert refusal(tmp_path) == f"{tmp_path / 'synced'}: offset 0: {what}; {REMEDY}"
+
+
+@pytest.mark.timeout(30)  # a read of the FIFO would block for good
+@pytest.mark.parametrize("name", ["log", "hardstate", "synced"])
+async def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(
+    tmp_path: Path, name: str
+) -> None:
+    await closed(tmp_path)
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)
+    assert refusal(tmp_path) == f"{tmp_path / name}: not a regular file; {REMEDY}"
 
 
 # -- everything else is refused -------------------------------------------------------------
@@ -304,7 +388,7 @@ async def test_directory_is_0700_and_files_0600(tmp_path: Path) -> None:
     (await compacted(directory, 6)).close()
     assert mode(directory) == 0o700
     names = {p.name for p in directory.iterdir()}
-    assert names == {"log", "hardstate", "snapshot"}
+    assert names == {"log", "hardstate", "snapshot", "synced"}
     assert all(mode(directory / name) == 0o600 for name in names)
 
 

@@ -677,7 +677,8 @@ def inspection_text(report: Inspection) -> str:
             (
                 "log",
                 f"{what}, continues from index {log.base_index} (term {log.base_term}), "
-                f"{log.file_bytes:,} bytes (every record's checksum ok)",
+                f"{log.file_bytes:,} bytes (every record's checksum ok), "
+                f"synced through index {log.synced_through}",
             )
         )
         if log.torn:

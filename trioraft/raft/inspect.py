@@ -27,14 +27,17 @@ from typing import TypeVar
 
 from .._errors import StorageCorrupt
 from .log import Entry
-from .persister import corrupt, decode_blob
+from .persister import corrupt, decode_blob, read_file
 from .storage import (
+    SYNC_MARK,
     HardState,
     Snapshot,
+    check_sync_mark,
     decode_hard_state,
     decode_snapshot,
     normalize,
     parse_log,
+    read_sync_mark,
 )
 
 T = TypeVar("T")
@@ -59,6 +62,7 @@ class LogReport:
     valid_bytes: int  # where the valid records end
     torn: str = ""  # what is wrong with the tail past ``valid_bytes``, if anything
     dropped_at_start: bool = False  # records a node drops: they overlap a newer snapshot
+    synced_through: int = 0  # the sync mark: the records were durable up to this index
 
 
 @dataclass
@@ -126,13 +130,23 @@ def _inspect_log(
 ) -> None:
     """Parse the log; with ``check_files`` (the other two files were readable), check that
     the three files agree."""
-    log_path = path / "log"
+    log_path, mark_path = path / "log", path / SYNC_MARK
+    mark = _guard(report, lambda: read_sync_mark(mark_path))
     try:
-        raw = log_path.read_bytes()
+        raw = read_file(log_path)
     except FileNotFoundError:
-        if check_files and (has_hard_state or report.snapshot is not None):
-            found = "a hard state" if has_hard_state else "a snapshot"
+        if check_files and (has_hard_state or report.snapshot is not None or mark):
+            found = (
+                "a hard state"
+                if has_hard_state
+                else "a snapshot"
+                if report.snapshot
+                else "a sync mark"
+            )
             report.problems.append(str(corrupt(log_path, f"missing beside {found}")))
+        return
+    except StorageCorrupt as exc:
+        report.problems.append(str(exc))
         return
     try:
         parsed = parse_log(raw, str(log_path))
@@ -152,7 +166,10 @@ def _inspect_log(
         file_bytes=len(raw),
         valid_bytes=parsed.end,
         torn=parsed.damage,
+        synced_through=mark or 0,
     )
+    if mark is not None:
+        _guard(report, lambda: check_sync_mark(parsed, mark, str(log_path), str(mark_path)))
     if check_files:
         report.problems += _disagreements(
             path, report, has_hard_state, parsed.base_index, parsed.base_term
@@ -197,10 +214,10 @@ def _disagreements(
 def _read_blob(path: Path, report: Inspection) -> bytes | None:
     """The checked content of a blob file, ``b""`` if it is absent, ``None`` if damaged."""
     try:
-        raw = path.read_bytes()
+        raw = _guard(report, lambda: read_file(path))
     except FileNotFoundError:
         return b""
-    return _guard(report, lambda: decode_blob(raw, str(path)))
+    return None if raw is None else _guard(report, lambda: decode_blob(raw, str(path)))
 
 
 def _guard(report: Inspection, read: Callable[[], T]) -> T | None:

@@ -19,6 +19,7 @@ The methods block on disk I/O; from Trio, call them with ``trio.to_thread.run_sy
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable
@@ -66,6 +67,21 @@ def decode_blob(raw: bytes, where: str) -> bytes:
     return data
 
 
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The whole content of the regular file at ``path``; raises FileNotFoundError if there
+    is none, and StorageCorrupt for anything else there (a FIFO would block the read forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise corrupt(path, "not a regular file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -108,7 +124,7 @@ class Persister:
 
     def read(self) -> bytes:
         try:
-            raw = self.path.read_bytes()
+            raw = read_file(self.path)
         except FileNotFoundError:
             return b""
         return decode_blob(raw, str(self.path))

@@ -22,7 +22,9 @@ What ``FileStorage.load`` accepts, and what it refuses:
 - Anything else raises :class:`~trioraft.StorageCorrupt` with one line,
   ``<path>: offset <n>: <what is wrong>; <what to do>`` (no offset part where none applies):
   a damaged record followed by a valid one (found by scanning forward for a record with a
-  plausible length and index and a matching CRC), a log whose header is missing or damaged,
+  plausible length and index and a matching CRC), a log file whose records end before the
+  sync mark (records lost after they were synced, and perhaps acknowledged, whether the cut
+  fell on a record boundary or inside a record), a log whose header is missing or damaged,
   records not consecutive from the base, a log missing beside a hard state or snapshot, a
   hard state missing beside a non-empty log or a snapshot, a snapshot missing or older than
   the log's base (a gap), and any blob failing its checksum. In doubt it refuses: if a crash
@@ -31,6 +33,16 @@ What ``FileStorage.load`` accepts, and what it refuses:
 - Log records that overlap or conflict with a snapshot newer than the log's base are the
   result of a crash between the snapshot save and the log rewrite: :func:`normalize` drops
   them and the log is rewritten (not corruption).
+
+The ``synced`` file (the *sync mark*) holds the index of the last log record known to be
+durable (``u64 index, u32 crc32`` of it), so that a log that lost synced records is told
+from one that never had them: a cut at a record boundary leaves a well-formed, shorter log,
+and a cut in the middle of a record looks like a torn tail. After each fsync of the log the
+mark is raised in place, without an fsync of its own (a mark lost by a power failure is
+only lower, which is safe); before the log drops records on purpose (a follower's conflicting
+entries, a rewrite that ends earlier) it is lowered, durably. ``load`` refuses a log file
+whose records end before the mark, and reads a missing mark as 0 (directories written before
+it was kept).
 
 The ``snapshot`` file's content is ``TRSNAP02``, ``u64 index, u64 term``, ``u32 length``
 and that many bytes of the cluster configuration as of ``index`` (JSON), then the
@@ -45,6 +57,8 @@ start: opening the storage deletes one a crash left; once complete and checked, 
 snapshot is saved through ``save_snapshot`` like any other.
 
 Invariants:
+- The sync mark never exceeds the last record durable in the log file (it is raised only
+  after an fsync that covered that record, and lowered durably before records are dropped).
 - Nothing appended is durable until ``sync`` or ``sync_blocking`` returns;
   ``save_hard_state`` and ``save_snapshot`` are durable when they return; what ``load``
   returns is durable (it fsyncs the log and the directory once).
@@ -86,7 +100,7 @@ from .._errors import DataDirectoryConflict
 from .._logging import logger
 from .log import Entry, Log
 from .membership import Configuration
-from .persister import FILE_MODE, Persister, corrupt, fsync_dir
+from .persister import FILE_MODE, Persister, corrupt, fsync_dir, read_file
 
 _RECORD_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
 _ENTRY_HEAD = struct.Struct("<QQ")  # index, term
@@ -98,6 +112,10 @@ _LOG_MAGIC = b"TRLOG001"
 _LOG_HEAD = struct.Struct("<8sQQ")  # magic, base index, base term
 _LOG_CRC = struct.Struct("<I")  # crc32 of the head
 LOG_HEADER_SIZE = _LOG_HEAD.size + _LOG_CRC.size
+_MARK = struct.Struct("<QI")  # the sync mark: index, crc32 of the index's 8 bytes
+_MARK_INDEX = struct.Struct("<Q")
+#: The sync mark's file (see the module docstring).
+SYNC_MARK = "synced"
 DIRECTORY_MODE = 0o700
 #: Where a snapshot arriving in chunks from the leader is written until it is complete.
 INCOMING_SNAPSHOT = "snapshot.incoming"
@@ -111,6 +129,7 @@ _FILE_NAMES = (
     INCOMING_SNAPSHOT,
     "lock",
     "owner",
+    SYNC_MARK,
 )
 
 #: The operations a ``fault`` hook sees, each before its write (``incoming``: a chunk of a
@@ -218,6 +237,11 @@ class ParsedLog:
     end: int  # where the valid records end: a torn tail, if any, runs from here
     damage: str = ""  # what is wrong at ``end`` if the tail is torn
 
+    @property
+    def last_index(self) -> int:
+        """The index of the last valid record (the base's if there is none)."""
+        return self.records[-1][0] if self.records else self.base_index
+
 
 def parse_log(raw: bytes, path: str) -> ParsedLog:
     """Parse a log file without changing it; raise StorageCorrupt for anything but a torn
@@ -303,6 +327,43 @@ def _find_valid_record(raw: bytes, damaged: int, last_index: int) -> int | None:
         if zlib.crc32(view[start : start + length]) == crc:
             return pos
     return None
+
+
+def encode_sync_mark(index: int) -> bytes:
+    head = _MARK_INDEX.pack(index)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def decode_sync_mark(raw: bytes, where: str) -> int:
+    """The index a sync mark file holds (0 for an absent one: ``b""``)."""
+    if not raw:
+        return 0
+    if len(raw) != _MARK.size:
+        raise corrupt(where, f"{len(raw)} bytes, not the {_MARK.size} of a sync mark", 0)
+    index, crc = _MARK.unpack(raw)
+    if zlib.crc32(raw[: _MARK_INDEX.size]) != crc:
+        raise corrupt(where, "the sync mark fails its checksum", 0)
+    return index
+
+
+def read_sync_mark(path: Path) -> int:
+    """The sync mark kept at ``path`` (0 if there is none)."""
+    try:
+        return decode_sync_mark(read_file(path), str(path))
+    except FileNotFoundError:
+        return 0
+
+
+def check_sync_mark(parsed: ParsedLog, mark: int, log_path: str, mark_path: str) -> None:
+    """Raise StorageCorrupt if the log file's valid records end before the sync mark."""
+    if parsed.last_index < mark:
+        raise corrupt(
+            log_path,
+            f"the records end at index {parsed.last_index}, but this node had synced them "
+            f"through index {mark} ({mark_path}): synced entries, perhaps acknowledged, "
+            "are lost",
+            parsed.end,
+        )
 
 
 def normalize(snapshot: Snapshot | None, records: list[tuple[int, Entry]]) -> tuple[Log, bool]:
@@ -413,6 +474,9 @@ class FileStorage:
         self._saved_snapshot_index = 0  # the snapshot file's (known once loaded)
         self._log_path = self.directory / "log"
         self._fd = -1
+        self._mark_path = self.directory / SYNC_MARK
+        self._mark_fd = -1
+        self._mark = 0  # the sync mark as last written (or read)
         self._offsets: list[int] = []  # file offset of the record of each entry in the log
         self._first_index = 1  # index of the first record in the file
         self._log_end = LOG_HEADER_SIZE  # the log file's size as far as writes succeeded
@@ -427,19 +491,21 @@ class FileStorage:
         hard_state = decode_hard_state(hard_raw, str(self._hard_state.path))
         snapshot = decode_snapshot(self._snapshot.read(), str(self._snapshot.path))
         self._saved_snapshot_index = 0 if snapshot is None else snapshot.index
+        self._mark = read_sync_mark(self._mark_path)
         try:
-            raw = self._log_path.read_bytes()
+            raw = read_file(self._log_path)
         except FileNotFoundError:
             raw = None
         if raw is None:
-            if hard_raw or snapshot is not None:
-                found = "a hard state" if hard_raw else "a snapshot"
+            if hard_raw or snapshot is not None or self._mark:
+                found = "a hard state" if hard_raw else "a snapshot" if snapshot else "a sync mark"
                 raise corrupt(self._log_path, f"missing beside {found}")
             log = Log()
             self._rewrite(log)
             return Loaded(hard_state, None, log)
         parsed = parse_log(raw, str(self._log_path))
         self._check_consistent(hard_raw, snapshot, parsed)
+        check_sync_mark(parsed, self._mark, str(self._log_path), str(self._mark_path))
         log, dropped = normalize(snapshot, parsed.records)
         torn = parsed.end < len(raw)
         if torn:
@@ -458,6 +524,7 @@ class FileStorage:
             self._open_log(log.snapshot_index + 1, parsed.offsets)
             self._log_end = parsed.end
             os.fsync(self._fd)  # what a killed process appended but never synced is durable now
+            self._raise_mark(self._file_last_index)
         fsync_dir(self.directory)  # and so is a rename whose directory fsync a crash skipped
         return Loaded(hard_state, snapshot, log)
 
@@ -506,7 +573,8 @@ class FileStorage:
         self._offsets = offsets
 
     def _rewrite(self, log: Log) -> None:
-        """Replace the log file by one holding exactly ``log``'s entries (atomically)."""
+        """Replace the log file by one holding exactly ``log``'s entries (atomically); the
+        sync mark follows it."""
         tmp = self._log_path.with_name("log.tmp")
         offsets, pos = [], LOG_HEADER_SIZE
         chunks = [encode_log_header(log.snapshot_index, log.snapshot_term)]
@@ -524,11 +592,35 @@ class FileStorage:
         finally:
             os.close(fd)
         self._after_step("log-written")
+        if log.last_index < self._mark:
+            self._set_mark(log.last_index, durable=True)  # before the log may end earlier
         os.replace(tmp, self._log_path)
         self._after_step("log-renamed")
         fsync_dir(self.directory)
         self._open_log(log.snapshot_index + 1, offsets)
         self._log_end = pos
+        self._raise_mark(log.last_index)
+
+    @property
+    def _file_last_index(self) -> int:
+        """The index of the log file's last record (its base's if it has none)."""
+        return self._first_index + len(self._offsets) - 1
+
+    def _raise_mark(self, last: int) -> None:
+        """After an fsync that covered the log file through record ``last``: the sync mark
+        moves up to it."""
+        if last > self._mark:
+            self._set_mark(last, durable=False)
+
+    def _set_mark(self, index: int, *, durable: bool) -> None:
+        """Write the sync mark in place; ``durable``: and fsync it (a mark lowered must be
+        on disk before the log drops records; one raised may be lost, which is safe)."""
+        if self._mark_fd < 0:
+            self._mark_fd = os.open(self._mark_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        os.pwrite(self._mark_fd, encode_sync_mark(index), 0)
+        if durable:
+            os.fsync(self._mark_fd)
+        self._mark = index
 
     def _write(self, operation: str | None, nbytes: int = 0) -> _Write:
         """Around one write: the fault seam first (``operation``, if any), and an OSError
@@ -566,19 +658,24 @@ class FileStorage:
         if keep < len(self._offsets):
             end = self._offsets[keep]
             with self._write("truncate", self._log_end - end):
+                if index - 1 < self._mark:
+                    self._set_mark(index - 1, durable=True)
                 os.ftruncate(self._fd, end)
             self._log_end = end
             del self._offsets[keep:]
 
     async def sync(self) -> None:
         self._refuse_if_failed()
+        last = self._file_last_index
         with self._write("sync", self._log_end):
             await trio.to_thread.run_sync(os.fsync, self._fd)
+            self._raise_mark(last)
 
     def sync_blocking(self) -> None:
         self._refuse_if_failed()
         with self._write("sync", self._log_end):
             os.fsync(self._fd)
+            self._raise_mark(self._file_last_index)
 
     async def save_snapshot(self, snapshot: Snapshot, log: Log) -> None:
         await self.save_snapshot_file(snapshot)  # durable before the log changes
@@ -643,6 +740,9 @@ class FileStorage:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._mark_fd >= 0:
+            os.close(self._mark_fd)
+            self._mark_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = -1
