@@ -238,6 +238,8 @@ async def test_max_learners_must_be_a_non_negative_integer(tmp_path: Path, value
         (["--election-timeout", "-5"], 2, b"argument --election-timeout: expected a positive"),
         (["--lease-reads", "1"], 1, b"--lease-reads"),
         (["--election-timeout", "500", "--lease-reads", "0.6"], 1, b"--lease-reads"),
+        (["--election-timeout", "1" + "0" * 400], 2, b"argument --election-timeout: expected"),
+        (["--heartbeat-interval", str(2**63)], 2, b"argument --heartbeat-interval: expected"),
     ],
 )
 async def test_timing_flags_out_of_range_exit_naming_the_flag(
@@ -250,6 +252,60 @@ async def test_timing_flags_out_of_range_exit_naming_the_flag(
     result = await trio.run_process([*TRIORAFT, *node, *flags], capture_stderr=True, check=False)
     assert result.returncode == code and message in result.stderr, result.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--peer", "2=tcp://127.0.0.1"], b"argument --peer: '2=tcp://127.0.0.1': URL: expected"),
+        (["--peer", "2=tcp://127.0.0.1:99999"], b"argument --peer:"),
+        (["--peer", "2=http://127.0.0.1:abc"], b"argument --peer:"),
+        (["--peer", "two words=tcp://127.0.0.1:9"], b"argument --peer:"),
+        (["--client-url", "2=ftp://127.0.0.1:9"], b"argument --client-url:"),
+        (["--id", ""], b"argument --id: the id: a member id is 1..64 characters"),
+        (["--id", "a\nb"], b"argument --id:"),
+    ],
+)
+async def test_malformed_ids_and_urls_exit_2_naming_the_flag(
+    tmp_path: Path, flags: list[str], message: bytes
+) -> None:
+    node = ["node", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+            "--data-dir", str(tmp_path / "d"), "--insecure"]  # fmt: skip
+    with trio.fail_after(30):  # a node that took them would serve for good
+        result = await trio.run_process(
+            [*TRIORAFT, *node, *flags], capture_stderr=True, check=False
+        )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert b"Traceback" not in result.stderr and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "message"),
+    [
+        ("--cluster-token-file", None, b"must be at most 4096 bytes"),  # /dev/zero: never ends
+        ("--client-token-file", b"\xff\xfe" * 16, b"must be printable ASCII without spaces"),
+        ("--client-token-file", b"two words, and more of them", b"printable ASCII without"),
+    ],
+)
+async def test_token_files_that_cannot_be_tokens_exit_1_naming_them(
+    tmp_path: Path, flag: str, content: bytes | None, message: bytes
+) -> None:
+    path = "/dev/zero"
+    if content is not None:
+        (tmp_path / "token").write_bytes(content)
+        path = str(tmp_path / "token")
+    secret = tmp_path / "secret"
+    secret.write_text("a cluster secret of enough bytes")
+    node = ["node", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+            "--data-dir", str(tmp_path / "d")]  # fmt: skip
+    if flag != "--cluster-token-file":
+        node += ["--cluster-token-file", str(secret)]
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [*TRIORAFT, *node, flag, path], capture_stderr=True, check=False
+        )
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert b"Traceback" not in result.stderr and not (tmp_path / "d").exists()
 
 
 async def test_a_cluster_started_with_a_long_election_timeout_waits_it_out(

@@ -172,6 +172,26 @@ async def test_hostile_fields_on_a_cluster_node_answer_400_and_change_nothing(
         assert leader.machine.snapshot() == before
 
 
+async def test_an_append_numbered_zero_is_refused_not_taken_for_a_retry(make_kv_cluster) -> None:
+    """Sequence numbers start at 1: a new session has seen 0, so an append numbered 0 would
+    be answered as a retry of one applied (OK) and apply nothing."""
+    c: KVCluster = await make_kv_cluster(3)
+    with trio.fail_after(60):
+        leader = c.nodes[await wait_leader(c)]
+        assert leader is not None and leader.url is not None
+        opened = await post_hostile(leader.url, "open_session", {})
+        session = opened.json()["session"]
+        append = {"key": "k", "value": "v", "session": session, "seq": 0}
+        for route, body, field in [
+            ("append", append, "seq"),
+            ("batch", {"ops": [{"op": "append", **append}]}, "ops[0].seq"),
+        ]:
+            reply = await post_hostile(leader.url, route, body)
+            assert reply.status_code == 400, reply.text
+            assert field in reply.json()["error"]
+        assert await c.clerk().get("k") == ("", 0)
+
+
 async def test_a_batch_of_the_largest_txns_is_bounded_by_the_request_size(
     single_kv: SingleKV,
 ) -> None:

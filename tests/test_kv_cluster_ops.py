@@ -359,3 +359,16 @@ async def test_a_follower_names_the_leader_in_its_wrong_leader_reply(make_kv_clu
         async with httpx.AsyncClient(base_url=c.urls[leader]) as http:
             reply = (await http.post("/get", json={"key": "k"})).json()
             assert (reply["value"], reply["version"], reply["err"]) == ("v", 1, "OK")
+
+
+async def test_a_batch_answers_the_index_its_reads_reflect(make_kv_cluster) -> None:
+    """A batch's ``index`` is what the server had applied, its leader's no-op and
+    configuration entries included: the index its reads reflect, never one behind it."""
+    c = await make_kv_cluster(3)
+    with trio.fail_after(30):
+        leader = await wait_leader(c)
+        async with httpx.AsyncClient(base_url=c.urls[leader]) as http:
+            batch = {"ops": [{"op": "get", "key": "k"}]}
+            reply = (await http.post("/batch", json=batch)).json()
+    assert reply["results"][0]["err"] == "NoKey"
+    assert reply["index"] == reply["results"][0]["index"] >= 1  # the no-op, at least

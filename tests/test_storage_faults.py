@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trioraft import StorageCorrupt
+from trioraft import DataDirectoryConflict, StorageCorrupt
 from trioraft.raft.log import Entry, Log
+from trioraft.raft.membership import CONFIGURATION_PREFIX
 from trioraft.raft.persister import REMEDY, SAVE_STEPS, Persister
 from trioraft.raft.storage import (
     LOG_HEADER_SIZE,
@@ -374,6 +376,51 @@ async def test_snapshot_is_durable_before_the_log_changes(tmp_path: Path) -> Non
     loaded = FileStorage(tmp_path).load()  # the snapshot, and the log that agrees with it
     assert loaded.snapshot == Snapshot(6, ENTRIES[5].term, b"state")
     assert (loaded.log.snapshot_index, loaded.log.entries) == (6, ENTRIES[6:])
+
+
+# -- crafted content with valid checksums -------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON, nested past Python's recursion limit
+
+
+async def test_a_deeply_nested_hard_state_is_refused(tmp_path: Path) -> None:
+    await closed(tmp_path)
+    Persister(tmp_path / "hardstate").save(DEEP)
+    assert (
+        refusal(tmp_path) == f"{tmp_path / 'hardstate'}: the content is not a hard state; {REMEDY}"
+    )
+
+
+async def test_a_snapshot_whose_configuration_is_nested_too_deeply_is_refused(
+    tmp_path: Path,
+) -> None:
+    await closed(tmp_path)
+    raw = b"TRSNAP02" + struct.pack("<QQI", 4, 1, len(DEEP)) + DEEP + b"state"
+    Persister(tmp_path / "snapshot").save(raw)
+    message = refusal(tmp_path)
+    assert message.startswith(f"{tmp_path / 'snapshot'}: the configuration is not valid: ")
+
+
+@pytest.mark.parametrize("configuration", [DEEP, b"[]", b"{not json"])
+async def test_a_log_holding_a_damaged_configuration_entry_is_refused(
+    tmp_path: Path, configuration: bytes
+) -> None:
+    storage = await written(tmp_path)
+    storage.append(len(ENTRIES) + 1, [Entry(9, CONFIGURATION_PREFIX + configuration.decode())])
+    await storage.sync()
+    storage.close()
+    message = refusal(tmp_path)
+    assert message.startswith(
+        f"{tmp_path / 'log'}: offset {ENDS[-1]}: the configuration entry of index "
+        f"{len(ENTRIES) + 1}: "
+    )
+
+
+def test_an_owner_file_that_is_not_text_names_the_directory(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    (tmp_path / "owner").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataDirectoryConflict, match="the data directory of node '"):
+        FileStorage(tmp_path, owner="1")
 
 
 # -- permissions ----------------------------------------------------------------------------

@@ -89,7 +89,13 @@ from .kv.clients import ClusterClient
 from .kv.lease_lock import LockLost, lease_lock
 from .kv.lock import Lock
 from .kv.machine import KVMachine
-from .kv.messages import DEFAULT_RANGE_LIMIT, MembershipReply, TxnArgs
+from .kv.messages import (
+    DEFAULT_RANGE_LIMIT,
+    MembershipReply,
+    TxnArgs,
+    check_member_id,
+    check_member_url,
+)
 from .kv.node import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -101,7 +107,12 @@ from .kv.status import fetch_statuses, render_table
 from .raft.config import RaftConfig
 from .raft.inspect import Inspection, inspect_data_dir
 from .rpc.codec import decode, encode
-from .rpc.http import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, serve
+from .rpc.http import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    header_safe,
+    serve,
+)
 from .rpc.tls import ClientTls, ServerTls
 
 
@@ -113,10 +124,24 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 
 def parse_peer(text: str) -> tuple[str, str]:
+    """``ID=URL``: a member id and where it is reached, checked as the membership routes do."""
     peer_id, sep, url = text.partition("=")
-    if not sep or not peer_id or not url.startswith(("http://", "https://", "tcp://")):
+    if not sep:
         raise argparse.ArgumentTypeError(f"expected ID=URL, got {text!r}")
+    try:
+        check_member_id(peer_id, "ID")
+        check_member_url(url, "URL", ("http", "https", "tcp"))
+    except BadRequest as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.message}") from None
     return peer_id, url
+
+
+def parse_member_id(text: str) -> str:
+    try:
+        check_member_id(text, "the id")
+    except BadRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     node = commands.add_parser("node", help="run one server of a replicated KV cluster")
-    node.add_argument("--id", required=True)
+    node.add_argument("--id", type=parse_member_id, required=True)
     node.add_argument("--listen", type=parse_host_port, required=True, help="for clients")
     node.add_argument("--peer-listen", type=parse_host_port, required=True, help="for peers")
     node.add_argument("--peer", type=parse_peer, action="append", default=[])
@@ -278,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore_ = commands.add_parser("restore", help="seed a new cluster's node from a backup")
     restore_.add_argument("file")
     restore_.add_argument("--data-dir", required=True, help="absent or empty")
-    restore_.add_argument("--id", required=True, help="the id the node will run with")
+    restore_.add_argument(
+        "--id", type=parse_member_id, required=True, help="the id the node will run with"
+    )
     inspect = commands.add_parser("inspect", help="check a data directory (read-only)")
     inspect.add_argument("data_dir")
     inspect.add_argument("--dump", action="store_true", help="print every log entry")
@@ -301,14 +328,18 @@ def parse_txn(text: str) -> TxnArgs:
     return request
 
 
+#: The largest integer any flag takes (the wire's, a 64-bit signed integer).
+MAX_FLAG_INT = 2**63 - 1
+
+
 def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_FLAG_INT:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
 
 
 def non_negative_int(text: str) -> int:
-    if not text.isdigit():
+    if not text.isdigit() or int(text) > MAX_FLAG_INT:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return int(text)
 
@@ -359,16 +390,32 @@ def configure_logging(level: str, log_format: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
+#: The longest secret a token file may hold (a file that never ends, /dev/zero say, is
+#: refused after this much, not read into memory for good).
+MAX_SECRET_BYTES = 4096
+
+
 def read_secret(path: str, what: str) -> bytes:
-    """The secret in ``path`` (surrounding whitespace stripped); at least 16 bytes."""
+    """The secret in ``path`` (surrounding whitespace stripped); 16 to MAX_SECRET_BYTES bytes."""
     try:
         with open(path, "rb") as f:
-            secret = f.read().strip()
+            raw = f.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise SystemExit(f"trioraft: cannot read the {what} file: {exc}") from None
+    secret = raw.strip()
+    if len(raw) > MAX_SECRET_BYTES:
+        raise SystemExit(f"trioraft: the {what} in {path} must be at most {MAX_SECRET_BYTES} bytes")
     if len(secret) < 16:
         raise SystemExit(f"trioraft: the {what} in {path} must be at least 16 bytes")
     return secret
+
+
+def read_token(path: str, what: str) -> str:
+    """A secret sent in an HTTP header (``Authorization: Bearer``)."""
+    token = read_secret(path, what).decode("ascii", errors="replace")
+    if not header_safe(token):
+        raise SystemExit(f"trioraft: the {what} in {path} must be printable ASCII without spaces")
+    return token
 
 
 def client_tls(args: argparse.Namespace) -> ClientTls | None:
@@ -427,7 +474,7 @@ def build_node(args: argparse.Namespace) -> KVNode:
         secret = read_secret(args.cluster_token_file, "cluster token")
     token = None
     if args.client_token_file is not None:
-        token = read_secret(args.client_token_file, "client token").decode()
+        token = read_token(args.client_token_file, "client token")
     shortest = args.election_timeout / 1000
     if args.heartbeat_interval / 1000 >= shortest:
         raise SystemExit(
@@ -464,7 +511,7 @@ def build_node(args: argparse.Namespace) -> KVNode:
 
 async def run_admin(args: argparse.Namespace) -> int:
     """``member ...`` and ``transfer-leader``: print the configuration after it, as JSON."""
-    token = None if args.token_file is None else read_secret(args.token_file, "token").decode()
+    token = None if args.token_file is None else read_token(args.token_file, "token")
     name = (
         "transfer-leader" if args.command == "transfer-leader" else f"member {args.member_action}"
     )
@@ -557,7 +604,7 @@ async def run_status(args: argparse.Namespace) -> int:
 
 
 async def run_backup(args: argparse.Namespace) -> int:
-    token = None if args.token_file is None else read_secret(args.token_file, "token").decode()
+    token = None if args.token_file is None else read_token(args.token_file, "token")
     bar = ProgressBar() if sys.stderr.isatty() else None
     info = await download_backup(
         args.servers.split(","),
@@ -705,7 +752,7 @@ def inspection_text(report: Inspection) -> str:
 
 
 async def run_client(args: argparse.Namespace, cmd: list[str]) -> int:
-    token = None if args.token_file is None else read_secret(args.token_file, "token").decode()
+    token = None if args.token_file is None else read_token(args.token_file, "token")
     try:
         client = ClusterClient(args.servers.split(","), token=token, tls=client_tls(args))
     except (ValueError, OSError) as exc:  # a server URL that is none; a TLS file unreadable

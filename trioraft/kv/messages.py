@@ -152,7 +152,7 @@ class AppendArgs:
     key: str
     value: str
     session: str
-    seq: int = non_negative()
+    seq: int = field(metadata={"min": 1})  # from 1: a new session has seen 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +362,8 @@ class BatchOp:
             raise BadRequest(f"{where}.stale: only a get or a range may read stale")
         if self.op == "append" and not self.session:
             raise BadRequest(f"{where}.session: an append needs a session (open one first)")
+        if self.op == "append" and self.seq < 1:
+            raise BadRequest(f"{where}.seq: an append's sequence number, from 1")
         if self.op == "range":
             if self.range is None:
                 raise BadRequest(f"{where}.range: a range op carries its request here")
@@ -748,6 +750,7 @@ def check_member_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
             or parts.fragment
             or any(c.isspace() for c in url)
             or (port is not None and port == 0)
+            or (parts.scheme == "tcp" and port is None)  # no default port to fall back on
         ):
             problem = f"a {'/'.join(schemes)}://HOST[:PORT] URL"
     if problem:

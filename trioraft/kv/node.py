@@ -537,7 +537,7 @@ class KVNode:
         results, refused = await self.run_batch(args.ops, started)
         wrong_leader = bool(results) and results[0].err == WRONG_LEADER
         hint = self.leader_hint() if wrong_leader else ""
-        return BatchReply(results, hint, self.rsm.applied_index, refused)
+        return BatchReply(results, hint, self.raft.last_applied, refused)
 
     async def run_batch(
         self, ops: list[BatchOp], started: ReadStart | None = None

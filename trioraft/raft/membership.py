@@ -117,7 +117,11 @@ def decode_configuration(command: str) -> Configuration | None:
     command. Raises ``ValueError`` for a damaged configuration entry."""
     if not command.startswith(CONFIGURATION_PREFIX):
         return None
-    return Configuration.from_json(json.loads(command[len(CONFIGURATION_PREFIX) :]))
+    try:
+        data = json.loads(command[len(CONFIGURATION_PREFIX) :])
+    except RecursionError:
+        raise ValueError("a configuration nested too deeply") from None
+    return Configuration.from_json(data)
 
 
 def is_configuration_command(command: str) -> bool:

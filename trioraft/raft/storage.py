@@ -99,7 +99,7 @@ import trio
 from .._errors import DataDirectoryConflict
 from .._logging import logger
 from .log import Entry, Log
-from .membership import Configuration
+from .membership import Configuration, decode_configuration, is_configuration_command
 from .persister import FILE_MODE, Persister, corrupt, fsync_dir, read_file
 
 _RECORD_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
@@ -267,6 +267,12 @@ def parse_log(raw: bytes, path: str) -> ParsedLog:
             command = raw[pos + _MIN_RECORD : end].decode()
         except UnicodeDecodeError:
             raise corrupt(path, f"the command of index {index} is not UTF-8", pos) from None
+        if is_configuration_command(command):
+            try:
+                decode_configuration(command)
+            except ValueError as exc:
+                what = f"the configuration entry of index {index}: {exc}"
+                raise corrupt(path, what, pos) from None
         parsed.records.append((index, Entry(term, command)))
         parsed.offsets.append(pos)
         expected += 1
@@ -421,7 +427,7 @@ def decode_snapshot(raw: bytes, where: str = "snapshot") -> Snapshot | None:
     if length:
         try:
             configuration = Configuration.from_json(json.loads(raw[start : start + length]))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise corrupt(where, f"the configuration is not valid: {exc}") from None
     return Snapshot(index, term, raw[start + length :], configuration)
 
@@ -436,7 +442,7 @@ def decode_hard_state(raw: bytes, where: str = "hardstate") -> HardState:
     try:
         data = json.loads(raw)
         term, voted_for = data["term"], data["voted_for"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         raise corrupt(where, "the content is not a hard state") from None
     if type(term) is not int or term < 0 or not (voted_for is None or type(voted_for) is str):
         raise corrupt(where, "the content is not a hard state")
@@ -799,7 +805,7 @@ def _claim(directory: Path, owner: str) -> int:
         ) from None
     path = directory / "owner"
     try:
-        recorded = path.read_text().strip()
+        recorded = read_file(path).decode("utf-8", errors="replace").strip()
     except FileNotFoundError:
         owner_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:

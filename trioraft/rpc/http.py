@@ -293,7 +293,7 @@ def make_app(
     those methods only and the token on the others only. ``stream_routes`` answer with a
     stream of JSON lines (client methods: never with peer authentication).
     """
-    if client_token is not None and not _header_safe(client_token):
+    if client_token is not None and not header_safe(client_token):
         raise ValueError("the client token must be non-empty printable ASCII without spaces")
     app = QuartTrio(name)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -449,7 +449,8 @@ def _closing(response: Response) -> Response:
     return response
 
 
-def _header_safe(token: str) -> bool:
+def header_safe(token: str) -> bool:
+    """Whether ``token`` can be sent as a bearer token: printable ASCII without spaces."""
     return bool(token) and token.isascii() and token.isprintable() and " " not in token
 
 
@@ -843,7 +844,7 @@ class RpcClient:
         if not (client_id.isascii() and client_id.isprintable()):
             # The lean client writes the header as it is: a CR or LF would start new ones.
             raise ValueError(f"the client id must be printable ASCII, got {client_id!r}")
-        if token is not None and not _header_safe(token):
+        if token is not None and not header_safe(token):
             raise ValueError("the token must be non-empty printable ASCII without spaces")
         self._timeout = timeout
         self._max_reply_bytes = max_reply_bytes
