@@ -27,7 +27,11 @@ Invariants:
   (the oldest of those is closed for a newcomer; one proven never is); request headers
   must arrive within ``keep_alive_timeout`` of the connection opening or of the previous
   reply, and the body within ``body_timeout`` (else 408); a connection is closed when its
-  client takes less than ``SEND_STEP_BYTES`` (64 KiB) of a reply within ``send_timeout``.
+  client takes less than ``SEND_STEP_BYTES`` (64 KiB) of a reply within ``send_timeout``,
+  and the reply bytes its clients have yet to take are at most ``max_unsent_bytes``, all
+  connections together (past it the connections waiting longest are closed). HTTP/1.1
+  only: a plain connection that opens with HTTP/2's preface, or asks to upgrade to h2c, is
+  closed (HTTP/2's flow control would hold a reply outside these bounds).
   A reply that leaves a request body unread (401, 408, 413, any other error found before
   the body) carries ``Connection: close`` and the connection is then closed, so the client
   never waits on it; so is one whose request said ``Connection: close`` (or HTTP/1.0).
@@ -67,6 +71,7 @@ import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -98,6 +103,11 @@ DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
 #: hostile (2 KiB/s: a slow link is fine).
 DEFAULT_SEND_TIMEOUT = 30.0
 SEND_STEP_BYTES = 64 << 10
+#: Reply bytes a listener holds for clients that have yet to take them, all connections
+#: together (a 16 MiB reply to a client that does not read would otherwise pin its memory
+#: per connection: 40 connections held a gigabyte). Past it the oldest waiting connections
+#: are closed.
+DEFAULT_MAX_UNSENT_BYTES = 64 << 20
 INTERNAL_ERROR = {"error": "internal error"}
 STORAGE_FAILED = {"error": "this node's storage failed: it is stopping"}
 UNAUTHENTICATED_PEER = {"error": "unauthenticated peer message"}
@@ -465,6 +475,7 @@ async def serve(
     max_unproven: int | None = None,
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` with Hypercorn until cancelled; ``task_status`` gets the bound URL.
@@ -475,7 +486,9 @@ async def serve(
     ``max_unproven`` (if given) that have yet to send a request with a valid peer tag:
     past that the oldest of those is closed (see :class:`Unproven`); an idle one (no request
     headers) is closed after ``keep_alive_timeout``, as is a TLS handshake not done by then,
-    and one whose client takes less than 64 KiB of a reply within ``send_timeout``.
+    and one whose client takes less than 64 KiB of a reply within ``send_timeout``; while
+    the replies waiting for their clients pass ``max_unsent_bytes`` in all, the connections
+    waiting longest are closed (see :class:`Unsent`).
     With ``tls``, the URL is ``https://`` (and with ``tls.ca_file``, clients need a
     certificate signed by it).
 
@@ -490,10 +503,7 @@ async def serve(
     config.keep_alive_timeout = keep_alive_timeout
     config.ssl_handshake_timeout = keep_alive_timeout
     config.alpn_protocols = ["http/1.1"]  # error replies close connections the HTTP/1 way
-    # Hypercorn still speaks HTTP/2 to a client that opens a plain connection with its
-    # preface (h2c): one request at a time there too, or one connection would carry 100
-    # and the connection bounds bound nothing.
-    config.h2_max_concurrent_streams = 1
+    # (Plain connections that would switch to HTTP/2 are closed: see _Connection.)
     if tls is not None:
         config.certfile, config.keyfile = tls.cert_file, tls.key_file
         if tls.ca_file is not None:
@@ -511,6 +521,7 @@ async def serve(
     lifespan = Lifespan(asgi, config, lifespan_state)
 
     unproven = None if max_unproven is None else Unproven(max_unproven)
+    unsent = Unsent(max_unsent_bytes)
 
     async def connection(stream: trio.abc.Stream) -> None:
         state = ConnectionState(lifespan_state.copy())
@@ -519,7 +530,10 @@ async def serve(
             if unproven is not None:
                 prove = state[PROVE_STATE_KEY] = unproven.admit(scope)  # type: ignore[literal-required]
             try:
-                await _Connection(asgi, config, context, state, stream, send_timeout=send_timeout)  # type: ignore[arg-type]
+                await _Connection(
+                    asgi, config, context, state, stream,  # type: ignore[arg-type]
+                    send_timeout=send_timeout, unsent=unsent,
+                )  # fmt: skip
             finally:
                 if prove is not None:
                     prove()  # the connection is gone: no longer counted
@@ -556,17 +570,22 @@ class _Connection(TCPServer):
       one watcher per connection on a :class:`~trioraft.rpc.stall.StallClock`.
     - Hypercorn waited without limit for a client to take a reply (shielded): a client that
       stops reading held its connection for good. One that takes less than
-      ``SEND_STEP_BYTES`` within ``send_timeout`` loses its connection.
+      ``SEND_STEP_BYTES`` within ``send_timeout`` loses its connection, and the bytes all
+      connections wait to send are bounded (:class:`Unsent`).
+    - Hypercorn switched to HTTP/2 for a plain connection that opened with its preface or
+      asked for an h2c upgrade; there a client that grants no flow-control window holds its
+      reply in Hypercorn, beyond both bounds above. Such a connection is closed.
 
     Together the first two halve the scheduler's passes per request (23 to 12 for a small
     POST).
     """
 
-    def __init__(self, *args: Any, send_timeout: float) -> None:
+    def __init__(self, *args: Any, send_timeout: float, unsent: Unsent) -> None:
         super().__init__(*args)
         self.idle_task = _IdleTimer(self, self.config.keep_alive_timeout)  # type: ignore[assignment]
         self._socket = self.stream.socket if isinstance(self.stream, trio.SocketStream) else None
         self._send_timeout = send_timeout
+        self._unsent = unsent
 
     async def protocol_send(self, event: Event) -> None:
         if type(event) is Closed:
@@ -599,20 +618,29 @@ class _Connection(TCPServer):
             # Shielded as Hypercorn's own send is: a piece cut halfway would leave the
             # client reading the next reply from the middle of this one.
             with trio.CancelScope(shield=True):
-                view = memoryview(data)
-                for start in range(0, len(view), SEND_STEP_BYTES):
-                    with trio.move_on_after(self._send_timeout) as bound:
-                        try:
-                            await self.stream.send_all(view[start : start + SEND_STEP_BYTES])
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            await self.protocol.handle(Closed())
-                            return
-                    if bound.cancelled_caught:
-                        await trio.aclose_forcefully(self.stream)
-                        await self.protocol.handle(Closed())
-                        return
+                for evicted in self._unsent.wait(self, len(data)):
+                    await trio.aclose_forcefully(evicted.stream)
+                try:
+                    await self._send_steps(memoryview(data))
+                finally:
+                    self._unsent.done(self)
+
+    async def _send_steps(self, view: memoryview) -> None:
+        for start in range(0, len(view), SEND_STEP_BYTES):
+            with trio.move_on_after(self._send_timeout) as bound:
+                try:
+                    await self.stream.send_all(view[start : start + SEND_STEP_BYTES])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.protocol.handle(Closed())
+                    return
+            if bound.cancelled_caught:
+                await trio.aclose_forcefully(self.stream)
+                await self.protocol.handle(Closed())
+                return
 
     async def _read_data(self) -> None:
+        wrapper = self.protocol
+        wrapper.protocol = _Http1Only(wrapper.protocol, self.stream)  # type: ignore[assignment]
         try:
             if self._socket is None or self.config.read_timeout is not None:
                 await super()._read_data()
@@ -634,6 +662,52 @@ class _Connection(TCPServer):
             if not data:
                 break
         await self.protocol.handle(Closed())
+
+
+class _Http1Only:
+    """The HTTP/1.1 protocol of a connection, which Hypercorn would switch to HTTP/2 when
+    the client opens with HTTP/2's preface or asks for an h2c upgrade: the connection is
+    closed instead (see :class:`_Connection`)."""
+
+    def __init__(self, protocol: Any, stream: trio.abc.Stream) -> None:
+        self._protocol = protocol
+        self._stream = stream
+
+    async def handle(self, event: Event) -> None:
+        try:
+            await self._protocol.handle(event)
+        except (H2ProtocolAssumedError, H2CProtocolRequiredError):
+            await trio.aclose_forcefully(self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol, name)
+
+
+class Unsent:
+    """The reply bytes a listener's connections wait to send, bounded in all: a connection
+    that must wait to send ``n`` bytes past ``limit`` closes those waiting longest first
+    (their clients take least; one reply alone may exceed the limit). Pure bookkeeping: the
+    caller closes the connections :meth:`wait` names."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._waiting: dict[Any, int] = {}  # connection -> bytes, oldest first
+
+    def wait(self, connection: Any, n: int) -> list[Any]:
+        """``connection`` waits to send ``n`` bytes; the connections to close for them."""
+        evicted = []
+        while self._waiting and self.total + n > self.limit:
+            oldest = next(iter(self._waiting))
+            self.total -= self._waiting.pop(oldest)
+            evicted.append(oldest)
+        self._waiting[connection] = n
+        self.total += n
+        return evicted
+
+    def done(self, connection: Any) -> None:
+        """``connection`` sent its bytes, or gave up (nothing, if it was closed for room)."""
+        self.total -= self._waiting.pop(connection, 0)
 
 
 class _IdleTimer:
