@@ -1,4 +1,5 @@
-"""Shared fixtures: the seed every randomised test prints, and a proxied single-server KV."""
+"""Shared fixtures: the seed every randomised test prints, and a proxied single-server KV;
+and the Hypothesis settings every property test runs under."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+from hypothesis import settings
 
 from tests.kvtest import SingleKV, start_single_kv
 from trioraft.testing import RELIABLE, Network, deterministic_scheduling
+
+# No deadline per example: on a busy machine an example that took 300 ms instead of 30
+# failed as DeadlineExceeded (or "Flaky"), which says nothing about the code. A failure
+# prints the blob that replays it.
+settings.register_profile("trioraft", deadline=None, print_blob=True)
+settings.load_profile("trioraft")
 
 
 @pytest.fixture

@@ -262,6 +262,7 @@ async def test_timing_flags_out_of_range_exit_naming_the_flag(
         (["--peer", "2=http://127.0.0.1:abc"], b"argument --peer:"),
         (["--peer", "two words=tcp://127.0.0.1:9"], b"argument --peer:"),
         (["--client-url", "2=ftp://127.0.0.1:9"], b"argument --client-url:"),
+        (["--client-url", "2=tcp://127.0.0.1:9"], b"argument --client-url:"),  # clients: HTTP
         (["--id", ""], b"argument --id: the id: a member id is 1..64 characters"),
         (["--id", "a\nb"], b"argument --id:"),
     ],
@@ -312,8 +313,9 @@ async def test_a_cluster_started_with_a_long_election_timeout_waits_it_out(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """With ``--election-timeout 1500``, once the leader is killed no follower campaigns
-    for 1.5 s after it last heard from it (heartbeats every 50 ms: within 1.45 s of the
-    kill); then one leads. (With the default 300 ms a new leader is in within ~0.7 s.)"""
+    for 1.5 s after it last heard from it; then one leads. (With the default 300 ms a new
+    leader is in within ~0.7 s.) The bound allows 0.3 s between the followers' last
+    heartbeat and the kill as seen here: a busy machine may hold the old leader that long."""
     flags = ["--heartbeat-interval", "50", "--election-timeout", "1500"]
     cluster = ProcessCluster(3, tmp_path, extra=flags)
     with trio.fail_after(60):
@@ -323,7 +325,7 @@ async def test_a_cluster_started_with_a_long_election_timeout_waits_it_out(
         killed = trio.current_time()
         cluster.ids.remove(old)
         new = await cluster.wait_leader()
-        assert trio.current_time() - killed >= 1.45, "a follower campaigned early"
+        assert trio.current_time() - killed >= 1.2, "a follower campaigned early"
         assert new != old
         await cluster.stop_all()
 

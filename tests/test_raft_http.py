@@ -53,9 +53,17 @@ async def test_an_entry_slower_to_send_than_rpc_timeout_commits(
 ) -> None:
     """Over a link of 2 MiB/s, one AppendEntries carrying a 1.5 MB entry takes 0.7 s to
     cross, above ``rpc_timeout`` (0.5 s): the leader's wait grows with the entries' size,
-    so it commits. (Cut off at ``rpc_timeout``, the call was sent again forever.)"""
+    so it commits. (Cut off at ``rpc_timeout``, the call was sent again forever.) The
+    followers fsync it off the event loop the three nodes share, under election timeouts
+    with room for that: on a busy machine an inline fsync of it held every node's timers."""
+    config = RaftConfig(election_timeout=(1.0, 2.0), follower_sync_inline=False)
     c = await cluster(
-        nursery, 3, seed, tmp_path, profile=replace(RELIABLE, bytes_per_second=2 << 20)
+        nursery,
+        3,
+        seed,
+        tmp_path,
+        profile=replace(RELIABLE, bytes_per_second=2 << 20),
+        config=config,
     )
     leader = await c.check_one_leader()
     assert c.config.rpc_timeout < 1_500_000 / (2 << 20)  # else this test shows nothing

@@ -31,7 +31,14 @@ from trioraft.kv.messages import (
     PutArgs,
     PutReply,
 )
-from trioraft.rpc.http import GetRoute, StreamRoute, bytes_response, dispatch, dump_json
+from trioraft.rpc.http import (
+    GetRoute,
+    StreamRoute,
+    Unsent,
+    bytes_response,
+    dispatch,
+    dump_json,
+)
 
 #: Bodies every endpoint must reject: (body, status, part of the error message).
 MALFORMED_ANY = [
@@ -379,24 +386,41 @@ async def test_a_plain_connection_asking_for_http2_is_closed(
             assert reply.json() == {"text": "x"}
 
 
+def test_unsent_replies_close_the_stalest_and_count_a_large_one_as_a_quarter() -> None:
+    unsent = Unsent(100)
+    assert unsent.wait("huge", 10_000) == [] and unsent.total == 25  # a backup, say
+    assert unsent.wait("tiny", 1) == []  # room for it: the huge reply goes on
+    unsent.done("tiny")
+    assert unsent.wait("a", 30) == [] and unsent.wait("b", 20) == [] and unsent.total == 70
+    unsent.progressed("huge", 9_000)  # its client reads: to the back of the line
+    assert unsent.wait("c", 25) == [] and unsent.total == 95
+    assert unsent.wait("d", 20) == ["a"]  # took nothing for longest
+    unsent.done("a")  # closed for room: nothing more to take back
+    assert unsent.total == 90
+    assert unsent.wait("e", 50) == ["b"] and unsent.total == 95  # e counts 25 too
+    for connection in ("huge", "c", "d", "e"):
+        unsent.done(connection)
+    assert unsent.total == 0
+
+
 async def test_replies_waiting_for_their_clients_are_bounded_in_all(
     nursery: trio.Nursery,
 ) -> None:
-    """Clients that do not read pin no more than ``max_unsent_bytes`` of replies in all:
-    the connection that has waited longest is closed for a newcomer's, whose reply then
-    arrives whole."""
-    size = 8 << 20
+    """Clients that do not read pin no more than ``max_unsent_bytes`` of replies in all
+    (each counted for at most a quarter of it): the connection whose client took nothing
+    for longest is closed for a newcomer's, whose reply then arrives whole."""
+    size = 4 << 20
 
     async def big(args: Echo) -> Echo:
         return Echo("x" * size)
 
     app = make_app({"big": Route(Echo, big)})
-    url = await nursery.start(partial(serve, app, max_unsent_bytes=12 << 20))
+    url = await nursery.start(partial(serve, app, max_unsent_bytes=8 << 20))  # 2 MiB a reply
     host, port = url.removeprefix("http://").rsplit(":", 1)
     body = dump_json({"text": ""})
     with trio.fail_after(20):
         streams = []
-        for _ in range(2):
+        for _ in range(5):
             sock = trio.socket.socket()
             sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
             await sock.connect((host, int(port)))
@@ -404,9 +428,9 @@ async def test_replies_waiting_for_their_clients_are_bounded_in_all(
             await stream.send_all(post_head("/big", len(body)) + body)
             streams.append(stream)
             if len(streams) == 1:
-                # Its reply has begun, so the rest waits before the second request is read.
+                # Its reply has begun, so the rest waits before the next request is read.
                 taken = len(await stream.receive_some(1024))
-        first, second = streams
+        first, second = streams[0], streams[-1]
         received = 0
         while chunk := await second.receive_some(1 << 20):
             received += len(chunk)

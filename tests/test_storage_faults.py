@@ -145,10 +145,17 @@ async def test_records_dropped_on_purpose_lower_the_sync_mark_first(tmp_path: Pa
     assert loaded.log.last_index == 4 and loaded.snapshot == Snapshot(4, 9, b"theirs")
 
 
-async def test_a_data_directory_without_a_sync_mark_loads_and_gains_one(tmp_path: Path) -> None:
-    """Directories written before the mark was kept load as before; the mark is then set."""
+@pytest.mark.parametrize("left", [None, b"", bytes(12)], ids=["absent", "empty", "zeroed"])
+async def test_a_data_directory_without_a_sync_mark_loads_and_gains_one(
+    tmp_path: Path, left: bytes | None
+) -> None:
+    """Directories written before the mark was kept load as before, as do those whose mark
+    a power failure left empty or zeroed (its file just created); the mark is then set."""
     log = await closed(tmp_path)
-    (tmp_path / "synced").unlink()
+    if left is None:
+        (tmp_path / "synced").unlink()
+    else:
+        (tmp_path / "synced").write_bytes(left)
     storage = FileStorage(tmp_path)
     assert storage.load().log.entries == ENTRIES
     storage.close()

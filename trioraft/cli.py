@@ -68,7 +68,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
@@ -123,17 +123,22 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def parse_peer(text: str) -> tuple[str, str]:
-    """``ID=URL``: a member id and where it is reached, checked as the membership routes do."""
-    peer_id, sep, url = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected ID=URL, got {text!r}")
-    try:
-        check_member_id(peer_id, "ID")
-        check_member_url(url, "URL", ("http", "https", "tcp"))
-    except BadRequest as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc.message}") from None
-    return peer_id, url
+def parse_member_url(schemes: tuple[str, ...]) -> Callable[[str], tuple[str, str]]:
+    """The parser of ``ID=URL``: a member id and where it is reached (a URL of one of
+    ``schemes``), checked as the membership routes check them."""
+
+    def parse(text: str) -> tuple[str, str]:
+        member, sep, url = text.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected ID=URL, got {text!r}")
+        try:
+            check_member_id(member, "ID")
+            check_member_url(url, "URL", schemes)
+        except BadRequest as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc.message}") from None
+        return member, url
+
+    return parse
 
 
 def parse_member_id(text: str) -> str:
@@ -152,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--id", type=parse_member_id, required=True)
     node.add_argument("--listen", type=parse_host_port, required=True, help="for clients")
     node.add_argument("--peer-listen", type=parse_host_port, required=True, help="for peers")
-    node.add_argument("--peer", type=parse_peer, action="append", default=[])
-    node.add_argument("--client-url", type=parse_peer, action="append", default=[])
+    node.add_argument(
+        "--peer", type=parse_member_url(("http", "https", "tcp")), action="append", default=[]
+    )
+    node.add_argument(
+        "--client-url", type=parse_member_url(("http", "https")), action="append", default=[]
+    )
     node.add_argument("--data-dir", required=True)
     secret = node.add_mutually_exclusive_group(required=True)
     secret.add_argument("--cluster-token-file", help="the cluster secret peers prove")
@@ -399,11 +408,11 @@ def read_secret(path: str, what: str) -> bytes:
     """The secret in ``path`` (surrounding whitespace stripped); 16 to MAX_SECRET_BYTES bytes."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_SECRET_BYTES + 1)
+            raw = f.read(2 * MAX_SECRET_BYTES)  # room for whitespace around the secret
     except OSError as exc:
         raise SystemExit(f"trioraft: cannot read the {what} file: {exc}") from None
     secret = raw.strip()
-    if len(raw) > MAX_SECRET_BYTES:
+    if len(secret) > MAX_SECRET_BYTES or len(raw) == 2 * MAX_SECRET_BYTES:
         raise SystemExit(f"trioraft: the {what} in {path} must be at most {MAX_SECRET_BYTES} bytes")
     if len(secret) < 16:
         raise SystemExit(f"trioraft: the {what} in {path} must be at least 16 bytes")

@@ -59,6 +59,8 @@ snapshot is saved through ``save_snapshot`` like any other.
 Invariants:
 - The sync mark never exceeds the last record durable in the log file (it is raised only
   after an fsync that covered that record, and lowered durably before records are dropped).
+- Calls that touch the log are made one at a time (a ``RaftNode`` holds its lock across
+  them, ``sync`` included): the mark ``sync`` raises is the last record written before it.
 - Nothing appended is durable until ``sync`` or ``sync_blocking`` returns;
   ``save_hard_state`` and ``save_snapshot`` are durable when they return; what ``load``
   returns is durable (it fsyncs the log and the directory once).
@@ -342,8 +344,8 @@ def encode_sync_mark(index: int) -> bytes:
 
 def decode_sync_mark(raw: bytes, where: str) -> int:
     """The index a sync mark file holds (0 for an absent one: ``b""``)."""
-    if not raw:
-        return 0
+    if not raw.strip(b"\0"):
+        return 0  # (a file created just before a power failure may come back empty or zeroed)
     if len(raw) != _MARK.size:
         raise corrupt(where, f"{len(raw)} bytes, not the {_MARK.size} of a sync mark", 0)
     index, crc = _MARK.unpack(raw)

@@ -29,7 +29,8 @@ Invariants:
   reply, and the body within ``body_timeout`` (else 408); a connection is closed when its
   client takes less than ``SEND_STEP_BYTES`` (64 KiB) of a reply within ``send_timeout``,
   and the reply bytes its clients have yet to take are at most ``max_unsent_bytes``, all
-  connections together (past it the connections waiting longest are closed). HTTP/1.1
+  connections together (past it the connections that took nothing for longest are closed;
+  one reply counts for at most a quarter of it). HTTP/1.1
   only: a plain connection that opens with HTTP/2's preface, or asks to upgrade to h2c, is
   closed (HTTP/2's flow control would hold a reply outside these bounds).
   A reply that leaves a request body unread (401, 408, 413, any other error found before
@@ -105,8 +106,8 @@ DEFAULT_SEND_TIMEOUT = 30.0
 SEND_STEP_BYTES = 64 << 10
 #: Reply bytes a listener holds for clients that have yet to take them, all connections
 #: together (a 16 MiB reply to a client that does not read would otherwise pin its memory
-#: per connection: 40 connections held a gigabyte). Past it the oldest waiting connections
-#: are closed.
+#: per connection: 40 connections held a gigabyte). Past it the connections that took
+#: nothing for longest are closed (see :class:`Unsent`).
 DEFAULT_MAX_UNSENT_BYTES = 64 << 20
 INTERNAL_ERROR = {"error": "internal error"}
 STORAGE_FAILED = {"error": "this node's storage failed: it is stopping"}
@@ -488,7 +489,7 @@ async def serve(
     headers) is closed after ``keep_alive_timeout``, as is a TLS handshake not done by then,
     and one whose client takes less than 64 KiB of a reply within ``send_timeout``; while
     the replies waiting for their clients pass ``max_unsent_bytes`` in all, the connections
-    waiting longest are closed (see :class:`Unsent`).
+    that took nothing for longest are closed (see :class:`Unsent`).
     With ``tls``, the URL is ``https://`` (and with ``tls.ca_file``, clients need a
     certificate signed by it).
 
@@ -637,6 +638,7 @@ class _Connection(TCPServer):
                 await trio.aclose_forcefully(self.stream)
                 await self.protocol.handle(Closed())
                 return
+            self._unsent.progressed(self, len(view) - start - SEND_STEP_BYTES)
 
     async def _read_data(self) -> None:
         wrapper = self.protocol
@@ -685,25 +687,40 @@ class _Http1Only:
 
 class Unsent:
     """The reply bytes a listener's connections wait to send, bounded in all: a connection
-    that must wait to send ``n`` bytes past ``limit`` closes those waiting longest first
-    (their clients take least; one reply alone may exceed the limit). Pure bookkeeping: the
-    caller closes the connections :meth:`wait` names."""
+    that must wait to send bytes past ``limit`` closes first those whose clients took
+    nothing for longest (a client reading a large reply steadily keeps its place; one
+    that stopped reading loses it). One reply counts for at most a quarter of the limit,
+    so a reply larger than it (a backup) neither closes every other waiting connection
+    nor is closed for any small one; at most four such stalled replies are kept. Pure
+    bookkeeping: the caller closes the connections :meth:`wait` names."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.most_per_reply = max(1, limit // 4)
         self.total = 0
-        self._waiting: dict[Any, int] = {}  # connection -> bytes, oldest first
+        #: Connection -> the bytes it is counted for, those that took nothing for longest
+        #: first.
+        self._waiting: dict[Any, int] = {}
 
     def wait(self, connection: Any, n: int) -> list[Any]:
         """``connection`` waits to send ``n`` bytes; the connections to close for them."""
+        counted = min(n, self.most_per_reply)
         evicted = []
-        while self._waiting and self.total + n > self.limit:
-            oldest = next(iter(self._waiting))
-            self.total -= self._waiting.pop(oldest)
-            evicted.append(oldest)
-        self._waiting[connection] = n
-        self.total += n
+        while self._waiting and self.total + counted > self.limit:
+            stalest = next(iter(self._waiting))
+            self.total -= self._waiting.pop(stalest)
+            evicted.append(stalest)
+        self._waiting[connection] = counted
+        self.total += counted
         return evicted
+
+    def progressed(self, connection: Any, left: int) -> None:
+        """Its client took a step of ``connection``'s reply; ``left`` bytes remain."""
+        counted = self._waiting.pop(connection, None)
+        if counted is not None:  # (None: closed for room meanwhile)
+            now = min(max(left, 0), self.most_per_reply)
+            self._waiting[connection] = now  # to the back: it took something just now
+            self.total += now - counted
 
     def done(self, connection: Any) -> None:
         """``connection`` sent its bytes, or gave up (nothing, if it was closed for room)."""
