@@ -4,6 +4,7 @@ one line naming the file and offset, failed writes are never hidden, files are p
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import struct
@@ -396,6 +397,17 @@ async def test_a_deeply_nested_hard_state_is_refused(tmp_path: Path) -> None:
     assert (
         refusal(tmp_path) == f"{tmp_path / 'hardstate'}: the content is not a hard state; {REMEDY}"
     )
+
+
+@pytest.mark.parametrize("term", [2**63, -1, "7", True])
+async def test_a_hard_state_whose_term_no_peer_would_take_is_refused(
+    tmp_path: Path, term: object
+) -> None:
+    """A term past the messages' 64-bit integers would leave the node unheard for good."""
+    await closed(tmp_path)
+    Persister(tmp_path / "hardstate").save(json.dumps({"term": term, "voted_for": None}).encode())
+    message = refusal(tmp_path)
+    assert message.startswith(f"{tmp_path / 'hardstate'}: the term is not one a peer would take")
 
 
 async def test_a_snapshot_whose_configuration_is_nested_too_deeply_is_refused(

@@ -114,6 +114,8 @@ _LOG_MAGIC = b"TRLOG001"
 _LOG_HEAD = struct.Struct("<8sQQ")  # magic, base index, base term
 _LOG_CRC = struct.Struct("<I")  # crc32 of the head
 LOG_HEADER_SIZE = _LOG_HEAD.size + _LOG_CRC.size
+#: The largest term: messages carry 64-bit signed integers.
+MAX_TERM = 2**63 - 1
 _MARK = struct.Struct("<QI")  # the sync mark: index, crc32 of the index's 8 bytes
 _MARK_INDEX = struct.Struct("<Q")
 #: The sync mark's file (see the module docstring).
@@ -446,7 +448,9 @@ def decode_hard_state(raw: bytes, where: str = "hardstate") -> HardState:
         term, voted_for = data["term"], data["voted_for"]
     except (ValueError, TypeError, KeyError, RecursionError):
         raise corrupt(where, "the content is not a hard state") from None
-    if type(term) is not int or term < 0 or not (voted_for is None or type(voted_for) is str):
+    if type(term) is not int or not 0 <= term <= MAX_TERM:
+        raise corrupt(where, f"the term is not one a peer would take (0 to {MAX_TERM})")
+    if not (voted_for is None or type(voted_for) is str):
         raise corrupt(where, "the content is not a hard state")
     return HardState(term, voted_for)
 
