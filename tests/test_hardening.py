@@ -44,6 +44,7 @@ from trioraft.kv.messages import (
 )
 from trioraft.kv.node import QUOTA_HEADROOM, EmbeddedClient, KVNode
 from trioraft.raft.log import Entry
+from trioraft.raft.membership import CONFIGURATION_PREFIX
 from trioraft.raft.messages import AppendEntriesArgs, InstallSnapshotArgs
 from trioraft.raft.node import RaftNode
 from trioraft.raft.storage import FileStorage
@@ -204,7 +205,12 @@ async def test_append_entries_whose_terms_break_the_order_is_refused(
     follower = next(n for n in kv.nodes.values() if n is not leader)
     term = leader.raft.term
     last = follower.raft.log.last_index
-    for entries in ([Entry(term + 5, "x")], [Entry(term, "x"), Entry(term - 1, "y")]):
+    damaged_configuration = Entry(term, CONFIGURATION_PREFIX + "[[]]")
+    for entries in (
+        [Entry(term + 5, "x")],
+        [Entry(term, "x"), Entry(term - 1, "y")],
+        [Entry(term, "x"), damaged_configuration],  # refused whole, before the "x" is taken
+    ):
         args = AppendEntriesArgs(term, leader.id, last, follower.raft.log.last_term, entries, 0)
         with pytest.raises(BadRequest):
             await follower.raft.handle_append_entries(args)

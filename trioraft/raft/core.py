@@ -60,6 +60,7 @@ from .membership import (
     MembershipChange,
     MembershipChangeRefused,
     apply_change,
+    decode_configuration,
     encode_configuration,
     settled_in_term,
     uncommitted_change,
@@ -534,7 +535,7 @@ class RaftCore:
 
     def step_append_entries(self, args: AppendEntriesArgs, now: float) -> list[Action]:
         """The AppendEntries receiver rules (Raft §5.3) with the fast back-up hint."""
-        _check_entry_terms(args)
+        _check_entries(args)
         if args.leader == self.id:
             raise BadRequest("leader: a peer cannot speak for this node")
         if args.term < self.term:
@@ -953,8 +954,10 @@ class RaftCore:
         return [Send(peer, TimeoutNowArgs(self.term, self.id))]
 
 
-def _check_entry_terms(args: AppendEntriesArgs) -> None:
-    """Entries a leader sends have terms from ``prev_log_term`` up to its own, in order."""
+def _check_entries(args: AppendEntriesArgs) -> None:
+    """Entries a leader sends have terms from ``prev_log_term`` up to its own, in order,
+    and its configuration entries decode: checked before anything changes (an entry in the
+    log that the configuration history could not take would split the two)."""
     previous = args.prev_log_term
     for i, entry in enumerate(args.entries):
         if not previous <= entry.term <= args.term:
@@ -963,3 +966,8 @@ def _check_entry_terms(args: AppendEntriesArgs) -> None:
                 f"(after term {previous}, in a term-{args.term} message)"
             )
         previous = entry.term
+        if entry.command.startswith(CONFIGURATION_PREFIX):
+            try:
+                decode_configuration(entry.command)
+            except ValueError as exc:
+                raise BadRequest(f"entries[{i}].command: not a configuration ({exc})") from None
