@@ -164,6 +164,14 @@ async def test_a_data_directory_without_a_sync_mark_loads_and_gains_one(
     assert "the records end at index 7" in refusal(tmp_path)
 
 
+async def test_a_log_missing_beside_its_sync_mark_is_refused(tmp_path: Path) -> None:
+    """Even with no hard state or snapshot left, the mark says there was a log."""
+    log = await closed(tmp_path)
+    log.unlink()
+    (tmp_path / "hardstate").unlink()
+    assert refusal(tmp_path) == f"{log}: missing beside a sync mark; {REMEDY}"
+
+
 @pytest.mark.parametrize(
     ("content", "what"),
     [

@@ -32,6 +32,7 @@ from .storage import (
     SYNC_MARK,
     HardState,
     Snapshot,
+    check_log_present,
     check_sync_mark,
     decode_hard_state,
     decode_snapshot,
@@ -135,15 +136,9 @@ def _inspect_log(
     try:
         raw = read_file(log_path)
     except FileNotFoundError:
-        if check_files and (has_hard_state or report.snapshot is not None or mark):
-            found = (
-                "a hard state"
-                if has_hard_state
-                else "a snapshot"
-                if report.snapshot
-                else "a sync mark"
-            )
-            report.problems.append(str(corrupt(log_path, f"missing beside {found}")))
+        if check_files:
+            present = (log_path, has_hard_state, report.snapshot, mark or 0)
+            _guard(report, lambda: check_log_present(*present))
         return
     except StorageCorrupt as exc:
         report.problems.append(str(exc))

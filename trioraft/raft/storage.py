@@ -101,7 +101,7 @@ import trio
 from .._errors import DataDirectoryConflict
 from .._logging import logger
 from .log import Entry, Log
-from .membership import Configuration, decode_configuration, is_configuration_command
+from .membership import Configuration, decode_configuration
 from .persister import FILE_MODE, Persister, corrupt, fsync_dir, read_file
 
 _RECORD_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
@@ -271,12 +271,11 @@ def parse_log(raw: bytes, path: str) -> ParsedLog:
             command = raw[pos + _MIN_RECORD : end].decode()
         except UnicodeDecodeError:
             raise corrupt(path, f"the command of index {index} is not UTF-8", pos) from None
-        if is_configuration_command(command):
-            try:
-                decode_configuration(command)
-            except ValueError as exc:
-                what = f"the configuration entry of index {index}: {exc}"
-                raise corrupt(path, what, pos) from None
+        try:
+            decode_configuration(command)  # (None for any other command)
+        except ValueError as exc:
+            what = f"the configuration entry of index {index}: {exc}"
+            raise corrupt(path, what, pos) from None
         parsed.records.append((index, Entry(term, command)))
         parsed.offsets.append(pos)
         expected += 1
@@ -340,8 +339,7 @@ def _find_valid_record(raw: bytes, damaged: int, last_index: int) -> int | None:
 
 
 def encode_sync_mark(index: int) -> bytes:
-    head = _MARK_INDEX.pack(index)
-    return head + struct.pack("<I", zlib.crc32(head))
+    return _MARK.pack(index, zlib.crc32(_MARK_INDEX.pack(index)))
 
 
 def decode_sync_mark(raw: bytes, where: str) -> int:
@@ -362,6 +360,16 @@ def read_sync_mark(path: Path) -> int:
         return decode_sync_mark(read_file(path), str(path))
     except FileNotFoundError:
         return 0
+
+
+def check_log_present(
+    log_path: Path, has_hard_state: bool, snapshot: Snapshot | None, mark: int
+) -> None:
+    """For a data directory without a log: raise StorageCorrupt if anything says it had one
+    (a hard state, a snapshot or a sync mark)."""
+    if has_hard_state or snapshot is not None or mark:
+        found = "a hard state" if has_hard_state else "a snapshot" if snapshot else "a sync mark"
+        raise corrupt(log_path, f"missing beside {found}")
 
 
 def check_sync_mark(parsed: ParsedLog, mark: int, log_path: str, mark_path: str) -> None:
@@ -509,9 +517,7 @@ class FileStorage:
         except FileNotFoundError:
             raw = None
         if raw is None:
-            if hard_raw or snapshot is not None or self._mark:
-                found = "a hard state" if hard_raw else "a snapshot" if snapshot else "a sync mark"
-                raise corrupt(self._log_path, f"missing beside {found}")
+            check_log_present(self._log_path, bool(hard_raw), snapshot, self._mark)
             log = Log()
             self._rewrite(log)
             return Loaded(hard_state, None, log)

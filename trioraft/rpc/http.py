@@ -681,9 +681,6 @@ class _Http1Only:
         except (H2ProtocolAssumedError, H2CProtocolRequiredError):
             await trio.aclose_forcefully(self._stream)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._protocol, name)
-
 
 class Unsent:
     """The reply bytes a listener's connections wait to send, bounded in all: a connection
