@@ -15,6 +15,8 @@ import trio
 
 from tests.processes import ProcessCluster
 from trioraft import ClusterClient, FileStorage, Versioned
+from trioraft.kv.backup import read_backup
+from trioraft.kv.node import KVNode
 from trioraft.raft.log import Entry
 from trioraft.raft.storage import HardState, parse_log
 from trioraft.testing import RELIABLE, Network
@@ -162,6 +164,61 @@ async def test_backup_during_writes_restores_into_a_new_cluster(
         await restored.stop_all()
     finally:
         await cluster.stop_all()
+
+
+async def open_backup_download(url: str) -> tuple[trio.SocketStream, bytes]:
+    """A ``GET /backup`` whose client reads no further than the reply's head (and what came
+    with it): the rest waits in the node."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(b"GET /backup HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += await stream.receive_some(65536)
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    return stream, received
+
+
+async def backup_status(http: httpx.AsyncClient, url: str) -> tuple[int, str]:
+    response = await http.get(f"{url}/backup")
+    return response.status_code, "" if response.is_success else response.json()["error"]
+
+
+async def test_a_node_makes_one_backup_at_a_time(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A backup holds a serialization of the whole state until its client has it: while one
+    is being sent, another request is refused with 503 (so slow downloads cannot pile up
+    copies of the state); once it is sent, or its client has gone, the next is served."""
+    node = KVNode("1", {}, tmp_path / "d", insecure=True)
+    url = await nursery.start(node.serve)
+    value = "v" * (512 << 10)
+    with trio.fail_after(60):
+        await node.raft.wait_until(lambda raft: raft.is_leader)
+        async with ClusterClient([url]) as kv:
+            for k in range(32):  # 16 MB: more than the sockets' buffers hold
+                await kv.put(f"key-{k}", value, 0)
+        async with httpx.AsyncClient(timeout=30) as http:
+            stalled, received = await open_backup_download(url)
+            status = await backup_status(http, url)
+            assert status == (503, "another backup is being made or sent: retry once it is done")
+
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(
+                b"content-length:")).split(b":")[1])  # fmt: skip
+            while len(body) < length:
+                body += await stalled.receive_some(1 << 20)
+            info, data = read_backup(body, "the first backup")
+            assert info.index == node.rsm.applied_index and len(data) > 16 << 20
+            while (status := await backup_status(http, url))[0] == 503:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # the node lets it go once the stream has ended
+            assert status == (200, "")
+            await stalled.aclose()
+
+            gone, _ = await open_backup_download(url)
+            await gone.aclose()  # with most of the backup unread
+            while (status := await backup_status(http, url))[0] == 503:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert status == (200, "")
+    assert node.metrics.backups == 4
 
 
 async def make_data_dir(directory: Path, entries: int, unsynced: int = 0) -> None:

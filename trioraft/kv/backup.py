@@ -76,8 +76,9 @@ class BackupInfo:
     sha256: str = ""
 
 
-def encode_backup(index: int, term: int, node: str, data: bytes) -> bytes:
-    """The backup file of the KV state ``data`` as of log ``index`` (of ``term``)."""
+def backup_pieces(index: int, term: int, node: str, data: bytes) -> list[bytes]:
+    """The backup file of the KV state ``data`` as of log ``index`` (of ``term``), as the
+    pieces it is sent in (head, ``data`` itself, trailer): no copy of ``data`` is made."""
     header = {
         "format": FORMAT,
         "index": index,
@@ -87,8 +88,10 @@ def encode_backup(index: int, term: int, node: str, data: bytes) -> bytes:
         "data_bytes": len(data),
     }
     head = json.dumps(header, separators=(",", ":")).encode()
-    body = b"".join([MAGIC, _LENGTH.pack(len(head)), head, data])
-    return body + hashlib.sha256(body).digest()
+    prefix = b"".join([MAGIC, _LENGTH.pack(len(head)), head])
+    digest = hashlib.sha256(prefix)
+    digest.update(data)
+    return [prefix, data, digest.digest()]
 
 
 def read_backup(raw: bytes, where: str) -> tuple[BackupInfo, bytes]:
@@ -162,8 +165,10 @@ async def download_backup(
             while True:
                 for url in urls:
                     try:
-                        if await _download_from(http, url.rstrip("/"), part, progress):
+                        refused = await _download_from(http, url.rstrip("/"), part, progress)
+                        if refused is None:
                             return _install(part, target)
+                        refusals.append(f"{url}: {refused}")
                     except httpx.HTTPStatusError as exc:
                         if exc.response.status_code in (401, 403):
                             raise BadRequest(_error(exc.response), 401) from None
@@ -178,11 +183,13 @@ async def download_backup(
 
 async def _download_from(
     http: httpx.AsyncClient, url: str, part: Path, progress: Progress | None
-) -> bool:
-    """Download ``url``'s backup into ``part``; False if that server does not lead."""
+) -> str | None:
+    """Download ``url``'s backup into ``part``; if that server does not serve one now (it
+    does not lead, or another backup is under way), why not."""
     async with http.stream("GET", f"{url}/backup") as response:
         if response.status_code == 503:
-            return False  # not the leader, or cannot tell
+            await response.aread()
+            return _error(response)
         if response.status_code != 200:
             await response.aread()
             response.raise_for_status()
@@ -201,7 +208,7 @@ async def _download_from(
                     progress(received, total)
             await f.flush()
             await trio.to_thread.run_sync(os.fsync, f.fileno())
-    return True
+    return None
 
 
 def _create_private(path: Path) -> None:

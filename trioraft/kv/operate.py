@@ -7,8 +7,9 @@
                    within ``ready_max_lag`` entries of its commit index; else 503. Both
                    answer JSON with the reason.
     GET /backup    the leader's backup file (see :mod:`trioraft.kv.backup`); 503 with
-                   ``{"error", "leader"}`` on any other node. It exposes every key, so it
-                   requires the client token when the node has one.
+                   ``{"error", "leader"}`` on any other node, and while another backup
+                   is being made or sent. It exposes every key, so it requires the client
+                   token when the node has one.
 
 Invariants:
 - A backup holds every write acknowledged before the request came: the leader first puts
@@ -16,12 +17,19 @@ Invariants:
   before is in an earlier entry), then copies the machine at the index applied, with no
   checkpoint between reading the index and copying. The copy is serialized and hashed in
   a worker thread, so a large state does not stall the node.
+- A node holds at most one backup at a time: its state, serialized once, is streamed to
+  the client in pieces (no second copy), and another backup is refused until that
+  serialization is gone (sent, or dropped with its connection). So backups cost at most
+  one serialized state of memory however many clients ask (a copy of the machine lives
+  only until it is serialized).
 - None of these pages changes the node's state (the barrier is a read).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,7 +39,7 @@ from .._errors import RaftError
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import exposition
 from ..rpc.http import GetRoute, bytes_response, json_response
-from .backup import CONTENT_TYPE, encode_backup
+from .backup import CONTENT_TYPE, backup_pieces
 
 if TYPE_CHECKING:
     from .node import KVNode
@@ -41,6 +49,9 @@ DEFAULT_READY_MAX_LAG = 1000
 
 #: The barrier op a backup puts through the log: a get, which changes nothing.
 _BARRIER = {"op": "get", "key": ""}
+
+#: A backup's reply leaves in pieces of at most this many bytes.
+_PIECE_BYTES = 1 << 20
 
 
 def readiness(node: KVNode) -> tuple[bool, dict[str, Any]]:
@@ -69,9 +80,24 @@ def readiness(node: KVNode) -> tuple[bool, dict[str, Any]]:
     return True, {**about, "leader": raft.leader_id}
 
 
-async def backup_file(node: KVNode) -> bytes | None:
-    """A backup of ``node``'s state with every write acknowledged so far, or ``None`` if
-    it is not the leader (or could not tell whether its barrier committed)."""
+class _Backup:
+    """One backup's pieces while it is made and sent. A node's pages keep a weak reference
+    to it: it is under way while that is alive and ``over`` is not set (set as its stream
+    ends, however it ends; a stream never started is freed with its reply)."""
+
+    __slots__ = ("__weakref__", "over", "pieces")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.over = False
+
+    def under_way(self) -> bool:
+        return not self.over
+
+
+async def backup_pieces_of(node: KVNode) -> list[bytes] | None:
+    """The pieces of a backup of ``node``'s state with every write acknowledged so far, or
+    ``None`` if it is not the leader (or could not tell whether its barrier committed)."""
     if not node.raft.is_leader:
         return None
     try:
@@ -83,12 +109,23 @@ async def backup_file(node: KVNode) -> bytes | None:
     copy = node.machine.copy()
     node.metrics.backups += 1
     return await trio.to_thread.run_sync(
-        lambda: encode_backup(index, term, node.id, copy.snapshot())
+        lambda: backup_pieces(index, term, node.id, copy.snapshot())
     )
+
+
+async def _stream(backup: _Backup) -> AsyncIterator[bytes]:
+    """``backup``'s pieces, cut to ``_PIECE_BYTES``; its memory is let go as it ends."""
+    try:
+        for piece in backup.pieces:
+            for start in range(0, len(piece), _PIECE_BYTES):
+                yield piece[start : start + _PIECE_BYTES]
+    finally:
+        backup.pieces, backup.over = [], True
 
 
 def operator_pages(node: KVNode) -> dict[str, GetRoute]:
     """The ``GET`` pages above, for ``make_app(get_routes=...)``."""
+    under_way: weakref.ref[_Backup] | None = None
 
     async def metrics() -> Response:
         return bytes_response(exposition(node.registry), METRICS_CONTENT_TYPE)
@@ -103,10 +140,25 @@ def operator_pages(node: KVNode) -> dict[str, GetRoute]:
         return json_response({"ready": ready, **about}, 200 if ready else 503)
 
     async def backup() -> Response:
-        data = await backup_file(node)
-        if data is None:
+        nonlocal under_way
+        if under_way is not None and (last := under_way()) is not None and last.under_way():
+            error = "another backup is being made or sent: retry once it is done"
+            return json_response({"error": error, "leader": node.raft.leader_id}, 503)
+        made = _Backup()
+        under_way = weakref.ref(made)  # before any wait: the check above sees it
+        try:
+            pieces = await backup_pieces_of(node)
+        finally:
+            made.over = True  # cancelled or refused: no backup under way
+        if pieces is None:
             return json_response({"error": "not the leader", "leader": node.raft.leader_id}, 503)
-        return bytes_response(data, CONTENT_TYPE)
+        made.pieces, made.over = pieces, False
+        length = str(sum(map(len, pieces)))
+        response = Response(
+            _stream(made), 200, {"Content-Length": length}, content_type=CONTENT_TYPE
+        )
+        response.timeout = None  # a slow download is fine; a stalled one is closed by serve
+        return response
 
     return {
         "metrics": GetRoute(metrics),
