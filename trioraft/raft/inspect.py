@@ -20,7 +20,7 @@ Invariants: files are only ever opened for reading; nothing here fsyncs, renames
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -36,6 +36,7 @@ from .storage import (
     check_sync_mark,
     decode_hard_state,
     decode_snapshot,
+    disagreements,
     normalize,
     parse_log,
     read_sync_mark,
@@ -166,44 +167,10 @@ def _inspect_log(
     if mark is not None:
         _guard(report, lambda: check_sync_mark(parsed, mark, str(log_path), str(mark_path)))
     if check_files:
-        report.problems += _disagreements(
-            path, report, has_hard_state, parsed.base_index, parsed.base_term
-        )
+        found = disagreements(path, has_hard_state, report.snapshot, parsed)
+        report.problems += map(str, found)
     if not report.problems:
         _, report.log.dropped_at_start = normalize(report.snapshot, records)
-
-
-def _disagreements(
-    path: Path, report: Inspection, has_hard_state: bool, base: int, base_term: int
-) -> Iterator[str]:
-    """What ``FileStorage.load`` checks between the files (see its ``_check_consistent``)."""
-    snapshot, log = report.snapshot, report.log
-    assert log is not None
-    if not has_hard_state and (log.records or snapshot is not None or base > 0):
-        if log.records:
-            found = f"{log.records} log entries"
-        else:
-            found = "a snapshot" if snapshot else f"a log continuing from index {base}"
-        yield str(
-            corrupt(
-                path / "hardstate",
-                f"missing beside {found} (without it this node could vote twice in a term)",
-            )
-        )
-    if snapshot is None and base > 0:
-        yield str(
-            corrupt(path / "snapshot", f"missing, but {path / 'log'} continues from index {base}")
-        )
-    if snapshot is not None and (
-        snapshot.index < base or (snapshot.index == base and snapshot.term != base_term)
-    ):
-        yield str(
-            corrupt(
-                path / "snapshot",
-                f"the snapshot at index {snapshot.index} (term {snapshot.term}) is not the one "
-                f"{path / 'log'} continues from (index {base}, term {base_term})",
-            )
-        )
 
 
 def _read_blob(path: Path, report: Inspection) -> bytes | None:

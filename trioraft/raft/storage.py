@@ -98,7 +98,7 @@ from typing import Protocol
 
 import trio
 
-from .._errors import DataDirectoryConflict
+from .._errors import DataDirectoryConflict, StorageCorrupt
 from .._logging import logger
 from .log import Entry, Log
 from .membership import Configuration, decode_configuration
@@ -372,6 +372,35 @@ def check_log_present(
         raise corrupt(log_path, f"missing beside {found}")
 
 
+def disagreements(
+    directory: Path, has_hard_state: bool, snapshot: Snapshot | None, parsed: ParsedLog
+) -> list[StorageCorrupt]:
+    """Where a data directory's three files disagree (a hard state missing beside a log or a
+    snapshot, a snapshot missing or not the one the log continues from), for ``load`` to
+    refuse and ``trioraft inspect`` to report."""
+    found: list[StorageCorrupt] = []
+    base, log_path = parsed.base_index, directory / "log"
+    if not has_hard_state and (parsed.records or snapshot is not None or base > 0):
+        if parsed.records:
+            what = f"{len(parsed.records)} log entries"
+        else:
+            what = "a snapshot" if snapshot else f"a log continuing from index {base}"
+        why = f"missing beside {what} (without it this node could vote twice in a term)"
+        found.append(corrupt(directory / "hardstate", why))
+    if snapshot is None and base > 0:
+        why = f"missing, but {log_path} continues from index {base}"
+        found.append(corrupt(directory / "snapshot", why))
+    if snapshot is not None and (
+        snapshot.index < base or (snapshot.index == base and snapshot.term != parsed.base_term)
+    ):
+        why = (
+            f"the snapshot at index {snapshot.index} (term {snapshot.term}) is not the one "
+            f"{log_path} continues from (index {base}, term {parsed.base_term})"
+        )
+        found.append(corrupt(directory / "snapshot", why))
+    return found
+
+
 def check_sync_mark(parsed: ParsedLog, mark: int, log_path: str, mark_path: str) -> None:
     """Raise StorageCorrupt if the log file's valid records end before the sync mark."""
     if parsed.last_index < mark:
@@ -522,7 +551,9 @@ class FileStorage:
             self._rewrite(log)
             return Loaded(hard_state, None, log)
         parsed = parse_log(raw, str(self._log_path))
-        self._check_consistent(hard_raw, snapshot, parsed)
+        disagreeing = disagreements(self.directory, bool(hard_raw), snapshot, parsed)
+        if disagreeing:
+            raise disagreeing[0]
         check_sync_mark(parsed, self._mark, str(self._log_path), str(self._mark_path))
         log, dropped = normalize(snapshot, parsed.records)
         torn = parsed.end < len(raw)
@@ -545,32 +576,6 @@ class FileStorage:
             self._raise_mark(self._file_last_index)
         fsync_dir(self.directory)  # and so is a rename whose directory fsync a crash skipped
         return Loaded(hard_state, snapshot, log)
-
-    def _check_consistent(
-        self, hard_raw: bytes, snapshot: Snapshot | None, parsed: ParsedLog
-    ) -> None:
-        base = parsed.base_index
-        if not hard_raw and (parsed.records or snapshot is not None or base > 0):
-            if parsed.records:
-                found = f"{len(parsed.records)} log entries"
-            else:
-                found = "a snapshot" if snapshot else f"a log continuing from index {base}"
-            raise corrupt(
-                self._hard_state.path,
-                f"missing beside {found} (without it this node could vote twice in a term)",
-            )
-        if snapshot is None and base > 0:
-            raise corrupt(
-                self._snapshot.path, f"missing, but {self._log_path} continues from index {base}"
-            )
-        if snapshot is not None and (
-            snapshot.index < base or (snapshot.index == base and snapshot.term != parsed.base_term)
-        ):
-            raise corrupt(
-                self._snapshot.path,
-                f"the snapshot at index {snapshot.index} (term {snapshot.term}) is not the one "
-                f"{self._log_path} continues from (index {base}, term {parsed.base_term})",
-            )
 
     def _cut(self, end: int, size: int) -> None:
         if self._fault is not None:
