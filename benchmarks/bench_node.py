@@ -23,7 +23,7 @@ import trio
 from _load import closed_loop, kv_op, open_loop
 
 from trioraft import tune_gc
-from trioraft.cli import parse_host_port, parse_peer, stop_on_signal
+from trioraft.cli import parse_host_port, parse_member_url, stop_on_signal
 from trioraft.kv.node import KVNode
 from trioraft.rpc.http import Route
 
@@ -81,11 +81,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--id", required=True)
     parser.add_argument("--listen", type=parse_host_port, required=True)
-    parser.add_argument("--peer", type=parse_peer, action="append", default=[])
+    parser.add_argument(
+        "--peer", type=parse_member_url(("http", "https", "tcp")), action="append", default=[]
+    )
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--peer-port", type=int, required=True)
     parser.add_argument("--secret-hex", required=True, help="the cluster secret, in hex")
-    parser.add_argument("--client-url", type=parse_peer, action="append", default=[])
+    parser.add_argument(
+        "--client-url", type=parse_member_url(("http", "https")), action="append", default=[]
+    )
     options = parser.parse_args()
     tune_gc()
     trio.run(main, options)

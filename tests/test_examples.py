@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -62,3 +63,37 @@ async def test_config_reload_example() -> None:
     out = await run_example("config_reload.py", "--changes", "4")
     assert "watch dropped after index" in out
     assert "OK: 8 changes followed in order, none missed; views agree" in out
+
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+#: Scripts that import the benchmark extra's tools (``pip install -e '.[benchmark]'``).
+NEEDS_EXTRA = {"suite.py": "tqdm", "pysyncobj_node.py": "pysyncobj"}
+
+
+async def test_every_benchmark_script_starts() -> None:
+    """Each benchmark script imports what it uses of trioraft and parses its flags (``--help``):
+    a renamed helper once broke the suite's node without any test noticing."""
+    scripts = sorted(p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+    scripts = [
+        p
+        for p in scripts
+        if p.name not in NEEDS_EXTRA or importlib.util.find_spec(NEEDS_EXTRA[p.name])
+    ]
+    failed: dict[str, str] = {}
+
+    async def start(script: Path) -> None:
+        result = await trio.run_process(
+            [sys.executable, str(script), "--help"],
+            cwd=BENCHMARKS,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        if result.returncode != 0 or b"usage:" not in result.stdout:
+            failed[script.name] = result.stderr.decode()[-500:]
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for script in scripts:
+                nursery.start_soon(start, script)
+    assert "bench_node.py" in {p.name for p in scripts} and not failed, failed
