@@ -183,6 +183,10 @@ class KVCluster:
                 return i
         return None
 
+    def highest_term(self) -> int:
+        """The highest term among the running servers (it grows with every election)."""
+        return max((node.raft.term for node in self.nodes.values() if node), default=0)
+
     def log_size(self) -> int:
         return max(node.raft.raft_state_size() for node in self.nodes.values() if node)
 
