@@ -302,6 +302,29 @@ def test_snapshots_keep_the_indexes_and_the_format_before_them_restores_with_zer
     assert restored.kv.forgotten_through == 7
 
 
+def test_a_large_snapshot_is_encoded_in_pieces_that_restore_the_same_state() -> None:
+    """A worker thread serializing a snapshot hands the GIL back to the event loop between
+    pieces, so no piece may hold much of the state: about 1 MiB of keys and values (or one
+    larger value). Whatever the characters (non-ASCII, a lone surrogate, which orjson
+    refuses), the pieces joined restore the same state."""
+    m = KVMachine()
+    big = "v" * 300_000
+    odd = {"é-ü-\U0001f600": "\u2603", "lone-\ud800": "x\udfff", "": "empty key"}
+    for index, (key, value) in enumerate([*odd.items(), *((f"k{i}", big) for i in range(40))]):
+        m.apply(put(key, value, 0), index + 1)
+    granted = m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 100)
+    m.apply({**put("leased", "y", 0), "lease": granted.lease}, 101)
+
+    pieces = list(m.snapshot_pieces())
+    assert len(pieces) > 10 and max(map(len, pieces)) < (1 << 20) + 2 * len(big)
+    assert b"".join(pieces) == m.snapshot()
+    restored = KVMachine()
+    restored.restore(m.snapshot())
+    assert restored.kv.items() == m.kv.items() and restored.snapshot() == m.snapshot()
+    assert restored.apply(get("lone-\ud800"), 102).value == "x\udfff"
+    assert restored.leases.to_wire() == m.leases.to_wire()
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -15,6 +15,7 @@ import trio
 
 from tests.processes import ProcessCluster
 from trioraft import ClusterClient, FileStorage, Versioned
+from trioraft.kv import operate
 from trioraft.kv.backup import read_backup
 from trioraft.kv.node import KVNode
 from trioraft.raft.log import Entry
@@ -184,18 +185,23 @@ async def backup_status(http: httpx.AsyncClient, url: str) -> tuple[int, str]:
     return response.status_code, "" if response.is_success else response.json()["error"]
 
 
+async def node_with_16_mb(nursery: trio.Nursery, directory: Path) -> tuple[KVNode, str]:
+    """A one-node cluster holding 16 MB: more than the sockets' buffers hold."""
+    node = KVNode("1", {}, directory, insecure=True)
+    url = await nursery.start(node.serve)
+    await node.raft.wait_until(lambda raft: raft.is_leader)
+    async with ClusterClient([url]) as kv:
+        for k in range(32):
+            await kv.put(f"key-{k}", "v" * (512 << 10), 0)
+    return node, url
+
+
 async def test_a_node_makes_one_backup_at_a_time(nursery: trio.Nursery, tmp_path: Path) -> None:
     """A backup holds a serialization of the whole state until its client has it: while one
     is being sent, another request is refused with 503 (so slow downloads cannot pile up
     copies of the state); once it is sent, or its client has gone, the next is served."""
-    node = KVNode("1", {}, tmp_path / "d", insecure=True)
-    url = await nursery.start(node.serve)
-    value = "v" * (512 << 10)
     with trio.fail_after(60):
-        await node.raft.wait_until(lambda raft: raft.is_leader)
-        async with ClusterClient([url]) as kv:
-            for k in range(32):  # 16 MB: more than the sockets' buffers hold
-                await kv.put(f"key-{k}", value, 0)
+        node, url = await node_with_16_mb(nursery, tmp_path / "d")
         async with httpx.AsyncClient(timeout=30) as http:
             stalled, received = await open_backup_download(url)
             status = await backup_status(http, url)
@@ -219,6 +225,29 @@ async def test_a_node_makes_one_backup_at_a_time(nursery: trio.Nursery, tmp_path
                 await trio.sleep(0.01)
             assert status == (200, "")
     assert node.metrics.backups == 4
+
+
+async def test_a_backup_taken_too_slowly_is_cut(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that takes its backup slower than the node allows (here: in under 0.5 s)
+    has it cut, well before the send timeout (30 s) would close a reader that stalled: the
+    next backup is served. A HEAD makes no backup."""
+    monkeypatch.setattr(operate, "BACKUP_MIN_SECONDS", 0.5)
+    with trio.fail_after(20):
+        node, url = await node_with_16_mb(nursery, tmp_path / "d")
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.head(f"{url}/backup")).status_code == 405
+            slow, _ = await open_backup_download(url)
+            while (status := await backup_status(http, url))[0] == 503:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            assert status == (200, "")
+            rest = b""
+            while chunk := await slow.receive_some(1 << 20):
+                rest += chunk  # the cut reply ends short of its length: the client sees it
+            assert len(rest) < 16 << 20
+            await slow.aclose()
+    assert node.metrics.backups == 2
 
 
 async def make_data_dir(directory: Path, entries: int, unsynced: int = 0) -> None:

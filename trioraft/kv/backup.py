@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -76,22 +77,24 @@ class BackupInfo:
     sha256: str = ""
 
 
-def backup_pieces(index: int, term: int, node: str, data: bytes) -> list[bytes]:
-    """The backup file of the KV state ``data`` as of log ``index`` (of ``term``), as the
-    pieces it is sent in (head, ``data`` itself, trailer): no copy of ``data`` is made."""
+def backup_pieces(index: int, term: int, node: str, data: list[bytes]) -> list[bytes]:
+    """The backup file of the KV state whose snapshot is ``data`` (in pieces) as of log
+    ``index`` (of ``term``), as the pieces it is sent in: a head, ``data``'s pieces and a
+    trailer (no piece is copied)."""
     header = {
         "format": FORMAT,
         "index": index,
         "term": term,
         "node": node,
         "created": round(time.time(), 3),
-        "data_bytes": len(data),
+        "data_bytes": sum(map(len, data)),
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     prefix = b"".join([MAGIC, _LENGTH.pack(len(head)), head])
     digest = hashlib.sha256(prefix)
-    digest.update(data)
-    return [prefix, data, digest.digest()]
+    for piece in data:
+        digest.update(piece)
+    return [prefix, *data, digest.digest()]
 
 
 def read_backup(raw: bytes, where: str) -> tuple[BackupInfo, bytes]:
@@ -159,7 +162,7 @@ async def download_backup(
     part = target.with_name(target.name + ".part")
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     verify = client_context(tls) if tls is not None else True
-    refusals: list[str] = []
+    refusals: collections.deque[str] = collections.deque(maxlen=len(urls))  # the last round's
     with trio.move_on_after(patience):
         async with httpx.AsyncClient(timeout=patience, verify=verify, headers=headers) as http:
             while True:
@@ -177,8 +180,8 @@ async def download_backup(
                         refusals.append(f"{url}: {exc!r}")
                 await trio.sleep(0.2)  # an election may be under way
     part.unlink(missing_ok=True)
-    last = "; ".join(refusals[-len(urls) :]) or "no answer"
-    raise OSError(f"no leader served a backup within {patience} s ({last})")
+    last = "; ".join(refusals) or "no answer"
+    raise OSError(f"no server served a backup within {patience} s ({last})")
 
 
 async def _download_from(

@@ -19,9 +19,10 @@ Invariants:
   a worker thread, so a large state does not stall the node.
 - A node holds at most one backup at a time: its state, serialized once, is streamed to
   the client in pieces (no second copy), and another backup is refused until that
-  serialization is gone (sent, or dropped with its connection). So backups cost at most
-  one serialized state of memory however many clients ask (a copy of the machine lives
-  only until it is serialized).
+  serialization is gone (sent, dropped with its connection, or cut once its client has
+  taken longer than ``BACKUP_MIN_SECONDS`` or ``BACKUP_MIN_BYTES_PER_S`` allow). So
+  backups cost at most one serialized state of memory however many clients ask (a copy
+  of the machine lives only until it is serialized).
 - None of these pages changes the node's state (the barrier is a read).
 """
 
@@ -33,7 +34,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import Response
+from quart import Response, request
 
 from .._errors import RaftError
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -52,6 +53,11 @@ _BARRIER = {"op": "get", "key": ""}
 
 #: A backup's reply leaves in pieces of at most this many bytes.
 _PIECE_BYTES = 1 << 20
+#: A backup's client takes it at this rate at least, or in this many seconds: past that
+#: its reply is cut (the file does not verify; the client tries again), so that a reader
+#: slow enough to pass the send timeout cannot hold the node's one backup for good.
+BACKUP_MIN_BYTES_PER_S = 1 << 20
+BACKUP_MIN_SECONDS = 60.0
 
 
 def readiness(node: KVNode) -> tuple[bool, dict[str, Any]]:
@@ -109,7 +115,7 @@ async def backup_pieces_of(node: KVNode) -> list[bytes] | None:
     copy = node.machine.copy()
     node.metrics.backups += 1
     return await trio.to_thread.run_sync(
-        lambda: backup_pieces(index, term, node.id, copy.snapshot())
+        lambda: backup_pieces(index, term, node.id, list(copy.snapshot_pieces()))
     )
 
 
@@ -141,6 +147,8 @@ def operator_pages(node: KVNode) -> dict[str, GetRoute]:
 
     async def backup() -> Response:
         nonlocal under_way
+        if request.method == "HEAD":  # (Quart would make a whole backup to drop it)
+            return json_response({"error": "GET /backup only"}, 405)
         if under_way is not None and (last := under_way()) is not None and last.under_way():
             error = "another backup is being made or sent: retry once it is done"
             return json_response({"error": error, "leader": node.raft.leader_id}, 503)
@@ -153,11 +161,10 @@ def operator_pages(node: KVNode) -> dict[str, GetRoute]:
         if pieces is None:
             return json_response({"error": "not the leader", "leader": node.raft.leader_id}, 503)
         made.pieces, made.over = pieces, False
-        length = str(sum(map(len, pieces)))
-        response = Response(
-            _stream(made), 200, {"Content-Length": length}, content_type=CONTENT_TYPE
-        )
-        response.timeout = None  # a slow download is fine; a stalled one is closed by serve
+        length = sum(map(len, pieces))
+        headers = {"Content-Length": str(length)}
+        response = Response(_stream(made), 200, headers, content_type=CONTENT_TYPE)
+        response.timeout = max(BACKUP_MIN_SECONDS, length / BACKUP_MIN_BYTES_PER_S)
         return response
 
     return {

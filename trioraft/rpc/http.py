@@ -616,15 +616,20 @@ class _Connection(TCPServer):
         """Send ``data`` once the sends ahead of it are done, each ``SEND_STEP_BYTES`` of
         it within ``send_timeout`` (a slow client is fine, one that stalls is not)."""
         async with self.send_lock:
-            # Shielded as Hypercorn's own send is: a piece cut halfway would leave the
-            # client reading the next reply from the middle of this one.
             with trio.CancelScope(shield=True):
                 for evicted in self._unsent.wait(self, len(data)):
                     await trio.aclose_forcefully(evicted.stream)
-                try:
-                    await self._send_steps(memoryview(data))
-                finally:
-                    self._unsent.done(self)
+            try:
+                await self._send_steps(memoryview(data))
+            except trio.Cancelled:
+                # Hypercorn shields its sends instead: a reply cut halfway would leave the
+                # client reading the next one from its middle. A reply given up (a response
+                # timeout, a client gone) can never be finished, so its connection is
+                # closed, at once rather than once a stalled client's send timeout passes.
+                await trio.aclose_forcefully(self.stream)
+                raise
+            finally:
+                self._unsent.done(self)
 
     async def _send_steps(self, view: memoryview) -> None:
         for start in range(0, len(view), SEND_STEP_BYTES):
