@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 import trio
@@ -209,3 +210,21 @@ async def test_watch_from_a_compacted_index_is_refused_at_once():
     with pytest.raises(Compacted):
         async with hub.watch("a", after=0):
             pytest.fail("entered a compacted watch")
+
+
+@pytest.mark.parametrize("widest", ["a", "\u00e9", "\U0001f600"])
+def test_the_history_holds_no_more_memory_than_its_bound(widest: str) -> None:
+    """Overwriting one key with large values: the history keeps what ``max_bytes`` allows,
+    counted as the strings are stored (a string takes 1, 2 or 4 bytes a character, by its
+    widest), and lets the dropped changes go at once (it once held the last 1,024)."""
+    history = WatchHistory(max_bytes=4 << 20)
+    tracemalloc.start()
+    try:
+        for index in range(1, 301):
+            value = widest + str(index) * (256 << 10)  # a string of its own each time
+            history.record(index, [Change(index, "big", "put", value, index, 1)])
+            del value
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 6 << 20 and 0 < len(history) < 300

@@ -25,12 +25,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
+from sys import getsizeof
 
 from ..rpc.codec import json_string_bytes
 
 #: Changes kept for watchers by default (each costs its key and value in memory).
 DEFAULT_MAX_CHANGES = 100_000
-#: Bytes of keys and values kept for watchers by default.
+#: Bytes of keys and values kept for watchers by default (as stored in memory).
 DEFAULT_MAX_BYTES = 64 << 20
 #: Most changes in one answer (an answer may hold more to end at an entry boundary).
 DEFAULT_LIMIT = 1000
@@ -84,9 +85,11 @@ class WatchHistory:
         self.max_bytes = max_bytes
         self.compacted_through = 0
         self.applied = 0
-        self._changes: list[Change] = []
+        #: Changes in index order; those before ``_start`` are dropped (``None``: their memory
+        #: is freed at once, their slots with one slice later).
+        self._changes: list[Change | None] = []
         self._indexes: list[int] = []  # parallel to _changes, for bisect
-        self._start = 0  # _changes[:_start] are dropped, awaiting one slice to free them
+        self._start = 0
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -131,6 +134,7 @@ class WatchHistory:
         end = len(self._changes)
         while position < end:
             change = self._changes[position]
+            assert change is not None  # (only those before _start are dropped)
             full = len(found) >= limit or size >= MAX_ANSWER_BYTES
             if found and full and change.index != found[-1].index:
                 return found, found[-1].index
@@ -145,7 +149,10 @@ class WatchHistory:
             # Drop whole entries only, so `compacted_through` names an entry boundary.
             index = self._indexes[self._start]
             while self._start < len(self._changes) and self._indexes[self._start] == index:
-                self._bytes -= _size(self._changes[self._start])
+                dropped = self._changes[self._start]
+                assert dropped is not None
+                self._bytes -= _size(dropped)
+                self._changes[self._start] = None
                 self._start += 1
             self.compacted_through = index
         if self._start > 1024 and self._start * 2 > len(self._changes):
@@ -155,4 +162,6 @@ class WatchHistory:
 
 
 def _size(change: Change) -> int:
-    return len(change.key) + len(change.value) + 64
+    """What ``change`` holds in memory: its strings as stored (1, 2 or 4 bytes a character,
+    by their widest one) and its object."""
+    return getsizeof(change.key) + getsizeof(change.value) + 64
