@@ -17,7 +17,9 @@ import pytest
 import trio
 
 from tests.kv_cluster import wait_leader
-from trioraft import Compare, LeaseNotFound, TxnOp, Versioned
+from trioraft import ClusterClient, Compare, LeaseNotFound, TxnOp, Versioned
+from trioraft.kv.messages import BatchOp
+from trioraft.kv.node import KVNode
 
 pytestmark = pytest.mark.xdist_group("http-cluster")
 
@@ -190,3 +192,62 @@ async def test_a_watch_stream_sends_each_change_as_a_json_line(make_kv_cluster):
                     received += reply["changes"]
     assert [(ch["key"], ch["value"]) for ch in received] == [("cfg/x", v) for v in "012"]
     assert [ch["index"] for ch in received] == sorted({ch["index"] for ch in received})
+
+
+async def test_a_keepalive_past_its_lease_deadline_never_says_it_lives(
+    nursery: trio.Nursery, tmp_path
+):
+    """A keepalive that reaches the leader after the lease's deadline, while its revocation
+    is still on its way through the log, waits for that revocation and answers NoLease (it
+    answered OK, promising a TTL the lease would not see: a lock holder would have gone on
+    while its lock was given away)."""
+    node = KVNode("1", {}, tmp_path / "d", insecure=True)
+    url = await nursery.start(node.serve)
+    keeper = node.lease_keeper
+    revoke = keeper._revoke
+    due, go_on = trio.Event(), trio.Event()
+
+    async def revoke_later(leases: list[int]) -> bool:
+        due.set()
+        await go_on.wait()
+        return await revoke(leases)
+
+    keeper._revoke = revoke_later
+    answered = trio.Event()
+    with trio.fail_after(30):
+        await node.raft.wait_until(lambda raft: raft.is_leader)
+        async with ClusterClient([url]) as kv:
+            lease = await kv.lease_grant(1)
+            await kv.put("holder", "me", 0, lease=lease)
+            await due.wait()  # past its deadline, its revocation held back
+
+            async def keepalive() -> None:
+                with pytest.raises(LeaseNotFound):
+                    await kv.lease_keepalive(lease)
+                answered.set()
+
+            nursery.start_soon(keepalive)
+            await trio.sleep(0.3)  # (time for a wrong answer to come)
+            assert not answered.is_set()
+            go_on.set()
+            await answered.wait()
+            assert (await kv.get("holder")).version == 0  # gone with its lease
+
+
+async def test_leases_expiring_together_are_revoked_a_thousand_to_an_entry(
+    nursery: trio.Nursery, tmp_path
+):
+    """2,500 leases due at once go in a few log entries (three, if the keeper sees them due
+    together), not one each (a flood of short leases delayed every expiry by minutes)."""
+    node = KVNode("1", {}, tmp_path / "d", insecure=True)
+    url = await nursery.start(node.serve)
+    with trio.fail_after(60):
+        await node.raft.wait_until(lambda raft: raft.is_leader)
+        async with ClusterClient([url]) as kv:
+            grants = [BatchOp("lease_grant", "", ttl=1) for _ in range(2500)]
+            results, _ = await kv.servers.call(grants)
+            leases = [result.lease for result in results]
+            assert len(set(leases)) == 2500
+            before = node.raft.commit_index
+            await node.raft.wait_until(lambda _: not node.machine.leases.leases)
+            assert node.raft.commit_index - before <= 5

@@ -5,8 +5,9 @@ becoming leader (each new term) it starts every lease in the state machine at it
 on its own monotonic clock (:class:`~trioraft.kv.leases.LeaseClock`); it learns leases
 granted later by looking at the machine at least every :data:`SYNC_INTERVAL`; a keepalive
 (confirmed by a read through the leader) renews one. When a lease's deadline passes, the
-keeper proposes its revocation (``lease_revoke``, the same op a client sends), so every
-replica deletes its keys at the same index, and watchers see the deletes.
+keeper proposes its revocation (``lease_revoke``, the same op a client sends; up to
+:data:`REVOKE_BATCH` leases in one entry), so every replica deletes its keys at the same
+index, and watchers see the deletes.
 
 Invariants:
 - A lease never expires earlier than ``ttl`` after the leader last renewed it or first saw
@@ -14,6 +15,9 @@ Invariants:
   expire that much late, never early).
 - Nothing is proposed by a node that does not lead: the proposal fails with the rest of its
   term, and the next leader starts every lease over.
+- A lease past its deadline is never renewed (:meth:`LeaseKeeper.renew` says so): its
+  revocation is due or under way, so a keepalive that comes late must not say it lives (as
+  etcd, the caller answers it once the revocation has applied).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from .leases import LeaseClock, LeaseTable
 
 #: How often the leader looks for leases granted since it last looked, in seconds.
 SYNC_INTERVAL = 1.0
+#: Most expired leases revoked in one log entry (one each made a flood of short leases
+#: expire minutes late: about 350 revocations a second).
+REVOKE_BATCH = 1000
 
 
 class LeaseKeeper:
@@ -34,10 +41,10 @@ class LeaseKeeper:
         self,
         raft: RaftNode,
         leases: Callable[[], LeaseTable],
-        revoke: Callable[[int], Awaitable[bool]],
+        revoke: Callable[[list[int]], Awaitable[bool]],
     ) -> None:
-        """``leases`` gives the state machine's table; ``revoke(lease)`` proposes its
-        revocation and says whether it applied."""
+        """``leases`` gives the state machine's table; ``revoke(leases)`` proposes their
+        revocation (in one entry) and says whether it applied."""
         self.raft = raft
         self._leases = leases
         self._revoke = revoke
@@ -45,10 +52,28 @@ class LeaseKeeper:
         self.term = -1  # the term the clock was started in; -1 while not leading
         self.expired = 0  # leases this node revoked on expiry
 
-    def renew(self, lease: int, ttl: int) -> None:
-        """A keepalive confirmed ``lease`` (``ttl`` seconds): push its deadline on."""
+    def renew(self, lease: int, ttl: int) -> bool:
+        """A keepalive confirmed ``lease`` (``ttl`` seconds): push its deadline on. False,
+        renewing nothing, if this leader's clock has it past its deadline, or its revocation
+        has applied since the keepalive's answer was read: the keepalive must not say it
+        lives (:meth:`wait_revoked` tells when to say it is gone)."""
         if self.term == self.raft.term and self.raft.is_leader:
-            self.clock.renew(lease, ttl, trio.current_time())
+            now = trio.current_time()
+            deadline = self.clock.deadlines.get(lease)
+            if (deadline is not None and deadline <= now) or lease not in self._leases().leases:
+                return False
+            self.clock.renew(lease, ttl, now)
+        return True
+
+    async def wait_revoked(self, lease: int) -> None:
+        """Return once ``lease`` is gone from the state machine, or this node's leadership
+        (its term as leader) has ended: its revocation will not come from here."""
+        term = self.raft.term
+        await self.raft.wait_until(
+            lambda raft: (
+                lease not in self._leases().leases or not raft.is_leader or raft.term != term
+            )
+        )
 
     async def run(self) -> None:
         while True:
@@ -67,10 +92,13 @@ class LeaseKeeper:
         while self.raft.is_leader and self.raft.term == term:
             now = trio.current_time()
             self._sync(now)
-            for lease in self.clock.expired(now):
-                if await self._revoke(lease):
-                    self.clock.forget(lease)
-                    self.expired += 1
+            due = self.clock.expired(now)
+            for start in range(0, len(due), REVOKE_BATCH):
+                leases = due[start : start + REVOKE_BATCH]
+                if await self._revoke(leases):
+                    for lease in leases:
+                        self.clock.forget(lease)
+                    self.expired += len(leases)
                 elif not (self.raft.is_leader and self.raft.term == term):
                     return
             wake = now + SYNC_INTERVAL

@@ -83,6 +83,7 @@ from .messages import (
     COMPACTED,
     NO_KEY,
     NO_LEADER,
+    NO_LEASE,
     NO_SPACE,
     OK,
     READ_OPS,
@@ -458,10 +459,16 @@ class KVNode:
     async def handle_lease_revoke(self, args: LeaseArgs) -> LeaseReply | WrongLeaderReply:
         return _lease_reply(await self.run_one(BatchOp("lease_revoke", "", lease=args.lease)))
 
-    async def _expire(self, lease: int) -> bool:
-        """The lease keeper's revocation of an expired lease; whether it applied."""
-        reply = await self.execute(BatchOp("lease_revoke", "", lease=lease))
-        return reply is not None
+    async def _expire(self, leases: list[int]) -> bool:
+        """The lease keeper's revocation of expired leases, in one entry; whether it
+        applied."""
+        try:
+            replies = await self.execute_many(
+                [BatchOp("lease_revoke", "", lease=n) for n in leases]
+            )
+        except NotLeader:
+            return False
+        return replies is not None
 
     def _cut_off(self) -> bool:
         """Whether this node has heard from no leader (or, leading, from no majority) for
@@ -574,10 +581,22 @@ class KVNode:
                 results = [next(answers) if allowed(op) else OpResult(NO_SPACE) for op in ops]
             if len(ops) > 1 or (ops and ops[0].op == "txn"):
                 results = bound_reply(ops, results)
-        for op, result in zip(ops, results, strict=True):
-            if op.op == "lease_keepalive" and result.err == OK:
-                # The read just confirmed this node leads and the lease exists.
-                self.lease_keeper.renew(op.lease, result.ttl)
+        overdue = [
+            i
+            for i, (op, result) in enumerate(zip(ops, results, strict=True))
+            if op.op == "lease_keepalive"
+            and result.err == OK  # confirmed: this node leads and the lease exists
+            and not self.lease_keeper.renew(op.lease, result.ttl)
+        ]
+        if overdue:
+            # Past its deadline: answered once its revocation applies (so that a read after
+            # the answer finds its keys gone), and never as alive.
+            with trio.move_on_after(self.op_timeout):
+                for i in overdue:
+                    await self.lease_keeper.wait_revoked(ops[i].lease)
+            results = list(results)
+            for i in overdue:
+                results[i] = as_result(LeaseReply(NO_LEASE, ops[i].lease))
         counts = self.metrics.ops
         if len(ops) == 1:  # an embedded op: the hot path, kept to one dict update
             key = (ops[0].op, results[0].err)
