@@ -345,9 +345,9 @@ def test_a_snapshot_of_no_known_format_is_refused(data: dict) -> None:
 
 
 def test_revoking_a_lease_of_many_keys_keeps_ranges_right() -> None:
-    """A lease's keys deleted at once (past a thousand, the keys' sorted order is rebuilt by
-    the next range rather than kept up key by key): ranges before and after agree with the
-    keys there are."""
+    """A lease's keys deleted at once, then keys created (past a thousand of either, the
+    keys' sorted order is rebuilt by the next range rather than kept up key by key): ranges
+    agree with the keys there are."""
     m = KVMachine()
     lease = m.apply({"op": "lease_grant", "key": "", "ttl": 5}, 1).lease
     for i in range(1500):
@@ -363,3 +363,7 @@ def test_revoking_a_lease_of_many_keys_keeps_ranges_right() -> None:
         "m/00007",
         "m/99999",
     ]
+    for i in range(1200):  # as many created: the order is dropped and built again
+        m.apply(put(f"b/{i:05d}", "new", 0), 9)
+    keys = [item.key for item in m.apply(range_op(limit=10_000), 10).items]
+    assert keys == sorted(keys) and len(keys) == 1205 and keys[:2] == ["a", "b/00000"]
