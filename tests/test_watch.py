@@ -10,7 +10,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioraft.kv.changes import MAX_ANSWER_BYTES, Change, Compacted, WatchHistory
+from trioraft.kv.changes import MAX_ANSWER_BYTES, MAX_SCAN, Change, Compacted, WatchHistory
 from trioraft.kv.watch import WatchHub
 
 
@@ -228,3 +228,23 @@ def test_the_history_holds_no_more_memory_than_its_bound(widest: str) -> None:
     finally:
         tracemalloc.stop()
     assert held < 6 << 20 and 0 < len(history) < 300
+
+
+async def test_a_watch_of_a_quiet_prefix_looks_through_a_bounded_number_of_changes():
+    """25,000 changes elsewhere (two to an entry), then one under the prefix: each answer
+    looks through at most MAX_SCAN of them, ending at an entry boundary and running through
+    it; the hub goes on from there (letting other tasks run) and finds the change."""
+    applier = Applier()
+    for index in range(1, 12_501):
+        applier.record(index, [put(index, f"other/{index}"), put(index, f"else/{index}")])
+    applier.record(12_501, [put(12_501, "quiet/x")])
+    changes, through = applier.history.since("quiet/", 0)
+    assert changes == [] and through == MAX_SCAN // 2  # 10,000 changes: 5,000 entries
+    changes, through = applier.history.since("quiet/", through)
+    assert changes == [] and through == MAX_SCAN
+    with trio.fail_after(10):
+        changes, through = await applier.hub.next_changes("quiet/", 0)
+    assert [c.key for c in changes] == ["quiet/x"] and through == 12_501
+    async with applier.hub.watch("quiet/", after=0) as stream:
+        with trio.fail_after(10):
+            assert (await anext(stream)).key == "quiet/x"

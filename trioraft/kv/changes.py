@@ -38,6 +38,10 @@ DEFAULT_LIMIT = 1000
 #: An answer stops once its keys and values reach this many bytes as sent (JSON-escaped),
 #: at an entry boundary: watchers of large values get several smaller answers.
 MAX_ANSWER_BYTES = 1 << 20
+#: Changes one answer looks through at most (then at an entry boundary), whether or not
+#: they are under its prefix: a watch of a quiet prefix went through all those kept, on the
+#: event loop, in every request (100,000: 0.13 s).
+MAX_SCAN = 10_000
 
 
 class Compacted(Exception):
@@ -123,21 +127,26 @@ class WatchHistory:
         """The changes under ``prefix`` with index > ``after``, and the index they run through.
 
         At most ``limit`` changes, and keys and values of at most :data:`MAX_ANSWER_BYTES` as
-        sent, plus the rest of the last one's entry. The second value is the
-        ``after`` to ask with next: the last applied index when the answer is complete.
+        sent, plus the rest of the last one's entry; at most :data:`MAX_SCAN` changes looked
+        through, plus the rest of an entry. The second value is the ``after`` to ask with
+        next: the last applied index when the answer is complete.
         Raises :class:`Compacted` when changes after ``after`` are no longer all kept.
         """
         self.check(after)
         found: list[Change] = []
         size = 0
-        position = bisect.bisect_right(self._indexes, after, lo=self._start)
+        first = position = bisect.bisect_right(self._indexes, after, lo=self._start)
         end = len(self._changes)
         while position < end:
             change = self._changes[position]
             assert change is not None  # (only those before _start are dropped)
-            full = len(found) >= limit or size >= MAX_ANSWER_BYTES
-            if found and full and change.index != found[-1].index:
-                return found, found[-1].index
+            if position > first and change.index != self._indexes[position - 1]:
+                # An entry boundary: stop here once the answer is full, or has looked
+                # through MAX_SCAN changes (it then runs through the entry looked at last).
+                if found and (len(found) >= limit or size >= MAX_ANSWER_BYTES):
+                    return found, found[-1].index
+                if position - first >= MAX_SCAN:
+                    return found, self._indexes[position - 1]
             if change.key.startswith(prefix):
                 found.append(change)
                 size += json_string_bytes(change.key) + json_string_bytes(change.value)

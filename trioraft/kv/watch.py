@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import trio
+
 from .changes import DEFAULT_LIMIT, Change, WatchHistory
 
 
@@ -33,6 +35,15 @@ class WatchHub:
         while self.history.applied <= index:
             await self._next_apply()
 
+    async def _wait_past_or_go_on(self, index: int) -> None:
+        """After an answer with nothing under its prefix through ``index``: wait for a change
+        after it, or, if the answer stopped short of what is applied (it looked through its
+        most), let other tasks run before the next look."""
+        if self.history.applied > index:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self.wait_past(index)
+
     async def next_changes(
         self, prefix: str, after: int, *, limit: int = DEFAULT_LIMIT
     ) -> tuple[list[Change], int]:
@@ -46,7 +57,7 @@ class WatchHub:
             if changes:
                 return changes, through
             after = through
-            await self.wait_past(after)
+            await self._wait_past_or_go_on(after)
 
     @asynccontextmanager
     async def watch(self, prefix: str, *, after: int) -> AsyncIterator[AsyncIterator[Change]]:
@@ -60,7 +71,7 @@ class WatchHub:
                 for change in batch:
                     yield change
                 if not batch:
-                    await self.wait_past(position)
+                    await self._wait_past_or_go_on(position)
 
         iterator = changes()
         try:
