@@ -4,6 +4,7 @@ ops, and snapshots (of this format and of the one before indexes)."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -367,3 +368,32 @@ def test_revoking_a_lease_of_many_keys_keeps_ranges_right() -> None:
         m.apply(put(f"b/{i:05d}", "new", 0), 9)
     keys = [item.key for item in m.apply(range_op(limit=10_000), 10).items]
     assert keys == sorted(keys) and len(keys) == 1205 and keys[:2] == ["a", "b/00000"]
+
+
+def test_a_snapshot_leaves_the_live_strings_as_they_were() -> None:
+    """orjson keeps a non-ASCII string's UTF-8 form inside the string, for good, and a
+    snapshot's strings are the live machine's: a snapshot must not grow them."""
+    m = KVMachine()
+    m.apply(put("k-é", "välue-\U0001f600" * 100, 0), 1)
+    m.apply(put("plain", "ascii", 0), 2)
+    key, value = next(iter(m.kv.items().items()))
+    before = (sys.getsizeof(key), sys.getsizeof(value[0]))
+    m.copy().snapshot()
+    assert (sys.getsizeof(key), sys.getsizeof(value[0])) == before
+
+
+def test_steady_churn_keeps_the_sorted_keys_and_one_large_entry_drops_them() -> None:
+    """Creates spread over entries keep the sorted keys up one by one (a rebuild after every
+    thousand would sort the whole store on the loop again and again); more than a thousand
+    in one entry drop them for the next range to rebuild."""
+    m = KVMachine()
+    m.apply(put("a", "v", 0), 1)
+    m.apply(range_op(), 2)
+    for i in range(1500):
+        m.apply(put(f"k{i:05d}", "v", 0), 3 + i)
+    assert m.kv._sorted is not None
+    for i in range(1001):
+        m.apply(put(f"j{i:05d}", "v", 0), 5000)
+    assert m.kv._sorted is None
+    keys = [item.key for item in m.apply(range_op(limit=10_000), 5001).items]
+    assert keys == sorted(keys) and len(keys) == 2502

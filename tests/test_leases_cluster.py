@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from tests.kv_cluster import wait_leader
-from trioraft import ClusterClient, Compare, LeaseNotFound, TxnOp, Versioned
+from trioraft import ClusterClient, Compare, LeaseNotFound, RaftConfig, TxnOp, Versioned
 from trioraft.kv.messages import BatchOp
 from trioraft.kv.node import KVNode
 
@@ -251,3 +251,44 @@ async def test_leases_expiring_together_are_revoked_a_thousand_to_an_entry(
             before = node.raft.commit_index
             await node.raft.wait_until(lambda _: not node.machine.leases.leases)
             assert node.raft.commit_index - before <= 5
+
+
+async def test_a_keepalive_whose_lease_revocation_does_not_come_answers_wrong_leader(
+    nursery: trio.Nursery, tmp_path
+):
+    """Past its deadline, with the revocation held back beyond ``op_timeout``: the
+    keepalive neither says the lease lives nor that it is gone (it is still there), but
+    WrongLeader, which the client retries."""
+    node = KVNode("1", {}, tmp_path / "d", insecure=True, op_timeout=0.5)
+    url = await nursery.start(node.serve)
+    due = trio.Event()
+
+    async def never(leases: list[int]) -> bool:
+        due.set()
+        await trio.sleep_forever()
+        raise AssertionError
+
+    node.lease_keeper._revoke = never
+    with trio.fail_after(30):
+        await node.raft.wait_until(lambda raft: raft.is_leader)
+        async with httpx.AsyncClient(timeout=10) as client:
+            lease = (await client.post(f"{url}/lease_grant", json={"ttl": 1})).json()["lease"]
+            await due.wait()
+            reply = (await client.post(f"{url}/lease_keepalive", json={"lease": lease})).json()
+            assert reply["err"] == "WrongLeader" and lease in node.machine.leases.leases
+
+
+async def test_revocations_too_large_for_one_entry_go_in_halves(nursery: trio.Nursery, tmp_path):
+    """With a small message bound, 1,000 revocations do not fit one entry: the keeper
+    splits them (it raised EntryTooLarge, which stopped the node)."""
+    config = RaftConfig(max_message_bytes=128 << 10)
+    node = KVNode("1", {}, tmp_path / "d", insecure=True, config=config)
+    url = await nursery.start(node.serve)
+    with trio.fail_after(60):
+        await node.raft.wait_until(lambda raft: raft.is_leader)
+        async with ClusterClient([url]) as kv:
+            for _ in range(10):
+                await kv.servers.call([BatchOp("lease_grant", "", ttl=1)] * 100)
+            assert len(node.machine.leases.leases) == 1000
+            await node.raft.wait_until(lambda _: not node.machine.leases.leases)
+    assert node.raft.failure is None

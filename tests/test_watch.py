@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import tracemalloc
 
+import orjson
 import pytest
 import trio
 from hypothesis import given
@@ -248,3 +249,17 @@ async def test_a_watch_of_a_quiet_prefix_looks_through_a_bounded_number_of_chang
     async with applier.hub.watch("quiet/", after=0) as stream:
         with trio.fail_after(10):
             assert (await anext(stream)).key == "quiet/x"
+
+
+def test_a_dropped_change_takes_off_what_it_was_counted_for() -> None:
+    """A string can grow after it is recorded (orjson keeps a non-ASCII string's UTF-8 form
+    in it once it is sent): what a dropped change takes off the count is what it added, or
+    the count drifts down and the bound stops holding."""
+    history = WatchHistory(max_changes=1)
+    first = put(1, "k", "välue" * 1000)
+    history.record(1, [first])
+    counted = history._bytes
+    orjson.dumps(first.value)  # sent to a watcher: the string grows
+    history.record(2, [put(2, "k", "v")])
+    history.record(3, [put(3, "k", "välue" * 1000)])
+    assert history._bytes == counted

@@ -93,6 +93,9 @@ class WatchHistory:
         #: is freed at once, their slots with one slice later).
         self._changes: list[Change | None] = []
         self._indexes: list[int] = []  # parallel to _changes, for bisect
+        #: Parallel to _changes: each one's size as counted when recorded (a string's
+        #: memory can grow later: orjson keeps its UTF-8 form in it once sent).
+        self._sizes: list[int] = []
         self._start = 0
         self._bytes = 0
 
@@ -105,15 +108,17 @@ class WatchHistory:
         if index < self.applied:
             raise ValueError(f"index {index} recorded after {self.applied}")
         for change in changes:
+            size = _size(change)
             self._changes.append(change)
             self._indexes.append(index)
-            self._bytes += _size(change)
+            self._sizes.append(size)
+            self._bytes += size
         self.applied = index
         self._trim()
 
     def reset(self, index: int) -> None:
         """Start over at a restored snapshot's ``index``: what came before is gone."""
-        self._changes, self._indexes, self._start, self._bytes = [], [], 0, 0
+        self._changes, self._indexes, self._sizes, self._start, self._bytes = [], [], [], 0, 0
         self.compacted_through = self.applied = index
 
     def check(self, after: int) -> None:
@@ -158,15 +163,14 @@ class WatchHistory:
             # Drop whole entries only, so `compacted_through` names an entry boundary.
             index = self._indexes[self._start]
             while self._start < len(self._changes) and self._indexes[self._start] == index:
-                dropped = self._changes[self._start]
-                assert dropped is not None
-                self._bytes -= _size(dropped)
+                self._bytes -= self._sizes[self._start]
                 self._changes[self._start] = None
                 self._start += 1
             self.compacted_through = index
         if self._start > 1024 and self._start * 2 > len(self._changes):
             del self._changes[: self._start]
             del self._indexes[: self._start]
+            del self._sizes[: self._start]
             self._start = 0
 
 

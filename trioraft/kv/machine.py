@@ -61,7 +61,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ..rpc.codec import dump_json
+import orjson
+
 from .changes import Change, WatchHistory
 from .leases import DEFAULT_MAX_LEASES, LeaseTable
 from .messages import (
@@ -101,7 +102,8 @@ DEFAULT_MAX_TOMBSTONES = 10_000
 KeyState = tuple[str, int, int, int]
 #: One op of a txn's branch: op, key, value, lease.
 TxnBranchOp = tuple[str, str, str, int]
-#: Keys created or deleted past which their sorted order is rebuilt rather than kept up.
+#: Keys created or deleted at one index past which their sorted order is rebuilt rather
+#: than kept up.
 _REBUILD_ORDER_PAST = 1000
 #: Keys and values encoded in one piece of a snapshot, in characters (a few ms of the GIL).
 _SNAPSHOT_PIECE_CHARS = 1 << 20
@@ -118,6 +120,7 @@ class VersionedKV:
 
     __slots__ = (
         "_data",
+        "_order_index",
         "_order_moves",
         "_sorted",
         "changes",
@@ -135,10 +138,12 @@ class VersionedKV:
         self.max_tombstones = max_tombstones
         # Every key in order, built by the first range and then kept up to date (a create
         # or delete costs a memmove of it): stores that are never ranged never pay for it.
-        # Past _REBUILD_ORDER_PAST creates and deletes it is dropped, for the next range to
-        # rebuild (a batch of 10,000 new keys at the front of 200,000 took 0.68 s to keep it
-        # up, and a lease's 200,000 keys deleted at once 5.8-7.4 s).
+        # Past _REBUILD_ORDER_PAST creates and deletes at one index (one entry) it is
+        # dropped, for the next range to rebuild (a batch of 10,000 new keys at the front of
+        # 200,000 took 0.68 s to keep it up, a lease's 200,000 keys deleted at once
+        # 5.8-7.4 s); steady churn over many entries keeps it up key by key.
         self._sorted: list[str] | None = None
+        self._order_index = 0
         self._order_moves = 0
         #: When a list, every change made is appended to it (for watches and leases).
         self.changes: list[Change] | None = None
@@ -247,7 +252,7 @@ class VersionedKV:
         """Set ``key`` (now at ``current``) to ``value`` at its next version, at ``index``."""
         if current is None:
             state = (value, 1, index, index)
-            if self._sorted is not None and self._order_moved():
+            if self._sorted is not None and self._order_moved(index):
                 bisect.insort(self._sorted, key)
         else:
             state = (value, current[1] + 1, index, current[3])
@@ -274,7 +279,7 @@ class VersionedKV:
         if len(self.tombstones) > self.max_tombstones:
             oldest = next(iter(self.tombstones))
             self.forgotten_through = max(self.forgotten_through, self.tombstones.pop(oldest))
-        if self._sorted is not None and self._order_moved():
+        if self._sorted is not None and self._order_moved(index):
             del self._sorted[bisect.bisect_left(self._sorted, key)]
         if self.changes is not None:
             self.changes.append(Change(index, key, "delete", "", 0, 0))
@@ -282,12 +287,13 @@ class VersionedKV:
     def _sorted_keys(self) -> list[str]:
         if self._sorted is None:
             self._sorted = sorted(self._data)
-            self._order_moves = 0
         return self._sorted
 
-    def _order_moved(self) -> bool:
-        """A key is created or deleted: whether to keep the sorted keys up (else they are
-        dropped: rebuilding them once costs less than this many more moves)."""
+    def _order_moved(self, index: int) -> bool:
+        """A key is created or deleted at ``index``: whether to keep the sorted keys up (else
+        they are dropped: rebuilding them once costs less than this entry's other moves)."""
+        if index != self._order_index:
+            self._order_index, self._order_moves = index, 0
         self._order_moves += 1
         if self._order_moves > _REBUILD_ORDER_PAST:
             self._sorted = None
@@ -520,18 +526,20 @@ class KVMachine:
             "leases": self.leases.to_wire(),
             "changed_at": self.changed_at,
         }
-        yield dump_json(rest)[:-1] + b',"kv":{'
+        yield _stdlib_json(rest)[:-1] + b',"kv":{'
         separator = b""
         piece: dict[str, KeyState] = {}
         size = 0
+        ascii_only = True
         for key, state in self.kv.items().items():
             piece[key] = state
             size += len(key) + len(state[0])
+            ascii_only = ascii_only and key.isascii() and state[0].isascii()
             if size >= _SNAPSHOT_PIECE_CHARS:
-                yield separator + dump_json(piece)[1:-1]
-                separator, piece, size = b",", {}, 0
+                yield separator + _piece_json(piece, ascii_only)[1:-1]
+                separator, piece, size, ascii_only = b",", {}, 0, True
         if piece:
-            yield separator + dump_json(piece)[1:-1]
+            yield separator + _piece_json(piece, ascii_only)[1:-1]
         yield b"}}"
 
     def restore(self, data: bytes) -> None:
@@ -550,6 +558,17 @@ class KVMachine:
     def check_snapshot(data: bytes) -> None:
         """Raise ``ValueError`` unless ``data`` restores into a machine."""
         _parse_snapshot(data)
+
+
+def _piece_json(piece: dict[str, KeyState], ascii_only: bool) -> bytes:
+    """A piece of a snapshot as JSON. orjson only for ASCII: for any other string it keeps
+    the UTF-8 form it makes inside the string object, for good, and a snapshot's strings
+    are the live machine's (its copy shares them): 2-3 x their memory."""
+    return orjson.dumps(piece) if ascii_only else _stdlib_json(piece)
+
+
+def _stdlib_json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _is_version(version: object) -> bool:

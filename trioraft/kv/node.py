@@ -468,6 +468,11 @@ class KVNode:
             )
         except NotLeader:
             return False
+        except EntryTooLarge:  # (a small RaftConfig.max_message_bytes): in halves
+            if len(leases) == 1:
+                raise
+            half = len(leases) // 2
+            return await self._expire(leases[:half]) and await self._expire(leases[half:])
         return replies is not None
 
     def _cut_off(self) -> bool:
@@ -589,14 +594,7 @@ class KVNode:
             and not self.lease_keeper.renew(op.lease, result.ttl)
         ]
         if overdue:
-            # Past its deadline: answered once its revocation applies (so that a read after
-            # the answer finds its keys gone), and never as alive.
-            with trio.move_on_after(self.op_timeout):
-                for i in overdue:
-                    await self.lease_keeper.wait_revoked(ops[i].lease)
-            results = list(results)
-            for i in overdue:
-                results[i] = as_result(LeaseReply(NO_LEASE, ops[i].lease))
+            results, refused = await self._settle_overdue(ops, results, overdue, refused)
         counts = self.metrics.ops
         if len(ops) == 1:  # an embedded op: the hot path, kept to one dict update
             key = (ops[0].op, results[0].err)
@@ -606,6 +604,30 @@ class KVNode:
                 self.metrics.count_op(op.op, result.err)
         if no_space:
             self.metrics.refused["quota"] += len(ops) - len(logged)
+        return results, refused
+
+    async def _settle_overdue(
+        self, ops: list[BatchOp], results: list[OpResult], overdue: list[int], refused: bool
+    ) -> tuple[list[OpResult], bool]:
+        """The answers of keepalives (at ``overdue`` in ``ops``) confirmed for leases past
+        their deadline, never said to live while their revocation may still apply: each
+        waits (up to ``op_timeout``) for the revocation, then answers ``NoLease`` (a read
+        after it finds the keys gone). If this node's leadership ends first, ``OK`` stands:
+        the next leader, elected after this one confirmed the keepalive, restarts the lease
+        at its full TTL. If the wait runs out, a batch of reads answers ``WrongLeader`` (a
+        retry is safe), any other ``NoLease``."""
+        term = self.raft.term
+        with trio.move_on_after(self.op_timeout):
+            for i in overdue:
+                await self.lease_keeper.wait_revoked(ops[i].lease)
+        if not (self.raft.is_leader and self.raft.term == term):
+            return results, refused
+        table = self.machine.leases.leases
+        if any(ops[i].lease in table for i in overdue) and all(op.op in READ_OPS for op in ops):
+            return [OpResult(WRONG_LEADER)] * len(ops), True
+        results = list(results)
+        for i in overdue:
+            results[i] = as_result(LeaseReply(NO_LEASE, ops[i].lease))
         return results, refused
 
     def routes(self) -> dict[str, Route]:
