@@ -61,8 +61,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
-
+from ..rpc.codec import dump_json
 from .changes import Change, WatchHistory
 from .leases import DEFAULT_MAX_LEASES, LeaseTable
 from .messages import (
@@ -564,7 +563,7 @@ def _piece_json(piece: dict[str, KeyState], ascii_only: bool) -> bytes:
     """A piece of a snapshot as JSON. orjson only for ASCII: for any other string it keeps
     the UTF-8 form it makes inside the string object, for good, and a snapshot's strings
     are the live machine's (its copy shares them): 2-3 x their memory."""
-    return orjson.dumps(piece) if ascii_only else _stdlib_json(piece)
+    return dump_json(piece) if ascii_only else _stdlib_json(piece)
 
 
 def _stdlib_json(value: object) -> bytes:

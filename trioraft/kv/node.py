@@ -611,17 +611,14 @@ class KVNode:
     ) -> tuple[list[OpResult], bool]:
         """The answers of keepalives (at ``overdue`` in ``ops``) confirmed for leases past
         their deadline, never said to live while their revocation may still apply: each
-        waits (up to ``op_timeout``) for the revocation, then answers ``NoLease`` (a read
-        after it finds the keys gone). If this node's leadership ends first, ``OK`` stands:
-        the next leader, elected after this one confirmed the keepalive, restarts the lease
-        at its full TTL. If the wait runs out, a batch of reads answers ``WrongLeader`` (a
-        retry is safe), any other ``NoLease``."""
-        term = self.raft.term
+        waits (up to ``op_timeout``, or until this node's leadership ends) for the
+        revocation, then answers ``NoLease`` (a read after it finds the keys gone). Should
+        a lease still be there, a batch of reads answers ``WrongLeader`` (retried, it gets
+        the true answer: any later leader holding the revocation commits it before it
+        reads), any other batch ``NoLease``."""
         with trio.move_on_after(self.op_timeout):
             for i in overdue:
                 await self.lease_keeper.wait_revoked(ops[i].lease)
-        if not (self.raft.is_leader and self.raft.term == term):
-            return results, refused
         table = self.machine.leases.leases
         if any(ops[i].lease in table for i in overdue) and all(op.op in READ_OPS for op in ops):
             return [OpResult(WRONG_LEADER)] * len(ops), True
