@@ -17,7 +17,7 @@ Invariants:
   term, and the next leader starts every lease over.
 - A lease past its deadline is never renewed (:meth:`LeaseKeeper.renew` says so): its
   revocation is due or under way, so a keepalive that comes late must not say it lives (as
-  etcd, the caller answers it once the revocation has applied).
+  in etcd, the caller waits for the revocation to apply: :meth:`LeaseKeeper.wait_revoked`).
 """
 
 from __future__ import annotations

@@ -303,14 +303,6 @@ class KVNode:
     def id(self) -> str:
         return self.raft.id
 
-    async def execute(self, op: BatchOp) -> Any | None:
-        """Run ``op`` through the log here; its reply, or ``None`` if this server can't tell."""
-        try:
-            results = await self.execute_many([op])
-        except NotLeader:
-            return None
-        return None if results is None else results[0]
-
     async def execute_many(self, ops: list[BatchOp]) -> list[Any] | None:
         """Run ``ops`` through the log here, in one entry; their replies, or ``None`` if this
         server can't tell within ``op_timeout`` whether they applied. Raises
