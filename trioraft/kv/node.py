@@ -634,7 +634,7 @@ class KVNode:
             "lease_grant": Route(LeaseGrantArgs, self.handle_lease_grant),
             "lease_keepalive": Route(LeaseArgs, self.handle_lease_keepalive),
             "lease_revoke": Route(LeaseArgs, self.handle_lease_revoke),
-            "watch": Route(WatchArgs, self.handle_watch),
+            "watch": Route(WatchArgs, self.handle_watch, long_poll=True),
             "member_list": Route(MemberListArgs, self.handle_member_list),
             "member_add": Route(MemberAddArgs, self.handle_member_add),
             "member_promote": Route(MemberArgs, self.handle_member_promote),
