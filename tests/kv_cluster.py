@@ -48,7 +48,7 @@ class KVCluster:
         self.max_raft_state = max_raft_state
         # The nodes share one event loop: a follower's fsync on it (the default, right for
         # a node with a process of its own) would stall the other nodes meanwhile.
-        self.config = dataclasses.replace(config or RaftConfig(), follower_sync_inline=False)
+        self.config = dataclasses.replace(config or RaftConfig(), sync_inline=False)
         self.ids = [str(i) for i in range(n)]
         #: The founding servers: every server's peer and client URL flags name them (and only
         #: them); a server added later is known to the others by the configuration alone.

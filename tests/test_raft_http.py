@@ -56,7 +56,7 @@ async def test_an_entry_slower_to_send_than_rpc_timeout_commits(
     so it commits. (Cut off at ``rpc_timeout``, the call was sent again forever.) The
     followers fsync it off the event loop the three nodes share, under election timeouts
     with room for that: on a busy machine an inline fsync of it held every node's timers."""
-    config = RaftConfig(election_timeout=(1.0, 2.0), follower_sync_inline=False)
+    config = RaftConfig(election_timeout=(1.0, 2.0), sync_inline=False)
     c = await cluster(
         nursery,
         3,

@@ -44,14 +44,16 @@ class RaftConfig:
     max_batch_bytes: int = 512 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
-    #: A follower fsyncs what it appended on the event loop, not in a worker thread. Its reply
-    #: waits for that fsync and it holds the node's lock meanwhile, so a thread would overlap
-    #: nothing of Raft's, while the handoff costs 0.2-0.3 ms of CPU a round and, in a busy
-    #: process, milliseconds of waiting (embedded writes, 3 nodes, 8,000 ops/s: p50 12.8 ms
-    #: with the thread, 6.9 ms without; issue 5's notes). Turn it off if the process
-    #: runs latency-sensitive work of its own beside a follower whose disk is slow. (A
-    #: leader's fsync always runs in a thread: it overlaps with the followers' own.)
-    follower_sync_inline: bool = True
+    #: Fsync on the event loop, not in a worker thread, where the node waits for the fsync
+    #: anyway: a follower before its reply (it holds the node's lock meanwhile, so a thread
+    #: would overlap nothing of Raft's, while the handoff costs 0.2-0.3 ms of CPU a round
+    #: and, in a busy process, milliseconds of waiting: embedded writes, 3 nodes, 8,000
+    #: ops/s, p50 12.8 ms with the thread, 6.9 ms without; issue 5's notes), and a leader a
+    #: lone entry (one proposal with nothing else uncommitted, fsynced as soon as its
+    #: AppendEntries left, so that its commit needs the faster follower only). Turn it off
+    #: if the process runs latency-sensitive work of its own beside a node whose disk is
+    #: slow. (Any other fsync of a leader runs in a thread: it overlaps its followers'.)
+    sync_inline: bool = True
     #: How long the leader's syncer waits, after writing a batch, for a majority of followers
     #: (whose replies vouch for their own fsync) to commit it before fsyncing it itself. A
     #: batch they commit needs no fsync here: it is durable on a majority without us, and we

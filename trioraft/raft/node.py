@@ -974,7 +974,7 @@ class RaftNode:
             # (threads are not abandoned), it only leaves the durable index low.
             started = time.perf_counter()
             with self._writing("fsync of the log"):
-                if self.config.follower_sync_inline:
+                if self.config.sync_inline:
                     self._storage.sync_blocking()
                 else:
                     await self._storage.sync()
@@ -1141,11 +1141,20 @@ class RaftNode:
             if self._written_index >= self.log.last_index:
                 await grew.wait()
                 continue
+            # One proposal at a leader with nothing else uncommitted: one client's op at a time.
+            lone = self.commit_index >= self._written_index == self.log.last_index - 1
             async with self._lock:
                 if not self._leads(term):
                     return
                 last = self._write_unwritten()
             self._written_at.append((last, time.perf_counter()))
+            if lone and self.config.sync_inline:
+                # Its AppendEntries leave first; the fsync on the loop then ends before the
+                # followers answer, and the commit needs the faster one only (the grace
+                # would wait for both). There is nothing else for the loop to do meanwhile.
+                await trio.lowlevel.checkpoint()
+                await self._sync_through(term, last, inline=True)
+                continue
             now = trio.current_time()
             followers_can_commit = core.followers_form_quorum(
                 now, 2 * self.config.heartbeat_interval
@@ -1157,14 +1166,22 @@ class RaftNode:
                         await self._changed.wait()
                 if self.commit_index >= last:
                     continue  # committed by the followers alone: no fsync needed for it
-            async with self._lock:
-                if not self._leads(term):
-                    return
-                started = time.perf_counter()
-                with self._writing("fsync of the log"):
+            await self._sync_through(term, last, inline=False)
+
+    async def _sync_through(self, term: int, last: int, inline: bool) -> None:
+        """The leader fsyncs its log (written through ``last``), on the event loop if
+        ``inline``, else in a worker thread, unless the followers committed it meanwhile."""
+        async with self._lock:
+            if not self._leads(term) or self.commit_index >= last:
+                return
+            started = time.perf_counter()
+            with self._writing("fsync of the log"):
+                if inline:
+                    self._storage.sync_blocking()
+                else:
                     await self._storage.sync()
-                self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-                await self._execute(core.persisted(last))
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            await self._execute(self._core.persisted(last))
 
     async def _check_quorum(self, term: int) -> None:
         timeout = self.config.election_timeout[1]

@@ -36,9 +36,10 @@ Invariants:
   A reply that leaves a request body unread (401, 408, 413, any other error found before
   the body) carries ``Connection: close`` and the connection is then closed, so the client
   never waits on it; so is one whose request said ``Connection: close`` (or HTTP/1.0).
-- A client that leaves (its connection's reading ends) has the handler of its request
-  cancelled. A ``POST`` that answers promptly has its body read in its request's own task,
-  not in Quart-Trio's nursery of two (:class:`_PromptPost`); its bounds are the same.
+- A client that leaves (its connection's reading ends: a close or a half-close) has the
+  handler of its request cancelled. A ``POST`` that answers promptly has its body read in
+  its request's own task, not in Quart-Trio's nursery of two (:class:`_PromptPost`); its
+  bounds are the same.
 - :meth:`RpcClient.call` returns the decoded reply, or ``None`` on any network failure,
   timeout, 408 or 5xx status, undecodable reply or (with ``peer_auth``) a reply whose tag
   is not the answer to this very request; it never raises for those. A refusal of the
@@ -516,7 +517,10 @@ class _PromptPost(TrioASGIHTTPConnection):
 
 class _InFlight:
     """The prompt requests (:class:`_PromptPost`) a connection is handling: cancelled when
-    its client is gone, as Quart-Trio's reader task does on ``http.disconnect``."""
+    its client is gone, as Quart-Trio's reader task does on ``http.disconnect``. Gone means
+    the connection's reading ended: a reset, a close, or a half-close (a client that shuts
+    its sending side after its request), which Go's ``net/http`` (etcd's gateway) also
+    takes for a client gone; a request that arrives after it is not run at all."""
 
     def __init__(self) -> None:
         self.gone = False
