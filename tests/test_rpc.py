@@ -294,6 +294,77 @@ async def test_413_and_408_close_their_connection(nursery: trio.Nursery) -> None
             assert await rpc.call("echo", Echo("fine"), Echo) == Echo("fine")
 
 
+async def test_a_refused_body_still_sent_cannot_wedge_its_connection(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 413 that cannot leave at once (its client is slow to read) while the client goes on
+    sending the refused body: the server must keep taking that body in while it answers
+    (Hypercorn hands it over through a queue of 10 pieces: full, its reader and the reply's
+    last step both waited on it for good), then close the connection and free its slot."""
+    import trioraft.rpc.http as rpc_http
+
+    connection = rpc_http._Connection
+    send_on_the_spot = connection.protocol_send
+
+    async def refusal_held_up(self: rpc_http._Connection, event: object) -> None:
+        data = getattr(event, "data", b"")
+        if isinstance(data, bytes) and data.startswith(b"HTTP/1.1 413"):
+            await trio.sleep(0.2)  # as if the socket's buffer were full
+        await send_on_the_spot(self, event)
+
+    monkeypatch.setattr(connection, "protocol_send", refusal_held_up)
+    app = make_app({"echo": Route(Echo, echo_route)}, max_body_bytes=5000)
+    url = await nursery.start(partial(serve, app, max_connections=1))
+    stream = await connect(url)
+
+    async def send_chunks() -> None:
+        with trio.move_on_after(5):
+            try:
+                await stream.send_all(
+                    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                for _ in range(2000):
+                    await stream.send_all(b"400\r\n" + b"x" * 1024 + b"\r\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    nursery.start_soon(send_chunks)
+    with trio.fail_after(10):
+        assert (await read_head(stream)).startswith(b"http/1.1 413")
+        assert await closed_by_server(stream)
+        async with RpcClient(url, "c") as rpc:  # the one slot is free again
+            assert await rpc.call("echo", Echo("fine"), Echo) == Echo("fine")
+    await stream.aclose()
+
+
+async def test_a_reply_taken_too_slowly_is_cut_at_the_response_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    """A client that takes a large reply steadily but slowly (every piece within the send
+    timeout) still has it cut, and its connection closed, once Quart's RESPONSE_TIMEOUT has
+    passed, as Quart-Trio's own request handling does."""
+    size = 32 << 20
+
+    async def large(args: Echo) -> Echo:
+        return Echo("x" * size)
+
+    app = make_app({"large": Route(Echo, large)})
+    app.config["RESPONSE_TIMEOUT"] = 0.5
+    url = await nursery.start(serve, app)
+    taken = 0
+    with trio.fail_after(20):
+        async with await connect(url) as stream:
+            body = dump_json({"text": ""})
+            await stream.send_all(post_head("/large", len(body)) + body)
+            try:
+                while chunk := await stream.receive_some(256 << 10):
+                    taken += len(chunk)
+                    await trio.sleep(0.05)  # ~5 MB/s: the whole reply would take ~7 s
+            except trio.BrokenResourceError:
+                pass
+    assert taken < size
+
+
 async def echo_route(args: Echo) -> Echo:
     return args
 

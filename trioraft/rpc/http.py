@@ -486,8 +486,9 @@ class _PromptPost(TrioASGIHTTPConnection):
 
     The same bounds hold: a body over ``MAX_CONTENT_LENGTH`` is refused 413, one that takes
     longer than ``BODY_TIMEOUT`` 408 (both by the view, through the body's ``_must_raise``,
-    which Quart provides for ASGI code to hand it errors), and a client that leaves has the
-    view cancelled, by the connection (see :class:`_InFlight`)."""
+    which Quart provides for ASGI code to hand it errors, and Quart-Trio's way from there),
+    a reply must leave within ``RESPONSE_TIMEOUT``, and a client that leaves has the view
+    cancelled, by the connection (see :class:`_InFlight`)."""
 
     app: _App
 
@@ -510,9 +511,24 @@ class _PromptPost(TrioASGIHTTPConnection):
         if reading.cancelled_caught:
             body._must_raise = RequestTimeout()
             body.set_complete()
+        if body._must_raise is not None:
+            # Refused (413, 408) with the body maybe still coming: Quart-Trio's way, whose
+            # reader takes it in while the refusal is sent. (Left unread, it filled
+            # Hypercorn's queue of 10 pieces, and the reply's last step waited on that.)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.handle_messages, nursery, request, receive)
+                nursery.start_soon(self.handle_request, nursery, request, send)
+            return
         with in_flight.handling() as handling:
-            if not handling.cancel_called:
-                await self._send_response(send, await self.app.handle_request(request))
+            if handling.cancel_called:
+                return
+            response = await self.app.handle_request(request)
+            timeout = getattr(response, "timeout", ...)
+            if timeout is ...:
+                timeout = self.app.config["RESPONSE_TIMEOUT"]
+            if timeout is not None:  # Quart's bound on sending the reply
+                handling.deadline = trio.current_time() + timeout
+            await self._send_response(send, response)
 
 
 class _InFlight:
