@@ -403,7 +403,7 @@ def make_app(
         if stream is not None:
             return await answer_stream(stream, await request.get_data(cache=False))
         arrived = request.scope.get(ARRIVAL_SCOPE_KEY)
-        status, content = await answer(method, await request.get_data(cache=False), arrived)
+        status, content = await answer(method, await _request_body(), arrived)
         return Response(content, status, content_type="application/json")
 
     def is_prompt(method: str, route: Route) -> bool:
@@ -477,6 +477,15 @@ def make_app(
     return app
 
 
+async def _request_body() -> bytes:
+    """The current request's body: as it is when :class:`_PromptPost` read it all (without
+    ``get_data``'s cancel scope and pass of the scheduler), else read the usual way."""
+    body = request.body
+    if body._must_raise is None and body._complete.is_set():
+        return bytes(body._data)
+    return await request.get_data(cache=False)
+
+
 class _PromptPost(TrioASGIHTTPConnection):
     """One HTTP request to an :class:`_App`. A ``POST`` to a method that answers promptly,
     on a connection :func:`serve` runs, has its body read before the view runs, all in the
@@ -500,7 +509,9 @@ class _PromptPost(TrioASGIHTTPConnection):
             return
         request = self._create_request_from_scope(send)
         body = request.body
-        with trio.move_on_after(self.app.config["BODY_TIMEOUT"]) as reading:
+        # One cancel scope bounds the body's reading, then the reply's sending.
+        with in_flight.handling() as handling:
+            handling.deadline = trio.current_time() + self.app.config["BODY_TIMEOUT"]
             while body._must_raise is None and not body._complete.is_set():
                 message = await receive()
                 if message["type"] != "http.request":
@@ -508,27 +519,26 @@ class _PromptPost(TrioASGIHTTPConnection):
                 body.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     body.set_complete()
-        if reading.cancelled_caught:
+            if body._must_raise is None:
+                handling.deadline = math.inf
+                response = await self.app.handle_request(request)
+                timeout = getattr(response, "timeout", ...)
+                if timeout is ...:
+                    timeout = self.app.config["RESPONSE_TIMEOUT"]
+                if timeout is not None:  # Quart's bound on sending the reply
+                    handling.deadline = trio.current_time() + timeout
+                await self._send_response(send, response)
+        if in_flight.gone or (body._must_raise is None and body._complete.is_set()):
+            return  # the client left, or the reply was sent (or cut at RESPONSE_TIMEOUT)
+        if body._must_raise is None:  # the body took longer than BODY_TIMEOUT
             body._must_raise = RequestTimeout()
             body.set_complete()
-        if body._must_raise is not None:
-            # Refused (413, 408) with the body maybe still coming: Quart-Trio's way, whose
-            # reader takes it in while the refusal is sent. (Left unread, it filled
-            # Hypercorn's queue of 10 pieces, and the reply's last step waited on that.)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.handle_messages, nursery, request, receive)
-                nursery.start_soon(self.handle_request, nursery, request, send)
-            return
-        with in_flight.handling() as handling:
-            if handling.cancel_called:
-                return
-            response = await self.app.handle_request(request)
-            timeout = getattr(response, "timeout", ...)
-            if timeout is ...:
-                timeout = self.app.config["RESPONSE_TIMEOUT"]
-            if timeout is not None:  # Quart's bound on sending the reply
-                handling.deadline = trio.current_time() + timeout
-            await self._send_response(send, response)
+        # Refused (413, 408) with the body maybe still coming: Quart-Trio's way, whose
+        # reader takes it in while the refusal is sent. (Left unread, it filled Hypercorn's
+        # queue of 10 pieces, and the reply's last step waited on that.)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.handle_messages, nursery, request, receive)
+            nursery.start_soon(self.handle_request, nursery, request, send)
 
 
 class _InFlight:
