@@ -365,6 +365,60 @@ async def test_a_reply_taken_too_slowly_is_cut_at_the_response_timeout(
     assert taken < size
 
 
+async def test_a_body_deadline_passed_as_its_last_piece_came_does_not_cut_the_view(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The body's last piece is handed over just as its deadline passes: the cancellation is
+    called but cannot be delivered any more (the piece is in). The body is all in time, so
+    the view runs and answers, undisturbed by a cancellation meant for the reading."""
+    import outcome
+
+    from trioraft.rpc.http import IN_FLIGHT_STATE_KEY, _InFlight
+
+    ran: list[str] = []
+
+    async def checkpointing(args: Echo) -> Echo:
+        await trio.lowlevel.checkpoint()
+        ran.append("answered")
+        return args
+
+    body = dump_json({"text": "late"})
+    app = make_app({"echo": Route(Echo, checkpointing)}, body_timeout=1.0)
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"x"), (b"content-length", b"%d" % len(body))],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2), "extensions": {},
+        "state": {IN_FLIGHT_STATE_KEY: _InFlight()},
+    }  # fmt: skip
+    pieces = [body[:3], body[3:]]
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        piece = pieces.pop(0)
+        message = {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+        if pieces:
+            return message
+        task = trio.lowlevel.current_task()
+
+        async def hand_over_late() -> None:
+            mock_clock.jump(2.0)  # past the body's deadline
+            await trio.lowlevel.checkpoint()  # the deadline is seen: its cancel is called
+            trio.lowlevel.reschedule(task, outcome.Value(message))
+
+        nursery.start_soon(hand_over_late)
+        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    async with trio.open_nursery() as nursery:
+        await app.startup()
+        await app(scope, receive, send)
+    assert ran == ["answered"]
+    assert sent[0]["status"] == 200 and sent[1]["body"] == body
+
+
 async def echo_route(args: Echo) -> Echo:
     return args
 

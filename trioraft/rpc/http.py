@@ -482,7 +482,9 @@ async def _request_body() -> bytes:
     ``get_data``'s cancel scope and pass of the scheduler), else read the usual way."""
     body = request.body
     if body._must_raise is None and body._complete.is_set():
-        return bytes(body._data)
+        data = bytes(body._data)
+        body.clear()  # as get_data(cache=False) does: one copy of the body, not two
+        return data
     return await request.get_data(cache=False)
 
 
@@ -509,9 +511,7 @@ class _PromptPost(TrioASGIHTTPConnection):
             return
         request = self._create_request_from_scope(send)
         body = request.body
-        # One cancel scope bounds the body's reading, then the reply's sending.
-        with in_flight.handling() as handling:
-            handling.deadline = trio.current_time() + self.app.config["BODY_TIMEOUT"]
+        with trio.move_on_after(self.app.config["BODY_TIMEOUT"]) as reading:
             while body._must_raise is None and not body._complete.is_set():
                 message = await receive()
                 if message["type"] != "http.request":
@@ -519,26 +519,30 @@ class _PromptPost(TrioASGIHTTPConnection):
                 body.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     body.set_complete()
-            if body._must_raise is None:
-                handling.deadline = math.inf
-                response = await self.app.handle_request(request)
-                timeout = getattr(response, "timeout", ...)
-                if timeout is ...:
-                    timeout = self.app.config["RESPONSE_TIMEOUT"]
-                if timeout is not None:  # Quart's bound on sending the reply
-                    handling.deadline = trio.current_time() + timeout
-                await self._send_response(send, response)
-        if in_flight.gone or (body._must_raise is None and body._complete.is_set()):
-            return  # the client left, or the reply was sent (or cut at RESPONSE_TIMEOUT)
-        if body._must_raise is None:  # the body took longer than BODY_TIMEOUT
+        if reading.cancelled_caught and body._must_raise is None:
             body._must_raise = RequestTimeout()
             body.set_complete()
-        # Refused (413, 408) with the body maybe still coming: Quart-Trio's way, whose
-        # reader takes it in while the refusal is sent. (Left unread, it filled Hypercorn's
-        # queue of 10 pieces, and the reply's last step waited on that.)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.handle_messages, nursery, request, receive)
-            nursery.start_soon(self.handle_request, nursery, request, send)
+        if body._must_raise is not None:
+            # Refused (413, 408) with the body maybe still coming: Quart-Trio's way, whose
+            # reader takes it in while the refusal is sent. (Left unread, it filled
+            # Hypercorn's queue of 10 pieces, and the reply's last step waited on that.)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.handle_messages, nursery, request, receive)
+                nursery.start_soon(self.handle_request, nursery, request, send)
+            return
+        # A scope of its own: a deadline that passed while the body's last piece was
+        # handed over (cancel called, not yet delivered) would cut the view at its first
+        # checkpoint.
+        with in_flight.handling() as handling:
+            if handling.cancel_called:
+                return
+            response = await self.app.handle_request(request)
+            timeout = getattr(response, "timeout", ...)
+            if timeout is ...:
+                timeout = self.app.config["RESPONSE_TIMEOUT"]
+            if timeout is not None:  # Quart's bound on sending the reply
+                handling.deadline = trio.current_time() + timeout
+            await self._send_response(send, response)
 
 
 class _InFlight:
