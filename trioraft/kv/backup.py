@@ -44,6 +44,7 @@ from .._errors import BadRequest, TrioRaftError
 from ..raft.log import Log
 from ..raft.persister import FILE_MODE, fsync_dir
 from ..raft.storage import FileStorage, HardState, Snapshot
+from ..rpc.codec import stdlib_json
 from ..rpc.tls import ClientTls, client_context
 from .machine import KVMachine
 
@@ -89,7 +90,7 @@ def backup_pieces(index: int, term: int, node: str, data: list[bytes]) -> list[b
         "created": round(time.time(), 3),
         "data_bytes": sum(map(len, data)),
     }
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = stdlib_json(header).encode()
     prefix = b"".join([MAGIC, _LENGTH.pack(len(head)), head])
     digest = hashlib.sha256(prefix)
     for piece in data:

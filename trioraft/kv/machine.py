@@ -62,7 +62,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from ..rpc.codec import dump_json
+from ..rpc.codec import dump_json, stdlib_json
 from .changes import Change, WatchHistory
 from .leases import DEFAULT_MAX_LEASES, LeaseTable
 from .messages import (
@@ -506,7 +506,7 @@ class KVMachine:
             "leases": self.leases.to_wire(),
             "changed_at": self.changed_at,
         }
-        yield _stdlib_json(rest)[:-1] + b',"kv":{'
+        yield stdlib_json(rest).encode()[:-1] + b',"kv":{'
         separator = b""
         piece: dict[str, KeyState] = {}
         size = 0
@@ -544,11 +544,7 @@ def _piece_json(piece: dict[str, KeyState], ascii_only: bool) -> bytes:
     """A piece of a snapshot as JSON. orjson only for ASCII: for any other string it keeps
     the UTF-8 form it makes inside the string object, for good, and a snapshot's strings
     are the live machine's (its copy shares them): 2-3 x their memory."""
-    return dump_json(piece) if ascii_only else _stdlib_json(piece)
-
-
-def _stdlib_json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return dump_json(piece) if ascii_only else stdlib_json(piece).encode()
 
 
 def _is_version(version: object) -> bool:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import BadRequest, RaftError
+from ..rpc.codec import stdlib_json
 from .log import Entry
 
 #: Starts the command of a configuration entry. An application's commands may not start
@@ -109,7 +110,7 @@ class Configuration:
 
 def encode_configuration(configuration: Configuration) -> str:
     """The command of a configuration entry holding ``configuration``."""
-    return CONFIGURATION_PREFIX + json.dumps(configuration.to_json(), separators=(",", ":"))
+    return CONFIGURATION_PREFIX + stdlib_json(configuration.to_json())
 
 
 def decode_configuration(command: str) -> Configuration | None:

@@ -66,7 +66,13 @@ def dump_json(payload: Any) -> bytes:
     try:
         return orjson.dumps(payload)
     except orjson.JSONEncodeError:
-        return json.dumps(payload, separators=(",", ":")).encode()
+        return stdlib_json(payload).encode()
+
+
+def stdlib_json(value: Any) -> str:
+    """``value`` as the standard library writes it, compact and ASCII-escaped: the form of
+    the log's commands and of what must read the same whichever parser wrote it."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def compact_json(value: Any) -> str:
@@ -79,7 +85,7 @@ def compact_json(value: Any) -> str:
     text = dump_json(value)
     if text.isascii() and b"\x7f" not in text:
         return text.decode("ascii")
-    return json.dumps(value, separators=(",", ":"))
+    return stdlib_json(value)
 
 
 #: Strings this long or longer have their size remembered: measuring costs ~6 ns a
