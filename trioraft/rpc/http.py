@@ -390,14 +390,22 @@ def make_app(
         response.timeout = None  # the handler bounds the stream
         return response
 
+    def tag_checked(method: str) -> bool:
+        """Whether a request for ``method`` must carry a peer tag (checked before its body)."""
+        return peer_auth is not None and (peers_only is None or method in peers_only)
+
+    def token_checked(method: str) -> bool:
+        """Whether a request for ``method`` must carry the client token (checked before its
+        body)."""
+        return bearer is not None and (peers_only is None or method not in peers_only)
+
     @app.post("/<method>")
     async def post(method: str) -> Response:
-        is_peer_method = peers_only is None or method in peers_only
-        if bearer is not None and (peers_only is None or not is_peer_method):
+        if token_checked(method):
             refusal = client_refused()
             if refusal is not None:
                 return refusal
-        if peer_auth is not None and is_peer_method:
+        if peer_auth is not None and tag_checked(method):
             return await answer_peer(peer_auth, method)
         stream = streams.get(method)
         if stream is not None:
@@ -406,20 +414,10 @@ def make_app(
         status, content = await answer(method, await _request_body(), arrived)
         return Response(content, status, content_type="application/json")
 
-    def is_prompt(method: str, route: Route) -> bool:
-        """Whether a request for ``method`` may have its body read before the view runs:
-        not a long poll, and not one whose peer tag is checked before the body is read."""
-        return not route.long_poll and not (
-            peer_auth is not None and (peers_only is None or method in peers_only)
-        )
-
-    prompt = {f"/{m}" for m, route in routes.items() if is_prompt(m, route)}
-    # (The same for a client token: a request for these without it goes Quart's way.)
-    tokened = {
-        f"/{m}"
-        for m in routes
-        if bearer is not None and (peers_only is None or m not in peers_only)
-    }
+    # A request whose body may be read before the view runs: not a long poll, not one whose
+    # peer tag is checked before its body, and, where the token is, one that carries it.
+    prompt = {f"/{m}" for m, route in routes.items() if not (route.long_poll or tag_checked(m))}
+    tokened = {f"/{m}" for m in routes if token_checked(m)}
 
     def read_first(scope: Any) -> bool:  # see _App
         path = scope["path"]
